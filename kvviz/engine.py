@@ -1,0 +1,317 @@
+"""kvviz's own prefill/decode loop over a PolicyCache, recording a Trace.
+
+The loop passes explicit position ids (the tokens' true positions), so it does not depend on how
+``generate`` or a cache derives positions, and it works across transformers releases (the model
+call's cache keyword is ``past_key_values`` up to 5.23 and ``cache`` from 5.24).
+
+Greedy by default; sampling with a seed as an option; teacher forcing (``forced_ids``) runs a
+given continuation through the policy, for perplexity and for per-step KL against the full cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kvviz import policies
+from kvviz.cache import PolicyCache
+from kvviz.policies import PolicyError
+from kvviz.tokens import PromptError, token_strings
+from kvviz.trace import Trace
+
+_active = threading.local()  # the PolicyCache of the run on this thread, for the query hooks
+
+
+@dataclass
+class StepEvent:
+    """Passed to ``on_step`` after each generated token, for live views."""
+
+    step: int
+    token_id: int
+    token: str
+    kv_bytes: int
+    kv_bytes_full: int
+    held_entries: int
+
+
+def cache_keyword(model) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def attention_modules(model) -> list[torch.nn.Module]:
+    layers = model.model.layers if hasattr(model, "model") else model.layers
+    return [layer.self_attn for layer in layers]
+
+
+def _query_hook(cache: PolicyCache, layer_idx: int):
+    """A forward pre-hook on one attention module: computes the layer's queries (RoPE applied)
+    for the cache of the run on this thread; other runs sharing the model are left alone."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    def hook(module, args, kwargs):
+        if getattr(_active, "cache", None) is not cache:
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cos, sin = kwargs["position_embeddings"]
+        head_dim = module.head_dim
+        q = module.q_proj(hidden).view(*hidden.shape[:-1], -1, head_dim)
+        if hasattr(module, "q_norm"):
+            q = module.q_norm(q)
+        q = q.transpose(1, 2)  # (1, q_heads, q_len, head_dim)
+        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        cache.queries[layer_idx] = (q[0], cache.current_positions)
+        return None
+
+    return hook
+
+
+def resolve_pipeline(policy, params, budget, ratio) -> policies.Pipeline:
+    if isinstance(policy, policies.Pipeline):
+        return policy
+    return policies.build(policy, params or {}, budget=budget, ratio=ratio)
+
+
+@torch.inference_mode()
+def run(
+    model,
+    tokenizer,
+    prompt_ids: list[int],
+    policy: str | policies.Pipeline = "full",
+    params: dict | None = None,
+    *,
+    budget: int | None = None,
+    ratio: float | None = None,
+    max_new_tokens: int = 32,
+    forced_ids: list[int] | None = None,
+    reference_logprobs: torch.Tensor | None = None,
+    sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    stop_at_eos: bool = True,
+    top_k: int = 5,
+    model_name: str = "",
+    on_step: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    keep_logprobs: bool = False,
+    capture_queries: bool = True,
+) -> Trace:
+    """Prefill ``prompt_ids`` and decode under ``policy``; return the Trace.
+
+    ``forced_ids``: teacher forcing: feed these tokens (one step each) instead of the model's
+    choices; ``max_new_tokens`` is then len(forced_ids). ``reference_logprobs`` (steps, vocab):
+    the log-probabilities of a reference run (e.g. the full cache) for per-step KL and top-1
+    agreement. ``capture_queries`` computes each layer's queries even for policies that do not
+    score with them, to measure the attention mass that fell on evicted entries. With ``keep_logprobs`` the per-step log-probabilities stay on the trace as
+    ``trace.extra["logprobs"]`` (a tensor, not saved).
+    """
+    pipeline = resolve_pipeline(policy, params, budget, ratio)
+    config = model.config
+    n_layers = config.num_hidden_layers
+    n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    max_ctx = getattr(config, "max_position_embeddings", None)
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise PromptError("The prompt is empty.")
+    if forced_ids is not None:
+        forced_ids = [int(i) for i in forced_ids]
+        max_new_tokens = len(forced_ids)
+    if max_new_tokens < 1:
+        raise PolicyError("max_new_tokens must be at least 1.")
+    total = len(prompt_ids) + max_new_tokens
+    if max_ctx and total > max_ctx:
+        raise PromptError(
+            f"The prompt ({len(prompt_ids)} tokens) plus {max_new_tokens} new tokens exceeds the model's context of {max_ctx}."
+        )
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    cache = PolicyCache(pipeline, n_layers, len(prompt_ids), total, n_kv, device, generator=generator)
+    bytes_per_token = 2 * n_layers * n_kv * head_dim * torch.empty(0, dtype=model.dtype).element_size()
+    eos = _eos_ids(tokenizer, config)
+    kw = cache_keyword(model)
+
+    hooks = []
+    if cache.needs_queries or (capture_queries and pipeline.selector is not None):
+        hooks = [
+            m.register_forward_pre_hook(_query_hook(cache, i), with_kwargs=True)
+            for i, m in enumerate(attention_modules(model))
+        ]
+    previous = getattr(_active, "cache", None)
+    _active.cache = cache
+    logprob_rows, lost_rows, kv_bytes, kv_full, book, step_s = [], [], [], [], [], []
+    generated: list[int] = []
+    stopped_by = "max_new_tokens"
+    try:
+        t0 = time.perf_counter()
+        ids = torch.tensor([prompt_ids], device=device)
+        logits = _forward(model, kw, cache, ids, 0)
+        t_prefill = _sync_time(device) - t0
+        for step in range(max_new_tokens):
+            t_step = time.perf_counter()
+            logprobs = logits[0, -1].float().log_softmax(-1)
+            logprob_rows.append(logprobs)
+            lost_rows.append(cache.lost_mass_now.clone())
+            cache.lost_mass_now.zero_()
+            kv_bytes.append(cache.kv_bytes())
+            kv_full.append(cache.layers[0].seen * bytes_per_token)
+            book.append(cache.bookkeeping_bytes())
+            if forced_ids is not None:
+                token = forced_ids[step]
+            elif sample:
+                probs = (logprobs / max(temperature, 1e-5)).softmax(-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                token = int(logprobs.argmax())
+            generated.append(token)
+            if on_step is not None:
+                on_step(StepEvent(step, token, tokenizer.decode([token]), kv_bytes[-1], kv_full[-1], len(cache.layers[0])))
+            if stop_at_eos and forced_ids is None and token in eos:
+                stopped_by = "eos"
+                step_s.append(time.perf_counter() - t_step)
+                break
+            if should_stop is not None and should_stop():
+                stopped_by = "user"
+                step_s.append(time.perf_counter() - t_step)
+                break
+            if step == max_new_tokens - 1:
+                step_s.append(time.perf_counter() - t_step)
+                break
+            cache.step = step + 1
+            logits = _forward(model, kw, cache, torch.tensor([[token]], device=device), len(prompt_ids) + step)
+            step_s.append(_sync_time(device) - t_step)
+        t_total = time.perf_counter() - t0
+    finally:
+        for h in hooks:
+            h.remove()
+        _active.cache = previous
+
+    logprobs_all = torch.stack(logprob_rows)  # (steps, vocab)
+    probs_all = logprobs_all.exp()
+    topk = probs_all.topk(min(top_k, probs_all.shape[-1]), dim=-1)
+    entropy = -(probs_all * logprobs_all.clamp_min(-1e30)).nansum(-1)
+    gen_t = torch.tensor(generated, device=device)
+    chosen = logprobs_all.gather(1, gen_t[:, None])[:, 0]
+    kl = top1 = None
+    if reference_logprobs is not None:
+        ref = reference_logprobs[: len(generated)].to(device).float()
+        steps = ref.shape[0]
+        kl = (ref.exp() * (ref - logprobs_all[:steps])).nansum(-1).clamp_min(0).cpu().numpy()
+        top1 = (ref.argmax(-1) == logprobs_all[:steps].argmax(-1)).cpu().numpy()
+    n_pos = len(prompt_ids) + len(generated)
+    trace = Trace(
+        model=model_name or getattr(config, "_name_or_path", "") or type(model).__name__,
+        device=str(device),
+        dtype=str(model.dtype).replace("torch.", ""),
+        policy=pipeline.spec,
+        params=pipeline.params(),
+        prompt_ids=prompt_ids,
+        generated_ids=generated,
+        tokens=token_strings(tokenizer, prompt_ids + generated),
+        n_layers=n_layers,
+        n_kv_heads=n_kv,
+        n_q_heads=config.num_attention_heads,
+        head_dim=head_dim,
+        budget=cache.budget,
+        layer_budgets=cache.layer_budgets,
+        evicted_at_step=cache.evicted_at[:, :, :n_pos].cpu().numpy(),
+        scores=cache.scores[:, :, :n_pos].cpu().numpy(),
+        kv_bytes=kv_bytes,
+        kv_bytes_full=kv_full,
+        bookkeeping_bytes=book,
+        lost_mass=torch.stack(lost_rows).cpu().numpy(),
+        topk_ids=topk.indices.cpu().numpy(),
+        topk_probs=topk.values.float().cpu().numpy(),
+        entropy=entropy.float().cpu().numpy(),
+        chosen_logprob=chosen.float().cpu().numpy(),
+        timings={"prefill_s": t_prefill, "decode_s": float(sum(step_s)), "step_s": step_s, "total_s": t_total},
+        kl_to_reference=kl,
+        top1_agreement=top1,
+        teacher_forced=forced_ids is not None,
+        stopped_by=stopped_by,
+        quant_error=_quant_error(cache),
+    )
+    if keep_logprobs:
+        trace.extra["logprobs"] = logprobs_all
+    return trace
+
+
+def _forward(model, kw, cache: PolicyCache, ids: torch.Tensor, start: int) -> torch.Tensor:
+    positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+    cache.current_positions = positions
+    out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{kw: cache})
+    return out.logits
+
+
+def _sync_time(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _eos_ids(tokenizer, config) -> set[int]:
+    ids = set()
+    for v in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+def _quant_error(cache: PolicyCache) -> dict | None:
+    stats = [getattr(layer.store, "error_stats", lambda: None)() for layer in cache.layers if layer.store is not None]
+    if not stats or stats[0] is None:
+        return None
+    out = {"key": [s["key"] for s in stats], "value": [s["value"] for s in stats]}
+    if "residual" in stats[0]:
+        out["residual"] = stats[0]["residual"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """A policy beside the full cache on the same prompt."""
+
+    full: Trace  # the full cache, free generation
+    policy: Trace  # the policy, free generation
+    forced: Trace  # the policy, teacher-forced on the full cache's tokens (per-step KL, top-1)
+
+    @property
+    def first_divergence(self) -> int | None:
+        """Index of the first generated token that differs, or None if the outputs agree."""
+        a, b = self.full.generated_ids, self.policy.generated_ids
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return i
+        return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare(model, tokenizer, prompt_ids, policy, params=None, *, budget=None, ratio=None, max_new_tokens=32, **kw) -> Comparison:
+    """Run the full cache and the policy on the same prompt, and the policy teacher-forced on the
+    full cache's output to measure per-step KL and top-1 agreement."""
+    full = run(model, tokenizer, prompt_ids, "full", max_new_tokens=max_new_tokens, keep_logprobs=True, **kw)
+    ref = full.extra.pop("logprobs")
+    pol = run(model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio, max_new_tokens=max_new_tokens, **kw)
+    forced = run(
+        model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio,
+        forced_ids=full.generated_ids, reference_logprobs=ref, **{k: v for k, v in kw.items() if k not in ("on_step",)},
+    )
+    return Comparison(full=full, policy=pol, forced=forced)
+
+
+def perplexity(trace: Trace) -> float:
+    """Perplexity of a teacher-forced continuation: exp of the mean negative log-likelihood of
+    each forced token given everything before it (the first forced token is scored by the
+    prefill's logits)."""
+    lp = np.asarray(trace.chosen_logprob, dtype=np.float64)
+    return float(np.exp(-lp.mean())) if lp.size else float("nan")

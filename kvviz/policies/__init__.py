@@ -1,0 +1,115 @@
+"""The policy registry. Every module in this package that defines a ``Policy`` subclass with a
+``name`` registers it: adding a policy is adding one file.
+
+A run names one policy or a composition ``selector+store`` (e.g. ``snapkv+quant``). Parameters
+are given flat (``bits=4``) when only one policy of the composition has that name, or prefixed
+(``quant.bits=4``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+
+from kvviz.policies.base import (  # noqa: F401  (re-exported)
+    BudgetSelector,
+    LayerView,
+    Param,
+    Policy,
+    PolicyError,
+    Selection,
+    Selector,
+    StepContext,
+    Storage,
+    Store,
+)
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+    stack = list(Policy.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__dict__.get("name"):
+            _REGISTRY[cls.name] = cls
+
+
+def registry() -> dict[str, type[Policy]]:
+    """Name -> policy class, in a stable order (baseline first, then by family and name)."""
+    if not _REGISTRY:
+        _discover()
+    order = ["baseline", "eviction", "sparse", "merging", "quantization", "low-rank", "head sharing"]
+    rank = {f: i for i, f in enumerate(order)}
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: (rank.get(kv[1].family, 99), kv[0] != "full", kv[0])))
+
+
+def get(name: str) -> type[Policy]:
+    reg = registry()
+    if name not in reg:
+        raise PolicyError(f"Unknown policy '{name}'. Known policies: {', '.join(reg)}.")
+    return reg[name]
+
+
+@dataclass
+class Pipeline:
+    """A parsed policy spec: at most one selector and at most one store."""
+
+    spec: str
+    selector: Selector | None
+    storage: Storage | None
+
+    @property
+    def policies(self) -> list[Policy]:
+        return [p for p in (self.selector, self.storage) if p is not None]
+
+    def params(self) -> dict[str, dict]:
+        return {p.name: p.values() for p in self.policies}
+
+
+def build(spec: str, params: dict | None = None, budget: int | None = None, ratio: float | None = None) -> Pipeline:
+    """Parse ``spec`` ("h2o", "snapkv+quant") and its parameters into policy objects.
+
+    ``params`` is flat ({"bits": 4}), prefixed ({"quant.bits": 4}) or nested ({"quant": {"bits": 4}}).
+    ``budget``/``ratio`` go to the selector.
+    """
+    names = [n.strip() for n in (spec or "").split("+") if n.strip()]
+    if not names:
+        raise PolicyError("No policy given.")
+    classes = [get(n) for n in names]
+    selectors = [c for c in classes if issubclass(c, Selector)]
+    stores = [c for c in classes if issubclass(c, Storage)]
+    if len(selectors) > 1 or len(stores) > 1:
+        raise PolicyError(f"'{spec}': compose at most one selector and one store (e.g. snapkv+quant).")
+    per_policy: dict[str, dict] = {c.name: {} for c in classes}
+    for key, value in (params or {}).items():
+        if isinstance(value, dict) and key in per_policy:
+            per_policy[key].update(value)
+            continue
+        if "." in key:
+            owner, _, pname = key.partition(".")
+            if owner not in per_policy:
+                raise PolicyError(f"'{key}': '{owner}' is not part of '{spec}'.")
+            per_policy[owner][pname] = value
+            continue
+        owners = [c.name for c in classes if key in c.params()]
+        if not owners:
+            raise PolicyError(f"Unknown parameter '{key}' for '{spec}'.")
+        if len(owners) > 1:
+            raise PolicyError(f"Parameter '{key}' is ambiguous in '{spec}': write {owners[0]}.{key}.")
+        per_policy[owners[0]][key] = value
+    if budget is not None or ratio is not None:
+        budgeted = [c for c in selectors if issubclass(c, BudgetSelector)]
+        if not budgeted:
+            raise PolicyError(f"'{spec}' takes no budget.")
+        per_policy[budgeted[0].name]["budget"] = budget
+        per_policy[budgeted[0].name]["ratio"] = ratio if budget is None else None
+    built = {c.name: c.from_params(per_policy[c.name]) for c in classes}
+    selector = built[selectors[0].name] if selectors else None
+    storage = built[stores[0].name] if stores else None
+    return Pipeline(spec="+".join(names), selector=selector, storage=storage)

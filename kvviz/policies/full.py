@@ -1,0 +1,17 @@
+"""The full cache: the baseline every other policy is measured against."""
+
+from dataclasses import dataclass
+
+from kvviz.policies.base import Selector
+
+
+@dataclass
+class Full(Selector):
+    name = "full"
+    family = "baseline"
+    paper = "Vaswani et al., 2017. Attention Is All You Need"
+    summary = """Keeps every key and value. Token for token identical to transformers' greedy
+    generate; its memory grows by one entry per layer and KV head with every token."""
+
+    def step(self, layer, ctx):
+        return None

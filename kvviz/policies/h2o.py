@@ -1,0 +1,33 @@
+"""H2O: heavy hitters by accumulated attention, plus a recent window."""
+
+from dataclasses import dataclass
+
+from kvviz.policies.base import BudgetSelector, Selection, param
+from kvviz.scoring import accumulated_attention, attention_probs, keep_top, recent_mask
+
+
+@dataclass
+class H2O(BudgetSelector):
+    name = "h2o"
+    family = "eviction"
+    paper = "Zhang et al., 2023. H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LLMs"
+    summary = """Each entry's score is the attention it has received, summed over every query so
+    far (the prompt's queries at prefill, then each new token's). The cache keeps the
+    `recent` newest tokens plus the highest-scoring others, and evicts one entry at every decode
+    step once the budget is full. For GQA the score of a KV head is the mean over its query
+    heads. kvviz compresses the prompt to the budget right after prefill (the paper's
+    eviction during prefill gives the same kept set up to ties, at much higher cost)."""
+    needs_queries = True
+
+    recent: int = param(16, "Most recent tokens always kept (the paper's local window), part of the budget.", min=0)
+
+    def step(self, layer, ctx):
+        acc = layer.stats.setdefault("acc_attention", layer.positions.new_zeros(layer.positions.shape, dtype=layer.keys.dtype).float())
+        if ctx.is_prefill:
+            acc += accumulated_attention(layer.queries, layer.keys, layer.query_positions, layer.positions)
+        else:
+            acc += attention_probs(layer.queries, layer.keys, layer.query_positions, layer.positions).sum(dim=1)
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        protect = recent_mask(layer.positions, ctx.seq_len, min(self.recent, ctx.budget))
+        return Selection(keep=keep_top(acc, ctx.budget, protect), scores=acc)

@@ -1,0 +1,87 @@
+"""Attention scores that selectors use, computed from the layer's queries and the entries it holds.
+
+GQA: a KV head serves a group of query heads (SmolLM2: 3 query heads per KV head). kvviz scores
+an entry for its KV head by the **mean** of the attention probabilities of the group's query
+heads; a policy that aggregates otherwise says so in its help.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def grouped_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """queries (q_heads, q, d), keys (kv_heads, n, d) -> logits (kv_heads, group, q, n) in float32."""
+    kv_heads, n, d = keys.shape
+    q_heads, q_len, _ = queries.shape
+    group = q_heads // kv_heads
+    q = queries.reshape(kv_heads, group, q_len, d).float()
+    return torch.einsum("hgqd,hnd->hgqn", q, keys.float()) / math.sqrt(d)
+
+
+def attention_probs(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    reduce: str = "mean",
+) -> torch.Tensor:
+    """Causal softmax attention of each query over the entries, per KV head.
+
+    queries (q_heads, q, d); keys (kv_heads, n, d); query_positions (q,); key_positions
+    (kv_heads, n). Returns (kv_heads, q, n) with the group's query heads reduced by ``reduce``
+    ("mean" or "max"), or (kv_heads, group, q, n) when reduce is "none".
+    """
+    logits = grouped_logits(queries, keys)
+    future = key_positions[:, None, None, :] > query_positions.to(key_positions.device)[None, None, :, None]
+    probs = logits.masked_fill(future, NEG_INF).softmax(dim=-1)
+    if reduce == "mean":
+        return probs.mean(dim=1)
+    if reduce == "max":
+        return probs.amax(dim=1)
+    return probs
+
+
+def accumulated_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Attention each entry received, summed over all queries: (kv_heads, n). Computed in chunks
+    of queries so a long prefill never holds the whole q × n matrix."""
+    total = torch.zeros(keys.shape[0], keys.shape[1], device=keys.device, dtype=torch.float32)
+    for start in range(0, queries.shape[1], chunk):
+        total += attention_probs(
+            queries[:, start : start + chunk], keys, query_positions[start : start + chunk], key_positions
+        ).sum(dim=1)
+    return total
+
+
+def keep_top(scores: torch.Tensor, k: int, protect: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (kv_heads, k), ascending, of the k highest scores per KV head.
+
+    ``protect`` (kv_heads, n) bool marks entries that are always kept (sinks, recent window):
+    they rank above every scored entry.
+    """
+    k = min(k, scores.shape[-1])
+    ranked = scores.float()
+    if protect is not None:
+        ranked = ranked.masked_fill(protect, float("inf"))
+    idx = ranked.topk(k, dim=-1).indices
+    return idx.sort(dim=-1).values
+
+
+def recent_mask(positions: torch.Tensor, seq_len: int, window: int) -> torch.Tensor:
+    """(kv_heads, n) bool: entries among the last ``window`` tokens of the sequence."""
+    return positions >= seq_len - window
+
+
+def first_mask(positions: torch.Tensor, n_first: int) -> torch.Tensor:
+    """(kv_heads, n) bool: entries among the first ``n_first`` tokens (attention sinks)."""
+    return positions < n_first

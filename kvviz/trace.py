@@ -1,0 +1,162 @@
+"""The record of one run: what the model read and wrote, and what the cache kept at every step.
+
+Steps: step 0 is the cache right after the prefill (and the policy's first compression); step
+s > 0 is the cache after the s-th generated token entered it. The token generated at step s
+comes from the logits of step s, so ``generated_ids[s]`` is chosen with the cache of step s and
+enters the cache at step s + 1. A run of N generated tokens has N steps (0 .. N-1).
+
+What each layer and KV head kept is stored compactly as ``evicted_at_step`` (layers, kv_heads,
+positions): the step at which an entry left the cache, or -1 if it never did. An entry at
+position p exists from the step it entered (0 for the prompt, p - prompt_len + 1 for generated
+tokens) until it is evicted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob")
+
+
+@dataclass
+class Trace:
+    model: str
+    device: str
+    dtype: str
+    policy: str  # e.g. "h2o" or "snapkv+quant"
+    params: dict  # resolved parameters, per policy name
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    tokens: list[str]  # display string of every position: prompt then generated
+    n_layers: int
+    n_kv_heads: int
+    n_q_heads: int
+    head_dim: int
+    budget: int | None  # kept entries per KV head (before per-layer adjustments), None = unlimited
+    layer_budgets: list[int | None]
+    evicted_at_step: np.ndarray  # (layers, kv_heads, positions) int32, -1 = never evicted
+    scores: np.ndarray  # (layers, kv_heads, positions) float32, the last score that decided; NaN = never scored
+    kv_bytes: list[int]  # per step: bytes of K/V tensors held (quantization scales and zero points included)
+    kv_bytes_full: list[int]  # per step: what a full cache of the model's dtype would hold
+    bookkeeping_bytes: list[int]  # per step: positions and policy statistics kvviz keeps beside the cache
+    lost_mass: np.ndarray  # (steps, layers) attention mass the step's last query put on entries evicted at that step
+    topk_ids: np.ndarray  # (steps, k) int
+    topk_probs: np.ndarray  # (steps, k) float32
+    entropy: np.ndarray  # (steps,) float32, nats
+    chosen_logprob: np.ndarray  # (steps,) float32, log-prob of the token that was fed next
+    timings: dict  # prefill_s, decode_s, step_s (list), total_s
+    kl_to_reference: np.ndarray | None = None  # (steps,) KL(reference || policy), nats
+    top1_agreement: np.ndarray | None = None  # (steps,) bool
+    teacher_forced: bool = False
+    stopped_by: str = "max_new_tokens"  # "eos", "max_new_tokens", "user"
+    quant_error: dict | None = None  # {"key": [per layer rel. error], "value": [...], "residual": int}
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived views
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.generated_ids)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return list(self.prompt_ids) + list(self.generated_ids)
+
+    @property
+    def n_positions(self) -> int:
+        return self.evicted_at_step.shape[-1]
+
+    def entered_at_step(self) -> np.ndarray:
+        """(positions,) the step at which each position entered the cache."""
+        pos = np.arange(self.n_positions)
+        return np.where(pos < self.prompt_len, 0, pos - self.prompt_len + 1)
+
+    def kept_mask(self, step: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
+        """Bool over positions: in the cache at ``step``. With layer/head None, the result is kept
+        by every layer (resp. head) of the selection; use ``kept_share`` for fractions."""
+        ev = self._select(layer, head)  # (..., positions)
+        present = (self.entered_at_step() <= step) & ((ev == -1) | (ev > step))
+        return present.reshape(-1, self.n_positions).all(axis=0)
+
+    def kept_share(self, step: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
+        """Float over positions: share of the selected layers and KV heads that hold the entry at ``step``."""
+        ev = self._select(layer, head)
+        present = (self.entered_at_step() <= step) & ((ev == -1) | (ev > step))
+        return present.reshape(-1, self.n_positions).mean(axis=0)
+
+    def kept_positions(self, step: int, layer: int, head: int) -> np.ndarray:
+        return np.flatnonzero(self.kept_mask(step, layer, head))
+
+    def final_kept_positions(self) -> list[list[list[int]]]:
+        """Per layer, per KV head: positions held at the last step."""
+        last = max(self.n_steps - 1, 0)
+        return [
+            [self.kept_positions(last, l, h).tolist() for h in range(self.n_kv_heads)] for l in range(self.n_layers)
+        ]
+
+    def _select(self, layer, head) -> np.ndarray:
+        ev = self.evicted_at_step
+        ev = ev if layer is None else ev[layer : layer + 1]
+        return ev if head is None else ev[:, head : head + 1]
+
+    @property
+    def generated_text(self) -> str:
+        return "".join(self.tokens[self.prompt_len :])
+
+    # ------------------------------------------------------------------ save / load
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trace":
+        d = dict(d)
+        dtypes = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}
+        for name in ARRAY_FIELDS:
+            if d.get(name) is not None:
+                d[name] = np.asarray(d[name], dtype=dtypes.get(name, np.float32))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | Path) -> Path:
+        """Save as JSON (``.json``) or compressed numpy (``.npz``)."""
+        path = Path(path)
+        if path.suffix == ".npz":
+            arrays = {n: getattr(self, n) for n in ARRAY_FIELDS if getattr(self, n) is not None}
+            meta = {k: v for k, v in self.to_dict().items() if k not in arrays}
+            np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
+        else:
+            path.write_text(json.dumps(self.to_dict(), default=_json_default))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trace":
+        path = Path(path)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                d = json.loads(str(z["meta"]))
+                for n in z.files:
+                    if n != "meta":
+                        d[n] = z[n]
+            return cls.from_dict(d)
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not serializable: {type(o)}")
