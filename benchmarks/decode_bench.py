@@ -29,11 +29,11 @@ POLICIES = [
 
 def long_prompt(tokenizer, n_tokens: int) -> list[int]:
     try:
-        from kvviz.data import LONG_DOCUMENT as text
-    except ImportError:  # older layouts
         from kvviz.data import EXAMPLES
 
         text = max(EXAMPLES.values(), key=len)
+    except ImportError:
+        text = "The keeper climbed the stairs of the lighthouse and lit the lamp at dusk. " * 40
     ids = tokenizer(text).input_ids
     while len(ids) < n_tokens:
         ids = ids + ids
@@ -83,8 +83,10 @@ def main():
     rows.append({"config": "transformers generate (full)", "step_ms": 1e3 * statistics.median(generate_steps)})
 
     wanted = set(args.policies.split(","))
+    from kvviz.policies import registry
+
     for name, params, budget in POLICIES:
-        if name not in wanted:
+        if name not in wanted or name not in registry():
             continue
         kw = dict(budget=budget, max_new_tokens=args.new_tokens, stop_at_eos=False)
         warm_budget = min(budget, 128) if budget else None
