@@ -1,0 +1,261 @@
+"""Uniform quantization of K/V tensors, with codes packed into uint8.
+
+Codes of ``bits`` bits are packed along the **last** dimension (head_dim for K/V): 8-bit codes are
+one per byte, 4-bit codes two per byte, 2-bit codes four per byte. Code ``j`` of a byte sits in
+bits ``[j * bits, (j + 1) * bits)`` (the first element in the low bits).
+
+A scale (and, when asymmetric, a zero point) is shared by a group of ``group_size`` consecutive
+elements along one dimension ``dim`` (the dimension the statistics are taken over):
+
+  per token    x (kv_heads, n, head_dim), dim=-1: scale (kv_heads, n, head_dim / group_size)
+  per channel  x (kv_heads, n, head_dim), dim=1:  scale (kv_heads, n / group_size, head_dim)
+
+Asymmetric: ``zero`` = the group's minimum, ``scale`` = (max - min) / (2**bits - 1),
+code = round((x - zero) / scale) in [0, 2**bits - 1], x' = code * scale + zero.
+Symmetric: scale = max|x| / (2**(bits-1) - 1), q = round(x / scale) in [-qmax, qmax], stored as
+the unsigned code q + 2**(bits-1) (code 0 is unused), x' = q * scale; no zero point is stored.
+Scales and zero points are stored in ``scale_dtype`` (the model's compute dtype), and the codes
+are computed with the stored (rounded) scale and zero, so dequantization is exactly what a
+kernel reading these tensors would compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BITS = (2, 4, 8)
+
+
+def check_bits(bits: int) -> None:
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, not {bits}.")
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes (..., m) integers in [0, 2**bits) -> (..., m * bits // 8) uint8."""
+    check_bits(bits)
+    codes = codes.to(torch.uint8)
+    if bits == 8:
+        return codes
+    per_byte = 8 // bits
+    if codes.shape[-1] % per_byte:
+        raise ValueError(f"cannot pack {codes.shape[-1]} {bits}-bit codes into whole bytes.")
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.uint8) * bits  # (per_byte,)
+    grouped = codes.unflatten(-1, (-1, per_byte))  # (..., m / per_byte, per_byte)
+    return (grouped << shifts).sum(dim=-1, dtype=torch.uint8)  # disjoint bits: sum == or
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """packed (..., m * bits // 8) uint8 -> codes (..., m) uint8."""
+    check_bits(bits)
+    if bits == 8:
+        return packed
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.uint8) * bits
+    codes = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # (..., m / per_byte, per_byte)
+    return codes.flatten(-2)
+
+
+@dataclass
+class Quantized:
+    """A quantized tensor: packed codes plus the scales (and zero points) of its groups."""
+
+    codes: torch.Tensor  # uint8, the tensor's shape with the last dim packed to last * bits // 8
+    scale: torch.Tensor  # the tensor's shape with ``dim`` reduced to its number of groups
+    zero: torch.Tensor | None  # like scale; None when symmetric
+    bits: int
+    dim: int  # non-negative index of the dimension the groups run along
+    group_size: int
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.codes, self.scale, self.zero) if t is not None]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def cat(self, other: "Quantized", dim: int) -> "Quantized":
+        """Concatenate along ``dim`` (e.g. new tokens): both must hold whole groups along it."""
+        zero = None if self.zero is None else torch.cat([self.zero, other.zero], dim=dim)
+        return Quantized(
+            torch.cat([self.codes, other.codes], dim=dim),
+            torch.cat([self.scale, other.scale], dim=dim),
+            zero,
+            self.bits,
+            self.dim,
+            self.group_size,
+        )
+
+    def gather_rows(self, index: torch.Tensor) -> "Quantized":
+        """Keep rows ``index`` (kv_heads, k) along dim 1 of a (kv_heads, n, ...) per-token tensor
+        (groups along the last dim), without re-quantizing."""
+        if self.dim == 1:
+            raise ValueError("rows of a tensor grouped along dim 1 cannot be gathered one by one.")
+
+        def take(t):
+            return t.gather(1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+        zero = None if self.zero is None else take(self.zero)
+        return Quantized(take(self.codes), take(self.scale), zero, self.bits, self.dim, self.group_size)
+
+
+def quantize(
+    x: torch.Tensor,
+    bits: int,
+    dim: int = -1,
+    group_size: int | None = None,
+    symmetric: bool = False,
+    scale_dtype: torch.dtype | None = None,
+) -> Quantized:
+    """Quantize ``x`` with one scale per ``group_size`` consecutive elements along ``dim``.
+
+    ``group_size`` None = the whole dimension; it must divide the dimension's size. The last
+    dim times ``bits`` must be a multiple of 8 (it is packed).
+    """
+    check_bits(bits)
+    dim = dim % x.dim()
+    size = x.shape[dim]
+    group_size = size if group_size is None else group_size
+    if group_size <= 0 or size % group_size:
+        raise ValueError(f"group size {group_size} does not divide the dimension of size {size}.")
+    scale_dtype = scale_dtype or x.dtype
+    xg = x.float().unflatten(dim, (size // group_size, group_size))  # group members along dim + 1
+    if symmetric:
+        qmax = (1 << (bits - 1)) - 1
+        scale = xg.abs().amax(dim=dim + 1) / qmax  # (..., n_groups, ...)
+        scale = _stored(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
+        q = (xg / scale.unsqueeze(dim + 1).float()).round().clamp(-qmax, qmax) + (1 << (bits - 1))
+        zero = None
+    else:
+        lo = _stored(xg.amin(dim=dim + 1), scale_dtype)
+        span = xg.amax(dim=dim + 1) - lo.float()
+        levels = (1 << bits) - 1
+        scale = span / levels
+        scale = _stored(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
+        q = ((xg - lo.unsqueeze(dim + 1).float()) / scale.unsqueeze(dim + 1).float()).round().clamp(0, levels)
+        zero = lo
+    codes = pack(q.flatten(dim, dim + 1).to(torch.uint8), bits)
+    return Quantized(codes, scale, zero, bits, dim, group_size)
+
+
+def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The tensor the codes stand for, in ``dtype``."""
+    codes = unpack(q.codes, q.bits).float()
+    dim = q.dim
+    cg = codes.unflatten(dim, (-1, q.group_size))
+    scale = q.scale.float().unsqueeze(dim + 1)
+    if q.zero is None:
+        x = (cg - (1 << (q.bits - 1))) * scale
+    else:
+        x = cg * scale + q.zero.float().unsqueeze(dim + 1)
+    return x.flatten(dim, dim + 1).to(dtype)
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round to the storage dtype (what the dequantizer will read)."""
+    return t.to(dtype)
+
+
+class ErrorMeter:
+    """Running relative Frobenius error ||x - x'|| / ||x|| of everything appended, kept on the
+    device (float32 sums) and read once, at the end of a run."""
+
+    def __init__(self, device):
+        self.err = torch.zeros((), dtype=torch.float32, device=device)
+        self.ref = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add_reference(self, x: torch.Tensor) -> None:
+        """Count ``x`` (original values) in the denominator."""
+        self.ref += x.float().square().sum()
+
+    def add_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        """Count the reconstruction error of ``x`` by ``x_hat``."""
+        self.err += (x.float() - x_hat.float()).square().sum()
+
+    def value(self) -> float:
+        ref = float(self.ref)  # read once, at the end of a run
+        return float(self.err) ** 0.5 / ref**0.5 if ref > 0 else 0.0
+
+
+class QuantizedStream:
+    """Keys or values of one layer as they arrive: a quantized part followed by a full-precision
+    tail, (kv_heads, n, head_dim) together, in token order.
+
+    per_channel=False (per token): each token is quantized on its own, one scale per
+    ``group_size`` channels; the ``residual`` most recent tokens wait in full precision (0 = none).
+    per_channel=True: each channel gets one scale per group of ``group_size`` tokens; tokens wait
+    in full precision until their group is full (the tail holds fewer than ``group_size``).
+    """
+
+    def __init__(self, kv_heads, head_dim, dtype, device, *, bits, per_channel, group_size, symmetric, residual=0):
+        check_bits(bits)
+        if not per_channel and head_dim % group_size:
+            raise ValueError(f"group size {group_size} does not divide head_dim {head_dim}.")
+        self.bits, self.per_channel, self.group_size = bits, per_channel, group_size
+        self.symmetric, self.residual, self.dtype = symmetric, residual, dtype
+        dim = 1 if per_channel else 2
+        scale_shape = (kv_heads, 0, head_dim) if per_channel else (kv_heads, 0, head_dim // group_size)
+        self.q = Quantized(
+            torch.empty(kv_heads, 0, head_dim * bits // 8, dtype=torch.uint8, device=device),
+            torch.empty(scale_shape, dtype=dtype, device=device),
+            None if symmetric else torch.empty(scale_shape, dtype=dtype, device=device),
+            bits,
+            dim,
+            group_size,
+        )
+        self.empty_q = self.q
+        self.tail = torch.empty(kv_heads, 0, head_dim, dtype=dtype, device=device)  # full precision
+        self.meter = ErrorMeter(device)
+
+    def __len__(self) -> int:
+        return self.q.codes.shape[1] + self.tail.shape[1]
+
+    @property
+    def n_quantized(self) -> int:
+        return self.q.codes.shape[1]
+
+    def append(self, x: torch.Tensor) -> None:
+        """x (kv_heads, q, head_dim) in the compute dtype."""
+        self.meter.add_reference(x)
+        self.tail = torch.cat([self.tail, x], dim=1)
+        self._flush(record=True)
+
+    def _flush(self, record: bool) -> None:
+        """Quantize what leaves the tail: whole token groups (per channel) or all but the
+        ``residual`` newest tokens (per token). Sizes are host integers: no synchronization."""
+        t = self.tail.shape[1]
+        m = (t // self.group_size) * self.group_size if self.per_channel else max(t - self.residual, 0)
+        if m == 0:
+            return
+        chunk = self.tail[:, :m]
+        q = quantize(chunk, self.bits, dim=self.q.dim, group_size=self.group_size, symmetric=self.symmetric, scale_dtype=self.dtype)
+        if record:
+            self.meter.add_error(chunk, dequantize(q))
+        self.q = self.q.cat(q, dim=1)
+        self.tail = self.tail[:, m:]
+
+    def materialize(self) -> torch.Tensor:
+        """(kv_heads, n, head_dim) in the compute dtype."""
+        return torch.cat([dequantize(self.q, self.dtype), self.tail], dim=1)
+
+    def keep(self, keep: torch.Tensor, replacement: torch.Tensor | None = None) -> None:
+        """Keep entries ``keep`` (kv_heads, k); ``replacement`` (kv_heads, k, head_dim) replaces them.
+
+        Per token without a residual, the packed rows and their scales are gathered as they are.
+        Otherwise the kept entries are dequantized, gathered and quantized again in the same
+        layout (per token this is exact up to float rounding: the codes of a quantized row map
+        back to themselves; per channel the token groups are re-formed, which adds error).
+        """
+        if replacement is None and not self.per_channel and self.residual == 0:
+            self.q = self.q.gather_rows(keep)
+            return
+        if replacement is None:
+            x = self.materialize()
+            replacement = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        self.q = self.empty_q
+        self.tail = replacement.to(self.dtype)
+        self._flush(record=False)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return self.q.tensors() + [self.tail]
