@@ -1,0 +1,71 @@
+"""Uniform quantization of keys and values, packed into bytes."""
+
+from dataclasses import dataclass
+
+from kvviz.policies.base import PolicyError, Storage, Store, param
+from kvviz.quantize import QuantizedStream
+
+
+class QuantStore(Store):
+    """Keys and values as two quantized streams (see ``kvviz.quantize.QuantizedStream``)."""
+
+    def __init__(self, kv_heads, head_dim, dtype, device, key_stream: QuantizedStream, value_stream: QuantizedStream):
+        self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, device
+        self.k, self.v = key_stream, value_stream
+
+    def __len__(self) -> int:
+        return len(self.k)
+
+    def append(self, keys, values):
+        self.k.append(keys)
+        self.v.append(values)
+
+    def materialize(self):
+        return self.k.materialize(), self.v.materialize()
+
+    def keep(self, keep, keys=None, values=None):
+        self.k.keep(keep, keys)
+        self.v.keep(keep, values)
+
+    def tensors(self):
+        return self.k.tensors() + self.v.tensors()
+
+    def error_stats(self) -> dict:
+        """Relative Frobenius error of every key and value appended, and the tokens still held
+        in full precision (a per-channel group waiting to fill)."""
+        return {"key": self.k.meter.value(), "value": self.v.meter.value(), "residual": self.k.tail.shape[1]}
+
+
+@dataclass
+class Quant(Storage):
+    name = "quant"
+    family = "quantization"
+    paper = (
+        "Jacob et al., 2018. Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only"
+        " Inference (uniform affine quantization); Sheng et al., 2023. FlexGen (group-wise 4-bit KV cache)"
+    )
+    summary = """Stores keys and values as `bits`-bit integer codes (8, 4 or 2 bits) packed into
+    bytes (4-bit: two codes per byte, 2-bit: four), plus a scale and, unless symmetric, a zero
+    point per group of `group_size` elements, in the model's dtype. `per_token` gives each token
+    its own scales, one per `group_size` channels; `per_channel` gives each channel one scale
+    per group of `group_size` tokens, and tokens wait in full precision until their group is
+    full. Attention reads the dequantized values. Composes with eviction (`snapkv+quant`):
+    per-token rows are gathered as they are; per-channel groups are re-formed from the
+    dequantized kept tokens, which adds error that the reported quantization error does not
+    count. Quantization applies the same way to every KV head; no GQA aggregation is involved."""
+
+    bits: int = param(4, "Bits per code: 8, 4 or 2.", choices=(8, 4, 2))
+    axis: str = param("per_token", "What shares a scale: the channels of a token, or the tokens of a channel.", choices=("per_token", "per_channel"))
+    symmetric: bool = param(False, "Symmetric (scale only, codes centred on 0) instead of asymmetric (scale and zero point).")
+    group_size: int = param(32, "Elements per scale: channels of a token (per_token; capped at head_dim, must divide it) or tokens of a channel (per_channel).", min=1, max=4096)
+
+    def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
+        per_channel = self.axis == "per_channel"
+        group = self.group_size if per_channel else min(self.group_size, head_dim)
+        if not per_channel and head_dim % group:
+            raise PolicyError(f"quant: group_size {group} does not divide the head dimension {head_dim}.")
+
+        def stream():
+            return QuantizedStream(kv_heads, head_dim, dtype, device, bits=self.bits, per_channel=per_channel, group_size=group, symmetric=self.symmetric)
+
+        return QuantStore(kv_heads, head_dim, dtype, device, stream(), stream())
