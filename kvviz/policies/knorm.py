@@ -1,0 +1,35 @@
+"""KNorm: keep the keys with the lowest L2 norm."""
+
+from dataclasses import dataclass
+
+from kvviz.policies.base import BudgetSelector, PolicyError, Selection, param
+from kvviz.scoring import first_mask, keep_top, recent_mask
+
+
+@dataclass
+class KNorm(BudgetSelector):
+    name = "knorm"
+    family = "eviction"
+    paper = "Devoto et al., 2024. A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
+    summary = """Keys with a low L2 norm tend to receive high attention, so the norm is a score
+    that needs no attention at all (it works with fused attention kernels). Each KV head keeps
+    its `budget` keys of lowest norm, evicting at every step once the budget is full. The
+    score is the key's own, per KV head, so no GQA aggregation is needed; RoPE is a rotation and
+    does not change the norm. kvviz can also protect `n_sink` first and `recent` newest tokens
+    (both 0 by default, as in the paper)."""
+
+    n_sink: int = param(0, "First tokens always kept, part of the budget.", min=0, max=1024)
+    recent: int = param(0, "Most recent tokens always kept, part of the budget.", min=0, max=4096)
+
+    def resolve_budget(self, prompt_len: int) -> int:
+        budget = super().resolve_budget(prompt_len)
+        if self.n_sink + self.recent > budget:
+            raise PolicyError(f"knorm: n_sink + recent ({self.n_sink + self.recent}) exceed the budget {budget}.")
+        return budget
+
+    def step(self, layer, ctx):
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        score = -layer.keys.float().norm(dim=-1)  # (kv_heads, n): higher = lower norm
+        protect = first_mask(layer.positions, self.n_sink) | recent_mask(layer.positions, ctx.seq_len, self.recent)
+        return Selection(keep=keep_top(score, ctx.budget, protect), scores=score)

@@ -1,0 +1,68 @@
+"""LRU: operating-system style eviction of the least recently used entry."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from kvviz.policies.base import BudgetSelector, Selection, param
+from kvviz.scoring import attention_probs, recent_mask
+
+
+def keep_highest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (kv_heads, k), ascending, of the k highest scores per KV head; among equal
+    scores the entries of lowest index (oldest, since entries are held in position order)
+    are evicted first. Works on integer scores, exactly."""
+    n = scores.shape[-1]
+    order = scores.argsort(dim=-1, stable=True)  # ascending; ties keep index order
+    return order[:, n - min(k, n) :].sort(dim=-1).values
+
+
+@dataclass
+class UsageSelector(BudgetSelector):
+    """Shared mechanics of LRU and LFU: a "use" of an entry is a query whose attention to it
+    (mean over the KV head's query heads) is above ``threshold``."""
+
+    stat: ClassVar[str] = ""
+    needs_queries = True
+
+    threshold: float = param(0.02, "Attention probability above which a query counts as a use of an entry.", min=0.0, max=1.0)
+    recent: int = param(0, "Most recent tokens always kept, part of the budget (capped at the budget).", min=0, max=4096)
+
+    def uses(self, layer, chunk: int = 256):
+        """Yields (used (kv_heads, q, n) bool, query positions (q,)) for chunks of the step's queries."""
+        for start in range(0, layer.queries.shape[1], chunk):
+            qpos = layer.query_positions[start : start + chunk]
+            probs = attention_probs(layer.queries[:, start : start + chunk], layer.keys, qpos, layer.positions)
+            yield probs > self.threshold, qpos
+
+    def update(self, layer, stat: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step(self, layer, ctx):
+        stat = layer.stats.setdefault(self.stat, torch.zeros_like(layer.positions))  # (kv_heads, n) long
+        self.update(layer, stat)
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        ranked = stat.masked_fill(recent_mask(layer.positions, ctx.seq_len, min(self.recent, ctx.budget)), torch.iinfo(stat.dtype).max)
+        return Selection(keep=keep_highest(ranked, ctx.budget), scores=stat.float())
+
+
+@dataclass
+class LRU(UsageSelector):
+    name = "lru"
+    family = "eviction"
+    paper = "Least Recently Used page replacement (Mattson et al., 1970); for KV caches cf. Liu et al., 2023, Scissorhands"
+    summary = """Operating-system page replacement applied to the cache: an entry is "used" when
+    a query's attention to it is above `threshold`, and entering the cache counts as a use.
+    Each entry remembers the position of the query that last used it; once the budget is full
+    the least recently used entry is evicted (ties: the oldest entry first). For GQA a KV head's
+    attention is the mean over its query heads. At prefill every prompt query counts, and the
+    prompt is compressed to the budget at once."""
+    stat = "last_use"
+
+    def update(self, layer, stat):
+        torch.maximum(stat, layer.positions, out=stat)  # entering the cache is a use
+        for used, qpos in self.uses(layer):
+            when = torch.where(used, qpos[None, :, None], -1).amax(dim=1)  # (kv_heads, n)
+            torch.maximum(stat, when, out=stat)

@@ -1,0 +1,25 @@
+"""Random eviction: the baseline every scored policy has to beat."""
+
+from dataclasses import dataclass
+
+import torch
+
+from kvviz.policies.base import BudgetSelector, Selection
+from kvviz.scoring import keep_top
+
+
+@dataclass
+class Random(BudgetSelector):
+    name = "random"
+    family = "baseline"
+    paper = "The baseline of eviction studies, e.g. Zhang et al., 2023 (H2O) and Li et al., 2024 (SnapKV)"
+    summary = """Once the budget is full, keeps a uniformly random subset of the entries, drawn
+    independently for every layer and KV head, at prefill and at every decode step. The draws
+    come from the run's seeded generator, so a run is reproducible. Uses no scores, so no GQA
+    aggregation; any scored policy should do better than this."""
+
+    def step(self, layer, ctx):
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        draw = torch.rand(layer.positions.shape, generator=ctx.generator, device=layer.keys.device)  # (kv_heads, n)
+        return Selection(keep=keep_top(draw, ctx.budget), scores=draw)

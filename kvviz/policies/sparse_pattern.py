@@ -1,0 +1,60 @@
+"""A Longformer/BigBird sparse pattern as a cache: global tokens, random blocks, a local window."""
+
+from dataclasses import dataclass
+
+import torch
+
+from kvviz.policies.base import BudgetSelector, PolicyError, Selection, param
+from kvviz.scoring import first_mask, keep_top, recent_mask
+
+GLOBAL, RANDOM_BLOCK, LOCAL = 3.0, 2.0, 1.0  # scores recorded in the trace: which part keeps an entry
+
+
+@dataclass
+class SparsePattern(BudgetSelector):
+    name = "sparse_pattern"
+    family = "sparse"
+    paper = "Beltagy et al., 2020. Longformer; Zaheer et al., 2020. Big Bird: Transformers for Longer Sequences"
+    summary = """The attention pattern of Longformer and BigBird turned into a cache: the
+    `n_global` first tokens (global tokens), `random_blocks` blocks of `block_size` consecutive
+    prompt tokens drawn at random per KV head at the end of prefill (BigBird's random
+    attention), and a local window of the newest tokens, which takes the rest of the budget:
+    budget = n_global + random_blocks x block_size + window. Blocks are aligned to block_size
+    after the global tokens, drawn among the complete blocks before the window, from the run's
+    seeded generator. In the papers each query block draws its own random blocks; a cache serves
+    every later query, so kvviz draws once per KV head. Uses no scores (no GQA aggregation).
+    The trace's score says which part holds an entry: 3 global, 2 random block, 1 local."""
+
+    n_global: int = param(4, "First tokens always kept (global tokens).", min=0, max=1024)
+    block_size: int = param(4, "Tokens per random block.", min=1, max=256)
+    random_blocks: int = param(2, "Random blocks of prompt tokens kept per KV head.", min=0, max=256)
+
+    def resolve_budget(self, prompt_len: int) -> int:
+        budget = super().resolve_budget(prompt_len)
+        fixed = self.n_global + self.random_blocks * self.block_size
+        if budget <= fixed:
+            raise PolicyError(
+                f"sparse_pattern: budget {budget} leaves no local window after {self.n_global} global tokens and"
+                f" {self.random_blocks} random blocks of {self.block_size}; raise the budget or shrink the pattern."
+            )
+        return budget
+
+    def step(self, layer, ctx):
+        if ctx.budget is None:
+            return None
+        window = ctx.budget - self.n_global - self.random_blocks * self.block_size
+        if ctx.is_prefill:  # draw the random blocks among the complete blocks between globals and window
+            n_blocks = max(layer.n - window - self.n_global, 0) // self.block_size
+            block = (layer.positions - self.n_global).div(self.block_size, rounding_mode="floor")  # (kv_heads, n)
+            draw = torch.rand(layer.kv_heads, n_blocks, generator=ctx.generator, device=layer.keys.device)
+            chosen = draw.topk(min(self.random_blocks, n_blocks), dim=-1).indices  # (kv_heads, r)
+            in_range = (layer.positions >= self.n_global) & (block < n_blocks)
+            pinned = (block.clamp(0, max(n_blocks - 1, 0)).unsqueeze(-1) == chosen.unsqueeze(1)).any(-1) & in_range
+            layer.stats["random_block"] = pinned.float()  # persists, gathered on eviction
+        pinned = layer.stats["random_block"] > 0
+        part = torch.where(recent_mask(layer.positions, ctx.seq_len, window), LOCAL, 0.0)
+        part = torch.where(pinned, RANDOM_BLOCK, part)
+        part = torch.where(first_mask(layer.positions, self.n_global), GLOBAL, part)  # (kv_heads, n)
+        if layer.n <= ctx.budget:
+            return None
+        return Selection(keep=keep_top(part, ctx.budget), scores=part)

@@ -1,0 +1,37 @@
+"""StreamingLLM: the first tokens (attention sinks) plus a recent window."""
+
+from dataclasses import dataclass
+
+from kvviz.policies.base import BudgetSelector, PolicyError, Selection, param
+from kvviz.scoring import first_mask, keep_top
+
+
+@dataclass
+class StreamingLLM(BudgetSelector):
+    name = "streaming_llm"
+    family = "eviction"
+    paper = "Xiao et al., 2023. Efficient Streaming Language Models with Attention Sinks"
+    summary = """Keeps the `n_sink` first tokens, which draw a large share of attention whatever
+    they say (attention sinks), plus the most recent tokens: budget = n_sink + window. Evicts
+    the oldest token after the sinks at every step once the budget is full. Every KV head keeps
+    the same tokens, so no GQA aggregation is involved. kvviz keeps each entry's true position
+    for RoPE; the paper re-assigns positions inside the cache (its rolling cache), which
+    kvviz does not do."""
+
+    n_sink: int = param(4, "First tokens always kept (attention sinks), part of the budget.", min=0, max=1024)
+
+    def resolve_budget(self, prompt_len: int) -> int:
+        budget = super().resolve_budget(prompt_len)
+        if budget <= self.n_sink:
+            raise PolicyError(
+                f"streaming_llm: budget {budget} leaves no recent window after {self.n_sink} sink tokens;"
+                " raise the budget or lower n_sink."
+            )
+        return budget
+
+    def step(self, layer, ctx):
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        # the newest entries have the highest positions; sinks rank above everything
+        recency = layer.positions.float()  # (kv_heads, n)
+        return Selection(keep=keep_top(recency, ctx.budget, first_mask(layer.positions, self.n_sink)), scores=recency)

@@ -1,0 +1,32 @@
+"""TOVA: evict the entry the current query attends to least."""
+
+from dataclasses import dataclass
+
+from kvviz.policies.base import BudgetSelector, Selection, param
+from kvviz.scoring import attention_probs, keep_top
+
+
+@dataclass
+class TOVA(BudgetSelector):
+    name = "tova"
+    family = "eviction"
+    paper = "Oren et al., 2024. Transformers are Multi-State RNNs (TOVA: Token Omission Via Attention)"
+    summary = """At every decode step, once the budget is full, evicts the entry with the lowest
+    attention from the current query. As in the paper the score is averaged over all the
+    layer's heads, so every KV head keeps the same tokens (with `per_kv_head` each KV head
+    instead ranks by the mean of its own group of query heads). No history is kept: only the
+    current query decides. kvviz compresses the prompt at once at the end of prefill, scored
+    by the last prompt query, where the paper evicts token by token while reading the prompt."""
+    needs_queries = True
+
+    per_kv_head: bool = param(False, "Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer.")
+
+    def step(self, layer, ctx):
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        probs = attention_probs(
+            layer.queries[:, -1:], layer.keys, layer.query_positions[-1:], layer.positions
+        )[:, 0]  # (kv_heads, n): the current (or last prompt) query, mean over each group
+        if not self.per_kv_head:  # every KV head holds the same entries: average over the layer
+            probs = probs.mean(dim=0, keepdim=True).expand_as(probs)
+        return Selection(keep=keep_top(probs, ctx.budget), scores=probs)
