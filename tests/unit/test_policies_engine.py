@@ -1,0 +1,159 @@
+"""Every policy end to end through engine.run on the tiny random Llama (2 layers, 2 KV heads,
+head dim 16, float32): it runs, the cache holds exactly what the policy says, kv_bytes follow
+the budget or the bit width, and evicted entries really leave the tensors."""
+
+import pytest
+
+from kvviz import engine
+from kvviz.policies import PolicyError, registry
+
+PROMPT = [(7 * i + 3) % 120 + 1 for i in range(40)]
+STEPS = 4
+LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 16
+FULL_TOKEN_BYTES = 2 * LAYERS * KV_HEADS * HEAD_DIM * 4  # keys and values, float32
+BUDGET = 24
+
+
+class Tok:
+    eos_token_id = None
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def run(model, spec, params=None, budget=None, steps=STEPS):
+    return engine.run(model, Tok(), PROMPT, spec, params, budget=budget, max_new_tokens=steps, stop_at_eos=False)
+
+
+def held(trace, step, layer, head):
+    return trace.kept_positions(step, layer, head).tolist()
+
+
+# policies that evict at every step once the budget is full
+EVERY_STEP = ["window", "streaming_llm", "h2o", "tova", "knorm", "lru", "lfu", "random", "sparse_pattern", "merge"]
+
+
+@pytest.mark.parametrize("spec", EVERY_STEP)
+def test_budgeted_selectors_hold_exactly_the_budget(tiny_llama, spec):
+    trace = run(tiny_llama, spec, budget=BUDGET)
+    assert trace.kv_bytes == [BUDGET * FULL_TOKEN_BYTES] * STEPS
+    assert trace.kv_bytes_full == [(len(PROMPT) + s) * FULL_TOKEN_BYTES for s in range(STEPS)]
+    for step in range(STEPS):
+        seen = len(PROMPT) + step
+        for layer in range(LAYERS):
+            for head in range(KV_HEADS):
+                kept = held(trace, step, layer, head)
+                assert len(kept) == BUDGET and kept == sorted(set(kept)) and kept[-1] < seen
+                # what left was recorded as evicted, and is not held
+                ev = trace.evicted_at_step[layer, head, :seen]
+                evicted = ((ev >= 0) & (ev <= step)).sum()
+                assert evicted == seen - BUDGET
+
+
+def test_streaming_llm_end_to_end(tiny_llama):
+    trace = run(tiny_llama, "streaming_llm", {"n_sink": 4}, budget=BUDGET)
+    last = STEPS - 1
+    seen = len(PROMPT) + last
+    assert held(trace, last, 1, 1) == list(range(4)) + list(range(seen - 20, seen))
+
+
+def test_sparse_pattern_end_to_end(tiny_llama):
+    trace = run(tiny_llama, "sparse_pattern", {"n_global": 2, "block_size": 4, "random_blocks": 2}, budget=BUDGET)
+    seen = len(PROMPT) + STEPS - 1
+    for layer in range(LAYERS):
+        for head in range(KV_HEADS):
+            kept = held(trace, STEPS - 1, layer, head)
+            assert kept[:2] == [0, 1] and kept[-14:] == list(range(seen - 14, seen))
+            middle = kept[2:-14]
+            assert len(middle) == 8 and all((p - 2) % 4 == i % 4 for i, p in enumerate(middle))
+
+
+def test_snapkv_and_pyramidkv_compress_the_prompt_once(tiny_llama):
+    snap = run(tiny_llama, "snapkv", {"window": 4}, budget=BUDGET)
+    assert snap.kv_bytes == [(BUDGET + s) * FULL_TOKEN_BYTES for s in range(STEPS)]
+    pyramid = run(tiny_llama, "pyramidkv", {"window": 4, "beta": 4.0}, budget=16)
+    assert pyramid.layer_budgets == [28, 4]  # 2 x 16 - 16 / 4, 16 / 4
+    for s in range(STEPS):
+        assert [len(held(pyramid, s, layer, 0)) for layer in range(LAYERS)] == [28 + s, 4 + s]
+    assert pyramid.kv_bytes[0] == (28 + 4) * FULL_TOKEN_BYTES // 2
+
+
+def test_random_is_reproducible_with_the_seed(tiny_llama):
+    a, b = run(tiny_llama, "random", budget=BUDGET), run(tiny_llama, "random", budget=BUDGET)
+    assert (a.evicted_at_step == b.evicted_at_step).all()
+    c = engine.run(tiny_llama, Tok(), PROMPT, "random", budget=BUDGET, max_new_tokens=STEPS, stop_at_eos=False, seed=1)
+    assert (a.evicted_at_step != c.evicted_at_step).any()
+
+
+def quant_token_bytes(bits, groups=1, asymmetric=True):
+    """Bytes per token of a per-token quantized cache of the tiny model (scales in float32)."""
+    per_head = HEAD_DIM * bits // 8 + groups * 4 * (2 if asymmetric else 1)
+    return 2 * LAYERS * KV_HEADS * per_head
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_quant_bytes_match_the_bit_width(tiny_llama, bits):
+    trace = run(tiny_llama, "quant", {"bits": bits})
+    assert trace.kv_bytes == [(len(PROMPT) + s) * quant_token_bytes(bits) for s in range(STEPS)]
+    assert len(trace.quant_error["key"]) == LAYERS
+    assert 0 < max(trace.quant_error["key"]) < {8: 0.01, 4: 0.15, 2: 0.6}[bits]
+
+
+def test_quant_symmetric_groups(tiny_llama):
+    trace = run(tiny_llama, "quant", {"bits": 4, "symmetric": True, "group_size": 8})
+    assert trace.kv_bytes[0] == len(PROMPT) * quant_token_bytes(4, groups=2, asymmetric=False)
+
+
+def test_snapkv_then_quant(tiny_llama):
+    trace = run(tiny_llama, "snapkv+quant", {"bits": 2, "window": 4}, budget=BUDGET)
+    assert trace.kv_bytes == [(BUDGET + s) * quant_token_bytes(2) for s in range(STEPS)]
+    assert trace.policy == "snapkv+quant"
+
+
+def test_h2o_then_kivi_and_merge_then_quant_hold_the_budget(tiny_llama):
+    kivi = run(tiny_llama, "h2o+kivi", {"residual": 8}, budget=BUDGET)
+    quant = run(tiny_llama, "merge+quant", {"bits": 4}, budget=BUDGET)
+    assert quant.kv_bytes == [BUDGET * quant_token_bytes(4)] * STEPS
+    assert len(held(kivi, STEPS - 1, 0, 0)) == BUDGET
+    assert kivi.kv_bytes == [kivi_bytes(BUDGET, 8, 2, 32)] * STEPS
+
+
+def kivi_bytes(n, residual, bits, group):
+    group = min(group, HEAD_DIM)
+    kq = n // residual * residual
+    vq = max(n - residual, 0)
+    keys = kq * HEAD_DIM * bits // 8 + (kq // residual) * HEAD_DIM * 8 + (n - kq) * HEAD_DIM * 4
+    values = vq * HEAD_DIM * bits // 8 + vq * (HEAD_DIM // group) * 8 + (n - vq) * HEAD_DIM * 4
+    return LAYERS * KV_HEADS * (keys + values)
+
+
+def test_kivi_bytes_follow_the_residual_window(tiny_llama):
+    trace = run(tiny_llama, "kivi", {"bits": 2, "residual": 8, "group_size": 16}, steps=10)
+    assert trace.kv_bytes == [kivi_bytes(len(PROMPT) + s, 8, 2, 16) for s in range(10)]
+    assert trace.quant_error["residual"] == 8
+
+
+def test_lowrank_bytes(tiny_llama):
+    trace = run(tiny_llama, "lowrank", {"rank": 4})
+    bases = LAYERS * 2 * KV_HEADS * HEAD_DIM * 4 * 4
+    assert trace.kv_bytes == [(len(PROMPT) + s) * LAYERS * 2 * KV_HEADS * 4 * 4 + bases for s in range(STEPS)]
+    assert 0 < min(trace.quant_error["key"]) and max(trace.quant_error["key"]) < 1
+
+
+def test_head_share_halves_the_tiny_cache_and_refuses_eviction(tiny_llama):
+    trace = run(tiny_llama, "head_share", {"groups": 1})
+    assert trace.kv_bytes == [(len(PROMPT) + s) * FULL_TOKEN_BYTES // 2 for s in range(STEPS)]
+    with pytest.raises(PolicyError, match="head_share"):
+        run(tiny_llama, "window+head_share", budget=BUDGET)
+
+
+def test_every_registered_policy_runs(tiny_llama):
+    for name, cls in registry().items():
+        budget = BUDGET if name not in ("full",) and cls.kind == "select" else None
+        trace = run(tiny_llama, name, budget=budget, steps=2)
+        assert trace.n_steps == 2 and trace.kv_bytes[0] > 0, name
+        if budget is not None:
+            assert trace.kv_bytes[0] < trace.kv_bytes_full[0], name
+        # kivi's default residual holds this short prompt in full; lowrank's default rank is this head_dim
+        if cls.kind == "store" and name not in ("kivi", "lowrank"):
+            assert trace.kv_bytes[0] < trace.kv_bytes_full[0], name

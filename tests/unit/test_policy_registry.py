@@ -1,0 +1,78 @@
+"""The policy registry: every policy describes itself, and bad specs fail with a clear message."""
+
+import pytest
+
+from kvviz.policies import BudgetSelector, PolicyError, build, registry
+
+FAMILIES = {"baseline", "eviction", "sparse", "merging", "quantization", "low-rank", "head sharing"}
+EXPECTED = {
+    "full", "window", "streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "knorm", "lru", "lfu", "random",
+    "sparse_pattern", "merge", "quant", "kivi", "lowrank", "head_share",
+}
+
+
+def test_every_policy_is_registered():
+    assert set(registry()) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_policy_describes_itself(name):
+    cls = registry()[name]
+    d = cls.describe()
+    assert d["family"] in FAMILIES
+    assert len(d["summary"]) > 120 and d["paper"]
+    for p in d["params"]:
+        assert p["help"], (name, p["name"])
+        assert p["type"] in ("int", "float", "bool", "str")
+    assert cls.from_params({}).values() == {p["name"]: p["default"] for p in d["params"]}
+
+
+def test_families():
+    fam = {n: c.family for n, c in registry().items()}
+    assert fam["random"] == "baseline" and fam["sparse_pattern"] == "sparse" and fam["merge"] == "merging"
+    assert fam["quant"] == fam["kivi"] == "quantization"
+    assert fam["lowrank"] == "low-rank" and fam["head_share"] == "head sharing"
+
+
+def test_build_composes_and_routes_params():
+    p = build("snapkv+quant", {"bits": 2, "snapkv.window": 8}, budget=16)
+    assert p.selector.window == 8 and p.selector.budget == 16 and p.storage.bits == 2
+    p = build("h2o+kivi", {"kivi": {"residual": 16}}, ratio=0.5)
+    assert p.storage.residual == 16 and p.selector.ratio == 0.5
+
+
+@pytest.mark.parametrize(
+    "spec, params, budget, message",
+    [
+        ("nope", {}, None, "Unknown policy 'nope'"),
+        ("h2o", {"bogus": 1}, None, "Unknown parameter 'bogus' for 'h2o'"),
+        ("h2o", {"h2o.bogus": 1}, None, "Policy 'h2o' has no parameter 'bogus'"),
+        ("quant", {"bitz": 4}, None, "Unknown parameter 'bitz'"),
+        ("quant", {"bits": 3}, None, "bits must be one of 8, 4, 2, not 3"),
+        ("kivi", {"bits": "four"}, None, "bits must be a int"),
+        ("h2o", {}, 0, "budget must be at least 1"),
+        ("streaming_llm", {}, -4, "budget must be at least 1"),
+        ("quant", {}, 16, "takes no budget"),
+        ("quant+kivi", {}, None, "at most one selector and one store"),
+        ("lru", {"threshold": 2}, None, "threshold must be at most 1"),
+    ],
+)
+def test_build_errors(spec, params, budget, message):
+    with pytest.raises(PolicyError, match=message):
+        build(spec, params, budget=budget)
+
+
+@pytest.mark.parametrize(
+    "spec, params, budget, message",
+    [
+        ("knorm", {}, 41, "larger than the prompt"),
+        ("streaming_llm", {"n_sink": 8}, 8, "leaves no recent window"),
+        ("sparse_pattern", {}, 12, "leaves no local window"),
+        ("knorm", {"n_sink": 4, "recent": 8}, 10, "exceed the budget"),
+    ],
+)
+def test_budget_errors_for_a_prompt(spec, params, budget, message):
+    sel = build(spec, params, budget=budget).selector
+    assert isinstance(sel, BudgetSelector)
+    with pytest.raises(PolicyError, match=message):
+        sel.resolve_budget(40)
