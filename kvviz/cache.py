@@ -112,6 +112,7 @@ class PolicyCache(Cache):
         n_kv_heads: int,
         device,
         generator: torch.Generator | None = None,
+        measure_lost_mass: bool = False,
     ):
         self._layer_list = [PolicyLayer(self, i) for i in range(n_layers)]
         super().__init__(layers=self._layer_list)
@@ -120,6 +121,7 @@ class PolicyCache(Cache):
         self.prompt_len = prompt_len
         self.step = 0
         self.generator = generator
+        self.measure_lost_mass = measure_lost_mass
         self.queries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (queries, positions)
         sel = pipeline.selector
         self.budget = sel.resolve_budget(prompt_len) if sel is not None else None
@@ -178,9 +180,9 @@ class PolicyCache(Cache):
             self.scores[layer.layer_idx].scatter_(1, positions, decision.scores.float())
         evicted = layer.apply(decision)  # (kv_heads, n) bool
         li = layer.layer_idx
-        step_values = torch.where(evicted, self.step, self.evicted_at[li].gather(1, positions))
-        self.evicted_at[li].scatter_(1, positions, step_values.to(torch.int32))
-        if queries is not None:
+        # every entry held until now was never evicted (-1): write the step where it leaves
+        self.evicted_at[li].scatter_(1, positions, torch.where(evicted, self.step, -1).to(torch.int32))
+        if self.measure_lost_mass and queries is not None:
             probs = attention_probs(queries[:, -1:], keys, query_positions[-1:], positions)[:, 0]  # (kv_heads, n)
             self.lost_mass_now[li] = (probs * evicted).sum(dim=-1).mean()
 

@@ -53,8 +53,6 @@ def attention_modules(model) -> list[torch.nn.Module]:
 def _query_hook(cache: PolicyCache, layer_idx: int):
     """A forward pre-hook on one attention module: computes the layer's queries (RoPE applied)
     for the cache of the run on this thread; other runs sharing the model are left alone."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     def hook(module, args, kwargs):
         if getattr(_active, "cache", None) is not cache:
             return None
@@ -64,12 +62,18 @@ def _query_hook(cache: PolicyCache, layer_idx: int):
         q = module.q_proj(hidden).view(*hidden.shape[:-1], -1, head_dim)
         if hasattr(module, "q_norm"):
             q = module.q_norm(q)
-        q = q.transpose(1, 2)  # (1, q_heads, q_len, head_dim)
-        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
-        cache.queries[layer_idx] = (q[0], cache.current_positions)
+        q = q.transpose(1, 2)[0]  # (q_heads, q_len, head_dim)
+        cache.queries[layer_idx] = (rotate(q, cos[0], sin[0]), cache.current_positions)
         return None
 
     return hook
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as Llama applies it (rotate-half convention); cos, sin: (q_len, head_dim)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 def resolve_pipeline(policy, params, budget, ratio) -> policies.Pipeline:
@@ -100,7 +104,7 @@ def run(
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     keep_logprobs: bool = False,
-    capture_queries: bool = True,
+    capture_queries: bool = False,
 ) -> Trace:
     """Prefill ``prompt_ids`` and decode under ``policy``; return the Trace.
 
@@ -108,7 +112,8 @@ def run(
     choices; ``max_new_tokens`` is then len(forced_ids). ``reference_logprobs`` (steps, vocab):
     the log-probabilities of a reference run (e.g. the full cache) for per-step KL and top-1
     agreement. ``capture_queries`` computes each layer's queries even for policies that do not
-    score with them, to measure the attention mass that fell on evicted entries. With ``keep_logprobs`` the per-step log-probabilities stay on the trace as
+    score with them, to measure the attention mass that fell on evicted entries (the views
+    ask for it; benchmarks leave it off). With ``keep_logprobs`` the per-step log-probabilities stay on the trace as
     ``trace.extra["logprobs"]`` (a tensor, not saved).
     """
     pipeline = resolve_pipeline(policy, params, budget, ratio)
@@ -132,7 +137,9 @@ def run(
         )
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    cache = PolicyCache(pipeline, n_layers, len(prompt_ids), total, n_kv, device, generator=generator)
+    cache = PolicyCache(
+        pipeline, n_layers, len(prompt_ids), total, n_kv, device, generator=generator, measure_lost_mass=capture_queries
+    )
     bytes_per_token = 2 * n_layers * n_kv * head_dim * torch.empty(0, dtype=model.dtype).element_size()
     eos = _eos_ids(tokenizer, config)
     kw = cache_keyword(model)
@@ -225,7 +232,7 @@ def run(
         kv_bytes=kv_bytes,
         kv_bytes_full=kv_full,
         bookkeeping_bytes=book,
-        lost_mass=torch.stack(lost_rows).cpu().numpy(),
+        lost_mass=torch.stack(lost_rows).cpu().numpy() if capture_queries else np.full((len(lost_rows), n_layers), np.nan, np.float32),
         topk_ids=topk.indices.cpu().numpy(),
         topk_probs=topk.values.float().cpu().numpy(),
         entropy=entropy.float().cpu().numpy(),

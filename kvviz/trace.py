@@ -43,7 +43,7 @@ class Trace:
     kv_bytes: list[int]  # per step: bytes of K/V tensors held (quantization scales and zero points included)
     kv_bytes_full: list[int]  # per step: what a full cache of the model's dtype would hold
     bookkeeping_bytes: list[int]  # per step: positions and policy statistics kvviz keeps beside the cache
-    lost_mass: np.ndarray  # (steps, layers) attention mass the step's last query put on entries evicted at that step
+    lost_mass: np.ndarray  # (steps, layers) attention mass the step's last query put on entries evicted at that step; NaN = not measured (run with capture_queries)
     topk_ids: np.ndarray  # (steps, k) int
     topk_probs: np.ndarray  # (steps, k) float32
     entropy: np.ndarray  # (steps,) float32, nats
