@@ -1,0 +1,116 @@
+"""Memory: the bytes a policy's cache holds per step against the full cache, and the
+reconstruction error of a quantizing store."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from kvviz.live import memory_saving
+from kvviz.models import format_bytes
+from kvviz.token_view import clamp_step
+from kvviz.trace import Trace
+
+
+def _unit(max_bytes: float) -> tuple[float, str]:
+    for scale, name in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if max_bytes >= scale:
+            return scale, name
+    return 1, "bytes"
+
+
+def saving_line(trace: Trace, step: int | None = None) -> str:
+    m = memory_saving(trace, step)
+    return (
+        f"step {m.step}: {format_bytes(m.kv_bytes)} held vs {format_bytes(m.kv_bytes_full)} for the full cache"
+        f", saves {format_bytes(m.saved_bytes)} ({m.saved_pct:.1f}%)"
+    )
+
+
+def kv_bytes_figure(trace: Trace, step: int | None = None) -> go.Figure:
+    """``kv_bytes`` per step against ``kv_bytes_full``, the saving shaded, the chosen step marked."""
+    steps = np.arange(len(trace.kv_bytes))
+    held = np.asarray(trace.kv_bytes, dtype=float)
+    full = np.asarray(trace.kv_bytes_full, dtype=float)
+    book = np.asarray(trace.bookkeeping_bytes, dtype=float)
+    scale, unit = _unit(max(full.max(initial=0), held.max(initial=0)))
+    fig = go.Figure()
+    fig.add_scatter(
+        x=steps, y=full / scale, name="full cache", mode="lines", line=dict(color="#6b7280", dash="dash"),
+        hovertemplate=f"step %{{x}}<br>full cache %{{y:.3f}} {unit}<extra></extra>",
+    )
+    fig.add_scatter(
+        x=steps, y=held / scale, name=f"{trace.policy} (K/V held)", mode="lines+markers", fill="tonexty",
+        fillcolor="rgba(22,163,74,0.15)", line=dict(color="#16a34a"), marker=dict(size=4),
+        hovertemplate=f"step %{{x}}<br>held %{{y:.3f}} {unit}<extra></extra>",
+    )
+    if book.any():
+        fig.add_scatter(
+            x=steps, y=book / scale, name="bookkeeping (positions, scores)", mode="lines",
+            line=dict(color="#a855f7", dash="dot"), hovertemplate=f"step %{{x}}<br>bookkeeping %{{y:.3f}} {unit}<extra></extra>",
+        )
+    if len(steps):
+        s = clamp_step(trace, len(steps) - 1 if step is None else step)
+        m = memory_saving(trace, s)
+        fig.add_vline(x=s, line=dict(color="#111827", width=1, dash="dash"))
+        fig.add_annotation(
+            x=s, y=m.kv_bytes / scale, text=f"saves {format_bytes(m.saved_bytes)} ({m.saved_pct:.0f}%)",
+            showarrow=True, arrowhead=2, ax=40, ay=-40, bgcolor="rgba(255,255,255,0.8)",
+        )
+    fig.update_layout(
+        title="KV cache memory per step: " + saving_line(trace, step),
+        height=340,
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    )
+    fig.update_layout(legend_traceorder="normal")
+    fig.update_xaxes(title="decode step", tickformat="d", dtick=1 if len(steps) <= 20 else None)
+    fig.update_yaxes(title=unit, rangemode="tozero")
+    return fig
+
+
+def quant_error_figure(trace: Trace) -> go.Figure:
+    """Relative reconstruction error of K and V per layer; the residual window in the title."""
+    q = trace.quant_error or {}
+    keys, values = list(q.get("key") or []), list(q.get("value") or [])
+    layers = np.arange(max(len(keys), len(values)))
+    fig = go.Figure()
+    fig.add_bar(x=layers[: len(keys)], y=keys, name="keys", marker_color="#2563eb",
+                hovertemplate="layer %{x}<br>key error %{y:.2%}<extra></extra>")
+    fig.add_bar(x=layers[: len(values)], y=values, name="values", marker_color="#f59e0b",
+                hovertemplate="layer %{x}<br>value error %{y:.2%}<extra></extra>")
+    title = "Quantization error per layer (relative: ‖x − x̂‖ / ‖x‖)"
+    residual = q.get("residual")
+    if residual:
+        title += f"; the newest {residual} tokens stay in full precision (residual window)"
+    fig.update_layout(
+        title=title, barmode="group", height=320, margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    )
+    fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 32 else None)
+    fig.update_yaxes(title="relative error", tickformat=".1%", rangemode="tozero")
+    return fig
+
+
+def residual_window_figure(trace: Trace) -> go.Figure:
+    """Which positions the quantizing store holds quantized and which in full precision at the
+    end of the run: the newest ``residual`` values (``residual_keys`` keys, when they differ)."""
+    q = trace.quant_error or {}
+    n = trace.prompt_len + max(trace.n_steps - 1, 0)  # entries in the cache at the last step
+    rows = {"values": int(q.get("residual") or 0), "keys": int(q.get("residual_keys", q.get("residual")) or 0)}
+    pos = np.arange(n)
+    z = np.array([(pos >= n - tail).astype(float) for tail in rows.values()]).reshape(len(rows), n)  # 1 = full precision
+    fig = go.Figure()
+    fig.add_heatmap(
+        z=z, x=pos, y=list(rows), zmin=0, zmax=1, showscale=False, xgap=0.5 if n <= 200 else 0, ygap=3,
+        colorscale=[[0, "#93c5fd"], [1, "#f59e0b"]],
+        customdata=np.where(z > 0, "full precision", "quantized"),
+        hovertemplate="%{y} of token %{x}: %{customdata}<extra></extra>",
+    )
+    parts = [f"the newest {t} {row} in full precision" for row, t in rows.items() if t]
+    fig.update_layout(
+        title=("At the last step: " + " and ".join(parts) + "; the rest quantized (blue)") if parts else "Every entry is quantized",
+        height=190, margin=dict(l=10, r=10, t=50, b=10),
+    )
+    fig.update_xaxes(title="token position", range=[-0.5, max(n, 1) - 0.5])
+    return fig

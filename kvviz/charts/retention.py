@@ -1,0 +1,136 @@
+"""Retention maps: which tokens stayed in the cache, over steps and over layers, and how full the
+cache is at one step."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from kvviz.charts.tokens import plotly_text
+from kvviz.token_view import Scope, clamp_step, occupancy, quoted, retention, retention_by_layer
+from kvviz.trace import Trace
+
+# 0 = evicted (red), partly kept (orange), 1 = kept (green); blank = not in the run yet
+RETENTION_SCALE = [[0.0, "#dc2626"], [0.5, "#fdba74"], [1.0, "#16a34a"]]
+
+
+def _token_labels(trace: Trace) -> list[str]:
+    return [plotly_text(f"#{p} {quoted(t)}") for p, t in enumerate(trace.tokens[: trace.n_positions])]
+
+
+def _mark_prompt_end(fig: go.Figure, trace: Trace, axis: str = "x") -> None:
+    if trace.n_positions > trace.prompt_len:
+        kw = dict(line=dict(color="#2563eb", width=2, dash="dot"))
+        if axis == "x":
+            fig.add_vline(x=trace.prompt_len - 0.5, annotation_text="generated →", annotation_position="top right", **kw)
+
+
+def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | None = None) -> go.Figure:
+    """Heatmap tokens × steps: the share of the scope holding each token after each step."""
+    z = retention(trace, scope)  # (steps, positions)
+    labels = _token_labels(trace)
+    text = np.broadcast_to(np.array(labels, dtype=object), z.shape)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=np.arange(z.shape[1]),
+            y=np.arange(z.shape[0]),
+            zmin=0,
+            zmax=1,
+            colorscale=RETENTION_SCALE,
+            customdata=text,
+            hovertemplate="%{customdata}<br>step %{y}<br>kept by %{z:.0%}<extra></extra>",
+            colorbar=dict(title="kept", tickformat=".0%", len=0.8),
+            xgap=0.5 if z.shape[1] <= 200 else 0,
+            ygap=0.5 if z.shape[0] <= 100 else 0,
+        )
+    )
+    if step is not None:
+        s = clamp_step(trace, step)
+        fig.add_hline(y=s, line=dict(color="#111827", width=2, dash="dash"), annotation_text=f"step {s}", annotation_position="right")
+    _mark_prompt_end(fig, trace)
+    fig.update_layout(
+        title=f"Kept over time: tokens × decode steps ({scope.label()})",
+        height=min(max(260, 14 * z.shape[0] + 140), 700),
+        margin=dict(l=10, r=10, t=50, b=10),
+    )
+    fig.update_xaxes(title="token position")
+    fig.update_yaxes(title="step", autorange="reversed")
+    return fig
+
+
+def retention_layers_figure(trace: Trace, step: int, head: int | None = None) -> go.Figure:
+    """Heatmap layers × tokens at ``step``: kept (one KV head) or share of the KV heads keeping it."""
+    s = clamp_step(trace, step)
+    z = retention_by_layer(trace, s, head)  # (layers, positions)
+    labels = _token_labels(trace)
+    text = np.broadcast_to(np.array(labels, dtype=object), z.shape)
+    what = f"KV head {head}" if head is not None else f"share of the {trace.n_kv_heads} KV heads"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=np.arange(z.shape[1]),
+            y=np.arange(z.shape[0]),
+            zmin=0,
+            zmax=1,
+            colorscale=RETENTION_SCALE,
+            customdata=text,
+            hovertemplate="%{customdata}<br>layer %{y}<br>kept by %{z:.0%}<extra></extra>",
+            colorbar=dict(title="kept", tickformat=".0%", len=0.8),
+            xgap=0.5 if z.shape[1] <= 200 else 0,
+            ygap=0.5,
+        )
+    )
+    _mark_prompt_end(fig, trace)
+    fig.update_layout(
+        title=f"Kept at step {s}: layers × tokens ({what})",
+        height=min(max(260, 9 * z.shape[0] + 130), 600),
+        margin=dict(l=10, r=10, t=50, b=10),
+    )
+    fig.update_xaxes(title="token position")
+    fig.update_yaxes(title="layer", autorange="reversed")
+    return fig
+
+
+def occupancy_figure(trace: Trace, step: int) -> go.Figure:
+    """Entries held per layer at ``step`` (mean over KV heads) against a full cache."""
+    s = clamp_step(trace, step)
+    held, full = occupancy(trace, s)
+    layers = np.arange(trace.n_layers)
+    fig = go.Figure()
+    fig.add_bar(
+        x=layers,
+        y=held,
+        name="held (mean over KV heads)",
+        marker_color="#16a34a",
+        hovertemplate="layer %{x}<br>%{y:.1f} entries held<extra></extra>",
+    )
+    fig.add_scatter(
+        x=layers,
+        y=np.full(trace.n_layers, full),
+        mode="lines",
+        name="full cache",
+        line=dict(color="#6b7280", dash="dash"),
+        hovertemplate=f"full cache: {full} entries<extra></extra>",
+    )
+    budgets = [b for b in (trace.layer_budgets or []) if b is not None]
+    if budgets and len(set(budgets)) > 1:
+        fig.add_scatter(
+            x=layers,
+            y=trace.layer_budgets,
+            mode="markers",
+            name="layer budget",
+            marker=dict(symbol="line-ew-open", size=14, color="#111827"),
+        )
+    mean_held = float(held.mean()) if held.size else 0.0
+    pct = 100 * mean_held / full if full else 0.0
+    fig.update_layout(
+        title=f"Cache occupancy at step {s}: {mean_held:.1f} of {full} entries per KV head ({pct:.0f}%)",
+        height=300,
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        bargap=0.15,
+    )
+    fig.update_xaxes(title="layer", dtick=1 if trace.n_layers <= 32 else None)
+    fig.update_yaxes(title="entries", range=[0, full * 1.08 if full else 1])
+    return fig

@@ -1,0 +1,91 @@
+"""Token states as colours: the palette every token view shares, and a token map figure.
+
+The map lays the tokens out like text, ``per_row`` to a row, one square per token coloured by its
+state, with the token's details on hover; it gives the overview of a long prompt that the text
+view cannot.
+"""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+from kvviz.token_view import STATES, TokenRecord, quoted
+
+# background, text colour per state; readable on light and dark themes
+STATE_COLORS: dict[str, str] = {
+    "sink": "#a78bfa",
+    "recent": "#7dd3fc",
+    "high_score": "#fbbf24",
+    "kept": "#86efac",
+    "partial": "#fdba74",
+    "evicted_now": "#dc2626",
+    "evicted": "#fecaca",
+    "next": "#f8fafc",
+    "pending": "#e5e7eb",
+}
+STATE_TEXT_COLORS: dict[str, str] = {s: ("#ffffff" if s == "evicted_now" else "#111827") for s in STATES}
+STATE_TEXT_COLORS["evicted"] = "#7f1d1d"
+STATE_TEXT_COLORS["pending"] = "#6b7280"
+
+
+def plotly_text(text: str) -> str:
+    """Plain text for a plotly label or hover: plotly reads a few HTML tags in text, so escape
+    it and turn newlines into ``<br>``."""
+    return html.escape(text, quote=False).replace("\n", "<br>")
+
+
+def state_label(state: str) -> str:
+    return STATES[state][0]
+
+
+def describe_record(r: TokenRecord, step: int) -> str:
+    """The hover text of one token, plain text (escape it before it goes into HTML)."""
+    lines = [f"#{r.position} {quoted(r.text)}" + ("  (generated)" if r.generated else "  (prompt)")]
+    lines.append(f"state: {state_label(r.state)}")
+    lines.append("score: " + ("not scored" if r.score is None else f"{r.score:.4g}"))
+    if r.evicted_at_step is None:
+        lines.append("never evicted")
+    else:
+        when = "later" if r.evicted_at_step > step else "at or before this step"
+        lines.append(f"first evicted at step {r.evicted_at_step} ({when})")
+    if r.state not in ("next", "pending"):
+        lines.append(f"kept by {r.kept_share:.0%} of the layers × KV heads in view at step {step}")
+    return "\n".join(lines)
+
+
+def token_states_figure(records: list[TokenRecord], step: int, per_row: int = 40, title: str | None = None) -> go.Figure:
+    """One square per token, coloured by state, one legend entry per state present."""
+    fig = go.Figure()
+    by_state: dict[str, list[TokenRecord]] = {}
+    for r in records:
+        by_state.setdefault(r.state, []).append(r)
+    for state in STATES:
+        rs = by_state.get(state)
+        if not rs:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[r.position % per_row for r in rs],
+                y=[r.position // per_row for r in rs],
+                mode="markers",
+                name=f"{state_label(state)} ({len(rs)})",
+                legendgroup=state,
+                marker=dict(symbol="square", size=13, color=STATE_COLORS[state], line=dict(width=1, color="#9ca3af")),
+                hovertext=[plotly_text(describe_record(r, step)) for r in rs],
+                hoverinfo="text",
+                meta=state,
+            )
+        )
+    rows = (len(records) + per_row - 1) // per_row if records else 1
+    fig.update_layout(
+        title=title,
+        height=min(120 + 18 * rows, 900),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        plot_bgcolor="rgba(0,0,0,0)",
+    )
+    fig.update_xaxes(visible=False, range=[-1, per_row])
+    fig.update_yaxes(visible=False, autorange="reversed")
+    return fig

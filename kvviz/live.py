@@ -1,0 +1,305 @@
+"""A live run of one policy, for the Live policy page: check the input, run the policy on a
+background thread while a page shows its tokens, then run the full cache and the policy
+teacher-forced on the full cache's output, for the comparison.
+
+The page polls a ``LiveJob`` (tokens so far, phase, progress) and keeps its ``LiveResult``; a job
+survives the page's reruns, and a stopped job still leaves a result with the tokens generated so
+far. Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kvviz import engine, policies
+from kvviz.engine import Comparison, StepEvent
+from kvviz.policies import BudgetSelector, PolicyError, Selector, Storage
+from kvviz.tokens import PromptError, encode_prompt
+from kvviz.trace import Trace, _json_default
+
+PHASES = {
+    "queued": "Starting",
+    "policy": "Generating with the policy",
+    "full": "Generating with the full cache, for the comparison",
+    "forced": "Scoring the policy on the full cache's output (KL, top-1)",
+    "done": "Done",
+    "stopped": "Stopped",
+    "error": "Failed",
+}
+
+
+class LiveInputError(ValueError):
+    """Input a live run cannot use; the message is one line, fit to show to a person."""
+
+
+# ------------------------------------------------------------------------------ policies
+
+
+def is_selector(name: str) -> bool:
+    return issubclass(policies.get(name), Selector)
+
+
+def companions(name: str) -> list[str]:
+    """Policies that compose with ``name``: the stores for a selector, the selectors (but the
+    full cache) for a store."""
+    reg = policies.registry()
+    if name not in reg or name == "full":
+        return []
+    want = Storage if is_selector(name) else Selector
+    return [n for n, cls in reg.items() if n not in ("full", name) and issubclass(cls, want)]
+
+
+def compose(name: str, companion: str | None = None) -> str:
+    """The spec of ``name`` with an optional companion, selector first: ``snapkv+quant``."""
+    if not companion:
+        return name
+    return f"{name}+{companion}" if is_selector(name) else f"{companion}+{name}"
+
+
+def takes_budget(spec: str) -> bool:
+    return any(issubclass(policies.get(n), BudgetSelector) for n in spec.split("+") if n)
+
+
+def tunable_params(name: str) -> dict[str, policies.Param]:
+    """A policy's parameters without budget/ratio (pages give those one shared control)."""
+    params = policies.get(name).params()
+    if issubclass(policies.get(name), BudgetSelector):
+        params = {k: v for k, v in params.items() if k not in ("budget", "ratio")}
+    return params
+
+
+# ------------------------------------------------------------------------------ requests
+
+
+@dataclass
+class LiveRequest:
+    spec: str  # e.g. "h2o" or "snapkv+quant"
+    params: dict  # {policy name: {param: value}}
+    budget: int | None
+    ratio: float | None
+    max_new_tokens: int
+    prompt_ids: list[int]
+    compare: bool = True  # also run the full cache and the teacher-forced policy
+    prompt_name: str = ""
+    model_name: str = ""
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+
+def prepare(
+    tokenizer,
+    prompt: str,
+    *,
+    chat: bool,
+    spec: str,
+    params: dict | None = None,
+    budget: int | None = None,
+    ratio: float | None = None,
+    max_new_tokens: int = 32,
+    max_context: int | None = None,
+    compare: bool = True,
+    prompt_name: str = "",
+    model_name: str = "",
+) -> LiveRequest:
+    """Check everything a run needs before it starts; raises LiveInputError with one line."""
+    try:
+        ids = encode_prompt(tokenizer, prompt, chat=chat, max_context=max_context)
+        if not takes_budget(spec):
+            budget = ratio = None
+        pipeline = policies.build(spec, params or {}, budget=budget, ratio=ratio)
+        if pipeline.selector is not None:
+            pipeline.selector.resolve_budget(len(ids))  # budget larger than the prompt, ...
+    except (PromptError, PolicyError) as exc:
+        raise LiveInputError(str(exc)) from None
+    if not 1 <= int(max_new_tokens) <= 4096:
+        raise LiveInputError(f"New tokens must be between 1 and 4096, not {max_new_tokens}.")
+    if max_context and len(ids) + max_new_tokens > max_context:
+        raise LiveInputError(
+            f"The prompt ({len(ids)} tokens) plus {max_new_tokens} new tokens exceeds the model's context of {max_context}."
+        )
+    return LiveRequest(
+        spec=pipeline.spec,
+        params=params or {},
+        budget=budget,
+        ratio=ratio,
+        max_new_tokens=int(max_new_tokens),
+        prompt_ids=ids,
+        compare=compare,
+        prompt_name=prompt_name,
+        model_name=model_name,
+    )
+
+
+def prompt_length(tokenizer, prompt: str, chat: bool) -> int | None:
+    """Tokens of the prompt as a run would encode it; None when it cannot be encoded (empty)."""
+    try:
+        return len(encode_prompt(tokenizer, prompt, chat=chat))
+    except PromptError:
+        return None
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass
+class LiveResult:
+    request: LiveRequest
+    trace: Trace  # the policy, free generation (partial when stopped)
+    full: Trace | None = None  # the full cache, free generation
+    forced: Trace | None = None  # the policy teacher-forced on the full cache's output
+    wall_s: dict = field(default_factory=dict)  # seconds per phase
+    stopped: bool = False
+
+    @property
+    def comparison(self) -> Comparison | None:
+        if self.full is None:
+            return None
+        return Comparison(full=self.full, policy=self.trace, forced=self.forced)
+
+    @property
+    def first_divergence(self) -> int | None:
+        cmp = self.comparison
+        return None if cmp is None else cmp.first_divergence
+
+
+@dataclass(frozen=True)
+class MemorySaving:
+    step: int
+    kv_bytes: int  # K/V tensors the policy holds (quantization scales and zero points included)
+    kv_bytes_full: int  # what the full cache would hold at this step
+    bookkeeping_bytes: int  # positions and policy statistics kept beside the cache
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.kv_bytes_full - self.kv_bytes
+
+    @property
+    def saved_pct(self) -> float:
+        return 100.0 * self.saved_bytes / self.kv_bytes_full if self.kv_bytes_full else 0.0
+
+
+def memory_saving(trace: Trace, step: int | None = None) -> MemorySaving:
+    """Bytes held against the full cache at ``step`` (default: the last step)."""
+    if not trace.kv_bytes:
+        return MemorySaving(0, 0, 0, 0)
+    s = len(trace.kv_bytes) - 1 if step is None else min(max(int(step), 0), len(trace.kv_bytes) - 1)
+    return MemorySaving(s, int(trace.kv_bytes[s]), int(trace.kv_bytes_full[s]), int(trace.bookkeeping_bytes[s]))
+
+
+def trace_json(trace: Trace) -> str:
+    """The trace as JSON text (what ``Trace.save`` writes to a .json file), for a download."""
+    return json.dumps(trace.to_dict(), default=_json_default)
+
+
+# ------------------------------------------------------------------------------ the job
+
+
+class LiveJob:
+    """Runs a LiveRequest on a background thread; safe to poll from another thread.
+
+    Phases: the policy (streamed into ``policy_tokens``), then, when the request compares, the
+    full cache (``full_tokens``) and the policy teacher-forced on the full cache's output.
+    ``stop()`` ends the current phase at its next token and skips the rest; the result keeps
+    what was generated.
+    """
+
+    def __init__(self, model, tokenizer, request: LiveRequest):
+        self.model, self.tokenizer, self.request = model, tokenizer, request
+        self.phase = "queued"
+        self.policy_tokens: list[str] = []
+        self.full_tokens: list[str] = []
+        self.kv_bytes: tuple[int, int] | None = None  # (policy, full) at the policy's latest step
+        self.error: str | None = None
+        self.result: LiveResult | None = None
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # control
+    def start(self) -> "LiveJob":
+        self._thread = threading.Thread(target=self.run, name="kvviz-live", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self.phase not in ("done", "stopped", "error")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    def progress(self) -> tuple[float, str]:
+        """(fraction done, a line saying what runs now)."""
+        n = self.request.max_new_tokens
+        phases = ["policy", "full", "forced"] if self.request.compare else ["policy"]
+        if not self.running:
+            return 1.0, PHASES[self.phase]
+        if self.phase == "queued":
+            return 0.0, PHASES["queued"]
+        done_before = phases.index(self.phase)
+        current = {"policy": len(self.policy_tokens), "full": len(self.full_tokens)}.get(self.phase, 0)
+        frac = (done_before + min(current, n) / n) / len(phases)
+        count = f": {current} / {n} tokens" if self.phase in ("policy", "full") else ""
+        return min(frac, 1.0), PHASES[self.phase] + count
+
+    # work
+    def run(self) -> None:
+        req, walls = self.request, {}
+        stop = self._stop.is_set
+        common = dict(max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=stop)
+        trace = full = forced = None
+        try:
+            self.phase = "policy"
+            t = time.perf_counter()
+            trace = engine.run(
+                self.model, self.tokenizer, req.prompt_ids, req.spec, req.params, budget=req.budget, ratio=req.ratio,
+                on_step=self._on_policy_step, **common,
+            )
+            walls["policy"] = time.perf_counter() - t
+            if req.compare and not stop():
+                self.phase = "full"
+                t = time.perf_counter()
+                full = engine.run(
+                    self.model, self.tokenizer, req.prompt_ids, "full", keep_logprobs=True,
+                    on_step=lambda e: self.full_tokens.append(e.token), **common,
+                )
+                reference = full.extra.pop("logprobs")
+                walls["full"] = time.perf_counter() - t
+                if not stop():
+                    self.phase = "forced"
+                    t = time.perf_counter()
+                    forced = engine.run(
+                        self.model, self.tokenizer, req.prompt_ids, req.spec, req.params, budget=req.budget,
+                        ratio=req.ratio, forced_ids=full.generated_ids, reference_logprobs=reference,
+                        model_name=req.model_name, should_stop=stop,
+                    )
+                    walls["forced"] = time.perf_counter() - t
+                    if forced.stopped_by == "user":
+                        forced = None  # a partial teacher-forced run compares nothing
+                if full.stopped_by == "user":
+                    full = forced = None
+        except (PolicyError, PromptError, ValueError) as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
+            self.error = f"{type(exc).__name__}: {exc}"
+        if trace is not None:
+            self.result = LiveResult(req, trace, full, forced, walls, stopped=stop())
+        self.phase = "error" if self.error else "stopped" if stop() else "done"
+
+    def _on_policy_step(self, event: StepEvent) -> None:
+        self.policy_tokens.append(event.token)
+        self.kv_bytes = (event.kv_bytes, event.kv_bytes_full)
