@@ -529,7 +529,6 @@ def _load_cache_entry(entry: Path, device: str, dtype: torch.dtype):
 
 def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) -> None:
     """Dequantize the GGUF file once (fp32, CPU) and write the result as a cache entry."""
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     report(f"Reading the tokenizer from {path.name}", 0.05)
@@ -539,30 +538,35 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
-    except ModelLoadError:
-        raise
     except Exception as exc:
         raise ModelLoadError(f"Could not read the GGUF file {path.name}: {_one_line(exc)}") from exc
-
     report("Saving dequantized weights to the kvviz weights cache", 0.75)
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the cached weights are plain tensors
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    state = {}
-    seen: dict[int, str] = {}
-    for key, tensor in model.state_dict().items():
-        if tied and tensor.data_ptr() in seen:
-            continue  # e.g. lm_head.weight tied to embed_tokens.weight: stored once
-        seen[tensor.data_ptr()] = key
-        state[key] = tensor.detach().contiguous()
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the cached weights are plain tensors
+    save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)
 
-    root = entry.parent
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{sha[:12]}-", dir=root))
+
+def save_cache_entry(model, tokenizer, entry: Path, gguf_sha256: str, gguf_name: str) -> None:
+    """Write model weights (safetensors), config, tokenizer and a manifest to entry, atomically.
+
+    Everything goes to a temporary folder beside entry, which is renamed into place once complete;
+    the manifest records each file's size and sha256 and the tensor names, for check_cache_entry().
+    """
+    from safetensors.torch import save_file
+
+    state = {}
+    stored_at: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() in stored_at:
+            continue  # tied weights (lm_head.weight = embed_tokens.weight) are stored once
+        stored_at.add(tensor.data_ptr())
+        state[key] = tensor.detach().to("cpu").contiguous()
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name[:12]}-", dir=entry.parent))
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        config.save_pretrained(str(staging))
+        model.config.save_pretrained(str(staging))
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(str(staging))
@@ -574,13 +578,13 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
         }
         manifest = {
             "format": CACHE_FORMAT,
-            "gguf_sha256": sha,
-            "gguf_name": path.name,
+            "gguf_sha256": gguf_sha256,
+            "gguf_name": gguf_name,
             "keys": sorted(state),
             "files": files,
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        _replace_dir(staging, entry, sha)
+        _replace_dir(staging, entry, gguf_sha256)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

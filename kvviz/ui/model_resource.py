@@ -1,0 +1,82 @@
+"""One copy of each model per process, shared by every browser session.
+
+``st.cache_resource`` holds a small store of loaded models; ``get_model()`` loads into it with a
+progress bar the first time a (spec, device, dtype) is asked for, and returns the stored one after.
+Loading happens outside the cached function so that the progress bar is not replayed on hits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import streamlit as st
+
+from kvviz.models import LoadedModel, load_model, pick_device, pick_dtype
+
+MAX_MODELS = 2  # the current model and the previous one (kept so that a switch back is instant)
+
+ModelKey = tuple[str, str, str]  # (spec, resolved device, dtype name)
+
+
+class _ModelStore:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one load at a time, across sessions
+        self.models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+
+    def get(self, key: ModelKey) -> LoadedModel | None:
+        loaded = self.models.get(key)
+        if loaded is not None:
+            self.models.move_to_end(key)
+        return loaded
+
+    def put(self, key: ModelKey, loaded: LoadedModel) -> None:
+        self.models[key] = loaded
+        self.models.move_to_end(key)
+        while len(self.models) > MAX_MODELS:
+            self.models.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def _model_store() -> _ModelStore:
+    return _ModelStore()
+
+
+def model_key(spec: str, device: str = "auto", dtype: str = "auto") -> ModelKey:
+    """Normalize a request, so that "auto" and the device it picks share one loaded model."""
+    resolved = pick_device(device)
+    return (spec.strip(), resolved, str(pick_dtype(resolved, dtype)).replace("torch.", ""))
+
+
+def get_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """The loaded model for this request; raises kvviz.models.ModelLoadError."""
+    store = _model_store()
+    key = model_key(spec, device, dtype)
+    loaded = store.get(key)
+    if loaded is not None:
+        return loaded
+    if not store.lock.acquire(blocking=False):
+        with st.spinner("Another session is loading a model; waiting for it..."):
+            store.lock.acquire()
+    try:
+        loaded = store.get(key)  # loaded by the session we waited for?
+        if loaded is None:
+            loaded = _load_with_progress(key)
+            store.put(key, loaded)
+        return loaded
+    finally:
+        store.lock.release()
+
+
+def _load_with_progress(key: ModelKey) -> LoadedModel:
+    spec, device, dtype = key
+    bar = st.progress(0.0, text=f"Loading model {spec} ...")
+
+    def progress(message: str, fraction: float) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
+    try:
+        with st.spinner("Loading the model, once for this process..."):
+            return load_model(spec, device=device, dtype=dtype, progress=progress)
+    finally:
+        bar.empty()

