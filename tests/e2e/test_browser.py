@@ -1,0 +1,70 @@
+"""Open the home page and every page in pages/ in headless Chromium: each must finish running
+without a Streamlit exception. With KVVIZ_SCREENSHOTS=1, save docs/screenshots/<page>.png."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = [("Home", "/")] + [
+    (path.stem.split("_", 1)[1], "/" + path.stem.split("_", 1)[1])  # pages/2_Live_Policy.py -> /Live_Policy
+    for path in sorted((REPO / "pages").glob("*.py"))
+]
+RUN_TIMEOUT_S = 300  # generous: a page may load the model or run it on the first visit
+QUIET_S = 2.0  # the script must stay finished this long
+
+
+def wait_until_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    """Wait for the script run to finish: stApp not running and no running status widget."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    app = page.locator('[data-testid="stApp"]')
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        state = app.get_attribute("data-test-script-state")
+        busy = state in (None, "initial", "running", "rerunRequested") or (
+            page.locator('[data-testid="stStatusWidget"]').count() > 0
+        )
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_S:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"the page was still running after {timeout_s} s")
+
+
+@pytest.mark.parametrize("name, path", PAGES, ids=[name for name, _ in PAGES])
+def test_page_runs_without_exception(browser, app_url, name, path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(app_url + path, wait_until="domcontentloaded")
+        wait_until_idle(page)
+        page.wait_for_selector('[data-testid="stSidebarUserContent"]')
+        exceptions = page.locator('[data-testid="stException"]')
+        assert exceptions.count() == 0, exceptions.first.inner_text()
+        assert "SmolLM2-135M-Instruct" in page.locator('[data-testid="stSidebarUserContent"]').inner_text()
+        if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
+            out = REPO / "docs" / "screenshots" / f"{name}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=True)
+    finally:
+        page.close()
+
+
+def test_home_shows_the_model_summary(browser, app_url):
+    page = browser.new_page()
+    try:
+        page.goto(app_url, wait_until="domcontentloaded")
+        wait_until_idle(page)
+        body = page.locator('[data-testid="stMain"]').inner_text()
+        assert "kvviz: inside the KV cache" in body
+        assert "GQA (9 query heads share 3 KV heads)" in body
+        assert "Running on CPU" in body or "cuda" in body
+    finally:
+        page.close()
