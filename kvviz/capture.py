@@ -1,0 +1,619 @@
+"""Attention maps computed on demand, from the queries and keys of the layers being viewed.
+
+Asking transformers for ``output_attentions`` materializes every layer's full attention matrix:
+at 8k tokens that is tens of GB. kvviz instead runs the model once with forward pre-hooks on the
+attention modules it needs, takes each layer's input (``hidden_states``) and rotary embedding
+(``cos, sin``), computes the queries and keys itself (``q_proj``, ``k_proj``, RoPE), and then
+softmax(q kᵀ · scaling) with the causal mask, a chunk of queries at a time, for the heads being
+looked at only. Long sequences are pooled into tiles (max or mean) as they are computed, so the
+full matrix never exists; a window of tokens can be viewed at full resolution.
+
+Three entry points:
+
+* ``overview(model, ids)``: one pass over every layer and head: a small pooled thumbnail of
+  each head's attention and its profile (mass on the first tokens, locality, entropy, distance).
+  It may keep each layer's queries and keys (``keep_qk_bytes``) so that a detail view of any
+  layer needs no second forward pass.
+* ``capture_layers(model, ids, layers)``: the queries and keys (RoPE applied) of some layers, from
+  one forward pass stopped after the deepest of them.
+* ``attention_view(qk, head, ...)``: one head of one layer: the (pooled or full-resolution) window
+  of the attention matrix, the attention each key receives over all queries (the H2O score), the
+  entropy of every query's row, and optionally the mass each query puts on evicted keys.
+  ``attention_rows(qk, head, rows)`` gives exact rows.
+
+Sequences are the full id sequence a run saw: the prompt and the generated tokens after it
+(``prompt_len`` marks the boundary); a query at position i sees keys 0..i.
+
+The model is shared between sessions and threads: hooks are attached for one pass, act only on
+the thread that attached them, and are removed in a ``finally``. This module never imports
+streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+POOLS = ("max", "mean")
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores per chunk (heads x queries x keys): 64 MiB in float32
+
+
+class CaptureError(ValueError):
+    """A capture that cannot be done: bad layer/head/window, or an attention this module cannot read."""
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class LayerQK:
+    """Queries and keys of one layer, RoPE applied, exactly as the attention sees them."""
+
+    layer: int
+    q: torch.Tensor  # (n_q_heads, seq, head_dim), the model's dtype and device
+    k: torch.Tensor  # (n_kv_heads, seq, head_dim)
+    scaling: float  # multiplies q·k (1/sqrt(head_dim) for Llama)
+    sliding_window: int | None = None  # a query sees only the last ``sliding_window`` keys
+    softcap: float | None = None  # Gemma-2 style tanh capping of the logits
+    prompt_len: int | None = None
+
+    @property
+    def n_q_heads(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (GQA); query head h reads KV head h // group_size."""
+        return self.n_q_heads // self.n_kv_heads
+
+    @property
+    def seq_len(self) -> int:
+        return self.q.shape[1]
+
+    def kv_head(self, head: int) -> int:
+        return head // self.group_size
+
+    def nbytes(self) -> int:
+        return self.q.numel() * self.q.element_size() + self.k.numel() * self.k.element_size()
+
+
+@dataclass
+class AttentionView:
+    """One layer and query head: a window of the attention matrix, pooled into tiles, and the
+    per-position statistics of the whole matrix.
+
+    Tile (r, c) covers queries ``q_start + r*tile .. +tile`` and keys ``k_start + c*tile .. +tile``
+    (the last row/column of tiles may be shorter). Pooling looks only at the cells a query can
+    see (causal mask); a tile with no such cell is NaN.
+    """
+
+    layer: int
+    head: int
+    kv_head: int
+    values: np.ndarray  # (n_rows, n_cols) float32 pooled attention; NaN = wholly masked
+    q_start: int
+    q_stop: int
+    k_start: int
+    k_stop: int
+    tile: int  # tokens per tile side; 1 = full resolution
+    pool: str  # "max" or "mean"
+    seq_len: int
+    prompt_len: int
+    key_score: np.ndarray  # (seq,) attention each key receives, summed over all queries (H2O score)
+    row_entropy: np.ndarray  # (seq,) entropy of each query's attention row, nats
+    evicted: np.ndarray | None = None  # (seq,) bool, keys marked evicted
+    evicted_mass: np.ndarray | None = None  # (seq,) each query's attention on evicted keys
+
+    @property
+    def row_starts(self) -> np.ndarray:
+        """(n_rows,) first query position of each tile row."""
+        return self.q_start + self.tile * np.arange(self.values.shape[0])
+
+    @property
+    def col_starts(self) -> np.ndarray:
+        """(n_cols,) first key position of each tile column."""
+        return self.k_start + self.tile * np.arange(self.values.shape[1])
+
+    @classmethod
+    def from_matrix(
+        cls,
+        attn: np.ndarray,
+        *,
+        q_range: tuple[int, int] | None = None,
+        k_range: tuple[int, int] | None = None,
+        max_cells: int = 128,
+        pool: str = "max",
+        prompt_len: int | None = None,
+        evicted: np.ndarray | None = None,
+        layer: int = 0,
+        head: int = 0,
+        kv_head: int = 0,
+    ) -> "AttentionView":
+        """A view of a full (seq, seq) attention matrix held in memory (tests, small inputs)."""
+        attn = np.asarray(attn, dtype=np.float64)
+        n = attn.shape[0]
+        (qa, qb), (ka, kb) = _window(n, q_range, k_range)
+        tile = tile_size(max(qb - qa, kb - ka), max_cells)
+        values = pool_matrix(attn[qa:qb, ka:kb], tile, pool, q_start=qa, k_start=ka)
+        causal = np.tril(np.ones((n, n), dtype=bool))
+        p = np.where(causal, attn, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1)
+        ev = None if evicted is None else np.asarray(evicted, dtype=bool)
+        return cls(
+            layer=layer, head=head, kv_head=kv_head, values=values.astype(np.float32),
+            q_start=qa, q_stop=qb, k_start=ka, k_stop=kb, tile=tile, pool=pool, seq_len=n,
+            prompt_len=n if prompt_len is None else prompt_len,
+            key_score=p.sum(0).astype(np.float32), row_entropy=ent.astype(np.float32),
+            evicted=ev, evicted_mass=None if ev is None else (p * ev[None, :]).sum(1).astype(np.float32),
+        )
+
+
+@dataclass
+class HeadProfiles:
+    """Measured traits of every head, averaged over the queries at positions >= ``from_query``
+    (earlier queries see too few keys for the traits to mean anything)."""
+
+    sink_mass: np.ndarray  # (n_layers, n_q_heads) attention on the first ``sink_tokens`` keys
+    local_mass: np.ndarray  # (n_layers, n_q_heads) attention on the last ``local_tokens`` keys (self included)
+    entropy: np.ndarray  # (n_layers, n_q_heads) mean row entropy, nats
+    norm_entropy: np.ndarray  # (n_layers, n_q_heads) mean of entropy / log(keys visible), 0..1
+    mean_distance: np.ndarray  # (n_layers, n_q_heads) mean of sum_j p_ij (i - j), tokens
+    sink_tokens: int
+    local_tokens: int
+    from_query: int
+    n_kv_heads: int
+
+    @property
+    def n_layers(self) -> int:
+        return self.sink_mass.shape[0]
+
+    @property
+    def n_q_heads(self) -> int:
+        return self.sink_mass.shape[1]
+
+    def rows(self) -> list[dict]:
+        """One dict per (layer, head), for tables."""
+        g = self.n_q_heads // self.n_kv_heads
+        out = []
+        for layer in range(self.n_layers):
+            for head in range(self.n_q_heads):
+                out.append(
+                    {
+                        "layer": layer,
+                        "head": head,
+                        "kv_head": head // g,
+                        "sink_mass": float(self.sink_mass[layer, head]),
+                        "local_mass": float(self.local_mass[layer, head]),
+                        "entropy": float(self.entropy[layer, head]),
+                        "norm_entropy": float(self.norm_entropy[layer, head]),
+                        "mean_distance": float(self.mean_distance[layer, head]),
+                    }
+                )
+        return out
+
+
+@dataclass
+class Overview:
+    """Every layer and head at a glance: pooled thumbnails and head profiles."""
+
+    thumbs: np.ndarray  # (n_layers, n_q_heads, cells, cells) float32 pooled attention; NaN = masked tile
+    tile: int  # tokens per thumbnail cell side
+    pool: str
+    seq_len: int
+    prompt_len: int
+    n_kv_heads: int
+    profiles: HeadProfiles
+    qk: dict[int, LayerQK] = field(default_factory=dict)  # layers whose q/k were kept
+
+    @property
+    def n_layers(self) -> int:
+        return self.thumbs.shape[0]
+
+    @property
+    def n_q_heads(self) -> int:
+        return self.thumbs.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling (reference implementation on a matrix held in memory)
+
+
+def tile_size(n_tokens: int, max_cells: int) -> int:
+    """Smallest tile side that shows ``n_tokens`` in at most ``max_cells`` cells."""
+    if max_cells < 1:
+        raise CaptureError("max_cells must be at least 1.")
+    return max(1, math.ceil(n_tokens / max_cells))
+
+
+def pool_matrix(attn: np.ndarray, tile: int, pool: str = "max", *, q_start: int = 0, k_start: int = 0) -> np.ndarray:
+    """Pool a window of an attention matrix into ``tile`` x ``tile`` tiles.
+
+    ``attn`` (rows, cols) holds queries ``q_start..`` and keys ``k_start..``. Only cells where the
+    key is not after the query count; a tile with none is NaN. ``max``: the largest weight in
+    the tile; ``mean``: the mean over the tile's visible cells.
+    """
+    _check_pool(pool)
+    attn = np.asarray(attn, dtype=np.float64)
+    rows, cols = attn.shape
+    qpos = q_start + np.arange(rows)[:, None]
+    kpos = k_start + np.arange(cols)[None, :]
+    visible = kpos <= qpos
+    out = np.full((math.ceil(rows / tile), math.ceil(cols / tile)), np.nan)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            block = attn[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
+            vis = visible[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
+            if vis.any():
+                out[r, c] = block[vis].max() if pool == "max" else block[vis].mean()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reading queries and keys out of the model
+
+
+class _StopForward(Exception):
+    """Raised by the last hook of a pass: the layers after it are not needed."""
+
+
+def attention_modules(model) -> list[torch.nn.Module]:
+    """The self-attention module of every decoder layer, in order."""
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise CaptureError(f"{type(model).__name__}: no decoder layers found (expected model.model.layers).")
+    mods = [getattr(layer, "self_attn", None) for layer in layers]
+    for m in mods:
+        if m is None or not hasattr(m, "q_proj") or not hasattr(m, "k_proj"):
+            raise CaptureError(
+                f"{type(model).__name__}: attention without q_proj/k_proj; kvviz can only read separate projections."
+            )
+    return mods
+
+
+def _rope_function(module):
+    """The model's own apply_rotary_pos_emb (handles partial and interleaved variants)."""
+    fn = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as fn
+    return fn
+
+
+def _project(module, hidden: torch.Tensor, proj: str, norm: str) -> torch.Tensor:
+    """q or k of ``module`` from its input. hidden: (1, seq, hidden) -> (1, heads, seq, head_dim)."""
+    head_dim = module.head_dim
+    x = getattr(module, proj)(hidden)  # (1, seq, heads * head_dim)
+    normer = getattr(module, norm, None)
+    if normer is not None and getattr(normer, "weight", None) is not None and normer.weight.numel() != head_dim:
+        x = normer(x)  # OLMo-2 style: norm over all heads at once
+        normer = None
+    x = x.view(*hidden.shape[:-1], -1, head_dim)
+    if normer is not None:
+        x = normer(x)  # Qwen-3 style: per-head norm
+    return x.transpose(1, 2)
+
+
+def _layer_qk(module, layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> LayerQK:
+    q = _project(module, hidden, "q_proj", "q_norm")
+    k = _project(module, hidden, "k_proj", "k_norm")
+    q, k = _rope_function(module)(q, k, cos, sin)
+    cfg = getattr(module, "config", None)
+    window = getattr(module, "sliding_window", None)
+    return LayerQK(
+        layer=layer,
+        q=q[0].contiguous(),
+        k=k[0].contiguous(),
+        scaling=float(getattr(module, "scaling", module.head_dim**-0.5)),
+        sliding_window=int(window) if isinstance(window, int) and window > 0 else None,
+        softcap=getattr(cfg, "attn_logit_softcapping", None) if cfg is not None else None,
+    )
+
+
+def _ids_tensor(ids, device) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(ids, dtype=np.int64) if not isinstance(ids, torch.Tensor) else ids)
+    t = t.reshape(1, -1).to(device)
+    if t.shape[1] == 0:
+        raise CaptureError("No tokens to capture.")
+    return t
+
+
+def _run_with_hooks(model, ids, layers: Sequence[int], on_layer) -> None:
+    """One forward pass of ``ids``; ``on_layer(layer, LayerQK)`` for each layer in ``layers``, in
+    order; the pass stops after the deepest one. Hooks act only on this thread and are removed."""
+    mods = attention_modules(model)
+    wanted = sorted(set(int(l) for l in layers))
+    if not wanted:
+        return
+    if wanted[0] < 0 or wanted[-1] >= len(mods):
+        raise CaptureError(f"Layer out of range: the model has layers 0..{len(mods) - 1}.")
+    owner = threading.get_ident()
+    last = wanted[-1]
+
+    def make_hook(layer):
+        def hook(module, args, kwargs):
+            if threading.get_ident() != owner:
+                return None  # another session's run on the shared model
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+            if pe is None:
+                raise CaptureError("The attention module got no position_embeddings; cannot apply RoPE.")
+            cos, sin = pe
+            on_layer(layer, _layer_qk(module, layer, hidden, cos, sin))
+            if layer == last:
+                raise _StopForward()
+            return None
+
+        return hook
+
+    device = next(model.parameters()).device
+    input_ids = _ids_tensor(ids, device)
+    positions = torch.arange(input_ids.shape[1], device=device)[None]
+    base = getattr(model, "model", model)
+    handles = []
+    try:
+        for layer in wanted:
+            handles.append(mods[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True))
+        with torch.inference_mode():
+            base(input_ids=input_ids, position_ids=positions, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def capture_layers(model, ids, layers: Iterable[int], prompt_len: int | None = None) -> dict[int, LayerQK]:
+    """Queries and keys (RoPE applied) of ``layers``, from one forward pass of ``ids`` (the whole
+    sequence: prompt then generated tokens) that stops after the deepest layer asked for."""
+    out: dict[int, LayerQK] = {}
+
+    def keep(layer, qk):
+        qk.prompt_len = prompt_len
+        out[layer] = qk
+
+    _run_with_hooks(model, ids, list(layers), keep)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the chunked attention kernel
+
+
+def _check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise CaptureError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}.")
+
+
+def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_index: torch.Tensor, r0: int, r1: int):
+    """Attention probabilities of queries r0..r1 over keys 0..r1 for some query heads.
+
+    q_heads: (H, seq, d) float32 queries; kv_index: (H,) the KV head each reads.
+    Returns p (H, r1 - r0, r1) float32 (0 where masked), visible (r1 - r0, r1) bool.
+    """
+    dev = q_heads.device
+    k = qk.k[:, :r1].to(dev, torch.float32)  # (kv, r1, d)
+    q = q_heads[:, r0:r1] * qk.scaling  # (H, C, d)
+    s = torch.matmul(q, k[kv_index].transpose(1, 2))  # (H, C, r1)
+    if qk.softcap:
+        s = torch.tanh(s / qk.softcap) * qk.softcap
+    i = torch.arange(r0, r1, device=dev)[:, None]
+    j = torch.arange(r1, device=dev)[None, :]
+    visible = j <= i
+    if qk.sliding_window:
+        visible &= j > i - qk.sliding_window
+    s.masked_fill_(~visible, float("-inf"))
+    return torch.softmax(s, dim=-1), visible
+
+
+def _pool_block(p: torch.Tensor, visible: torch.Tensor, tile: int, pool: str) -> torch.Tensor:
+    """Pool p (H, R, K) into (H, ceil(R/tile), ceil(K/tile)) tiles over visible cells; NaN if none."""
+    H, R, K = p.shape
+    pr, pk = (-R) % tile, (-K) % tile
+    if pr or pk:
+        p = torch.nn.functional.pad(p, (0, pk, 0, pr))
+        visible = torch.nn.functional.pad(visible, (0, pk, 0, pr))
+    nr, nc = (R + pr) // tile, (K + pk) // tile
+    count = visible.view(nr, tile, nc, tile).sum((1, 3))  # (nr, nc)
+    blocks = p.reshape(H, nr, tile, nc, tile)
+    if pool == "max":
+        out = blocks.amax((2, 4))  # masked cells are exactly 0 and p >= 0
+    else:
+        out = blocks.sum((2, 4)) / count.clamp(min=1)
+    return out.masked_fill(count[None] == 0, float("nan"))
+
+
+def _chunks(bounds: Sequence[tuple[int, int, int]]):
+    """Yield (r0, r1) covering each (start, stop, step) span in order."""
+    for start, stop, step in bounds:
+        for r0 in range(start, stop, step):
+            yield r0, min(r0 + step, stop)
+
+
+def _rows_per_chunk(n_heads: int, n_keys: int, tile: int, budget: int) -> int:
+    rows = max(1, budget // max(1, n_heads * n_keys))
+    return max(tile, rows // tile * tile)
+
+
+def _window(n: int, q_range, k_range) -> tuple[tuple[int, int], tuple[int, int]]:
+    qa, qb = (0, n) if q_range is None else (int(q_range[0]), int(q_range[1]))
+    ka, kb = (0, n) if k_range is None else (int(k_range[0]), int(k_range[1]))
+    for a, b, what in ((qa, qb, "query"), (ka, kb, "key")):
+        if not (0 <= a < b <= n):
+            raise CaptureError(f"The {what} window {a}..{b} is not inside the sequence of {n} tokens.")
+    return (qa, qb), (ka, kb)
+
+
+@torch.inference_mode()
+def attention_view(
+    qk: LayerQK,
+    head: int,
+    *,
+    q_range: tuple[int, int] | None = None,
+    k_range: tuple[int, int] | None = None,
+    max_cells: int = 128,
+    pool: str = "max",
+    evicted: np.ndarray | None = None,
+    prompt_len: int | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> AttentionView:
+    """One head: the window ``q_range`` x ``k_range`` (token positions, stop exclusive; default
+    all) pooled to at most ``max_cells`` tiles a side (full resolution when the window fits), and
+    over all queries the key scores, row entropies and, with ``evicted`` (seq,) bool, the mass
+    each query puts on evicted keys."""
+    _check_pool(pool)
+    n = qk.seq_len
+    if not 0 <= head < qk.n_q_heads:
+        raise CaptureError(f"Head {head} out of range: the layer has query heads 0..{qk.n_q_heads - 1}.")
+    (qa, qb), (ka, kb) = _window(n, q_range, k_range)
+    tile = tile_size(max(qb - qa, kb - ka), max_cells)
+    dev = qk.q.device
+    q = qk.q[head : head + 1].to(torch.float32)  # (1, seq, d)
+    kv_index = torch.tensor([qk.kv_head(head)], device=dev)
+    ev = None
+    if evicted is not None:
+        evicted = np.asarray(evicted, dtype=bool)
+        if evicted.shape != (n,):
+            raise CaptureError(f"evicted must have one entry per position ({n}), not {evicted.shape}.")
+        ev = torch.as_tensor(evicted, device=dev, dtype=torch.float32)
+
+    n_rows, n_cols = math.ceil((qb - qa) / tile), math.ceil((kb - ka) / tile)
+    values = torch.full((n_rows, n_cols), float("nan"), device=dev)
+    key_score = torch.zeros(n, device=dev)
+    entropy = torch.zeros(n, device=dev)
+    ev_mass = torch.zeros(n, device=dev) if ev is not None else None
+    step = _rows_per_chunk(1, n, tile, chunk_elements)
+    spans = [(0, qa, step), (qa, qb, step), (qb, n, step)]  # chunks inside the window start on tile rows
+    for r0, r1 in _chunks(spans):
+        p, visible = _chunk_probs(qk, q, kv_index, r0, r1)  # (1, C, r1)
+        key_score[:r1] += p[0].sum(0)
+        entropy[r0:r1] = -torch.special.xlogy(p[0], p[0]).sum(-1)
+        if ev is not None:
+            ev_mass[r0:r1] = p[0] @ ev[:r1]
+        if qa <= r0 < qb and ka < r1:
+            kstop = min(kb, r1)
+            block = _pool_block(p[:, :, ka:kstop], visible[:, ka:kstop], tile, pool)[0]
+            tr = (r0 - qa) // tile
+            values[tr : tr + block.shape[0], : block.shape[1]] = block
+    return AttentionView(
+        layer=qk.layer, head=head, kv_head=qk.kv_head(head),
+        values=values.cpu().numpy(), q_start=qa, q_stop=qb, k_start=ka, k_stop=kb, tile=tile, pool=pool,
+        seq_len=n, prompt_len=prompt_len if prompt_len is not None else (qk.prompt_len or n),
+        key_score=key_score.cpu().numpy(), row_entropy=entropy.cpu().numpy(),
+        evicted=evicted, evicted_mass=None if ev_mass is None else ev_mass.cpu().numpy(),
+    )
+
+
+@torch.inference_mode()
+def attention_rows(qk: LayerQK, head: int, rows: Sequence[int]) -> np.ndarray:
+    """Exact attention rows of query ``head`` at positions ``rows``: (len(rows), seq) float32,
+    zero after each query's own position."""
+    n = qk.seq_len
+    rows = [int(r) for r in rows]
+    if any(not 0 <= r < n for r in rows):
+        raise CaptureError(f"Query positions must lie in 0..{n - 1}.")
+    out = np.zeros((len(rows), n), dtype=np.float32)
+    q = qk.q[head : head + 1].to(torch.float32)
+    kv_index = torch.tensor([qk.kv_head(head)], device=qk.q.device)
+    for i, r in enumerate(rows):
+        p, _ = _chunk_probs(qk, q, kv_index, r, r + 1)
+        out[i, : r + 1] = p[0, 0].cpu().numpy()
+    return out
+
+
+def full_attention(qk: LayerQK, head: int) -> np.ndarray:
+    """The whole (seq, seq) attention matrix of one head; for small sequences (tests, exports)."""
+    return attention_rows(qk, head, range(qk.seq_len))
+
+
+# ---------------------------------------------------------------------------------------------
+# the overview pass
+
+
+def overview(
+    model,
+    ids,
+    *,
+    cells: int = 32,
+    pool: str = "max",
+    sink_tokens: int = 4,
+    local_tokens: int = 16,
+    prompt_len: int | None = None,
+    keep_qk_bytes: int = 0,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Overview:
+    """Thumbnails (``cells`` x ``cells`` tiles) and profiles of every layer and head from one
+    forward pass of ``ids``. Each layer's attention is computed inside its hook a chunk of queries
+    at a time and dropped; the layer's q/k are kept while their total stays within
+    ``keep_qk_bytes`` (0: keep none)."""
+    _check_pool(pool)
+    if sink_tokens < 1 or local_tokens < 1:
+        raise CaptureError("sink_tokens and local_tokens must be at least 1.")
+    cfg = model.config
+    n_layers = cfg.num_hidden_layers
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    n = int(np.asarray(ids).size) if not isinstance(ids, torch.Tensor) else int(ids.numel())
+    tile = tile_size(n, cells)
+    grid = math.ceil(n / tile)
+    from_query = min(max(sink_tokens, local_tokens), n // 2)
+    thumbs = np.full((n_layers, n_heads, grid, grid), np.nan, dtype=np.float32)
+    stats = {k: np.zeros((n_layers, n_heads)) for k in ("sink", "local", "ent", "nent", "dist")}
+    kept: dict[int, LayerQK] = {}
+    kept_bytes = 0
+
+    def on_layer(layer: int, qk: LayerQK):
+        nonlocal kept_bytes
+        qk.prompt_len = prompt_len
+        dev = qk.q.device
+        q = qk.q.to(torch.float32)  # (H, seq, d)
+        kv_index = torch.arange(n_heads, device=dev) // qk.group_size
+        acc = {k: torch.zeros(n_heads, device=dev, dtype=torch.float64) for k in stats}
+        step = _rows_per_chunk(n_heads, n, tile, chunk_elements)
+        for r0, r1 in _chunks([(0, n, step)]):
+            p, visible = _chunk_probs(qk, q, kv_index, r0, r1)  # (H, C, r1)
+            tr = r0 // tile
+            block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
+            thumbs[layer, :, tr : tr + block.shape[1], : block.shape[2]] = block.cpu().numpy()
+            lo = max(from_query, r0)
+            if lo >= r1:
+                continue
+            pe = p[:, lo - r0 :]  # (H, C', r1) the rows that count for the profiles
+            pos = torch.arange(lo, r1, device=dev, dtype=torch.float32)  # (C',)
+            ent = -torch.special.xlogy(pe, pe).sum(-1)  # (H, C')
+            acc["ent"] += ent.sum(-1)
+            acc["nent"] += (ent / torch.log(pos + 1).clamp(min=1e-9)).sum(-1)
+            acc["sink"] += pe[..., :sink_tokens].sum((-1, -2))
+            keypos = torch.arange(r1, device=dev, dtype=torch.float32)
+            acc["dist"] += (pos[None] - pe @ keypos).sum(-1)
+            near = keypos[None, :] > (pos[:, None] - local_tokens)  # (C', r1)
+            acc["local"] += pe.mul_(near).sum((-1, -2))
+        count = max(1, n - from_query)
+        for k in stats:
+            stats[k][layer] = (acc[k] / count).cpu().numpy()
+        if kept_bytes + qk.nbytes() <= keep_qk_bytes:
+            kept[layer] = qk
+            kept_bytes += qk.nbytes()
+
+    _run_with_hooks(model, ids, range(n_layers), on_layer)
+    profiles = HeadProfiles(
+        sink_mass=stats["sink"].astype(np.float32), local_mass=stats["local"].astype(np.float32),
+        entropy=stats["ent"].astype(np.float32), norm_entropy=stats["nent"].astype(np.float32),
+        mean_distance=stats["dist"].astype(np.float32),
+        sink_tokens=sink_tokens, local_tokens=local_tokens, from_query=from_query, n_kv_heads=n_kv,
+    )
+    return Overview(
+        thumbs=thumbs, tile=tile, pool=pool, seq_len=n, prompt_len=n if prompt_len is None else prompt_len,
+        n_kv_heads=n_kv, profiles=profiles, qk=kept,
+    )
