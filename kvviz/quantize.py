@@ -33,6 +33,17 @@ def check_bits(bits: int) -> None:
         raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, not {bits}.")
 
 
+_SHIFTS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _shifts(bits: int, device: torch.device) -> torch.Tensor:
+    """(8 // bits,) uint8: the bit offset of each code in a byte (made once per device)."""
+    key = (bits, torch.device(device))
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.arange(8 // bits, device=device, dtype=torch.uint8) * bits
+    return _SHIFTS[key]
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """codes (..., m) integers in [0, 2**bits) -> (..., m * bits // 8) uint8."""
     check_bits(bits)
@@ -42,9 +53,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     per_byte = 8 // bits
     if codes.shape[-1] % per_byte:
         raise ValueError(f"cannot pack {codes.shape[-1]} {bits}-bit codes into whole bytes.")
-    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.uint8) * bits  # (per_byte,)
     grouped = codes.unflatten(-1, (-1, per_byte))  # (..., m / per_byte, per_byte)
-    return (grouped << shifts).sum(dim=-1, dtype=torch.uint8)  # disjoint bits: sum == or
+    return (grouped << _shifts(bits, codes.device)).sum(dim=-1, dtype=torch.uint8)  # disjoint bits: sum == or
 
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -52,9 +62,7 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     check_bits(bits)
     if bits == 8:
         return packed
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.uint8) * bits
-    codes = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # (..., m / per_byte, per_byte)
+    codes = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & ((1 << bits) - 1)  # (..., m / per_byte, per_byte)
     return codes.flatten(-2)
 
 
@@ -107,11 +115,14 @@ def quantize(
     group_size: int | None = None,
     symmetric: bool = False,
     scale_dtype: torch.dtype | None = None,
-) -> Quantized:
+    return_dequantized: bool = False,
+):
     """Quantize ``x`` with one scale per ``group_size`` consecutive elements along ``dim``.
 
     ``group_size`` None = the whole dimension; it must divide the dimension's size. The last
-    dim times ``bits`` must be a multiple of 8 (it is packed).
+    dim times ``bits`` must be a multiple of 8 (it is packed). A constant group gets the
+    smallest positive scale (its values are then exact). Returns the ``Quantized`` tensor, or
+    ``(Quantized, x')`` with x' = the dequantized values in float32 when ``return_dequantized``.
     """
     check_bits(bits)
     dim = dim % x.dim()
@@ -120,41 +131,40 @@ def quantize(
     if group_size <= 0 or size % group_size:
         raise ValueError(f"group size {group_size} does not divide the dimension of size {size}.")
     scale_dtype = scale_dtype or x.dtype
+    tiny = torch.finfo(scale_dtype).tiny
     xg = x.float().unflatten(dim, (size // group_size, group_size))  # group members along dim + 1
     if symmetric:
         qmax = (1 << (bits - 1)) - 1
-        scale = xg.abs().amax(dim=dim + 1) / qmax  # (..., n_groups, ...)
-        scale = _stored(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
-        q = (xg / scale.unsqueeze(dim + 1).float()).round().clamp(-qmax, qmax) + (1 << (bits - 1))
+        scale = (xg.abs().amax(dim=dim + 1) / qmax).clamp_min(tiny).to(scale_dtype)  # (..., n_groups, ...)
+        s = scale.float().unsqueeze(dim + 1)
+        q = (xg / s).round_().clamp_(-qmax, qmax)
+        x_hat = q * s if return_dequantized else None
+        q += 1 << (bits - 1)
         zero = None
     else:
-        lo = _stored(xg.amin(dim=dim + 1), scale_dtype)
-        span = xg.amax(dim=dim + 1) - lo.float()
-        levels = (1 << bits) - 1
-        scale = span / levels
-        scale = _stored(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
-        q = ((xg - lo.unsqueeze(dim + 1).float()) / scale.unsqueeze(dim + 1).float()).round().clamp(0, levels)
-        zero = lo
-    codes = pack(q.flatten(dim, dim + 1).to(torch.uint8), bits)
-    return Quantized(codes, scale, zero, bits, dim, group_size)
+        lo, hi = torch.aminmax(xg, dim=dim + 1)
+        zero = lo.to(scale_dtype)
+        z = zero.float()
+        scale = ((hi - z) / ((1 << bits) - 1)).clamp_min(tiny).to(scale_dtype)
+        z, s = z.unsqueeze(dim + 1), scale.float().unsqueeze(dim + 1)
+        q = ((xg - z) / s).round_().clamp_(0, (1 << bits) - 1)
+        x_hat = torch.addcmul(z, q, s) if return_dequantized else None
+    quantized = Quantized(pack(q.flatten(dim, dim + 1), bits), scale, zero, bits, dim, group_size)
+    if return_dequantized:
+        return quantized, x_hat.flatten(dim, dim + 1)
+    return quantized
 
 
 def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The tensor the codes stand for, in ``dtype``."""
-    codes = unpack(q.codes, q.bits).float()
+    """The tensor the codes stand for, computed in float32 and returned in ``dtype``."""
     dim = q.dim
-    cg = codes.unflatten(dim, (-1, q.group_size))
+    codes = unpack(q.codes, q.bits).unflatten(dim, (-1, q.group_size)).float()
     scale = q.scale.float().unsqueeze(dim + 1)
     if q.zero is None:
-        x = (cg - (1 << (q.bits - 1))) * scale
+        x = (codes - (1 << (q.bits - 1))) * scale
     else:
-        x = cg * scale + q.zero.float().unsqueeze(dim + 1)
+        x = torch.addcmul(q.zero.float().unsqueeze(dim + 1), codes, scale)
     return x.flatten(dim, dim + 1).to(dtype)
-
-
-def _stored(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Round to the storage dtype (what the dequantizer will read)."""
-    return t.to(dtype)
 
 
 class ErrorMeter:
@@ -165,12 +175,16 @@ class ErrorMeter:
         self.err = torch.zeros((), dtype=torch.float32, device=device)
         self.ref = torch.zeros((), dtype=torch.float32, device=device)
 
-    def add_reference(self, x: torch.Tensor) -> None:
-        """Count ``x`` (original values) in the denominator."""
-        self.ref += x.float().square().sum()
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor | None = None) -> None:
+        """Count ``x`` (original values) in the denominator and, when given, the error of its
+        reconstruction ``x_hat`` (float32) in the numerator."""
+        xf = x.float()
+        self.ref += xf.square().sum()
+        if x_hat is not None:
+            self.err += (xf - x_hat).square().sum()
 
     def add_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
-        """Count the reconstruction error of ``x`` by ``x_hat``."""
+        """Count the reconstruction error of ``x`` by ``x_hat`` only (x was counted before)."""
         self.err += (x.float() - x_hat.float()).square().sum()
 
     def value(self) -> float:
@@ -217,8 +231,8 @@ class QuantizedStream:
 
     def append(self, x: torch.Tensor) -> None:
         """x (kv_heads, q, head_dim) in the compute dtype."""
-        self.meter.add_reference(x)
-        self.tail = torch.cat([self.tail, x], dim=1)
+        self.meter.add(x)
+        self.tail = x if self.tail.shape[1] == 0 else torch.cat([self.tail, x], dim=1)
         self._flush(record=True)
 
     def _flush(self, record: bool) -> None:
@@ -229,10 +243,12 @@ class QuantizedStream:
         if m == 0:
             return
         chunk = self.tail[:, :m]
-        q = quantize(chunk, self.bits, dim=self.q.dim, group_size=self.group_size, symmetric=self.symmetric, scale_dtype=self.dtype)
+        q, chunk_hat = quantize(
+            chunk, self.bits, self.q.dim, self.group_size, self.symmetric, self.dtype, return_dequantized=True
+        )
         if record:
-            self.meter.add_error(chunk, dequantize(q))
-        self.q = self.q.cat(q, dim=1)
+            self.meter.add_error(chunk, chunk_hat)
+        self.q = q if self.q.codes.shape[1] == 0 else self.q.cat(q, dim=1)
         self.tail = self.tail[:, m:]
 
     def materialize(self) -> torch.Tensor:

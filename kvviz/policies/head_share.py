@@ -20,8 +20,7 @@ class HeadShareStore(Store):
 
     def pool(self, x: torch.Tensor, meter: ErrorMeter) -> torch.Tensor:
         pooled = x.unflatten(0, (self.groups, self.per_group)).mean(dim=1)  # (groups, q, head_dim)
-        meter.add_reference(x)
-        meter.add_error(x, self.expand(pooled))
+        meter.add(x, self.expand(pooled).float())
         return pooled
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:

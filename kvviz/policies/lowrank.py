@@ -33,8 +33,7 @@ class LowRankStore(Store):
 
     def project(self, x, basis, meter):
         coef = x.to(self.dtype) @ basis  # (kv_heads, q, r)
-        meter.add_reference(x)
-        meter.add_error(x, coef @ basis.transpose(1, 2))
+        meter.add(x, (coef @ basis.transpose(1, 2)).float())
         return coef
 
     def append(self, keys, values):

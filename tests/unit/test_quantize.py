@@ -59,17 +59,18 @@ def test_two_bit_levels_and_constant_groups():
     q = quantize(x, 2)
     assert unpack(q.codes, 2).tolist() == [[[0, 1, 2, 3], [0, 0, 0, 0]]]
     assert q.codes.shape == (1, 2, 1)  # four 2-bit codes in one byte
-    assert dequantize(q).tolist() == x.tolist()  # a constant group is exact (scale falls back to 1)
+    assert dequantize(q).tolist() == x.tolist()  # a constant group is exact (smallest positive scale)
+    assert q.scale[0, 1, 0].item() == torch.finfo(torch.float32).tiny
 
 
 def test_per_channel_groups_of_tokens():
     # channel 0 is an outlier channel: per channel, it gets its own scale
-    x = torch.tensor([[[100.0, 0, 1, 1], [103, 3, 1, 4], [0, 6, 1, 1], [3, 3, 1, 7]]])  # (1, 4 tokens, 4 channels)
+    x = torch.tensor([[[100.0, 0, 1, 1], [103, 3, 4, 4], [0, 6, 1, 1], [3, 3, 4, 7]]])  # (1, 4 tokens, 4 channels)
     q = quantize(x, 2, dim=1, group_size=2)  # two groups of two tokens, one scale per channel each
     assert q.scale.shape == (1, 2, 4) and q.codes.shape == (1, 4, 1)
     assert q.scale.tolist() == [[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 2.0]]]
     assert q.zero.tolist() == [[[100.0, 0.0, 1.0, 1.0], [0.0, 3.0, 1.0, 1.0]]]
-    assert unpack(q.codes, 2).tolist() == [[[0, 0, 0, 0], [3, 3, 0, 3], [0, 3, 0, 0], [3, 0, 0, 3]]]
+    assert unpack(q.codes, 2).tolist() == [[[0, 0, 0, 0], [3, 3, 3, 3], [0, 3, 0, 0], [3, 0, 3, 3]]]
     assert torch.equal(dequantize(q), x)
 
 
@@ -80,6 +81,8 @@ def test_scales_are_stored_in_the_model_dtype_and_used_as_stored():
     codes = unpack(q.codes, 4).float().unflatten(-1, (2, 32))
     manual = codes * q.scale.float().unsqueeze(-1) + q.zero.float().unsqueeze(-1)
     assert torch.equal(dequantize(q, torch.float32), manual.flatten(-2))
+    q2, x_hat = quantize(x, 4, group_size=32, return_dequantized=True)
+    assert torch.equal(x_hat, dequantize(q2)) and torch.equal(q2.codes, q.codes)
     assert (dequantize(q) - x.float()).abs().max() <= q.scale.float().max() * 0.51 + 0.02
 
 
@@ -117,6 +120,7 @@ def test_stream_per_channel_waits_for_a_full_group():
 def test_error_meter_relative_frobenius():
     m = ErrorMeter("cpu")
     x = torch.tensor([3.0, 4.0])
-    m.add_reference(x)
-    m.add_error(x, torch.tensor([3.0, 3.0]))
+    m.add(x, torch.tensor([3.0, 3.0]))
     assert m.value() == pytest.approx(1 / 5)
+    m.add(torch.tensor([0.0, 5.0]))  # counted in the reference only
+    assert m.value() == pytest.approx(1 / 50**0.5)
