@@ -23,6 +23,7 @@ POLICIES = [
     ("full", {}, None),
     ("h2o", {}, 512),
     ("snapkv", {}, 512),
+    ("streaming_llm", {}, 512),
     ("kivi", {}, None),
 ]
 
@@ -59,6 +60,29 @@ def time_generate(model, ids, new_tokens, device) -> float:
     return (gen(new_tokens) - gen(1)) / (new_tokens - 1)
 
 
+def time_policy(model, tok, ids, name, params, budget, graphs, new_tokens, repeats, device) -> dict:
+    kw = dict(budget=budget, max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs)
+    warm_budget = min(budget, 128) if budget else None
+    engine.run(model, tok, ids[:256], name, params, **{**kw, "budget": warm_budget, "max_new_tokens": 8})
+    steps, prefill, trace = [], [], None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        trace = engine.run(model, tok, ids, name, params, **kw)
+        steps.append(statistics.median(trace.timings["step_s"][:-1]))
+        prefill.append(trace.timings["prefill_s"])
+    row = {
+        "config": f"kvviz {name}" + (f" budget {budget}" if budget else "") + (" CUDA graph" if graphs else ""),
+        "step_ms": 1e3 * statistics.median(steps),
+        "prefill_ms": 1e3 * statistics.median(prefill),
+        "kv_MiB": trace.kv_bytes[-1] / 2**20,
+        "kv_full_MiB": trace.kv_bytes_full[-1] / 2**20,
+    }
+    if device.type == "cuda":
+        row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt-tokens", type=int, default=2048)
@@ -88,26 +112,9 @@ def main():
     for name, params, budget in POLICIES:
         if name not in wanted or name not in registry():
             continue
-        kw = dict(budget=budget, max_new_tokens=args.new_tokens, stop_at_eos=False)
-        warm_budget = min(budget, 128) if budget else None
-        engine.run(model, tok, ids[:256], name, params, budget=warm_budget, max_new_tokens=4, stop_at_eos=False)
-        steps, prefill, trace = [], [], None
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            trace = engine.run(model, tok, ids, name, params, **kw)
-            steps.append(statistics.median(trace.timings["step_s"][:-1]))
-            prefill.append(trace.timings["prefill_s"])
-        row = {
-            "config": f"kvviz {name}" + (f" budget {budget}" if budget else ""),
-            "step_ms": 1e3 * statistics.median(steps),
-            "prefill_ms": 1e3 * statistics.median(prefill),
-            "kv_MiB": trace.kv_bytes[-1] / 2**20,
-            "kv_full_MiB": trace.kv_bytes_full[-1] / 2**20,
-        }
-        if device.type == "cuda":
-            row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append(row)
+        graph_safe = getattr(registry()[name], "graph_safe", False) and device.type == "cuda"
+        for graphs in [False, True] if graph_safe else [False]:
+            rows.append(time_policy(model, tok, ids, name, params, budget, graphs, args.new_tokens, args.repeats, device))
 
     result = {
         "device": card,
@@ -121,10 +128,10 @@ def main():
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
     print(f"\n{card}, {model.dtype}, prompt {len(ids)} tokens, {args.new_tokens} new tokens, median of {args.repeats}")
-    print(f"{'configuration':36s} {'ms/step':>9s} {'prefill ms':>11s} {'KV MiB':>8s} {'full MiB':>9s}")
+    print(f"{'configuration':44s} {'ms/step':>9s} {'prefill ms':>11s} {'KV MiB':>8s} {'full MiB':>9s}")
     for r in rows:
         print(
-            f"{r['config']:36s} {r['step_ms']:9.2f} {r.get('prefill_ms', float('nan')):11.1f} "
+            f"{r['config']:44s} {r['step_ms']:9.2f} {r.get('prefill_ms', float('nan')):11.1f} "
             f"{r.get('kv_MiB', float('nan')):8.2f} {r.get('kv_full_MiB', float('nan')):9.2f}"
         )
 

@@ -54,7 +54,9 @@ class PolicyLayer(CacheLayerMixin):
             raise ValueError("PolicyCache runs one sequence at a time (batch size 1).")
         q_len = key_states.shape[2]
         kv_heads = key_states.shape[1]
-        new_pos = torch.arange(self.seen, self.seen + q_len, device=self.device)
+        new_pos = self.owner.current_positions  # (q_len,) on the device, set by the engine
+        if new_pos is None:
+            new_pos = torch.arange(self.seen, self.seen + q_len, device=self.device)
         self.store.append(key_states[0], value_states[0])
         self.positions = torch.cat([self.positions, new_pos.expand(kv_heads, -1)], dim=1)
         for name, s in self.stats.items():
@@ -120,6 +122,10 @@ class PolicyCache(Cache):
         self.n_layers = n_layers
         self.prompt_len = prompt_len
         self.step = 0
+        # the step and the positions of the tokens being fed, as device tensors, so that a
+        # captured CUDA graph reads them at replay instead of baking in Python numbers
+        self.step_t = torch.zeros((), dtype=torch.int32, device=device)
+        self.current_positions: torch.Tensor | None = None
         self.generator = generator
         self.measure_lost_mass = measure_lost_mass
         self.queries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (queries, positions)
@@ -181,7 +187,7 @@ class PolicyCache(Cache):
         evicted = layer.apply(decision)  # (kv_heads, n) bool
         li = layer.layer_idx
         # every entry held until now was never evicted (-1): write the step where it leaves
-        self.evicted_at[li].scatter_(1, positions, torch.where(evicted, self.step, -1).to(torch.int32))
+        self.evicted_at[li].scatter_(1, positions, torch.where(evicted, self.step_t, -1).to(torch.int32))
         if self.measure_lost_mass and queries is not None:
             probs = attention_probs(queries[:, -1:], keys, query_positions[-1:], positions)[:, 0]  # (kv_heads, n)
             self.lost_mass_now[li] = (probs * evicted).sum(dim=-1).mean()
@@ -213,6 +219,18 @@ class PolicyCache(Cache):
                 total += layer.positions.numel() * layer.positions.element_size()
                 total += sum(s.numel() * s.element_size() for s in layer.stats.values())
         return total
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+        self.step_t.fill_(step)
+
+    def steady(self) -> bool:
+        """True when every layer holds exactly its budget, so each decode step appends one entry
+        and evicts one: tensor shapes no longer change (what a CUDA graph needs)."""
+        return all(
+            b is not None and layer.is_initialized and len(layer) == b
+            for layer, b in zip(self.layers, self.layer_budgets)
+        )
 
     def held_entries(self) -> list[int]:
         return [len(layer) for layer in self.layers]

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from kvviz import policies
+from kvviz import graphs
 from kvviz.cache import PolicyCache
+from kvviz.graphs import DecodeGraph
 from kvviz.policies import PolicyError
 from kvviz.tokens import PromptError, token_strings
 from kvviz.trace import Trace
@@ -105,6 +107,7 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     keep_logprobs: bool = False,
     capture_queries: bool = False,
+    cuda_graphs: bool = True,
 ) -> Trace:
     """Prefill ``prompt_ids`` and decode under ``policy``; return the Trace.
 
@@ -113,8 +116,10 @@ def run(
     the log-probabilities of a reference run (e.g. the full cache) for per-step KL and top-1
     agreement. ``capture_queries`` computes each layer's queries even for policies that do not
     score with them, to measure the attention mass that fell on evicted entries (the views
-    ask for it; benchmarks leave it off). With ``keep_logprobs`` the per-step log-probabilities stay on the trace as
-    ``trace.extra["logprobs"]`` (a tensor, not saved).
+    ask for it; benchmarks leave it off). With ``keep_logprobs`` the per-step log-probabilities
+    stay on the trace as ``trace.extra["logprobs"]`` (a tensor, not saved). With ``cuda_graphs``
+    (CUDA only, fixed-budget selectors marked graph safe) decode steps are replayed from a CUDA
+    graph once every layer holds its budget: see kvviz/graphs.py.
     """
     pipeline = resolve_pipeline(policy, params, budget, ratio)
     config = model.config
@@ -155,10 +160,12 @@ def run(
     logprob_rows, lost_rows, kv_bytes, kv_full, book, step_s = [], [], [], [], [], []
     generated: list[int] = []
     stopped_by = "max_new_tokens"
+    use_graphs = cuda_graphs and graphs.usable(cache, device, sample)
+    graph = None
     try:
         t0 = time.perf_counter()
         ids = torch.tensor([prompt_ids], device=device)
-        logits = _forward(model, kw, cache, ids, 0)
+        logits = _forward(model, kw, cache, ids, torch.arange(len(prompt_ids), device=device))
         t_prefill = _sync_time(device) - t0
         for step in range(max_new_tokens):
             t_step = time.perf_counter()
@@ -190,8 +197,14 @@ def run(
             if step == max_new_tokens - 1:
                 step_s.append(time.perf_counter() - t_step)
                 break
-            cache.step = step + 1
-            logits = _forward(model, kw, cache, torch.tensor([[token]], device=device), len(prompt_ids) + step)
+            cache.set_step(step + 1)
+            position = len(prompt_ids) + step
+            if graph is None and use_graphs and cache.steady():
+                graph = DecodeGraph(lambda i, p: _forward(model, kw, cache, i, p), cache, device)
+            if graph is not None:
+                logits = graph.step(token, position)
+            else:
+                logits = _forward(model, kw, cache, torch.tensor([[token]], device=device), torch.tensor([position], device=device))
             step_s.append(_sync_time(device) - t_step)
         t_total = time.perf_counter() - t0
     finally:
@@ -249,8 +262,8 @@ def run(
     return trace
 
 
-def _forward(model, kw, cache: PolicyCache, ids: torch.Tensor, start: int) -> torch.Tensor:
-    positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+def _forward(model, kw, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """ids (1, q_len), positions (q_len,) -> logits (1, 1, vocab) of the last position."""
     cache.current_positions = positions
     out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{kw: cache})
     return out.logits

@@ -77,9 +77,12 @@ def keep_top(scores: torch.Tensor, k: int, protect: torch.Tensor | None = None) 
     return idx.sort(dim=-1).values
 
 
-def recent_mask(positions: torch.Tensor, seq_len: int, window: int) -> torch.Tensor:
-    """(kv_heads, n) bool: entries among the last ``window`` tokens of the sequence."""
-    return positions >= seq_len - window
+def recent_mask(positions: torch.Tensor, window: int) -> torch.Tensor:
+    """(kv_heads, n) bool: entries among the last ``window`` tokens of the sequence.
+
+    Measured from the newest entry (the token just fed is always held when a selector runs),
+    so no per-step number enters the computation."""
+    return positions > positions.amax(dim=-1, keepdim=True) - window
 
 
 def first_mask(positions: torch.Tensor, n_first: int) -> torch.Tensor:

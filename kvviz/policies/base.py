@@ -211,6 +211,9 @@ class Selector(Policy):
 
     kind: ClassVar[str] = "select"
     needs_queries: ClassVar[bool] = False  # whether ``layer.queries`` must be captured
+    # True when a decode step reads nothing back to the host, uses no per-step Python number in
+    # tensor math and draws nothing at random: its steps can be replayed from a CUDA graph
+    graph_safe: ClassVar[bool] = False
 
     def resolve_budget(self, prompt_len: int) -> int | None:
         return None

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import torch
+
 from kvviz.policies.base import BudgetSelector, Selection, param
 from kvviz.scoring import accumulated_attention, attention_probs, keep_top, recent_mask
 
@@ -11,6 +13,7 @@ class H2O(BudgetSelector):
     name = "h2o"
     family = "eviction"
     paper = "Zhang et al., 2023. H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LLMs"
+    graph_safe = True
     summary = """Each entry's score is the attention it has received, summed over every query so
     far (the prompt's queries at prefill, then each new token's). The cache keeps the
     `recent` newest tokens plus the highest-scoring others, and evicts one entry at every decode
@@ -22,12 +25,14 @@ class H2O(BudgetSelector):
     recent: int = param(16, "Most recent tokens always kept (the paper's local window), part of the budget.", min=0)
 
     def step(self, layer, ctx):
-        acc = layer.stats.setdefault("acc_attention", layer.positions.new_zeros(layer.positions.shape, dtype=layer.keys.dtype).float())
+        acc = layer.stats.get("acc_attention")  # (kv_heads, n) float32
+        if acc is None:
+            acc = layer.stats["acc_attention"] = torch.zeros(layer.positions.shape, device=layer.keys.device)
         if ctx.is_prefill:
             acc += accumulated_attention(layer.queries, layer.keys, layer.query_positions, layer.positions)
         else:
             acc += attention_probs(layer.queries, layer.keys, layer.query_positions, layer.positions).sum(dim=1)
         if ctx.budget is None or layer.n <= ctx.budget:
             return None
-        protect = recent_mask(layer.positions, ctx.seq_len, min(self.recent, ctx.budget))
+        protect = recent_mask(layer.positions, min(self.recent, ctx.budget))
         return Selection(keep=keep_top(acc, ctx.budget, protect), scores=acc)

@@ -11,6 +11,7 @@ class KNorm(BudgetSelector):
     name = "knorm"
     family = "eviction"
     paper = "Devoto et al., 2024. A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
+    graph_safe = True
     summary = """Keys with a low L2 norm tend to receive high attention, so the norm is a score
     that needs no attention at all (it works with fused attention kernels). Each KV head keeps
     its `budget` keys of lowest norm, evicting at every step once the budget is full. The
@@ -31,5 +32,5 @@ class KNorm(BudgetSelector):
         if ctx.budget is None or layer.n <= ctx.budget:
             return None
         score = -layer.keys.float().norm(dim=-1)  # (kv_heads, n): higher = lower norm
-        protect = first_mask(layer.positions, self.n_sink) | recent_mask(layer.positions, ctx.seq_len, self.recent)
+        protect = first_mask(layer.positions, self.n_sink) | recent_mask(layer.positions, self.recent)
         return Selection(keep=keep_top(score, ctx.budget, protect), scores=score)

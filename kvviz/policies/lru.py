@@ -25,6 +25,7 @@ class UsageSelector(BudgetSelector):
 
     stat: ClassVar[str] = ""
     needs_queries = True
+    graph_safe = True
 
     threshold: float = param(0.02, "Attention probability above which a query counts as a use of an entry.", min=0.0, max=1.0)
     recent: int = param(0, "Most recent tokens always kept, part of the budget (capped at the budget).", min=0, max=4096)
@@ -40,11 +41,13 @@ class UsageSelector(BudgetSelector):
         raise NotImplementedError
 
     def step(self, layer, ctx):
-        stat = layer.stats.setdefault(self.stat, torch.zeros_like(layer.positions))  # (kv_heads, n) long
+        stat = layer.stats.get(self.stat)  # (kv_heads, n) long
+        if stat is None:
+            stat = layer.stats[self.stat] = torch.zeros_like(layer.positions)
         self.update(layer, stat)
         if ctx.budget is None or layer.n <= ctx.budget:
             return None
-        ranked = stat.masked_fill(recent_mask(layer.positions, ctx.seq_len, min(self.recent, ctx.budget)), torch.iinfo(stat.dtype).max)
+        ranked = stat.masked_fill(recent_mask(layer.positions, min(self.recent, ctx.budget)), torch.iinfo(stat.dtype).max)
         return Selection(keep=keep_highest(ranked, ctx.budget), scores=stat.float())
 
 

@@ -39,5 +39,5 @@ class SnapKV(BudgetSelector):
             if self.pooling == "avg":  # avg_pool1d counts padding as zeros; keep the same shape
                 votes = votes[:, : layer.n]
             votes = votes[:, : layer.n]
-        protect = recent_mask(layer.positions, ctx.seq_len, window)
+        protect = recent_mask(layer.positions, window)
         return Selection(keep=keep_top(votes, ctx.budget, protect), scores=votes)

@@ -15,6 +15,7 @@ class SparsePattern(BudgetSelector):
     name = "sparse_pattern"
     family = "sparse"
     paper = "Beltagy et al., 2020. Longformer; Zaheer et al., 2020. Big Bird: Transformers for Longer Sequences"
+    graph_safe = True
     summary = """The attention pattern of Longformer and BigBird turned into a cache: the
     `n_global` first tokens (global tokens), `random_blocks` blocks of `block_size` consecutive
     prompt tokens drawn at random per KV head at the end of prefill (BigBird's random
@@ -52,7 +53,7 @@ class SparsePattern(BudgetSelector):
             pinned = (block.clamp(0, max(n_blocks - 1, 0)).unsqueeze(-1) == chosen.unsqueeze(1)).any(-1) & in_range
             layer.stats["random_block"] = pinned.float()  # persists, gathered on eviction
         pinned = layer.stats["random_block"] > 0
-        part = torch.where(recent_mask(layer.positions, ctx.seq_len, window), LOCAL, 0.0)
+        part = torch.where(recent_mask(layer.positions, window), LOCAL, 0.0)
         part = torch.where(pinned, RANDOM_BLOCK, part)
         part = torch.where(first_mask(layer.positions, self.n_global), GLOBAL, part)  # (kv_heads, n)
         if layer.n <= ctx.budget:

@@ -11,6 +11,7 @@ class StreamingLLM(BudgetSelector):
     name = "streaming_llm"
     family = "eviction"
     paper = "Xiao et al., 2023. Efficient Streaming Language Models with Attention Sinks"
+    graph_safe = True
     summary = """Keeps the `n_sink` first tokens, which draw a large share of attention whatever
     they say (attention sinks), plus the most recent tokens: budget = n_sink + window. Evicts
     the oldest token after the sinks at every step once the budget is full. Every KV head keeps

@@ -11,6 +11,7 @@ class TOVA(BudgetSelector):
     name = "tova"
     family = "eviction"
     paper = "Oren et al., 2024. Transformers are Multi-State RNNs (TOVA: Token Omission Via Attention)"
+    graph_safe = True
     summary = """At every decode step, once the budget is full, evicts the entry with the lowest
     attention from the current query. As in the paper the score is averaged over all the
     layer's heads, so every KV head keeps the same tokens (with `per_kv_head` each KV head

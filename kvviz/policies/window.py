@@ -12,6 +12,7 @@ class Window(BudgetSelector):
     name = "window"
     family = "eviction"
     paper = "Beltagy et al., 2020. Longformer (local attention); the baseline of Xiao et al., 2023"
+    graph_safe = True
     summary = """Keeps the `budget` most recent tokens and evicts everything older, including the
     first tokens. StreamingLLM showed that dropping those first tokens (the attention sinks)
     breaks the model: compare with streaming_llm."""
