@@ -11,8 +11,8 @@ loaded = load_model()
 m, tok = loaded.model, loaded.tokenizer
 print(loaded.summary)
 ids = encode_prompt(tok, "What is the capital of France? Answer in one sentence, then name two rivers there.", chat=True)
-trace = engine.run(m, tok, ids, "full", max_new_tokens=32, stop_at_eos=False)
-ref = m.generate(torch.tensor([ids], device=m.device), max_new_tokens=32, min_new_tokens=32, do_sample=False)
+trace = engine.run(m, tok, ids, "full", max_new_tokens=32)
+ref = m.generate(torch.tensor([ids], device=m.device), max_new_tokens=32, do_sample=False)
 print("full == generate:", trace.generated_ids == ref[0, len(ids):].tolist(), repr(trace.generated_text))
 for name in registry():
     try:
