@@ -34,8 +34,8 @@ class Kivi(Storage):
     to float rounding; the key groups are re-formed, adding error). No GQA aggregation."""
 
     bits: int = param(2, "Bits per code: 2 or 4.", choices=(2, 4))
-    residual: int = param(32, "R: recent tokens kept in full precision, and the key group length in tokens.", min=1, max=4096)
-    group_size: int = param(32, "Channels sharing one scale when quantizing a value (capped at head_dim, must divide it).", min=1, max=4096)
+    residual: int = param(32, "R: recent tokens kept in full precision, and the key group length in tokens (the paper uses 128; 32 lets short prompts show quantization).", min=1, max=4096)
+    group_size: int = param(32, "Channels sharing one scale when quantizing a value (the paper's G; capped at head_dim, must divide it).", min=1, max=4096)
 
     def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
         group = min(self.group_size, head_dim)

@@ -24,7 +24,8 @@ class LowRankStore(Store):
 
     def basis(self, x: torch.Tensor) -> torch.Tensor:
         """x (kv_heads, n, head_dim) -> its top right singular vectors (kv_heads, head_dim, r).
-        A prompt shorter than the rank gives fewer directions; the basis is padded with zeros."""
+        A prompt shorter than the rank gives fewer directions; the basis is padded with zeros.
+        Runs once per layer, after prefill (on CUDA the SVD synchronizes, once; decode does not)."""
         _, _, vh = torch.linalg.svd(x.float(), full_matrices=False)  # vh (kv_heads, min(n, d), d)
         v = vh[:, : self.rank].transpose(1, 2)  # (kv_heads, d, <= r)
         if v.shape[-1] < self.rank:
