@@ -70,13 +70,16 @@ def get_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
 
 def _load_with_progress(key: ModelKey) -> LoadedModel:
     spec, device, dtype = key
-    bar = st.progress(0.0, text=f"Loading model {spec} ...")
+    bar = st.progress(0.0, text=f"Loading {spec} ...")
 
     def progress(message: str, fraction: float) -> None:
         bar.progress(min(max(fraction, 0.0), 1.0), text=message)
 
     try:
-        with st.spinner("Loading the model, once for this process..."):
+        with st.spinner(
+            "Loading the model, once for this process. A GGUF file is dequantized on its first load "
+            "(about 20 s for SmolLM2); later starts reuse kvviz's weights cache."
+        ):
             return load_model(spec, device=device, dtype=dtype, progress=progress)
     finally:
         bar.empty()

@@ -78,11 +78,17 @@ def sidebar() -> SidebarState:
             st.selectbox, DTYPE, "auto", label="dtype", options=DTYPES,
             help="auto: bfloat16 on a GPU, float32 on the CPU.",
         )
-        loaded, request, error = _model_with_fallback(spec, device, dtype)
-        if error:
-            st.error(error, icon=":material/error:")
-        s = loaded.summary
-        st.caption(f"**{s.name}** · {s.device} · {s.dtype} · {s.n_layers} layers · {s.attention.split(' (')[0]}")
+        model_status = st.container()
+
+    # outside the sidebar, so that a first load shows its progress in the page's main area
+    loaded, request, error = _model_with_fallback(spec, device, dtype)
+
+    with st.sidebar:
+        with model_status:
+            if error:
+                st.error(error, icon=":material/error:")
+            s = loaded.summary
+            st.caption(f"**{s.name}** · {s.device} · {s.dtype} · {s.n_layers} layers · {s.attention.split(' (')[0]}")
 
         st.subheader("Prompt")
         names = data.example_names() + [CUSTOM]
