@@ -486,7 +486,7 @@ def attention_view(
         evicted = np.asarray(evicted, dtype=bool)
         if evicted.shape != (n,):
             raise CaptureError(f"evicted must have one entry per position ({n}), not {evicted.shape}.")
-        ev = torch.as_tensor(evicted, device=dev, dtype=torch.float32)
+        ev = torch.from_numpy(evicted.astype(np.float32)).to(dev)
 
     n_rows, n_cols = math.ceil((qb - qa) / tile), math.ceil((kb - ka) / tile)
     values = torch.full((n_rows, n_cols), float("nan"), device=dev)
