@@ -68,3 +68,28 @@ def test_home_shows_the_model_summary(browser, app_url):
         assert "Running on CPU" in body or "cuda" in body
     finally:
         page.close()
+
+
+def test_sidebar_choices_follow_across_pages(browser, app_url):
+    """Pick an example on the home page, follow the navigation to another page: still picked."""
+    if len(PAGES) < 2:
+        pytest.skip("no page in pages/ yet")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(app_url, wait_until="domcontentloaded")
+        wait_until_idle(page)
+        sidebar = page.locator('[data-testid="stSidebarUserContent"]')
+        sidebar.get_by_role("combobox", name="Example").click()
+        page.get_by_role("option", name="Code: moving average").click()
+        wait_until_idle(page)
+        assert "A small Python function with its tests." in sidebar.inner_text()
+
+        name, path = PAGES[-1]
+        page.locator(f'[data-testid="stSidebarNav"] a[href$="{path}"]').click()
+        page.wait_for_url(f"**{path}")
+        wait_until_idle(page)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        example = page.locator('[data-testid="stSidebarUserContent"]').get_by_role("combobox", name="Example")
+        assert example.input_value() == "Code: moving average"
+    finally:
+        page.close()
