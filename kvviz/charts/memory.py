@@ -1,5 +1,5 @@
-"""Memory: the bytes a policy's cache holds per step against the full cache, and the
-reconstruction error of a quantizing store."""
+"""Memory: the bytes a policy's cache holds per step against the full cache, the reconstruction
+error of a lossy store, and where a quantizing store keeps full precision."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def kv_bytes_figure(trace: Trace, step: int | None = None) -> go.Figure:
 
 
 def quant_error_figure(trace: Trace) -> go.Figure:
-    """Relative reconstruction error of K and V per layer; the residual window in the title."""
+    """Relative reconstruction error of K and V per layer, for a lossy store (quantization, low
+    rank, head sharing): ‖x − x̂‖ / ‖x‖ over every key and value appended."""
     q = trace.quant_error or {}
     keys, values = list(q.get("key") or []), list(q.get("value") or [])
     layers = np.arange(max(len(keys), len(values)))
@@ -79,12 +80,10 @@ def quant_error_figure(trace: Trace) -> go.Figure:
                 hovertemplate="layer %{x}<br>key error %{y:.2%}<extra></extra>")
     fig.add_bar(x=layers[: len(values)], y=values, name="values", marker_color="#f59e0b",
                 hovertemplate="layer %{x}<br>value error %{y:.2%}<extra></extra>")
-    title = "Quantization error per layer (relative: ‖x − x̂‖ / ‖x‖)"
-    residual = q.get("residual")
-    if residual:
-        title += f"; the newest {residual} tokens stay in full precision (residual window)"
+    mean = lambda xs: 100 * float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     fig.update_layout(
-        title=title, barmode="group", height=320, margin=dict(l=10, r=10, t=50, b=10),
+        title=f"Reconstruction error per layer (‖x − x̂‖ / ‖x‖): keys {mean(keys):.1f}%, values {mean(values):.1f}% on average",
+        barmode="group", height=320, margin=dict(l=10, r=10, t=50, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
     )
     fig.update_xaxes(title="layer", dtick=1 if len(layers) <= 32 else None)

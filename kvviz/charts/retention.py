@@ -25,11 +25,9 @@ def _mark_prompt_end(fig: go.Figure, trace: Trace, axis: str = "x") -> None:
             fig.add_vline(x=trace.prompt_len - 0.5, annotation_text="generated →", annotation_position="top right", **kw)
 
 
-def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | None = None) -> go.Figure:
-    """Heatmap tokens × steps: the share of the scope holding each token after each step."""
-    z = retention(trace, scope)  # (steps, positions)
-    labels = _token_labels(trace)
-    text = np.broadcast_to(np.array(labels, dtype=object), z.shape)
+def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str) -> go.Figure:
+    """A kept-share heatmap over token positions (x) and steps or layers (y)."""
+    text = np.broadcast_to(np.array(_token_labels(trace), dtype=object), z.shape)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -39,23 +37,26 @@ def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | Non
             zmax=1,
             colorscale=RETENTION_SCALE,
             customdata=text,
-            hovertemplate="%{customdata}<br>step %{y}<br>kept by %{z:.0%}<extra></extra>",
+            hovertemplate="%{customdata}<br>" + y_name + " %{y}<br>kept by %{z:.0%}<extra></extra>",
             colorbar=dict(title="kept", tickformat=".0%", len=0.8),
             xgap=0.5 if z.shape[1] <= 200 else 0,
             ygap=0.5 if z.shape[0] <= 100 else 0,
         )
     )
+    _mark_prompt_end(fig, trace)
+    fig.update_layout(title=title, height=min(max(260, 10 * z.shape[0] + 130), 600), margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_xaxes(title="token position")
+    fig.update_yaxes(title=y_name, autorange="reversed")
+    return fig
+
+
+def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | None = None) -> go.Figure:
+    """Heatmap tokens × steps: the share of the scope holding each token after each step."""
+    z = retention(trace, scope)  # (steps, positions)
+    fig = _retention_heatmap(trace, z, "step", f"Kept over time: tokens × decode steps ({scope.label()})")
     if step is not None:
         s = clamp_step(trace, step)
         fig.add_hline(y=s, line=dict(color="#111827", width=2, dash="dash"), annotation_text=f"step {s}", annotation_position="right")
-    _mark_prompt_end(fig, trace)
-    fig.update_layout(
-        title=f"Kept over time: tokens × decode steps ({scope.label()})",
-        height=min(max(260, 14 * z.shape[0] + 140), 700),
-        margin=dict(l=10, r=10, t=50, b=10),
-    )
-    fig.update_xaxes(title="token position")
-    fig.update_yaxes(title="step", autorange="reversed")
     return fig
 
 
@@ -63,33 +64,8 @@ def retention_layers_figure(trace: Trace, step: int, head: int | None = None) ->
     """Heatmap layers × tokens at ``step``: kept (one KV head) or share of the KV heads keeping it."""
     s = clamp_step(trace, step)
     z = retention_by_layer(trace, s, head)  # (layers, positions)
-    labels = _token_labels(trace)
-    text = np.broadcast_to(np.array(labels, dtype=object), z.shape)
     what = f"KV head {head}" if head is not None else f"share of the {trace.n_kv_heads} KV heads"
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=np.arange(z.shape[1]),
-            y=np.arange(z.shape[0]),
-            zmin=0,
-            zmax=1,
-            colorscale=RETENTION_SCALE,
-            customdata=text,
-            hovertemplate="%{customdata}<br>layer %{y}<br>kept by %{z:.0%}<extra></extra>",
-            colorbar=dict(title="kept", tickformat=".0%", len=0.8),
-            xgap=0.5 if z.shape[1] <= 200 else 0,
-            ygap=0.5,
-        )
-    )
-    _mark_prompt_end(fig, trace)
-    fig.update_layout(
-        title=f"Kept at step {s}: layers × tokens ({what})",
-        height=min(max(260, 9 * z.shape[0] + 130), 600),
-        margin=dict(l=10, r=10, t=50, b=10),
-    )
-    fig.update_xaxes(title="token position")
-    fig.update_yaxes(title="layer", autorange="reversed")
-    return fig
+    return _retention_heatmap(trace, z, "layer", f"Kept at step {s}: layers × tokens ({what})")
 
 
 def occupancy_figure(trace: Trace, step: int) -> go.Figure:
