@@ -365,9 +365,7 @@ def _load_from_hub(spec: str, device: str, dtype: torch.dtype, report: ProgressF
     report(f"Looking for {spec} in the Hugging Face cache", 0.05)
     try:
         return _load_pretrained(spec, device, dtype, local_only=True)
-    except ModelLoadError:
-        raise
-    except Exception:
+    except OSError:
         pass  # not (completely) in the local cache
     if _hub_offline():
         raise ModelLoadError(

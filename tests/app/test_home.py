@@ -65,6 +65,16 @@ def test_a_bad_model_spec_shows_an_error_and_the_previous_model_keeps_working(ho
     assert _summary(home)["Layers"] == "30"
 
 
+def test_an_unavailable_device_shows_an_error(home, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    home.sidebar.selectbox(key="_kvviz_device").set_value("cuda").run()
+    assert not home.exception
+    assert "no CUDA GPU is available" in home.sidebar.error[0].value
+    assert _summary(home)["Device"] == "CPU (no GPU in use)"
+    home.sidebar.selectbox(key="_kvviz_device").set_value("auto").run()
+    assert not home.sidebar.error
+
+
 def test_passkey_controls_and_custom_prompt(home):
     home.sidebar.selectbox(key="_kvviz_prompt_name").set_value(data.PASSKEY_EXAMPLE).run()
     assert not home.exception
