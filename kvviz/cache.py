@@ -68,9 +68,11 @@ class PolicyLayer(CacheLayerMixin):
         return out
 
     def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
-        # Every held entry is in the past of the new queries, so a mask sized like a full cache
-        # (and sliced to the held length by the attention) hides nothing that is held.
-        return self.seen + query_length, 0
+        # The attention reads the held entries plus the new ones. Every held entry is in the
+        # past of the new queries (whose offset is ``seen``), so a causal mask of this size
+        # hides none of them. (transformers skips the mask for one query, except while a CUDA
+        # graph is being captured, where it is materialized with this size.)
+        return len(self) + query_length, 0
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -154,7 +156,8 @@ class PolicyCache(Cache):
     def after_update(self, layer: PolicyLayer, keys, values, new_pos, q_len):
         """Let the selector decide what the layer keeps, and record the decision."""
         sel = self.pipeline.selector
-        if sel is None:
+        if sel is None or (self.step > 0 and not sel.acts_at_decode):
+            self.queries.pop(layer.layer_idx, None)
             return
         q = self.queries.pop(layer.layer_idx, None)
         queries, query_positions = q if q is not None else (None, None)

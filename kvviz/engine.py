@@ -167,6 +167,8 @@ def run(
         ids = torch.tensor([prompt_ids], device=device)
         logits = _forward(model, kw, cache, ids, torch.arange(len(prompt_ids), device=device))
         t_prefill = _sync_time(device) - t0
+        if not pipeline.selector or not pipeline.selector.acts_at_decode:
+            _remove(hooks)  # prompt-only selectors (SnapKV) need no queries while decoding
         for step in range(max_new_tokens):
             t_step = time.perf_counter()
             logprobs = logits[0, -1].float().log_softmax(-1)
@@ -208,8 +210,7 @@ def run(
             step_s.append(_sync_time(device) - t_step)
         t_total = time.perf_counter() - t0
     finally:
-        for h in hooks:
-            h.remove()
+        _remove(hooks)
         _active.cache = previous
 
     logprobs_all = torch.stack(logprob_rows)  # (steps, vocab)
@@ -267,6 +268,12 @@ def _forward(model, kw, cache: PolicyCache, ids: torch.Tensor, positions: torch.
     cache.current_positions = positions
     out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{kw: cache})
     return out.logits
+
+
+def _remove(hooks: list) -> None:
+    for h in hooks:
+        h.remove()
+    hooks.clear()
 
 
 def _sync_time(device) -> float:

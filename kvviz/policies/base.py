@@ -214,6 +214,8 @@ class Selector(Policy):
     # True when a decode step reads nothing back to the host, uses no per-step Python number in
     # tensor math and draws nothing at random: its steps can be replayed from a CUDA graph
     graph_safe: ClassVar[bool] = False
+    # False for selectors that only compress the prompt (SnapKV): decode steps then skip them
+    acts_at_decode: ClassVar[bool] = True
 
     def resolve_budget(self, prompt_len: int) -> int | None:
         return None

@@ -20,6 +20,7 @@ class SnapKV(BudgetSelector):
     Generated tokens are never evicted (SnapKV compresses the prompt only). For GQA a KV head's
     score is the mean over its query heads."""
     needs_queries = True
+    acts_at_decode = False
 
     window: int = param(32, "Observation window: the last prompt tokens whose queries vote (always kept).", min=1)
     kernel: int = param(7, "Pooling kernel size along the sequence (1 = no pooling).", min=1, max=63)
