@@ -396,16 +396,23 @@ def _check_pool(pool: str) -> None:
         raise CaptureError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}.")
 
 
-def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_index: torch.Tensor, r0: int, r1: int):
+def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int):
     """Attention probabilities of queries r0..r1 over keys 0..r1 for some query heads.
 
-    q_heads: (H, seq, d) float32 queries; kv_index: (H,) the KV head each reads.
-    Returns p (H, r1 - r0, r1) float32 (0 where masked), visible (r1 - r0, r1) bool.
+    q_heads: (H, seq, d) float32 queries: every query head of the layer in order (``kv_head``
+    None: each group of query heads is multiplied with its own KV head), or heads that all read
+    KV head ``kv_head``. Returns p (H, r1 - r0, r1) float32 (0 where masked), visible (r1 - r0, r1) bool.
     """
     dev = q_heads.device
-    k = qk.k[:, :r1].to(dev, torch.float32)  # (kv, r1, d)
-    q = q_heads[:, r0:r1] * qk.scaling  # (H, C, d)
-    s = torch.matmul(q, k[kv_index].transpose(1, 2))  # (H, C, r1)
+    H, d = q_heads.shape[0], q_heads.shape[-1]
+    C = r1 - r0
+    k = qk.k[:, :r1].to(dev, torch.float32)  # (kv_heads, r1, d)
+    q = q_heads[:, r0:r1] * qk.scaling  # (H, C, d), contiguous
+    if kv_head is None:
+        G = qk.n_kv_heads
+        s = torch.matmul(q.view(G, (H // G) * C, d), k.transpose(1, 2)).view(H, C, r1)  # GQA without repeating k
+    else:
+        s = torch.matmul(q, k[kv_head].transpose(0, 1))  # (H, C, r1)
     if qk.softcap:
         s = torch.tanh(s / qk.softcap) * qk.softcap
     i = torch.arange(r0, r1, device=dev)[:, None]
@@ -480,7 +487,6 @@ def attention_view(
     tile = tile_size(max(qb - qa, kb - ka), max_cells)
     dev = qk.q.device
     q = qk.q[head : head + 1].to(torch.float32)  # (1, seq, d)
-    kv_index = torch.tensor([qk.kv_head(head)], device=dev)
     ev = None
     if evicted is not None:
         evicted = np.asarray(evicted, dtype=bool)
@@ -496,7 +502,7 @@ def attention_view(
     step = _rows_per_chunk(1, n, tile, chunk_elements)
     spans = [(0, qa, step), (qa, qb, step), (qb, n, step)]  # chunks inside the window start on tile rows
     for r0, r1 in _chunks(spans):
-        p, visible = _chunk_probs(qk, q, kv_index, r0, r1)  # (1, C, r1)
+        p, visible = _chunk_probs(qk, q, qk.kv_head(head), r0, r1)  # (1, C, r1)
         key_score[:r1] += p[0].sum(0)
         entropy[r0:r1] = -torch.special.xlogy(p[0], p[0]).sum(-1)
         if ev is not None:
@@ -525,9 +531,8 @@ def attention_rows(qk: LayerQK, head: int, rows: Sequence[int]) -> np.ndarray:
         raise CaptureError(f"Query positions must lie in 0..{n - 1}.")
     out = np.zeros((len(rows), n), dtype=np.float32)
     q = qk.q[head : head + 1].to(torch.float32)
-    kv_index = torch.tensor([qk.kv_head(head)], device=qk.q.device)
     for i, r in enumerate(rows):
-        p, _ = _chunk_probs(qk, q, kv_index, r, r + 1)
+        p, _ = _chunk_probs(qk, q, qk.kv_head(head), r, r + 1)
         out[i, : r + 1] = p[0, 0].cpu().numpy()
     return out
 
@@ -578,14 +583,14 @@ def overview(
         qk.prompt_len = prompt_len
         dev = qk.q.device
         q = qk.q.to(torch.float32)  # (H, seq, d)
-        kv_index = torch.arange(n_heads, device=dev) // qk.group_size
+        layer_thumbs = torch.full((n_heads, grid, grid), float("nan"), device=dev)
         acc = {k: torch.zeros(n_heads, device=dev, dtype=torch.float64) for k in stats}
         step = _rows_per_chunk(n_heads, n, tile, chunk_elements)
         for r0, r1 in _chunks([(0, n, step)]):
-            p, visible = _chunk_probs(qk, q, kv_index, r0, r1)  # (H, C, r1)
+            p, visible = _chunk_probs(qk, q, None, r0, r1)  # (H, C, r1)
             tr = r0 // tile
             block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
-            thumbs[layer, :, tr : tr + block.shape[1], : block.shape[2]] = block.cpu().numpy()
+            layer_thumbs[:, tr : tr + block.shape[1], : block.shape[2]] = block
             lo = max(from_query, r0)
             if lo >= r1:
                 continue
@@ -599,6 +604,7 @@ def overview(
             acc["dist"] += (pos[None] - pe @ keypos).sum(-1)
             near = keypos[None, :] > (pos[:, None] - local_tokens)  # (C', r1)
             acc["local"] += pe.mul_(near).sum((-1, -2))
+        thumbs[layer] = layer_thumbs.cpu().numpy()  # one transfer per layer
         count = max(1, n - from_query)
         for k in stats:
             stats[k][layer] = (acc[k] / count).cpu().numpy()
