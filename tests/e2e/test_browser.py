@@ -52,6 +52,10 @@ def test_page_runs_without_exception(browser, app_url, name, path):
         if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
             out = REPO / "docs" / "screenshots" / f"{name}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
+            # the page scrolls inside stMain, not the window: grow the window to show it all
+            height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+            page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
+            page.wait_for_timeout(500)
             page.screenshot(path=str(out), full_page=True)
     finally:
         page.close()
