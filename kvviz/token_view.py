@@ -224,6 +224,19 @@ def occupancy(trace: Trace, step: int) -> tuple[np.ndarray, int]:
     return present.sum(axis=-1).mean(axis=-1), int((entered <= step).sum())
 
 
+def newest_held_share(trace: Trace, step: int, tail: int) -> np.ndarray:
+    """(positions,) float at ``step``: share of layers × KV heads in which the position is among
+    the ``tail`` newest entries held (e.g. a quantizing store's full-precision residual window);
+    NaN where no layer or head holds the position."""
+    step = clamp_step(trace, step)
+    ev = trace.evicted_at_step
+    present = (trace.entered_at_step() <= step) & ((ev == -1) | (ev > step))  # (layers, heads, positions)
+    newer_or_same = np.cumsum(present[..., ::-1], axis=-1)[..., ::-1]  # held entries at positions >= p
+    in_tail = present & (newer_or_same <= tail)
+    share = in_tail.reshape(-1, trace.n_positions).mean(axis=0)
+    return np.where(present.reshape(-1, trace.n_positions).any(axis=0), share, np.nan)
+
+
 def visible_text(text: str) -> str:
     """The text with control and invisible characters made visible: a newline becomes ``↵``
     followed by a line break, a tab ``⇥``, other control and format characters ``\\xNN`` or

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from kvviz.live import memory_saving
 from kvviz.models import format_bytes
-from kvviz.token_view import clamp_step
+from kvviz.token_view import clamp_step, newest_held_share
 from kvviz.trace import Trace
 
 
@@ -92,24 +92,26 @@ def quant_error_figure(trace: Trace) -> go.Figure:
 
 
 def residual_window_figure(trace: Trace) -> go.Figure:
-    """Which positions the quantizing store holds quantized and which in full precision at the
-    end of the run: the newest ``residual`` values (``residual_keys`` keys, when they differ)."""
+    """Which held entries the quantizing store keeps in full precision at the end of the run: the
+    newest ``residual`` values (``residual_keys`` keys, when they differ) of each layer and KV
+    head; the rest is quantized. Evicted positions are blank."""
     q = trace.quant_error or {}
-    n = trace.prompt_len + max(trace.n_steps - 1, 0)  # entries in the cache at the last step
-    rows = {"values": int(q.get("residual") or 0), "keys": int(q.get("residual_keys", q.get("residual")) or 0)}
-    pos = np.arange(n)
-    z = np.array([(pos >= n - tail).astype(float) for tail in rows.values()]).reshape(len(rows), n)  # 1 = full precision
+    last = clamp_step(trace, trace.n_steps - 1)
+    rows = {"keys": int(q.get("residual_keys", q.get("residual")) or 0), "values": int(q.get("residual") or 0)}
+    z = np.stack([newest_held_share(trace, last, tail) for tail in rows.values()])  # (2, positions)
+    n = trace.prompt_len + last  # positions in the cache at the last step
+    z = z[:, :n]
     fig = go.Figure()
     fig.add_heatmap(
-        z=z, x=pos, y=list(rows), zmin=0, zmax=1, showscale=False, xgap=0.5 if n <= 200 else 0, ygap=3,
+        z=z, x=np.arange(n), y=list(rows), zmin=0, zmax=1, showscale=False, xgap=0.5 if n <= 200 else 0, ygap=3,
         colorscale=[[0, "#93c5fd"], [1, "#f59e0b"]],
-        customdata=np.where(z > 0, "full precision", "quantized"),
-        hovertemplate="%{y} of token %{x}: %{customdata}<extra></extra>",
+        hovertemplate="%{y} of token %{x}: full precision in %{z:.0%} of layers × KV heads<extra></extra>",
     )
-    parts = [f"the newest {t} {row} in full precision" for row, t in rows.items() if t]
+    parts = [f"the newest {t} {row}" for row, t in rows.items() if t]
     fig.update_layout(
-        title=("At the last step: " + " and ".join(parts) + "; the rest quantized (blue)") if parts else "Every entry is quantized",
+        title=(f"At step {last}: " + " and ".join(parts) + " held in full precision (orange); the rest quantized (blue)")
+        if parts else "Every entry is quantized",
         height=190, margin=dict(l=10, r=10, t=50, b=10),
     )
-    fig.update_xaxes(title="token position", range=[-0.5, max(n, 1) - 0.5])
+    fig.update_xaxes(title="token position (blank: evicted)", range=[-0.5, max(n, 1) - 0.5])
     return fig

@@ -185,10 +185,16 @@ def test_quantization_panel():
     fig = memory_charts.quant_error_figure(t)
     assert list(fig.data[0].y) == [0.1, 0.2] and list(fig.data[1].y) == [0.05, 0.07]
     res = memory_charts.residual_window_figure(t)
-    z = np.asarray(res.data[0].z)
-    assert z.shape == (2, PROMPT_LEN + 3)  # entries in the cache at the last step
-    assert z[0].tolist() == [0] * 6 + [1] * 3
+    z = np.asarray(res.data[0].z, dtype=float)
+    assert z.shape == (2, PROMPT_LEN + 3)  # positions in the cache at the last step
+    # the newest 3 held entries: positions 8, 7, 6 (5 is older); 2 and 3 are evicted: blank
+    assert z[1].tolist()[4:] == [0, 0, 1, 1, 1] and np.isnan(z[1, 2]) and z[1, 0] == 0
     assert "newest 3 values" in res.layout.title.text
+    # where heads hold different entries, the window covers other positions: a share per position
+    ev = t.evicted_at_step.copy()
+    ev[0, 0, 7] = 2  # layer 0 / head 0 dropped position 7 at step 2
+    z = np.asarray(memory_charts.residual_window_figure(make_trace(evicted_at_step=ev, quant_error=t.quant_error)).data[0].z, dtype=float)
+    assert z[1, 5] == pytest.approx(0.25) and z[1, 7] == pytest.approx(0.75)  # 3 of the 4 layers × heads
     kivi = make_trace(quant_error={"key": [0.1, 0.2], "value": [0.05, 0.07], "residual": 3, "residual_keys": 1})
-    z = np.asarray(memory_charts.residual_window_figure(kivi).data[0].z)
-    assert z[1].tolist() == [0] * 8 + [1]
+    z = np.asarray(memory_charts.residual_window_figure(kivi).data[0].z, dtype=float)
+    assert z[0].tolist()[4:] == [0, 0, 0, 0, 1]
