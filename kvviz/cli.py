@@ -76,6 +76,7 @@ def cmd_run(args) -> int:
 
     text = args.prompt if args.prompt is not None else args.prompt_file.read_text()
     pipeline = policies.build(args.policy, parse_params(args.param), budget=args.budget, ratio=args.ratio)
+    quiet_transformers()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     ids = encode_prompt(loaded.tokenizer, text, chat=args.chat, max_context=loaded.summary.max_context)
     trace = engine.run(
@@ -96,6 +97,14 @@ def cmd_run(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def quiet_transformers() -> None:
+    """Keep stderr for kvviz's own one-line messages: no progress bars or advice from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def run_summary(trace) -> dict:
