@@ -4,6 +4,7 @@ import html
 
 import numpy as np
 import streamlit as st
+import torch
 
 from kvviz import capture
 from kvviz.charts import attention as charts
@@ -84,8 +85,12 @@ n = len(ids)
 if n > 2048 and summary.device == "cpu":
     st.info(f"{n:,} tokens on the CPU: the first view of every layer takes a while (about a minute per 2,000 tokens). Later views reuse it.")
 
-with st.spinner(f"Computing attention of {summary.n_layers} layers × {summary.n_q_heads} heads over {n:,} tokens..."):
-    ov = cache.overview(loaded, ids, prompt_len, pool)
+try:
+    with st.spinner(f"Computing attention of {summary.n_layers} layers × {summary.n_q_heads} heads over {n:,} tokens..."):
+        ov = cache.overview(loaded, ids, prompt_len, pool)
+except (capture.CaptureError, torch.OutOfMemoryError) as exc:
+    st.error(f"The attention of this model could not be computed: {exc}")
+    st.stop()
 
 # ------------------------------------------------------------------------------ selection state
 L, H = ov.n_layers, ov.n_q_heads
@@ -136,12 +141,12 @@ c_layer, c_head, c_token, c_tok_text = st.columns([1, 1, 1, 2])
 layer = c_layer.number_input("Layer", 0, L - 1, key="attn.layer")
 head = c_head.number_input("Query head", 0, H - 1, key="attn.head", help=f"Heads {group}·k … {group}·k+{group - 1} share KV head k.")
 token = c_token.number_input("Selected token", 0, n - 1, key="attn.token", help="Its row and column are outlined; click a bar under or beside the heatmap to pick one.")
-c_tok_text.markdown(
-    f"<div style='padding-top: 1.9rem'>token <b>{token}</b>: <code>{html.escape(repr(tokens[token]))}</code>"
-    + (" · generated" if token >= prompt_len else " · prompt")
-    + "</div>",
-    unsafe_allow_html=True,
-)
+with c_tok_text:
+    st.html(
+        f"<div style='padding-top: 1.9rem'>token <b>{token}</b>: <code>{html.escape(repr(tokens[token]))}</code>"
+        + (" · generated" if token >= prompt_len else " · prompt")
+        + "</div>"
+    )
 
 
 def _zoom(start: int, stop: int) -> None:

@@ -3,7 +3,9 @@ tokens, a policy greying evicted keys, and bad input answered with a message."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,17 @@ def test_bad_prompts_get_a_message(text):
     at = page(kvviz_prompt_name="Custom", kvviz_custom_prompt=text)
     assert not at.exception, [e.message for e in at.exception]
     assert at.info and not at.get("plotly_chart")
+
+
+def test_prompt_text_is_escaped_everywhere():
+    hostile = "<img src=x onerror=alert(1)> [x](javascript:alert(1)) <script>alert(2)</script>"
+    at = page(kvviz_prompt_name="Custom", kvviz_custom_prompt=hostile, **{"attn.new_tokens": 2})
+    no_failure(at)
+    bodies = [el.proto.body for el in at.get("html")]
+    shown = [html.unescape(re.sub(r"<[^>]*>", "", b)) for b in bodies]  # what a reader sees
+    assert any(hostile in text for text in shown)  # the prompt, as typed
+    for body in bodies:
+        assert "<script" not in body and "<img" not in body and "<a " not in body
+    detail = figures(at)[1]
+    labels = next(t for t in detail["data"] if t.get("name") == "attention")["x"]
+    assert any("&lt;" in label for label in labels) and not any("<" in label for label in labels)
