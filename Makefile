@@ -7,7 +7,9 @@ TORCH_VERSION ?= 2.13.0
 STREAMLIT_ARGS ?= --server.headless true
 PYTEST_ARGS ?=
 
-.PHONY: setup run test
+COMPAT_DIR ?= .compat/transformers-5.17
+
+.PHONY: setup run test test-compat
 
 # torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build.
 setup:
@@ -20,3 +22,10 @@ run: setup
 
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	$(MAKE) test-compat
+
+# The core again on the oldest transformers kvviz supports (5.17, what the GPU hosts have): the
+# newest release changed the attention's cache keyword and the mask sizes it asks a cache for.
+test-compat: setup
+	@test -f $(COMPAT_DIR)/transformers/__init__.py || $(PIP) install -q --target $(COMPAT_DIR) "transformers==5.17.0"
+	PYTHONPATH=$(COMPAT_DIR) $(PYTHON) -m pytest tests/unit tests/integration -p no:cacheprovider $(PYTEST_ARGS)

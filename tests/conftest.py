@@ -42,3 +42,9 @@ def tiny_llama():
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     return model.eval()
+
+
+def pytest_report_header(config):
+    import transformers
+
+    return f"kvviz under torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__})"
