@@ -31,6 +31,9 @@ PHASES = {
 }
 
 
+LONG_PROMPT_CPU = 1500  # tokens: beyond this a CPU prefill takes long enough to warn about
+
+
 class LiveInputError(ValueError):
     """Input a live run cannot use; the message is one line, fit to show to a person."""
 

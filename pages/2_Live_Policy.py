@@ -45,6 +45,12 @@ run_row.caption(
     + (" with the chat template" if state.chat else "")
     + f" · model {token_ui.md_escape(loaded.summary.name)} on {loaded.summary.device}"
 )
+if prompt_len and prompt_len > live.LONG_PROMPT_CPU and loaded.summary.device == "cpu":
+    run_row.warning(
+        f"A {prompt_len}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
+        "attention compute it over the whole prompt), and Stop acts between generated tokens, not during the prefill.",
+        icon=":material/hourglass_top:",
+    )
 
 
 def _request_run():

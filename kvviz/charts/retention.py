@@ -12,6 +12,7 @@ from kvviz.trace import Trace
 
 # 0 = evicted (red), partly kept (orange), 1 = kept (green); blank = not in the run yet
 RETENTION_SCALE = [[0.0, "#dc2626"], [0.5, "#fdba74"], [1.0, "#16a34a"]]
+MAX_TEXT_CELLS = 60_000
 
 
 def _token_labels(trace: Trace) -> list[str]:
@@ -27,7 +28,9 @@ def _mark_prompt_end(fig: go.Figure, trace: Trace, axis: str = "x") -> None:
 
 def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str) -> go.Figure:
     """A kept-share heatmap over token positions (x) and steps or layers (y)."""
-    text = np.broadcast_to(np.array(_token_labels(trace), dtype=object), z.shape)
+    # the token's text in the hover costs a string per cell: only for maps of moderate size
+    with_text = z.size <= MAX_TEXT_CELLS
+    text = np.broadcast_to(np.array(_token_labels(trace), dtype=object), z.shape) if with_text else None
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -37,7 +40,7 @@ def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str) -> 
             zmax=1,
             colorscale=RETENTION_SCALE,
             customdata=text,
-            hovertemplate="%{customdata}<br>" + y_name + " %{y}<br>kept by %{z:.0%}<extra></extra>",
+            hovertemplate=("%{customdata}" if with_text else "#%{x}") + "<br>" + y_name + " %{y}<br>kept by %{z:.0%}<extra></extra>",
             colorbar=dict(title="kept", tickformat=".0%", len=0.8),
             xgap=0.5 if z.shape[1] <= 200 else 0,
             ygap=0.5 if z.shape[0] <= 100 else 0,

@@ -41,37 +41,42 @@ def title(text: str) -> str:
     return "&#10;".join(esc(line) for line in text.split("\n"))
 
 
-def _token_style(state: str, share: float) -> str:
-    style = f"{TOKEN} background: {STATE_COLORS[state]}; color: {STATE_TEXT_COLORS[state]};"
-    if state == "evicted":
-        style += " text-decoration: line-through;"
-    elif state == "evicted_now":
-        style += " text-decoration: line-through; font-weight: 600;"
-    elif state == "next":
-        style += " outline: 2px solid #111827; font-weight: 600;"
-    elif state == "partial":
-        style += f" opacity: {0.45 + 0.55 * share:.2f};"
-    elif state == "pending":
-        style += " opacity: 0.6;"
-    return style
+_STATE_EXTRA = {
+    "evicted": "text-decoration: line-through;",
+    "evicted_now": "text-decoration: line-through; font-weight: 600;",
+    "next": "outline: 2px solid #111827; font-weight: 600;",
+    "pending": "opacity: 0.6;",
+}
+
+
+def token_css() -> str:
+    """One rule per state (the palette of kvviz.charts.tokens), scoped to the token view."""
+    rules = [
+        f".kvviz-tokens {{ {BOX} }}",
+        f".kvviz-tokens .tok, .kvviz-legend .tok {{ {TOKEN} }}",
+        ".kvviz-tokens .gen { border-bottom: 2px solid #2563eb; }",
+        ".kvviz-tokens .out { color: #2563eb; font-weight: 600; padding: 0 4px; }",
+    ]
+    for state in STATES:
+        extra = _STATE_EXTRA.get(state, "")
+        rules.append(f".st-{state} {{ background: {STATE_COLORS[state]}; color: {STATE_TEXT_COLORS[state]}; {extra} }}")
+    return "<style>" + "\n".join(rules) + "</style>"
 
 
 def tokens_html(records: list[TokenRecord], step: int, show_pending: bool = False) -> str:
-    """The tokens at ``step`` as spans coloured by state; the prompt's end is marked."""
-    parts = [f'<div class="kvviz-tokens" style="{BOX}">']
+    """The tokens at ``step`` as spans coloured by state (classes ``st-<state>``, rules in
+    ``token_css``); a partly kept token is as opaque as the share that keeps it; the prompt's
+    end is marked."""
+    parts = [token_css(), '<div class="kvviz-tokens">']
     for r in records:
         if r.state == "pending" and not show_pending:
             continue
         if r.generated and (r.position == 0 or not records[r.position - 1].generated):
-            parts.append(
-                '<span style="color: #2563eb; font-weight: 600; padding: 0 4px;"'
-                ' title="the model&#x27;s output starts here">▌output:</span>'
-            )
-        style = _token_style(r.state, r.kept_share)
-        if r.generated:
-            style += " border-bottom: 2px solid #2563eb;"
+            parts.append('<span class="out" title="the model&#x27;s output starts here">▌output:</span>')
+        classes = f"tok st-{r.state}" + (" gen" if r.generated else "")
+        opacity = f' style="opacity: {0.45 + 0.55 * r.kept_share:.2f};"' if r.state == "partial" else ""
         parts.append(
-            f'<span class="tok st-{r.state}" data-pos="{r.position}" style="{style}"'
+            f'<span class="{classes}" data-pos="{r.position}"{opacity}'
             f' title="{title(describe_record(r, step))}">{esc(r.text)}</span>'
         )
     parts.append("</div>")
@@ -87,10 +92,10 @@ def legend_html(states: dict[str, int] | None = None) -> str:
         count = f" {states[state]}" if states is not None else ""
         items.append(
             f'<span title="{esc(meaning)}" style="margin-right: 14px; white-space: nowrap;">'
-            f'<span style="{_token_style(state, 1.0)} display: inline-block; min-width: 14px; text-decoration: none;">&nbsp;</span>'
+            f'<span class="tok st-{state}" style="display: inline-block; min-width: 14px; text-decoration: none;">&nbsp;</span>'
             f" {html.escape(label)}<b>{count}</b></span>"
         )
-    return f'<div style="font-size: 13px; line-height: 1.9;">{"".join(items)}</div>'
+    return f'{token_css()}<div class="kvviz-legend" style="font-size: 13px; line-height: 1.9;">{"".join(items)}</div>'
 
 
 def comparison_html(full_tokens: list[str], policy_tokens: list[str], divergence: int | None, policy_name: str) -> str:

@@ -59,7 +59,9 @@ def metrics(at: AppTest) -> dict:
 
 
 def token_html(at: AppTest) -> str:
-    return "".join(h.proto.body for h in at.html if 'class="tok ' in h.proto.body)
+    """The token view's spans (without the legend and style block before them)."""
+    views = [h.proto.body for h in at.html if '<div class="kvviz-tokens">' in h.proto.body]
+    return "".join(v.split('<div class="kvviz-tokens">', 1)[1] for v in views)
 
 
 def shown_text(html_text: str) -> str:
@@ -87,14 +89,14 @@ def test_one_policy_of_each_family(page, name):
     assert "▌output:" in html and html.count('class="tok ') == trace.n_positions  # every token is shown at the last step
     saving = live.memory_saving(trace)
     if name == "full":
-        assert saving.saved_bytes == 0 and "st-evicted" not in html
+        assert saving.saved_bytes == 0 and "tok st-evicted" not in html
         assert result.first_divergence is None and m["First divergence"] == "none"
         assert m["Top-1 agreement"] == "100%"
     elif family in ("eviction", "sparse", "merging"):
         assert saving.saved_pct > 30
-        assert "st-evicted" in html  # the prompt lost tokens
+        assert "tok st-evicted" in html  # the prompt lost tokens
     else:  # stores: nothing evicted, fewer bytes
-        assert "st-evicted" not in html and 0 < saving.saved_bytes < saving.kv_bytes_full
+        assert "tok st-evicted" not in html and 0 < saving.saved_bytes < saving.kv_bytes_full
     tabs = [t.label for t in at.tabs]
     is_store = policies.get(name).kind == "store"
     assert ("Reconstruction error" in tabs) == is_store
@@ -128,7 +130,7 @@ def test_step_slider_scope_and_player_follow_the_stored_run(page):
     assert not at.exception
     assert at.session_state["live.result"] is result  # moving the slider does not rerun the model
     html_0 = token_html(at)
-    assert html_0 != html_last and "st-next" in html_0 and "Step 0" in " ".join(c.value for c in at.caption)
+    assert html_0 != html_last and "tok st-next" in html_0 and "Step 0" in " ".join(c.value for c in at.caption)
     at.radio(key="live.scope").set_value("one layer and KV head").run()
     at.slider(key="live.layer").set_value(5).run()
     at.selectbox(key="live.head").set_value(2).run()

@@ -14,7 +14,7 @@ from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
 from kvviz.charts.tokens import STATE_COLORS, token_states_figure
 from kvviz.token_view import STATES, Scope, occupancy, protection, retention, token_records
-from kvviz.ui.tokens import comparison_html, tokens_html
+from kvviz.ui.tokens import comparison_html, token_css, tokens_html
 
 SINGLE = Scope(0, 0)
 
@@ -67,12 +67,15 @@ def test_every_state_gets_its_colour_in_the_token_map():
 def test_every_state_gets_its_colour_in_the_html():
     t = make_trace()
     html_text = tokens_html(token_records(t, 1, SINGLE), step=1, show_pending=True) + tokens_html(token_records(t, 1), 1)
-    spans = re.findall(r'class="tok st-(\w+)" data-pos="\d+" style="[^"]*background: (#[0-9a-f]+);', html_text)
+    rules = dict(re.findall(r"\.st-(\w+) \{ background: (#[0-9a-f]+);", token_css()))
+    assert rules == STATE_COLORS
+    spans = re.findall(r'class="tok st-(\w+)[^"]*" data-pos="(\d+)"', html_text)
     assert {s for s, _ in spans} == set(STATES)
-    for state, colour in spans:
-        assert colour == STATE_COLORS[state]
-    # pending tokens are hidden unless asked for
-    assert "st-pending" not in tokens_html(token_records(t, 1, SINGLE), step=1)
+    # partly kept tokens are as opaque as the share keeping them
+    assert re.search(r'class="tok st-partial" data-pos="3" style="opacity: 0.59;"', html_text)
+    # pending tokens are hidden unless asked for; generated tokens are underlined
+    assert "tok st-pending" not in tokens_html(token_records(t, 1, SINGLE), step=1)
+    assert 'class="tok st-recent gen" data-pos="6"' in html_text
 
 
 # ---------------------------------------------------------------------------------- steps

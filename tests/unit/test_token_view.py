@@ -26,16 +26,23 @@ HOSTILE = [
 
 
 class TagCollector(HTMLParser):
+    """Tags, attributes and the text a browser shows (our own <style> block left out)."""
+
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.tags, self.attrs, self.text = [], [], []
+        self.tags, self.attrs, self.text, self.in_style = [], [], [], False
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         self.attrs.extend(attrs)
+        self.in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self.in_style = False
 
     def handle_data(self, data):
-        self.text.append(data)
+        if not self.in_style:
+            self.text.append(data)
 
 
 def parse(html_text: str) -> TagCollector:
@@ -56,7 +63,8 @@ def records_for(texts: list[str]) -> list[TokenRecord]:
 def test_hostile_token_is_text_in_the_token_view(text):
     out = tokens_html(records_for(["a", text, "b"]), step=0)
     p = parse(out)
-    assert set(p.tags) <= {"div", "span"}  # nothing but our own markup
+    assert set(p.tags) <= {"style", "div", "span"}  # nothing but our own markup
+    assert p.tags.count("style") == 1 and out.startswith("<style>")
     assert {name for name, _ in p.attrs} <= {"class", "style", "title", "data-pos"}
     assert "".join(p.text) == "a" + visible_text(text) + "b"  # what a person sees is what was typed
     assert "<script" not in out and "<img" not in out and "<b>" not in out
@@ -116,7 +124,7 @@ def test_other_renderers_escape_too():
         legend_html({"kept": 3}),
     ):
         p = parse(out)
-        assert set(p.tags) <= {"div", "span", "b", "i"}
+        assert set(p.tags) <= {"style", "div", "span", "b", "i"}
         assert "<script" not in out and "<img" not in out
         assert not any(name.startswith("on") for name, _ in p.attrs)
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in stream_html(HOSTILE)

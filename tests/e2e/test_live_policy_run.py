@@ -1,0 +1,37 @@
+"""The Live policy page in a real Chromium: tokens appear while the model generates, Stop ends
+the run and keeps what was generated, and the step slider then moves without rerunning the model."""
+
+from __future__ import annotations
+
+import re
+import time
+
+RUN_TIMEOUT_S = 600
+
+
+def test_stop_keeps_the_partial_run(browser, app_url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    try:
+        page.goto(app_url + "/Live_Policy", wait_until="domcontentloaded")
+        page.get_by_role("button", name="▶ Run").wait_for(timeout=RUN_TIMEOUT_S * 1000)
+        thumb = page.get_by_role("slider", name="New tokens")
+        thumb.focus()
+        thumb.press("End")  # 256 new tokens: long enough to stop in the middle
+        time.sleep(1)
+        page.get_by_role("button", name="▶ Run").click()
+
+        progress = page.get_by_text(re.compile(r"Generating with the policy: ([3-9]|\d\d+) / 256 tokens"))
+        progress.wait_for(timeout=RUN_TIMEOUT_S * 1000)  # tokens stream in while the run goes on
+        page.get_by_role("button", name="■ Stop").click()
+
+        warning = page.get_by_text(re.compile(r"Stopped after \d+ tokens"))
+        warning.wait_for(timeout=RUN_TIMEOUT_S * 1000)
+        n = int(re.search(r"Stopped after (\d+) tokens", warning.inner_text()).group(1))
+        assert 3 <= n < 256
+        assert page.locator('[data-testid="stException"]').count() == 0
+        tokens = page.locator(".kvviz-tokens").first
+        assert "output:" in tokens.inner_text()
+        assert tokens.locator(".tok").count() >= n  # the prompt and the generated tokens are shown
+        assert page.get_by_role("button", name="▶ Run").is_enabled()  # ready for the next run
+    finally:
+        page.close()
