@@ -602,8 +602,9 @@ def overview(
             acc["sink"] += pe[..., :sink_tokens].sum((-1, -2))
             keypos = torch.arange(r1, device=dev, dtype=torch.float32)
             acc["dist"] += (pos[None] - pe @ keypos).sum(-1)
-            near = keypos[None, :] > (pos[:, None] - local_tokens)  # (C', r1)
-            acc["local"] += pe.mul_(near).sum((-1, -2))
+            back = pos.long()[:, None] - torch.arange(local_tokens, device=dev)[None, :]  # (C', local) key positions
+            near = pe.gather(-1, back.clamp(min=0).expand(n_heads, -1, -1))  # (H, C', local)
+            acc["local"] += (near * (back >= 0)).sum((-1, -2))
         thumbs[layer] = layer_thumbs.cpu().numpy()  # one transfer per layer
         count = max(1, n - from_query)
         for k in stats:
