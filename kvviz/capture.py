@@ -396,12 +396,13 @@ def _check_pool(pool: str) -> None:
         raise CaptureError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}.")
 
 
-def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int):
+def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int, entropy: bool = False):
     """Attention probabilities of queries r0..r1 over keys 0..r1 for some query heads.
 
     q_heads: (H, seq, d) float32 queries: every query head of the layer in order (``kv_head``
     None: each group of query heads is multiplied with its own KV head), or heads that all read
-    KV head ``kv_head``. Returns p (H, r1 - r0, r1) float32 (0 where masked), visible (r1 - r0, r1) bool.
+    KV head ``kv_head``. Returns p (H, C, r1) float32 with C = r1 - r0 (0 where masked),
+    visible (C, r1) bool, and with ``entropy`` each row's entropy (H, C) in nats, else None.
     """
     dev = q_heads.device
     H, d = q_heads.shape[0], q_heads.shape[-1]
@@ -420,8 +421,18 @@ def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: in
     visible = j <= i
     if qk.sliding_window:
         visible &= j > i - qk.sliding_window
+    # softmax by hand, so that the entropy needs no logarithm per cell:
+    # -sum p log p = log Z - sum p (s - max), with p = exp(s - max) / Z
     s.masked_fill_(~visible, float("-inf"))
-    return torch.softmax(s, dim=-1), visible
+    s.sub_(s.amax(-1, keepdim=True))  # every row sees at least its own key
+    p = s.exp()
+    z = p.sum(-1, keepdim=True)  # (H, C, 1)
+    p.div_(z)
+    ent = None
+    if entropy:
+        s.masked_fill_(~visible, 0.0)
+        ent = torch.log(z[..., 0]) - torch.linalg.vecdot(p, s)
+    return p, visible, ent
 
 
 def _pool_block(p: torch.Tensor, visible: torch.Tensor, tile: int, pool: str) -> torch.Tensor:
@@ -449,7 +460,9 @@ def _chunks(bounds: Sequence[tuple[int, int, int]]):
 
 
 def _rows_per_chunk(n_heads: int, n_keys: int, tile: int, budget: int) -> int:
-    rows = max(1, budget // max(1, n_heads * n_keys))
+    """Query rows per chunk: within the budget of scores, a multiple of the tile, and at most
+    256 rows (or one tile) so that the causal triangle wastes little (chunk r1 sees keys 0..r1)."""
+    rows = min(max(1, budget // max(1, n_heads * n_keys)), max(256, tile))
     return max(tile, rows // tile * tile)
 
 
@@ -502,9 +515,9 @@ def attention_view(
     step = _rows_per_chunk(1, n, tile, chunk_elements)
     spans = [(0, qa, step), (qa, qb, step), (qb, n, step)]  # chunks inside the window start on tile rows
     for r0, r1 in _chunks(spans):
-        p, visible = _chunk_probs(qk, q, qk.kv_head(head), r0, r1)  # (1, C, r1)
+        p, visible, ent = _chunk_probs(qk, q, qk.kv_head(head), r0, r1, entropy=True)  # (1, C, r1)
         key_score[:r1] += p[0].sum(0)
-        entropy[r0:r1] = -torch.special.xlogy(p[0], p[0]).sum(-1)
+        entropy[r0:r1] = ent[0]
         if ev is not None:
             ev_mass[r0:r1] = p[0] @ ev[:r1]
         if qa <= r0 < qb and ka < r1:
@@ -532,7 +545,7 @@ def attention_rows(qk: LayerQK, head: int, rows: Sequence[int]) -> np.ndarray:
     out = np.zeros((len(rows), n), dtype=np.float32)
     q = qk.q[head : head + 1].to(torch.float32)
     for i, r in enumerate(rows):
-        p, _ = _chunk_probs(qk, q, qk.kv_head(head), r, r + 1)
+        p, _, _ = _chunk_probs(qk, q, qk.kv_head(head), r, r + 1)
         out[i, : r + 1] = p[0, 0].cpu().numpy()
     return out
 
@@ -587,7 +600,7 @@ def overview(
         acc = {k: torch.zeros(n_heads, device=dev, dtype=torch.float64) for k in stats}
         step = _rows_per_chunk(n_heads, n, tile, chunk_elements)
         for r0, r1 in _chunks([(0, n, step)]):
-            p, visible = _chunk_probs(qk, q, None, r0, r1)  # (H, C, r1)
+            p, visible, ent = _chunk_probs(qk, q, None, r0, r1, entropy=True)  # (H, C, r1), (H, C)
             tr = r0 // tile
             block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
             layer_thumbs[:, tr : tr + block.shape[1], : block.shape[2]] = block
@@ -596,7 +609,7 @@ def overview(
                 continue
             pe = p[:, lo - r0 :]  # (H, C', r1) the rows that count for the profiles
             pos = torch.arange(lo, r1, device=dev, dtype=torch.float32)  # (C',)
-            ent = -torch.special.xlogy(pe, pe).sum(-1)  # (H, C')
+            ent = ent[:, lo - r0 :]  # (H, C')
             acc["ent"] += ent.sum(-1)
             acc["nent"] += (ent / torch.log(pos + 1).clamp(min=1e-9)).sum(-1)
             acc["sink"] += pe[..., :sink_tokens].sum((-1, -2))
