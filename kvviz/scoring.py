@@ -54,11 +54,18 @@ def accumulated_attention(
     chunk: int = 256,
 ) -> torch.Tensor:
     """Attention each entry received, summed over all queries: (kv_heads, n). Computed in chunks
-    of queries so a long prefill never holds the whole q × n matrix."""
-    total = torch.zeros(keys.shape[0], keys.shape[1], device=keys.device, dtype=torch.float32)
-    for start in range(0, queries.shape[1], chunk):
-        total += attention_probs(
-            queries[:, start : start + chunk], keys, query_positions[start : start + chunk], key_positions
+    of queries so a long prefill never holds the whole q × n matrix.
+
+    At prefill the entries are the queries' own tokens in order, so a chunk of queries ending at
+    row ``end`` reads only the first ``end`` entries: the causal triangle above is skipped."""
+    q_len, n = queries.shape[1], keys.shape[1]
+    aligned = q_len == n  # prefill: entry i is query i's token
+    total = torch.zeros(keys.shape[0], n, device=keys.device, dtype=torch.float32)
+    for start in range(0, q_len, chunk):
+        end = min(start + chunk, q_len)
+        width = end if aligned else n
+        total[:, :width] += attention_probs(
+            queries[:, start:end], keys[:, :width], query_positions[start:end], key_positions[:, :width]
         ).sum(dim=1)
     return total
 
