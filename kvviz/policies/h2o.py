@@ -22,7 +22,7 @@ class H2O(BudgetSelector):
     eviction during prefill gives the same kept set up to ties, at much higher cost)."""
     needs_queries = True
 
-    recent: int = param(16, "Most recent tokens always kept (the paper's local window), part of the budget.", min=0)
+    recent: int = param(16, "Most recent tokens always kept (the paper's local window), part of the budget and at most half of it.", min=0)
 
     def step(self, layer, ctx):
         acc = layer.stats.get("acc_attention")  # (kv_heads, n) float32
@@ -34,5 +34,5 @@ class H2O(BudgetSelector):
             acc += attention_probs(layer.queries, layer.keys, layer.query_positions, layer.positions).sum(dim=1)
         if ctx.budget is None or layer.n <= ctx.budget:
             return None
-        protect = recent_mask(layer.positions, min(self.recent, ctx.budget))
+        protect = recent_mask(layer.positions, min(self.recent, ctx.budget // 2))
         return Selection(keep=keep_top(acc, ctx.budget, protect), scores=acc)
