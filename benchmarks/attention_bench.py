@@ -6,7 +6,7 @@ head: pooled thumbnails and head profiles) and one head's detail view, for an N-
 
 Reported, each the median of ``--repeats`` runs after one warm-up:
   forward      a plain forward pass of the base model (no capture), for scale
-  overview     kvviz.capture.overview (keeps each layer's q/k within the page's 512 MiB)
+  overview     kvviz.attention_maps.overview (keeps each layer's q/k within the page's 512 MiB)
   detail       one head's pooled view plus the selected token's row, from the kept q/k
   detail_cold  the same with its own forward pass (capture_layers), when q/k were not kept
   total        overview + detail: what the page computes for a new prompt
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvviz import capture, data  # noqa: E402
+from kvviz import attention_maps, capture, data  # noqa: E402
 from kvviz.models import load_model  # noqa: E402
 
 KEEP_QK_BYTES = 512 << 20  # as the page (kvviz/ui/attention_cache.py)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--layer", type=int, default=None, help="layer of the detail view (default: the middle one)")
     ap.add_argument("--head", type=int, default=0)
-    ap.add_argument("--pool", default="max", choices=capture.POOLS)
+    ap.add_argument("--pool", default="max", choices=attention_maps.POOLS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -138,11 +138,11 @@ def main(argv=None) -> int:
             base(input_ids=input_ids, use_cache=False)
 
     def overview():
-        return capture.overview(model, ids, pool=args.pool, keep_qk_bytes=KEEP_QK_BYTES)
+        return attention_maps.overview(model, ids, pool=args.pool, keep_qk_bytes=KEEP_QK_BYTES)
 
     def detail(qk):
-        view = capture.attention_view(qk, head, max_cells=MAX_CELLS, pool=args.pool)
-        row = capture.attention_rows(qk, head, [token])
+        view = attention_maps.attention_view(qk, head, max_cells=MAX_CELLS, pool=args.pool)
+        row = attention_maps.attention_rows(qk, head, [token])
         return view, row
 
     def detail_cold():

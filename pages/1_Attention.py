@@ -6,8 +6,9 @@ import numpy as np
 import streamlit as st
 import torch
 
-from kvviz import capture
-from kvviz.charts import attention as charts
+from kvviz import attention_maps, capture
+from kvviz.charts import attention_detail as detail_charts
+from kvviz.charts import attention_overview as overview_charts
 from kvviz.policies import PolicyError
 from kvviz.tokens import PromptError, encode_prompt, token_strings
 from kvviz.ui import attention_cache as cache
@@ -44,7 +45,7 @@ new_tokens = c_new.number_input(
     help="Generate this many tokens greedily first; their attention is shown after the prompt's.",
 )
 pool = c_pool.radio(
-    "Pooling", capture.POOLS, horizontal=True, key="attn.pool",
+    "Pooling", attention_maps.POOLS, horizontal=True, key="attn.pool",
     help="Long sequences are shown in tiles of several tokens: the largest weight in each tile (max), or the mean.",
 )
 scale = c_scale.radio(
@@ -131,7 +132,7 @@ st.caption(
     f"({group} query heads read the same keys and values: grouped-query attention). Click a square to open it below."
 )
 st.plotly_chart(
-    charts.overview_figure(ov, selected=(ss["attn.layer"], ss["attn.head"]), scale=scale),
+    overview_charts.overview_figure(ov, selected=(ss["attn.layer"], ss["attn.head"]), scale=scale),
     key="attn.overview_chart", on_select="rerun", selection_mode="points", width="stretch",
 )
 
@@ -179,11 +180,11 @@ view = cache.view(
     evicted=evicted, prompt_len=prompt_len,
 )
 st.plotly_chart(
-    charts.detail_figure(view, tokens, selected_token=int(token), scale=scale),
+    detail_charts.detail_figure(view, tokens, selected_token=int(token), scale=scale),
     key="attn.detail_chart", on_select="rerun", selection_mode="points", width="stretch",
 )
 
-row = capture.attention_rows(qk, int(head), [int(token)])[0]  # (seq,) what the selected token attends to
+row = attention_maps.attention_rows(qk, int(head), [int(token)])[0]  # (seq,) what the selected token attends to
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Attention on the first 4 tokens", f"{row[:4].sum():.0%}", help="From the selected token's query.")
 m2.metric("Entropy of its row", f"{view.row_entropy[token]:.2f} nats")
@@ -193,7 +194,7 @@ m4.metric("It looks most at", f"#{top}", help=f"{tokens[top]!r} with weight {row
 
 if evicted is not None:
     rows = [prompt_len - 1 + s for s in range(trace.n_steps)]
-    attn_rows = capture.attention_rows(qk, int(head), rows)
+    attn_rows = attention_maps.attention_rows(qk, int(head), rows)
     lost = np.array([
         attn_rows[s][(trace.entered_at_step() <= s) & ~trace.kept_mask(s, int(layer), kv_head)].sum()
         for s in range(trace.n_steps)
@@ -205,7 +206,7 @@ if evicted is not None:
         "Attention on evicted keys", f"{lost[step]:.1%}",
         help="The attention the query of this step would put, with the full cache, on entries the policy no longer holds.",
     )
-    e3.plotly_chart(charts.lost_mass_figure(lost, step), width="stretch", key="attn.lost_chart")
+    e3.plotly_chart(detail_charts.lost_mass_figure(lost, step), width="stretch", key="attn.lost_chart")
 
 st.caption(
     f"What token {token} attends to in this head (darker = more; hover a token for its weight), "
@@ -213,11 +214,11 @@ st.caption(
 )
 with st.container(border=True):
     start = max(0, int(token) - 240)  # its recent context, and a little after it
-    st.html(charts.tokens_html(tokens, prompt_len=prompt_len, weights=row, selected=int(token), evicted=evicted, start=start, stop=int(token) + 40))
+    st.html(detail_charts.tokens_html(tokens, prompt_len=prompt_len, weights=row, selected=int(token), evicted=evicted, start=start, stop=int(token) + 40))
 
 d1, d2 = st.columns([1, 3])
 d1.download_button(
-    "Download the matrix in view (CSV)", charts.view_csv(view, tokens),
+    "Download the matrix in view (CSV)", detail_charts.view_csv(view, tokens),
     file_name=f"attention_L{layer}_H{head}_{view.q_start}-{view.q_stop}.csv", mime="text/csv",
 )
 d2.caption("A PNG of any chart: the camera icon in the chart's toolbar.")
@@ -239,12 +240,12 @@ p1, p2 = st.columns([3, 2])
 with p1:
     color_by = st.radio("Colour points by", ["layer", "entropy"], horizontal=True, key="attn.profile_color")
     st.plotly_chart(
-        charts.profile_figure(ov.profiles, selected=(int(layer), int(head)), color_by=color_by),
+        overview_charts.profile_figure(ov.profiles, selected=(int(layer), int(head)), color_by=color_by),
         key="attn.profile_chart", on_select="rerun", selection_mode="points", width="stretch",
     )
 with p2:
     st.dataframe(
-        charts.profiles_frame(ov.profiles), hide_index=True, height=470,
+        overview_charts.profiles_frame(ov.profiles), hide_index=True, height=470,
         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("sink mass", "locality", "entropy (nats)", "entropy / max")}
         | {"mean distance": st.column_config.NumberColumn(format="%.1f")},
     )

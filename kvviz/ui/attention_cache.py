@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from kvviz import capture, engine
+from kvviz import attention_maps, capture, engine
 from kvviz.models import LoadedModel
 from kvviz.trace import Trace
 
@@ -49,14 +49,14 @@ def generate(loaded: LoadedModel, prompt_ids, max_new_tokens: int, spec: str = "
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
-def _overview(_loaded, key, digest: str, _ids, prompt_len: int, pool: str) -> capture.Overview:
-    return capture.overview(
+def _overview(_loaded, key, digest: str, _ids, prompt_len: int, pool: str) -> attention_maps.Overview:
+    return attention_maps.overview(
         _loaded.model, _ids, cells=THUMB_CELLS, pool=pool, sink_tokens=SINK_TOKENS, local_tokens=LOCAL_TOKENS,
         prompt_len=prompt_len, keep_qk_bytes=KEEP_QK_BYTES,
     )
 
 
-def overview(loaded: LoadedModel, ids, prompt_len: int, pool: str) -> capture.Overview:
+def overview(loaded: LoadedModel, ids, prompt_len: int, pool: str) -> attention_maps.Overview:
     return _overview(loaded, model_key(loaded), ids_digest(ids), list(ids), prompt_len, pool)
 
 
@@ -65,7 +65,7 @@ def _layer_qk(_loaded, key, digest: str, _ids, layer: int, prompt_len: int) -> c
     return capture.capture_layers(_loaded.model, _ids, [layer], prompt_len=prompt_len)[layer]
 
 
-def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: capture.Overview | None = None) -> capture.LayerQK:
+def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: attention_maps.Overview | None = None) -> capture.LayerQK:
     """The layer's queries and keys: from the overview when it kept them, else one more pass."""
     if ov is not None and layer in ov.qk:
         return ov.qk[layer]
@@ -74,14 +74,14 @@ def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: capture.
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _view(_qk, key, digest: str, layer: int, head: int, q_range, k_range, max_cells: int, pool: str,
-          evicted_bytes: bytes | None, prompt_len: int) -> capture.AttentionView:
+          evicted_bytes: bytes | None, prompt_len: int) -> attention_maps.AttentionView:
     evicted = None if evicted_bytes is None else np.frombuffer(evicted_bytes, dtype=bool)
-    return capture.attention_view(
+    return attention_maps.attention_view(
         _qk, head, q_range=q_range, k_range=k_range, max_cells=max_cells, pool=pool, evicted=evicted, prompt_len=prompt_len,
     )
 
 
 def view(loaded: LoadedModel, ids, qk: capture.LayerQK, head: int, *, q_range, k_range, max_cells: int, pool: str,
-         evicted: np.ndarray | None, prompt_len: int) -> capture.AttentionView:
+         evicted: np.ndarray | None, prompt_len: int) -> attention_maps.AttentionView:
     ev = None if evicted is None else np.asarray(evicted, dtype=bool).tobytes()
     return _view(qk, model_key(loaded), ids_digest(ids), qk.layer, head, tuple(q_range), tuple(k_range), max_cells, pool, ev, prompt_len)

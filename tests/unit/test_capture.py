@@ -1,5 +1,6 @@
-"""kvviz.capture on a tiny random Llama: the attention it computes from queries and keys equals
-transformers' eager attention, pooling equals pooling the full matrix, and no hook outlives a pass."""
+"""kvviz.capture and kvviz.attention_maps on a tiny random Llama: the attention computed from
+queries and keys equals transformers' eager attention, pooling equals pooling the full matrix,
+and no hook outlives a pass."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import capture
-from kvviz.capture import AttentionView, CaptureError, pool_matrix
+from kvviz import attention_maps, capture
+from kvviz.attention_maps import AttentionView, pool_matrix
+from kvviz.capture import CaptureError
 
 SEQ = 41  # not a multiple of any tile size used below
 
@@ -47,7 +49,7 @@ def test_capture_equals_eager_attention(tiny_llama, qks, eager):
         assert qk.q.shape == (4, SEQ, 16) and qk.k.shape == (2, SEQ, 16)
         assert qk.group_size == 2 and qk.prompt_len == 30
         for head in range(4):
-            mine = capture.full_attention(qk, head)
+            mine = attention_maps.full_attention(qk, head)
             np.testing.assert_allclose(mine, eager[layer, head], atol=1e-5, rtol=0)
             assert np.all(np.triu(mine, 1) == 0)  # causal
             np.testing.assert_allclose(mine.sum(1), 1, atol=1e-5)
@@ -56,14 +58,14 @@ def test_capture_equals_eager_attention(tiny_llama, qks, eager):
 def test_gqa_mapping(qks):
     qk = qks[0]
     assert [qk.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
-    view = capture.attention_view(qk, 3)
+    view = attention_maps.attention_view(qk, 3)
     assert view.kv_head == 1
 
 
 @pytest.mark.parametrize("pool", ["max", "mean"])
 @pytest.mark.parametrize("max_cells", [1, 4, 7, 16, 100])
 def test_pooled_tiles_equal_pooled_full_matrix(qks, eager, pool, max_cells):
-    view = capture.attention_view(qks[1], 2, max_cells=max_cells, pool=pool)
+    view = attention_maps.attention_view(qks[1], 2, max_cells=max_cells, pool=pool)
     expected_tile = int(np.ceil(SEQ / max_cells))
     assert view.tile == expected_tile
     assert view.values.shape == (int(np.ceil(SEQ / expected_tile)),) * 2
@@ -74,14 +76,14 @@ def test_pooled_tiles_equal_pooled_full_matrix(qks, eager, pool, max_cells):
 def test_window_views_pool_the_window(qks, eager, q_range, k_range):
     (qa, qb), (ka, kb) = q_range, k_range
     for pool in ("max", "mean"):
-        view = capture.attention_view(qks[0], 1, q_range=q_range, k_range=k_range, max_cells=5, pool=pool)
+        view = attention_maps.attention_view(qks[0], 1, q_range=q_range, k_range=k_range, max_cells=5, pool=pool)
         expected = pool_matrix(eager[0, 1][qa:qb, ka:kb], view.tile, pool, q_start=qa, k_start=ka)
         np.testing.assert_allclose(view.values, expected, atol=1e-6, equal_nan=True)
         assert (view.q_start, view.q_stop, view.k_start, view.k_stop) == (qa, qb, ka, kb)
 
 
 def test_small_window_is_full_resolution(qks, eager):
-    view = capture.attention_view(qks[0], 0, q_range=(20, 40), k_range=(20, 40), max_cells=32)
+    view = attention_maps.attention_view(qks[0], 0, q_range=(20, 40), k_range=(20, 40), max_cells=32)
     assert view.tile == 1
     expected = np.where(np.tril(np.ones((20, 20), bool)), eager[0, 0][20:40, 20:40], np.nan)
     np.testing.assert_allclose(view.values, expected, atol=1e-6, equal_nan=True)
@@ -108,8 +110,8 @@ def test_pool_matrix_arithmetic():
 
 def test_chunking_does_not_change_results(qks):
     qk = qks[1]
-    big = capture.attention_view(qk, 1, max_cells=6, pool="mean")
-    small = capture.attention_view(qk, 1, max_cells=6, pool="mean", chunk_elements=1)  # one tile row per chunk
+    big = attention_maps.attention_view(qk, 1, max_cells=6, pool="mean")
+    small = attention_maps.attention_view(qk, 1, max_cells=6, pool="mean", chunk_elements=1)  # one tile row per chunk
     np.testing.assert_allclose(small.values, big.values, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(small.key_score, big.key_score, atol=1e-5)
     np.testing.assert_allclose(small.row_entropy, big.row_entropy, atol=1e-5)
@@ -119,7 +121,7 @@ def test_statistics_over_all_queries(qks, eager):
     a = eager[1, 3].astype(np.float64)
     evicted = np.zeros(SEQ, dtype=bool)
     evicted[[2, 5, 6, 30]] = True
-    view = capture.attention_view(qks[1], 3, q_range=(30, 41), k_range=(30, 41), evicted=evicted)
+    view = attention_maps.attention_view(qks[1], 3, q_range=(30, 41), k_range=(30, 41), evicted=evicted)
     np.testing.assert_allclose(view.key_score, a.sum(0), atol=1e-5)  # H2O score: every query counts
     ent = -(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0)).sum(1)
     np.testing.assert_allclose(view.row_entropy, ent, atol=1e-5)
@@ -131,7 +133,7 @@ def test_statistics_over_all_queries(qks, eager):
 
 
 def test_attention_rows(qks, eager):
-    rows = capture.attention_rows(qks[0], 2, [0, 7, 40])
+    rows = attention_maps.attention_rows(qks[0], 2, [0, 7, 40])
     np.testing.assert_allclose(rows, eager[0, 2][[0, 7, 40]], atol=1e-5)
 
 
@@ -145,12 +147,12 @@ def test_generated_tokens_are_part_of_the_sequence(tiny_llama, ids):
     ref.set_attn_implementation("eager")
     with torch.no_grad():
         att = ref(torch.tensor([gen]), output_attentions=True).attentions[1][0, 0].numpy()
-    np.testing.assert_allclose(capture.attention_rows(qk, 0, range(30, 36)), att[30:36], atol=1e-5)
-    assert capture.attention_view(qk, 0).prompt_len == 30
+    np.testing.assert_allclose(attention_maps.attention_rows(qk, 0, range(30, 36)), att[30:36], atol=1e-5)
+    assert attention_maps.attention_view(qk, 0).prompt_len == 30
 
 
 def test_overview_thumbnails_and_profiles(tiny_llama, ids, eager):
-    ov = capture.overview(tiny_llama, ids, cells=8, pool="mean", sink_tokens=3, local_tokens=5, prompt_len=30)
+    ov = attention_maps.overview(tiny_llama, ids, cells=8, pool="mean", sink_tokens=3, local_tokens=5, prompt_len=30)
     assert ov.tile == 6 and ov.thumbs.shape == (2, 4, 7, 7)
     p = ov.profiles
     assert p.from_query == 5 and p.n_kv_heads == 2
@@ -174,18 +176,18 @@ def test_overview_thumbnails_and_profiles(tiny_llama, ids, eager):
 
 
 def test_overview_max_pooling_and_kept_queries_and_keys(tiny_llama, ids, eager, qks):
-    ov = capture.overview(tiny_llama, ids, cells=10, pool="max", keep_qk_bytes=1 << 30)
+    ov = attention_maps.overview(tiny_llama, ids, cells=10, pool="max", keep_qk_bytes=1 << 30)
     np.testing.assert_allclose(ov.thumbs[1, 3], pool_matrix(eager[1, 3], ov.tile, "max"), atol=1e-6, equal_nan=True)
     assert sorted(ov.qk) == [0, 1]
     torch.testing.assert_close(ov.qk[1].q, qks[1].q)
     one_layer = qks[0].nbytes()
-    assert sorted(capture.overview(tiny_llama, ids, keep_qk_bytes=one_layer).qk) == [0]
+    assert sorted(attention_maps.overview(tiny_llama, ids, keep_qk_bytes=one_layer).qk) == [0]
 
 
 def test_hooks_are_removed(tiny_llama, ids):
     before = _hook_count(tiny_llama)
     capture.capture_layers(tiny_llama, ids, [0])
-    capture.overview(tiny_llama, ids, keep_qk_bytes=1 << 20)
+    attention_maps.overview(tiny_llama, ids, keep_qk_bytes=1 << 20)
     assert _hook_count(tiny_llama) == before == 0
 
 
@@ -236,15 +238,15 @@ def test_bad_input(tiny_llama, qks, ids):
     with pytest.raises(CaptureError, match="Layer out of range"):
         capture.capture_layers(tiny_llama, ids, [2])
     with pytest.raises(CaptureError, match="Head 4 out of range"):
-        capture.attention_view(qks[0], 4)
+        attention_maps.attention_view(qks[0], 4)
     with pytest.raises(CaptureError, match="window"):
-        capture.attention_view(qks[0], 0, q_range=(10, 10))
+        attention_maps.attention_view(qks[0], 0, q_range=(10, 10))
     with pytest.raises(CaptureError, match="window"):
-        capture.attention_view(qks[0], 0, k_range=(0, SEQ + 1))
+        attention_maps.attention_view(qks[0], 0, k_range=(0, SEQ + 1))
     with pytest.raises(CaptureError, match="pool"):
-        capture.attention_view(qks[0], 0, pool="median")
+        attention_maps.attention_view(qks[0], 0, pool="median")
     with pytest.raises(CaptureError, match="evicted"):
-        capture.attention_view(qks[0], 0, evicted=np.zeros(3, bool))
+        attention_maps.attention_view(qks[0], 0, evicted=np.zeros(3, bool))
     with pytest.raises(CaptureError, match="No tokens"):
         capture.capture_layers(tiny_llama, [], [0])
     assert _hook_count(tiny_llama) == 0

@@ -1,0 +1,38 @@
+"""Shared by the attention figures (``attention_overview``, ``attention_detail``): colours and the
+colour scale.
+
+Colour: attention is shown on a log10 scale by default (weights span five orders of magnitude
+at long contexts); ``scale="linear"`` shows it as is. Cells a query cannot see (keys after it)
+are drawn in a light grey "causal mask" trace; evicted keys in greys instead of colour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLORSCALE = "Viridis"
+MASK_COLOR = "#e6e6e6"
+HIGHLIGHT = "#ff2d55"
+LOG_FLOOR = -5.0  # log10 of the smallest weight shown in colour
+
+
+def color_values(values: np.ndarray, scale: str = "log") -> np.ndarray:
+    """What the colour encodes: log10 of the weight (floored at ``LOG_FLOOR``) or the weight."""
+    values = np.asarray(values, dtype=np.float64)
+    if scale == "linear":
+        return values
+    if scale != "log":
+        raise ValueError(f"scale must be 'log' or 'linear', not {scale!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isnan(values), np.nan, np.log10(np.maximum(values, 10**LOG_FLOOR)))
+
+
+def _colorbar(scale: str, title: str = "attention") -> dict:
+    if scale == "log":
+        exps = list(range(int(LOG_FLOOR), 1))
+        return dict(title=title, tickvals=exps, ticktext=[f"1e{e}" if e else "1" for e in exps], thickness=12)
+    return dict(title=title, thickness=12)
+
+
+def _color_range(scale: str) -> tuple[float, float]:
+    return (LOG_FLOOR, 0.0) if scale == "log" else (0.0, 1.0)
