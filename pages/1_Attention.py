@@ -13,21 +13,17 @@ from kvviz.policies import PolicyError
 from kvviz.tokens import PromptError, encode_prompt, token_strings
 from kvviz.ui import attention_cache as cache
 from kvviz.ui.policy_controls import policy_controls
-from kvviz.ui.sidebar import sidebar
+from kvviz.ui.page import start_page
 
-st.set_page_config(page_title="Attention · kvviz", page_icon="🔍", layout="wide")
-state = sidebar()
-ss = st.session_state
-
-st.title("Attention explorer")
-st.caption(
+state = start_page(
+    "Attention explorer",
+    "🔍",
     "Where the model looks: every layer and head over the prompt and the tokens it generates. "
     "Attention is computed on demand from the layer's queries and keys, pooled into tiles for long "
-    "prompts, so the whole context of the model stays fast to explore."
+    "prompts, so the whole context of the model stays fast to explore.",
+    "Load a model in the sidebar to see its attention.",
 )
-if state is None or state.loaded is None:
-    st.info("Load a model in the sidebar to see its attention.")
-    st.stop()
+ss = st.session_state
 loaded = state.loaded
 summary = loaded.summary
 

@@ -13,20 +13,16 @@ from kvviz.models import format_bytes
 from kvviz.token_view import Scope, token_records
 from kvviz.ui import tokens as token_ui
 from kvviz.ui.policy_controls import policy_controls
-from kvviz.ui.sidebar import sidebar
+from kvviz.ui.page import start_page
 
-st.set_page_config(page_title="Live policy · kvviz", page_icon="🧠", layout="wide")
-state = sidebar()
-ss = st.session_state
-
-st.title("Live policy")
-st.caption(
+state = start_page(
+    "Live policy",
+    "🧠",
     "Pick a cache policy, run it on the real model, and watch which tokens it keeps and evicts at "
-    "every decode step, next to what the full cache would have produced."
+    "every decode step, next to what the full cache would have produced.",
+    "Load a model in the sidebar to run a policy.",
 )
-if state is None or state.loaded is None:
-    st.info("Load a model in the sidebar to run a policy.")
-    st.stop()
+ss = st.session_state
 loaded = state.loaded
 prompt_len = live.prompt_length(loaded.tokenizer, state.prompt, state.chat)
 

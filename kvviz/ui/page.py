@@ -1,0 +1,20 @@
+"""What every page starts with: its config, the shared sidebar, a title and a caption."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from kvviz.ui.sidebar import SidebarState, sidebar
+
+
+def start_page(title: str, icon: str, caption: str, no_model: str) -> SidebarState:
+    """Set the page up and return the sidebar's state; stops the page with ``no_model`` shown
+    when no model is loaded."""
+    st.set_page_config(page_title=f"{title} · kvviz", page_icon=icon, layout="wide")
+    state = sidebar()
+    st.title(title)
+    st.caption(caption)
+    if state is None or state.loaded is None:
+        st.info(no_model)
+        st.stop()
+    return state
