@@ -154,8 +154,9 @@ def _run_with_hooks(model, ids, layers: Sequence[int], on_layer) -> None:
     last = wanted[-1]
 
     def make_hook(layer):
-        def hook(module, args, kwargs):
-            if threading.get_ident() != owner:
+        def hook(module, args, kwargs=None):
+            # kwargs is None only in the instant another thread registers or removes its hooks
+            if kwargs is None or threading.get_ident() != owner:
                 return None  # another session's run on the shared model
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)

@@ -54,9 +54,13 @@ def attention_modules(model) -> list[torch.nn.Module]:
 
 def _query_hook(cache: PolicyCache, layer_idx: int):
     """A forward pre-hook on one attention module: computes the layer's queries (RoPE applied)
-    for the cache of the run on this thread; other runs sharing the model are left alone."""
-    def hook(module, args, kwargs):
-        if getattr(_active, "cache", None) is not cache:
+    for the cache of the run on this thread; other runs sharing the model are left alone.
+
+    ``kwargs`` may be missing: while another thread registers or removes its hooks, PyTorch can
+    call a hook without them for a moment; such a call is never this thread's own forward."""
+
+    def hook(module, args, kwargs=None):
+        if kwargs is None or getattr(_active, "cache", None) is not cache:
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         cos, sin = kwargs["position_embeddings"]
