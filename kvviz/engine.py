@@ -22,7 +22,6 @@ import torch
 from kvviz import policies
 from kvviz import graphs
 from kvviz.cache import PolicyCache
-from kvviz.graphs import DecodeGraph
 from kvviz.policies import PolicyError
 from kvviz.tokens import PromptError, token_strings
 from kvviz.trace import Trace
@@ -206,7 +205,7 @@ def run(
             cache.set_step(step + 1)
             position = len(prompt_ids) + step
             if graph is None and use_graphs and cache.steady():
-                graph = DecodeGraph(lambda i, p: _forward(model, kw, cache, i, p), cache, device)
+                graph = graphs.DecodeGraph(lambda i, p: _forward(model, kw, cache, i, p), cache, device)
             if graph is not None:
                 logits = graph.step(token, position)
             else:
@@ -327,17 +326,32 @@ class Comparison:
         return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def compare(model, tokenizer, prompt_ids, policy, params=None, *, budget=None, ratio=None, max_new_tokens=32, **kw) -> Comparison:
-    """Run the full cache and the policy on the same prompt, and the policy teacher-forced on the
-    full cache's output to measure per-step KL and top-1 agreement."""
-    full = run(model, tokenizer, prompt_ids, "full", max_new_tokens=max_new_tokens, keep_logprobs=True, **kw)
-    ref = full.extra.pop("logprobs")
-    pol = run(model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio, max_new_tokens=max_new_tokens, **kw)
-    forced = run(
+def compare_runs(
+    model, tokenizer, prompt_ids, policy, params=None, *, budget=None, ratio=None, max_new_tokens=32,
+    on_policy_step=None, on_full_step=None, **kw,
+):
+    """The three runs of a comparison, yielded as ``(phase, trace)`` when each ends: "policy"
+    (free generation), "full" (the full cache, free generation) and "forced" (the policy
+    teacher-forced on the full cache's output, with per-step KL and top-1 agreement against it).
+    A consumer may stop iterating after any phase (a live view that was stopped)."""
+    yield "policy", run(
         model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio,
-        forced_ids=full.generated_ids, reference_logprobs=ref, **{k: v for k, v in kw.items() if k not in ("on_step",)},
+        max_new_tokens=max_new_tokens, on_step=on_policy_step, **kw,
     )
-    return Comparison(full=full, policy=pol, forced=forced)
+    full = run(model, tokenizer, prompt_ids, "full", max_new_tokens=max_new_tokens, keep_logprobs=True, on_step=on_full_step, **kw)
+    reference = full.extra.pop("logprobs")
+    yield "full", full
+    yield "forced", run(
+        model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio,
+        forced_ids=full.generated_ids, reference_logprobs=reference, **kw,
+    )
+
+
+def compare(model, tokenizer, prompt_ids, policy, params=None, **kw) -> Comparison:
+    """Run the policy and the full cache on the same prompt, and the policy teacher-forced on the
+    full cache's output to measure per-step KL and top-1 agreement."""
+    runs = dict(compare_runs(model, tokenizer, prompt_ids, policy, params, **kw))
+    return Comparison(full=runs["full"], policy=runs["policy"], forced=runs["forced"])
 
 
 def perplexity(trace: Trace) -> float:

@@ -263,38 +263,29 @@ class LiveJob:
     def run(self) -> None:
         req, walls = self.request, {}
         stop = self._stop.is_set
-        common = dict(max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=stop)
         trace = full = forced = None
         try:
+            runs = engine.compare_runs(
+                self.model, self.tokenizer, req.prompt_ids, req.spec, req.params, budget=req.budget, ratio=req.ratio,
+                max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=stop,
+                on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_tokens.append(e.token),
+            )
             self.phase = "policy"
             t = time.perf_counter()
-            trace = engine.run(
-                self.model, self.tokenizer, req.prompt_ids, req.spec, req.params, budget=req.budget, ratio=req.ratio,
-                on_step=self._on_policy_step, **common,
-            )
-            walls["policy"] = time.perf_counter() - t
-            if req.compare and not stop():
-                self.phase = "full"
+            for phase, result in runs:
+                walls[phase] = time.perf_counter() - t
+                if phase == "policy":
+                    trace = result
+                elif phase == "full":
+                    full = result
+                else:  # a partial teacher-forced run compares nothing
+                    forced = None if result.stopped_by == "user" else result
+                if phase == "forced" or not req.compare or stop():
+                    break
+                self.phase = "full" if phase == "policy" else "forced"
                 t = time.perf_counter()
-                full = engine.run(
-                    self.model, self.tokenizer, req.prompt_ids, "full", keep_logprobs=True,
-                    on_step=lambda e: self.full_tokens.append(e.token), **common,
-                )
-                reference = full.extra.pop("logprobs")
-                walls["full"] = time.perf_counter() - t
-                if not stop():
-                    self.phase = "forced"
-                    t = time.perf_counter()
-                    forced = engine.run(
-                        self.model, self.tokenizer, req.prompt_ids, req.spec, req.params, budget=req.budget,
-                        ratio=req.ratio, forced_ids=full.generated_ids, reference_logprobs=reference,
-                        model_name=req.model_name, should_stop=stop,
-                    )
-                    walls["forced"] = time.perf_counter() - t
-                    if forced.stopped_by == "user":
-                        forced = None  # a partial teacher-forced run compares nothing
-                if full.stopped_by == "user":
-                    full = forced = None
+            if full is not None and full.stopped_by == "user":
+                full = forced = None
         except (PolicyError, PromptError, ValueError) as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
