@@ -82,15 +82,11 @@ class Trace:
     def kept_mask(self, step: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Bool over positions: in the cache at ``step``. With layer/head None, the result is kept
         by every layer (resp. head) of the selection; use ``kept_share`` for fractions."""
-        ev = self._select(layer, head)  # (..., positions)
-        present = (self.entered_at_step() <= step) & ((ev == -1) | (ev > step))
-        return present.reshape(-1, self.n_positions).all(axis=0)
+        return self._present(step, layer, head).all(axis=0)
 
     def kept_share(self, step: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Float over positions: share of the selected layers and KV heads that hold the entry at ``step``."""
-        ev = self._select(layer, head)
-        present = (self.entered_at_step() <= step) & ((ev == -1) | (ev > step))
-        return present.reshape(-1, self.n_positions).mean(axis=0)
+        return self._present(step, layer, head).mean(axis=0)
 
     def kept_positions(self, step: int, layer: int, head: int) -> np.ndarray:
         return np.flatnonzero(self.kept_mask(step, layer, head))
@@ -102,10 +98,13 @@ class Trace:
             [self.kept_positions(last, l, h).tolist() for h in range(self.n_kv_heads)] for l in range(self.n_layers)
         ]
 
-    def _select(self, layer, head) -> np.ndarray:
+    def _present(self, step: int, layer: int | None, head: int | None) -> np.ndarray:
+        """(selected layers x KV heads, positions) bool: held at ``step``."""
         ev = self.evicted_at_step
         ev = ev if layer is None else ev[layer : layer + 1]
-        return ev if head is None else ev[:, head : head + 1]
+        ev = ev if head is None else ev[:, head : head + 1]
+        present = (self.entered_at_step() <= step) & ((ev == -1) | (ev > step))
+        return present.reshape(-1, self.n_positions)
 
     @property
     def generated_text(self) -> str:
