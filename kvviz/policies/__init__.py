@@ -56,6 +56,40 @@ def get(name: str) -> type[Policy]:
     return reg[name]
 
 
+def is_selector(name: str) -> bool:
+    return issubclass(get(name), Selector)
+
+
+def companions(name: str) -> list[str]:
+    """Policies that compose with ``name``: the stores for a selector, the selectors (but the
+    full cache) for a store."""
+    reg = registry()
+    if name not in reg or name == "full":
+        return []
+    want = Storage if is_selector(name) else Selector
+    return [n for n, cls in reg.items() if n not in ("full", name) and issubclass(cls, want)]
+
+
+def compose(name: str, companion: str | None = None) -> str:
+    """The spec of ``name`` with an optional companion, selector first: ``snapkv+quant``."""
+    if not companion:
+        return name
+    return f"{name}+{companion}" if is_selector(name) else f"{companion}+{name}"
+
+
+def takes_budget(spec: str) -> bool:
+    """Whether a policy name or composition (``snapkv+quant``) has a budget/ratio."""
+    return any(issubclass(get(n.strip()), BudgetSelector) for n in (spec or "").split("+") if n.strip())
+
+
+def tunable_params(name: str) -> dict[str, Param]:
+    """A policy's parameters without budget/ratio (pages give those one shared control)."""
+    params = get(name).params()
+    if issubclass(get(name), BudgetSelector):
+        params = {k: v for k, v in params.items() if k not in ("budget", "ratio")}
+    return params
+
+
 @dataclass
 class Pipeline:
     """A parsed policy spec: at most one selector and at most one store."""

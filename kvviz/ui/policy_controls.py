@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from kvviz import live, policies
+from kvviz import policies
 from kvviz.policies import Param
 
 
@@ -61,7 +61,7 @@ def param_widget(policy: str, name: str, spec: Param, key: str):
 
 def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
     """Widgets for every parameter of ``policy`` but budget/ratio; {param: value}."""
-    specs = live.tunable_params(policy)
+    specs = policies.tunable_params(policy)
     if not specs:
         st.caption(f"{policy} has no parameters to set.")
         return {}
@@ -107,8 +107,8 @@ def policy_controls(key: str = "policy", prompt_len: int | None = None, default:
     left, right = st.columns([1, 1])
     with left:
         name = st.selectbox("Policy", names, index=index, format_func=policy_label, key=f"{key}.name")
-        others = live.companions(name)
-        what = "a store (how kept entries are held)" if live.is_selector(name) else "a selector (which entries stay)"
+        others = policies.companions(name)
+        what = "a store (how kept entries are held)" if policies.is_selector(name) else "a selector (which entries stay)"
         companion = None
         if others:
             picked = st.selectbox(
@@ -117,7 +117,7 @@ def policy_controls(key: str = "policy", prompt_len: int | None = None, default:
                 help="A selector and a store compose, e.g. snapkv+quant: SnapKV chooses, quant packs what stays.",
             )
             companion = None if picked == "none" else picked
-    spec = live.compose(name, companion)
+    spec = policies.compose(name, companion)
     with right:
         with st.container(border=True):
             st.markdown(describe_policy(name))
@@ -131,6 +131,6 @@ def policy_controls(key: str = "policy", prompt_len: int | None = None, default:
             if len(names_in_spec) > 1:
                 st.markdown(f"**{n}**")
             params[n] = param_widgets(n, key)
-        if live.takes_budget(spec):
+        if policies.takes_budget(spec):
             budget, ratio = budget_control(key, prompt_len)
     return PolicyChoice(spec=spec, params=params, budget=budget, ratio=ratio, names=names_in_spec)

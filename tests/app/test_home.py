@@ -1,4 +1,4 @@
-"""AppTest of the home page (app.py) and of the shared sidebar it draws."""
+"""AppTest of the home page (app.py opens it through st.navigation) and of the shared sidebar it draws."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from kvviz import data
+from kvviz.ui import navigation
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TIMEOUT = 300  # the first run in a fresh process loads the model
@@ -39,9 +40,10 @@ def test_home_runs_with_defaults_and_shows_the_model_summary(home):
     text = " ".join(m.value for m in home.markdown)
     text += " ".join(link.proto.label for link in home.get("page_link"))
     assert "KV cache" in text and "Attention explorer" in text and "Live policy" in text
-    assert {link.proto.page for link in home.get("page_link")} >= {
-        path.stem.split("_", 1)[1] for path in (Path(APP).parent / "pages").glob("*.py")
-    }  # every page that exists is linked
+    assert {link.proto.page for link in home.get("page_link")} == {p.url_path for p in navigation.PAGES}
+    # every registered page is linked, and every page file is registered
+    registered = {Path(p.path).name for p in navigation.PAGES + [navigation.HOME]}
+    assert registered == {path.name for path in (Path(APP).parent / "pages").glob("*.py")}
 
 
 def test_sidebar_defaults(home):

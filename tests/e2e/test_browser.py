@@ -1,4 +1,4 @@
-"""Open the home page and every page in pages/ in headless Chromium: each must finish running
+"""Open the home page and every registered page in headless Chromium: each must finish running
 without a Streamlit exception. With KVVIZ_SCREENSHOTS=1, save docs/screenshots/<page>.png."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from kvviz.ui import navigation
+
 REPO = Path(__file__).resolve().parents[2]
-PAGES = [("Home", "/")] + [
-    (path.stem.split("_", 1)[1], "/" + path.stem.split("_", 1)[1])  # pages/2_Live_Policy.py -> /Live_Policy
-    for path in sorted((REPO / "pages").glob("*.py"))
-]
+PAGES = [("Home", "/")] + [(Path(p.path).stem.split("_", 1)[1], "/" + p.url_path) for p in navigation.PAGES]
 RUN_TIMEOUT_S = 300  # generous: a page may load the model or run it on the first visit
 QUIET_S = 2.0  # the script must stay finished this long
 
@@ -50,7 +49,7 @@ def test_page_runs_without_exception(browser, app_url, name, path):
         assert exceptions.count() == 0, exceptions.first.inner_text()
         assert "SmolLM2-135M-Instruct" in page.locator('[data-testid="stSidebarUserContent"]').inner_text()
         if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
-            out = REPO / "docs" / "screenshots" / f"{name}.png"
+            out = REPO / "docs" / "screenshots" / f"{name.lower()}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             # the page scrolls inside stMain, not the window: grow the window to show it all
             height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from live_synthetic import PROMPT_LEN, make_trace, with_output
 
-from kvviz import live
+from kvviz import metrics, live
 from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
@@ -165,12 +165,12 @@ def test_agreement_figure_shows_kl_and_top1_per_step():
 
 def test_memory_saving_arithmetic():
     t = make_trace()
-    m = live.memory_saving(t, 2)
+    m = metrics.memory_saving(t, 2)
     assert (m.step, m.kv_bytes, m.kv_bytes_full, m.bookkeeping_bytes) == (2, 120, 240, 12)
     assert m.saved_bytes == 120 and m.saved_pct == pytest.approx(50.0)
-    last = live.memory_saving(t)
+    last = metrics.memory_saving(t)
     assert last.step == 3 and last.saved_bytes == 130
-    assert live.memory_saving(t, 99).step == 3
+    assert metrics.memory_saving(t, 99).step == 3
     fig = memory_charts.kv_bytes_figure(t, step=1)
     full, held = fig.data[0], fig.data[1]
     assert list(held.y) == [100, 110, 120, 130] and list(full.y) == [200, 220, 240, 260]  # bytes: unit "bytes"

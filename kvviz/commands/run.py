@@ -1,0 +1,121 @@
+"""``python -m kvviz run``: one prompt under one cache policy, as text or one JSON object."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HELP = "run a prompt under a cache policy"
+
+
+def configure(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
+    p.add_argument("--policy", default="full", help="policy name or composition, e.g. h2o or snapkv+quant (also name:key=value,...)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter (repeatable)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, help="kept entries per layer and KV head")
+    size.add_argument("--ratio", type=float, help="kept fraction of the prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    add_model_args(p)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-trace", type=Path, help="save the Trace (.json or .npz)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_model_args(p) -> None:
+    """--model, --device, --dtype: the sidebar's choices, shared by every command that loads a model."""
+    p.add_argument("--model", help="HF id, local directory or .gguf file (default: $KVVIZ_MODEL or the embedded SmolLM2)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param expects KEY=VALUE, got '{item}'.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def policy_spec(args):
+    """The PolicySpec of --policy (text form allowed), --param, --budget and --ratio."""
+    from kvviz.spec import PolicySpec
+
+    spec = PolicySpec.parse(args.policy)
+    params = {**spec.changed_params(), **parse_params(args.param)}
+    budget, ratio = args.budget, args.ratio
+    if budget is None and ratio is None:
+        budget, ratio = spec.budget, spec.ratio
+    return PolicySpec.create(spec.name, params, budget=budget, ratio=ratio)
+
+
+def load(args):
+    """The model of --model/--device/--dtype, with transformers kept quiet."""
+    from kvviz.models import load_model
+
+    quiet_transformers()
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def main(args) -> int:
+    from kvviz import engine
+    from kvviz.tokens import encode_prompt
+
+    text = args.prompt if args.prompt is not None else args.prompt_file.read_text()
+    spec = policy_spec(args)
+    loaded = load(args)
+    ids = encode_prompt(loaded.tokenizer, text, chat=args.chat, max_context=loaded.summary.max_context)
+    trace = engine.run(
+        loaded.model, loaded.tokenizer, ids, spec,
+        max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed, model_name=loaded.summary.name,
+    )
+    if args.save_trace:
+        trace.save(args.save_trace)
+    if args.json:
+        print(json.dumps(run_summary(trace)))
+    else:
+        print(trace.generated_text)
+        saved = 1 - trace.kv_bytes[-1] / trace.kv_bytes_full[-1]
+        print(
+            f"\n[{trace.policy}] {len(ids)} prompt tokens, {trace.n_steps} generated; "
+            f"KV cache {trace.kv_bytes[-1] / 2**20:.2f} MiB vs {trace.kv_bytes_full[-1] / 2**20:.2f} MiB full "
+            f"({saved:.0%} saved); {trace.timings['total_s']:.2f} s on {trace.device}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def quiet_transformers() -> None:
+    """Keep stderr for kvviz's own one-line messages: no progress bars or advice from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def run_summary(trace) -> dict:
+    return {
+        "model": trace.model,
+        "device": trace.device,
+        "dtype": trace.dtype,
+        "policy": trace.policy,
+        "params": trace.params,
+        "spec": trace.spec,
+        "budget": trace.budget,
+        "prompt_tokens": trace.prompt_len,
+        "generated_text": trace.generated_text,
+        "generated_token_ids": trace.generated_ids,
+        "stopped_by": trace.stopped_by,
+        "kv_bytes": trace.kv_bytes[-1],
+        "kv_bytes_full": trace.kv_bytes_full[-1],
+        "bookkeeping_bytes": trace.bookkeeping_bytes[-1],
+        "kept_positions": trace.final_kept_positions(),
+        "timings": {k: v for k, v in trace.timings.items() if k != "step_s"},
+    }

@@ -1,0 +1,47 @@
+"""Every page of the app, registered once: ``app.py`` hands them to ``st.navigation`` and the home
+page shows them as cards. Page files stay in ``pages/``; adding a page is adding its file and
+one ``PageInfo`` here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    path: str  # the page file, relative to the repository root
+    title: str
+    icon: str  # a Material icon, ":material/name:"
+    blurb: str  # one or two sentences for the home page's card
+    url_path: str  # the page's address: http://host/<url_path>
+
+    def page(self, default: bool = False) -> st.Page:
+        return st.Page(str(ROOT / self.path), title=self.title, icon=self.icon, url_path=None if default else self.url_path, default=default)
+
+
+HOME = PageInfo("pages/0_Home.py", "Home", ":material/home:", "What the KV cache is, and the model in use.", "home")
+
+PAGES: list[PageInfo] = [
+    PageInfo(
+        "pages/1_Attention.py", "Attention explorer", ":material/grid_on:",
+        "Attention heatmaps per layer and head over your prompt: which earlier tokens each head reads "
+        "when it writes the next one.",
+        "attention",
+    ),
+    PageInfo(
+        "pages/2_Live_Policy.py", "Live policy", ":material/play_circle:",
+        "Run a cache policy (H2O, SnapKV, a sliding window, ...) live while the model generates, and watch "
+        "which tokens it keeps or evicts at each step and how much memory that saves.",
+        "live",
+    ),
+]
+
+
+def navigation() -> st.navigation:
+    """The app's navigation: the home page first, then every page in ``PAGES``."""
+    return st.navigation([HOME.page(default=True)] + [p.page() for p in PAGES])

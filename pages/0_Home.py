@@ -1,0 +1,50 @@
+"""kvviz home page: what the KV cache is, what each page shows, and the model in use."""
+
+import pandas as pd
+import streamlit as st
+
+st.set_page_config(page_title="kvviz", page_icon=":material/memory:", layout="wide")
+
+from kvviz.metrics import format_bytes  # noqa: E402  (after set_page_config)
+from kvviz.ui.navigation import PAGES  # noqa: E402
+from kvviz.ui.sidebar import sidebar  # noqa: E402
+
+state = sidebar()
+summary = state.loaded.summary
+
+st.title("kvviz: inside the KV cache")
+st.markdown(
+    """
+When a transformer writes text, every layer turns each token it has read into a **key** and a
+**value** vector. The **KV cache** keeps them, so that each new token computes only its own key and
+value and then attends over everything stored. The cache grows by a fixed number of bytes per token,
+and on long prompts it, not the weights, fills the GPU. **Cache policies** decide what to keep, merge
+or quantize once memory runs short; kvviz runs a real model on your prompt, applies a policy to its
+real cache, and shows what was kept, what it cost and what it changed.
+"""
+)
+
+st.subheader("Pages")
+per_row = 3
+for row in range(0, len(PAGES), per_row):
+    columns = st.columns(per_row)
+    for column, info in zip(columns, PAGES[row : row + per_row]):
+        with column.container(border=True):
+            st.page_link(info.page(), label=f"**{info.title}**", icon=info.icon)
+            st.write(info.blurb)
+st.caption("Pick the model and the prompt in the sidebar; every page uses them.")
+
+st.subheader("Model")
+if summary.device == "cpu":
+    st.info(
+        f"Running on CPU: no GPU is in use. {summary.name} is small enough to run live here; "
+        "on a machine with a CUDA GPU kvviz picks it by itself (bfloat16).",
+        icon=":material/memory:",
+    )
+metrics = st.columns(5)
+metrics[0].metric("Layers", summary.n_layers)
+metrics[1].metric("Query / KV heads", f"{summary.n_q_heads} / {summary.n_kv_heads}")
+metrics[2].metric("Head dim", summary.head_dim)
+metrics[3].metric("KV cache per token", format_bytes(summary.kv_bytes_per_token))
+metrics[4].metric("Max context", f"{summary.max_context:,}")
+st.table(pd.DataFrame(summary.as_rows(), columns=["Property", "Value"]), hide_index=True, hide_header=True)

@@ -1,0 +1,70 @@
+"""PolicySpec: the one value a policy choice travels as (controls, CLI, engine, Trace, URL)."""
+
+import json
+import math
+
+import pytest
+
+from kvviz import metrics
+from kvviz.policies import PolicyError
+from kvviz.spec import PolicySpec
+
+
+def test_text_form_round_trips_and_fills_defaults():
+    spec = PolicySpec.parse("snapkv:window=8,kernel=7")
+    assert spec.name == "snapkv" and spec.ratio == 0.25 and spec.budget is None  # the class's default ratio
+    assert spec.params_dict() == {"snapkv": {"window": 8, "kernel": 7, "pooling": "avg"}}
+    assert spec.to_text() == "snapkv:window=8,ratio=0.25"  # kernel 7 is the default
+    assert PolicySpec.parse(spec.to_text()) == spec
+    assert hash(PolicySpec.parse(spec.to_text())) == hash(spec)
+
+
+def test_composition_prefixed_params_and_budget_in_text():
+    spec = PolicySpec.parse("h2o+kivi:kivi.bits=4,recent=4,budget=32")
+    assert spec.name == "h2o+kivi" and spec.budget == 32 and spec.ratio is None
+    assert spec.params_dict()["kivi"]["bits"] == 4 and spec.params_dict()["h2o"]["recent"] == 4
+    assert PolicySpec.parse(spec.to_text()) == spec
+    assert PolicySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.label() == "h2o+kivi h2o.recent=4 kivi.bits=4 · 32/head"
+
+
+def test_policies_without_budget_carry_none():
+    spec = PolicySpec.create("quant", {"bits": 8}, ratio=0.5)
+    assert spec.budget is None and spec.ratio is None and not spec.takes_budget
+    assert PolicySpec.parse("full").to_text() == "full"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nope", "Unknown policy 'nope'"),
+        ("h2o:recent", "key=value"),
+        ("h2o:bits=4", "Unknown parameter 'bits'"),
+        ("quant:bits=3", "bits must be one of 8, 4, 2"),
+        ("h2o:budget=1.5", "budget must be a whole number"),
+        ("h2o:ratio=nan", "ratio must be a number"),
+        ("snapkv+h2o", "at most one selector"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(text, message):
+    with pytest.raises(PolicyError, match=message):
+        PolicySpec.parse(text)
+
+
+def test_untrusted_dict_is_validated():
+    with pytest.raises(PolicyError):
+        PolicySpec.from_dict({"policy": "h2o", "params": {"h2o": {"recent": -3}}})
+    with pytest.raises(PolicyError):
+        PolicySpec.from_dict({"params": {}})
+
+
+def test_metrics_by_hand():
+    assert metrics.format_bytes(1023) == "1,023 bytes"
+    assert metrics.format_bytes(1536) == "1.5 KiB"
+    assert metrics.format_bytes(3 * 2**30) == "3.0 GiB"
+    assert metrics.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert metrics.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert metrics.first_divergence([1, 2, 3], [1, 2]) == 2
+    # two forced tokens with probabilities 1/2 and 1/8: perplexity = (2 * 8) ** (1/2) = 4
+    assert metrics.perplexity([math.log(0.5), math.log(0.125)]) == pytest.approx(4.0)
+    assert math.isnan(metrics.perplexity([]))
