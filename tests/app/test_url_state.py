@@ -1,0 +1,51 @@
+"""Settings live in the URL: a link opens the page with them, bad values in a link are ignored
+with a message, and the address bar follows the widgets."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from kvviz import data
+from kvviz.ui import state
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+def test_decode_and_encode_by_hand():
+    assert state.decode("7", 0) == 7 and state.decode("0.5", 1.0) == 0.5
+    assert state.decode("off", True) is False and state.encode(True) == "1"
+    assert state.decode("3,9", (0, 0)) == (3, 9) and state.encode((3, 9)) == "3,9"
+    assert state.decode("b", "a", options=["a", "b"]) == "b"
+    for text, default, options in (("x", 0, None), ("nan", 1.0, None), ("maybe", True, None), ("c", "a", ["a", "b"]), ("1", (0, 0), None)):
+        try:
+            state.decode(text, default, options)
+        except ValueError:
+            continue
+        raise AssertionError(f"{text!r} should not decode like {default!r}")
+
+
+def test_a_link_opens_with_its_settings(smollm):
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["example"] = data.PASSKEY_EXAMPLE
+    at.query_params["filler"] = "300"
+    at.query_params["seed"] = "7"
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="_kvviz_prompt_name").value == data.PASSKEY_EXAMPLE
+    assert at.session_state["kvviz_passkey_filler"] == 300
+    _, key = data.passkey_prompt(300, data.DEFAULT_PASSKEY_DEPTH, seed=7)
+    assert any(key in c.value for c in at.sidebar.caption)
+    # the widgets write back: a changed seed is in the URL, a default one is not
+    at.sidebar.number_input(key="_kvviz_passkey_seed").set_value(0).run()
+    assert "seed" not in at.query_params and at.query_params["filler"] == "300"
+
+
+def test_bad_link_values_are_ignored(smollm):
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["example"] = "<script>alert(1)</script>"
+    at.query_params["filler"] = "99999"
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="_kvviz_prompt_name").value == data.CHAT_EXAMPLE
+    warnings = " ".join(w.value for w in at.sidebar.warning)
+    assert "link setting 'example' ignored" in warnings and "<script>" not in warnings  # escaped
