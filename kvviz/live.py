@@ -14,9 +14,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kvviz import engine, policies
+from kvviz import engine
 from kvviz.engine import Comparison, StepEvent
-from kvviz.policies import PolicyError, takes_budget
+from kvviz.policies import PolicyError
+from kvviz.spec import PolicySpec
 from kvviz.tokens import PromptError, encode_prompt
 from kvviz.trace import Trace, _json_default
 
@@ -43,10 +44,7 @@ class LiveInputError(ValueError):
 
 @dataclass
 class LiveRequest:
-    spec: str  # e.g. "h2o" or "snapkv+quant"
-    params: dict  # {policy name: {param: value}}
-    budget: int | None
-    ratio: float | None
+    spec: PolicySpec
     max_new_tokens: int
     prompt_ids: list[int]
     compare: bool = True  # also run the full cache and the teacher-forced policy
@@ -63,10 +61,7 @@ def prepare(
     prompt: str,
     *,
     chat: bool,
-    spec: str,
-    params: dict | None = None,
-    budget: int | None = None,
-    ratio: float | None = None,
+    spec: PolicySpec | str,
     max_new_tokens: int = 32,
     max_context: int | None = None,
     compare: bool = True,
@@ -76,11 +71,8 @@ def prepare(
     """Check everything a run needs before it starts; raises LiveInputError with one line."""
     try:
         ids = encode_prompt(tokenizer, prompt, chat=chat, max_context=max_context)
-        if not takes_budget(spec):
-            budget = ratio = None
-        pipeline = policies.build(spec, params or {}, budget=budget, ratio=ratio)
-        if pipeline.selector is not None:
-            pipeline.selector.resolve_budget(len(ids))  # budget larger than the prompt, ...
+        spec = spec if isinstance(spec, PolicySpec) else PolicySpec.parse(spec)
+        spec.resolve_budget(len(ids))  # budget larger than the prompt, ...
     except (PromptError, PolicyError) as exc:
         raise LiveInputError(str(exc)) from None
     if not 1 <= int(max_new_tokens) <= 4096:
@@ -90,10 +82,7 @@ def prepare(
             f"The prompt ({len(ids)} tokens) plus {max_new_tokens} new tokens exceeds the model's context of {max_context}."
         )
     return LiveRequest(
-        spec=pipeline.spec,
-        params=params or {},
-        budget=budget,
-        ratio=ratio,
+        spec=spec,
         max_new_tokens=int(max_new_tokens),
         prompt_ids=ids,
         compare=compare,
@@ -206,7 +195,7 @@ class LiveJob:
         trace = full = forced = None
         try:
             runs = engine.compare_runs(
-                self.model, self.tokenizer, req.prompt_ids, req.spec, req.params, budget=req.budget, ratio=req.ratio,
+                self.model, self.tokenizer, req.prompt_ids, req.spec,
                 max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=stop,
                 on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_tokens.append(e.token),
             )

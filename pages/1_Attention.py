@@ -10,6 +10,7 @@ from kvviz import attention_maps, capture
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
 from kvviz.policies import PolicyError
+from kvviz.spec import PolicySpec
 from kvviz.tokens import PromptError, encode_prompt, token_strings
 from kvviz.ui import attention_cache as cache
 from kvviz.ui.policy_controls import policy_controls
@@ -55,7 +56,9 @@ max_cells = c_res.select_slider(
 
 with st.expander("Cache policy: grey out what a policy evicts", expanded=bool(ss.get("attn.use_policy"))):
     use_policy = st.toggle("Run a cache policy", key="attn.use_policy", help="Generate with the policy, then grey the keys it evicted.")
-    choice = policy_controls(key="attn.policy", prompt_len=len(prompt_ids)) if use_policy else None
+    choice = policy_controls(key="attn.policy", prompt_len=len(prompt_ids), url="policy") if use_policy else None
+    if use_policy and choice is None:
+        st.stop()
 
 if choice is not None:
     new_tokens = max(1, int(new_tokens))
@@ -64,13 +67,9 @@ if choice is not None:
 trace = None
 try:
     if choice is not None or new_tokens > 0:
-        spec = choice.spec if choice is not None else "full"
-        with st.spinner(f"Generating {new_tokens} tokens with the {spec} cache..."):
-            trace = cache.generate(
-                loaded, prompt_ids, int(new_tokens), spec,
-                choice.params if choice is not None else None,
-                choice.budget if choice is not None else None, choice.ratio if choice is not None else None,
-            )
+        spec = choice if choice is not None else PolicySpec.create("full")
+        with st.spinner(f"Generating {new_tokens} tokens with the {spec.name} cache..."):
+            trace = cache.generate(loaded, prompt_ids, int(new_tokens), spec)
 except (PolicyError, PromptError, ValueError) as exc:
     st.error(f"The run could not start: {exc}")
     st.stop()

@@ -27,7 +27,7 @@ loaded = state.loaded
 prompt_len = live.prompt_length(loaded.tokenizer, state.prompt, state.chat)
 
 # ------------------------------------------------------------------------------ controls
-choice = policy_controls(key="live", prompt_len=prompt_len)
+spec = policy_controls(key="live", prompt_len=prompt_len, url="policy")
 run_row = st.container(border=True)
 c_tokens, c_compare, c_run, c_stop = run_row.columns([3, 2, 1, 1], vertical_alignment="bottom")
 max_new_tokens = c_tokens.slider("New tokens", 1, 256, 32, key="live.max_new_tokens", help="Greedy decoding; stops early at end of sequence.")
@@ -63,11 +63,12 @@ if ss.pop("live.run_requested", False):
     job = ss.get("live.job")
     if job is not None and job.running:
         st.warning("A run is still going; stop it first.")
+    elif spec is None:
+        st.error("Fix the policy settings above first.")
     else:
         try:
             request = live.prepare(
-                loaded.tokenizer, state.prompt, chat=state.chat, spec=choice.spec, params=choice.params,
-                budget=choice.budget, ratio=choice.ratio, max_new_tokens=max_new_tokens,
+                loaded.tokenizer, state.prompt, chat=state.chat, spec=spec, max_new_tokens=max_new_tokens,
                 max_context=loaded.summary.max_context, compare=compare, prompt_name=state.prompt_name,
                 model_name=loaded.summary.name,
             )
@@ -86,7 +87,7 @@ c_stop.button("■ Stop", on_click=_stop, disabled=not running, key="live.stop",
 if job is not None:
     progress = st.progress(0.0)
     left, right = st.columns(2)
-    left.markdown(f"**{job.request.spec}** output")
+    left.markdown(f"**{token_ui.md_escape(job.request.spec.label())}** output")
     right.markdown("**full cache** output" if job.request.compare else " ")
     policy_box, full_box, bytes_box = left.empty(), right.empty(), st.empty()
     while True:

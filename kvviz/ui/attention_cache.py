@@ -15,6 +15,7 @@ import streamlit as st
 
 from kvviz import attention_maps, capture, engine
 from kvviz.models import LoadedModel
+from kvviz.spec import PolicySpec
 from kvviz.trace import Trace
 
 KEEP_QK_BYTES = 512 << 20  # queries and keys the overview keeps, so a detail view needs no second pass
@@ -33,19 +34,16 @@ def ids_digest(ids) -> str:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _generate(_loaded, key, prompt_ids: tuple, max_new_tokens: int, spec: str, params_items: tuple, budget, ratio) -> Trace:
-    params = {name: dict(values) for name, values in params_items}
+def _generate(_loaded, key, prompt_ids: tuple, max_new_tokens: int, spec_text: str) -> Trace:
     return engine.run(
-        _loaded.model, _loaded.tokenizer, list(prompt_ids), spec, params, budget=budget, ratio=ratio,
+        _loaded.model, _loaded.tokenizer, list(prompt_ids), PolicySpec.parse(spec_text),
         max_new_tokens=max_new_tokens, model_name=key[0],
     )
 
 
-def generate(loaded: LoadedModel, prompt_ids, max_new_tokens: int, spec: str = "full", params: dict | None = None,
-             budget: int | None = None, ratio: float | None = None) -> Trace:
+def generate(loaded: LoadedModel, prompt_ids, max_new_tokens: int, spec: PolicySpec) -> Trace:
     """Greedy generation of ``max_new_tokens`` under ``spec`` (the engine's Trace)."""
-    items = tuple(sorted((name, tuple(sorted(v.items()))) for name, v in (params or {}).items()))
-    return _generate(loaded, model_key(loaded), tuple(int(i) for i in prompt_ids), int(max_new_tokens), spec, items, budget, ratio)
+    return _generate(loaded, model_key(loaded), tuple(int(i) for i in prompt_ids), int(max_new_tokens), spec.to_text())
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)

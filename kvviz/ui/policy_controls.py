@@ -1,24 +1,22 @@
 """Policy controls built from a policy's parameter spec: a policy picker, an optional companion
 (a store for a selector, or a selector for a store), a widget per parameter (ranges, defaults
-and help from the spec) and one budget control. New policies appear without changes here."""
+and help from the spec) and one budget control. They build one ``PolicySpec``.
+
+Every choice survives page switches, and with ``url="p"`` the whole spec lives in the URL as its
+text form (``?p=h2o:recent=8,ratio=0.25``), so a copied link reopens it. New policies appear
+without changes here."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import streamlit as st
 
 from kvviz import policies
-from kvviz.policies import Param
+from kvviz.policies import Param, PolicyError
+from kvviz.spec import PolicySpec
+from kvviz.ui import state as ui_state
+from kvviz.ui.tokens import md_escape
 
-
-@dataclass
-class PolicyChoice:
-    spec: str  # "h2o", "snapkv+quant"
-    params: dict  # {policy name: {param: value}}
-    budget: int | None
-    ratio: float | None
-    names: list[str]  # the policies of the spec, picked first
+KEEP = "kvviz_keep::"  # permanent session_state copies of the widgets' values
 
 
 def policy_label(name: str) -> str:
@@ -33,30 +31,33 @@ def describe_policy(name: str) -> str:
     return f"**{name}** · {cls.family}. {summary}\n\n*Paper:* {cls.paper}"
 
 
+def _kept(widget, key: str, default, **kwargs):
+    """A widget with key ``key`` whose value outlives page switches."""
+    return ui_state.persisted(widget, KEEP + key, default, widget_key=key, **kwargs)
+
+
 def param_widget(policy: str, name: str, spec: Param, key: str):
     """One widget for one parameter; returns its value (None for an unset optional one)."""
     label, help_ = name, spec.help
     if spec.optional:
-        if not st.checkbox(f"set {name}", value=spec.default is not None, key=f"{key}.set", help=help_):
+        if not _kept(st.checkbox, f"{key}.set", spec.default is not None, label=f"set {name}", help=help_):
             return None
     if spec.choices:
-        choices = list(spec.choices)
-        index = choices.index(spec.default) if spec.default in choices else 0
-        return st.selectbox(label, choices, index=index, key=key, help=help_)
+        return _kept(st.selectbox, key, spec.default, label=label, options=list(spec.choices), help=help_)
     if spec.type is bool:
-        return st.checkbox(label, value=bool(spec.default), key=key, help=help_)
+        return _kept(st.checkbox, key, bool(spec.default), label=label, help=help_)
     if spec.type is int:
         lo = int(spec.min) if spec.min is not None else None
         hi = int(spec.max) if spec.max is not None else None
         value = spec.default if spec.default is not None else (lo if lo is not None else 0)
-        return st.number_input(label, min_value=lo, max_value=hi, value=int(value), step=1, key=key, help=help_)
+        return _kept(st.number_input, key, int(value), label=label, min_value=lo, max_value=hi, step=1, help=help_)
     if spec.type is float:
         lo = float(spec.min) if spec.min is not None else None
         hi = float(spec.max) if spec.max is not None else None
         value = float(spec.default if spec.default is not None else (lo or 0.0))
         step = (hi - lo) / 100 if lo is not None and hi is not None else max(abs(value) / 10, 0.01)
-        return st.number_input(label, min_value=lo, max_value=hi, value=value, step=step, format="%g", key=key, help=help_)
-    return st.text_input(label, value="" if spec.default is None else str(spec.default), key=key, help=help_)
+        return _kept(st.number_input, key, value, label=label, min_value=lo, max_value=hi, step=step, format="%g", help=help_)
+    return _kept(st.text_input, key, "" if spec.default is None else str(spec.default), label=label, help=help_)
 
 
 def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
@@ -73,51 +74,80 @@ def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
     return values
 
 
+BUDGET_MODES = ["fraction of the prompt", "entries per KV head"]
+
+
 def budget_control(key: str, prompt_len: int | None) -> tuple[int | None, float | None]:
     """Kept entries per layer and KV head, as a number or as a fraction of the prompt."""
     ratio_spec = policies.BudgetSelector.params()["ratio"]
-    mode = st.radio(
-        "Budget", ["fraction of the prompt", "entries per KV head"], horizontal=True, key=f"{key}.budget_mode",
-        help="How many entries each layer and KV head keeps. "
-        + policies.BudgetSelector.params()["budget"].help,
+    mode = _kept(
+        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label="Budget", options=BUDGET_MODES, horizontal=True,
+        help="How many entries each layer and KV head keeps. " + policies.BudgetSelector.params()["budget"].help,
     )
     if mode == "entries per KV head":
         default = max(1, round((prompt_len or 64) * ratio_spec.default))
-        budget = st.number_input(
-            "budget (entries per KV head)", min_value=1, value=int(default), step=1, key=f"{key}.budget",
+        budget = _kept(
+            st.number_input, f"{key}.budget", int(default), label="budget (entries per KV head)", min_value=1, step=1,
             help="Must not exceed the prompt's length.",
         )
-        shown = f"{budget} of {prompt_len} prompt tokens" if prompt_len else None
-        if shown:
-            st.caption(f"Keeps {shown} ({100 * budget / prompt_len:.0f}%) per layer and KV head.")
+        if prompt_len:
+            st.caption(f"Keeps {budget} of {prompt_len} prompt tokens ({100 * budget / prompt_len:.0f}%) per layer and KV head.")
         return int(budget), None
-    ratio = st.slider(
-        "ratio (kept fraction of the prompt)", min_value=0.01, max_value=1.0, value=float(ratio_spec.default), step=0.01,
-        key=f"{key}.ratio", help=ratio_spec.help,
+    ratio = _kept(
+        st.slider, f"{key}.ratio", float(ratio_spec.default), label="ratio (kept fraction of the prompt)",
+        min_value=0.01, max_value=1.0, step=0.01, help=ratio_spec.help,
     )
     if prompt_len:
         st.caption(f"Keeps {max(1, round(ratio * prompt_len))} of {prompt_len} prompt tokens per layer and KV head.")
     return None, float(ratio)
 
 
-def policy_controls(key: str = "policy", prompt_len: int | None = None, default: str = "h2o") -> PolicyChoice:
-    """The picker, the explanation, the companion and every parameter widget."""
+def _seed_from_url(key: str, url: str, default: str) -> None:
+    """When a link carries a spec (``?url=h2o:recent=8,ratio=0.25``), set the widgets' kept
+    values from it before they are drawn. A spec that does not parse is ignored, with a message."""
+    try:
+        found, text = ui_state.from_url(url, "")
+        spec = PolicySpec.parse(text) if found else None
+    except PolicyError as exc:
+        st.session_state.setdefault("kvviz_url_problems", {})[url] = f"link setting '{url}' ignored: {exc}"
+        return
+    if spec is None:
+        return
+    ss = st.session_state
+    selectors = [n for n in spec.policies if policies.is_selector(n)]
+    first = (selectors or spec.policies)[0]
+    ss[KEEP + f"{key}.name"] = first
+    others = [n for n in spec.policies if n != first]
+    ss[KEEP + f"{key}.{first}.companion"] = others[0] if others else "none"
+    for policy, values in spec.params:
+        for name, value in values:
+            ss[KEEP + f"{key}.{policy}.{name}"] = value
+    if spec.budget is not None:
+        ss[KEEP + f"{key}.budget_mode"], ss[KEEP + f"{key}.budget"] = BUDGET_MODES[1], spec.budget
+    elif spec.ratio is not None:
+        ss[KEEP + f"{key}.budget_mode"], ss[KEEP + f"{key}.ratio"] = BUDGET_MODES[0], spec.ratio
+
+
+def policy_controls(key: str = "policy", prompt_len: int | None = None, default: str = "h2o", url: str | None = None) -> PolicySpec | None:
+    """The picker, the explanation, the companion and every parameter widget: the PolicySpec they
+    describe, or None (with the reason shown) when the combination is not valid."""
+    if url is not None:
+        _seed_from_url(key, url, default)
     names = list(policies.registry())
-    index = names.index(default) if default in names else 0
     left, right = st.columns([1, 1])
     with left:
-        name = st.selectbox("Policy", names, index=index, format_func=policy_label, key=f"{key}.name")
+        name = _kept(st.selectbox, f"{key}.name", default if default in names else names[0], label="Policy", options=names, format_func=policy_label)
         others = policies.companions(name)
         what = "a store (how kept entries are held)" if policies.is_selector(name) else "a selector (which entries stay)"
         companion = None
         if others:
-            picked = st.selectbox(
-                f"Compose with {what}", ["none"] + others, key=f"{key}.{name}.companion",
+            picked = _kept(
+                st.selectbox, f"{key}.{name}.companion", "none", label=f"Compose with {what}", options=["none"] + others,
                 format_func=lambda n: "none" if n == "none" else policy_label(n),
                 help="A selector and a store compose, e.g. snapkv+quant: SnapKV chooses, quant packs what stays.",
             )
             companion = None if picked == "none" else picked
-    spec = policies.compose(name, companion)
+    composed = policies.compose(name, companion)
     with right:
         with st.container(border=True):
             st.markdown(describe_policy(name))
@@ -131,6 +161,13 @@ def policy_controls(key: str = "policy", prompt_len: int | None = None, default:
             if len(names_in_spec) > 1:
                 st.markdown(f"**{n}**")
             params[n] = param_widgets(n, key)
-        if policies.takes_budget(spec):
+        if policies.takes_budget(composed):
             budget, ratio = budget_control(key, prompt_len)
-    return PolicyChoice(spec=spec, params=params, budget=budget, ratio=ratio, names=names_in_spec)
+    try:
+        spec = PolicySpec.create(composed, params, budget=budget, ratio=ratio)
+    except PolicyError as exc:
+        st.error(md_escape(str(exc)))
+        return None
+    if url is not None:
+        ui_state.to_url(url, spec.to_text(), PolicySpec.create(default).to_text())
+    return spec

@@ -102,10 +102,12 @@ def url_problems() -> list[str]:
 
 
 def persisted(
-    widget: Callable[..., Any], key: str, default: Any, *, url: str | None = None, url_max: int = 300, **kwargs: Any
+    widget: Callable[..., Any], key: str, default: Any, *, url: str | None = None, url_max: int = 300,
+    widget_key: str | None = None, **kwargs: Any,
 ) -> Any:
-    """``widget(key="_" + key, ...)`` whose value survives page switches (and lives in the URL
-    as ``url`` when given, unless its text is longer than ``url_max``). Returns the widget's value."""
+    """``widget(key=widget_key or "_" + key, ...)`` whose value survives page switches (and lives
+    in the URL as ``url`` when given, unless its text is longer than ``url_max``). Returns the
+    widget's value."""
     state = st.session_state
     options = kwargs.get("options")
     if url is not None:
@@ -120,7 +122,7 @@ def persisted(
             state[key] = value
     if key not in state or (options is not None and state[key] not in list(options)):
         state[key] = default
-    widget_key = "_" + key
+    widget_key = widget_key or "_" + key
     state[widget_key] = state[key]
 
     def store() -> None:

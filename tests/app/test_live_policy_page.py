@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import metrics, live, policies
+from kvviz import live, policies
+from kvviz.metrics import memory_saving
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
 TIMEOUT = 600  # the first run in a process loads the model; CPU runs are slow on a busy machine
@@ -87,7 +88,7 @@ def test_one_policy_of_each_family(page, name):
     assert m["Full cache"].endswith(("KiB", "MiB")) and "Saved" in m
     html = token_html(at)
     assert "▌output:" in html and html.count('class="tok ') == trace.n_positions  # every token is shown at the last step
-    saving = metrics.memory_saving(trace)
+    saving = memory_saving(trace)
     if name == "full":
         assert saving.saved_bytes == 0 and "tok st-evicted" not in html
         assert result.first_divergence is None and m["First divergence"] == "none"

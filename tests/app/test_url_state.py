@@ -49,3 +49,24 @@ def test_bad_link_values_are_ignored(smollm):
     assert at.sidebar.selectbox(key="_kvviz_prompt_name").value == data.CHAT_EXAMPLE
     warnings = " ".join(w.value for w in at.sidebar.warning)
     assert "link setting 'example' ignored" in warnings and "<script>" not in warnings  # escaped
+
+
+def test_a_link_carries_the_policy_spec(smollm):
+    page = str(Path(APP).parent / "pages" / "2_Live_Policy.py")
+    at = AppTest.from_file(page, default_timeout=300)
+    at.query_params["policy"] = "snapkv+quant:window=8,quant.bits=2,budget=12"
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="live.name").value == "snapkv"
+    assert at.selectbox(key="live.snapkv.companion").value == "quant"
+    assert at.number_input(key="live.snapkv.window").value == 8
+    assert at.selectbox(key="live.quant.bits").value == 2
+    assert at.number_input(key="live.budget").value == 12
+    # a change is written back as the spec's text form
+    at.number_input(key="live.snapkv.window").set_value(4).run()
+    assert at.query_params["policy"] == "snapkv+quant:snapkv.window=4,quant.bits=2,budget=12"
+
+    bad = AppTest.from_file(page, default_timeout=300)
+    bad.query_params["policy"] = "h2o:recent=<b>x</b>"
+    bad.run()
+    assert not bad.exception and bad.selectbox(key="live.name").value == "h2o"
