@@ -1,0 +1,143 @@
+"""``python -m kvviz calc``: KV-cache memory of a real architecture from its config, with what-ifs
+and how many sequences fit on a GPU. No model is loaded: the numbers come from the config alone
+(see ``kvviz.calculator`` for every formula).
+
+  python -m kvviz calc --arch llama-3.1-70b --context 32k --gpu h100 --weights-dtype int4 --dtype kivi-2
+  python -m kvviz calc --config path/to/config.json --context 4096 --json
+  python -m kvviz calc --list
+"""
+
+from __future__ import annotations
+
+import json
+
+HELP = "KV-cache memory of a real architecture from its config (no model is loaded)"
+
+
+def configure(p) -> None:
+    from kvviz.calculator import CACHE_DTYPES, DEFAULT_UTILIZATION, GPUS, WEIGHT_DTYPES
+
+    p.add_argument("--arch", metavar="NAME", help="a bundled architecture (see --list) or a Hugging Face id (owner/name, needs the network)")
+    p.add_argument("--config", metavar="FILE", help="a Hugging Face config.json")
+    p.add_argument("--list", action="store_true", help="list the bundled architectures")
+    p.add_argument("--context", metavar="N", help="tokens per sequence (e.g. 4096 or 32k = 32,768)")
+    p.add_argument("--batch", metavar="B", default="1", help="sequences (default 1)")
+    p.add_argument("--dtype", default="bf16", metavar="D", help=f"cache dtype: {', '.join(CACHE_DTYPES)} (default bf16)")
+    p.add_argument("--group-size", metavar="G", default="32", help="elements per scale and zero point of intN / KIVI values (default 32)")
+    p.add_argument("--residual", metavar="R", default="128", help="KIVI's full-precision window and key group, tokens (default 128, the paper's)")
+    p.add_argument("--scale-bytes", metavar="S", default="2", help="bytes of a scale, zero point or full-precision element (default 2)")
+    p.add_argument("--keep-ratio", metavar="r", help="what if a cache policy keeps this share of the tokens (0 < r <= 1)")
+    p.add_argument("--window", metavar="W", help="what if every layer keeps only the last W tokens")
+    p.add_argument("--gpu", metavar="NAME", help=f"how many sequences fit on: {', '.join(GPUS)}")
+    p.add_argument("--weights-dtype", default="bf16", metavar="D", help=f"weights: {', '.join(WEIGHT_DTYPES)} (default bf16; int4 = 4 bits + fp16 scale and zero per 128)")
+    p.add_argument("--params", metavar="N", help="parameter count to use instead of the one derived from the config (e.g. 7.2e9)")
+    p.add_argument("--utilization", metavar="U", default=str(DEFAULT_UTILIZATION), help=f"usable share of GPU memory (default {DEFAULT_UTILIZATION}, vLLM's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def main(args) -> int:
+    from kvviz import calculator as calc
+
+    if args.list:
+        return list_architectures(args.json)
+    if bool(args.arch) == bool(args.config):
+        raise calc.CalcError("give one of --arch NAME or --config FILE (or --list).")
+    if args.context is None:
+        raise calc.CalcError("give --context N (tokens per sequence).")
+    arch = calc.architecture_from_file(args.config) if args.config else calc.resolve(args.arch)
+    scenario = calc.Scenario(
+        context=tokens(args.context, "--context"),
+        batch=integer(args.batch, "--batch"),
+        dtype=args.dtype.lower(),
+        group_size=integer(args.group_size, "--group-size"),
+        residual=integer(args.residual, "--residual"),
+        full_bytes=integer(args.scale_bytes, "--scale-bytes"),
+        keep_ratio=number(args.keep_ratio, "--keep-ratio"),
+        window=tokens(args.window, "--window") if args.window is not None else None,
+    )
+    params = int(number(args.params, "--params")) if args.params is not None else None
+    est = calc.estimate(
+        arch, scenario, gpu=args.gpu, weights_dtype=args.weights_dtype.lower(),
+        utilization=number(args.utilization, "--utilization"), params=params,
+    )
+    if args.json:
+        print(json.dumps(est.to_dict() | {"source": arch.source}))
+    else:
+        print(report(est, arch))
+    return 0
+
+
+def tokens(text: str, flag: str) -> int:
+    """'4096' or '32k' (x 1024)."""
+    t = str(text).strip().lower()
+    scale = 1024 if t.endswith("k") else 1
+    return integer(t[:-1] if scale > 1 else t, flag) * scale
+
+
+def integer(text, flag: str) -> int:
+    from kvviz.calculator import CalcError
+
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CalcError(f"{flag} must be a whole number, not '{text}'.") from None
+    if value != int(value):
+        raise CalcError(f"{flag} must be a whole number, not '{text}'.")
+    return int(value)
+
+
+def number(text, flag: str) -> float | None:
+    from kvviz.calculator import CalcError
+
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise CalcError(f"{flag} must be a number, not '{text}'.") from None
+
+
+def report(est, arch) -> str:
+    from kvviz.metrics import format_bytes
+
+    lines = [f"{est.display} ({est.attention}) · {est.context:,} tokens · batch {est.batch} · {est.dtype} cache · config: {arch.source}"]
+    rows = [
+        ("per token", format_bytes(est.bytes_per_token), est.formulas["per_token"]),
+        ("per sequence", format_bytes(est.bytes_per_sequence), est.formulas["per_sequence"]),
+        ("batch", format_bytes(est.bytes_total), est.formulas["total"]),
+    ]
+    if est.weights_bytes:
+        rows.append(("weights", format_bytes(est.weights_bytes), f"{est.params:,} parameters × {est.weights_dtype}"))
+    if est.gpu:
+        rows.append((est.gpu, f"{est.max_sequences:,} fit", est.formulas["fit"]))
+    width = max(len(r[0]) for r in rows)
+    lines += [f"  {name:<{width}}  {value:>10}  {formula}" for name, value, formula in rows]
+    lines += [f"  note: {n}" for n in est.notes]
+    return "\n".join(lines)
+
+
+def list_architectures(as_json: bool) -> int:
+    from kvviz import calculator as calc
+    from kvviz.metrics import format_bytes
+
+    rows = []
+    for arch in calc.bundled().values():
+        lay = arch.layout
+        per_token = calc.estimate(arch, calc.Scenario(context=1)).bytes_per_token
+        rows.append({
+            "arch": arch.name, "display": arch.display, "attention": lay.attention, "layers": lay.n_layers,
+            "kv_heads": lay.n_kv_heads, "head_dim": lay.head_dim, "kv_lora_rank": lay.kv_lora_rank,
+            "sliding_layers": lay.sliding_layers, "bytes_per_token_bf16": per_token, "params": arch.params,
+            "max_context": arch.max_context, "hf_id": arch.hf_id, "source": arch.source,
+        })
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':<16} {'model':<24} {'attn':<4} {'layers':>6} {'KV heads':>8} {'per token (bf16)':>17} {'params':>8}  source")
+    for r in rows:
+        heads = "latent" if r["attention"] == "MLA" else r["kv_heads"]
+        print(
+            f"{r['arch']:<16} {r['display']:<24} {r['attention']:<4} {r['layers']:>6} {heads:>8} "
+            f"{format_bytes(r['bytes_per_token_bf16']):>17} {r['params'] / 1e9:>7.2f}B  {r['hf_id']}"
+        )
+    return 0
