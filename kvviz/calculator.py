@@ -35,7 +35,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -118,7 +118,7 @@ class Layout:
     n_layers: int
     n_q_heads: int
     n_kv_heads: int | None  # None for MLA
-    head_dim: int | None  # None for MLA
+    head_dim: int | None  # per-head dim; for MLA the uncompressed heads' d_h (qk_nope_head_dim), not cached
     kv_lora_rank: int | None = None  # MLA
     qk_rope_head_dim: int | None = None  # MLA
     windows: tuple = ()  # per layer: its sliding window, or None for full attention
@@ -200,7 +200,8 @@ def layout_from_config(cfg: dict) -> Layout:
     if cfg.get("kv_lora_rank"):
         rank = _positive_int(cfg, "", "kv_lora_rank")
         rope = _positive_int(cfg, "", "qk_rope_head_dim")
-        return Layout("MLA", n_layers, n_heads, None, None, rank, rope, windows)
+        d_h = _positive_int(cfg, "", "qk_nope_head_dim", required=False)
+        return Layout("MLA", n_layers, n_heads, None, d_h, rank, rope, windows)
     if cfg.get("multi_query") is True:
         n_kv = 1
     else:
@@ -607,9 +608,46 @@ def memory_curve(arch: Architecture, scenario: Scenario, contexts) -> np.ndarray
     return sequence_bytes(lay, scenario, np.asarray(contexts, dtype=np.int64)) * int(scenario.batch)
 
 
-def mha_equivalent_bytes_per_token(layout: Layout, dtype_bytes: int = 2) -> int:
-    """What the same model would cache per token with plain MHA: a key and a value per query head
-    (for MLA, of the dimension its heads attend with: qk_nope + qk_rope for keys, v for values,
-    approximated here by 2 × head_dim = 2 × 128 as the DeepSeek-V2 paper's comparison does)."""
-    head_dim = layout.head_dim or 128
-    return 2 * layout.n_layers * layout.n_q_heads * head_dim * dtype_bytes
+def mha_equivalent_bytes_per_token(layout: Layout, dtype_bytes: int = 2) -> int | None:
+    """What the same model would cache per token with plain MHA: a key and a value of head_dim for
+    every query head (MLA: of d_h, as in the DeepSeek-V2 paper's comparison)."""
+    if layout.head_dim is None:
+        return None
+    return 2 * layout.n_layers * layout.n_q_heads * layout.head_dim * dtype_bytes
+
+
+# one real model per kind of attention, for side-by-side views
+ATTENTION_EXAMPLES = {"MHA": "llama-2-7b", "GQA": "llama-3.1-8b", "MQA": "gemma-2b", "MLA": "deepseek-v2"}
+
+
+def estimate_many(archs, scenario: Scenario, dtypes, **kwargs) -> tuple[list[Estimate], list[str]]:
+    """``estimate`` for every architecture and cache dtype; combinations that cannot be computed
+    (KIVI on MLA, a group size that does not divide) come back as messages instead."""
+    out, problems = [], []
+    for arch in archs:
+        for dtype in dtypes:
+            try:
+                out.append(estimate(arch, replace(scenario, dtype=dtype), **kwargs))
+            except CalcError as exc:
+                problems.append(f"{arch.display}, {dtype}: {exc}")
+    return out, problems
+
+
+def fit_answer(estimates: list[Estimate]) -> str | None:
+    """One sentence (markdown): how many sequences of the first architecture fit on the GPU with
+    each cache dtype, e.g. "**3** with bf16, **22** with kivi-2 (7.3× as many)"."""
+    first = [e for e in estimates if e.gpu and e.arch == estimates[0].arch] if estimates else []
+    if not first:
+        return None
+    e0 = first[0]
+    parts = []
+    for e in first:
+        gain = f" ({e.max_sequences / e0.max_sequences:.1f}× as many)" if e is not e0 and e0.max_sequences else ""
+        parts.append(f"**{e.max_sequences:,}** with {e.dtype}{gain}")
+    weights = f"{e0.weights_dtype} weights, {e0.weights_bytes / 2**30:.1f} GiB" if e0.weights_bytes else "weights not counted"
+    if e0.params and e0.weights_dtype != "bf16":
+        weights += f"; in bf16 they would take {weights_bytes(e0.params, 'bf16') / 2**30:.1f} GiB"
+    return (
+        f"On one {e0.gpu} with {e0.display} ({weights}; {e0.utilization:.0%} of the memory usable), requests of "
+        f"{e0.context:,} tokens that fit at once: " + ", ".join(parts) + "."
+    )

@@ -39,6 +39,12 @@ PAGES: list[PageInfo] = [
         "which tokens it keeps or evicts at each step and how much memory that saves.",
         "live",
     ),
+    PageInfo(
+        "pages/6_Memory_Calculator.py", "Memory calculator", ":material/calculate:",
+        "The KV cache of real architectures (Llama, Mistral, Qwen, Gemma, DeepSeek's MLA) from their configs: "
+        "per token, per sequence, with quantization or a policy, and how many requests fit on a GPU.",
+        "calculator",
+    ),
 ]
 
 

@@ -101,6 +101,14 @@ def url_problems() -> list[str]:
     return list(st.session_state.pop(_PROBLEMS, {}).values())
 
 
+def _among(value: Any, options) -> bool:
+    """A widget value is one of ``options`` (a multiselect's value: each of its items is)."""
+    options = list(options)
+    if isinstance(value, (list, tuple)) and value not in options:
+        return all(v in options for v in value)
+    return value in options
+
+
 def persisted(
     widget: Callable[..., Any], key: str, default: Any, *, url: str | None = None, url_max: int = 300,
     widget_key: str | None = None, **kwargs: Any,
@@ -120,7 +128,7 @@ def persisted(
         found, value = from_url(url, default, options=options, check=check if lo is not None or hi is not None else None)
         if found:
             state[key] = value
-    if key not in state or (options is not None and state[key] not in list(options)):
+    if key not in state or (options is not None and not _among(state[key], options)):
         state[key] = default
     widget_key = widget_key or "_" + key
     state[widget_key] = state[key]

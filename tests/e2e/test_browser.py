@@ -38,6 +38,19 @@ def wait_until_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
     raise AssertionError(f"the page was still running after {timeout_s} s")
 
 
+def save_screenshot(page, name: str) -> None:
+    """With KVVIZ_SCREENSHOTS=1, the whole page as docs/screenshots/<name>.png."""
+    if os.environ.get("KVVIZ_SCREENSHOTS") != "1":
+        return
+    out = REPO / "docs" / "screenshots" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the page scrolls inside stMain, not the window: grow the window to show it all
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(out), full_page=True)
+
+
 @pytest.mark.parametrize("name, path", PAGES, ids=[name for name, _ in PAGES])
 def test_page_runs_without_exception(browser, app_url, name, path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -48,14 +61,7 @@ def test_page_runs_without_exception(browser, app_url, name, path):
         exceptions = page.locator('[data-testid="stException"]')
         assert exceptions.count() == 0, exceptions.first.inner_text()
         assert "SmolLM2-135M-Instruct" in page.locator('[data-testid="stSidebarUserContent"]').inner_text()
-        if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
-            out = REPO / "docs" / "screenshots" / f"{name.lower()}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            # the page scrolls inside stMain, not the window: grow the window to show it all
-            height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-            page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(out), full_page=True)
+        save_screenshot(page, name.lower())
     finally:
         page.close()
 

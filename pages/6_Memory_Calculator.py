@@ -1,0 +1,103 @@
+"""Memory calculator: the KV cache of real architectures from their configs, with what-ifs, how
+many sequences fit on a GPU, and the figure checked against the loaded model's real cache."""
+
+from dataclasses import replace
+
+import pandas as pd
+import streamlit as st
+
+from kvviz import calculator as calc
+from kvviz.charts import calculator as charts
+from kvviz.memory_check import check_calculator
+from kvviz.metrics import format_bytes
+from kvviz.tokens import PromptError, encode_prompt
+from kvviz.ui.calculator_controls import calculator_controls
+from kvviz.ui.tokens import md_escape
+from kvviz.ui.page import start_page
+
+state = start_page(
+    "Memory calculator",
+    ":material/calculate:",
+    "How much memory the KV cache of a real model takes, from its config alone: per token, per sequence, "
+    "per batch; with a quantized cache or a cache policy; and how many requests fit on a GPU next to the weights.",
+    "Load a model in the sidebar.",
+)
+ss = st.session_state
+choice = calculator_controls()
+for message in choice.messages:
+    st.error(message, icon=":material/error:")
+if not choice.archs or not choice.dtypes:
+    st.info("Pick at least one architecture and one cache dtype.")
+    st.stop()
+
+fit = dict(gpu=choice.gpu, weights_dtype=choice.weights_dtype, utilization=choice.utilization)
+estimates, problems = calc.estimate_many(choice.archs, choice.scenario, choice.dtypes, **fit)
+for problem in problems:
+    st.warning(md_escape(problem), icon=":material/warning:")
+if not estimates:
+    st.stop()
+
+# ------------------------------------------------------------------------------ the answer
+answer = calc.fit_answer(estimates)
+if answer:
+    st.success(answer, icon=":material/memory:")
+for note in dict.fromkeys(n for e in estimates for n in e.notes):
+    st.caption(md_escape(note))
+
+contexts = charts.context_axis(max(choice.scenario.context * 4, 32768))
+curves = [
+    charts.Curve(e.display, e.dtype, contexts, calc.memory_curve(a, replace(choice.scenario, dtype=e.dtype), contexts))
+    for a in choice.archs for e in estimates if e.arch == a.name
+]
+rooms = {e.display: e.kv_budget_bytes for e in estimates} if choice.gpu else {}
+st.plotly_chart(
+    charts.memory_figure(curves, rooms, choice.scenario.context, estimates[0].gpu, choice.scenario.batch),
+    key="calc.chart", width="stretch",
+)
+st.dataframe(pd.DataFrame(charts.estimate_rows(estimates)), hide_index=True, width="stretch")
+with st.expander("The formulas behind each number", expanded=False):
+    for e in estimates:
+        st.markdown(f"**{e.display} · {e.dtype}**")
+        st.text("\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in e.formulas.items()))
+
+# ------------------------------------------------------------------------------ kinds of attention
+st.subheader("MHA, GQA, MQA and MLA side by side")
+st.caption(
+    "MHA caches a key and a value per query head; GQA shares each KV head among a group of query heads; "
+    "MQA keeps a single KV head; MLA (DeepSeek-V2/V3) caches one compressed latent plus a small RoPE key per "
+    "layer, from which every head's keys and values are rebuilt. bf16, per token, all layers."
+)
+kinds = []
+columns = st.columns(len(calc.ATTENTION_EXAMPLES))
+for column, (kind, name) in zip(columns, calc.ATTENTION_EXAMPLES.items()):
+    arch = calc.get_architecture(name)
+    est = calc.estimate(arch, calc.Scenario(context=1))
+    mha = calc.mha_equivalent_bytes_per_token(arch.layout)
+    kinds.append({"kind": kind, "model": arch.display, "bytes_per_token": est.bytes_per_token, "mha_bytes_per_token": mha})
+    column.metric(f"{kind} · {arch.display}", format_bytes(est.bytes_per_token), f"{est.bytes_per_token / mha:.1%} of MHA", delta_color="off", delta_arrow="off")
+    column.caption(est.formulas["per_token"])
+st.plotly_chart(charts.attention_kinds_figure(kinds), key="calc.kinds", width="stretch")
+
+# ------------------------------------------------------------------------------ checked against the real cache
+st.subheader("Checked against the real cache")
+loaded = state.loaded
+st.caption(
+    f"The calculator reads only {loaded.summary.name}'s config; a short full-cache run of the model on the sidebar's "
+    "prompt (its first 256 tokens, 4 new tokens) measures the bytes its cache really held at every step."
+)
+if st.button("Run the model and compare", key="calc.check", icon=":material/play_arrow:"):
+    try:
+        ids = encode_prompt(loaded.tokenizer, state.prompt, chat=state.chat)
+        with st.spinner("Running the full cache..."):
+            ss["calc.check_result"] = check_calculator(loaded.model, loaded.tokenizer, ids, name=loaded.summary.name)
+    except (PromptError, calc.CalcError, ValueError) as exc:
+        st.error(f"The check could not run: {md_escape(str(exc))}")
+result = ss.get("calc.check_result")
+if result is not None:
+    st.text(result.per_token_formula)
+    localized = st.column_config.NumberColumn(format="localized")
+    st.dataframe(pd.DataFrame(result.rows), hide_index=True, column_config={"measured bytes": localized, "calculated bytes": localized})
+    if result.agree:
+        st.success(f"The calculator and the real cache agree to the byte at all {len(result.rows)} steps ({result.dtype}).")
+    else:
+        st.error("The calculator and the real cache disagree: see the rows above.")
