@@ -493,12 +493,13 @@ class Estimate:
     utilization: float | None = None
     kv_budget_bytes: int | None = None  # GPU memory × utilization − weights
     max_sequences: int | None = None
+    weights_fit: bool | None = None  # the weights fit in the usable GPU memory
     formulas: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; the GPU fields only when a GPU was given."""
-        gpu_fields = ("gpu", "gpu_bytes", "utilization", "kv_budget_bytes", "max_sequences")
+        gpu_fields = ("gpu", "gpu_bytes", "utilization", "kv_budget_bytes", "max_sequences", "weights_fit")
         return {k: v for k, v in self.__dict__.items() if self.gpu is not None or k not in gpu_fields}
 
 
@@ -530,7 +531,7 @@ def estimate(
     held = held_tokens(lay, scenario, n)[:, 0]
     f["per_sequence"] = _sequence_formula(lay, scenario, held, layer_token, seq)
     f["total"] = f"{seq:,} bytes per sequence × batch {B} = {total:,} bytes"
-    notes = [arch.note] if arch.note else []
+    notes = [f"{arch.display}: {arch.note}"] if arch.note else []
     if arch.max_context and n > arch.max_context:
         notes.append(f"{n:,} tokens is more than {arch.display}'s context of {arch.max_context:,}.")
     if params is None:
@@ -589,12 +590,11 @@ def _fit(est: Estimate, gpu: str, utilization: float) -> None:
     budget = usable - weights
     fits = max(budget, 0) // est.bytes_per_sequence
     est.gpu, est.gpu_bytes, est.utilization, est.kv_budget_bytes, est.max_sequences = g.display, g.bytes, utilization, budget, int(fits)
+    est.weights_fit = budget > 0
     est.formulas["fit"] = (
         f"⌊({g.mib:,} MiB × {utilization:g} − {weights:,} bytes of {est.weights_dtype} weights) / "
         f"{est.bytes_per_sequence:,} bytes per sequence⌋ = {int(fits):,} sequences of {est.context:,} tokens"
     )
-    if budget <= 0:
-        est.notes.append(f"The {est.weights_dtype} weights alone ({weights / 2**30:.1f} GiB) exceed {utilization:.0%} of the {g.display}.")
 
 
 def _num(x: Fraction) -> str:
@@ -634,20 +634,29 @@ def estimate_many(archs, scenario: Scenario, dtypes, **kwargs) -> tuple[list[Est
 
 
 def fit_answer(estimates: list[Estimate]) -> str | None:
-    """One sentence (markdown): how many sequences of the first architecture fit on the GPU with
-    each cache dtype, e.g. "**3** with bf16, **22** with kivi-2 (7.3× as many)"."""
-    first = [e for e in estimates if e.gpu and e.arch == estimates[0].arch] if estimates else []
-    if not first:
+    """Markdown: how many sequences of each architecture fit on the GPU with each cache dtype,
+    e.g. "**Llama-3.1-70B** (int4 weights, 34.9 GiB): **3** with bf16, **22** with kivi-2 (7.3× as many)"."""
+    on_gpu = [e for e in estimates if e.gpu]
+    if not on_gpu:
         return None
-    e0 = first[0]
-    parts = []
-    for e in first:
-        gain = f" ({e.max_sequences / e0.max_sequences:.1f}× as many)" if e is not e0 and e0.max_sequences else ""
-        parts.append(f"**{e.max_sequences:,}** with {e.dtype}{gain}")
-    weights = f"{e0.weights_dtype} weights, {e0.weights_bytes / 2**30:.1f} GiB" if e0.weights_bytes else "weights not counted"
-    if e0.params and e0.weights_dtype != "bf16":
-        weights += f"; in bf16 they would take {weights_bytes(e0.params, 'bf16') / 2**30:.1f} GiB"
+    by_arch: dict[str, list[Estimate]] = {}
+    for e in on_gpu:
+        by_arch.setdefault(e.arch, []).append(e)
+    lines = []
+    for group in by_arch.values():
+        e0 = group[0]
+        parts = []
+        for e in group:
+            gain = f" ({e.max_sequences / e0.max_sequences:.1f}× as many)" if e is not e0 and e0.max_sequences else ""
+            parts.append(f"**{e.max_sequences:,}** with {e.dtype}{gain}")
+        weights = f"{e0.weights_dtype} weights, {e0.weights_bytes / 2**30:.1f} GiB" if e0.weights_bytes else "weights not counted"
+        if e0.params and e0.weights_dtype != "bf16":
+            weights += f"; {weights_bytes(e0.params, 'bf16') / 2**30:.1f} GiB in bf16"
+        if e0.weights_fit is False:
+            weights += f": more than {e0.utilization:.0%} of the GPU"
+        lines.append(f"- **{e0.display}** ({weights}): " + ", ".join(parts))
+    e0 = on_gpu[0]
     return (
-        f"On one {e0.gpu} with {e0.display} ({weights}; {e0.utilization:.0%} of the memory usable), requests of "
-        f"{e0.context:,} tokens that fit at once: " + ", ".join(parts) + "."
+        f"Requests of {e0.context:,} tokens that fit at once on one {e0.gpu} ({e0.utilization:.0%} of its memory usable):\n"
+        + "\n".join(lines)
     )

@@ -41,7 +41,8 @@ def context_axis(max_context: int, points: int = 64) -> np.ndarray:
 
 def memory_figure(curves: list[Curve], rooms: dict[str, int | None], context: int, gpu: str | None, batch: int = 1) -> go.Figure:
     """KV memory of the batch against context: one colour per model, one dash per cache dtype;
-    ``rooms`` (model -> bytes left on the GPU after its weights) are drawn as horizontal lines, and
+    ``rooms`` (model -> bytes left on the GPU after its weights) are dotted horizontal lines in the
+    model's colour (none where the weights do not fit), and
     the chosen ``context`` as a vertical rule."""
     models = list(dict.fromkeys(c.model for c in curves))
     dtypes = list(dict.fromkeys(c.dtype for c in curves))
@@ -56,13 +57,14 @@ def memory_figure(curves: list[Curve], rooms: dict[str, int | None], context: in
             customdata=[format_bytes(b) for b in c.bytes],
             hovertemplate=f"{c.model} · {c.dtype}<br>%{{x:,}} tokens: %{{customdata}}<extra></extra>",
         )
-    for model, room in rooms.items():
+    for i, (model, room) in enumerate(rooms.items()):
         if room is None or room <= 0:
             continue
+        color = series_color(models.index(model)) if model in models else COLORS["limit"]
         fig.add_hline(
-            y=room / scale, line=dict(color=COLORS["limit"], dash="dot", width=1.5),
-            annotation_text=f"{gpu}: {format_bytes(room)} left after the {model} weights" if len(rooms) > 1 else f"{gpu}: {format_bytes(room)} left after the weights",
-            annotation_position="top left", annotation_font=dict(color=COLORS["limit"], size=11),
+            y=room / scale, line=dict(color=color, dash="dot", width=1.5),
+            annotation_text=f"{gpu}: {format_bytes(room)} left after the {model} weights",
+            annotation_position="top left" if i % 2 == 0 else "bottom right", annotation_font=dict(color=color, size=11),
         )
     fig.add_vline(x=context, line=dict(color=COLORS["highlight"], width=1, dash="dash"))
     ticks = [t for t in 2 ** np.arange(7, 24) if curves and t <= max(c.contexts.max() for c in curves)]

@@ -110,6 +110,8 @@ def report(est, arch) -> str:
         rows.append(("weights", format_bytes(est.weights_bytes), f"{est.params:,} parameters × {est.weights_dtype}"))
     if est.gpu:
         rows.append((est.gpu, f"{est.max_sequences:,} fit", est.formulas["fit"]))
+        if not est.weights_fit:
+            rows.append(("", "", f"the {est.weights_dtype} weights alone exceed {est.utilization:.0%} of the {est.gpu}: try --weights-dtype fp8 or int4"))
     width = max(len(r[0]) for r in rows)
     lines += [f"  {name:<{width}}  {value:>10}  {formula}" for name, value, formula in rows]
     lines += [f"  note: {n}" for n in est.notes]

@@ -21,10 +21,12 @@ def test_the_70b_question_and_the_real_cache_check(browser, app_url):
         page.get_by_role("button", name=re.compile("How many 32k-token requests fit")).click()
         wait_until_idle(page)
         main = page.locator('[data-testid="stMain"]')
-        answer = page.get_by_text(re.compile(r"On one H100 80GB with Llama-3.1-70B")).first
-        text = answer.inner_text()
-        assert "3 with bf16" in text and re.search(r"\d+ with kivi-2 \([\d.]+× as many\)", text), text
-        assert main.locator(".js-plotly-plot").count() >= 2  # the memory chart and the attention kinds
+        answer = page.get_by_text(re.compile(r"Requests of 32,768 tokens that fit at once on one H100 80GB")).first
+        text = answer.locator("xpath=ancestor::*[@data-testid='stAlert'][1]").inner_text()
+        assert "Llama-3.1-70B (int4 weights" in text and "3 with bf16" in text, text
+        assert re.search(r"\d+ with kivi-2 \([\d.]+× as many\)", text), text
+        assert answer.is_visible()
+        assert main.locator('[data-testid="stPlotlyChart"]').count() == 2  # the memory chart and the attention kinds
         page.get_by_role("button", name="Run the model and compare").click()
         page.get_by_text(re.compile("agree to the byte")).wait_for(timeout=300_000)
         assert page.locator('[data-testid="stException"]').count() == 0

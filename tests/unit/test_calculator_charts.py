@@ -35,7 +35,7 @@ def test_memory_figure_draws_each_model_and_dtype_with_the_room_left():
     # GiB on the y axis: Llama-3.1-8B at 8,192 tokens, batch 2: 2 x 8,192 x 131,072 bytes = 2 GiB
     assert lines[0].y[-1] == 2 * 8192 * 131_072 / 2**30 == 2.0
     dotted = [s for s in fig.layout.shapes if s.line.dash == "dot"]
-    assert len(dotted) == 1 and dotted[0].y0 == 40 and dotted[0].line.color == COLORS["limit"]  # no line for weights that do not fit
+    assert len(dotted) == 1 and dotted[0].y0 == 40 and dotted[0].line.color == series_color(0)  # none where the weights do not fit
     assert fig.layout.xaxis.type == "log"
 
 
@@ -53,6 +53,6 @@ def test_estimate_rows():
 
 
 def test_no_torch_below_the_pages():
-    code = "import sys, kvviz.calculator, kvviz.charts.calculator; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, kvviz.calculator, kvviz.charts.calculator, kvviz.charts.quant_lab; assert 'torch' not in sys.modules, 'torch imported'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
