@@ -45,6 +45,12 @@ PAGES: list[PageInfo] = [
         "per token, per sequence, with quantization or a policy, and how many requests fit on a GPU.",
         "calculator",
     ),
+    PageInfo(
+        "pages/7_Quantization_Lab.py", "Quantization lab", ":material/tune:",
+        "The real keys and values of your prompt, layer by layer: the outlier key channels, and what per-token "
+        "or per-channel quantization at 8, 4 and 2 bits (and KIVI) costs in error, attention and the next token.",
+        "quant-lab",
+    ),
 ]
 
 

@@ -47,6 +47,12 @@ def save_screenshot(page, name: str) -> None:
     # the page scrolls inside stMain, not the window: grow the window to show it all
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
+    # charts draw once they are in view: wait until every Plotly chart has drawn
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    for _ in range(40):
+        if page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= charts.count():
+            break
+        page.wait_for_timeout(250)
     page.wait_for_timeout(800)
     page.screenshot(path=str(out), full_page=True)
 

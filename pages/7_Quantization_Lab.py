@@ -1,0 +1,105 @@
+"""Quantization lab: the real model's cache for the sidebar's prompt, quantized per token and per
+channel at 8, 4 and 2 bits, with what it costs in error, attention, the next token and bytes."""
+
+import pandas as pd
+import streamlit as st
+
+from kvviz import quant_lab as lab
+from kvviz.charts import quant_lab as charts
+from kvviz.metrics import format_bytes
+from kvviz.tokens import PromptError, encode_prompt
+from kvviz.ui.page import start_page
+from kvviz.ui.tokens import md_escape
+
+state = start_page(
+    "Quantization lab",
+    ":material/tune:",
+    "The keys and values the model really caches for your prompt, one layer and KV head at a time: where "
+    "their outliers sit, and what per-token or per-channel quantization at 8, 4 and 2 bits costs in "
+    "reconstruction error, in attention, and in the next token, next to the bytes the packed store holds.",
+    "Load a model in the sidebar.",
+)
+ss = st.session_state
+loaded = state.loaded
+try:
+    ids = encode_prompt(loaded.tokenizer, state.prompt, chat=state.chat)[: lab.MAX_TOKENS]
+except PromptError as exc:
+    st.info(f"{md_escape(str(exc))} The lab needs a prompt.")
+    st.stop()
+
+c_layer, c_head, c_residual = st.columns(3)
+n_layers, n_kv = loaded.summary.n_layers, loaded.summary.n_kv_heads
+layer = c_layer.slider("Layer", 0, n_layers - 1, n_layers // 2, key="qlab.layer")
+head = c_head.selectbox("KV head", list(range(n_kv)), key="qlab.head")
+residual = c_residual.select_slider("KIVI residual R (tokens)", [8, 16, 32, 64, 128], 32, key="qlab.residual",
+                                    help="KIVI keeps the R newest values and the keys of the unfinished group of R tokens in full precision.")
+st.caption(f"{len(ids)} prompt tokens" + (f" (the first {lab.MAX_TOKENS})" if len(ids) == lab.MAX_TOKENS else "") + f" · {loaded.summary.name} · {loaded.summary.dtype}")
+
+key = (state.model_spec, loaded.summary.dtype, tuple(ids), layer)
+if ss.get("qlab.key") != key:
+    try:
+        with st.spinner(f"Reading layer {layer}'s cache and quantizing it..."):
+            lc = lab.read_layer(loaded.model, ids, layer)
+            ss["qlab.grid"] = lab.error_grid(lc)
+    except ValueError as exc:
+        st.error(md_escape(str(exc)))
+        st.stop()
+    ss["qlab.key"], ss["qlab.lc"] = key, lc
+    ss.pop("qlab.next", None)
+lc = ss["qlab.lc"]
+
+# ------------------------------------------------------------------------------ distributions
+st.subheader("Keys and values, channel by channel")
+stats = lab.channel_stats(lc, head)
+st.plotly_chart(charts.magnitude_figure(stats, layer, head), key="qlab.magnitudes", width="stretch")
+st.caption(
+    "Keys are shown after RoPE, exactly as the cache holds them. A few key channels carry values far larger than the "
+    "rest, in every token: a per-token scale must stretch to cover them and loses the small channels, while a "
+    "per-channel scale (KIVI's choice for keys) gives each channel its own range. Values have no such channels; "
+    "KIVI quantizes them per token, since the attention output mixes them token by token."
+)
+st.plotly_chart(charts.token_profile_figure(stats), key="qlab.tokens", width="stretch")
+
+# ------------------------------------------------------------------------------ per token against per channel
+st.subheader("Per token against per channel")
+m, results = ss["qlab.grid"]
+rows = [r.row() for r in results]
+st.caption(
+    f"The first {m} tokens of layer {layer} (all KV heads), quantized by kvviz's packed store (asymmetric, a scale and a "
+    "zero point per group of G, in the model's dtype): G channels of a token, or G tokens of a channel. The attention KL "
+    "uses the layer's real queries (RoPE applied) over the quantized keys, causal, per query head."
+)
+st.plotly_chart(charts.error_grid_figure(rows), key="qlab.grid", width="stretch")
+pct = st.column_config.NumberColumn(format="percent")
+st.dataframe(
+    pd.DataFrame(rows).drop(columns=["axis"]), hide_index=True, width="stretch",
+    column_config={"key error": pct, "value error": pct, "output error": pct, "of full": pct,
+                   "attention KL": st.column_config.NumberColumn(format="%.2e"), "bytes": st.column_config.NumberColumn(format="localized")},
+)
+st.markdown(lab.axis_summary(results))
+
+# ------------------------------------------------------------------------------ the next token
+st.subheader("What the next token pays")
+st.caption(
+    "The whole model runs with each store (kvviz's quant and kivi policies) on the prompt, teacher-forced on the full "
+    "cache's greedy tokens; the KL of each next-token distribution against the full cache's, and the bytes the "
+    "cache holds. Per-channel groups still filling stay in full precision."
+)
+c_new, c_run = st.columns([1, 3], vertical_alignment="bottom")
+new_tokens = c_new.number_input("New tokens", 1, 32, 8, key="qlab.new_tokens", help="Steps of teacher forcing, each compared with the full cache.")
+if c_run.button("Run the model with quantized caches", key="qlab.run", icon=":material/play_arrow:"):
+    schemes = lab.next_token_schemes(residual)
+    with st.spinner(f"{len(schemes) + 1} runs of the model..."):
+        ss["qlab.next"] = lab.next_token_kl(loaded.model, loaded.tokenizer, ids, schemes, new_tokens=int(new_tokens))
+if ss.get("qlab.next"):
+    next_rows = [r.row() for r in ss["qlab.next"]]
+    st.plotly_chart(charts.next_token_figure(next_rows, ss["qlab.next"][0].kv_bytes_full), key="qlab.next_chart", width="stretch")
+    st.dataframe(pd.DataFrame(next_rows), hide_index=True, width="stretch",
+                 column_config={"top-1 agreement": pct, "of full": pct, "cache bytes": st.column_config.NumberColumn(format="localized")})
+
+# ------------------------------------------------------------------------------ KIVI's window
+st.subheader("KIVI's residual window on these numbers")
+scheme = lab.Scheme("kivi", 2, 32, residual)
+key_err, value_err, keys_full, values_full = lab.token_errors(lc, head, scheme)
+st.plotly_chart(charts.residual_window_figure(key_err, value_err, keys_full, values_full, residual), key="qlab.window", width="stretch")
+st.markdown(lab.window_summary(lc, scheme))
