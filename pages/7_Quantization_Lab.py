@@ -6,7 +6,6 @@ import streamlit as st
 
 from kvviz import quant_lab as lab
 from kvviz.charts import quant_lab as charts
-from kvviz.metrics import format_bytes
 from kvviz.tokens import PromptError, encode_prompt
 from kvviz.ui.page import start_page
 from kvviz.ui.tokens import md_escape
