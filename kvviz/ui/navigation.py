@@ -18,38 +18,41 @@ class PageInfo:
     title: str
     icon: str  # a Material icon, ":material/name:"
     blurb: str  # one or two sentences for the home page's card
-    url_path: str  # the page's address: http://host/<url_path>
+
+    @property
+    def url_path(self) -> str:
+        """The page's address, http://host/<url_path>: its file name without the number
+        (pages/2_Live_Policy.py -> Live_Policy). Streamlit also registers the files of pages/ under
+        these names when it starts, so a link opened before any other page still resolves (with
+        any other name the first visit shows a "Page not found" dialog)."""
+        return Path(self.path).stem.split("_", 1)[1]
 
     def page(self, default: bool = False) -> st.Page:
         return st.Page(str(ROOT / self.path), title=self.title, icon=self.icon, url_path=None if default else self.url_path, default=default)
 
 
-HOME = PageInfo("pages/0_Home.py", "Home", ":material/home:", "What the KV cache is, and the model in use.", "home")
+HOME = PageInfo("pages/0_Home.py", "Home", ":material/home:", "What the KV cache is, and the model in use.")
 
 PAGES: list[PageInfo] = [
     PageInfo(
         "pages/1_Attention.py", "Attention explorer", ":material/grid_on:",
         "Attention heatmaps per layer and head over your prompt: which earlier tokens each head reads "
         "when it writes the next one.",
-        "attention",
     ),
     PageInfo(
         "pages/2_Live_Policy.py", "Live policy", ":material/play_circle:",
         "Run a cache policy (H2O, SnapKV, a sliding window, ...) live while the model generates, and watch "
         "which tokens it keeps or evicts at each step and how much memory that saves.",
-        "live",
     ),
     PageInfo(
         "pages/6_Memory_Calculator.py", "Memory calculator", ":material/calculate:",
         "The KV cache of real architectures (Llama, Mistral, Qwen, Gemma, DeepSeek's MLA) from their configs: "
         "per token, per sequence, with quantization or a policy, and how many requests fit on a GPU.",
-        "calculator",
     ),
     PageInfo(
         "pages/7_Quantization_Lab.py", "Quantization lab", ":material/tune:",
         "The real keys and values of your prompt, layer by layer: the outlier key channels, and what per-token "
         "or per-channel quantization at 8, 4 and 2 bits (and KIVI) costs in error, attention and the next token.",
-        "quant-lab",
     ),
 ]
 

@@ -12,7 +12,7 @@ import pytest
 from kvviz.ui import navigation
 
 REPO = Path(__file__).resolve().parents[2]
-PAGES = [("Home", "/")] + [(Path(p.path).stem.split("_", 1)[1], "/" + p.url_path) for p in navigation.PAGES]
+PAGES = [("Home", "/")] + [(p.url_path, "/" + p.url_path) for p in navigation.PAGES]
 RUN_TIMEOUT_S = 300  # generous: a page may load the model or run it on the first visit
 QUIET_S = 2.0  # the script must stay finished this long
 
@@ -67,6 +67,8 @@ def test_page_runs_without_exception(browser, app_url, name, path):
         exceptions = page.locator('[data-testid="stException"]')
         assert exceptions.count() == 0, exceptions.first.inner_text()
         assert "SmolLM2-135M-Instruct" in page.locator('[data-testid="stSidebarUserContent"]').inner_text()
+        # a link opened first in a new session resolves (no "Page not found" dialog)
+        assert page.get_by_text("Page not found").count() == 0
         save_screenshot(page, name.lower())
     finally:
         page.close()

@@ -12,7 +12,7 @@ RUN_TIMEOUT_S = 600
 def test_stop_keeps_the_partial_run(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     try:
-        page.goto(app_url + "/live", wait_until="domcontentloaded")
+        page.goto(app_url + "/Live_Policy", wait_until="domcontentloaded")
         page.get_by_role("button", name="▶ Run").wait_for(timeout=RUN_TIMEOUT_S * 1000)
         thumb = page.get_by_role("slider", name="New tokens")
         thumb.focus()

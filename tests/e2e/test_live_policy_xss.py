@@ -19,7 +19,7 @@ def test_hostile_prompt_runs_as_text(browser, app_url):
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     try:
-        page.goto(app_url + "/live", wait_until="domcontentloaded")
+        page.goto(app_url + "/Live_Policy", wait_until="domcontentloaded")
         run = page.get_by_role("button", name="▶ Run")
         run.wait_for(timeout=RUN_TIMEOUT_S * 1000)
 

@@ -12,11 +12,7 @@ from tests.e2e.test_browser import save_screenshot, wait_until_idle
 def test_the_70b_question_and_the_real_cache_check(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     try:
-        # the home page first: on a fresh server, Streamlit answers the first deep link with a
-        # "Page not found" dialog (st.navigation is not yet known), which makes the page inert
-        page.goto(app_url, wait_until="domcontentloaded")
-        wait_until_idle(page)
-        page.goto(app_url + "/calculator", wait_until="domcontentloaded")
+        page.goto(app_url + "/Memory_Calculator", wait_until="domcontentloaded")
         wait_until_idle(page)
         page.get_by_role("button", name=re.compile("How many 32k-token requests fit")).click()
         wait_until_idle(page)

@@ -12,9 +12,7 @@ from tests.e2e.test_browser import save_screenshot, wait_until_idle
 def test_the_lab_reads_the_cache_and_runs_the_model(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     try:
-        page.goto(app_url, wait_until="domcontentloaded")  # home first: see test_memory_calculator.py
-        wait_until_idle(page)
-        page.goto(app_url + "/quant-lab", wait_until="domcontentloaded")
+        page.goto(app_url + "/Quantization_Lab", wait_until="domcontentloaded")
         wait_until_idle(page)
         main = page.locator('[data-testid="stMain"]')
         charts = main.locator('[data-testid="stPlotlyChart"]')
