@@ -1,0 +1,133 @@
+"""Figures of a comparison of several policies on one prompt (``ComparisonResult``): memory per
+step, and KL and top-1 agreement with the full cache per step, one colour per policy
+(``series_color``), the full cache dashed in ``COLORS["full"]``; and the standalone HTML report.
+
+Pure: a result in, a figure or a Report out; no torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from kvviz.charts.style import COLORS, series_color, style
+from kvviz.charts.tokens import plotly_text
+from kvviz.comparison_result import DIVERGENCE_NOTE, ComparisonResult
+from kvviz.metrics import byte_unit
+from kvviz.report import Report
+from kvviz.token_view import quoted
+
+FULL_LINE = dict(color=COLORS["full"], dash="dash", width=2)
+
+
+def _step_rule(fig: go.Figure, step: int | None, **kw) -> None:
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1, dash="dot"), **kw)
+
+
+def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figure:
+    """K/V bytes held per step: the full cache dashed, one line per policy."""
+    traces = [result.full] + [r.trace for r in result.runs]
+    top = max(max(t.kv_bytes_full + t.kv_bytes) for t in traces)
+    scale, unit = byte_unit(top)
+    fig = go.Figure()
+    full = result.full
+    fig.add_scatter(
+        x=np.arange(full.n_steps), y=np.asarray(full.kv_bytes_full, float) / scale, name="full cache", mode="lines",
+        line=FULL_LINE, meta="full", hovertemplate=f"full cache<br>step %{{x}}: %{{y:.3f}} {unit}<extra></extra>",
+    )
+    for i, (label, run) in enumerate(zip(result.labels, result.runs)):
+        t = run.trace
+        held = np.asarray(t.kv_bytes, float)
+        pct = 100 * held / np.maximum(np.asarray(t.kv_bytes_full, float), 1)
+        fig.add_scatter(
+            x=np.arange(t.n_steps), y=held / scale, name=plotly_text(label), mode="lines+markers",
+            line=dict(color=series_color(i), width=2), marker=dict(size=5), customdata=pct, meta=f"p{i + 1}",
+            hovertemplate=plotly_text(label) + f"<br>step %{{x}}: %{{y:.3f}} {unit} (%{{customdata:.0f}}% of full)<extra></extra>",
+        )
+    _step_rule(fig, step)
+    style(fig, height=320, title="K/V cache held per step")
+    fig.update_xaxes(title="decode step", tickformat="d", rangemode="tozero")
+    fig.update_yaxes(title=unit, rangemode="tozero")
+    return fig
+
+
+def agreement_figure(result: ComparisonResult, step: int | None = None) -> go.Figure:
+    """Per step, teacher-forced on the full cache's output: KL(full ‖ policy) per policy (top),
+    and whether each policy's top-1 token is the full cache's (bottom, one row per policy).
+    A diamond on each policy's KL line marks where its free output first differs from the full
+    cache's (``DIVERGENCE_NOTE``)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.08)
+    n = result.full.n_steps
+    tokens = [plotly_text(quoted(t)) for t in result.full.tokens[result.full.prompt_len :]]
+    fig.add_scatter(
+        x=np.arange(n), y=np.zeros(n), name="full cache (KL 0)", mode="lines", line=FULL_LINE, meta="full",
+        hoverinfo="skip", row=1, col=1,
+    )
+    labels = result.labels
+    for i, (label, run) in enumerate(zip(labels, result.runs)):
+        color = series_color(i)
+        forced = run.forced
+        if forced is None or forced.kl_to_reference is None:
+            continue
+        kl = np.asarray(forced.kl_to_reference, float)
+        steps = np.arange(len(kl))
+        fig.add_scatter(
+            x=steps, y=kl, name=plotly_text(label), mode="lines+markers", line=dict(color=color, width=2),
+            marker=dict(size=5), customdata=tokens[: len(kl)], meta=f"p{i + 1}", legendgroup=f"p{i + 1}",
+            hovertemplate=plotly_text(label) + "<br>step %{x} (full cache chose %{customdata}): KL %{y:.4f} nats<extra></extra>",
+            row=1, col=1,
+        )
+        div = run.first_divergence(result.full)
+        if div is not None and div < len(kl):
+            fig.add_scatter(
+                x=[div], y=[kl[div]], mode="markers", name=f"first divergence: {plotly_text(label)}",
+                marker=dict(symbol="diamond", size=13, color=color, line=dict(color=COLORS["differ"], width=2)),
+                meta=f"p{i + 1}.divergence", legendgroup=f"p{i + 1}", showlegend=False,
+                hovertemplate=plotly_text(label) + f"<br>output first differs at token {div} ({DIVERGENCE_NOTE})<extra></extra>",
+                row=1, col=1,
+            )
+        agree = np.asarray(forced.top1_agreement, bool)
+        row_name = [plotly_text(label)] * len(agree)
+        fig.add_scatter(
+            x=steps, y=row_name, mode="markers", name=f"top-1: {plotly_text(label)}", showlegend=False,
+            marker=dict(symbol=np.where(agree, "circle", "x-thin-open").tolist(), size=11, color=color, line=dict(color=color, width=2)),
+            customdata=np.where(agree, "same top-1 as the full cache", "top-1 differs from the full cache"),
+            meta=f"p{i + 1}.top1", legendgroup=f"p{i + 1}",
+            hovertemplate=plotly_text(label) + "<br>step %{x}: %{customdata}<extra></extra>", row=2, col=1,
+        )
+    _step_rule(fig, step, row="all", col=1)
+    style(fig, height=260 + 34 * len(labels), title="Against the full cache, teacher-forced on its output")
+    fig.update_yaxes(title="KL (nats)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title="top-1", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title=f"decode step (◆ first divergence of the output, {DIVERGENCE_NOTE}; ✕ top-1 differs)", tickformat="d", row=2, col=1)
+    return fig
+
+
+def report(result: ComparisonResult, step: int | None = None) -> Report:
+    """The comparison as a standalone HTML report: settings, both charts, the tables."""
+    s = result.settings
+    prompt = s.prompt_text if len(s.prompt_text) <= 4000 else s.prompt_text[:4000] + " [...]"
+    settings = {
+        "model": s.model,
+        "prompt": s.prompt_name,
+        **{f"prompt · {k}": v for k, v in s.prompt_params.items()},
+        "chat template": s.chat,
+        "prompt tokens": result.full.prompt_len,
+        "new tokens": s.max_new_tokens,
+        **{f"p{i}": spec.to_text() for i, spec in enumerate(s.policies, start=1)},
+        "step in view": step if step is not None else s.step,
+        "device": f"{result.full.device}, {result.full.dtype}",
+    }
+    intro = (
+        "Each policy generated greedily on the same prompt, and was teacher-forced on the full cache's output "
+        "to measure the KL divergence and top-1 agreement of its next-token distribution at every step."
+        + (" The run was stopped: only the policies that finished are shown." if result.stopped else "")
+    )
+    rep = Report(f"kvviz: {len(result.runs)} policies on one prompt", intro=intro, settings=settings)
+    rep.add("Summary", result.summary_table(step))
+    rep.add("Memory per step", memory_figure(result, step))
+    rep.add("KL and top-1 per step", agreement_figure(result, step))
+    rep.add("Per step", result.steps_table())
+    rep.add("Prompt", prompt)
+    return rep
