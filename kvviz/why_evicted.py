@@ -100,6 +100,14 @@ def evicted_positions(trace: Trace, step: int) -> list[int]:
     return np.flatnonzero(gone.any(axis=(0, 1))).tolist()
 
 
+def most_evicted(trace: Trace, step: int) -> int | None:
+    """The position evicted by the most layers and KV heads by ``step`` (the first such); None if none."""
+    step = clamp_step(trace, step)
+    ev = trace.evicted_at_step
+    count = ((ev >= 0) & (ev <= step)).sum(axis=(0, 1))  # (positions,)
+    return int(count.argmax()) if count.any() else None
+
+
 def why_evicted(trace: Trace, position: int, step: int) -> EvictionReason:
     """The reason ``position`` is gone at ``step``, per layer and KV head that evicted it."""
     if not 0 <= position < trace.n_positions:

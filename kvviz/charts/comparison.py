@@ -18,6 +18,13 @@ from kvviz.report import Report
 from kvviz.token_view import quoted
 
 FULL_LINE = dict(color=COLORS["full"], dash="dash", width=2)
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, x=0)  # up to four long labels: under the plot
+
+
+def _layout(fig: go.Figure, height: int, title: str) -> go.Figure:
+    style(fig, height=height, title=title)
+    fig.update_layout(legend=LEGEND_BELOW, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
 
 
 def _step_rule(fig: go.Figure, step: int | None, **kw) -> None:
@@ -46,8 +53,8 @@ def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figur
             hovertemplate=plotly_text(label) + f"<br>step %{{x}}: %{{y:.3f}} {unit} (%{{customdata:.0f}}% of full)<extra></extra>",
         )
     _step_rule(fig, step)
-    style(fig, height=320, title="K/V cache held per step")
-    fig.update_xaxes(title="decode step", tickformat="d", rangemode="tozero")
+    _layout(fig, 400, "K/V cache held per step")
+    fig.update_xaxes(title="decode step", tickformat="d", rangemode="tozero", dtick=1 if result.n_steps <= 20 else None)
     fig.update_yaxes(title=unit, rangemode="tozero")
     return fig
 
@@ -97,10 +104,14 @@ def agreement_figure(result: ComparisonResult, step: int | None = None) -> go.Fi
             hovertemplate=plotly_text(label) + "<br>step %{x}: %{customdata}<extra></extra>", row=2, col=1,
         )
     _step_rule(fig, step, row="all", col=1)
-    style(fig, height=260 + 34 * len(labels), title="Against the full cache, teacher-forced on its output")
+    _layout(
+        fig, 360 + 30 * len(labels),
+        "KL and top-1 against the full cache, teacher-forced on its output"
+        "<br><sup>◆ where the free output first differs · ● same top-1 token · ✕ another top-1 token</sup>",
+    )
     fig.update_yaxes(title="KL (nats)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title="top-1", autorange="reversed", row=2, col=1)
-    fig.update_xaxes(title=f"decode step (◆ first divergence of the output, {DIVERGENCE_NOTE}; ✕ top-1 differs)", tickformat="d", row=2, col=1)
+    fig.update_xaxes(title="decode step", tickformat="d", dtick=1 if n <= 20 else None, row=2, col=1)
     return fig
 
 

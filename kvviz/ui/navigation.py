@@ -45,6 +45,12 @@ PAGES: list[PageInfo] = [
         "which tokens it keeps or evicts at each step and how much memory that saves.",
     ),
     PageInfo(
+        "pages/3_Compare.py", "Compare policies", ":material/compare:",
+        "Two to four policies on the same prompt, side by side against the full cache: the tokens each keeps, "
+        "its memory, where its output diverges, and why it evicted a token. Share the view as a link, a run "
+        "bundle or an HTML report.",
+    ),
+    PageInfo(
         "pages/6_Memory_Calculator.py", "Memory calculator", ":material/calculate:",
         "The KV cache of real architectures (Llama, Mistral, Qwen, Gemma, DeepSeek's MLA) from their configs: "
         "per token, per sequence, with quantization or a policy, and how many requests fit on a GPU.",

@@ -77,25 +77,28 @@ def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
 BUDGET_MODES = ["fraction of the prompt", "entries per KV head"]
 
 
-def budget_control(key: str, prompt_len: int | None) -> tuple[int | None, float | None]:
-    """Kept entries per layer and KV head, as a number or as a fraction of the prompt."""
+def budget_control(key: str, prompt_len: int | None, url: bool = False, label: str = "Budget") -> tuple[int | None, float | None]:
+    """Kept entries per layer and KV head, as a number or as a fraction of the prompt. With
+    ``url`` the choice also lives in the URL (``budget_mode``, ``ratio``, ``budget``): one such
+    control per page."""
     ratio_spec = policies.BudgetSelector.params()["ratio"]
+    urls = dict(mode="budget_mode", ratio="ratio", budget="budget") if url else dict(mode=None, ratio=None, budget=None)
     mode = _kept(
-        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label="Budget", options=BUDGET_MODES, horizontal=True,
+        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label=label, options=BUDGET_MODES, horizontal=True, url=urls["mode"],
         help="How many entries each layer and KV head keeps. " + policies.BudgetSelector.params()["budget"].help,
     )
     if mode == "entries per KV head":
         default = max(1, round((prompt_len or 64) * ratio_spec.default))
         budget = _kept(
             st.number_input, f"{key}.budget", int(default), label="budget (entries per KV head)", min_value=1, step=1,
-            help="Must not exceed the prompt's length.",
+            help="Must not exceed the prompt's length.", url=urls["budget"],
         )
         if prompt_len:
             st.caption(f"Keeps {budget} of {prompt_len} prompt tokens ({100 * budget / prompt_len:.0f}%) per layer and KV head.")
         return int(budget), None
     ratio = _kept(
         st.slider, f"{key}.ratio", float(ratio_spec.default), label="ratio (kept fraction of the prompt)",
-        min_value=0.01, max_value=1.0, step=0.01, help=ratio_spec.help,
+        min_value=0.01, max_value=1.0, step=0.01, help=ratio_spec.help, url=urls["ratio"],
     )
     if prompt_len:
         st.caption(f"Keeps {max(1, round(ratio * prompt_len))} of {prompt_len} prompt tokens per layer and KV head.")
@@ -111,8 +114,13 @@ def _seed_from_url(key: str, url: str, default: str) -> None:
     except PolicyError as exc:
         st.session_state.setdefault("kvviz_url_problems", {})[url] = f"link setting '{url}' ignored: {exc}"
         return
-    if spec is None:
-        return
+    if spec is not None:
+        seed_controls(key, spec)
+
+
+def seed_controls(key: str, spec: PolicySpec) -> None:
+    """Set the kept values of the controls ``policy_controls(key)`` draws to ``spec``, before
+    they are drawn (a link, a preset, a reopened bundle)."""
     ss = st.session_state
     selectors = [n for n in spec.policies if policies.is_selector(n)]
     first = (selectors or spec.policies)[0]
@@ -122,20 +130,37 @@ def _seed_from_url(key: str, url: str, default: str) -> None:
     for policy, values in spec.params:
         for name, value in values:
             ss[KEEP + f"{key}.{policy}.{name}"] = value
-    if spec.budget is not None:
-        ss[KEEP + f"{key}.budget_mode"], ss[KEEP + f"{key}.budget"] = BUDGET_MODES[1], spec.budget
-    elif spec.ratio is not None:
-        ss[KEEP + f"{key}.budget_mode"], ss[KEEP + f"{key}.ratio"] = BUDGET_MODES[0], spec.ratio
+    seed_budget(key, spec.budget, spec.ratio)
 
 
-def policy_controls(key: str = "policy", prompt_len: int | None = None, default: str = "h2o", url: str | None = None) -> PolicySpec | None:
+def seed_budget(key: str, budget: int | None, ratio: float | None) -> None:
+    """Set the kept values of ``budget_control(key)`` before it is drawn (nothing when both are None)."""
+    ss = st.session_state
+    if budget is not None:
+        ss[KEEP + f"{key}.budget_mode"], ss[KEEP + f"{key}.budget"] = BUDGET_MODES[1], budget
+    elif ratio is not None:
+        ss[KEEP + f"{key}.budget_mode"], ss[KEEP + f"{key}.ratio"] = BUDGET_MODES[0], ratio
+
+
+def policy_controls(
+    key: str = "policy", prompt_len: int | None = None, default: str = "h2o", url: str | None = None,
+    shared_budget: tuple[int | None, float | None] | None = None, narrow: bool = False,
+) -> PolicySpec | None:
     """The picker, the explanation, the companion and every parameter widget: the PolicySpec they
-    describe, or None (with the reason shown) when the combination is not valid."""
+    describe, or None (with the reason shown) when the combination is not valid.
+
+    ``shared_budget`` (budget, ratio): a budget chosen elsewhere (shared by several policies): no budget
+    control is drawn and the spec takes this one. ``narrow``: one column (the explanation in a
+    popover), for controls side by side."""
     if url is not None:
         _seed_from_url(key, url, default)
     names = list(policies.registry())
-    left, right = st.columns([1, 1])
-    with left:
+    if narrow:  # picker, then the explanation's popover, then the parameters
+        head, about, body = st.container(), st.container(), st.container()
+    else:  # picker and parameters on the left, the explanation on the right
+        head, about = st.columns([1, 1])
+        body = head
+    with head:
         name = _kept(st.selectbox, f"{key}.name", default if default in names else names[0], label="Policy", options=names, format_func=policy_label)
         others = policies.companions(name)
         what = "a store (how kept entries are held)" if policies.is_selector(name) else "a selector (which entries stay)"
@@ -148,20 +173,22 @@ def policy_controls(key: str = "policy", prompt_len: int | None = None, default:
             )
             companion = None if picked == "none" else picked
     composed = policies.compose(name, companion)
-    with right:
-        with st.container(border=True):
+    with about:
+        with st.popover(f"About {name}" + (f" and {companion}" if companion else ""), width="stretch") if narrow else st.container(border=True):
             st.markdown(describe_policy(name))
             if companion:
                 st.markdown(describe_policy(companion))
     names_in_spec = [n for n in (name, companion) if n]
     params = {}
     budget = ratio = None
-    with left:
+    with body:
         for n in names_in_spec:
             if len(names_in_spec) > 1:
                 st.markdown(f"**{n}**")
             params[n] = param_widgets(n, key)
-        if policies.takes_budget(composed):
+        if shared_budget is not None:
+            budget, ratio = shared_budget if policies.takes_budget(composed) else (None, None)
+        elif policies.takes_budget(composed):
             budget, ratio = budget_control(key, prompt_len)
     try:
         spec = PolicySpec.create(composed, params, budget=budget, ratio=ratio)

@@ -38,7 +38,7 @@ def wait_until_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
     raise AssertionError(f"the page was still running after {timeout_s} s")
 
 
-def save_screenshot(page, name: str) -> None:
+def save_screenshot(page, name: str, width: int = 1400, max_height: int = 6000) -> None:
     """With KVVIZ_SCREENSHOTS=1, the whole page as docs/screenshots/<name>.png."""
     if os.environ.get("KVVIZ_SCREENSHOTS") != "1":
         return
@@ -46,7 +46,7 @@ def save_screenshot(page, name: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     # the page scrolls inside stMain, not the window: grow the window to show it all
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
+    page.set_viewport_size({"width": width, "height": min(max(int(height), 1000), max_height)})
     # charts draw once they are in view: wait until every Plotly chart has drawn
     charts = page.locator('[data-testid="stPlotlyChart"]')
     for _ in range(40):

@@ -12,7 +12,7 @@ import torch
 
 from kvviz import comparison, engine
 from kvviz.spec import PolicySpec
-from kvviz.why_evicted import evicted_positions, evicts_by_recency, why_evicted
+from kvviz.why_evicted import evicted_positions, evicts_by_recency, most_evicted, why_evicted
 from live_synthetic import make_trace
 from tiny_comparison import NEW_TOKENS, PROMPT, SPECS, Tok, settings, tiny_comparison
 
@@ -113,6 +113,8 @@ def test_why_evicted_by_hand():
     cuts[0] = 2.0
     cuts[1] = [[0.75, 0.75], [0.75, 0.75]]
     trace.extra["score_cut"] = cuts
+    assert most_evicted(trace, 0) == 2 and most_evicted(trace, 1) == 2  # 2 everywhere, 3 in three of four
+    assert most_evicted(make_trace(evicted_at_step=np.full((2, 2, 10), -1, np.int32)), 3) is None
     reason = why_evicted(trace, 2, step=1)
     assert len(reason.cells) == 4 and {c.step for c in reason.cells} == {0}
     assert all(c.score == 0.5 and c.cut == 2.0 for c in reason.cells)

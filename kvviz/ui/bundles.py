@@ -1,0 +1,74 @@
+"""Run bundles in a page: a row of downloads (the bundle, a standalone HTML report, CSV of the
+tables) and an upload box that opens a bundle again. Any page that makes runs can use them.
+
+Downloads are generated when clicked (``data`` callables), not on every rerun. An uploaded file
+is read once, in the uploader's callback, before the page is drawn, so that the page can restore
+its controls from the bundle; a bad file gets a one-line message (escaped) and the page goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pandas as pd
+import streamlit as st
+
+from kvviz.bundle import MAX_BYTES, BundleError, RunBundle, load
+from kvviz.ui.tokens import md_escape
+
+MIB = 1024 * 1024
+UPLOAD_HELP = (
+    f"A run bundle (.json) downloaded from kvviz, at most {MAX_BYTES // MIB} MB. It is checked before it opens: "
+    "its schema and version, every field's type, the shapes of the traces and every policy's parameters. "
+    "Only JSON is read, never pickled Python objects."
+)
+
+
+def downloads(
+    key: str,
+    stem: str,
+    bundle: Callable[[], RunBundle],
+    report_html: Callable[[], str] | None = None,
+    tables: dict[str, Callable[[], pd.DataFrame]] | None = None,
+) -> None:
+    """One row of download buttons: the run bundle, the HTML report, one CSV per table."""
+    items = [("Run bundle (JSON)", lambda: bundle().to_json(), f"{stem}.bundle.json", "application/json")]
+    if report_html is not None:
+        items.append(("Report (HTML)", report_html, f"{stem}.html", "text/html"))
+    for name, table in (tables or {}).items():
+        items.append((f"{name} (CSV)", lambda table=table: table().to_csv(index=False), f"{stem}-{name.lower().replace(' ', '-')}.csv", "text/csv"))
+    for i, (column, (label, make, file_name, mime)) in enumerate(zip(st.columns(len(items)), items)):
+        column.download_button(
+            label, data=make, file_name=file_name, mime=mime, key=f"{key}.download.{i}", on_click="ignore",
+            icon=":material/download:", width="stretch",
+        )
+
+
+def upload_box(key: str, on_open: Callable[[RunBundle], None], kind: str | None = None, label: str = "Open a run bundle") -> None:
+    """A file uploader for bundles. A valid one is handed to ``on_open`` (which may raise
+    BundleError when the bundle does not fit the page); problems are shown under the box."""
+    ss = st.session_state
+
+    def opened() -> None:
+        uploaded = ss.get(key)
+        ss.pop(f"{key}.message", None)
+        if uploaded is None:
+            return
+        try:
+            if uploaded.size > MAX_BYTES:
+                raise BundleError(f"The file is {uploaded.size / 1e6:.1f} MB; a bundle may be at most {MAX_BYTES // MIB} MB.")
+            bundle = load(uploaded.getvalue())
+            if kind is not None and bundle.kind != kind:
+                raise BundleError(f"This bundle comes from the {bundle.kind} page, not from this one.")
+            on_open(bundle)
+        except BundleError as exc:
+            ss[f"{key}.message"] = ("error", f"{uploaded.name}: {exc}")
+        else:
+            ss[f"{key}.message"] = ("success", f"Opened {uploaded.name}.")
+
+    st.file_uploader(f"{label} (JSON, at most {MAX_BYTES // MIB} MB)", type=["json"], key=key, on_change=opened, help=UPLOAD_HELP)
+    level, message = ss.get(f"{key}.message", (None, None))
+    if level == "error":
+        st.error(md_escape(message), icon=":material/error:")
+    elif level == "success":
+        st.success(md_escape(message), icon=":material/folder_open:")

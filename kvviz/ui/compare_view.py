@@ -1,0 +1,210 @@
+"""The Compare page's pieces: its settings (from the widgets, from a preset, from a bundle), the
+outputs side by side, and one column per policy (memory and kept entries at the step in view,
+the token states, why a picked token was evicted)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from kvviz import data
+from kvviz.bundle import BundleError, RunBundle, RunSettings
+from kvviz.charts.style import COLORS, series_color, tint
+from kvviz.comparison_result import DIVERGENCE_NOTE, ComparisonResult
+from kvviz.metrics import format_bytes, memory_saving
+from kvviz.spec import PolicySpec
+from kvviz.token_view import Scope, clamp_step, occupancy, one_line, quoted, token_records
+from kvviz.ui import sidebar as sb
+from kvviz.ui.policy_controls import seed_budget, seed_controls
+from kvviz.ui.tokens import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html
+from kvviz.why_evicted import evicted_positions, most_evicted, why_evicted
+
+# session_state keys (permanent; ``persisted`` widgets use them with a leading underscore)
+N_POLICIES = "compare.n"
+SAME_BUDGET = "compare.same_budget"
+NEW_TOKENS = "compare.new_tokens"
+SHARED_BUDGET = "compare.all"  # budget_control's key for the shared budget
+STEP = "compare.step"
+LINK_STEP = "compare.link_step"  # a step asked for by a link or a bundle, applied to the next result
+RESULT = "compare.result"
+JOB = "compare.job"
+ERROR = "compare.error"
+
+DEFAULT_POLICIES = ["h2o", "snapkv", "streaming_llm", "window"]
+MAX_NEW_TOKENS = 128
+
+
+def policy_key(i: int) -> str:
+    """The controls' key and URL name of the i-th policy (0-based): cmp1 / p1, ..."""
+    return f"cmp{i + 1}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    title: str
+    help: str
+    settings: RunSettings
+
+
+def _preset(title: str, help: str, example: str, specs: list[str], new_tokens: int, chat: bool) -> Preset:
+    policies = [PolicySpec.parse(s) for s in specs]
+    return Preset(title, help, RunSettings("", example, "", chat, policies, new_tokens))
+
+
+def presets() -> list[Preset]:
+    return [
+        _preset(
+            "Passkey: H2O vs SnapKV vs StreamingLLM", "The pass key hidden in ~500 tokens of filler, each policy at 25% of "
+            "the prompt. SnapKV's observation window (8 tokens) sees the question and keeps the key; H2O and StreamingLLM lose it.",
+            data.PASSKEY_EXAMPLE, ["h2o:ratio=0.25", "snapkv:window=8,ratio=0.25", "streaming_llm:ratio=0.25"], 12, True,
+        ),
+        _preset(
+            "Evict or quantize: H2O 25% vs 4-bit vs KIVI 2-bit", "About a quarter of the memory three ways on the code "
+            "example: keep a quarter of the tokens, or keep them all at 4 or 2 bits.",
+            data.CODE_EXAMPLE, ["h2o:ratio=0.25", "quant:bits=4", "kivi:bits=2"], 16, False,
+        ),
+    ]
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def current_settings(state: sb.SidebarState, specs: list[PolicySpec], new_tokens: int, step: int = 0) -> RunSettings:
+    params = {}
+    if state.prompt_name == data.PASSKEY_EXAMPLE:
+        ss = st.session_state
+        params = {"filler": ss.get(sb.PASSKEY_FILLER), "depth_pct": ss.get(sb.PASSKEY_DEPTH), "seed": ss.get(sb.PASSKEY_SEED)}
+    return RunSettings(state.model_spec, state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step)
+
+
+def apply_settings(settings: RunSettings) -> None:
+    """Set the page's and the sidebar's controls to ``settings`` before they are drawn (a
+    widget callback: a preset's button, the bundle uploader)."""
+    ss = st.session_state
+    ss[N_POLICIES] = min(max(len(settings.policies), 2), 4)
+    for i, spec in enumerate(settings.policies[:4]):
+        seed_controls(policy_key(i), spec)
+    budgets = {(s.budget, s.ratio) for s in settings.policies if s.takes_budget}
+    ss[SAME_BUDGET] = len(budgets) <= 1
+    if len(budgets) == 1:
+        seed_budget(SHARED_BUDGET, *budgets.pop())
+    ss[NEW_TOKENS] = min(max(settings.max_new_tokens, 1), MAX_NEW_TOKENS)
+    ss[LINK_STEP] = settings.step
+    name = settings.prompt_name
+    if name == data.PASSKEY_EXAMPLE:
+        p = settings.prompt_params
+        for key, value, lo, hi in ((sb.PASSKEY_FILLER, p.get("filler"), 100, 8000), (sb.PASSKEY_DEPTH, p.get("depth_pct"), 0, 100), (sb.PASSKEY_SEED, p.get("seed"), 0, 10_000)):
+            if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+                ss[key] = value
+    elif name not in data.EXAMPLES:
+        name = sb.CUSTOM
+        ss[sb.CUSTOM_PROMPT] = settings.prompt_text
+    ss[sb.PROMPT_NAME] = name
+    ss[sb.CHAT_PREFIX + name] = settings.chat
+
+
+def open_bundle(bundle: RunBundle) -> None:
+    """The uploader's callback: show the comparison a bundle holds, with its settings."""
+    result = ComparisonResult.from_bundle(bundle)  # BundleError when its traces do not fit together
+    if len(bundle.settings.policies) > 4:
+        raise BundleError("A comparison holds at most 4 policies.")
+    apply_settings(bundle.settings)
+    ss = st.session_state
+    ss[RESULT], ss[ERROR] = result, None
+    ss["compare.run_id"] = ss.get("compare.run_id", 0) + 1
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def outputs_html(result: ComparisonResult) -> str:
+    """The full cache's output and each policy's side by side; in each policy's, its first
+    divergence from the full cache outlined and what follows tinted."""
+    full = result.full
+
+    def column(title: str, color: str, tokens: list[str], div: int | None, note: str) -> str:
+        spans = []
+        for i, t in enumerate(tokens):
+            style = TOKEN
+            if div is not None and i == div:
+                style += f" outline: 2px solid {COLORS['differ']}; background: {tint(COLORS['differ'], 0.18)}; font-weight: 600;"
+                spans.append(f'<span class="diverge" style="{style}" title="first divergence: generated token {i}">{esc(t)}</span>')
+                continue
+            if div is not None and i > div:
+                style += f" background: {tint(COLORS['differ'], 0.07)};"
+            spans.append(f'<span style="{style}">{esc(t)}</span>')
+        return (
+            f'<div class="kvviz-output" style="flex: 1; min-width: 220px; border: 1px solid #d1d5db; border-top: 4px solid {color};'
+            f' border-radius: 8px; padding: 8px 12px;"><div style="font-weight: 600;">{esc(title)}</div>'
+            f'<div style="font-size: 13px; color: #6b7280; margin-bottom: 4px;">{html.escape(note)}</div>'
+            f'<div style="{BOX}">{"".join(spans) or "<i>(nothing generated)</i>"}</div></div>'
+        )
+
+    parts = [column("full cache", COLORS["full"], full.tokens[full.prompt_len :], None, "the reference")]
+    for i, (label, run) in enumerate(zip(result.labels, result.runs)):
+        div = run.first_divergence(full)
+        note = "same as the full cache" if div is None else f"first divergence at token {div}"
+        parts.append(column(label, series_color(i), run.trace.tokens[run.trace.prompt_len :], div, note))
+    return '<div style="display: flex; gap: 12px; flex-wrap: wrap;">' + "".join(parts) + "</div>"
+
+
+def divergence_caption() -> None:
+    st.caption(f"First divergence: the first generated token that differs from the full cache's output, {DIVERGENCE_NOTE}.")
+
+
+# ------------------------------------------------------------------------------ one column per policy
+
+
+def column_header(i: int, label: str) -> None:
+    """The i-th policy's name over its column, in its series colour (as in the charts)."""
+    st.html(f'<div style="border-left: 6px solid {series_color(i)}; padding-left: 8px; font-weight: 600;">{esc(label)}</div>')
+
+
+def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None:
+    """Memory and kept entries at ``step``, the token states, and why a picked token was evicted."""
+    run, label = result.runs[i], result.labels[i]
+    trace = run.trace
+    s = clamp_step(trace, step)
+    column_header(i, label)
+    if s != step:
+        st.caption(f"Its run ended at step {s} ({trace.stopped_by.replace('_', ' ')}): shown at step {s}.")
+    saving = memory_saving(trace, s)
+    held, full_entries = occupancy(trace, s)
+    a, b = st.columns(2)
+    a.metric("K/V held", format_bytes(saving.kv_bytes), f"{saving.held_pct:.0f}% of full", delta_color="off", delta_arrow="off",
+             help=f"{saving.kv_bytes:,} bytes at step {s}; the full cache: {saving.kv_bytes_full:,} bytes")
+    b.metric("Kept per head", f"{held.mean():.1f} of {full_entries}",
+             help=f"entries held at step {s} per layer and KV head (mean over layers), of the {full_entries} the full cache holds")
+    a, b = st.columns(2)
+    div = run.first_divergence(result.full)
+    a.metric("First divergence", "none" if div is None else f"token {div}", help=f"of the free output from the full cache's, {DIVERGENCE_NOTE}")
+    b.metric("Top-1 agreement", f"{run.top1_agreement:.0%}" if run.forced is not None else "–",
+             help=f"teacher-forced on the full cache's output; mean KL {run.mean_kl:.4f} nats")
+    with st.container(height=320):
+        render(tokens_html(token_records(trace, s, Scope()), s))
+    why_evicted_panel(trace, s, key=f"{key}.why")
+
+
+def why_evicted_panel(trace, step: int, key: str) -> None:
+    positions = evicted_positions(trace, step)
+    if not positions:
+        st.caption(f"Nothing evicted by step {step}.")
+        return
+    position = st.selectbox(
+        "Why was this token evicted?", positions, index=positions.index(most_evicted(trace, step)), key=key,
+        format_func=lambda p: f"#{p} {quoted(one_line(trace.tokens[p]))}",
+        help="Pick a token this policy evicted (by at least one layer and KV head) by the step in view.",
+    )
+    reason = why_evicted(trace, position, step)
+    st.caption(md_escape(reason.summary()))
+    if reason.cells and not reason.by_recency:
+        with st.expander(f"Score against the cut in each of the {len(reason.cells)} layer × KV heads"):
+            st.dataframe(pd.DataFrame(reason.rows()), hide_index=True, height=240)
+
+
+def legend() -> None:
+    """What the token colours mean, once for every column."""
+    render(legend_html())

@@ -1,0 +1,134 @@
+"""Compare: two to four cache policies on the same prompt, against the full cache, one step slider for all."""
+
+import time
+
+import streamlit as st
+
+from kvviz import comparison, live
+from kvviz.charts import comparison as charts
+from kvviz.ui import compare_view as view
+from kvviz.ui.bundles import downloads, upload_box
+from kvviz.ui.page import start_page
+from kvviz.ui.policy_controls import budget_control, policy_controls
+from kvviz.ui.state import from_url, persisted, to_url
+from kvviz.ui.tokens import md_escape, render
+
+state = start_page(
+    "Compare policies", "⚖️",
+    "Two to four cache policies on the same prompt, each against the full cache: what each keeps, what it costs, "
+    "and where its output parts from the full cache's.",
+    "Load a model in the sidebar to compare policies.",
+)
+ss = st.session_state
+loaded = state.loaded
+prompt_len = live.prompt_length(loaded.tokenizer, state.prompt, state.chat)
+found, link_step = from_url("step", 0)
+if found:  # a link to a view of a result: run it once and show that step
+    ss[view.LINK_STEP], ss["compare.autorun"] = link_step, True
+
+# ------------------------------------------------------------------------------ settings
+with st.container(horizontal=True):
+    for preset in view.presets():
+        st.button(preset.title, help=preset.help, on_click=view.apply_settings, args=(preset.settings,), icon=":material/bolt:")
+c_n, c_new, c_budget = st.columns([1, 2, 3], vertical_alignment="top")
+n = persisted(c_n.radio, view.N_POLICIES, 3, url="n", label="Policies", options=[2, 3, 4], horizontal=True)
+new_tokens = persisted(c_new.slider, view.NEW_TOKENS, 16, url="new", label="New tokens", min_value=1, max_value=view.MAX_NEW_TOKENS,
+                       help="Greedy decoding; a run stops early at the end of sequence.")
+with c_budget:
+    same = persisted(st.toggle, view.SAME_BUDGET, True, url="same", label="Same budget for every policy")
+    shared = budget_control(view.SHARED_BUDGET, prompt_len, url=True) if same else None
+specs = []
+for i, column in enumerate(st.columns(n, border=True)):
+    with column:
+        view.column_header(i, f"p{i + 1}")
+        specs.append(policy_controls(view.policy_key(i), prompt_len, view.DEFAULT_POLICIES[i], url=f"p{i + 1}", shared_budget=shared, narrow=True))
+for i in range(n, 4):
+    to_url(f"p{i + 1}", None, None)  # a column not shown leaves the link
+
+c_run, c_stop, c_info = st.columns([1, 1, 6], vertical_alignment="center")
+c_info.caption(
+    f"Prompt: **{md_escape(state.prompt_name)}**, " + (f"{prompt_len} tokens" if prompt_len else "empty")
+    + (" with the chat template" if state.chat else "") + f" · {1 + 2 * n} runs: the full cache once, then each policy "
+    "on its own and teacher-forced on the full cache's output"
+)
+
+
+def _request_run():
+    ss["compare.run_requested"] = True
+
+
+def _stop():
+    if ss.get(view.JOB) is not None:
+        ss[view.JOB].stop()
+
+
+if ss.pop("compare.run_requested", False) or (ss.pop("compare.autorun", False) and ss.get(view.RESULT) is None):
+    if None in specs:
+        st.error("Fix the policy settings above first.")
+    elif ss.get(view.JOB) is None:
+        settings = view.current_settings(state, specs, new_tokens)
+        try:
+            ids = comparison.prepare(loaded.tokenizer, settings, loaded.summary.max_context)
+        except comparison.CompareInputError as exc:
+            st.error(md_escape(str(exc)))
+        else:
+            ss[view.JOB] = comparison.CompareJob(loaded.model, loaded.tokenizer, ids, settings, loaded.summary.name).start()
+
+job = ss.get(view.JOB)
+c_run.button("▶ Run", type="primary", on_click=_request_run, disabled=job is not None, key="compare.run", width="stretch")
+c_stop.button("■ Stop", on_click=_stop, disabled=job is None, key="compare.stop", width="stretch")
+with st.expander("Open a run bundle", expanded=f"{view.RESULT}.upload.message" in ss, icon=":material/upload_file:"):
+    upload_box(f"{view.RESULT}.upload", view.open_bundle, kind="compare")
+
+if job is not None:
+    bar = st.progress(0.0)
+    while job.running:
+        bar.progress(*job.fraction_and_line())
+        time.sleep(0.25)
+    ss[view.RESULT], ss[view.ERROR] = job.result, job.error
+    ss["compare.run_id"] = ss.get("compare.run_id", 0) + 1
+    del ss[view.JOB]
+    st.rerun()
+
+if ss.get(view.ERROR):
+    st.error(md_escape(ss[view.ERROR]))
+result = ss.get(view.RESULT)
+if result is None:
+    st.info("Press **Run** to compare the policies, pick a preset above, or open a run bundle.")
+    st.stop()
+
+# ------------------------------------------------------------------------------ the result
+st.divider()
+st.subheader(f"{len(result.runs)} policies on “{md_escape(result.settings.prompt_name)}”")
+st.caption(f"{result.full.prompt_len} prompt tokens · model {md_escape(result.full.model)} on {result.full.device} ({result.full.dtype})")
+if result.stopped:
+    st.warning(f"Stopped: {len(result.runs)} of {len(result.settings.policies)} policies finished; they are shown.")
+last = result.n_steps - 1
+run_id = ss.get("compare.run_id", 0)
+if last > 0:
+    start = min(ss.pop(view.LINK_STEP, last), last)
+    step = st.slider("Decode step, for every policy", 0, last, start, key=f"{view.STEP}.{run_id}",
+                     help="Step 0 is the cache right after the prefill; step s, after the s-th generated token entered it.")
+else:
+    step = 0
+to_url("step", step, None)
+
+st.markdown("**Outputs**")
+render(view.outputs_html(result))
+view.divergence_caption()
+st.markdown(f"**Token states at step {step}**")
+view.legend()
+for i, column in enumerate(st.columns(len(result.runs))):
+    with column:
+        view.policy_column(result, i, step, key=f"compare.col{i}.{run_id}")
+
+left, right = st.columns(2)
+left.plotly_chart(charts.memory_figure(result, step), width="stretch", key="compare.memory")
+right.plotly_chart(charts.agreement_figure(result, step), width="stretch", key="compare.agreement")
+st.dataframe(result.summary_table(step), hide_index=True)
+
+st.markdown("**Export**")
+downloads(
+    "compare", "kvviz-compare", lambda: result.to_bundle(step), lambda: charts.report(result, step).to_html(),
+    {"Summary": lambda: result.summary_table(step), "Per step": result.steps_table},
+)
