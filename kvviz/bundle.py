@@ -41,7 +41,7 @@ from kvviz.trace import Trace
 
 SCHEMA = "kvviz.run_bundle"
 VERSION = 1
-MAX_BYTES = 20 * 1024 * 1024  # 20 MB: a comparison of four policies on a 2k-token prompt fits
+MAX_BYTES = 20 * 1024 * 1024  # 20 MB: three policies on the 585-token passkey prompt take about 5 MB
 KINDS = ("compare", "live", "sweep")
 MAX_TRACES = 16
 MAX_POLICIES = 8
@@ -101,20 +101,27 @@ class RunBundle:
     traces: dict[str, Trace]  # e.g. "full", "p1", "p1.forced"
     created: str = ""  # ISO time, UTC
 
-    def to_json(self) -> str:
-        """The bundle as strict JSON text (NaN written as null)."""
-        doc = {
+    def to_json(self, traces_text: str | None = None) -> str:
+        """The bundle as strict JSON text (NaN written as null). ``traces_text``: the traces as
+        ``traces_json`` wrote them before (they are most of the file; a page writes them once
+        per run and only the settings, e.g. the step in view, again)."""
+        head = {
             "schema": SCHEMA,
             "version": VERSION,
             "kind": self.kind,
             "created": self.created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "settings": self.settings.to_dict(),
-            "traces": {name: trace_to_json(trace) for name, trace in self.traces.items()},
         }
-        return json.dumps(doc, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(head, allow_nan=False, separators=(",", ":"))
+        return text[:-1] + ',"traces":' + (traces_json(self.traces) if traces_text is None else traces_text) + "}"
 
 
 # ---------------------------------------------------------------------------------------- writing
+
+
+def traces_json(traces: dict[str, Trace]) -> str:
+    """The ``traces`` part of a bundle, as strict JSON text."""
+    return json.dumps({name: trace_to_json(trace) for name, trace in traces.items()}, allow_nan=False, separators=(",", ":"))
 
 
 def trace_to_json(trace: Trace) -> dict:

@@ -250,8 +250,8 @@ class CompareJob:
                 self.model, self.tokenizer, self.prompt_ids, self.settings, model_name=self.model_name,
                 on_progress=self._on_progress, should_stop=self._stop.is_set,
             )
-            if self.result is None:
-                self.error = "Stopped before the full cache finished: nothing to compare."
+            if self.result is None or not self.result.runs:
+                self.result, self.error = None, "Stopped before a policy finished: nothing to compare."
         except (PolicyError, PromptError, ValueError) as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)

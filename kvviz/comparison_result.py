@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from kvviz import metrics
-from kvviz.bundle import BundleError, RunBundle, RunSettings
+from kvviz.bundle import BundleError, RunBundle, RunSettings, traces_json
 from kvviz.spec import PolicySpec
 from kvviz.token_view import clamp_step, occupancy
 from kvviz.trace import Trace
@@ -51,6 +51,7 @@ class ComparisonResult:
     runs: list[PolicyRun]
     stopped: bool = False  # the person pressed Stop: ``runs`` holds the policies that finished
     wall_s: dict[str, float] = field(default_factory=dict)  # seconds per run ("full", "p1", "p1.forced", ...)
+    _traces_text: str | None = field(default=None, repr=False, compare=False)  # the bundle's traces, written once
 
     @property
     def n_steps(self) -> int:
@@ -132,6 +133,19 @@ class ComparisonResult:
                 traces[f"p{i}.forced"] = run.forced
         return RunBundle(kind="compare", settings=settings, traces=traces)
 
+    def bundle_json(self, step: int | None = None) -> str:
+        """The run bundle as JSON text; the traces are written once per result."""
+        return self.to_bundle(step).to_json(traces_text=self._traces())
+
+    def bundle_bytes(self) -> int:
+        """About the size of the bundle (its traces), to tell before offering it."""
+        return len(self._traces().encode("utf-8"))
+
+    def _traces(self) -> str:
+        if self._traces_text is None:
+            self._traces_text = traces_json(self.to_bundle().traces)
+        return self._traces_text
+
     @classmethod
     def from_bundle(cls, bundle: RunBundle) -> "ComparisonResult":
         """The comparison a bundle holds; raises BundleError when its traces do not fit together."""
@@ -162,5 +176,7 @@ class ComparisonResult:
             if forced is not None and (forced.generated_ids != full.generated_ids or forced.kl_to_reference is None):
                 raise BundleError(f"traces.p{i}.forced: not teacher-forced on the full cache's output.")
             runs.append(PolicyRun(spec, trace, forced))
+        if not runs:
+            raise BundleError("The bundle holds no policy that finished: nothing to compare.")
         stopped = len(runs) < len(specs)
         return cls(settings=bundle.settings, full=full, runs=runs, stopped=stopped)

@@ -129,6 +129,6 @@ st.dataframe(result.summary_table(step), hide_index=True)
 
 st.markdown("**Export**")
 downloads(
-    "compare", "kvviz-compare", lambda: result.to_bundle(step), lambda: charts.report(result, step).to_html(),
+    "compare", "kvviz-compare", lambda: result.bundle_json(step), result.bundle_bytes(), lambda: charts.report(result, step).to_html(),
     {"Summary": lambda: result.summary_table(step), "Per step": result.steps_table},
 )

@@ -24,6 +24,8 @@ LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, x=0)  # up to four 
 def _layout(fig: go.Figure, height: int, title: str) -> go.Figure:
     style(fig, height=height, title=title)
     fig.update_layout(legend=LEGEND_BELOW, margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)  # room for tick labels and policy names outside Streamlit (the report)
     return fig
 
 
@@ -136,7 +138,9 @@ def report(result: ComparisonResult, step: int | None = None) -> Report:
         + (" The run was stopped: only the policies that finished are shown." if result.stopped else "")
     )
     rep = Report(f"kvviz: {len(result.runs)} policies on one prompt", intro=intro, settings=settings)
-    rep.add("Summary", result.summary_table(step))
+    summary = result.summary_table(step)
+    summary["first divergence"] = summary["first divergence"].astype(object).where(summary["first divergence"].notna(), "none")
+    rep.add("Summary", summary)
     rep.add("Memory per step", memory_figure(result, step))
     rep.add("KL and top-1 per step", agreement_figure(result, step))
     rep.add("Per step", result.steps_table())

@@ -27,20 +27,30 @@ UPLOAD_HELP = (
 def downloads(
     key: str,
     stem: str,
-    bundle: Callable[[], RunBundle],
+    bundle_json: Callable[[], str],
+    bundle_bytes: int,
     report_html: Callable[[], str] | None = None,
     tables: dict[str, Callable[[], pd.DataFrame]] | None = None,
 ) -> None:
-    """One row of download buttons: the run bundle, the HTML report, one CSV per table."""
-    items = [("Run bundle (JSON)", lambda: bundle().to_json(), f"{stem}.bundle.json", "application/json")]
+    """One row of download buttons: the run bundle (unless it would be too large to open again),
+    the HTML report, one CSV per table."""
+    items = [("Run bundle (JSON)", bundle_json, f"{stem}.bundle.json", "application/json")]
     if report_html is not None:
         items.append(("Report (HTML)", report_html, f"{stem}.html", "text/html"))
     for name, table in (tables or {}).items():
         items.append((f"{name} (CSV)", lambda table=table: table().to_csv(index=False), f"{stem}-{name.lower().replace(' ', '-')}.csv", "text/csv"))
+    too_large = bundle_bytes > MAX_BYTES
     for i, (column, (label, make, file_name, mime)) in enumerate(zip(st.columns(len(items)), items)):
         column.download_button(
             label, data=make, file_name=file_name, mime=mime, key=f"{key}.download.{i}", on_click="ignore",
-            icon=":material/download:", width="stretch",
+            icon=":material/download:", width="stretch", disabled=i == 0 and too_large,
+            help=f"about {bundle_bytes / 1e6:.1f} MB; reopen it below" if i == 0 else None,
+        )
+    if too_large:
+        st.caption(
+            f"The run bundle would be {bundle_bytes / 1e6:.1f} MB, more than the {MAX_BYTES // MIB} MB a bundle may hold to be "
+            "opened again: compare fewer policies, generate fewer tokens or shorten the prompt. The report and the "
+            "tables hold the results."
         )
 
 

@@ -80,9 +80,10 @@ def current_settings(state: sb.SidebarState, specs: list[PolicySpec], new_tokens
     return RunSettings(state.model_spec, state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step)
 
 
-def apply_settings(settings: RunSettings) -> None:
+def apply_settings(settings: RunSettings, with_step: bool = False) -> None:
     """Set the page's and the sidebar's controls to ``settings`` before they are drawn (a
-    widget callback: a preset's button, the bundle uploader)."""
+    widget callback: a preset's button, the bundle uploader); ``with_step``: the next result
+    opens at ``settings.step`` (a bundle's view) instead of its last step."""
     ss = st.session_state
     ss[N_POLICIES] = min(max(len(settings.policies), 2), 4)
     for i, spec in enumerate(settings.policies[:4]):
@@ -92,7 +93,8 @@ def apply_settings(settings: RunSettings) -> None:
     if len(budgets) == 1:
         seed_budget(SHARED_BUDGET, *budgets.pop())
     ss[NEW_TOKENS] = min(max(settings.max_new_tokens, 1), MAX_NEW_TOKENS)
-    ss[LINK_STEP] = settings.step
+    if with_step:
+        ss[LINK_STEP] = settings.step
     name = settings.prompt_name
     if name == data.PASSKEY_EXAMPLE:
         p = settings.prompt_params
@@ -111,7 +113,7 @@ def open_bundle(bundle: RunBundle) -> None:
     result = ComparisonResult.from_bundle(bundle)  # BundleError when its traces do not fit together
     if len(bundle.settings.policies) > 4:
         raise BundleError("A comparison holds at most 4 policies.")
-    apply_settings(bundle.settings)
+    apply_settings(bundle.settings, with_step=True)
     ss = st.session_state
     ss[RESULT], ss[ERROR] = result, None
     ss["compare.run_id"] = ss.get("compare.run_id", 0) + 1
@@ -176,7 +178,7 @@ def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None
     a, b = st.columns(2)
     a.metric("K/V held", format_bytes(saving.kv_bytes), f"{saving.held_pct:.0f}% of full", delta_color="off", delta_arrow="off",
              help=f"{saving.kv_bytes:,} bytes at step {s}; the full cache: {saving.kv_bytes_full:,} bytes")
-    b.metric("Kept per head", f"{held.mean():.1f} of {full_entries}",
+    b.metric("Kept per head", f"{held.mean():.4g}", f"of {full_entries}", delta_color="off", delta_arrow="off",
              help=f"entries held at step {s} per layer and KV head (mean over layers), of the {full_entries} the full cache holds")
     a, b = st.columns(2)
     div = run.first_divergence(result.full)

@@ -77,14 +77,14 @@ def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
 BUDGET_MODES = ["fraction of the prompt", "entries per KV head"]
 
 
-def budget_control(key: str, prompt_len: int | None, url: bool = False, label: str = "Budget") -> tuple[int | None, float | None]:
+def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple[int | None, float | None]:
     """Kept entries per layer and KV head, as a number or as a fraction of the prompt. With
     ``url`` the choice also lives in the URL (``budget_mode``, ``ratio``, ``budget``): one such
     control per page."""
     ratio_spec = policies.BudgetSelector.params()["ratio"]
     urls = dict(mode="budget_mode", ratio="ratio", budget="budget") if url else dict(mode=None, ratio=None, budget=None)
     mode = _kept(
-        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label=label, options=BUDGET_MODES, horizontal=True, url=urls["mode"],
+        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label="Budget", options=BUDGET_MODES, horizontal=True, url=urls["mode"],
         help="How many entries each layer and KV head keeps. " + policies.BudgetSelector.params()["budget"].help,
     )
     if mode == "entries per KV head":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import engine
+from kvviz import data, engine
 from kvviz.metrics import format_bytes
 from kvviz.spec import PolicySpec
 from kvviz.token_view import occupancy
@@ -80,6 +80,7 @@ def test_each_column_equals_an_independent_engine_run(smollm, linked):
     summary = [d.value for d in at.dataframe if "kv_bytes" in d.value.columns][0]
     held_metrics = [m.value for m in at.metric if m.label == "K/V held"]
     kept_metrics = [m.value for m in at.metric if m.label == "Kept per head"]
+    kept_deltas = [m.delta for m in at.metric if m.label == "Kept per head"]
     full = engine.run(smollm.model, smollm.tokenizer, ids, "full", max_new_tokens=4)
     assert summary["kv_bytes"][0] == full.kv_bytes[2] and summary["output"][0] == full.generated_text
     for i, text in enumerate([LINK["p1"], LINK["p2"], LINK["p3"]]):
@@ -88,10 +89,10 @@ def test_each_column_equals_an_independent_engine_run(smollm, linked):
         assert summary["kv_bytes"][i + 1] == alone.kv_bytes[2]
         assert summary["kept entries per layer and KV head"][i + 1] == pytest.approx(held.mean())
         assert held_metrics[i] == format_bytes(alone.kv_bytes[2])
-        assert kept_metrics[i] == f"{held.mean():.1f} of {entries}"
+        assert kept_metrics[i] == f"{held.mean():.4g}" and kept_deltas[i] == f"of {entries}"
         assert summary["output"][i + 1] == alone.generated_text
     # the budgets as hand arithmetic: 12 entries per head, SnapKV keeps the generated tokens too (12 + 2)
-    assert kept_metrics == ["12.0 of 39", "14.0 of 39", "12.0 of 39"]
+    assert kept_metrics == ["12", "14", "12"] and kept_deltas == ["of 39"] * 3
 
 
 def test_the_copied_address_reopens_the_same_view(linked):
@@ -146,3 +147,18 @@ def test_bad_policy_input_gets_a_message(smollm):
     assert not at.exception
     assert any("p1 (h2o:budget=500)" in e and "larger than the prompt" in e for e in errors(at)), errors(at)
     assert "compare.result" not in at.session_state or at.session_state["compare.result"] is None
+
+
+def test_a_preset_sets_every_control_in_one_click(smollm):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    [preset] = [b for b in at.button if b.label.startswith("Passkey")]
+    preset.click().run()
+    assert not at.exception and not at.error
+    assert at.radio(key="_compare.n").value == 3 and at.slider(key="_compare.new_tokens").value == 12
+    assert [at.selectbox(key=f"cmp{i}.name").value for i in (1, 2, 3)] == ["h2o", "snapkv", "streaming_llm"]
+    assert at.number_input(key="cmp2.snapkv.window").value == 8
+    assert at.toggle(key="_compare.same_budget").value and at.slider(key="compare.all.ratio").value == 0.25
+    assert at.sidebar.selectbox(key="_kvviz_prompt_name").value == data.PASSKEY_EXAMPLE
+    assert at.query_params["p2"] == "snapkv:window=8,ratio=0.25" and at.query_params["example"] == data.PASSKEY_EXAMPLE
+    assert "p1" not in at.query_params  # h2o at 25% is the column's default: short links
+    assert "compare.link_step" not in at.session_state  # a run after a preset opens at its last step

@@ -47,7 +47,9 @@ def load_doc(d: dict) -> bundle.RunBundle:
 
 
 def test_round_trip_keeps_every_trace_field(result):
-    text = result.to_bundle(step=3).to_json()
+    text = result.bundle_json(step=3)  # the page's path: the traces written once, the settings each time
+    assert json.loads(text) == json.loads(result.to_bundle(step=3).to_json()) | {"created": json.loads(text)["created"]}
+    assert result.bundle_bytes() < len(text) < result.bundle_bytes() + 2000  # the traces are the bundle
     loaded = bundle.load(text.encode("utf-8"))
     assert loaded.kind == "compare" and loaded.settings.step == 3
     assert loaded.settings.policies == result.settings.policies
@@ -148,6 +150,8 @@ def test_comparison_level_checks(doc):
     for change, message in cases:
         with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(")", r"\)")):
             ComparisonResult.from_bundle(bundle.load(edit(doc, change)))
+    with pytest.raises(BundleError, match="no policy that finished"):
+        ComparisonResult.from_bundle(bundle.load(edit(doc, lambda d: d.update(traces={"full": d["traces"]["full"]}))))
     # a stopped comparison: the policies that finished
     partial = ComparisonResult.from_bundle(bundle.load(edit(doc, lambda d: [d["traces"].pop(k) for k in ("p3", "p3.forced")])))
     assert partial.stopped and len(partial.runs) == 2

@@ -133,6 +133,27 @@ def test_stop_keeps_the_policies_that_finished(tiny_llama):
     assert done == ["full", "p1", "p1.forced"]
 
 
+def test_the_job_stops_at_a_token_and_keeps_the_finished_policies(tiny_llama):
+    job = comparison.CompareJob(tiny_llama, Tok(), PROMPT, settings(new_tokens=30))
+    record = job._on_progress
+
+    def stop_in_p2(progress):  # deterministic: Stop pressed while p2 generates its third token
+        record(progress)
+        if progress.name == "p2" and progress.tokens == 3:
+            job.stop()
+
+    job._on_progress = stop_in_p2
+    assert job.start().wait(120)
+    assert job.error is None and job.stopped and job.fraction_and_line() == (1.0, "Stopped")
+    assert job.result.stopped and [r.spec.name for r in job.result.runs] == ["h2o"]
+    assert job.result.full.n_steps == 30 and job.result.runs[0].forced.n_steps == 30
+
+    early = comparison.CompareJob(tiny_llama, Tok(), PROMPT, settings(new_tokens=30))
+    early._on_progress = lambda p: early.stop() if p.name == "p1" else None
+    assert early.start().wait(120)
+    assert early.result is None and early.error == "Stopped before a policy finished: nothing to compare."
+
+
 def test_progress_counts_every_run(tiny_llama):
     seen = []
     tiny_comparison(tiny_llama, specs=SPECS[:2], on_progress=lambda p: seen.append((p.name, p.tokens, round(p.fraction, 4))))
