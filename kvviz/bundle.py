@@ -278,16 +278,21 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _object(value: Any, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise BundleError(f"{where} must be a JSON object, not {_type(value)}.")
+EXPECTED = {dict: "a JSON object", list: "a list", str: "a string", bool: "true or false"}
+
+
+def _expect(value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind):
+        raise BundleError(f"{where} must be {EXPECTED[kind]}, not {_type(value)}.")
     return value
+
+
+def _object(value: Any, where: str) -> dict:
+    return _expect(value, dict, where)
 
 
 def _list(value: Any, where: str) -> list:
-    if not isinstance(value, list):
-        raise BundleError(f"{where} must be a list, not {_type(value)}.")
-    return value
+    return _expect(value, list, where)
 
 
 def _keys(d: dict, allowed: set[str], where: str, optional: set[str] = frozenset()) -> None:
@@ -306,15 +311,11 @@ def _type(value: Any) -> str:
 
 
 def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise BundleError(f"{where} must be a string, not {_type(value)}.")
-    return value
+    return _expect(value, str, where)
 
 
 def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise BundleError(f"{where} must be true or false, not {_type(value)}.")
-    return value
+    return _expect(value, bool, where)
 
 
 def _int(value: Any, where: str, lo: int | None = None, hi: int | None = None) -> int:
