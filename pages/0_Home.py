@@ -3,10 +3,13 @@
 import pandas as pd
 import streamlit as st
 
+from kvviz.ui.navigation import PAGES, take_over_from_pages_directory
+
+take_over_from_pages_directory()
+
 st.set_page_config(page_title="kvviz", page_icon=":material/memory:", layout="wide")
 
 from kvviz.metrics import format_bytes  # noqa: E402  (after set_page_config)
-from kvviz.ui.navigation import PAGES  # noqa: E402
 from kvviz.ui.sidebar import sidebar  # noqa: E402
 
 state = sidebar()

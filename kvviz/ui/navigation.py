@@ -22,9 +22,8 @@ class PageInfo:
     @property
     def url_path(self) -> str:
         """The page's address, http://host/<url_path>: its file name without the number
-        (pages/2_Live_Policy.py -> Live_Policy). Streamlit also registers the files of pages/ under
-        these names when it starts, so a link opened before any other page still resolves (with
-        any other name the first visit shows a "Page not found" dialog)."""
+        (pages/2_Live_Policy.py -> Live_Policy), the name Streamlit's own pages/ discovery gives it
+        too (see ``take_over_from_pages_directory``)."""
         return Path(self.path).stem.split("_", 1)[1]
 
     def page(self, default: bool = False) -> st.Page:
@@ -61,6 +60,19 @@ PAGES: list[PageInfo] = [
         "or per-channel quantization at 8, 4 and 2 bits (and KIVI) costs in error, attention and the next token.",
     ),
 ]
+
+
+def take_over_from_pages_directory() -> None:
+    """Called first by every page. Until some run of the process has called ``st.navigation``,
+    Streamlit serves an app with a ``pages/`` folder the old way: a link opened before any other
+    page runs that page file directly, under a page list of file names with ``app`` on top. A page
+    that finds itself run that way switches the process to ``st.navigation`` and reruns: the same
+    address then goes through ``app.py`` and gets the titled page list."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def navigation() -> st.navigation:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kvviz.ui.navigation import take_over_from_pages_directory
 from kvviz.ui.sidebar import SidebarState, sidebar
 
 
 def start_page(title: str, icon: str, caption: str, no_model: str) -> SidebarState:
     """Set the page up and return the sidebar's state; stops the page with ``no_model`` shown
     when no model is loaded."""
+    take_over_from_pages_directory()
     st.set_page_config(page_title=f"{title} · kvviz", page_icon=icon, layout="wide")
     state = sidebar()
     st.title(title)

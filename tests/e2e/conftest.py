@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,10 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def app_url(smollm, tmp_path_factory):
-    """Base URL of a live kvviz server (smollm first, so the weights cache is warm)."""
+@contextmanager
+def serve(log_path: Path):
+    """``streamlit run app.py`` on a free port; yields its base URL, stops it on exit."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
@@ -74,6 +74,20 @@ def app_url(smollm, tmp_path_factory):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture(scope="session")
+def app_url(smollm, tmp_path_factory):
+    """Base URL of a live kvviz server (smollm first, so the weights cache is warm)."""
+    with serve(tmp_path_factory.mktemp("streamlit") / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture()
+def fresh_app_url(smollm, tmp_path):
+    """A server of its own, started for one test (what a first visitor meets)."""
+    with serve(tmp_path / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
