@@ -1,4 +1,4 @@
-"""Known results of the literature, checked on our model.
+"""Known results of the literature, checked on our model through the sweep (kvviz/sweep.py).
 
 1. Attention sinks (StreamingLLM): teacher-forced perplexity of the built-in long document under
    the full cache, a plain window, and sinks + window of the same size.
@@ -6,56 +6,45 @@
    at a few depths; full cache and plain window as references.
 
     python benchmarks/known_results.py [--device cuda] [--out results.json]
+
+The same numbers from the CLI (the defaults below):
+
+    python -m kvviz sweep --policy full --policy window --policy streaming_llm:n_sink=4 \\
+        --budgets 256 --example long --context 1024 --continuation 1024
+    python -m kvviz sweep --task passkey --policy full --policy window \\
+        --policy snapkv:window=8 --policy snapkv:window=8,pooling=max --policy snapkv:window=8,kernel=1 ... \\
+        --ratios 0.1 --lengths 1800 --depths 0.1,0.5,0.9
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from kvviz import engine
-from kvviz.data import long_document, passkey_prompt
+from kvviz import sweep
+from kvviz.data import long_document
 from kvviz.models import load_model
-from kvviz.tokens import encode_prompt
+
+SINK_POLICIES = ("full", "window", "streaming_llm:n_sink=4")
+SNAPKV_POLICIES = ("full", "window") + tuple(
+    f"snapkv:window={window},pooling={pooling},kernel={kernel}"
+    for window in (8, 32, 64)
+    for pooling, kernel in (("avg", 7), ("max", 7), ("avg", 1))
+)
 
 
 def perplexities(loaded, prompt_tokens: int, continuation: int, budget: int) -> list[dict]:
-    ids = loaded.tokenizer(long_document()).input_ids
-    prompt, forced = ids[:prompt_tokens], ids[prompt_tokens : prompt_tokens + continuation]
-    rows = []
-    for policy, params in [("full", {}), ("window", {}), ("streaming_llm", {"n_sink": 4})]:
-        t = time.perf_counter()
-        trace = engine.run(
-            loaded.model, loaded.tokenizer, prompt, policy, params,
-            budget=None if policy == "full" else budget, forced_ids=forced,
-        )
-        rows.append({
-            "policy": policy, "params": params, "budget": trace.budget,
-            "perplexity": engine.perplexity(trace), "seconds": time.perf_counter() - t,
-        })
-    return rows
+    settings = sweep.SweepSettings(
+        policies=SINK_POLICIES, budgets=(budget,), text=long_document(), context=prompt_tokens, continuation=continuation,
+    )
+    result = sweep.run(loaded.model, loaded.tokenizer, settings, model_name=loaded.summary.name)
+    return [row.to_dict() | {"perplexity": row.ppl} for row in result.rows]
 
 
 def passkey_grid(loaded, filler: int, depths, ratio: float) -> list[dict]:
-    rows = []
-    configs = [("full", {}), ("window", {})]
-    for window in (8, 32, 64):
-        for pooling, kernel in (("avg", 7), ("max", 7), ("avg", 1)):
-            configs.append(("snapkv", {"window": window, "pooling": pooling, "kernel": kernel}))
-    for depth in depths:
-        text, key = passkey_prompt(filler, depth)
-        ids = encode_prompt(loaded.tokenizer, text, chat=True)
-        for policy, params in configs:
-            trace = engine.run(
-                loaded.model, loaded.tokenizer, ids, policy, params,
-                ratio=None if policy == "full" else ratio, max_new_tokens=12,
-            )
-            rows.append({
-                "depth": depth, "prompt_tokens": len(ids), "policy": policy, "params": params,
-                "found": key in trace.generated_text, "answer": trace.generated_text.strip(),
-            })
-    return rows
+    settings = sweep.SweepSettings(policies=SNAPKV_POLICIES, ratios=(ratio,), task="passkey", depths=tuple(depths), lengths=(filler,))
+    result = sweep.run(loaded.model, loaded.tokenizer, settings, model_name=loaded.summary.name)
+    return [row.to_dict() for row in result.rows]
 
 
 def main():
@@ -80,12 +69,11 @@ def main():
             json.dump(result, f, indent=2)
     print(f"\nPerplexity of {args.continuation} forced tokens after a {args.prompt_tokens}-token prompt, budget {args.budget} ({result['device']}, {result['dtype']})")
     for r in result["perplexity"]:
-        print(f"  {r['policy']:14s} {r['perplexity']:8.2f}   ({r['seconds']:.1f} s)")
+        print(f"  {r['series']:24s} {r['perplexity']:8.2f}   KL {r['kl_full']:.3f}  top-1 {r['top1_agree']:.0%}  ({r['seconds']:.1f} s)")
     print(f"\nPasskey (filler {args.filler} tokens), ratio {args.ratio}: found at depths")
     table: dict[str, list[str]] = {}
     for r in result["passkey"]:
-        name = r["policy"] + (" " + ",".join(f"{k}={v}" for k, v in r["params"].items()) if r["params"] else "")
-        table.setdefault(name, []).append(f"{r['depth']:.1f}:{'yes' if r['found'] else 'no '}")
+        table.setdefault(r["series"], []).append(f"{r['depth']:.1f}:{'yes' if r['found'] else 'no '}")
     for name, cells in table.items():
         print(f"  {name:40s} {'  '.join(cells)}")
 

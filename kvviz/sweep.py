@@ -21,15 +21,12 @@ and the benchmarks.
 each policy; found = the key's digits appear in the answer.
 
 Every point is checked before the first forward (a budget larger than a prompt, a window that
-leaves no room, ...), so a bad sweep fails at once with one message. torch is imported when a
-sweep runs, not with this module.
+leaves no room, ...), so a bad sweep fails at once with one message.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,17 +35,10 @@ from typing import Callable
 from kvviz import data
 from kvviz.policies import PolicyError
 from kvviz.spec import BUDGET_KEYS, PolicySpec
+from kvviz.sweep_rows import PASSKEY_COLUMNS, PPL_COLUMNS, SweepRow, rows_csv  # noqa: F401  (re-exported)
 from kvviz.tokens import PromptError
 
 TASKS = ("ppl", "passkey")
-PPL_COLUMNS = [
-    "policy", "params", "ratio", "budget", "kv_bytes", "kv_bytes_peak", "kv_bytes_full", "kv_pct",
-    "ppl", "kl_full", "top1_agree", "seconds",
-]
-PASSKEY_COLUMNS = [
-    "policy", "params", "ratio", "budget", "depth", "length", "prompt_tokens", "found", "answer",
-    "kv_bytes", "kv_bytes_full", "kv_pct", "seconds",
-]
 
 
 # ------------------------------------------------------------------------------ settings
@@ -82,6 +72,20 @@ class SweepSettings:
             for k in ("text", "context", "continuation"):
                 out.pop(k)
         return out
+
+
+def parse_numbers(text: str | None, kind: type, what: str) -> tuple:
+    """'0.1, 0.25' -> (0.1, 0.25); a one-line ValueError naming ``what`` otherwise."""
+    if text is None:
+        return ()
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        values = tuple(kind(t) for t in items)
+    except ValueError:
+        raise ValueError(f"{what}: expected {'whole numbers' if kind is int else 'numbers'} separated by commas, got '{text}'.") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what}: give finite numbers separated by commas, got '{text}'.")
+    return values
 
 
 def names_budget(text: str) -> bool:
@@ -123,57 +127,6 @@ def params_text(spec: PolicySpec) -> str:
 def series_name(spec: PolicySpec) -> str:
     """The policy and its parameters without the budget: one line on a Pareto chart."""
     return dataclasses.replace(spec, budget=None, ratio=None).to_text()
-
-
-# ------------------------------------------------------------------------------ rows
-
-
-@dataclass
-class SweepRow:
-    """One point of a sweep, as plain numbers."""
-
-    task: str
-    policy: str  # "snapkv", "h2o+kivi"
-    params: str  # changed parameters in the text form, "" for the defaults
-    ratio: float | None  # the ratio asked for (None with a budget, or for a policy without one)
-    budget: int | None  # kept entries per layer and KV head it resolved to (None = no limit)
-    kv_bytes: int  # K/V held at the last step
-    kv_bytes_peak: int  # K/V held at the fullest step
-    kv_bytes_full: int  # what the full cache holds at the last step
-    seconds: float  # wall time of this run
-    ppl: float = math.nan
-    kl_full: float = math.nan  # mean KL(full || policy), nats
-    top1_agree: float = math.nan  # share of steps whose top-1 token is the full cache's
-    depth: float | None = None  # passkey
-    length: int | None = None  # passkey: filler tokens
-    prompt_tokens: int = 0
-    found: bool | None = None
-    answer: str = ""
-
-    @property
-    def series(self) -> str:
-        return self.policy + (f":{self.params}" if self.params else "")
-
-    @property
-    def kv_pct(self) -> float:
-        """K/V held at the last step, in percent of the full cache."""
-        return 100.0 * self.kv_bytes / self.kv_bytes_full if self.kv_bytes_full else math.nan
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"series": self.series, "kv_pct": self.kv_pct}
-
-
-def rows_csv(rows: list[SweepRow] | list[dict], task: str | None = None) -> str:
-    """The rows as CSV text, with the task's columns (ppl or passkey) then ``series``."""
-    dicts = [r if isinstance(r, dict) else r.to_dict() for r in rows]
-    task = task or (dicts[0]["task"] if dicts else "ppl")
-    columns = (PPL_COLUMNS if task == "ppl" else PASSKEY_COLUMNS) + ["series"]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for d in dicts:
-        writer.writerow({k: "" if d.get(k) is None else d[k] for k in columns})
-    return out.getvalue()
 
 
 # ------------------------------------------------------------------------------ the plan

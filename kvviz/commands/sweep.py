@@ -35,6 +35,7 @@ def configure(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="passkey: seed of the key")
     add_model_args(p)
     p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (- for stdout)")
+    p.add_argument("--html", metavar="FILE", help="write a standalone HTML report (charts, table, settings)")
     p.add_argument("--json", action="store_true", help="print one JSON object: settings, reference and rows")
 
 
@@ -46,23 +47,9 @@ def _one_line_error(message: str):
     sys.exit(2)
 
 
-def number_list(text: str | None, kind: type, flag: str) -> tuple:
-    """'0.1,0.25' -> (0.1, 0.25); a one-line ValueError naming the flag otherwise."""
-    if text is None:
-        return ()
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        values = tuple(kind(t) for t in items)
-    except ValueError:
-        raise ValueError(f"{flag}: expected {'whole numbers' if kind is int else 'numbers'} separated by commas, got '{text}'.") from None
-    if not values:
-        raise ValueError(f"{flag}: no values given.")
-    return values
-
-
 def settings_from(args):
     from kvviz import data
-    from kvviz.sweep import SweepSettings
+    from kvviz.sweep import SweepSettings, parse_numbers
 
     text = ""
     if args.task == "ppl":
@@ -76,10 +63,10 @@ def settings_from(args):
                 raise ValueError(f"unknown example '{args.example}': use {', '.join(EXAMPLE_ALIASES)}.")
             text = data.EXAMPLES[name]
     return SweepSettings(
-        policies=tuple(args.policy), ratios=number_list(args.ratios, float, "--ratios"),
-        budgets=number_list(args.budgets, int, "--budgets"), task=args.task, text=text,
+        policies=tuple(args.policy), ratios=parse_numbers(args.ratios, float, "--ratios"),
+        budgets=parse_numbers(args.budgets, int, "--budgets"), task=args.task, text=text,
         context=args.context, continuation=args.continuation,
-        depths=number_list(args.depths, float, "--depths"), lengths=number_list(args.lengths, int, "--lengths"),
+        depths=parse_numbers(args.depths, float, "--depths"), lengths=parse_numbers(args.lengths, int, "--lengths"),
         new_tokens=args.new_tokens, passkey_seed=args.seed,
     )
 
@@ -106,6 +93,10 @@ def main(args) -> int:
         sys.stdout.write(csv_text)
     elif args.csv:
         Path(args.csv).write_text(csv_text)
+    if args.html:
+        from kvviz.charts.tradeoffs import sweep_report
+
+        Path(args.html).write_text(sweep_report(result.to_dict()).to_html(), encoding="utf-8")
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
     elif args.csv != "-":

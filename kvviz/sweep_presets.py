@@ -1,0 +1,64 @@
+"""Built-in sweeps that each tell one story in one click, sized for the device: about a minute or
+two on a laptop-class CPU, larger on a GPU. The Tradeoffs page offers them; the README's known
+results are their GPU sizes run through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from kvviz.sweep import SweepSettings
+
+
+@dataclass(frozen=True)
+class Preset:
+    key: str
+    title: str
+    story: str  # what to look for (our own text, markdown)
+    cpu: SweepSettings
+    gpu: dict = field(default_factory=dict)  # fields that grow on a GPU
+
+    def settings(self, device: str) -> SweepSettings:
+        """The preset's settings for ``device`` ("cpu", "cuda", "mps", ...); the text is the
+        caller's (``text`` of the ppl task)."""
+        return self.cpu if device == "cpu" else dataclasses.replace(self.cpu, **self.gpu)
+
+
+PRESETS: dict[str, Preset] = {
+    p.key: p
+    for p in [
+        Preset(
+            "sinks",
+            "Sinks matter",
+            "A plain **window** keeps the most recent tokens and drops the first ones; **streaming_llm** keeps "
+            "the 4 first tokens (attention sinks) plus a window of the same total size. At the same memory the "
+            "window's perplexity explodes and StreamingLLM's stays close to the full cache (Xiao et al., 2023).",
+            SweepSettings(policies=("window", "streaming_llm:n_sink=4"), ratios=(0.125, 0.25, 0.5), context=128, continuation=32),
+            {"context": 1024, "continuation": 256, "ratios": (0.05, 0.1, 0.25, 0.5)},
+        ),
+        Preset(
+            "snapkv",
+            "SnapKV needs a short pooled window on a small model",
+            "SnapKV lets the prompt's last `window` queries vote for the entries to keep, pooled along the "
+            "sequence (`kernel`). On this 135M model the question's last few tokens know where the pass key is: "
+            "a **window of 8 with pooling (kernel 7)** keeps the key; a **window of 32** spends the budget on "
+            "the question and votes diluted by the chat template; **no pooling (kernel 1)** keeps the key's "
+            "strongest token but not its neighbours, so the digits come out wrong.",
+            SweepSettings(
+                policies=("full", "snapkv:window=8,kernel=7", "snapkv:window=32", "snapkv:window=8,kernel=1"),
+                ratios=(0.1,), task="passkey", depths=(0.1, 0.5, 0.9), lengths=(500,),
+            ),
+            {"lengths": (1800,), "depths": (0.1, 0.3, 0.5, 0.7, 0.9)},
+        ),
+        Preset(
+            "bytes",
+            "Eviction vs quantization at the same bytes",
+            "Two ways to hold fewer bytes: **h2o** evicts tokens (it keeps a fraction of them at full "
+            "precision), **kivi** and **quant** keep every token at 2 or 4 bits. Compare them where their "
+            "bytes meet: at the same memory, which loses less? (Quantization's bytes count its scales and zero "
+            "points in the model's dtype, so a 4-bit store holds more than a quarter.)",
+            SweepSettings(policies=("h2o", "kivi:bits=2", "quant:bits=4", "quant:bits=2"), ratios=(0.125, 0.25, 0.5), context=128, continuation=32),
+            {"context": 1024, "continuation": 256, "ratios": (0.1, 0.2, 0.3, 0.5)},
+        ),
+    ]
+}
