@@ -182,6 +182,23 @@ def best_within(rows: Sequence[Row], max_pct: float, metric: str = "ppl") -> Row
     return min(fits, key=lambda r: (sign * float(r[metric]), float(r["kv_bytes"])))
 
 
+def describe_best(row: Row, metric: str, reference: Mapping | None, limit: float) -> str:
+    """One sentence (plain text) answering: which policy is best within ``limit`` % of the full
+    cache's memory, and what does it cost?"""
+    best = {"ppl": "the lowest perplexity", "kl_full": "the lowest KL to the full cache", "top1_agree": "the highest top-1 agreement"}[metric]
+    budget = "" if row.get("budget") is None else f", {row['budget']} entries per KV head"
+    ratio = "" if row.get("ratio") is None else f"ratio {row['ratio']:g}"
+    where = f" ({ratio}{budget})".replace("(, ", "(") if ratio or budget else ""
+    cost = f"perplexity {float(row['ppl']):.2f}"
+    if reference and math.isfinite(float(reference.get("ppl", math.nan))):
+        full = float(reference["ppl"])
+        cost += f" against {full:.2f} for the full cache ({100 * (float(row['ppl']) / full - 1):+.1f}%)"
+    return (
+        f"Within {limit:g}% of the full cache's memory, {best} is {row['series']} at {float(row['kv_pct']):.1f}%{where}: "
+        f"{cost}, mean KL {float(row['kl_full']):.3f} nats, top-1 agreement {float(row['top1_agree']):.0%}."
+    )
+
+
 def sweep_report(result: Mapping) -> Report:
     """A standalone HTML report of a sweep (``SweepResult.to_dict()``): its settings, the charts
     and the table."""

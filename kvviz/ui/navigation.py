@@ -50,6 +50,11 @@ PAGES: list[PageInfo] = [
         "bundle or an HTML report.",
     ),
     PageInfo(
+        "pages/4_Tradeoffs.py", "Tradeoffs", ":material/balance:",
+        "Sweep policies over memory budgets on one text: perplexity, KL and top-1 against the full cache on a "
+        "Pareto chart, passkey grids, and which policy is best at 25% memory. Presets tell a story in one click.",
+    ),
+    PageInfo(
         "pages/6_Memory_Calculator.py", "Memory calculator", ":material/calculate:",
         "The KV cache of real architectures (Llama, Mistral, Qwen, Gemma, DeepSeek's MLA) from their configs: "
         "per token, per sequence, with quantization or a policy, and how many requests fit on a GPU.",

@@ -121,3 +121,14 @@ def test_report_holds_the_charts_and_the_table():
     assert list(table["policy"]) == [r["policy"] for r in ROWS] and list(table["ppl"]) == [r["ppl"] for r in ROWS]
     assert math.isclose(table["kv_pct"][1], 50.0)
     assert rows_csv(ROWS).splitlines()[2].startswith("window,,0.5,64,4194304,4194304,8388608,50.0,60.0,0.9,0.6")
+
+
+def test_describe_best_says_what_it_costs():
+    best = tradeoffs.best_within(ROWS, 25, "ppl")
+    text = tradeoffs.describe_best(best, "ppl", {"ppl": 20.0, "kv_bytes_full": FULL_BYTES}, 25)
+    assert text == (
+        "Within 25% of the full cache's memory, the lowest perplexity is streaming_llm at 25.0% (ratio 0.25, 32 entries "
+        "per KV head): perplexity 22.00 against 20.00 for the full cache (+10.0%), mean KL 0.200 nats, top-1 agreement 80%."
+    )
+    quant = tradeoffs.describe_best(ROWS[-1], "kl_full", None, 20)
+    assert "the lowest KL" in quant and "quant:bits=2 at 12.5%:" in quant

@@ -1,0 +1,95 @@
+"""Tradeoffs: sweep policies over memory budgets and see what each costs in quality."""
+
+import streamlit as st
+
+from kvviz.charts import tradeoffs as charts
+from kvviz.metrics import format_bytes
+from kvviz.sweep_rows import rows_csv, rows_frame
+from kvviz.ui import tradeoffs as ui
+from kvviz.ui.model_resource import model_key
+from kvviz.ui.page import start_page
+from kvviz.ui.state import persisted
+from kvviz.ui.tokens import md_escape
+
+state = start_page(
+    "Tradeoffs",
+    "⚖️",
+    "Run several policies over several memory budgets on the same text and compare what each one "
+    "costs: perplexity, divergence from the full cache, and whether a hidden pass key survives.",
+    "Load a model in the sidebar to run a sweep.",
+)
+loaded = state.loaded
+device = loaded.summary.device
+key = model_key(state.model_spec, state.device, state.dtype)
+
+ui.preset_buttons(device)
+settings = ui.controls(device, state.prompt)
+if settings is None:
+    st.stop()
+ui.preset_story(settings, device)
+result = ui.run_panel(loaded, settings, key)
+if result is None:
+    st.info(
+        "Press **Run** to sweep. Perplexity: the first *context* tokens are the prompt, the policy compresses "
+        "them right after the prefill, and the next *continuation* tokens are forced one by one while it holds "
+        "its budget; KL and top-1 compare each step with the full cache on the same tokens. Passkey: a key "
+        "hidden in filler at each depth, asked for through the chat template, answered greedily."
+    )
+    st.stop()
+
+# ------------------------------------------------------------------------------ the result
+rows = [r.to_dict() for r in result.rows]
+task = result.settings.task
+st.divider()
+if result.stopped:
+    st.warning(f"Stopped: showing the {len(rows)} runs that finished before the stop.")
+ref = result.reference
+m = st.columns(4)
+m[0].metric("Runs", len(rows) + (ref is not None), help=f"{result.seconds:.1f} s in all on {result.device} ({result.dtype})")
+m[1].metric("Time", f"{result.seconds:.0f} s")
+if ref:
+    m[2].metric("Full cache perplexity", f"{ref['ppl']:.2f}", help=f"{ref['continuation']} forced tokens after {ref['context']} prompt tokens")
+    m[3].metric("Full cache at the end", format_bytes(ref["kv_bytes_full"]))
+
+if task == "ppl" and rows:
+    c_metric, c_memory, c_limit = st.columns([3, 2, 2])
+    metric = persisted(
+        c_metric.radio, "tradeoffs.metric", "ppl", url="metric", label="Quality", options=list(charts.METRICS),
+        format_func=lambda k: charts.METRICS[k][0], horizontal=True,
+    )
+    memory = persisted(
+        c_memory.radio, "tradeoffs.memory", "pct", url="memory", label="Memory axis", options=["pct", "bytes"],
+        format_func={"pct": "% of the full cache", "bytes": "bytes"}.get, horizontal=True,
+    )
+    limit = persisted(
+        c_limit.number_input, "tradeoffs.limit", 25, url="limit", label="Memory limit (% of the full cache)",
+        min_value=1, max_value=100, step=5, help="Which policy is best within this much memory?",
+    )
+    st.plotly_chart(charts.pareto_figure(rows, metric, memory, ref), width="stretch", key="tradeoffs.pareto")
+    best = charts.best_within(rows, limit, metric)
+    if best is None:
+        st.warning(f"No policy in this sweep holds {limit}% of the full cache or less.")
+    else:
+        st.success(md_escape(charts.describe_best(best, metric, ref, limit)), icon=":material/check_circle:")
+    st.caption(
+        "KV held is measured at the last step, from the tensors the cache really holds (quantization scales and "
+        "zero points included). SnapKV compresses the prompt only and keeps every continuation token, as in the "
+        "paper; its peak is in the table."
+    )
+elif rows:
+    st.plotly_chart(charts.passkey_figure(rows), width="stretch", key="tradeoffs.passkey")
+    found = sum(bool(r["found"]) for r in rows)
+    st.caption(f"{found} of {len(rows)} answers hold the pass key's digits. Hover a cell for the model's answer.")
+
+st.subheader("Table")
+table = rows_frame(rows, task)
+st.dataframe(table, hide_index=True, width="stretch", key="tradeoffs.table")
+d_csv, d_html = st.columns(2)
+d_csv.download_button(
+    "Download the table (CSV)", data=rows_csv(rows, task), file_name=f"kvviz-sweep-{task}.csv", mime="text/csv", key="tradeoffs.csv",
+)
+result_dict = result.to_dict()
+d_html.download_button(
+    "Download the report (HTML)", data=lambda: charts.sweep_report(result_dict).to_html(), file_name=f"kvviz-sweep-{task}.html",
+    mime="text/html", key="tradeoffs.html", help="Charts, table and settings in one file that opens without a server.",
+)
