@@ -52,8 +52,9 @@ class Estimate:
     speed: Speed
 
     def text(self) -> str:
+        span = _seconds(self.low_s) if _seconds(self.low_s) == _seconds(self.high_s) else f"{_seconds(self.low_s)} to {_seconds(self.high_s)}"
         return (
-            f"Estimated time: {_seconds(self.low_s)} to {_seconds(self.high_s)} for {self.runs} runs on {self.speed.device} "
+            f"Estimated time: about {span} for {self.runs} runs on {self.speed.device} "
             f"(an estimate from a full-cache forward timed here just now: {1000 * self.speed.prefill_s_per_token:.1f} ms per "
             f"prompt token, {1000 * self.speed.step_s:.0f} ms per decode step; policies that score attention or quantize "
             "take longer per step, and a busy machine is slower)."

@@ -39,11 +39,13 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "snapkv",
             "SnapKV needs a short pooled window on a small model",
-            "SnapKV lets the prompt's last `window` queries vote for the entries to keep, pooled along the "
-            "sequence (`kernel`). On this 135M model the question's last few tokens know where the pass key is: "
-            "a **window of 8 with pooling (kernel 7)** keeps the key; a **window of 32** spends the budget on "
-            "the question and votes diluted by the chat template; **no pooling (kernel 1)** keeps the key's "
-            "strongest token but not its neighbours, so the digits come out wrong.",
+            "SnapKV lets the prompt's last `window` queries vote for the entries to keep, pools the votes along "
+            "the sequence (`kernel`), and always keeps the window itself. At a 10% budget on this 135M model a "
+            "**window of 8 with pooling (kernel 7)** keeps the pass key at every depth. A **window of 32** (the "
+            "default) protects 32 of the budget's slots (58 at 500 filler tokens) for the question and the chat template, "
+            "and the key is lost; "
+            "**no pooling (kernel 1)** keeps isolated tokens without their neighbours, and the answer holds at "
+            "most the key's first digit.",
             SweepSettings(
                 policies=("full", "snapkv:window=8,kernel=7", "snapkv:window=32", "snapkv:window=8,kernel=1"),
                 ratios=(0.1,), task="passkey", depths=(0.1, 0.5, 0.9), lengths=(500,),

@@ -83,7 +83,7 @@ elif rows:
 
 st.subheader("Table")
 table = rows_frame(rows, task)
-st.dataframe(table, hide_index=True, width="stretch", key="tradeoffs.table")
+st.dataframe(table, hide_index=True, width="stretch", column_config=ui.column_config(), key="tradeoffs.table")
 d_csv, d_html = st.columns(2)
 d_csv.download_button(
     "Download the table (CSV)", data=rows_csv(rows, task), file_name=f"kvviz-sweep-{task}.csv", mime="text/csv", key="tradeoffs.csv",

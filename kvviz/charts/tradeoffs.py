@@ -96,7 +96,7 @@ def pareto_figure(rows: Sequence[Row], metric: str = "ppl", memory: str = "pct",
         )
         fig.add_hline(y=y, line=dict(color=COLORS["full"], dash="dash", width=1))
     fig.update_xaxes(title=MEMORY[memory] + ("" if memory == "pct" else f" ({unit})"), rangemode="tozero", ticksuffix="%" if memory == "pct" else "")
-    fig.update_yaxes(title=title, type="log" if log_y else "linear", tickformat=".0%" if metric == "top1_agree" else None)
+    fig.update_yaxes(title=title, type="log" if log_y else "linear", dtick="D2" if log_y else None, tickformat=".0%" if metric == "top1_agree" else None)
     corner = "lower left" if lower_better else "upper left"
     return style(fig, height=460, title=f"Memory against {title.split(',')[0]}: {corner} is better")
 

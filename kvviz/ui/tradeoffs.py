@@ -108,6 +108,17 @@ def controls(device: str, sidebar_prompt: str) -> sweep.SweepSettings | None:
         return None
 
 
+def column_config() -> dict:
+    """How the table shows its numbers (the CSV keeps them whole)."""
+    number = st.column_config.NumberColumn
+    return {
+        "kv_pct": number("kv_pct", format="%.1f%%", help="KV held at the end, % of the full cache"),
+        "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help="mean KL(full ‖ policy), nats"),
+        "top1_agree": number("top1_agree", format="percent"), "seconds": number("seconds", format="%.1f"),
+        "depth": number("depth", format="%g"),
+    }
+
+
 # ------------------------------------------------------------------------------ running
 
 
