@@ -95,16 +95,17 @@ def names_budget(text: str) -> bool:
     return any(item.partition("=")[0].strip() in BUDGET_KEYS for item in rest.split(","))
 
 
-def expand(settings: SweepSettings) -> list[PolicySpec]:
-    """Every point of the sweep: each policy at each ratio (or budget); a policy that takes no
-    budget (``full``, a store alone) or names its own runs once. Raises PolicyError."""
+def points(settings: SweepSettings) -> list[tuple[PolicySpec, str]]:
+    """Every point of the sweep with its series name: each policy at each ratio (or budget); a
+    policy that takes no budget (``full``, a store alone) or names its own runs once. Raises
+    PolicyError."""
     if settings.task not in TASKS:
         raise PolicyError(f"task must be one of {', '.join(TASKS)}, not {settings.task!r}.")
     if not settings.policies:
         raise PolicyError("Give at least one policy.")
     if settings.ratios and settings.budgets:
         raise PolicyError("Give ratios or budgets, not both.")
-    points: list[PolicySpec] = []
+    out: list[tuple[PolicySpec, str]] = []
     for text in settings.policies:
         spec = PolicySpec.parse(text)
         if not spec.takes_budget or names_budget(text):
@@ -115,8 +116,25 @@ def expand(settings: SweepSettings) -> list[PolicySpec]:
             grid = [spec.with_budget(ratio=float(r)) for r in settings.ratios]
         else:
             raise PolicyError(f"'{text}' takes a budget: give ratios or budgets (or write it into the spec, e.g. {spec.name}:ratio=0.25).")
-        points.extend(p for p in grid if p not in points)
-    return points
+        seen = {p for p, _ in out}
+        out.extend((p, series_text(text)) for p in grid if p not in seen)
+    return out
+
+
+def expand(settings: SweepSettings) -> list[PolicySpec]:
+    """Every point of the sweep (see ``points``)."""
+    return [spec for spec, _ in points(settings)]
+
+
+def series_text(text: str) -> str:
+    """A spec text as its user wrote it, without budget or ratio and spaces: ``snapkv:window=32``."""
+    name, _, rest = text.partition(":")
+    items = []
+    for item in rest.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() and key.strip() not in BUDGET_KEYS:
+            items.append(f"{key.strip()}={value.strip()}")
+    return name.strip() + (":" + ",".join(items) if items else "")
 
 
 def params_text(spec: PolicySpec) -> str:
@@ -137,13 +155,19 @@ class PlannedRun:
     spec: PolicySpec | None  # None: the full-cache reference of the ppl task
     prompt_ids: list[int]
     steps: int  # decode steps (forced or generated at most)
+    series: str = ""
     depth: float | None = None
     length: int | None = None
     passkey: str = ""
 
     @property
     def label(self) -> str:
-        what = "full cache (reference)" if self.spec is None else self.spec.label()
+        if self.spec is None:
+            what = "full cache (reference)"
+        elif self.spec.budget is not None:
+            what = f"{self.series} · {self.spec.budget}/head"
+        else:
+            what = self.series + ("" if self.spec.ratio is None else f" · {100 * self.spec.ratio:g}%")
         where = f" · depth {self.depth:g}, {self.length} filler tokens" if self.depth is not None else ""
         return what + where
 
@@ -157,10 +181,10 @@ class Plan:
 
 def plan(tokenizer, settings: SweepSettings, max_context: int | None = None) -> Plan:
     """Every run of the sweep, in order, checked; raises PolicyError or PromptError."""
-    points = expand(settings)
+    grid = points(settings)
     if settings.task == "ppl":
-        return _plan_ppl(tokenizer, settings, points, max_context)
-    return _plan_passkey(tokenizer, settings, points, max_context)
+        return _plan_ppl(tokenizer, settings, grid, max_context)
+    return _plan_passkey(tokenizer, settings, grid, max_context)
 
 
 def ppl_tokens(tokenizer, text: str, context: int, continuation: int) -> tuple[list[int], list[int]]:
@@ -186,10 +210,10 @@ def _check_fits(spec: PolicySpec, prompt_len: int, steps: int, max_context: int 
 
 def _plan_ppl(tokenizer, settings, points, max_context) -> Plan:
     prompt, forced = ppl_tokens(tokenizer, settings.text, settings.context, settings.continuation)
-    runs = [PlannedRun(None, prompt, len(forced))]
-    for spec in points:
+    runs = [PlannedRun(None, prompt, len(forced), "full")]
+    for spec, series in points:
         _check_fits(spec, len(prompt), len(forced), max_context)
-        runs.append(PlannedRun(spec, prompt, len(forced)))
+        runs.append(PlannedRun(spec, prompt, len(forced), series))
     return Plan(settings, runs, forced)
 
 
@@ -208,9 +232,9 @@ def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
             except ValueError as exc:
                 raise PromptError(str(exc)) from None
             ids = encode_prompt(tokenizer, text, chat=True, max_context=max_context)
-            for spec in points:
+            for spec, series in points:
                 _check_fits(spec, len(ids), settings.new_tokens, max_context)
-                runs.append(PlannedRun(spec, ids, settings.new_tokens, float(depth), int(length), key))
+                runs.append(PlannedRun(spec, ids, settings.new_tokens, series, float(depth), int(length), key))
     return Plan(settings, runs)
 
 
@@ -291,7 +315,7 @@ def run(
                     reference_logprobs=reference_logprobs, **common,
                 )
                 _check_complete(trace)
-                result.rows.append(ppl_row(planned.spec, trace, time.perf_counter() - t))
+                result.rows.append(ppl_row(planned, trace, time.perf_counter() - t))
             else:
                 trace = engine.run(model, tokenizer, planned.prompt_ids, planned.spec, max_new_tokens=planned.steps, **common)
                 _check_complete(trace)
@@ -310,20 +334,21 @@ def _check_complete(trace) -> None:
         raise Stopped
 
 
-def _row_basics(spec: PolicySpec, trace, seconds: float) -> dict:
+def _row_basics(planned: PlannedRun, trace, seconds: float) -> dict:
+    spec = planned.spec
     return dict(
-        policy=spec.name, params=params_text(spec), ratio=spec.ratio, budget=trace.budget,
+        series=planned.series, policy=spec.name, params=params_text(spec), ratio=spec.ratio, budget=trace.budget,
         kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_peak=int(max(trace.kv_bytes)), kv_bytes_full=int(trace.kv_bytes_full[-1]),
         seconds=float(seconds), prompt_tokens=trace.prompt_len,
     )
 
 
-def ppl_row(spec: PolicySpec, trace, seconds: float) -> SweepRow:
+def ppl_row(planned: PlannedRun, trace, seconds: float) -> SweepRow:
     """The row of a teacher-forced run that had the full cache's log-probabilities as reference."""
     from kvviz.metrics import mean_or_nan, perplexity
 
     return SweepRow(
-        "ppl", **_row_basics(spec, trace, seconds), ppl=perplexity(trace.chosen_logprob),
+        "ppl", **_row_basics(planned, trace, seconds), ppl=perplexity(trace.chosen_logprob),
         kl_full=mean_or_nan(trace.kl_to_reference), top1_agree=mean_or_nan(trace.top1_agreement),
     )
 
@@ -331,6 +356,6 @@ def ppl_row(spec: PolicySpec, trace, seconds: float) -> SweepRow:
 def passkey_row(planned: PlannedRun, trace, seconds: float) -> SweepRow:
     answer = trace.generated_text.strip()
     return SweepRow(
-        "passkey", **_row_basics(planned.spec, trace, seconds), depth=planned.depth, length=planned.length,
+        "passkey", **_row_basics(planned, trace, seconds), depth=planned.depth, length=planned.length,
         found=planned.passkey in answer, answer=answer,
     )

@@ -41,11 +41,11 @@ class SweepRow:
     prompt_tokens: int = 0
     found: bool | None = None
     answer: str = ""
+    series: str = ""  # one line of a Pareto chart: the policy as the user wrote it, without the budget
 
-    @property
-    def series(self) -> str:
-        """The policy and its changed parameters: one line of a Pareto chart."""
-        return self.policy + (f":{self.params}" if self.params else "")
+    def __post_init__(self):
+        if not self.series:
+            self.series = self.policy + (f":{self.params}" if self.params else "")
 
     @property
     def kv_pct(self) -> float:
@@ -53,7 +53,7 @@ class SweepRow:
         return 100.0 * self.kv_bytes / self.kv_bytes_full if self.kv_bytes_full else math.nan
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"series": self.series, "kv_pct": self.kv_pct}
+        return dataclasses.asdict(self) | {"kv_pct": self.kv_pct}
 
 
 def columns(task: str) -> list[str]:

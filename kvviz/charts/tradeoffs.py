@@ -96,9 +96,21 @@ def pareto_figure(rows: Sequence[Row], metric: str = "ppl", memory: str = "pct",
         )
         fig.add_hline(y=y, line=dict(color=COLORS["full"], dash="dash", width=1))
     fig.update_xaxes(title=MEMORY[memory] + ("" if memory == "pct" else f" ({unit})"), rangemode="tozero", ticksuffix="%" if memory == "pct" else "")
-    fig.update_yaxes(title=title, type="log" if log_y else "linear", dtick="D2" if log_y else None, tickformat=".0%" if metric == "top1_agree" else None)
+    fig.update_yaxes(title=title, type="log" if log_y else "linear", tickformat=".0%" if metric == "top1_agree" else None)
+    ys = [v for t in fig.data for v in t.y if v is not None and math.isfinite(v) and v > 0]
+    if log_y and ys:
+        ticks = log_ticks(min(ys), max(ys))
+        fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], range=[math.log10(ticks[0]) - 0.02, math.log10(ticks[-1]) + 0.02])
     corner = "lower left" if lower_better else "upper left"
     return style(fig, height=460, title=f"Memory against {title.split(',')[0]}: {corner} is better")
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks at 1, 2 and 5 times the powers of ten that cover [lo, hi], one below and one above."""
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    below = [t for t in ticks if t <= lo][-1:]
+    above = [t for t in ticks if t >= hi][:1]
+    return below + [t for t in ticks if lo < t < hi] + above
 
 
 def _full_point(full_rows, reference, metric, memory, scale):
@@ -150,7 +162,7 @@ def passkey_figure(rows: Sequence[Row], columns: int = 3) -> go.Figure:
     names = list(grids) or ["(no rows)"]
     n_cols = min(columns, len(names))
     n_rows = math.ceil(len(names) / n_cols)
-    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[plotly_text(n) for n in names], horizontal_spacing=0.08, vertical_spacing=0.18)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[plotly_text(n) for n in names], horizontal_spacing=0.08, vertical_spacing=0.25 / n_rows)
     scale = [[0.0, COLORS["differ"]], [0.5, COLORS["differ"]], [0.5, COLORS["agree"]], [1.0, COLORS["agree"]]]
     for k, (name, grid) in enumerate(grids.items()):
         text = [["found" if v == 1.0 else "missed" if v == 0.0 else "" for v in row] for row in grid["z"]]
@@ -164,9 +176,11 @@ def passkey_figure(rows: Sequence[Row], columns: int = 3) -> go.Figure:
             ),
             row=k // n_cols + 1, col=k % n_cols + 1,
         )
-    fig.update_xaxes(title="needle depth", type="category")
+    fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
-    return style(fig, height=max(260, 220 * n_rows), title="Passkey found, by filler length and needle depth")
+    fig = style(fig, height=80 + 220 * n_rows, title="Pass key found (blue) or missed (vermillion): filler length by needle depth")
+    fig.update_layout(margin=dict(t=90))
+    return fig
 
 
 # ------------------------------------------------------------------------------ answers, report

@@ -145,6 +145,12 @@ def test_expand_runs_budgetless_policies_once():
     assert [p.budget for p in sweep.expand(sweep.SweepSettings(policies=("window",), budgets=(8, 16)))] == [8, 16]
 
 
+def test_series_keep_the_parameters_as_written():
+    grid = sweep.points(sweep.SweepSettings(policies=("snapkv: window=32, ratio=0.1", "quant:bits=4", "snapkv"), ratios=(0.1,)))
+    # snapkv alone is the same point as snapkv:window=32 at ratio 0.1 (its default window): run once
+    assert [(spec.to_text(), series) for spec, series in grid] == [("snapkv:ratio=0.1", "snapkv:window=32"), ("quant", "quant:bits=4")]
+
+
 @pytest.mark.parametrize(
     "settings, error, message",
     [

@@ -132,3 +132,10 @@ def test_describe_best_says_what_it_costs():
     )
     quant = tradeoffs.describe_best(ROWS[-1], "kl_full", None, 20)
     assert "the lowest KL" in quant and "quant:bits=2 at 12.5%:" in quant
+
+
+def test_log_ticks_by_hand():
+    assert tradeoffs.log_ticks(36.5, 163.0) == [20.0, 50.0, 100.0, 200.0]
+    assert tradeoffs.log_ticks(80.0, 90.0) == [50.0, 100.0]
+    fig = tradeoffs.pareto_figure(ROWS, "ppl")
+    assert list(fig.layout.yaxis.tickvals) == [20.0, 50.0, 100.0, 200.0, 500.0] and fig.layout.yaxis.ticktext[-1] == "500"
