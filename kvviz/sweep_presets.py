@@ -32,7 +32,8 @@ PRESETS: dict[str, Preset] = {
             "Sinks matter",
             "A plain **window** keeps the most recent tokens and drops the first ones; **streaming_llm** keeps "
             "the 4 first tokens (attention sinks) plus a window of the same total size. At the same memory the "
-            "window's perplexity explodes and StreamingLLM's stays close to the full cache (Xiao et al., 2023).",
+            "window's perplexity climbs to several times the full cache's, StreamingLLM's stays far closer to it "
+            "(Xiao et al., 2023).",
             SweepSettings(policies=("window", "streaming_llm:n_sink=4"), ratios=(0.125, 0.25, 0.5), context=128, continuation=32),
             {"context": 1024, "continuation": 256, "ratios": (0.05, 0.1, 0.25, 0.5)},
         ),

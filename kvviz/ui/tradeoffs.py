@@ -45,7 +45,10 @@ def _apply_preset(key: str, device: str) -> None:
 
 
 def preset_buttons(device: str) -> None:
-    where = "on this CPU: about a minute or two on an idle machine" if device == "cpu" else f"on {device}: larger sizes"
+    where = (
+        "to finish in a minute or two on an idle 2-core CPU (the estimate below is measured on this machine, now)"
+        if device == "cpu" else f"larger on {device} than on a CPU"
+    )
     st.markdown(f"**Presets**: a story in one click, sized {where}.")
     for column, preset in zip(st.columns(len(PRESETS)), PRESETS.values()):
         column.button(preset.title, key=K + "preset." + preset.key, on_click=_apply_preset, args=(preset.key, device), width="stretch")

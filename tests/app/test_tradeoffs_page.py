@@ -78,6 +78,16 @@ def test_a_preset_sets_the_settings(page):
     assert at.query_params["task"] == "passkey"
 
 
+def test_the_policy_controls_add_a_line(page):
+    page.selectbox(key="tradeoffs.add.name").set_value("snapkv").run()
+    page.number_input(key="tradeoffs.add.snapkv.window").set_value(8).run()
+    at = page.button(key="tradeoffs.add_button").click().run()
+    assert not at.exception
+    assert at.text_area(key="_tradeoffs.policies").value.splitlines()[-1] == "snapkv:window=8"
+    assert not [r for r in at.radio if r.key.endswith("budget_mode")]  # the sweep sets the budgets
+    assert "for 10 runs on cpu" in " ".join(c.value for c in at.caption)  # 1 + 3 policies x 3 ratios
+
+
 @pytest.mark.parametrize(
     "policies, grid, message",
     [

@@ -32,7 +32,7 @@ def test_a_small_sweep_from_a_link(browser, app_url):
         chart = page.locator('[data-testid="stPlotlyChart"]')
         chart.locator(".legend").first.wait_for(timeout=30_000)
         assert chart.count() == 1
-        legend = chart.first.locator(".legend").inner_text()
+        legend = chart.first.locator(".legend").text_content()
         assert "window" in legend and "streaming_llm" in legend and "full cache" in legend
         assert page.get_by_role("button", name="Download the table (CSV)").is_visible()
         assert page.get_by_role("button", name="Download the report (HTML)").is_visible()

@@ -168,3 +168,35 @@ def test_bad_sweeps_fail_before_any_forward(smollm, settings, error, message):
     settings = {"text": long_document(), "context": 32, "continuation": 16, **settings}
     with pytest.raises(error, match=message):
         sweep.plan(smollm.tokenizer, sweep.SweepSettings(**settings))
+
+
+# ------------------------------------------------------------------------------ the page's job and estimate
+
+
+def test_estimate_by_hand():
+    from kvviz.spec import PolicySpec
+    from kvviz.sweep_job import SLOW_POLICY_FACTOR, Speed, estimate
+
+    speed = Speed("cpu", prefill_s_per_token=0.01, step_s=0.1, measured_tokens=128)
+    runs = [
+        sweep.PlannedRun(None, list(range(100)), 20),  # reference: 1 s + 2 s
+        sweep.PlannedRun(PolicySpec.parse("window:ratio=0.5"), list(range(100)), 20),  # plain: 3 s
+        sweep.PlannedRun(PolicySpec.parse("h2o:ratio=0.5"), list(range(100)), 20),  # scores: 1 + 2 s, up to 1 + 2 * factor
+    ]
+    est = estimate(sweep.Plan(sweep.SweepSettings(policies=("window",)), runs), speed)
+    assert est.low_s == pytest.approx(9.0) and est.high_s == pytest.approx(7.0 + 2.0 * SLOW_POLICY_FACTOR)
+    assert "about 9 s to 11 s for 3 runs on cpu" in est.text() and "estimate" in est.text()
+
+
+def test_job_stops_and_keeps_the_finished_runs(smollm):
+    from kvviz.sweep_job import SweepJob
+
+    settings = sweep.SweepSettings(policies=("window", "streaming_llm"), ratios=(0.5, 0.75), text=long_document(), context=16, continuation=4)
+    job = SweepJob(smollm.model, smollm.tokenizer, settings).start()
+    while job.running and (job.progress is None or job.progress.done < 2):
+        job.wait(0.05)
+    job.stop()
+    assert job.wait(300) and job.error is None
+    result = job.result
+    assert result.stopped and 1 <= len(result.rows) < 4
+    assert job.status() == (1.0, "Stopped")
