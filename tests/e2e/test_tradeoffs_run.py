@@ -4,10 +4,9 @@ KVVIZ_SCREENSHOTS=1 the result is saved as docs/screenshots/tradeoffs_result.png
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 
-from tests.e2e.test_browser import REPO, wait_until_idle
+from tests.e2e.test_browser import save_screenshot, wait_until_idle
 
 RUN_TIMEOUT_S = 900
 SWEEP = {"policies": "window\nstreaming_llm:n_sink=4", "ratios": "0.25,0.5", "context": "64", "continuation": "16", "limit": "30"}
@@ -37,11 +36,6 @@ def test_a_small_sweep_from_a_link(browser, app_url):
         assert page.get_by_role("button", name="Download the table (CSV)").is_visible()
         assert page.get_by_role("button", name="Download the report (HTML)").is_visible()
         assert page.get_by_role("button", name="▶ Run").is_enabled()
-        if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
-            out = REPO / "docs" / "screenshots" / "tradeoffs_result.png"
-            height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-            page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
-            page.wait_for_timeout(800)
-            page.screenshot(path=str(out), full_page=True)
+        save_screenshot(page, "tradeoffs_result")
     finally:
         page.close()
