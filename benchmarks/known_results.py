@@ -25,7 +25,7 @@ from kvviz import sweep
 from kvviz.data import long_document
 from kvviz.models import load_model
 
-SINK_POLICIES = ("full", "window", "streaming_llm:n_sink=4")
+SINK_POLICIES = ("window", "streaming_llm:n_sink=4")  # the full cache is the sweep's reference
 SNAPKV_POLICIES = ("full", "window") + tuple(
     f"snapkv:window={window},pooling={pooling},kernel={kernel}"
     for window in (8, 32, 64)
@@ -38,7 +38,10 @@ def perplexities(loaded, prompt_tokens: int, continuation: int, budget: int) -> 
         policies=SINK_POLICIES, budgets=(budget,), text=long_document(), context=prompt_tokens, continuation=continuation,
     )
     result = sweep.run(loaded.model, loaded.tokenizer, settings, model_name=loaded.summary.name)
-    return [row.to_dict() | {"perplexity": row.ppl} for row in result.rows]
+    ref = result.reference
+    full = {"policy": "full", "series": "full", "params": "", "budget": None, "perplexity": ref["ppl"], "kl_full": 0.0,
+            "top1_agree": 1.0, "kv_bytes_full": ref["kv_bytes_full"], "seconds": ref["seconds"]}
+    return [full] + [row.to_dict() | {"perplexity": row.ppl} for row in result.rows]
 
 
 def passkey_grid(loaded, filler: int, depths, ratio: float) -> list[dict]:

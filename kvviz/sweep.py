@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvviz import data
+from kvviz.metrics import mean_or_nan, perplexity
 from kvviz.policies import PolicyError
 from kvviz.spec import BUDGET_KEYS, PolicySpec
 from kvviz.sweep_rows import PASSKEY_COLUMNS, PPL_COLUMNS, SweepRow, rows_csv  # noqa: F401  (re-exported)
@@ -306,7 +307,7 @@ def run(
                 _check_complete(trace)
                 reference_logprobs = trace.extra.pop("logprobs")
                 result.reference = {
-                    "ppl": engine.perplexity(trace), "kv_bytes_full": int(trace.kv_bytes_full[-1]),
+                    "ppl": perplexity(trace.chosen_logprob), "kv_bytes_full": int(trace.kv_bytes_full[-1]),
                     "seconds": time.perf_counter() - t, "context": len(planned.prompt_ids), "continuation": trace.n_steps,
                 }
             elif settings.task == "ppl":
@@ -345,8 +346,6 @@ def _row_basics(planned: PlannedRun, trace, seconds: float) -> dict:
 
 def ppl_row(planned: PlannedRun, trace, seconds: float) -> SweepRow:
     """The row of a teacher-forced run that had the full cache's log-probabilities as reference."""
-    from kvviz.metrics import mean_or_nan, perplexity
-
     return SweepRow(
         "ppl", **_row_basics(planned, trace, seconds), ppl=perplexity(trace.chosen_logprob),
         kl_full=mean_or_nan(trace.kl_to_reference), top1_agree=mean_or_nan(trace.top1_agreement),
