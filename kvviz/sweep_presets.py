@@ -59,7 +59,9 @@ PRESETS: dict[str, Preset] = {
             "Two ways to hold fewer bytes: **h2o** evicts tokens (it keeps a fraction of them at full "
             "precision), **kivi** and **quant** keep every token at 2 or 4 bits. Compare them where their "
             "bytes meet: at the same memory, which loses less? (Quantization's bytes count its scales and zero "
-            "points in the model's dtype, so a 4-bit store holds more than a quarter.)",
+            "points in the model's dtype, so a 4-bit store holds more than a quarter.) Measured in float32 on a CPU: "
+            "near 20% of the bytes 4-bit quant stays closest to the full cache, and near 10% 2-bit quant falls "
+            "apart while H2O still holds.",
             SweepSettings(policies=("h2o", "kivi:bits=2", "quant:bits=4", "quant:bits=2"), ratios=(0.125, 0.25, 0.5), context=128, continuation=32),
             {"context": 1024, "continuation": 256, "ratios": (0.1, 0.2, 0.3, 0.5)},
         ),
