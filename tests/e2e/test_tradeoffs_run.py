@@ -15,11 +15,7 @@ SWEEP = {"policies": "window\nstreaming_llm:n_sink=4", "ratios": "0.25,0.5", "co
 def test_a_small_sweep_from_a_link(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     try:
-        # a fresh server answers its very first deep link with a "Page not found" dialog (Streamlit
-        # learns the pages from app.py's first run): open the home page first
-        page.goto(app_url, wait_until="domcontentloaded")
-        wait_until_idle(page)
-        page.goto(app_url + "/tradeoffs?" + urllib.parse.urlencode(SWEEP), wait_until="domcontentloaded")
+        page.goto(app_url + "/Tradeoffs?" + urllib.parse.urlencode(SWEEP), wait_until="domcontentloaded")
         wait_until_idle(page)
         assert page.get_by_role("textbox", name="Policies, one per line").input_value() == SWEEP["policies"]
         assert page.get_by_text("for 5 runs on cpu").count() == 1  # the estimate: reference + 2 x 2
@@ -28,6 +24,7 @@ def test_a_small_sweep_from_a_link(browser, app_url):
         page.get_by_text("the lowest perplexity is").wait_for(timeout=RUN_TIMEOUT_S * 1000)
         wait_until_idle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
+        assert page.get_by_text("Page not found").count() == 0
         chart = page.locator('[data-testid="stPlotlyChart"]')
         chart.locator(".legend").first.wait_for(timeout=30_000)
         assert chart.count() == 1
