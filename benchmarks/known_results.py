@@ -17,7 +17,7 @@ import time
 from kvviz import engine
 from kvviz.data import long_document, passkey_prompt
 from kvviz.models import load_model
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 
 def perplexities(loaded, prompt_tokens: int, continuation: int, budget: int) -> list[dict]:

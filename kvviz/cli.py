@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from kvviz.policies import PolicyError
-    from kvviz.tokens import PromptError
+    from kvviz.text import PromptError
 
     expected = (PolicyError, PromptError, ValueError, OSError)
     try:

@@ -11,8 +11,8 @@ from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
 from kvviz.policies import PolicyError
 from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError, encode_prompt, token_strings
-from kvviz.ui import attention_cache as cache
+from kvviz.text import PromptError, encode_prompt, token_texts
+from kvviz.ui import attention_memo as memo
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.page import start_page
 
@@ -69,13 +69,13 @@ try:
     if choice is not None or new_tokens > 0:
         spec = choice if choice is not None else PolicySpec.create("full")
         with st.spinner(f"Generating {new_tokens} tokens with the {spec.name} cache..."):
-            trace = cache.generate(loaded, prompt_ids, int(new_tokens), spec)
+            trace = memo.generate(loaded, prompt_ids, int(new_tokens), spec)
 except (PolicyError, PromptError, ValueError) as exc:
     st.error(f"The run could not start: {exc}")
     st.stop()
 
 ids = trace.all_ids if trace is not None else prompt_ids
-tokens = trace.tokens if trace is not None else token_strings(loaded.tokenizer, prompt_ids)
+tokens = trace.tokens if trace is not None else token_texts(loaded.tokenizer, prompt_ids)
 prompt_len = len(prompt_ids)
 n = len(ids)
 if n > 2048 and summary.device == "cpu":
@@ -83,7 +83,7 @@ if n > 2048 and summary.device == "cpu":
 
 try:
     with st.spinner(f"Computing attention of {summary.n_layers} layers × {summary.n_q_heads} heads over {n:,} tokens..."):
-        ov = cache.overview(loaded, ids, prompt_len, pool)
+        ov = memo.overview(loaded, ids, prompt_len, pool)
 except (capture.CaptureError, torch.OutOfMemoryError) as exc:
     st.error(f"The attention of this model could not be computed: {exc}")
     st.stop()
@@ -93,7 +93,7 @@ L, H = ov.n_layers, ov.n_q_heads
 group = H // ov.n_kv_heads
 ss.setdefault("attn.layer", min(L - 1, L // 2))
 ss.setdefault("attn.head", 0)
-digest = cache.ids_digest(ids)
+digest = memo.ids_digest(ids)
 if ss.get("attn.sequence") != digest:  # a new sequence: select its last token, show all of it
     ss["attn.sequence"] = digest
     ss["attn.token"] = n - 1
@@ -156,7 +156,7 @@ z3.button("Around the token", on_click=_zoom, args=(int(token) + 1 - max_cells, 
 z4.button("Last tokens", on_click=_zoom, args=(n - max_cells, n), width="stretch")
 q_range = (int(window[0]), max(int(window[1]), int(window[0]) + 1))
 
-qk = cache.layer_qk(loaded, ids, int(layer), prompt_len, ov)
+qk = memo.layer_qk(loaded, ids, int(layer), prompt_len, ov)
 kv_head = qk.kv_head(int(head))
 
 # the policy's evictions at a chosen step, for this layer and KV head
@@ -170,7 +170,7 @@ if trace is not None and choice is not None:
     exists = trace.entered_at_step() <= step
     evicted = exists & ~trace.kept_mask(step, int(layer), kv_head)
 
-view = cache.view(
+view = memo.view(
     loaded, ids, qk, int(head), q_range=q_range, k_range=q_range, max_cells=int(max_cells), pool=pool,
     evicted=evicted, prompt_len=prompt_len,
 )

@@ -4,14 +4,14 @@ import time
 
 import streamlit as st
 
-from kvviz import live
+from kvviz import live_run
 from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
-from kvviz.charts.tokens import token_states_figure
+from kvviz.charts.token_map import token_states_figure
 from kvviz.metrics import format_bytes, memory_saving
 from kvviz.token_view import Scope, token_records
-from kvviz.ui import tokens as token_ui
+from kvviz.ui import token_html
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.page import start_page
 
@@ -24,7 +24,7 @@ state = start_page(
 )
 ss = st.session_state
 loaded = state.loaded
-prompt_len = live.prompt_length(loaded.tokenizer, state.prompt, state.chat)
+prompt_len = live_run.prompt_length(loaded.tokenizer, state.prompt, state.chat)
 
 # ------------------------------------------------------------------------------ controls
 spec = policy_controls(key="live", prompt_len=prompt_len, url="policy")
@@ -36,12 +36,12 @@ compare = c_compare.checkbox(
     help="Also run the full cache, and the policy teacher-forced on the full cache's output (per-step KL, top-1). Three runs instead of one.",
 )
 run_row.caption(
-    f"Prompt: **{token_ui.md_escape(state.prompt_name or 'custom')}**, "
+    f"Prompt: **{token_html.md_escape(state.prompt_name or 'custom')}**, "
     + (f"{prompt_len} tokens" if prompt_len else "empty")
     + (" with the chat template" if state.chat else "")
-    + f" · model {token_ui.md_escape(loaded.summary.name)} on {loaded.summary.device}"
+    + f" · model {token_html.md_escape(loaded.summary.name)} on {loaded.summary.device}"
 )
-if prompt_len and prompt_len > live.LONG_PROMPT_CPU and loaded.summary.device == "cpu":
+if prompt_len and prompt_len > live_run.LONG_PROMPT_CPU and loaded.summary.device == "cpu":
     run_row.warning(
         f"A {prompt_len}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
         "attention compute it over the whole prompt), and Stop acts between generated tokens, not during the prefill.",
@@ -67,15 +67,15 @@ if ss.pop("live.run_requested", False):
         st.error("Fix the policy settings above first.")
     else:
         try:
-            request = live.prepare(
+            request = live_run.prepare(
                 loaded.tokenizer, state.prompt, chat=state.chat, spec=spec, max_new_tokens=max_new_tokens,
                 max_context=loaded.summary.max_context, compare=compare, prompt_name=state.prompt_name,
                 model_name=loaded.summary.name,
             )
-        except live.LiveInputError as exc:
+        except live_run.LiveInputError as exc:
             st.error(str(exc))
         else:
-            ss["live.job"] = live.LiveJob(loaded.model, loaded.tokenizer, request).start()
+            ss["live.job"] = live_run.LiveJob(loaded.model, loaded.tokenizer, request).start()
             ss["live.run_id"] = ss.get("live.run_id", 0) + 1
 
 job = ss.get("live.job")
@@ -87,16 +87,16 @@ c_stop.button("■ Stop", on_click=_stop, disabled=not running, key="live.stop",
 if job is not None:
     progress = st.progress(0.0)
     left, right = st.columns(2)
-    left.markdown(f"**{token_ui.md_escape(job.request.spec.label())}** output")
+    left.markdown(f"**{token_html.md_escape(job.request.spec.label())}** output")
     right.markdown("**full cache** output" if job.request.compare else " ")
     policy_box, full_box, bytes_box = left.empty(), right.empty(), st.empty()
     while True:
         done = not job.running
         frac, text = job.progress()
         progress.progress(frac, text=text)
-        policy_box.html(token_ui.stream_html(job.policy_tokens, cursor=job.phase == "policy"))
+        policy_box.html(token_html.stream_html(job.policy_tokens, cursor=job.phase == "policy"))
         if job.request.compare:
-            full_box.html(token_ui.stream_html(job.full_tokens, cursor=job.phase == "full"))
+            full_box.html(token_html.stream_html(job.full_tokens, cursor=job.phase == "full"))
         if job.kv_bytes:
             held, full = job.kv_bytes
             bytes_box.caption(f"KV cache now: {format_bytes(held)} held, {format_bytes(full)} for the full cache")
@@ -109,7 +109,7 @@ if job is not None:
 
 if ss.get("live.error"):
     st.error(ss["live.error"])
-result: live.LiveResult | None = ss.get("live.result")
+result: live_run.LiveResult | None = ss.get("live.result")
 if result is None:
     st.info("Press **Run** to generate with the policy. Tokens appear here as they are generated.")
     st.stop()
@@ -120,7 +120,7 @@ cmp = result.comparison
 last = max(trace.n_steps - 1, 0)
 saving = memory_saving(trace)
 st.divider()
-st.subheader(f"{trace.policy} on “{token_ui.md_escape(result.request.prompt_name or 'custom prompt')}”")
+st.subheader(f"{trace.policy} on “{token_html.md_escape(result.request.prompt_name or 'custom prompt')}”")
 if result.stopped:
     st.warning(f"Stopped after {trace.n_steps} tokens: what follows shows the partial run" + ("" if cmp else "; no comparison."))
 m = st.columns(5)
@@ -169,7 +169,7 @@ with tabs["Tokens"]:
         records = token_records(trace, s, scope)
         with token_box.container():
             st.caption(f"Step {s} · {scope.label()} · hover a token for its position, score, eviction step and share of layers/heads keeping it")
-            token_ui.render_tokens(records, s)
+            token_html.render_tokens(records, s)
         occupancy_box.plotly_chart(retention_charts.occupancy_figure(trace, s), width="stretch", key=f"live.occ.{key}")
 
     if play:
@@ -189,8 +189,8 @@ with tabs["Output vs full cache"]:
     if cmp is None:
         st.info("No comparison for this run: tick **Compare with full cache** and run again" + (" without stopping." if result.stopped else "."))
     else:
-        token_ui.render(
-            token_ui.comparison_html(
+        token_html.render(
+            token_html.comparison_html(
                 full.tokens[full.prompt_len :], trace.tokens[trace.prompt_len :], cmp.first_divergence, trace.policy
             )
         )
@@ -218,11 +218,11 @@ if "Reconstruction error" in tabs:
             st.plotly_chart(memory_charts.residual_window_figure(trace), width="stretch", key="live.qres")
 
 with tabs["Run details"]:
-    st.markdown(f"**Model** {token_ui.md_escape(trace.model)} · {trace.device} · {trace.dtype}")
+    st.markdown(f"**Model** {token_html.md_escape(trace.model)} · {trace.device} · {trace.dtype}")
     st.json({"policy": trace.policy, "params": trace.params, "budget": trace.budget, "stopped_by": trace.stopped_by,
              "prompt tokens": trace.prompt_len, "wall seconds": {k: round(v, 2) for k, v in result.wall_s.items()},
              "prefill_s": round(trace.timings["prefill_s"], 3), "decode_s": round(trace.timings["decode_s"], 3)})
     st.download_button(
-        "Download the trace (JSON)", data=live.trace_json(trace), file_name=f"kvviz-{trace.policy}.json",
+        "Download the trace (JSON)", data=live_run.trace_json(trace), file_name=f"kvviz-{trace.policy}.json",
         mime="application/json", key="live.download",
     )

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.charts.tokens import plotly_text
+from kvviz.charts.token_map import plotly_text
 from kvviz import metrics
 from kvviz.token_view import one_line, quoted
 from kvviz.trace import Trace

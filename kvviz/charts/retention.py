@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from kvviz.charts.tokens import plotly_text
+from kvviz.charts.token_map import plotly_text
 from kvviz.token_view import Scope, clamp_step, occupancy, quoted, retention, retention_by_layer
 from kvviz.trace import Trace
 

@@ -66,7 +66,7 @@ def load(args):
 
 def main(args) -> int:
     from kvviz import engine
-    from kvviz.tokens import encode_prompt
+    from kvviz.text import encode_prompt
 
     text = args.prompt if args.prompt is not None else args.prompt_file.read_text()
     spec = policy_spec(args)

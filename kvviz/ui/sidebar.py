@@ -19,10 +19,10 @@ import streamlit as st
 
 from kvviz import data
 from kvviz.models import LoadedModel, ModelLoadError, default_model_spec, embedded_gguf_path
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 from kvviz.ui.model_resource import get_model
 from kvviz.ui.state import persisted, url_problems
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import live, policies
+from kvviz import live_run, policies
 from kvviz.metrics import memory_saving
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
@@ -78,7 +78,7 @@ def test_one_policy_of_each_family(page, name):
     at = run_policy(page, name, FAMILIES[name], compare=name in ("full", "h2o", "kivi"))
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    result: live.LiveResult = at.session_state["live.result"]
+    result: live_run.LiveResult = at.session_state["live.result"]
     trace = result.trace
     assert trace.policy == name
     assert 1 <= trace.n_steps <= NEW_TOKENS and trace.generated_text.strip()
@@ -186,8 +186,8 @@ def test_hostile_prompt_is_shown_as_text(page):
 
 
 def test_stop_ends_the_run_and_keeps_the_partial_result(smollm):
-    request = live.prepare(smollm.tokenizer, "Count from one to fifty.", chat=True, spec="h2o", max_new_tokens=64)
-    job = live.LiveJob(smollm.model, smollm.tokenizer, request).start()
+    request = live_run.prepare(smollm.tokenizer, "Count from one to fifty.", chat=True, spec="h2o", max_new_tokens=64)
+    job = live_run.LiveJob(smollm.model, smollm.tokenizer, request).start()
     deadline = time.monotonic() + TIMEOUT
     while len(job.policy_tokens) < 3 and job.running and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -12,9 +12,9 @@ from kvviz import metrics, live
 from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
-from kvviz.charts.tokens import STATE_COLORS, token_states_figure
+from kvviz.charts.token_map import STATE_COLORS, token_states_figure
 from kvviz.token_view import STATES, Scope, occupancy, protection, retention, token_records
-from kvviz.ui.tokens import comparison_html, token_css, tokens_html
+from kvviz.ui.token_html import comparison_html, token_css, tokens_html
 
 SINGLE = Scope(0, 0)
 

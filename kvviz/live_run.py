@@ -18,7 +18,7 @@ from kvviz import engine
 from kvviz.engine import Comparison, StepEvent
 from kvviz.policies import PolicyError
 from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 from kvviz.trace import Trace, _json_default
 
 PHASES = {

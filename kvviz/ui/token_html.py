@@ -11,7 +11,7 @@ import html
 
 import streamlit as st
 
-from kvviz.charts.tokens import STATE_COLORS, STATE_TEXT_COLORS, describe_record
+from kvviz.charts.token_map import STATE_COLORS, STATE_TEXT_COLORS, describe_record
 from kvviz.token_view import STATES, TokenRecord, state_counts, visible_text
 
 BOX = (
