@@ -124,3 +124,33 @@ def char_groups(texts: list[str]) -> list[tuple[int, int]]:
         groups.append((start, len(texts)))
     return groups
 
+
+
+def match_positions(texts: list[str], query: str, max_matches: int = 500) -> list[int]:
+    """Positions whose text overlaps an occurrence of ``query`` (case-insensitive) in the joined
+    text, with the byte pieces before each such token; at most ``max_matches`` occurrences."""
+    query = (query or "").strip().casefold()
+    if not query:
+        return []
+    owner: list[int] = []  # owner[c]: the position whose text holds character c of the joined text
+    for pos, t in enumerate(texts):
+        owner.extend([pos] * len(t))
+    joined = "".join(texts).casefold()
+    if len(joined) != len(owner):  # casefold changed lengths (ß -> ss): search the plain lowercase text
+        joined = "".join(texts).lower()
+        if len(joined) != len(owner):
+            return []
+    hits: set[int] = set()
+    start, found = 0, 0
+    while found < max_matches:
+        at = joined.find(query, start)
+        if at < 0:
+            break
+        hits.update(owner[at : at + len(query)])
+        start, found = at + 1, found + 1
+    groups = char_groups(texts)
+    out = set()
+    for a, b in groups:
+        if b - 1 in hits:
+            out.update(range(a, b))
+    return sorted(out)

@@ -111,8 +111,12 @@ def _seed_from_url(key: str, url: str, default: str) -> None:
     except PolicyError as exc:
         st.session_state.setdefault("kvviz_url_problems", {})[url] = f"link setting '{url}' ignored: {exc}"
         return
-    if spec is None:
-        return
+    if spec is not None:
+        seed_spec(key, spec)
+
+
+def seed_spec(key: str, spec: PolicySpec) -> None:
+    """Set the kept values of the controls ``key`` to ``spec`` (a link, a preset) before they are drawn."""
     ss = st.session_state
     selectors = [n for n in spec.policies if policies.is_selector(n)]
     first = (selectors or spec.policies)[0]

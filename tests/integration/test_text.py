@@ -67,3 +67,21 @@ def test_a_prompt_over_the_size_limit_is_refused(smollm):
 
     with pytest.raises(PromptError, match="at most"):
         encode_prompt(smollm.tokenizer, "a" * (MAX_PROMPT_CHARS + 1))
+
+
+def test_search_marks_every_token_of_a_match(smollm):
+    from kvviz import data
+    from kvviz.text import match_positions
+
+    tok = smollm.tokenizer
+    text, key = data.passkey_prompt(200, 0.5, seed=3)
+    ids = encode_prompt(tok, text, chat=True)
+    texts = token_texts(tok, ids)
+    hits = match_positions(texts, key)
+    # the key appears twice in the needle sentence; the marked tokens spell it out, nothing else
+    marked = "".join(texts[p] for p in hits)
+    assert marked.count(key) == 2 or marked.replace(" ", "").count(key) == 2
+    assert all(any(ch.isdigit() for ch in texts[p]) for p in hits)
+    assert match_positions(texts, "缓存") == [] and match_positions(texts, "  ") == []
+    cn = token_texts(tok, tok("KV缓存是什么").input_ids)
+    assert "".join(cn[p] for p in match_positions(cn, "缓存")) in ("缓存", "缓存是", "KV缓存")

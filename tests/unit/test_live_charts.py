@@ -67,7 +67,7 @@ def test_every_state_gets_its_colour_in_the_token_map():
 def test_every_state_gets_its_colour_in_the_html():
     t = make_trace()
     html_text = tokens_html(token_records(t, 1, SINGLE), step=1, show_pending=True) + tokens_html(token_records(t, 1), 1)
-    rules = dict(re.findall(r"\.st-(\w+) \{ background: (#[0-9a-f]+);", token_css()))
+    rules = dict(re.findall(r"\.st-(\w+) \{ background: (#[0-9a-fA-F]+);", token_css()))
     assert rules == STATE_COLORS
     spans = re.findall(r'class="tok st-(\w+)[^"]*" data-pos="(\d+)"', html_text)
     assert {s for s, _ in spans} == set(STATES)
@@ -136,7 +136,7 @@ def test_divergence_is_marked_at_the_right_token():
     assert [s.x0 for s in fig.layout.shapes] == [1.5]  # the line sits just before token 2
     assert "token 2" in fig.layout.title.text
     html_text = comparison_html(full.tokens[PROMPT_LEN:], policy.tokens[PROMPT_LEN:], 2, "test")
-    marked = re.findall(r'<span class="diverge"[^>]*>([^<]*)</span>', html_text)
+    marked = re.findall(r'<span class="tok diverge"[^>]*>([^<]*)</span>', html_text)
     assert marked == [" C", " X"]
     same = with_output(base, [10, 11, 12, 13], [" A", " B", " C", " D"])
     assert compare_charts.first_divergence(full, same) is None
