@@ -42,3 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except expected as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; anything else is a bug: let it show
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        from kvviz.models import out_of_memory_message
+
+        print(f"error: {out_of_memory_message(e)}", file=sys.stderr)
+        return 2

@@ -21,7 +21,7 @@ from kvviz import engine, run_store
 from kvviz.engine import Comparison, StepEvent
 from kvviz.models import out_of_memory_message
 from kvviz.policies import PolicyError
-from kvviz.spec import PolicySpec
+from kvviz.spec import PolicySpec, budget_notes
 from kvviz.text import PromptError, decode, encode_prompt
 from kvviz.trace import Trace, _json_default
 
@@ -81,33 +81,6 @@ class LiveRequest:
         d = dict(d)
         d["spec"] = PolicySpec.parse(d["spec"])
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
-    """What the policy really protects with the budget it gets on this prompt, and a warning when
-    its settings ask for more than the budget holds (the policy then caps them)."""
-    budget = spec.resolve_budget(prompt_len)
-    selector = spec.pipeline().selector
-    if budget is None or selector is None or not hasattr(selector, "protection"):
-        return []
-    real, asked = selector.protection(budget), selector.protection(10**9)
-    held = []
-    if real.n_sink:
-        held.append(f"the first {real.n_sink} tokens (sinks)")
-    if real.recent:
-        held.append(f"the {real.recent} " + ("last tokens of the prompt" if real.anchored_at_prompt else "most recent tokens"))
-    notes = []
-    if held:
-        notes.append(f"With {budget} entries per layer and KV head, {spec.name} always keeps " + " and ".join(held) + ".")
-    if (real.n_sink, real.recent) != (asked.n_sink, asked.recent):
-        notes.append(
-            f"The budget ({budget} entries) is smaller than {spec.name}'s settings ask for "
-            f"({asked.n_sink + asked.recent} protected entries): the policy caps them to fit. "
-            "Raise the budget or lower the window to keep its own choice."
-        )
-    elif held and real.n_sink + real.recent >= budget:
-        notes.append(f"Every kept entry is a protected one: no room is left for {spec.name}'s scores at this budget.")
-    return notes
 
 
 def prepare(

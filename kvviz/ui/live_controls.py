@@ -14,7 +14,7 @@ import streamlit as st
 
 from kvviz import data, live_run
 from kvviz.metrics import format_bytes
-from kvviz.spec import PolicySpec
+from kvviz.spec import PolicySpec, budget_notes
 from kvviz.ui import sidebar as sb
 from kvviz.ui.policy_controls import seed_spec
 from kvviz.ui.sidebar import SidebarState
@@ -75,7 +75,7 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
     )
     if spec is not None and prompt_len:
         try:
-            for note in live_run.budget_notes(spec, prompt_len):
+            for note in budget_notes(spec, prompt_len):
                 (row.warning if "smaller than" in note or "no room" in note else row.caption)(note)
         except ValueError:
             pass  # the budget does not fit the prompt: Run says why

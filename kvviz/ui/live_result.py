@@ -94,7 +94,7 @@ def header(result: live_run.LiveResult, spec_now: PolicySpec | None) -> None:
     st.divider()
     st.subheader(f"{md_escape(req.spec.label())} on “{md_escape(req.prompt_name or 'custom prompt')}”")
     st.caption(
-        f"Settings of this run: `{md_escape(req.spec.to_text())}` · budget "
+        f"Settings of this run: **{md_escape(req.spec.to_text())}** · budget "
         + (f"{trace.budget} entries per layer and KV head" if trace.budget is not None else "none (keeps everything)")
         + f" · {trace.prompt_len} prompt tokens · {req.max_new_tokens} new tokens asked · "
         + ("compared with the full cache" if req.compare else "no comparison")

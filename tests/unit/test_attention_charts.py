@@ -9,7 +9,7 @@ import pytest
 from kvviz.attention_maps import AttentionView, HeadProfiles, Overview, pool_matrix
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
-from kvviz.charts._attention_common import HIGHLIGHT, LOG_FLOOR, color_values
+from kvviz.charts._attention_common import LOG_FLOOR, color_values
 
 
 def causal_matrix(n: int, seed: int = 0) -> np.ndarray:

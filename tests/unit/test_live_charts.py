@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from live_synthetic import PROMPT_LEN, make_trace, with_output
 
-from kvviz import metrics, live
+from kvviz import metrics
 from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
