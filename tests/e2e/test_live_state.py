@@ -4,6 +4,7 @@ comparison, a quiet server log, and runs that survive a restart (or say they did
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 
@@ -11,7 +12,7 @@ import pytest
 
 from kvviz import data
 from tests.e2e.conftest import free_port, start_server, stop_server
-from tests.e2e.test_browser import wait_until_idle
+from tests.e2e.test_browser import REPO, wait_until_idle
 
 RUN_TIMEOUT_S = 600
 SNAPKV_DEMO = next(n for n in data.PRESETS if "snapkv" in n)
@@ -56,6 +57,12 @@ def test_a_demo_survives_navigation_and_rings_the_pass_key(browser, app_url):
         key = re.search(r"The hidden pass key (\d+)", text).group(1)
         ringed = page.locator(".kvviz-tokens .tok.mark")
         assert ringed.count() >= 2 and key in "".join(ringed.all_inner_texts()).replace(" ", "")
+        if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
+            out = REPO / "docs" / "screenshots" / "live_policy_run.png"
+            height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+            page.set_viewport_size({"width": 1400, "height": min(max(int(height), 1000), 6000)})
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out), full_page=True)
         page.get_by_role("tab", name="Run details").click()
         details = page.locator('[data-testid="stTable"]').inner_text()
         assert "snapkv:window=8" in details and key in details  # the output carries the key
