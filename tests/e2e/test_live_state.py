@@ -48,8 +48,9 @@ def test_a_demo_survives_navigation_and_rings_the_pass_key(browser, app_url):
         # everything the demo set is still set after visiting another page
         assert page.get_by_role("combobox", name="Policy").input_value().startswith("snapkv")
         assert page.get_by_role("spinbutton", name="window").input_value() == "8"
-        assert "Passkey retrieval" in page.locator('[data-testid="stSidebarUserContent"]').inner_text()
-        page.get_by_role("checkbox", name="Compare with full cache").uncheck()  # one pass: quicker on a CPU
+        sidebar = page.locator('[data-testid="stSidebarUserContent"]')
+        assert sidebar.get_by_role("combobox", name="Example").input_value() == data.PASSKEY_EXAMPLE
+        page.get_by_text("Compare with full cache", exact=True).click()  # one pass: quicker on a CPU
         wait_until_idle(page)
         run_and_wait(page)
         text = main_text(page)
@@ -77,7 +78,7 @@ def test_text_in_any_language_shows_whole_characters(browser, app_url):
     try:
         run_and_wait(page)
         view = page.locator(".kvviz-tokens").first
-        shown = view.inner_text()
+        shown = view.inner_text().split("▌output:")[0]  # the prompt (a 135M model may well emit stray bytes)
         assert "\ufffd" not in shown and "🙂🙂" in shown.replace(" ", "") and "缓存" in shown.replace(" ", "")
         assert "שלום" in shown.replace(" ", "") and "e\u0301" in shown
         emoji = view.locator(".tok", has_text="🙂").first
