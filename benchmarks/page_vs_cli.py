@@ -108,15 +108,11 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            from tests.e2e.test_browser import wait_until_idle
-
-            page.goto(base, wait_until="domcontentloaded")  # the process's first run: Streamlit's pages/ check (see README)
-            wait_until_idle(page, 900)
-            page_run(page, f"{base}/live?{query}")  # warm-up: the model loads, the first forward is slow
+            page_run(page, f"{base}/Live_Policy?{query}")  # warm-up: the model loads, the first forward is slow
             cli_run(prompt_file, args.policy, args.new_tokens)
             for i in range(args.repeats):
                 cli = cli_run(prompt_file, args.policy, args.new_tokens)
-                web = page_run(browser.new_page(viewport={"width": 1400, "height": 1000}), f"{base}/live?{query}")
+                web = page_run(browser.new_page(viewport={"width": 1400, "height": 1000}), f"{base}/Live_Policy?{query}")
                 rows.append({**cli, **web, "ratio": web["click_to_result_s"] / cli["engine_s"]})
                 print(f"run {i}: CLI engine {cli['engine_s']:.2f} s | page click to result {web['click_to_result_s']:.2f} s "
                       f"(whole run {web['whole_run_s']:.2f} s) | ratio {rows[-1]['ratio']:.2f}", flush=True)

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 BLACK, ORANGE, SKY, GREEN, YELLOW, BLUE, VERMILLION, PURPLE = (
     "#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
 )
-GREY, LIGHT_GREY, INK = "#8C8C8C", "#E3E3E3", "#1F2937"
+GREY, LIGHT_GREY, INK, WHITE = "#8C8C8C", "#E3E3E3", "#1F2937", "#FFFFFF"
 
 COLORS: dict[str, str] = {
     # what the cache holds

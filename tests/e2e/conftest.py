@@ -71,28 +71,13 @@ def stop_server(server: subprocess.Popen) -> None:
         server.kill()
 
 
-def first_visit(browser, url: str) -> None:
-    """The first script run of a server process: with a ``pages/`` folder beside app.py,
-    Streamlit runs it in its old multipage mode and answers a deep link (``/live``) with a "Page
-    not found" dialog; from the second run on, ``st.navigation`` rules. Visit the home page once."""
-    from tests.e2e.test_browser import wait_until_idle
-
-    page = browser.new_page()
-    try:
-        page.goto(url, wait_until="domcontentloaded")
-        wait_until_idle(page)
-    finally:
-        page.close()
-
-
 @pytest.fixture(scope="session")
-def app_server(smollm, browser, tmp_path_factory):
+def app_server(smollm, tmp_path_factory):
     """(base URL, log file) of a live kvviz server (smollm first, so the weights cache is warm)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     server = start_server(port, log_path)
     try:
-        first_visit(browser, f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}", log_path
     finally:
         stop_server(server)

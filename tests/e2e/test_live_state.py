@@ -20,7 +20,7 @@ SNAPKV_DEMO = next(n for n in data.PRESETS if "snapkv" in n)
 
 def open_live(browser, url: str, query: dict | None = None):
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(url + "/live" + ("?" + urllib.parse.urlencode(query) if query else ""), wait_until="domcontentloaded")
+    page.goto(url + "/Live_Policy" + ("?" + urllib.parse.urlencode(query) if query else ""), wait_until="domcontentloaded")
     wait_until_idle(page, RUN_TIMEOUT_S)
     return page
 
@@ -41,9 +41,9 @@ def test_a_demo_survives_navigation_and_rings_the_pass_key(browser, app_url):
         page.get_by_text("Demos in one click").click()
         page.get_by_role("button", name=SNAPKV_DEMO).click()
         wait_until_idle(page)
-        page.locator('[data-testid="stSidebarNav"] a[href$="/attention"]').click()
+        page.locator('[data-testid="stSidebarNav"] a[href$="/Attention"]').click()
         wait_until_idle(page, RUN_TIMEOUT_S)
-        page.locator('[data-testid="stSidebarNav"] a[href$="/live"]').click()
+        page.locator('[data-testid="stSidebarNav"] a[href$="/Live_Policy"]').click()
         wait_until_idle(page, RUN_TIMEOUT_S)
         # everything the demo set is still set after visiting another page
         assert page.get_by_role("combobox", name="Policy").input_value().startswith("snapkv")
@@ -94,7 +94,7 @@ def test_two_sessions_never_see_each_others_results(browser, app_url):
         run_and_wait(first)
         assert "Whole run" in main_text(first)
         second = second_context.new_page()
-        second.goto(app_url + "/live", wait_until="domcontentloaded")
+        second.goto(app_url + "/Live_Policy", wait_until="domcontentloaded")
         wait_until_idle(second, RUN_TIMEOUT_S)
         assert "Press Run to generate" in main_text(second) and "Whole run" not in main_text(second)
     finally:
@@ -133,8 +133,6 @@ def own_server(smollm, tmp_path):
 
 def test_runs_survive_a_restart_or_say_they_did_not(browser, own_server):
     url, port, log, servers = own_server
-    warm = open_live(browser, url)  # the process's first run (Streamlit's pages/ check)
-    warm.close()
     page = open_live(browser, url, {"example": data.CHAT_EXAMPLE, "policy": "window:budget=16", "new": 3, "compare": 0})
     try:
         run_and_wait(page)
