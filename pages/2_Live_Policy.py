@@ -40,7 +40,7 @@ trace, full, forced, cmp = result.trace, result.full, result.forced, result.comp
 live_result.header(result, spec)
 step, scope, play = live_result.step_controls(trace)
 live_result.metrics(result, step)
-search = persisted(st.text_input, "live.search", "", label="Find in the tokens", placeholder="a word, a number, 缓存 ...",
+search = persisted(st.text_input, "live.search", "", label="Find in the tokens", placeholder="a word, a number, the pass key ...",
                    help="Tokens that spell it are ringed in yellow in the token view, the token map and the retention maps.")
 marked = sorted(set(match_positions(trace.tokens, search)) | set(match_positions(trace.tokens, result.request.passkey or "")))
 if result.request.passkey:

@@ -189,7 +189,7 @@ def details(result: live_run.LiveResult) -> None:
         "Policy's pass": f"prefill {trace.timings['prefill_s']:.2f} s, decoding {trace.timings['decode_s']:.2f} s",
         "Wall time": ", ".join(f"{k} {v:.2f} s" for k, v in result.wall_s.items()) or "not measured",
     }
-    st.table({"": list(rows), "value": [md_escape(v) for v in rows.values()]}, hide_header=True)
+    st.table({"": list(rows), "value": list(rows.values())}, hide_header=True)  # cells are plain text, not markdown
     st.download_button(
         "Download the trace (JSON)", data=live_run.trace_json(trace), file_name=f"kvviz-{trace.policy}.json",
         mime="application/json", key="live.download",

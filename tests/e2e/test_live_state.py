@@ -66,7 +66,8 @@ def test_a_demo_survives_navigation_and_rings_the_pass_key(browser, app_url):
             page.screenshot(path=str(out), full_page=True)
         page.get_by_role("tab", name="Run details").click()
         details = page.locator('[data-testid="stTable"]').inner_text()
-        assert "snapkv:window=8" in details and key in details  # the output carries the key
+        assert "snapkv:window=8" in details, details
+        assert key in details, details  # the output carries the key
         assert "{" not in details  # readable, not raw JSON
     finally:
         page.close()
