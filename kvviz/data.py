@@ -140,12 +140,12 @@ class Preset:
 # 32-token window "604."; snapkv with an 8-token window answers the full key, 60494.
 PRESETS: dict[str, Preset] = {
     "Pass key: h2o at 25% loses it": Preset(
-        PASSKEY_EXAMPLE, "h2o:ratio=0.25", 8, True,
+        PASSKEY_EXAMPLE, "h2o:ratio=0.25", 12, True,
         "H2O keeps the tokens that received the most attention so far; the pass key, read once in the middle "
         "of the filler, is not among them, and the answer comes out wrong.",
     ),
     "Pass key: snapkv (window 8) at 25% keeps it": Preset(
-        PASSKEY_EXAMPLE, "snapkv:window=8,ratio=0.25", 8, True,
+        PASSKEY_EXAMPLE, "snapkv:window=8,ratio=0.25", 12, True,
         "SnapKV lets the last 8 prompt tokens (the question) vote for what to keep: they look at the pass key, "
         "so it stays, and the answer is right. With its default 32-token window the votes are spread over "
         "filler and the key is lost.",

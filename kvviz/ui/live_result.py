@@ -176,7 +176,7 @@ def play_steps(show_step, last: int, pause_s: float = 0.4) -> None:
 def details(result: live_run.LiveResult) -> None:
     """The run's settings and timings as a readable table, and the trace to download."""
     trace, req = result.trace, result.request
-    params = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in (vals or {}).items()) for name, vals in (trace.params or {}).items())
+    params = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in (vals or {}).items() if v is not None) for name, vals in (trace.params or {}).items())
     rows = {
         "Model": f"{trace.model} · {trace.device} · {trace.dtype}",
         "Policy": req.spec.label(),

@@ -93,7 +93,7 @@ def test_a_demo_sets_prompt_policy_and_settings_in_one_click(page):
     assert not at.exception
     assert at.sidebar.selectbox(key="_kvviz_prompt_name").value == data.PASSKEY_EXAMPLE
     assert at.selectbox(key="live.name").value == "snapkv" and at.number_input(key="live.snapkv.window").value == 8
-    assert at.slider(key="live.ratio").value == pytest.approx(0.25) and at.slider(key="_live.new_tokens").value == 8
+    assert at.slider(key="live.ratio").value == pytest.approx(0.25) and at.slider(key="_live.new_tokens").value == 12
     assert any("SnapKV lets the last 8 prompt tokens" in i.value for i in at.info)
 
 
