@@ -86,12 +86,12 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
             icon=":material/hourglass_top:",
         )
     ss = st.session_state
+    if ss.pop("live.run_requested", False):  # before the buttons: Stop is live while this run follows the job
+        _start(state, spec, int(new_tokens), bool(compare))
     job = ss.get(JOB)
     running = job is not None and job.running
     c_run.button("▶ Run", type="primary", on_click=_request_run, disabled=running, key="live.run", width="stretch")
     c_stop.button("■ Stop", on_click=_stop, disabled=not running, key="live.stop", width="stretch")
-    if ss.pop("live.run_requested", False):
-        _start(state, spec, int(new_tokens), bool(compare))
 
 
 def _request_run() -> None:
