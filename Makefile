@@ -1,4 +1,4 @@
-# kvviz: `make run` (set up, then start the app) and `make test` (set up, then run every test).
+# kvviz: `make run` (set up, then start the app) and `make test` (set up, lint with ruff, then run every test).
 # Run inside an activated virtual environment, e.g. `python3 -m venv .venv && . .venv/bin/activate`.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 COMPAT_DIR ?= .compat/transformers-5.17
 
-.PHONY: setup run test test-compat
+.PHONY: setup run lint test test-compat
 
 # torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build.
 setup:
@@ -21,7 +21,10 @@ setup:
 run: setup
 	$(PYTHON) -m streamlit run app.py $(STREAMLIT_ARGS)
 
-test: setup
+lint: setup
+	$(PYTHON) -m ruff check .
+
+test: setup lint
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 	$(MAKE) test-compat
 

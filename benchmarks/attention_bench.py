@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     ov = rows["overview"]["result"]
     kept = layer in ov.qk
     if kept:
-        rows["detail"] = measure(lambda: detail(ov.qk[layer]), device, args.repeats)
+        rows["detail"] = measure(lambda ov=ov: detail(ov.qk[layer]), device, args.repeats)
     del ov
     rows["overview"]["result"] = None
     rows["detail_cold"] = measure(detail_cold, device, args.repeats)

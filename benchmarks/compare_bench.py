@@ -29,7 +29,7 @@ from kvviz.bundle import RunSettings  # noqa: E402
 from kvviz.comparison_result import ComparisonResult  # noqa: E402
 from kvviz.models import load_model  # noqa: E402
 from kvviz.spec import PolicySpec  # noqa: E402
-from kvviz.tokens import encode_prompt  # noqa: E402
+from kvviz.text import encode_prompt  # noqa: E402
 
 PASSKEY = ["h2o:ratio=0.25", "snapkv:window=8,ratio=0.25", "streaming_llm:ratio=0.25"]
 LONG = ["h2o:ratio=0.25", "snapkv:window=16,ratio=0.25", "streaming_llm:ratio=0.25", "quant:bits=4"]

@@ -5,7 +5,7 @@ import torch
 from kvviz import engine
 from kvviz.models import load_model
 from kvviz.policies import registry
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 loaded = load_model()
 m, tok = loaded.model, loaded.tokenizer

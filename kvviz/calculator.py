@@ -310,7 +310,7 @@ def get_architecture(name: str) -> Architecture:
 def architecture_from_config(cfg, name: str = "custom", source: str = "pasted config") -> Architecture:
     """An Architecture from a parsed config.json; raises CalcError when it lacks the needed fields."""
     arch = Architecture(name=name, display=name, config=text_config(cfg), source=source)
-    arch.layout  # validate now: a clear error instead of a late one
+    arch.layout  # noqa: B018  (validate now: a clear error instead of a late one)
     return arch
 
 

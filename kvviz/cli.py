@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from kvviz.policies import PolicyError
-    from kvviz.tokens import PromptError
+    from kvviz.text import PromptError
 
     expected = (PolicyError, PromptError, ValueError, OSError)
     try:
@@ -41,4 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return command_modules()[args.command].main(args)
     except expected as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; anything else is a bug: let it show
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        from kvviz.models import out_of_memory_message
+
+        print(f"error: {out_of_memory_message(e)}", file=sys.stderr)
         return 2

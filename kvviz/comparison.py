@@ -28,7 +28,7 @@ from kvviz.bundle import RunSettings
 from kvviz.comparison_result import ComparisonResult, PolicyRun
 from kvviz.policies import PolicyError
 from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 from kvviz.trace import Trace
 
 MIN_POLICIES, MAX_POLICIES = 2, 4

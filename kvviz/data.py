@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -121,3 +122,32 @@ EXAMPLES: dict[str, str] = {
 def example_names() -> list[str]:
     """Names of the built-in examples, in the order a picker shows them."""
     return list(EXAMPLES)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A demo in one click: an example prompt, a policy and how many tokens to generate."""
+
+    example: str
+    spec: str  # a PolicySpec in text form
+    new_tokens: int
+    chat: bool
+    story: str  # what to look at, for the page
+
+
+# Checked on SmolLM2-135M-Instruct (CPU, float32, greedy) by tests/integration/test_presets.py:
+# at a quarter of the 585-token passkey prompt, h2o answers "6." and snapkv with its default
+# 32-token window "604."; snapkv with an 8-token window answers the full key, 60494.
+PRESETS: dict[str, Preset] = {
+    "Pass key: h2o at 25% loses it": Preset(
+        PASSKEY_EXAMPLE, "h2o:ratio=0.25", 12, True,
+        "H2O keeps the tokens that received the most attention so far; the pass key, read once in the middle "
+        "of the filler, is not among them, and the answer comes out wrong.",
+    ),
+    "Pass key: snapkv (window 8) at 25% keeps it": Preset(
+        PASSKEY_EXAMPLE, "snapkv:window=8,ratio=0.25", 12, True,
+        "SnapKV lets the last 8 prompt tokens (the question) vote for what to keep: they look at the pass key, "
+        "so it stays, and the answer is right. With its default 32-token window the votes are spread over "
+        "filler and the key is lost.",
+    ),
+}

@@ -24,7 +24,7 @@ from kvviz import graphs
 from kvviz.cache import PolicyCache
 from kvviz.policies import PolicyError
 from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError, token_strings
+from kvviz.text import PromptError, token_texts
 from kvviz.trace import Trace
 
 _active = threading.local()  # the PolicyCache of the run on this thread, for the query hooks
@@ -241,7 +241,7 @@ def run(
         spec=spec.to_dict() if spec is not None else None,
         prompt_ids=prompt_ids,
         generated_ids=generated,
-        tokens=token_strings(tokenizer, prompt_ids + generated),
+        tokens=token_texts(tokenizer, prompt_ids + generated),
         n_layers=n_layers,
         n_kv_heads=n_kv,
         n_q_heads=config.num_attention_heads,

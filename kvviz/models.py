@@ -151,6 +151,40 @@ def default_model_spec() -> str:
         return EMBEDDED_GGUF  # load_model() then explains what is missing
 
 
+def display_name(spec: str) -> str:
+    """A model spec as a person reads it: the embedded GGUF file as "SmolLM2-135M-Instruct,
+    embedded", any other file by its name, an id or a directory as given."""
+    spec = (spec or "").strip()
+    if spec and _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if _is_embedded(path):
+            return f"{EMBEDDED_GGUF.split('.')[0]}, embedded"
+        return path.name or spec
+    return spec
+
+
+def spec_from_display(text: str) -> str:
+    """The model spec behind a name ``display_name`` gave (the embedded model's friendly name
+    back to its file); any other text is a spec as it is."""
+    text = (text or "").strip()
+    try:
+        embedded = embedded_gguf_path()
+    except ModelLoadError:
+        return text
+    return str(embedded) if text == display_name(str(embedded)) else text
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """A one-line message for an out-of-memory error; frees what the allocator caches, so that
+    the next, smaller run can start."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return (
+        "The device ran out of memory for this run (" + _one_line(exc)[:120] + "). Nothing was kept from it; "
+        "try a shorter prompt, fewer new tokens or a smaller budget, or the CPU."
+    )
+
+
 def pick_device(requested: str | None = None) -> str:
     """"cuda" if available, else "mps", else "cpu"; an explicit request is honoured or refused."""
     req = (requested or "auto").strip().lower()
@@ -422,15 +456,6 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 # --------------------------------------------------------------------------- GGUF + weights cache
 
 
-
-
-
-
-
-
-
-
-
 def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
     """Returns (model, tokenizer, what the weights cache did: "hit", "built" or "rebuilt: why")."""
     report(f"Hashing {path.name}", 0.02)
@@ -453,12 +478,6 @@ def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
     return model, tokenizer, "built" if problem == "absent" else f"rebuilt: {problem}"
 
 
-
-
-
-
-
-
 def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) -> None:
     """Dequantize the GGUF file once (fp32, CPU) and write the result as a cache entry."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -476,8 +495,5 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the cached weights are plain tensors
     save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)
-
-
-
 
 

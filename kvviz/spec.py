@@ -190,3 +190,30 @@ def _float(value, what: str) -> float:
         return f
     except (TypeError, ValueError):
         raise PolicyError(f"{what} must be a number, not {value!r}.") from None
+
+
+def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
+    """What the policy really protects with the budget it gets on this prompt, and a warning when
+    its settings ask for more than the budget holds (the policy then caps them)."""
+    budget = spec.resolve_budget(prompt_len)
+    selector = spec.pipeline().selector
+    if budget is None or selector is None or not hasattr(selector, "protection"):
+        return []
+    real, asked = selector.protection(budget), selector.protection(10**9)
+    held = []
+    if real.n_sink:
+        held.append(f"the first {real.n_sink} tokens (sinks)")
+    if real.recent:
+        held.append(f"the {real.recent} " + ("last tokens of the prompt" if real.anchored_at_prompt else "most recent tokens"))
+    notes = []
+    if held:
+        notes.append(f"With {budget} entries per layer and KV head, {spec.name} always keeps " + " and ".join(held) + ".")
+    if (real.n_sink, real.recent) != (asked.n_sink, asked.recent):
+        notes.append(
+            f"The budget ({budget} entries) is smaller than {spec.name}'s settings ask for "
+            f"({asked.n_sink + asked.recent} protected entries): the policy caps them to fit. "
+            "Raise the budget or lower the window to keep its own choice."
+        )
+    elif held and real.n_sink + real.recent >= budget:
+        notes.append(f"Every kept entry is a protected one: no room is left for {spec.name}'s scores at this budget.")
+    return notes

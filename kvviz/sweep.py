@@ -37,7 +37,7 @@ from kvviz.metrics import mean_or_nan, perplexity
 from kvviz.policies import PolicyError
 from kvviz.spec import BUDGET_KEYS, PolicySpec
 from kvviz.sweep_rows import PASSKEY_COLUMNS, PPL_COLUMNS, SweepRow, rows_csv  # noqa: F401  (re-exported)
-from kvviz.tokens import PromptError
+from kvviz.text import PromptError
 
 TASKS = ("ppl", "passkey")
 
@@ -219,7 +219,7 @@ def _plan_ppl(tokenizer, settings, points, max_context) -> Plan:
 
 
 def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
-    from kvviz.tokens import encode_prompt
+    from kvviz.text import encode_prompt
 
     if not settings.depths or not settings.lengths:
         raise PolicyError("The passkey task needs at least one depth and one filler length.")

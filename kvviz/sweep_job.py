@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kvviz import sweep
 from kvviz.data import long_document
 from kvviz.policies import PolicyError
-from kvviz.tokens import PromptError
+from kvviz.text import PromptError
 
 SLOW_POLICY_FACTOR = 2.0  # upper end: per-step cost of a policy that scores or quantizes, against the full cache
 

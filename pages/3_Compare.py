@@ -11,7 +11,7 @@ from kvviz.ui.bundles import downloads, upload_box
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import budget_control, policy_controls
 from kvviz.ui.state import from_url, persisted, to_url
-from kvviz.ui.tokens import md_escape, render
+from kvviz.ui.token_html import md_escape, render
 
 state = start_page(
     "Compare policies", "⚖️",

@@ -9,7 +9,7 @@ from kvviz.ui import tradeoffs as ui
 from kvviz.ui.model_resource import model_key
 from kvviz.ui.page import start_page
 from kvviz.ui.state import persisted
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 state = start_page(
     "Tradeoffs",

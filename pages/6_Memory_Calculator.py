@@ -10,9 +10,9 @@ from kvviz import calculator as calc
 from kvviz.charts import calculator as charts
 from kvviz.memory_check import check_calculator
 from kvviz.metrics import format_bytes
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 from kvviz.ui.calculator_controls import calculator_controls
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 from kvviz.ui.page import start_page
 
 state = start_page(

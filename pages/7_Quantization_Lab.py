@@ -6,9 +6,9 @@ import streamlit as st
 
 from kvviz import quant_lab as lab
 from kvviz.charts import quant_lab as charts
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 from kvviz.ui.page import start_page
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 state = start_page(
     "Quantization lab",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvviz.charts.style import COLORS
+
 COLORSCALE = "Viridis"
-MASK_COLOR = "#e6e6e6"
-HIGHLIGHT = "#ff2d55"
+MASK_COLOR = COLORS["masked"]
+HIGHLIGHT = COLORS["highlight_on_map"]
 LOG_FLOOR = -5.0  # log10 of the smallest weight shown in colour
 
 

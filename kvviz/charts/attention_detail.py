@@ -1,6 +1,6 @@
 """Figures of one head of one layer in detail: the (pooled) attention matrix with its key scores
-and row entropies, the tokens coloured by attention, the CSV of the matrix in view, and the
-attention lost to evicted keys per decode step.
+and row entropies, the CSV of the matrix in view, and the attention lost to evicted keys per
+decode step (the tokens tinted by attention are drawn by ``kvviz.ui.token_html``).
 
 Pure builders: attention maps in (``kvviz.attention_maps``), plotly figures, HTML or text out. Text
 from prompts and model output is escaped wherever plotly or HTML would read it.
@@ -17,12 +17,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.attention_maps import AttentionView
+from kvviz.attention_data import AttentionView
 from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
-from kvviz.token_view import one_line, visible_text
+from kvviz.charts.style import COLORS, EVICTED_SCALE
+from kvviz.token_view import one_line
 
-EVICTED_COLORSCALE = [[0.0, "#f1f1f1"], [1.0, "#5f5f5f"]]
-EVICTED_BAR = "#9e9e9e"
+EVICTED_COLORSCALE = EVICTED_SCALE
+EVICTED_BAR = COLORS["evicted"]
 EVICTED_TILE_SHARE = 0.5  # a tile column is drawn as evicted when at least this share of its keys is
 
 
@@ -138,7 +139,7 @@ def detail_figure(
 
     # the attention each key receives (H2O score) and the entropy of each query row
     key_score = pool_positions(view.key_score, view.k_start, view.k_stop, view.tile, view.pool)
-    bar_colors = np.where(evicted_cols, EVICTED_BAR, "#3b6fb6").tolist()
+    bar_colors = np.where(evicted_cols, EVICTED_BAR, COLORS["kept"]).tolist()
     fig.add_trace(
         go.Bar(
             x=xl, y=key_score, marker=dict(color=bar_colors, pattern=dict(shape=["/" if e else "" for e in evicted_cols])),
@@ -150,7 +151,7 @@ def detail_figure(
     entropy = pool_positions(view.row_entropy, view.q_start, view.q_stop, view.tile, view.pool)
     fig.add_trace(
         go.Bar(
-            y=yl, x=entropy, orientation="h", marker=dict(color="#7b5aa6"), customdata=view.row_starts.tolist(),
+            y=yl, x=entropy, orientation="h", marker=dict(color=COLORS["measure"]), customdata=view.row_starts.tolist(),
             name="row entropy", hovertemplate="query %{y}<br>entropy %{x:.3g} nats<extra></extra>", showlegend=False,
         ),
         row=1, col=2,
@@ -160,13 +161,13 @@ def detail_figure(
     p = view.prompt_len
     if view.k_start < p < view.k_stop:
         x = (p - view.k_start) / view.tile - 0.5
-        fig.add_vline(x=x, line=dict(color="#e07b00", dash="dash", width=1.5), row=1, col=1)
+        fig.add_vline(x=x, line=dict(color=COLORS["generated"], dash="dash", width=1.5), row=1, col=1)
     if view.q_start < p < view.q_stop:
         y = (p - view.q_start) / view.tile - 0.5
-        fig.add_hline(y=y, line=dict(color="#e07b00", dash="dash", width=1.5), row=1, col=1)
+        fig.add_hline(y=y, line=dict(color=COLORS["generated"], dash="dash", width=1.5), row=1, col=1)
         fig.add_annotation(
             x=0, y=y, xref="x", yref="y", text="generated ↓", showarrow=False, xanchor="left", yanchor="top",
-            font=dict(color="#e07b00", size=11),
+            font=dict(color=COLORS["generated"], size=11),
         )
 
     # the selected token: its row and its column
@@ -206,56 +207,7 @@ def detail_figure(
 
 
 # ---------------------------------------------------------------------------------------------
-# tokens as text, the matrix as CSV, and the attention lost to eviction
-
-
-def tokens_html(
-    tokens: list[str],
-    *,
-    prompt_len: int,
-    weights: np.ndarray | None = None,
-    selected: int | None = None,
-    evicted: np.ndarray | None = None,
-    start: int = 0,
-    stop: int | None = None,
-) -> str:
-    """Tokens start..stop as HTML spans (text escaped): background by ``weights`` (e.g. the
-    selected query's attention, scaled to its maximum), the selected token outlined, evicted
-    tokens struck through, generated tokens underlined. Each span's title gives position and weight."""
-    stop = len(tokens) if stop is None else min(stop, len(tokens))
-    w = None
-    if weights is not None:
-        w = np.asarray(weights, dtype=np.float64)
-        top = float(np.nanmax(w[start:stop])) if stop > start else 0.0
-        w = w / top if top > 0 else np.zeros_like(w)
-    parts = [
-        '<div style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; '
-        'line-height: 1.9; white-space: pre-wrap; word-break: break-word;">'
-    ]
-    if start > 0:
-        parts.append(f'<span style="color:#888">… {start} tokens before …</span> ')
-    for pos in range(start, stop):
-        text = html.escape(visible_text(tokens[pos]), quote=True)
-        style = "padding: 1px 0; border-radius: 3px;"
-        title = f"#{pos}"
-        if w is not None:
-            a = float(np.clip(w[pos], 0, 1))
-            style += f" background: rgba(255, 140, 0, {0.08 + 0.85 * a:.2f});" if a > 0.005 else ""
-            title += f" · attention {weights[pos]:.3g}"
-        if evicted is not None and pos < len(evicted) and evicted[pos]:
-            style += " color: #9e9e9e; text-decoration: line-through;"
-            title += " · evicted"
-        if pos >= prompt_len:
-            style += " border-bottom: 2px solid #2563eb;"
-            title += " · generated"
-        if selected is not None and pos == selected:
-            style += f" outline: 2px solid {HIGHLIGHT}; font-weight: 700;"
-            title += " · selected"
-        parts.append(f'<span title="{html.escape(title, quote=True)}" style="{style}">{text}</span>')
-    if stop < len(tokens):
-        parts.append(f' <span style="color:#888">… {len(tokens) - stop} tokens after …</span>')
-    parts.append("</div>")
-    return "".join(parts)
+# the matrix as CSV, and the attention lost to eviction
 
 
 def view_csv(view: AttentionView, tokens: list[str] | None = None) -> str:
@@ -275,16 +227,17 @@ def view_csv(view: AttentionView, tokens: list[str] | None = None) -> str:
 
 
 def lost_mass_figure(lost: np.ndarray, step: int | None = None) -> go.Figure:
-    """Per decode step, the attention the step's query puts on entries the policy had evicted."""
+    """Per decode step, the attention the step's query put on the entries the policy evicted at
+    that step (``Trace.lost_mass`` of one layer), the step in view in the highlight colour."""
     lost = np.asarray(lost, dtype=np.float64)
-    colors = [HIGHLIGHT if s == step else "#9e9e9e" for s in range(len(lost))]
+    colors = [COLORS["highlight"] if s == step else COLORS["evicted_now"] for s in range(len(lost))]
     fig = go.Figure(
         go.Bar(
-            x=list(range(len(lost))), y=lost, marker=dict(color=colors), name="attention on evicted keys",
-            hovertemplate="step %{x}<br>%{y:.1%} of the attention on evicted keys<extra></extra>",
+            x=list(range(len(lost))), y=lost, marker=dict(color=colors), name="attention lost to eviction",
+            hovertemplate="step %{x}<br>%{y:.1%} of the step's attention was on the entries evicted at that step<extra></extra>",
         )
     )
     fig.update_xaxes(title="step")
-    fig.update_yaxes(title="on evicted", tickformat=".0%", rangemode="tozero")
+    fig.update_yaxes(title="lost", tickformat=".0%", rangemode="tozero")
     fig.update_layout(height=170, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white", bargap=0.15)
     return fig

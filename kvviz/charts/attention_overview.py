@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from kvviz.attention_maps import HeadProfiles, Overview
+from kvviz.attention_data import HeadProfiles, Overview
 from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
+from kvviz.charts.style import BANDS, PANEL
 
-GROUP_COLORS = ["#dbe7fb", "#fbe3cf", "#d8f3e2", "#f3d9ef"]  # bands of query heads sharing a KV head
+GROUP_COLORS = BANDS  # bands of query heads sharing a KV head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,5 +180,5 @@ def profile_figure(profiles: HeadProfiles, selected: tuple[int, int] | None = No
     fig.update_layout(showlegend=False)
     fig.update_xaxes(title=f"sink mass: attention on the first {profiles.sink_tokens} tokens", range=[-0.03, 1.03])
     fig.update_yaxes(title=f"locality: attention on the last {profiles.local_tokens} tokens", range=[-0.03, 1.03])
-    fig.update_layout(height=430, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="#fafafa", clickmode="event+select", dragmode="zoom")
+    fig.update_layout(height=430, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor=PANEL, clickmode="event+select", dragmode="zoom")
     return fig

@@ -8,13 +8,14 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.charts.tokens import plotly_text
 from kvviz import metrics
+from kvviz.charts.style import COLORS, tint
+from kvviz.charts.token_map import plotly_text
 from kvviz.token_view import one_line, quoted
 from kvviz.trace import Trace
 
 SAME, DIFFERENT, MISSING = 1.0, 0.0, np.nan
-DIVERGENCE_COLOR = "#dc2626"
+DIVERGENCE_COLOR = COLORS["differ"]
 
 
 def first_divergence(full: Trace, policy: Trace) -> int | None:
@@ -35,8 +36,8 @@ def _mark_divergence(fig: go.Figure, div: int | None, label: str, **kw) -> None:
 
 
 def output_comparison_figure(full: Trace, policy: Trace) -> go.Figure:
-    """Two rows of generated tokens (full cache, policy); a cell is green where the two outputs
-    agree at that index, red where they differ; a dashed line at the first divergence."""
+    """Two rows of generated tokens (full cache, policy); a cell is blue where the two outputs
+    agree at that index, vermillion where they differ; a dashed line at the first divergence."""
     a, b = _generated(full), _generated(policy)
     n = max(len(a), len(b), 1)
     z = np.full((2, n), MISSING)
@@ -51,7 +52,7 @@ def output_comparison_figure(full: Trace, policy: Trace) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=z, x=np.arange(n), y=names, text=text, texttemplate="%{text}", textfont=dict(size=11),
-            zmin=0, zmax=1, colorscale=[[0, "#fecaca"], [1, "#bbf7d0"]], showscale=False, xgap=2, ygap=4,
+            zmin=0, zmax=1, colorscale=[[0, tint(COLORS["differ"], 0.3)], [1, tint(COLORS["agree"], 0.25)]], showscale=False, xgap=2, ygap=4,
             hovertemplate="%{y}<br>token %{x}: %{text}<extra></extra>",
         )
     )
@@ -75,10 +76,10 @@ def agreement_figure(forced: Trace, full: Trace | None = None, divergence: int |
     labels = [plotly_text(quoted(tokens[i])) if i < len(tokens) else "" for i in steps]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_bar(
-        x=steps, y=kl, name="KL (nats)", marker_color="#7c3aed", customdata=labels,
+        x=steps, y=kl, name="KL (nats)", marker_color=COLORS["measure"], customdata=labels,
         hovertemplate="step %{x} (full cache chose %{customdata})<br>KL %{y:.4f} nats<extra></extra>", row=1, col=1,
     )
-    for agree, name, color, symbol in ((True, "top-1 agrees", "#16a34a", "circle"), (False, "top-1 differs", DIVERGENCE_COLOR, "x")):
+    for agree, name, color, symbol in ((True, "top-1 agrees", COLORS["agree"], "circle"), (False, "top-1 differs", DIVERGENCE_COLOR, "x")):
         mask = top1 == agree
         fig.add_scatter(
             x=steps[mask], y=np.zeros(int(mask.sum())), mode="markers", name=name,

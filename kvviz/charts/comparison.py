@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kvviz.charts.style import COLORS, series_color, style
-from kvviz.charts.tokens import plotly_text
+from kvviz.charts.token_map import plotly_text
 from kvviz.comparison_result import DIVERGENCE_NOTE, ComparisonResult
 from kvviz.metrics import byte_unit
 from kvviz.report import Report

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from kvviz.charts.style import COLORS, tint
 from kvviz.metrics import byte_unit, format_bytes, memory_saving
 from kvviz.token_view import clamp_step, newest_held_share
 from kvviz.trace import Trace
@@ -28,23 +29,23 @@ def kv_bytes_figure(trace: Trace, step: int | None = None) -> go.Figure:
     scale, unit = byte_unit(max(full.max(initial=0), held.max(initial=0)))
     fig = go.Figure()
     fig.add_scatter(
-        x=steps, y=full / scale, name="full cache", mode="lines", line=dict(color="#6b7280", dash="dash"),
+        x=steps, y=full / scale, name="full cache", mode="lines", line=dict(color=COLORS["full"], dash="dash"),
         hovertemplate=f"step %{{x}}<br>full cache %{{y:.3f}} {unit}<extra></extra>",
     )
     fig.add_scatter(
         x=steps, y=held / scale, name=f"{trace.policy} (K/V held)", mode="lines+markers", fill="tonexty",
-        fillcolor="rgba(22,163,74,0.15)", line=dict(color="#16a34a"), marker=dict(size=4),
+        fillcolor=tint(COLORS["kept"], 0.15), line=dict(color=COLORS["kept"]), marker=dict(size=4),
         hovertemplate=f"step %{{x}}<br>held %{{y:.3f}} {unit}<extra></extra>",
     )
     if book.any():
         fig.add_scatter(
             x=steps, y=book / scale, name="bookkeeping (positions, scores)", mode="lines",
-            line=dict(color="#a855f7", dash="dot"), hovertemplate=f"step %{{x}}<br>bookkeeping %{{y:.3f}} {unit}<extra></extra>",
+            line=dict(color=COLORS["bookkeeping"], dash="dot"), hovertemplate=f"step %{{x}}<br>bookkeeping %{{y:.3f}} {unit}<extra></extra>",
         )
     if len(steps):
         s = clamp_step(trace, len(steps) - 1 if step is None else step)
         m = memory_saving(trace, s)
-        fig.add_vline(x=s, line=dict(color="#111827", width=1, dash="dash"))
+        fig.add_vline(x=s, line=dict(color=COLORS["highlight"], width=1, dash="dash"))
         fig.add_annotation(
             x=s, y=m.kv_bytes / scale, text=f"saves {format_bytes(m.saved_bytes)} ({m.saved_pct:.0f}%)",
             showarrow=True, arrowhead=2, ax=40, ay=-40, bgcolor="rgba(255,255,255,0.8)",
@@ -68,9 +69,9 @@ def quant_error_figure(trace: Trace) -> go.Figure:
     keys, values = list(q.get("key") or []), list(q.get("value") or [])
     layers = np.arange(max(len(keys), len(values)))
     fig = go.Figure()
-    fig.add_bar(x=layers[: len(keys)], y=keys, name="keys", marker_color="#2563eb",
+    fig.add_bar(x=layers[: len(keys)], y=keys, name="keys", marker_color=COLORS["keys"],
                 hovertemplate="layer %{x}<br>key error %{y:.2%}<extra></extra>")
-    fig.add_bar(x=layers[: len(values)], y=values, name="values", marker_color="#f59e0b",
+    fig.add_bar(x=layers[: len(values)], y=values, name="values", marker_color=COLORS["values"],
                 hovertemplate="layer %{x}<br>value error %{y:.2%}<extra></extra>")
     mean = lambda xs: 100 * float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     fig.update_layout(
@@ -96,12 +97,12 @@ def residual_window_figure(trace: Trace) -> go.Figure:
     fig = go.Figure()
     fig.add_heatmap(
         z=z, x=np.arange(n), y=list(rows), zmin=0, zmax=1, showscale=False, xgap=0.5 if n <= 200 else 0, ygap=3,
-        colorscale=[[0, "#93c5fd"], [1, "#f59e0b"]],
+        colorscale=[[0, COLORS["quantized"]], [1, COLORS["full_precision"]]],
         hovertemplate="%{y} of token %{x}: full precision in %{z:.0%} of layers × KV heads<extra></extra>",
     )
     parts = [f"the newest {t} {row}" for row, t in rows.items() if t]
     fig.update_layout(
-        title=(f"At step {last}: " + " and ".join(parts) + " held in full precision (orange); the rest quantized (blue)")
+        title=(f"At step {last}: " + " and ".join(parts) + " held in full precision (orange); the rest quantized (sky blue)")
         if parts else "Every entry is quantized",
         height=190, margin=dict(l=10, r=10, t=50, b=10),
     )

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.charts.style import COLORS, SKY, VERMILLION, series_color, style, tint
+from kvviz.charts.style import COLORS, SKY, VERMILLION, WHITE, series_color, style, tint
 from kvviz.metrics import format_bytes
 
 AXIS_COLORS = {"per_token": VERMILLION, "per_channel": COLORS["kept"], "kivi": COLORS["generated"]}
@@ -17,7 +17,7 @@ GROUP_DASHES = {16: "solid", 32: "dash", 64: "dot", 128: "dashdot"}
 
 
 def _scale(color: str) -> list:
-    return [[0.0, "#FFFFFF"], [1.0, color]]
+    return [[0.0, WHITE], [1.0, color]]
 
 
 def magnitude_figure(stats: dict, layer: int, head: int) -> go.Figure:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from kvviz.charts.tokens import plotly_text
+from kvviz.charts.style import COLORS, KEPT_SCALE
+from kvviz.charts.token_map import plotly_text
 from kvviz.token_view import Scope, clamp_step, occupancy, quoted, retention, retention_by_layer
 from kvviz.trace import Trace
 
-# 0 = evicted (red), partly kept (orange), 1 = kept (green); blank = not in the run yet
-RETENTION_SCALE = [[0.0, "#dc2626"], [0.5, "#fdba74"], [1.0, "#16a34a"]]
+# 0 = evicted (grey), partly kept (light blue), 1 = kept (blue); blank = not in the run yet
+RETENTION_SCALE = KEPT_SCALE
 MAX_TEXT_CELLS = 60_000
 
 
@@ -21,12 +22,29 @@ def _token_labels(trace: Trace) -> list[str]:
 
 def _mark_prompt_end(fig: go.Figure, trace: Trace, axis: str = "x") -> None:
     if trace.n_positions > trace.prompt_len:
-        kw = dict(line=dict(color="#2563eb", width=2, dash="dot"))
+        kw = dict(line=dict(color=COLORS["generated"], width=2, dash="dot"))
         if axis == "x":
             fig.add_vline(x=trace.prompt_len - 0.5, annotation_text="generated →", annotation_position="top right", **kw)
 
 
-def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str) -> go.Figure:
+def runs(positions) -> list[tuple[int, int]]:
+    """Sorted positions as (start, stop) runs of consecutive ones."""
+    out: list[tuple[int, int]] = []
+    for p in sorted(set(int(p) for p in positions)):
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
+
+
+def _mark_positions(fig: go.Figure, marked) -> None:
+    """Ring the columns of ``marked`` positions (search matches, the pass key) in the needle colour."""
+    for a, b in runs(marked or ()):
+        fig.add_vrect(x0=a - 0.5, x1=b - 0.5, line=dict(color=COLORS["needle"], width=3), fillcolor="rgba(0,0,0,0)", layer="above", name="marked")
+
+
+def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str, marked=None) -> go.Figure:
     """A kept-share heatmap over token positions (x) and steps or layers (y)."""
     # the token's text in the hover costs a string per cell: only for maps of moderate size
     with_text = z.size <= MAX_TEXT_CELLS
@@ -47,28 +65,30 @@ def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str) -> 
         )
     )
     _mark_prompt_end(fig, trace)
+    _mark_positions(fig, marked)
     fig.update_layout(title=title, height=min(max(260, 10 * z.shape[0] + 130), 600), margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(title="token position")
     fig.update_yaxes(title=y_name, autorange="reversed")
     return fig
 
 
-def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | None = None) -> go.Figure:
-    """Heatmap tokens × steps: the share of the scope holding each token after each step."""
+def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | None = None, marked=None) -> go.Figure:
+    """Heatmap tokens × steps: the share of the scope holding each token after each step;
+    ``marked`` positions ringed."""
     z = retention(trace, scope)  # (steps, positions)
-    fig = _retention_heatmap(trace, z, "step", f"Kept over time: tokens × decode steps ({scope.label()})")
+    fig = _retention_heatmap(trace, z, "step", f"Kept over time: tokens × decode steps ({scope.label()})", marked)
     if step is not None:
         s = clamp_step(trace, step)
-        fig.add_hline(y=s, line=dict(color="#111827", width=2, dash="dash"), annotation_text=f"step {s}", annotation_position="right")
+        fig.add_hline(y=s, line=dict(color=COLORS["highlight"], width=2, dash="dash"), annotation_text=f"step {s}", annotation_position="right")
     return fig
 
 
-def retention_layers_figure(trace: Trace, step: int, head: int | None = None) -> go.Figure:
+def retention_layers_figure(trace: Trace, step: int, head: int | None = None, marked=None) -> go.Figure:
     """Heatmap layers × tokens at ``step``: kept (one KV head) or share of the KV heads keeping it."""
     s = clamp_step(trace, step)
     z = retention_by_layer(trace, s, head)  # (layers, positions)
     what = f"KV head {head}" if head is not None else f"share of the {trace.n_kv_heads} KV heads"
-    return _retention_heatmap(trace, z, "layer", f"Kept at step {s}: layers × tokens ({what})")
+    return _retention_heatmap(trace, z, "layer", f"Kept at step {s}: layers × tokens ({what})", marked)
 
 
 def occupancy_figure(trace: Trace, step: int) -> go.Figure:
@@ -81,7 +101,7 @@ def occupancy_figure(trace: Trace, step: int) -> go.Figure:
         x=layers,
         y=held,
         name="held (mean over KV heads)",
-        marker_color="#16a34a",
+        marker_color=COLORS["kept"],
         hovertemplate="layer %{x}<br>%{y:.1f} entries held<extra></extra>",
     )
     fig.add_scatter(
@@ -89,7 +109,7 @@ def occupancy_figure(trace: Trace, step: int) -> go.Figure:
         y=np.full(trace.n_layers, full),
         mode="lines",
         name="full cache",
-        line=dict(color="#6b7280", dash="dash"),
+        line=dict(color=COLORS["full"], dash="dash"),
         hovertemplate=f"full cache: {full} entries<extra></extra>",
     )
     budgets = [b for b in (trace.layer_budgets or []) if b is not None]
@@ -99,7 +119,7 @@ def occupancy_figure(trace: Trace, step: int) -> go.Figure:
             y=trace.layer_budgets,
             mode="markers",
             name="layer budget",
-            marker=dict(symbol="line-ew-open", size=14, color="#111827"),
+            marker=dict(symbol="line-ew-open", size=14, color=COLORS["highlight"]),
         )
     mean_held = float(held.mean()) if held.size else 0.0
     pct = 100 * mean_held / full if full else 0.0

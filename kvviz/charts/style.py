@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 BLACK, ORANGE, SKY, GREEN, YELLOW, BLUE, VERMILLION, PURPLE = (
     "#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
 )
-GREY, LIGHT_GREY, INK = "#8C8C8C", "#E3E3E3", "#1F2937"
+GREY, LIGHT_GREY, INK, WHITE = "#8C8C8C", "#E3E3E3", "#1F2937", "#FFFFFF"
 
 COLORS: dict[str, str] = {
     # what the cache holds
@@ -33,11 +33,17 @@ COLORS: dict[str, str] = {
     "prompt": INK,
     "generated": GREEN,  # model output, and the prompt/generated boundary
     "needle": YELLOW,  # a searched or hidden token (the passkey)
+    "attention": ORANGE,  # attention weights as a tint (H2O's high score is accumulated attention)
+    "measure": SKY,  # a plain measured quantity per position or step (entropy, KL)
+    "muted": GREY,  # secondary text: "... 40 tokens before ..."
+    "outline": "#9C9C9C",  # thin borders of chips, cells and boxes
+    "masked": "#E6E6E6",  # attention cells a query cannot see (keys after it)
     # comparisons
     "full": "#4D4D4D",  # the full cache, the reference (dashed lines)
     "agree": BLUE,
     "differ": VERMILLION,  # also the first divergence
     "highlight": BLACK,  # the selected step, token, head: outlines and rules
+    "highlight_on_map": "#FF2D55",  # the same on a Viridis heatmap, visible on its dark and light ends
     # stores
     "keys": BLUE,
     "values": ORANGE,
@@ -67,6 +73,12 @@ STATE_FILL: dict[str, str] = {
 STATE_TEXT: dict[str, str] = {s: INK for s in STATE_FILL} | {"evicted_now": "#FFFFFF", "evicted": "#6B6B6B", "pending": "#9A9A9A"}
 
 SERIES = [BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, "#7F6A00", BLACK]  # policies, requests
+
+# evicted keys on an attention heatmap: weights in greys instead of colour
+EVICTED_SCALE = [[0.0, "#F4F4F4"], [1.0, "#5F5F5F"]]
+# light bands behind groups of rows (query heads sharing one KV head)
+BANDS = ["#DCE8F5", "#FBEBCC", "#D6EFE6", "#F3E1EC"]
+PANEL = "#FAFAFA"  # plot background of dense scatter plots
 
 # kept share of a map cell: 0 = evicted everywhere (grey), 1 = kept everywhere (blue)
 KEPT_SCALE = [[0.0, LIGHT_GREY], [0.5, "#7FA9D1"], [1.0, BLUE]]

@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.charts.style import COLORS, series_color, style
-from kvviz.charts.tokens import plotly_text
+from kvviz.charts.style import COLORS, WHITE, series_color, style
+from kvviz.charts.token_map import plotly_text
 from kvviz.metrics import byte_unit, format_bytes
 from kvviz.report import Report
 from kvviz.sweep_rows import rows_frame
@@ -172,7 +172,7 @@ def passkey_figure(rows: Sequence[Row], columns: int = 3) -> go.Figure:
             go.Heatmap(
                 z=grid["z"], x=[f"{d:g}" for d in grid["depths"]], y=grid["labels"], text=text, texttemplate="%{text}",
                 hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", zmin=0, zmax=1, colorscale=scale,
-                showscale=False, xgap=3, ygap=3, textfont=dict(color="#FFFFFF"),
+                showscale=False, xgap=3, ygap=3, textfont=dict(color=WHITE),
             ),
             row=k // n_cols + 1, col=k % n_cols + 1,
         )

@@ -64,24 +64,40 @@ def load(args):
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
+def read_prompt(args) -> str:
+    """The prompt of --prompt or --prompt-file (refused above kvviz.text.MAX_PROMPT_CHARS)."""
+    from kvviz.text import MAX_PROMPT_CHARS, PromptError
+
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file.stat().st_size > 4 * MAX_PROMPT_CHARS:
+        raise PromptError(f"{args.prompt_file} is larger than kvviz takes ({MAX_PROMPT_CHARS:,} characters).")
+    return args.prompt_file.read_text(encoding="utf-8")
+
+
 def main(args) -> int:
     from kvviz import engine
-    from kvviz.tokens import encode_prompt
+    from kvviz.spec import budget_notes
+    from kvviz.text import decode, encode_prompt
 
-    text = args.prompt if args.prompt is not None else args.prompt_file.read_text()
+    text = read_prompt(args)
     spec = policy_spec(args)
     loaded = load(args)
     ids = encode_prompt(loaded.tokenizer, text, chat=args.chat, max_context=loaded.summary.max_context)
+    spec.resolve_budget(len(ids))  # a budget larger than the prompt fails here, before the run
+    for note in budget_notes(spec, len(ids)):
+        print(f"note: {note}", file=sys.stderr)
     trace = engine.run(
         loaded.model, loaded.tokenizer, ids, spec,
         max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed, model_name=loaded.summary.name,
     )
+    generated_text = decode(loaded.tokenizer, trace.generated_ids)  # the whole sequence decoded: any language
     if args.save_trace:
         trace.save(args.save_trace)
     if args.json:
-        print(json.dumps(run_summary(trace)))
+        print(json.dumps(run_summary(trace) | {"generated_text": generated_text}, ensure_ascii=False))
     else:
-        print(trace.generated_text)
+        print(generated_text)
         saved = 1 - trace.kv_bytes[-1] / trace.kv_bytes_full[-1]
         print(
             f"\n[{trace.policy}] {len(ids)} prompt tokens, {trace.n_steps} generated; "

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from kvviz.bundle import MAX_BYTES, BundleError, RunBundle, load
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 MIB = 1024 * 1024
 UPLOAD_HELP = (

@@ -11,7 +11,7 @@ import streamlit as st
 from kvviz import calculator as calc
 from kvviz.charts.calculator import context_label
 from kvviz.ui.state import persisted
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 CONTEXTS = [2**k for k in range(8, 21)]  # 256 ... 1M tokens
 PASTED = "pasted config"

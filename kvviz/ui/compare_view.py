@@ -19,7 +19,7 @@ from kvviz.spec import PolicySpec
 from kvviz.token_view import Scope, clamp_step, occupancy, one_line, quoted, token_records
 from kvviz.ui import sidebar as sb
 from kvviz.ui.policy_controls import seed_budget, seed_controls
-from kvviz.ui.tokens import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html
+from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html
 from kvviz.why_evicted import evicted_positions, most_evicted, why_evicted
 
 # session_state keys (permanent; ``persisted`` widgets use them with a leading underscore)
@@ -139,9 +139,9 @@ def outputs_html(result: ComparisonResult) -> str:
                 style += f" background: {tint(COLORS['differ'], 0.07)};"
             spans.append(f'<span style="{style}">{esc(t)}</span>')
         return (
-            f'<div class="kvviz-output" style="flex: 1; min-width: 220px; border: 1px solid #d1d5db; border-top: 4px solid {color};'
+            f'<div class="kvviz-output" style="flex: 1; min-width: 220px; border: 1px solid {COLORS["outline"]}; border-top: 4px solid {color};'
             f' border-radius: 8px; padding: 8px 12px;"><div style="font-weight: 600;">{esc(title)}</div>'
-            f'<div style="font-size: 13px; color: #6b7280; margin-bottom: 4px;">{html.escape(note)}</div>'
+            f'<div style="font-size: 13px; color: {COLORS["muted"]}; margin-bottom: 4px;">{html.escape(note)}</div>'
             f'<div style="{BOX}">{"".join(spans) or "<i>(nothing generated)</i>"}</div></div>'
         )
 

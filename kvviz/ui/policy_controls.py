@@ -14,7 +14,7 @@ from kvviz import policies
 from kvviz.policies import Param, PolicyError
 from kvviz.spec import PolicySpec
 from kvviz.ui import state as ui_state
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 KEEP = "kvviz_keep::"  # permanent session_state copies of the widgets' values
 

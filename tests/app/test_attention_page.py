@@ -81,15 +81,21 @@ def test_prompt_over_4000_tokens_is_pooled():
     assert len(next(t for t in detail["data"] if t.get("name") == "attention")["x"]) == 64
 
 
-def test_policy_greys_evicted_keys_and_reports_lost_attention():
+def test_policy_greys_evicted_keys_and_reports_lost_attention(smollm):
+    from kvviz import engine
+    from kvviz.spec import PolicySpec
+    from kvviz.text import encode_prompt
+
     at = page(**{"attn.use_policy": True, "attn.new_tokens": 6})
     no_failure(at)
     detail = figures(at)[1]
     assert "evicted keys" in trace_names(detail)
-    labels = [m.label for m in at.metric]
-    assert "Attention on evicted keys" in labels
-    lost = next(m for m in at.metric if m.label == "Attention on evicted keys").value
-    assert lost.endswith("%")
+    lost = next(m for m in at.metric if m.label == "Attention lost at step 5").value
+    # the page shows the engine's own measure (Trace.lost_mass), for the layer in view
+    ids = encode_prompt(smollm.tokenizer, data.EXAMPLES[data.CHAT_EXAMPLE], chat=True)
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, PolicySpec.create("h2o"), max_new_tokens=6, capture_queries=True)
+    layer = at.number_input(key="attn.layer").value
+    assert lost == f"{trace.lost_mass[5, layer]:.1%}"
 
 
 @pytest.mark.parametrize("text", ["   ", "x " * 9000])

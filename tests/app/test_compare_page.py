@@ -16,7 +16,7 @@ from kvviz import data, engine
 from kvviz.metrics import format_bytes
 from kvviz.spec import PolicySpec
 from kvviz.token_view import occupancy
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "3_Compare.py")
 TIMEOUT = 900  # seven runs of SmolLM2 on a busy CPU

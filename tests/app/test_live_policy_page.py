@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import live, policies
+from kvviz import live_run, policies
 from kvviz.metrics import memory_saving
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
@@ -46,8 +46,8 @@ def run_policy(at: AppTest, name: str, settings: dict | None = None, compare: bo
     at.selectbox(key="live.name").set_value(name).run()
     for key, value in settings.items():
         at.number_input(key=key).set_value(value)
-    at.slider(key="live.max_new_tokens").set_value(NEW_TOKENS)
-    at.checkbox(key="live.compare").set_value(compare)
+    at.slider(key="_live.new_tokens").set_value(NEW_TOKENS)
+    at.checkbox(key="_live.compare").set_value(compare)
     if budget is not None:
         at.radio(key="live.budget_mode").set_value("entries per KV head").run()
         at.number_input(key="live.budget").set_value(budget)
@@ -78,13 +78,13 @@ def test_one_policy_of_each_family(page, name):
     at = run_policy(page, name, FAMILIES[name], compare=name in ("full", "h2o", "kivi"))
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    result: live.LiveResult = at.session_state["live.result"]
+    result: live_run.LiveResult = at.session_state["live.result"]
     trace = result.trace
     assert trace.policy == name
     assert 1 <= trace.n_steps <= NEW_TOKENS and trace.generated_text.strip()
     m = metrics(at)
     assert m["Generated"] == f"{trace.n_steps} tokens"
-    assert m["KV cache at the end"].endswith(("KiB", "MiB"))
+    assert m[f"KV cache at step {trace.n_steps - 1}"].endswith(("KiB", "MiB"))
     assert m["Full cache"].endswith(("KiB", "MiB")) and "Saved" in m
     html = token_html(at)
     assert "▌output:" in html and html.count('class="tok ') == trace.n_positions  # every token is shown at the last step
@@ -125,16 +125,16 @@ def test_step_slider_scope_and_player_follow_the_stored_run(page):
     last = result.trace.n_steps - 1
     assert last >= 1
     html_last = token_html(at)
-    slider = at.slider(key=f"live.step.{at.session_state['live.run_id']}")
+    slider = at.slider(key=f"live.step.{at.session_state['live.shown']}")
     assert slider.value == last
     slider.set_value(0).run()
     assert not at.exception
     assert at.session_state["live.result"] is result  # moving the slider does not rerun the model
     html_0 = token_html(at)
     assert html_0 != html_last and "tok st-next" in html_0 and "Step 0" in " ".join(c.value for c in at.caption)
-    at.radio(key="live.scope").set_value("one layer and KV head").run()
-    at.slider(key="live.layer").set_value(5).run()
-    at.selectbox(key="live.head").set_value(2).run()
+    at.radio(key="_live.scope").set_value("one layer and KV head").run()
+    at.slider(key="_live.layer").set_value(5).run()
+    at.selectbox(key="_live.head").set_value(2).run()
     assert not at.exception
     assert "layer 5, KV head 2" in " ".join(c.value for c in at.caption)
     at.button(key="live.play").click().run()
@@ -186,15 +186,15 @@ def test_hostile_prompt_is_shown_as_text(page):
 
 
 def test_stop_ends_the_run_and_keeps_the_partial_result(smollm):
-    request = live.prepare(smollm.tokenizer, "Count from one to fifty.", chat=True, spec="h2o", max_new_tokens=64)
-    job = live.LiveJob(smollm.model, smollm.tokenizer, request).start()
+    request = live_run.prepare(smollm.tokenizer, "Count from one to fifty.", chat=True, spec="h2o", max_new_tokens=64)
+    job = live_run.LiveJob(smollm.model, smollm.tokenizer, request).start()
     deadline = time.monotonic() + TIMEOUT
-    while len(job.policy_tokens) < 3 and job.running and time.monotonic() < deadline:
+    while len(job.policy_ids) < 3 and job.running and time.monotonic() < deadline:
         time.sleep(0.05)
     job.stop()
     assert job.wait(TIMEOUT)
     assert job.phase == "stopped" and job.error is None
     result = job.result
-    assert result.stopped and result.trace.stopped_by == "user"
+    assert result.stopped and result.stopped_in == "policy" and result.trace.stopped_by == "user"
     assert 3 <= result.trace.n_steps < 64 and result.full is None and result.comparison is None
-    assert result.trace.generated_text  # the partial output is there to look at
+    assert result.generated_text == smollm.tokenizer.decode(result.trace.generated_ids)  # the partial output, decoded whole

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -48,46 +47,56 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@contextmanager
-def serve(log_path: Path):
-    """``streamlit run app.py`` on a free port; yields its base URL, stops it on exit."""
-    port = _free_port()
+def start_server(port: int, log_path: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> subprocess.Popen:
+    """``streamlit run app.py`` as the README says (the project's .streamlit/config.toml applies)."""
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.fileWatcherType", "none",
-    ]
-    with open(log_path, "w") as log:
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1"]
+    with open(log_path, "a") as log:
         server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not come up on {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url):
+        if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
+            pytest.fail(f"streamlit did not come up on {url}:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 @pytest.fixture(scope="session")
-def app_url(smollm, tmp_path_factory):
-    """Base URL of a live kvviz server (smollm first, so the weights cache is warm)."""
-    with serve(tmp_path_factory.mktemp("streamlit") / "streamlit.log") as url:
-        yield url
+def app_server(smollm, tmp_path_factory):
+    """(base URL, log file) of a live kvviz server (smollm first, so the weights cache is warm)."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    server = start_server(port, log_path)
+    try:
+        yield f"http://127.0.0.1:{port}", log_path
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[0]
 
 
 @pytest.fixture()
 def fresh_app_url(smollm, tmp_path):
     """A server of its own, started for one test (what a first visitor meets)."""
-    with serve(tmp_path / "streamlit.log") as url:
-        yield url
+    port = free_port()
+    server = start_server(port, tmp_path / "streamlit.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture(scope="session")

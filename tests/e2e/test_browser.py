@@ -4,6 +4,7 @@ without a Streamlit exception. With KVVIZ_SCREENSHOTS=1, save docs/screenshots/<
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_sidebar_choices_follow_across_pages(browser, app_url):
 
         name, path = PAGES[-1]
         page.locator(f'[data-testid="stSidebarNav"] a[href$="{path}"]').click()
-        page.wait_for_url(f"**{path}")
+        page.wait_for_url(re.compile(re.escape(path) + r"(\?.*)?$"), wait_until="commit")  # links carry settings
         wait_until_idle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
         example = page.locator('[data-testid="stSidebarUserContent"]').get_by_role("combobox", name="Example")

@@ -24,9 +24,10 @@ def test_stop_keeps_the_partial_run(browser, app_url):
         progress.wait_for(timeout=RUN_TIMEOUT_S * 1000)  # tokens stream in while the run goes on
         page.get_by_role("button", name="■ Stop").click()
 
-        warning = page.get_by_text(re.compile(r"Stopped after \d+ tokens"))
+        warning = page.get_by_text(re.compile(r"Stopped after \d+ generated tokens"))
         warning.wait_for(timeout=RUN_TIMEOUT_S * 1000)
-        n = int(re.search(r"Stopped after (\d+) tokens", warning.inner_text()).group(1))
+        n = int(re.search(r"Stopped after (\d+) generated tokens", warning.inner_text()).group(1))
+        assert "Stopped during the policy's own run" in warning.inner_text()
         assert 3 <= n < 256
         assert page.locator('[data-testid="stException"]').count() == 0
         tokens = page.locator(".kvviz-tokens").first

@@ -5,7 +5,7 @@ import pytest
 from kvviz import calculator as calc
 from kvviz import engine
 from kvviz.calculator import Scenario
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 PROMPT = "The key-value cache stores one key and one value vector per layer for every token the model has read."
 

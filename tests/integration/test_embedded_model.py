@@ -3,7 +3,7 @@
 import torch
 
 from kvviz import data
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 
 def test_smollm_answers_the_capital_of_france(smollm):

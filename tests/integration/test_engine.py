@@ -8,7 +8,7 @@ import torch
 
 from kvviz import engine
 from kvviz.policies import PolicyError
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 
 STORY = "Write two sentences about a lighthouse keeper who finds a message in a bottle."
 

@@ -4,7 +4,7 @@ import pytest
 
 from kvviz import engine
 from kvviz.data import passkey_prompt
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 
 @pytest.fixture(scope="module")

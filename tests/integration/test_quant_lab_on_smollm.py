@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from kvviz import capture, data, engine
 from kvviz import quant_lab as lab
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 N = 64  # tokens: a multiple of every group size used below, so every scheme quantizes every token
 

@@ -13,7 +13,7 @@ import torch
 from kvviz import engine, sweep
 from kvviz.data import long_document, passkey_prompt
 from kvviz.policies import PolicyError
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 
 CONTEXT, CONTINUATION = 48, 12
 

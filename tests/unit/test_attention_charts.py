@@ -9,7 +9,7 @@ import pytest
 from kvviz.attention_maps import AttentionView, HeadProfiles, Overview, pool_matrix
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
-from kvviz.charts._attention_common import HIGHLIGHT, LOG_FLOOR, color_values
+from kvviz.charts._attention_common import LOG_FLOOR, color_values
 
 
 def causal_matrix(n: int, seed: int = 0) -> np.ndarray:
@@ -201,18 +201,21 @@ def test_profiles_figure_and_table():
     assert len(df) == 18 and df.loc[8, "KV head"] == 0 and df.loc[8, "locality"] == pytest.approx(ov.profiles.local_mass[1, 2])
 
 
-def test_tokens_html_escapes_and_marks():
+def test_attention_tokens_html_escapes_and_marks():
+    from kvviz.charts.style import COLORS, tint
+    from kvviz.ui.token_html import attention_tokens_html
+
     tokens = ["<script>alert(1)</script>", " ok", "\n", " gone", " new"]
-    out = detail_charts.tokens_html(tokens, prompt_len=4, weights=np.array([0.5, 0.25, 0.0, 0.25, 0.0]), selected=1,
-                             evicted=np.array([0, 0, 0, 1, 0], bool))
+    out = attention_tokens_html(tokens, prompt_len=4, weights=np.array([0.5, 0.25, 0.0, 0.25, 0.0]), selected=1,
+                                evicted=np.array([0, 0, 0, 1, 0], bool))
     assert "<script>" not in out and "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     spans = out.split("<span")[1:]
-    assert "rgba(255, 140, 0, 0.93)" in spans[0]  # the largest weight is the darkest
-    assert "outline" in spans[1] and "line-through" not in spans[1]
+    assert tint(COLORS["attention"], 0.93) in spans[0]  # the largest weight is the darkest
+    assert "sel" in spans[1].split(">")[0] and "st-evicted" not in spans[1]
     assert "↵" in spans[2]
-    assert "line-through" in spans[3] and "evicted" in spans[3]
-    assert "border-bottom" in spans[4] and "generated" in spans[4]
-    part = detail_charts.tokens_html(tokens, prompt_len=4, start=1, stop=3)
+    assert "st-evicted" in spans[3] and "evicted" in spans[3]  # the same evicted chip as the Live page
+    assert " gen" in spans[4].split(">")[0] and "generated" in spans[4]
+    part = attention_tokens_html(tokens, prompt_len=4, start=1, stop=3)
     assert "1 tokens before" in part and "2 tokens after" in part
 
 
@@ -232,4 +235,6 @@ def test_lost_mass_figure_highlights_the_step():
     fig = detail_charts.lost_mass_figure(np.array([0.0, 0.1, 0.3]), step=1)
     bar = fig.data[0]
     assert list(bar.y) == [0.0, 0.1, 0.3]
-    assert bar.marker.color[1] == HIGHLIGHT and bar.marker.color[0] != HIGHLIGHT
+    from kvviz.charts.style import COLORS
+
+    assert bar.marker.color[1] == COLORS["highlight"] and bar.marker.color[0] != COLORS["highlight"]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from live_synthetic import PROMPT_LEN, make_trace, with_output
 
-from kvviz import metrics, live
+from kvviz import metrics
 from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
-from kvviz.charts.tokens import STATE_COLORS, token_states_figure
+from kvviz.charts.token_map import STATE_COLORS, token_states_figure
 from kvviz.token_view import STATES, Scope, occupancy, protection, retention, token_records
-from kvviz.ui.tokens import comparison_html, token_css, tokens_html
+from kvviz.ui.token_html import comparison_html, token_css, tokens_html
 
 SINGLE = Scope(0, 0)
 
@@ -67,7 +67,7 @@ def test_every_state_gets_its_colour_in_the_token_map():
 def test_every_state_gets_its_colour_in_the_html():
     t = make_trace()
     html_text = tokens_html(token_records(t, 1, SINGLE), step=1, show_pending=True) + tokens_html(token_records(t, 1), 1)
-    rules = dict(re.findall(r"\.st-(\w+) \{ background: (#[0-9a-f]+);", token_css()))
+    rules = dict(re.findall(r"\.st-(\w+) \{ background: (#[0-9a-fA-F]+);", token_css()))
     assert rules == STATE_COLORS
     spans = re.findall(r'class="tok st-(\w+)[^"]*" data-pos="(\d+)"', html_text)
     assert {s for s, _ in spans} == set(STATES)
@@ -136,7 +136,7 @@ def test_divergence_is_marked_at_the_right_token():
     assert [s.x0 for s in fig.layout.shapes] == [1.5]  # the line sits just before token 2
     assert "token 2" in fig.layout.title.text
     html_text = comparison_html(full.tokens[PROMPT_LEN:], policy.tokens[PROMPT_LEN:], 2, "test")
-    marked = re.findall(r'<span class="diverge"[^>]*>([^<]*)</span>', html_text)
+    marked = re.findall(r'<span class="tok diverge"[^>]*>([^<]*)</span>', html_text)
     assert marked == [" C", " X"]
     same = with_output(base, [10, 11, 12, 13], [" A", " B", " C", " D"])
     assert compare_charts.first_divergence(full, same) is None

@@ -8,7 +8,7 @@ import pytest
 from live_synthetic import make_trace
 
 from kvviz.token_view import Scope, TokenRecord, token_records, visible_text
-from kvviz.ui.tokens import comparison_html, esc, legend_html, md_escape, stream_html, title, tokens_html
+from kvviz.ui.token_html import comparison_html, esc, legend_html, md_escape, stream_html, title, tokens_html
 
 HOSTILE = [
     "<script>window.__pwned=1</script>",

@@ -2,9 +2,10 @@
 background thread while a page shows its tokens, then run the full cache and the policy
 teacher-forced on the full cache's output, for the comparison.
 
-The page polls a ``LiveJob`` (tokens so far, phase, progress) and keeps its ``LiveResult``; a job
-survives the page's reruns, and a stopped job still leaves a result with the tokens generated so
-far. Nothing here imports streamlit.
+The page polls a ``LiveJob`` (token ids so far, phase, progress) and keeps its ``LiveResult``; a
+job survives the page's reruns, a stopped job still leaves a result with the tokens generated so
+far and says in which phase it was stopped, and every run is written to the run store
+(``kvviz.run_store``) so that it reopens after a restart. Nothing here imports streamlit.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from kvviz import engine
+import torch
+
+from kvviz import engine, run_store
 from kvviz.engine import Comparison, StepEvent
+from kvviz.models import out_of_memory_message
 from kvviz.policies import PolicyError
-from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.spec import PolicySpec, budget_notes
+from kvviz.text import PromptError, decode, encode_prompt
 from kvviz.trace import Trace, _json_default
 
 PHASES = {
@@ -30,9 +34,15 @@ PHASES = {
     "stopped": "Stopped",
     "error": "Failed",
 }
-
+STOPPED_IN = {
+    "policy": "Stopped during the policy's own run: the output below is partial, and there is no comparison.",
+    "full": "The policy's run finished; Stop came during the full cache's run, so there is no comparison with it.",
+    "forced": "The policy's and the full cache's runs finished (the outputs compare below); Stop came while "
+    "scoring the policy on the full cache's output, so there is no per-step KL or top-1 agreement.",
+}
 
 LONG_PROMPT_CPU = 1500  # tokens: beyond this a CPU prefill takes long enough to warn about
+MAX_NEW_TOKENS = 256
 
 
 class LiveInputError(ValueError):
@@ -50,10 +60,27 @@ class LiveRequest:
     compare: bool = True  # also run the full cache and the teacher-forced policy
     prompt_name: str = ""
     model_name: str = ""
+    passkey: str | None = None  # the hidden pass key when the prompt is the passkey example
+    notes: list[str] = field(default_factory=list)  # what the policy really protects at this budget
+    run_id: str = field(default_factory=run_store.new_run_id)
+    started_at: float = field(default_factory=time.time)
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_ids)
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec.to_text(), "max_new_tokens": self.max_new_tokens, "prompt_ids": self.prompt_ids,
+            "compare": self.compare, "prompt_name": self.prompt_name, "model_name": self.model_name,
+            "passkey": self.passkey, "notes": self.notes, "run_id": self.run_id, "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LiveRequest":
+        d = dict(d)
+        d["spec"] = PolicySpec.parse(d["spec"])
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def prepare(
@@ -67,12 +94,14 @@ def prepare(
     compare: bool = True,
     prompt_name: str = "",
     model_name: str = "",
+    passkey: str | None = None,
 ) -> LiveRequest:
     """Check everything a run needs before it starts; raises LiveInputError with one line."""
     try:
         ids = encode_prompt(tokenizer, prompt, chat=chat, max_context=max_context)
         spec = spec if isinstance(spec, PolicySpec) else PolicySpec.parse(spec)
         spec.resolve_budget(len(ids))  # budget larger than the prompt, ...
+        notes = budget_notes(spec, len(ids))
     except (PromptError, PolicyError) as exc:
         raise LiveInputError(str(exc)) from None
     if not 1 <= int(max_new_tokens) <= 4096:
@@ -82,12 +111,8 @@ def prepare(
             f"The prompt ({len(ids)} tokens) plus {max_new_tokens} new tokens exceeds the model's context of {max_context}."
         )
     return LiveRequest(
-        spec=spec,
-        max_new_tokens=int(max_new_tokens),
-        prompt_ids=ids,
-        compare=compare,
-        prompt_name=prompt_name,
-        model_name=model_name,
+        spec=spec, max_new_tokens=int(max_new_tokens), prompt_ids=ids, compare=compare,
+        prompt_name=prompt_name, model_name=model_name, passkey=passkey, notes=notes,
     )
 
 
@@ -105,11 +130,17 @@ def prompt_length(tokenizer, prompt: str, chat: bool) -> int | None:
 @dataclass
 class LiveResult:
     request: LiveRequest
-    trace: Trace  # the policy, free generation (partial when stopped)
+    trace: Trace  # the policy, free generation (partial when stopped in the policy's phase)
     full: Trace | None = None  # the full cache, free generation
     forced: Trace | None = None  # the policy teacher-forced on the full cache's output
-    wall_s: dict = field(default_factory=dict)  # seconds per phase
-    stopped: bool = False
+    wall_s: dict = field(default_factory=dict)  # seconds per phase, and "whole run"
+    stopped_in: str | None = None  # the phase Stop ended ("policy", "full", "forced"), None if not stopped
+    generated_text: str = ""  # the policy's output, decoded from the whole id sequence
+    full_text: str = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_in is not None
 
     @property
     def comparison(self) -> Comparison | None:
@@ -134,36 +165,31 @@ def trace_json(trace: Trace) -> str:
 class LiveJob:
     """Runs a LiveRequest on a background thread; safe to poll from another thread.
 
-    Phases: the policy (streamed into ``policy_tokens``), then, when the request compares, the
-    full cache (``full_tokens``) and the policy teacher-forced on the full cache's output.
-    ``stop()`` ends the current phase at its next token and skips the rest; the result keeps
-    what was generated.
+    Phases: the policy (token ids streamed into ``policy_ids``), then, when the request
+    compares, the full cache (``full_ids``) and the policy teacher-forced on the full cache's
+    output. ``stop()`` ends the current phase at its next token and skips the rest; the result
+    keeps what was generated and the phase that was stopped.
     """
 
     def __init__(self, model, tokenizer, request: LiveRequest):
         self.model, self.tokenizer, self.request = model, tokenizer, request
         self.phase = "queued"
-        self.policy_tokens: list[str] = []
-        self.full_tokens: list[str] = []
+        self.policy_ids: list[int] = []
+        self.full_ids: list[int] = []
         self.kv_bytes: tuple[int, int] | None = None  # (policy, full) at the policy's latest step
         self.error: str | None = None
         self.result: LiveResult | None = None
-        self.started_at = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # control
     def start(self) -> "LiveJob":
+        run_store.begin(self.request.run_id, self.request.to_dict())
         self._thread = threading.Thread(target=self.run, name="kvviz-live", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
 
     @property
     def running(self) -> bool:
@@ -174,6 +200,10 @@ class LiveJob:
             self._thread.join(timeout)
         return not self.running
 
+    def text(self, phase: str) -> str:
+        """The output of ``phase`` so far, decoded from its whole id sequence."""
+        return decode(self.tokenizer, list(self.policy_ids if phase == "policy" else self.full_ids))
+
     def progress(self) -> tuple[float, str]:
         """(fraction done, a line saying what runs now)."""
         n = self.request.max_new_tokens
@@ -183,46 +213,56 @@ class LiveJob:
         if self.phase == "queued":
             return 0.0, PHASES["queued"]
         done_before = phases.index(self.phase)
-        current = {"policy": len(self.policy_tokens), "full": len(self.full_tokens)}.get(self.phase, 0)
+        current = {"policy": len(self.policy_ids), "full": len(self.full_ids)}.get(self.phase, 0)
         frac = (done_before + min(current, n) / n) / len(phases)
         count = f": {current} / {n} tokens" if self.phase in ("policy", "full") else ""
         return min(frac, 1.0), PHASES[self.phase] + count
 
-    # work
     def run(self) -> None:
         req, walls = self.request, {}
         stop = self._stop.is_set
         trace = full = forced = None
+        stopped_in = None
+        start = t = time.perf_counter()
         try:
             runs = engine.compare_runs(
                 self.model, self.tokenizer, req.prompt_ids, req.spec,
                 max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=stop,
-                on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_tokens.append(e.token),
+                on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_ids.append(e.token_id),
             )
             self.phase = "policy"
-            t = time.perf_counter()
+            following = {"policy": "full", "full": "forced"}
             for phase, result in runs:
                 walls[phase] = time.perf_counter() - t
-                if phase == "policy":
-                    trace = result
-                elif phase == "full":
-                    full = result
-                else:  # a partial teacher-forced run compares nothing
-                    forced = None if result.stopped_by == "user" else result
-                if phase == "forced" or not req.compare or stop():
+                trace, full, forced = (result, full, forced) if phase == "policy" else (trace, result, forced) if phase == "full" else (trace, full, result)
+                if result.stopped_by == "user":
+                    stopped_in = phase
                     break
-                self.phase = "full" if phase == "policy" else "forced"
-                t = time.perf_counter()
-            if full is not None and full.stopped_by == "user":
-                full = forced = None
+                if phase == "forced" or not req.compare:
+                    break
+                if stop():  # Stop came just as this phase ended: the next one never started
+                    stopped_in = following[phase]
+                    break
+                self.phase, t = following[phase], time.perf_counter()
+            if stopped_in in ("full", "forced"):  # a partial comparison compares nothing
+                full = full if stopped_in == "forced" else None
+                forced = None
+        except torch.OutOfMemoryError as exc:
+            self.error = out_of_memory_message(exc)
         except (PolicyError, PromptError, ValueError) as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
             self.error = f"{type(exc).__name__}: {exc}"
+        walls["whole run"] = time.perf_counter() - start
         if trace is not None:
-            self.result = LiveResult(req, trace, full, forced, walls, stopped=stop())
-        self.phase = "error" if self.error else "stopped" if stop() else "done"
+            self.result = LiveResult(
+                req, trace, full, forced, walls, stopped_in=stopped_in,
+                generated_text=decode(self.tokenizer, trace.generated_ids),
+                full_text=decode(self.tokenizer, full.generated_ids) if full is not None else "",
+            )
+        run_store.finish(req.run_id, self.result, self.error)
+        self.phase = "error" if self.error else "stopped" if stopped_in else "done"
 
     def _on_policy_step(self, event: StepEvent) -> None:
-        self.policy_tokens.append(event.token)
+        self.policy_ids.append(event.token_id)
         self.kv_bytes = (event.kv_bytes, event.kv_bytes_full)

@@ -1,4 +1,4 @@
-"""Cached calls behind the Attention page: generation (through the engine), the overview pass,
+"""Memoized calls behind the Attention page: generation (through the engine), the overview pass,
 a layer's queries and keys, and one head's view. Keys are plain values: the model's identity
 (spec, device, dtype) and a digest of the token ids; the model object itself is never hashed.
 
@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from kvviz import attention_maps, capture, engine
+from kvviz.attention_data import AttentionView, Overview
 from kvviz.models import LoadedModel
 from kvviz.spec import PolicySpec
 from kvviz.trace import Trace
@@ -37,24 +38,25 @@ def ids_digest(ids) -> str:
 def _generate(_loaded, key, prompt_ids: tuple, max_new_tokens: int, spec_text: str) -> Trace:
     return engine.run(
         _loaded.model, _loaded.tokenizer, list(prompt_ids), PolicySpec.parse(spec_text),
-        max_new_tokens=max_new_tokens, model_name=key[0],
+        max_new_tokens=max_new_tokens, model_name=key[0], capture_queries=True,  # Trace.lost_mass for the page
     )
 
 
 def generate(loaded: LoadedModel, prompt_ids, max_new_tokens: int, spec: PolicySpec) -> Trace:
-    """Greedy generation of ``max_new_tokens`` under ``spec`` (the engine's Trace)."""
+    """Greedy generation of ``max_new_tokens`` under ``spec`` (the engine's Trace), measuring the
+    attention lost to eviction at each step (``Trace.lost_mass``)."""
     return _generate(loaded, model_key(loaded), tuple(int(i) for i in prompt_ids), int(max_new_tokens), spec.to_text())
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
-def _overview(_loaded, key, digest: str, _ids, prompt_len: int, pool: str) -> attention_maps.Overview:
+def _overview(_loaded, key, digest: str, _ids, prompt_len: int, pool: str) -> Overview:
     return attention_maps.overview(
         _loaded.model, _ids, cells=THUMB_CELLS, pool=pool, sink_tokens=SINK_TOKENS, local_tokens=LOCAL_TOKENS,
         prompt_len=prompt_len, keep_qk_bytes=KEEP_QK_BYTES,
     )
 
 
-def overview(loaded: LoadedModel, ids, prompt_len: int, pool: str) -> attention_maps.Overview:
+def overview(loaded: LoadedModel, ids, prompt_len: int, pool: str) -> Overview:
     return _overview(loaded, model_key(loaded), ids_digest(ids), list(ids), prompt_len, pool)
 
 
@@ -63,7 +65,7 @@ def _layer_qk(_loaded, key, digest: str, _ids, layer: int, prompt_len: int) -> c
     return capture.capture_layers(_loaded.model, _ids, [layer], prompt_len=prompt_len)[layer]
 
 
-def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: attention_maps.Overview | None = None) -> capture.LayerQK:
+def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: Overview | None = None) -> capture.LayerQK:
     """The layer's queries and keys: from the overview when it kept them, else one more pass."""
     if ov is not None and layer in ov.qk:
         return ov.qk[layer]
@@ -72,7 +74,7 @@ def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: attentio
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _view(_qk, key, digest: str, layer: int, head: int, q_range, k_range, max_cells: int, pool: str,
-          evicted_bytes: bytes | None, prompt_len: int) -> attention_maps.AttentionView:
+          evicted_bytes: bytes | None, prompt_len: int) -> AttentionView:
     evicted = None if evicted_bytes is None else np.frombuffer(evicted_bytes, dtype=bool)
     return attention_maps.attention_view(
         _qk, head, q_range=q_range, k_range=k_range, max_cells=max_cells, pool=pool, evicted=evicted, prompt_len=prompt_len,
@@ -80,6 +82,6 @@ def _view(_qk, key, digest: str, layer: int, head: int, q_range, k_range, max_ce
 
 
 def view(loaded: LoadedModel, ids, qk: capture.LayerQK, head: int, *, q_range, k_range, max_cells: int, pool: str,
-         evicted: np.ndarray | None, prompt_len: int) -> attention_maps.AttentionView:
+         evicted: np.ndarray | None, prompt_len: int) -> AttentionView:
     ev = None if evicted is None else np.asarray(evicted, dtype=bool).tobytes()
     return _view(qk, model_key(loaded), ids_digest(ids), qk.layer, head, tuple(q_range), tuple(k_range), max_cells, pool, ev, prompt_len)

@@ -11,23 +11,12 @@ import html
 
 import plotly.graph_objects as go
 
+from kvviz.charts.style import COLORS, STATE_FILL, STATE_TEXT
 from kvviz.token_view import STATES, TokenRecord, quoted
 
-# background, text colour per state; readable on light and dark themes
-STATE_COLORS: dict[str, str] = {
-    "sink": "#a78bfa",
-    "recent": "#7dd3fc",
-    "high_score": "#fbbf24",
-    "kept": "#86efac",
-    "partial": "#fdba74",
-    "evicted_now": "#dc2626",
-    "evicted": "#fecaca",
-    "next": "#f8fafc",
-    "pending": "#e5e7eb",
-}
-STATE_TEXT_COLORS: dict[str, str] = {s: ("#ffffff" if s == "evicted_now" else "#111827") for s in STATES}
-STATE_TEXT_COLORS["evicted"] = "#7f1d1d"
-STATE_TEXT_COLORS["pending"] = "#6b7280"
+# background, text colour per state: the palette of kvviz.charts.style
+STATE_COLORS: dict[str, str] = {s: STATE_FILL[s] for s in STATES}
+STATE_TEXT_COLORS: dict[str, str] = {s: STATE_TEXT[s] for s in STATES}
 
 
 def plotly_text(text: str) -> str:
@@ -42,7 +31,8 @@ def state_label(state: str) -> str:
 
 def describe_record(r: TokenRecord, step: int) -> str:
     """The hover text of one token, plain text (escape it before it goes into HTML)."""
-    lines = [f"#{r.position} {quoted(r.text)}" + ("  (generated)" if r.generated else "  (prompt)")]
+    text = quoted(r.text) if r.text else "(a byte piece of the character the next token completes)"
+    lines = [f"#{r.position} {text}" + ("  (generated)" if r.generated else "  (prompt)")]
     lines.append(f"state: {state_label(r.state)}")
     lines.append("score: " + ("not scored" if r.score is None else f"{r.score:.4g}"))
     if r.evicted_at_step is None:
@@ -55,8 +45,12 @@ def describe_record(r: TokenRecord, step: int) -> str:
     return "\n".join(lines)
 
 
-def token_states_figure(records: list[TokenRecord], step: int, per_row: int = 40, title: str | None = None) -> go.Figure:
-    """One square per token, coloured by state, one legend entry per state present."""
+def token_states_figure(
+    records: list[TokenRecord], step: int, per_row: int = 40, title: str | None = None, marked: list[int] | None = None,
+    marked_name: str = "match",
+) -> go.Figure:
+    """One square per token, coloured by state, one legend entry per state present; positions in
+    ``marked`` (search matches, the pass key) ringed in the needle colour."""
     fig = go.Figure()
     by_state: dict[str, list[TokenRecord]] = {}
     for r in records:
@@ -72,10 +66,17 @@ def token_states_figure(records: list[TokenRecord], step: int, per_row: int = 40
                 mode="markers",
                 name=f"{state_label(state)} ({len(rs)})",
                 legendgroup=state,
-                marker=dict(symbol="square", size=13, color=STATE_COLORS[state], line=dict(width=1, color="#9ca3af")),
+                marker=dict(symbol="square", size=13, color=STATE_COLORS[state], line=dict(width=1, color=COLORS["outline"])),
                 hovertext=[plotly_text(describe_record(r, step)) for r in rs],
                 hoverinfo="text",
                 meta=state,
+            )
+        )
+    if marked:
+        fig.add_trace(
+            go.Scatter(
+                x=[p % per_row for p in marked], y=[p // per_row for p in marked], mode="markers", name=f"{marked_name} ({len(marked)})",
+                marker=dict(symbol="square-open", size=19, color=COLORS["needle"], line=dict(width=3)), hoverinfo="skip", meta="marked",
             )
         )
     rows = (len(records) + per_row - 1) // per_row if records else 1

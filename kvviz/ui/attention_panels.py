@@ -1,0 +1,156 @@
+"""Parts of the Attention page: its view controls, the layer/head/token selection that clicks on
+the charts move, the zoom window, the policy's evictions for the head in view, and the head
+profiles section. The page wires them; the numbers come from ``kvviz.attention_maps`` (through
+``kvviz.ui.attention_memo``) and the Trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from kvviz.attention_data import POOLS, Overview
+from kvviz.charts import attention_detail as detail_charts
+from kvviz.charts import attention_overview as overview_charts
+from kvviz.trace import Trace
+from kvviz.ui.clicks import clicked
+from kvviz.ui.state import persisted
+from kvviz.ui.token_html import esc
+
+RESOLUTIONS = [48, 64, 96, 128, 192]
+
+
+@dataclass
+class ViewSettings:
+    new_tokens: int
+    pool: str
+    scale: str
+    max_cells: int
+
+
+def view_controls(room: int) -> ViewSettings:
+    """New tokens, pooling, colour scale and detail resolution (kept across pages)."""
+    c_new, c_pool, c_scale, c_res = st.columns(4)
+    with c_new:
+        new_tokens = persisted(
+            st.number_input, "attn.new_tokens", min(8, room), label="New tokens", min_value=0, max_value=room,
+            help="Generate this many tokens greedily first; their attention is shown after the prompt's.",
+        )
+    with c_pool:
+        pool = persisted(
+            st.radio, "attn.pool", POOLS[0], label="Pooling", options=list(POOLS), horizontal=True,
+            help="Long sequences are shown in tiles of several tokens: the largest weight in each tile (max), or the mean.",
+        )
+    with c_scale:
+        scale = persisted(
+            st.radio, "attn.scale", "log", label="Scale", options=["log", "linear"], horizontal=True,
+            help="Attention weights span orders of magnitude: a log scale (colours and bars) shows the faint ones too.",
+        )
+    with c_res:
+        max_cells = persisted(
+            st.select_slider, "attn.cells", 128, label="Detail resolution", options=RESOLUTIONS,
+            help="Tiles per side in the detail heatmap. A token window this small or smaller is shown token by token.",
+        )
+    return ViewSettings(int(min(new_tokens, room)), pool, scale, int(max_cells))
+
+
+def selection(ov: Overview, digest: str, n: int) -> None:
+    """Keep the layer, head, token and window in session_state: defaults for a new sequence,
+    and the point just clicked in the overview, profile or detail chart."""
+    ss = st.session_state
+    ss.setdefault("attn.layer", min(ov.n_layers - 1, ov.n_layers // 2))
+    ss.setdefault("attn.head", 0)
+    if ss.get("attn.sequence") != digest:  # a new sequence: select its last token, show all of it
+        ss["attn.sequence"], ss["attn.token"], ss["attn.window"] = digest, n - 1, (0, n)
+    for chart_key in ("attn.overview_chart", "attn.profile_chart"):
+        picked = clicked(chart_key)
+        if isinstance(picked, list) and len(picked) == 2:
+            ss["attn.layer"], ss["attn.head"] = int(picked[0]), int(picked[1])
+    picked = clicked("attn.detail_chart")
+    if picked is not None and not isinstance(picked, list):
+        ss["attn.token"] = min(n - 1, int(picked))
+
+
+def detail_controls(ov: Overview, tokens: list[str], prompt_len: int, max_cells: int) -> tuple[int, int, int, tuple[int, int]]:
+    """Layer, query head, selected token and the token window of the detail view."""
+    ss, n, group = st.session_state, len(tokens), ov.n_q_heads // ov.n_kv_heads
+    c_layer, c_head, c_token, c_text = st.columns([1, 1, 1, 2])
+    layer = c_layer.number_input("Layer", 0, ov.n_layers - 1, key="attn.layer")
+    head = c_head.number_input("Query head", 0, ov.n_q_heads - 1, key="attn.head", help=f"Heads {group}·k … {group}·k+{group - 1} share KV head k.")
+    token = c_token.number_input("Selected token", 0, n - 1, key="attn.token", help="Its row and column are outlined; click a bar under or beside the heatmap to pick one.")
+    where = "generated" if token >= prompt_len else "prompt"
+    c_text.html(f"<div style='padding-top: 1.9rem'>token <b>{token}</b>: <code>{esc(repr(tokens[token]))}</code> · {where}</div>")
+
+    def zoom(start: int, stop: int) -> None:
+        ss["attn.window"] = (max(0, start), min(n, stop))
+
+    z1, z2, z3, z4 = st.columns([4, 1, 1, 1])
+    window = z1.slider("Token window (queries and keys)", 0, n, key="attn.window", help="Zoom: a window of at most the detail resolution is shown token by token.")
+    z2.button("Whole sequence", on_click=zoom, args=(0, n), width="stretch")
+    z3.button("Around the token", on_click=zoom, args=(int(token) + 1 - max_cells, int(token) + 1), width="stretch")
+    z4.button("Last tokens", on_click=zoom, args=(n - max_cells, n), width="stretch")
+    return int(layer), int(head), int(token), (int(window[0]), max(int(window[1]), int(window[0]) + 1))
+
+
+def evictions(trace: Trace, layer: int, kv_head: int) -> tuple[np.ndarray, int]:
+    """The keys the policy had evicted at the step chosen on a slider, for this layer and KV
+    head: (evicted (positions,) bool, step)."""
+    step = st.slider(
+        "Cache at step", 0, max(0, trace.n_steps - 1), value=max(0, trace.n_steps - 1), key="attn.step",
+        help="Step 0 is the cache right after the prompt; step s after the s-th generated token entered it.",
+    ) if trace.n_steps > 1 else 0
+    exists = trace.entered_at_step() <= step
+    return exists & ~trace.kept_mask(step, layer, kv_head), step
+
+
+def eviction_metrics(trace: Trace, evicted: np.ndarray, step: int, layer: int, kv_head: int) -> None:
+    """How many keys are gone, and the attention the run's queries put on the entries evicted
+    at each step (``Trace.lost_mass``, measured by the engine during the run)."""
+    lost = np.asarray(trace.lost_mass, dtype=np.float64)[:, layer] if trace.lost_mass is not None else np.array([])
+    e1, e2, e3 = st.columns([1, 1, 3])
+    e1.metric(
+        f"Evicted keys at step {step}", f"{int(evicted.sum()):,} of {int((trace.entered_at_step() <= step).sum()):,}",
+        help=f"Layer {layer}, KV head {kv_head}.",
+    )
+    measured = lost.size and np.isfinite(lost).all()
+    e2.metric(
+        f"Attention lost at step {step}", f"{lost[step]:.1%}" if measured else "not measured",
+        help=f"Layer {layer}, mean over its KV heads: the attention the query of step {step} put on the entries "
+        "the policy evicted at that step, just before they left the cache.",
+    )
+    if measured:
+        e3.plotly_chart(detail_charts.lost_mass_figure(lost, step), width="stretch", key="attn.lost_chart")
+
+
+PROFILES_TEXT = """Each head, measured over the queries after position {from_query}:
+**sink mass** is the attention on the first {sink} tokens, **locality** the attention on the last
+{local} tokens, **entropy** how spread out each row is.
+
+**Attention sinks.** Softmax makes every query spend all of its attention somewhere. Many heads, when
+nothing in the context is relevant, park that attention on the very first tokens, whatever they say:
+the *attention sink* (Xiao et al., 2023). Heads high on the x axis do this. A cache that drops those
+first tokens changes where the mass goes and breaks the model, which is why StreamingLLM keeps a few
+sink tokens beside its recent window, and why heavy-hitter policies (H2O) keep them naturally."""
+
+
+def head_profiles(ov: Overview, layer: int, head: int) -> None:
+    """The head profiles: the explanation, the scatter (click a head) and the table."""
+    p = ov.profiles
+    st.subheader("Head profiles")
+    st.markdown(PROFILES_TEXT.format(from_query=p.from_query, sink=p.sink_tokens, local=p.local_tokens))
+    p1, p2 = st.columns([3, 2])
+    with p1:
+        color_by = persisted(st.radio, "attn.profile_color", "layer", label="Colour points by", options=["layer", "entropy"], horizontal=True)
+        st.plotly_chart(
+            overview_charts.profile_figure(p, selected=(layer, head), color_by=color_by),
+            key="attn.profile_chart", on_select="rerun", selection_mode="points", width="stretch",
+        )
+    with p2:
+        number = st.column_config.NumberColumn
+        st.dataframe(
+            overview_charts.profiles_frame(p), hide_index=True, height=470,
+            column_config={c: number(format="%.3f") for c in ("sink mass", "locality", "entropy (nats)", "entropy / max")}
+            | {"mean distance": number(format="%.1f")},
+        )

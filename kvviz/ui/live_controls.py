@@ -1,0 +1,162 @@
+"""The Live page's run controls: one-click demos, how many tokens and whether to compare (kept
+across pages and in the URL), Run and Stop, and the view of a run while it goes on.
+
+A run is a ``kvviz.live_run.LiveJob`` kept in session_state; its result goes to
+``session_state["live.result"]`` and its id into the URL (``?run=<id>``), so that the same tab
+reopens it from the run store after a server restart.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from kvviz import data, live_run
+from kvviz.metrics import format_bytes
+from kvviz.spec import PolicySpec, budget_notes
+from kvviz.ui import sidebar as sb
+from kvviz.ui.policy_controls import seed_controls
+from kvviz.ui.sidebar import SidebarState
+from kvviz.ui.state import persisted
+from kvviz.ui.token_html import md_escape, stream_html
+
+JOB, RESULT, ERROR, SHOWN = "live.job", "live.result", "live.error", "live.shown"  # session_state keys
+POLL_S = 0.25
+
+
+def _apply_preset(name: str) -> None:
+    preset = data.PRESETS[name]
+    ss = st.session_state
+    ss[sb.PROMPT_NAME] = preset.example
+    ss[sb.CHAT_PREFIX + preset.example] = preset.chat
+    if preset.example == data.PASSKEY_EXAMPLE:
+        ss[sb.PASSKEY_FILLER], ss[sb.PASSKEY_SEED] = data.DEFAULT_PASSKEY_FILLER, 0
+        ss[sb.PASSKEY_DEPTH] = int(data.DEFAULT_PASSKEY_DEPTH * 100)
+    seed_controls("live", PolicySpec.parse(preset.spec))
+    ss["live.new_tokens"], ss["live.compare"] = preset.new_tokens, True
+    ss["live.preset_story"] = preset.story
+
+
+def presets() -> None:
+    """One-click demos: each sets the prompt, the policy and the run settings."""
+    with st.expander("Demos in one click", icon=":material/science:", expanded=False):
+        cols = st.columns(len(data.PRESETS))
+        for col, name in zip(cols, data.PRESETS):
+            col.button(name, on_click=_apply_preset, args=(name,), width="stretch", key=f"live.preset.{name}")
+        st.caption("Each sets the prompt in the sidebar and the policy above; then press **Run**.")
+    story = st.session_state.get("live.preset_story")
+    if story:
+        st.info(story, icon=":material/science:")
+
+
+def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec | None):
+    """New tokens and the comparison (kept across pages and in the URL), the notes on what the
+    policy protects at this budget, and the Run / Stop buttons. Returns the row's container."""
+    row = st.container(border=True)
+    c_tokens, c_compare, c_run, c_stop = row.columns([3, 2, 1, 1], vertical_alignment="bottom")
+    with c_tokens:
+        new_tokens = persisted(
+            st.slider, "live.new_tokens", 32, url="new", label="New tokens", min_value=1, max_value=live_run.MAX_NEW_TOKENS,
+            help="Greedy decoding; stops early at end of sequence.",
+        )
+    with c_compare:
+        compare = persisted(
+            st.checkbox, "live.compare", True, url="compare", label="Compare with full cache",
+            help="Also run the full cache, and the policy teacher-forced on the full cache's output (per-step KL, "
+            "top-1). Three runs instead of one.",
+        )
+    summary = state.loaded.summary
+    row.caption(
+        f"Prompt: **{md_escape(state.prompt_name or 'custom')}**, "
+        + (f"{prompt_len} tokens" if prompt_len else "empty")
+        + (" with the chat template" if state.chat else "")
+        + f" · model {md_escape(summary.name)} on {summary.device}"
+    )
+    if spec is not None and prompt_len:
+        try:
+            for note in budget_notes(spec, prompt_len):
+                (row.warning if "smaller than" in note or "no room" in note else row.caption)(note)
+        except ValueError:
+            pass  # the budget does not fit the prompt: Run says why
+    if prompt_len and prompt_len > live_run.LONG_PROMPT_CPU and summary.device == "cpu":
+        row.warning(
+            f"A {prompt_len}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
+            "attention compute it over the whole prompt), and Stop acts between generated tokens, not during the prefill.",
+            icon=":material/hourglass_top:",
+        )
+    ss = st.session_state
+    if ss.pop("live.run_requested", False):  # before the buttons: Stop is live while this run follows the job
+        _start(state, spec, int(new_tokens), bool(compare))
+    job = ss.get(JOB)
+    running = job is not None and job.running
+    c_run.button("▶ Run", type="primary", on_click=_request_run, disabled=running, key="live.run", width="stretch")
+    c_stop.button("■ Stop", on_click=_stop, disabled=not running, key="live.stop", width="stretch")
+
+
+def _request_run() -> None:
+    st.session_state["live.run_requested"] = True
+
+
+def _stop() -> None:
+    job = st.session_state.get(JOB)
+    if job is not None:
+        job.stop()
+
+
+def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compare: bool) -> None:
+    ss = st.session_state
+    job = ss.get(JOB)
+    if job is not None and job.running:
+        st.warning("A run is still going; stop it first.")
+        return
+    if spec is None:
+        st.error("Fix the policy settings above first.")
+        return
+    loaded = state.loaded
+    try:
+        request = live_run.prepare(
+            loaded.tokenizer, state.prompt, chat=state.chat, spec=spec, max_new_tokens=new_tokens,
+            max_context=loaded.summary.max_context, compare=compare, prompt_name=state.prompt_name,
+            model_name=loaded.summary.name, passkey=state.passkey,
+        )
+    except live_run.LiveInputError as exc:
+        st.error(md_escape(str(exc)))
+        return
+    ss[JOB] = live_run.LiveJob(loaded.model, loaded.tokenizer, request).start()
+    ss[ERROR] = None
+    st.query_params["run"] = request.run_id  # a restart finds the run (or says it was interrupted)
+
+
+def follow_job() -> None:
+    """While a job runs: its progress and outputs as they stream; then keep its result and rerun."""
+    ss = st.session_state
+    job: live_run.LiveJob | None = ss.get(JOB)
+    if job is None:
+        return
+    progress = st.progress(0.0)
+    left, right = st.columns(2)
+    left.markdown(f"**{md_escape(job.request.spec.label())}** output")
+    right.markdown("**full cache** output" if job.request.compare else " ")
+    policy_box, full_box, bytes_box = left.empty(), right.empty(), st.empty()
+    shown = None
+    while True:
+        done = not job.running
+        frac, text = job.progress()
+        now = (frac, text, len(job.policy_ids), len(job.full_ids))
+        if now != shown:  # redraw only what changed: the run, not the page, should use the CPU
+            progress.progress(frac, text=text)
+            policy_box.html(stream_html(job.text("policy"), cursor=job.phase == "policy"))
+            if job.request.compare:
+                full_box.html(stream_html(job.text("full"), cursor=job.phase == "full"))
+            if job.kv_bytes:
+                held, full = job.kv_bytes
+                bytes_box.caption(f"KV cache now: {format_bytes(held)} held, {format_bytes(full)} for the full cache")
+            shown = now
+        if done:
+            break
+        time.sleep(POLL_S)
+    ss[RESULT], ss[ERROR] = job.result, job.error
+    ss[SHOWN] = ss.get(SHOWN, 0) + 1
+    del ss[JOB]
+    st.rerun()

@@ -1,0 +1,196 @@
+"""The Live page's result: which run it is and which settings produced it, its numbers at the
+step in view, the step / scope controls with a player, and readable run details.
+
+The result in view is the session's last run, or the run the URL names (``?run=<id>``) when the
+session has none (a restarted server, a reopened tab): it comes back from the run store, or the
+page says plainly that it was interrupted. A trace file can be opened too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import streamlit as st
+
+from kvviz import live_run, run_store
+from kvviz.metrics import format_bytes, memory_saving
+from kvviz.spec import PolicySpec
+from kvviz.token_view import Scope
+from kvviz.ui.live_controls import ERROR, RESULT, SHOWN
+from kvviz.ui.state import persisted
+from kvviz.ui.token_html import md_escape
+
+SCOPES = ["all layers and heads", "one layer and KV head"]
+
+
+def _clock(ts: float | None) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else "?"
+
+
+def _from_store(run_id: str) -> live_run.LiveResult | None:
+    """The stored run of the URL, or None; says so when it was interrupted or failed."""
+    stored = run_store.load(run_id)
+    if stored is None:
+        st.info("The run in this link is no longer stored (the store keeps the most recent runs). Press **Run** to run it again.")
+        return None
+    req = live_run.LiveRequest.from_dict(stored.meta["request"])
+    what = f"{md_escape(req.spec.label())}, {req.max_new_tokens} new tokens, started at {_clock(req.started_at)}"
+    if stored.interrupted:
+        st.warning(
+            f"The run of this link ({what}) was interrupted: the server stopped before it finished, and nothing "
+            "of it was kept. Press **Run** to run it again.", icon=":material/restart_alt:",
+        )
+        return None
+    if "policy" not in stored.traces:
+        st.error(f"The run of this link ({what}) failed: {md_escape(stored.meta.get('error') or 'no trace was kept')}")
+        return None
+    meta = stored.meta
+    st.caption(f"Reopened from the run store: the run ended at {_clock(meta.get('ended'))}.")
+    return live_run.LiveResult(
+        req, stored.traces["policy"], stored.traces.get("full"), stored.traces.get("forced"),
+        wall_s=meta.get("wall_s") or {}, stopped_in=meta.get("stopped_in"),
+        generated_text=meta.get("generated_text", ""), full_text=meta.get("full_text", ""),
+    )
+
+
+def current_result() -> live_run.LiveResult | None:
+    """The result to show: this session's, else the one the URL names, else None."""
+    ss = st.session_state
+    if ss.get(ERROR):
+        st.error(md_escape(ss[ERROR]))
+    result = ss.get(RESULT)
+    run_id = st.query_params.get("run")
+    if result is None and run_id and ss.get("live.loaded_run") != run_id:
+        ss["live.loaded_run"] = run_id
+        result = ss[RESULT] = _from_store(run_id)
+    return result
+
+
+def open_trace_file() -> None:
+    """Open a trace file downloaded earlier (JSON or npz), up to run_store.MAX_TRACE_FILE_BYTES."""
+    with st.expander("Open a saved trace", icon=":material/upload_file:"):
+        upload = st.file_uploader(
+            f"A trace downloaded from this page (.json or .npz, at most {run_store.MAX_TRACE_FILE_BYTES >> 20} MiB)",
+            type=["json", "npz"], key="live.upload",
+        )
+        if upload is None or st.session_state.get("live.upload_seen") == upload.file_id:
+            return
+        st.session_state["live.upload_seen"] = upload.file_id
+        try:
+            trace = run_store.read_trace_file(upload.name, upload.getvalue())
+        except run_store.TraceFileError as exc:
+            st.error(md_escape(str(exc)))
+            return
+        spec = PolicySpec.from_dict(trace.spec) if trace.spec else PolicySpec.create("full")
+        request = live_run.LiveRequest(spec, trace.n_steps, list(trace.prompt_ids), compare=False, prompt_name=upload.name, model_name=trace.model)
+        st.session_state[RESULT] = live_run.LiveResult(request, trace, generated_text=trace.generated_text)
+        st.session_state[SHOWN] = st.session_state.get(SHOWN, 0) + 1
+
+
+def header(result: live_run.LiveResult, spec_now: PolicySpec | None) -> None:
+    """Which run this is, the settings that produced it, and how it ended."""
+    req, trace = result.request, result.trace
+    st.divider()
+    st.subheader(f"{md_escape(req.spec.label())} on “{md_escape(req.prompt_name or 'custom prompt')}”")
+    st.caption(
+        f"Settings of this run: **{md_escape(req.spec.to_text())}** · budget "
+        + (f"{trace.budget} entries per layer and KV head" if trace.budget is not None else "none (keeps everything)")
+        + f" · {trace.prompt_len} prompt tokens · {req.max_new_tokens} new tokens asked · "
+        + ("compared with the full cache" if req.compare else "no comparison")
+    )
+    if spec_now is not None and spec_now != req.spec:
+        st.caption(f"The controls above now say **{md_escape(spec_now.label())}**: press **Run** to run them.")
+    for note in req.notes:
+        st.caption(note)
+    if result.stopped:
+        st.warning(f"Stopped after {trace.n_steps} generated tokens. " + live_run.STOPPED_IN[result.stopped_in])
+
+
+def step_controls(trace) -> tuple[int, Scope, bool]:
+    """The decode step in view (a slider per result), the scope, and whether Play was pressed."""
+    last = max(trace.n_steps - 1, 0)
+    s_col, play_col, scope_col, layer_col, head_col = st.columns([4, 1, 2, 2, 1])
+    shown = st.session_state.get(SHOWN, 0)
+    if last > 0:
+        step = s_col.slider(
+            "Decode step", 0, last, last, key=f"live.step.{shown}",
+            help="Step 0 is the cache right after prefill; step s after the s-th generated token entered it.",
+        )
+        play = play_col.button("▶ Play", key="live.play", help="Play the steps from the first to the last.", width="stretch")
+    else:
+        step, play = 0, False
+        s_col.caption("One decode step: nothing to step through.")
+    with scope_col:
+        kind = persisted(st.radio, "live.scope", SCOPES[0], label="Scope", options=SCOPES)
+    if kind == SCOPES[0]:
+        return step, Scope(), play
+    with layer_col:
+        layer = persisted(st.slider, "live.layer", 0, label="Layer", min_value=0, max_value=trace.n_layers - 1)
+    with head_col:
+        head = persisted(st.selectbox, "live.head", 0, label="KV head", options=list(range(trace.n_kv_heads)))
+    return step, Scope(layer, head), play
+
+
+def metrics(result: live_run.LiveResult, step: int) -> None:
+    """Generated tokens, the whole run's time, the cache at the step in view, the divergence and
+    the agreement with the full cache."""
+    trace, cmp, forced = result.trace, result.comparison, result.forced
+    m = st.columns(5)
+    m[0].metric("Generated", f"{trace.n_steps} tokens", help=f"stopped by: {trace.stopped_by}")
+    whole = result.wall_s.get("whole run", trace.timings["total_s"])
+    device = "CPU" if trace.device == "cpu" else trace.device
+    tps = trace.n_steps / trace.timings["total_s"] if trace.timings.get("total_s") else 0
+    m[1].metric(
+        "Whole run", f"{whole:.1f} s", f"policy {tps:.1f} tok/s on {device}", delta_color="off", delta_arrow="off",
+        help="Wall time of every pass of this run: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.wall_s.items())
+        + f". The policy's own pass: prefill {trace.timings['prefill_s']:.2f} s, then decoding.",
+    )
+    at = memory_saving(trace, step)
+    m[2].metric(
+        f"KV cache at step {at.step}", format_bytes(at.kv_bytes), f"{-at.saved_pct:+.0f}% vs full cache", delta_color="inverse",
+        chart_data=[b / 1024 for b in trace.kv_bytes], chart_type="area", help="K/V bytes held per step (KiB); the step slider moves it",
+    )
+    if cmp is not None:
+        div = cmp.first_divergence
+        m[3].metric(
+            "First divergence", "none" if div is None else f"output token {div}",
+            help="The first generated token that differs from the full cache's output, counted from 0 = the first "
+            "generated token (the prompt is not counted).",
+        )
+    if forced is not None and forced.top1_agreement is not None and len(forced.top1_agreement):
+        m[4].metric(
+            "Top-1 agreement", f"{forced.top1_agreement.mean():.0%}", f"mean KL {forced.kl_to_reference.mean():.3f} nats",
+            delta_color="off", delta_arrow="off", chart_data=forced.kl_to_reference.tolist(), chart_type="bar",
+            help="share of steps where the policy's top-1 token matches the full cache's (teacher-forced); chart: KL per step",
+        )
+
+
+def play_steps(show_step, last: int, pause_s: float = 0.4) -> None:
+    """Show every step from 0 to ``last`` in turn (``show_step(step, key)`` draws one)."""
+    for s in range(0, last + 1):
+        show_step(s, f"play{s}")
+        time.sleep(pause_s)
+
+
+def details(result: live_run.LiveResult) -> None:
+    """The run's settings and timings as a readable table, and the trace to download."""
+    trace, req = result.trace, result.request
+    params = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in (vals or {}).items() if v is not None) for name, vals in (trace.params or {}).items())
+    rows = {
+        "Model": f"{trace.model} · {trace.device} · {trace.dtype}",
+        "Policy": req.spec.label(),
+        "Settings (as text)": req.spec.to_text(),
+        "Parameters": params or "none",
+        "Budget": f"{trace.budget} entries per layer and KV head" if trace.budget is not None else "none: keeps everything",
+        "Prompt": f"{req.prompt_name or 'custom'}: {trace.prompt_len} tokens",
+        "Generated": f"{trace.n_steps} of {req.max_new_tokens} tokens; stopped by {trace.stopped_by}",
+        "Output": result.generated_text or trace.generated_text,
+        "Policy's pass": f"prefill {trace.timings['prefill_s']:.2f} s, decoding {trace.timings['decode_s']:.2f} s",
+        "Wall time": ", ".join(f"{k} {v:.2f} s" for k, v in result.wall_s.items()) or "not measured",
+    }
+    st.table({"": list(rows), "value": list(rows.values())}, hide_header=True)  # cells are plain text, not markdown
+    st.download_button(
+        "Download the trace (JSON)", data=live_run.trace_json(trace), file_name=f"kvviz-{trace.policy}.json",
+        mime="application/json", key="live.download",
+    )

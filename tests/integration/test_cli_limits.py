@@ -1,0 +1,57 @@
+"""The CLI under load and in any language: an out-of-memory error is one line and exit status 2,
+JSON carries the true text of a Chinese/emoji run, and a budget smaller than the policy's window
+is said before the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kvviz import cli, engine, spec
+from kvviz.policies import Selector
+
+# budget notes read what a selector says it protects (Selector.protection, from the core's rework)
+needs_protection = pytest.mark.skipif(not hasattr(Selector, "protection"), reason="selectors do not describe their protection yet")
+
+
+def test_out_of_memory_is_one_line_and_status_2(smollm, monkeypatch, capsys):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine, "run", no_memory)
+    monkeypatch.setattr("kvviz.models.load_model", lambda *a, **k: smollm)
+    code = cli.main(["run", "--prompt", "Hello", "--policy", "h2o", "--max-new-tokens", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: The device ran out of memory") and "Traceback" not in err[0]
+
+
+def test_json_carries_the_true_text_in_any_language(smollm, monkeypatch, capsys):
+    monkeypatch.setattr("kvviz.models.load_model", lambda *a, **k: smollm)
+    prompt = "🙂🙂 KV缓存是什么？"
+    code = cli.main(["run", "--prompt", prompt, "--chat", "--max-new-tokens", "6", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["generated_text"] == smollm.tokenizer.decode(out["generated_token_ids"])
+    assert "\ufffd" not in out["generated_text"] or "\ufffd" in smollm.tokenizer.decode(out["generated_token_ids"])
+
+
+@needs_protection
+def test_a_budget_below_the_window_is_said_before_the_run(smollm, monkeypatch, capsys):
+    monkeypatch.setattr("kvviz.models.load_model", lambda *a, **k: smollm)
+    code = cli.main(["run", "--prompt", "What is the capital of France?", "--chat", "--policy", "h2o:ratio=0.25", "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 0
+    prompt_len = len(smollm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=True)["input_ids"])
+    budget = max(1, round(0.25 * prompt_len))
+    assert f"note: With {budget} entries per layer and KV head, h2o always keeps the {budget // 2} most recent tokens" in err
+    assert "smaller than h2o's settings ask for (16 protected entries)" in err
+
+
+@needs_protection
+def test_budget_notes_follow_the_policy_not_its_name():
+    notes = spec.budget_notes(spec.PolicySpec.parse("snapkv:window=8,ratio=0.25"), 585)
+    assert notes == ["With 146 entries per layer and KV head, snapkv always keeps the 8 last tokens of the prompt."]
+    assert spec.budget_notes(spec.PolicySpec.parse("full"), 37) == []
