@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from kvviz import comparison, live
+from kvviz import comparison, live_run
 from kvviz.charts import comparison as charts
 from kvviz.ui import compare_view as view
 from kvviz.ui.bundles import downloads, upload_box
@@ -21,7 +21,7 @@ state = start_page(
 )
 ss = st.session_state
 loaded = state.loaded
-prompt_len = live.prompt_length(loaded.tokenizer, state.prompt, state.chat)
+prompt_len = live_run.prompt_length(loaded.tokenizer, state.prompt, state.chat)
 found, link_step = from_url("step", 0)
 if found:  # a link to a view of a result: run it once and show that step
     ss[view.LINK_STEP], ss["compare.autorun"] = link_step, True
