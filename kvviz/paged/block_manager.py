@@ -64,7 +64,7 @@ class BlockManager:
         self.tables: dict[str, list[int | None]] = {}
         self.tokens: dict[str, list[int]] = {}  # tokens written to the cache, per request
         self.hashing: dict[str, bool] = {}  # whether the request's newly filled blocks are registered
-        self.copies: list[tuple[int, int]] = []  # (src, dst) block copies the pool still has to make
+        self.copies: list[tuple[str, int, int]] = []  # (request, src, dst) copies the pool still has to make
         self.events: list[Event] = []
         self.step = 0
         self.peak_used = 0
@@ -169,7 +169,7 @@ class BlockManager:
                 src.ref_count -= 1
                 dst = table[-1] = self._take(rid, "cow", src=src.block_id, logical=len(table) - 1)
                 self.blocks[dst].token_ids = list(src.token_ids)
-                self.copies.append((src.block_id, dst))
+                self.copies.append((rid, src.block_id, dst))
             block = self.blocks[table[-1]]
             block.token_ids.append(token)
             tokens.append(token)

@@ -67,10 +67,10 @@ def test_copy_on_write_copies_exactly_the_written_block():
     m.free("p")  # parallel sampling: the parent is not decoded itself
     assert m.blocks[0].ref_count == 3 and m.blocks[1].ref_count == 3
     assert m.append("s0", [7]) == [2 * 4 + 2]  # copy of block 1 into block 2, slot offset 2
-    assert m.copies == [(1, 2)] and m.blocks[2].token_ids == [5, 6, 7]
+    assert m.copies == [("s0", 1, 2)] and m.blocks[2].token_ids == [5, 6, 7]
     m.append("s1", [8])  # block 1 still shared by s1 and s2: copied again
     m.append("s2", [9])  # now s2 holds block 1 alone: written in place
-    assert m.copies == [(1, 2), (1, 3)]
+    assert m.copies == [("s0", 1, 2), ("s1", 1, 3)]
     assert [m.tables[f"s{k}"] for k in range(3)] == [[0, 2], [0, 3], [0, 1]]
     assert m.blocks[0].ref_count == 3 and m.blocks[1].token_ids == [5, 6, 9]
     assert len(kinds(m, "cow")) == 2
