@@ -62,17 +62,21 @@ def _query_hook(cache: PolicyCache, layer_idx: int):
     def hook(module, args, kwargs=None):
         if kwargs is None or getattr(_active, "cache", None) is not cache:
             return None
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs["position_embeddings"]
-        head_dim = module.head_dim
-        q = module.q_proj(hidden).view(*hidden.shape[:-1], -1, head_dim)
-        if hasattr(module, "q_norm"):
-            q = module.q_norm(q)
-        q = q.transpose(1, 2)[0]  # (q_heads, q_len, head_dim)
-        cache.queries[layer_idx] = (rotate(q, cos[0], sin[0]), cache.current_positions)
+        cache.queries[layer_idx] = (layer_queries(module, args, kwargs)[0], cache.current_positions)
         return None
 
     return hook
+
+
+def layer_queries(module, args, kwargs) -> torch.Tensor:
+    """The queries an attention module is about to compute, RoPE applied, from its forward's
+    arguments: (batch, q_heads, q_len, head_dim)."""
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    cos, sin = kwargs["position_embeddings"]  # (batch, q_len, head_dim)
+    q = module.q_proj(hidden).view(*hidden.shape[:-1], -1, module.head_dim)
+    if hasattr(module, "q_norm"):
+        q = module.q_norm(q)
+    return rotate(q.transpose(1, 2), cos[:, None], sin[:, None])
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -181,9 +181,13 @@ class BlockManager:
     def _register(self, rid: str, logical: int) -> None:
         """Put a block that just became full in the prefix table (keyed by its chained hash)."""
         table = self.tables[rid]
-        parent = self.blocks[table[logical - 1]].hash if logical > 0 else None
-        if not (self.prefix_caching and self.hashing[rid]) or (logical > 0 and parent is None):
+        if not (self.prefix_caching and self.hashing[rid]):
             return
+        parent = None
+        if logical > 0:
+            if table[logical - 1] is None or self.blocks[table[logical - 1]].hash is None:
+                return  # no chain to hang it on
+            parent = self.blocks[table[logical - 1]].hash
         block = self.blocks[table[logical]]
         block.hash = block_hash(parent, block.token_ids)
         self.hash_to_block.setdefault(block.hash, block.block_id)  # an identical block registered first keeps the key

@@ -39,6 +39,10 @@ class KVPool:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size, self.kv_heads, self.head_dim = block_size, kv_heads, head_dim
 
+    @property
+    def num_slots(self) -> int:
+        return self.k.shape[1] * self.block_size
+
     def flat(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of one layer as (slots, kv_heads, head_dim) views."""
         shape = (-1, self.kv_heads, self.head_dim)
@@ -64,13 +68,28 @@ class RequestKV:
     slots: list[torch.Tensor]  # (kv_heads, n) long
     positions: list[torch.Tensor]  # (kv_heads, n) long
     stats: list[dict] = field(default_factory=list)  # per layer: a selector's (kv_heads, n) statistics
+    prompt_len: int = 0  # tokens of its first forward (the prompt, or prompt and output on a resume)
+    forwards: int = 0  # forwards run so far: a selector's step
 
     @property
     def held(self) -> int:
         return self.slots[0].shape[1]
 
     def copy(self) -> "RequestKV":
-        return RequestKV(list(self.slots), list(self.positions), [dict(s) for s in self.stats])
+        return RequestKV(list(self.slots), list(self.positions), [dict(s) for s in self.stats], self.prompt_len, self.forwards)
+
+    def keep(self, layer: int, keep: torch.Tensor) -> None:
+        """Keep the layer's entries ``keep`` (kv_heads, k), per KV head."""
+        n = self.slots[layer].shape[1]
+        self.slots[layer] = self.slots[layer].gather(1, keep)
+        self.positions[layer] = self.positions[layer].gather(1, keep)
+        self.stats[layer] = {k: s.gather(1, keep) if s.shape[-1] == n else s for k, s in self.stats[layer].items()}
+
+    def drop_blocks(self, blocks: torch.Tensor, block_size: int) -> None:
+        """Drop the entries in ``blocks`` from every layer (each KV head holds the same slots)."""
+        for layer, slots in enumerate(self.slots):
+            keep = (~torch.isin(slots[0] // block_size, blocks)).nonzero()[:, 0].expand(slots.shape[0], -1)
+            self.keep(layer, keep)
 
 
 @dataclass
@@ -131,7 +150,8 @@ class PagedCache(Cache):
         super().__init__(layers=[PagedLayer(self, i) for i in range(n_layers)])
         self.pool, self.n_layers, self.evictor = pool, n_layers, evictor
         self.requests: dict[str, RequestKV] = {}
-        self.order: list[str] = []  # the batch of the forward being run
+        self.rows: list[Row] = []  # the batch of the forward being run
+        self.q = 0  # its query length (the longest row)
         self.longest = 0
         self._gather: dict[int, torch.Tensor] = {}
         self.write_from = self.write_to = None
@@ -183,13 +203,15 @@ class PagedCache(Cache):
             write_from.append(torch.arange(i * q + q - n, i * q + q))
             kv = self.requests[r.rid]
             held.append(kv.held)
+            if kv.forwards == 0:
+                kv.prompt_len = kv.held + n
             n_new.append(n)
             new_slots = torch.tensor(r.slots, dtype=torch.long, device=device).expand(heads, -1)
             new_pos = pos[i, q - n :].to(device).expand(heads, -1)
             kv.slots = [torch.cat([s, new_slots], dim=1) for s in kv.slots]
             kv.positions = [torch.cat([p, new_pos], dim=1) for p in kv.positions]
             kv.stats = [{k: torch.cat([t, t.new_zeros(heads, n)], dim=1) for k, t in st.items()} for st in kv.stats]
-        self.order = [r.rid for r in rows]
+        self.rows, self.q = rows, q
         self.write_from = torch.cat(write_from).to(device)
         self.write_to = torch.tensor([s for r in rows for s in r.slots], dtype=torch.long, device=device)
         held_t, new_t = torch.tensor(held), torch.tensor(n_new)
@@ -209,9 +231,9 @@ class PagedCache(Cache):
         table = layer_idx if self.per_layer else 0
         if table not in self._gather:
             heads = self.pool.kv_heads
-            index = torch.zeros(len(self.order), heads, self.longest, dtype=torch.long, device=self.device)
-            for i, rid in enumerate(self.order):
-                slots = self.requests[rid].slots[table]  # (kv_heads, n)
+            index = torch.zeros(len(self.rows), heads, self.longest, dtype=torch.long, device=self.device)
+            for i, row in enumerate(self.rows):
+                slots = self.requests[row.rid].slots[table]  # (kv_heads, n)
                 index[i, :, : slots.shape[1]] = slots
             self._gather[table] = (index * heads + self.head_ids).view(-1)
         return self._gather[table]
@@ -244,4 +266,6 @@ def forward(model, cache: PagedCache, rows: list[Row], cache_kw: str) -> torch.T
     out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
     if cache.evictor is not None:
         cache.evictor.after_forward()
+    for row in rows:
+        cache.requests[row.rid].forwards += 1
     return out.logits[:, -1]

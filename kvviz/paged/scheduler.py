@@ -22,6 +22,8 @@ import torch
 from kvviz.engine import _eos_ids, cache_keyword
 from kvviz.paged.block_manager import BlockManager, PoolTooSmall
 from kvviz.paged.cache import KVPool, PagedCache, Row, forward
+from kvviz.paged.eviction import PagedEviction
+from kvviz.policies import BudgetSelector, Pipeline
 
 
 @dataclass
@@ -46,8 +48,8 @@ class Request:
 
 class Scheduler:
     def __init__(
-        self, model, tokenizer, num_blocks: int, block_size: int, *, evictor_factory=None,
-        prefix_caching: bool = True, sample: bool = False, temperature: float = 1.0, stop_at_eos: bool = True,
+        self, model, tokenizer, num_blocks: int, block_size: int, *, pipeline: Pipeline | None = None,
+        eviction: str = "token", prefix_caching: bool = True, sample: bool = False, temperature: float = 1.0, stop_at_eos: bool = True,
     ):
         config = model.config
         self.model, self.tokenizer = model, tokenizer
@@ -57,7 +59,8 @@ class Scheduler:
         self.device = next(model.parameters()).device
         self.manager = BlockManager(num_blocks, block_size, prefix_caching)
         self.pool = KVPool(self.n_layers, num_blocks, block_size, kv_heads, head_dim, model.dtype, self.device)
-        self.evictor = evictor_factory(self) if evictor_factory is not None else None
+        evicts = pipeline is not None and (isinstance(pipeline.selector, BudgetSelector) or pipeline.storage is not None)
+        self.evictor = PagedEviction(self, pipeline, eviction) if evicts else None
         self.cache = PagedCache(self.pool, self.n_layers, self.evictor)
         self.sample, self.temperature, self.stop_at_eos = sample, temperature, stop_at_eos
         self.eos = _eos_ids(tokenizer, config)
@@ -82,9 +85,14 @@ class Scheduler:
         self.requests.append(request)
 
     def run(self) -> list[Request]:
-        with torch.inference_mode():
-            while self.waiting or self.running:
-                self.step()
+        hooks = self.evictor.attach(self.model) if self.evictor is not None else []
+        try:
+            with torch.inference_mode():
+                while self.waiting or self.running:
+                    self.step()
+        finally:
+            if self.evictor is not None:
+                self.evictor.detach(hooks)
         self.manager.check()
         return self.requests
 
@@ -188,11 +196,21 @@ class Scheduler:
     # -- what the page shows --------------------------------------------------------------------
 
     def frame(self) -> dict:
-        m = self.manager
+        """The pool after this step. ``live`` (blocks, block_size): the fraction of each slot's
+        (layer, KV head) entries that some request reads; ``held_tokens`` sums it over the
+        blocks in use (token equivalents), ``reserved_slots`` counts their slots."""
+        m, pool = self.manager, self.manager.snapshot()
+        if self.evictor is not None:
+            live = self.evictor.live_fraction()
+        else:
+            live = [[1.0] * f + [0.0] * (m.block_size - f) if s == "used" else [0.0] * m.block_size for s, f in zip(pool["state"], pool["filled"])]
+        used = [b for b, s in enumerate(pool["state"]) if s == "used"]
         return {
             "step": m.step,
             "events": [e for e in m.events if e.step == m.step],
-            "pool": m.snapshot(),
-            "live": self.evictor.live_fraction() if self.evictor is not None else None,
+            "pool": pool,
+            "live": live,
+            "held_tokens": sum(sum(live[b]) for b in used),
+            "reserved_slots": len(used) * m.block_size,
             "requests": {r.rid: {"status": r.status, "tokens": len(r.tokens), "cached": r.cached} for r in self.requests},
         }

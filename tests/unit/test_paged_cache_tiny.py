@@ -53,3 +53,28 @@ def test_paged_equals_contiguous_on_a_tiny_llama(attn):
     for r in s.requests:
         ref = engine.run(model, Tok(), r.prompt_ids, "full", max_new_tokens=6, stop_at_eos=False)
         assert r.generated == ref.generated_ids, r.rid
+
+
+def test_block_eviction_keeps_whole_blocks_and_decodes_from_them():
+    """streaming_llm (4 sinks, budget 8) in block mode on 14 prompt tokens, blocks of 4: the
+    selector keeps positions 0-3 and 10-13, so block 0 scores 1, block 1 scores 0, block 2
+    (8-11) 0.5, and the block being written (12-13) stays: with ceil(8 / 4) = 2 blocks, blocks
+    1 and 2 go. The next token must then be what a masked forward that hides 4-11 predicts."""
+    from kvviz import policies
+
+    model = tiny("sdpa")
+    prompt = [(5 * i + 1) % 120 + 1 for i in range(14)]
+    s = Scheduler(model, Tok(), num_blocks=8, block_size=4, stop_at_eos=False,
+                  pipeline=policies.build("streaming_llm", {"n_sink": 4}, budget=8), eviction="block")
+    s.submit(Request("r0", prompt, 2))
+    s.run()
+    table = s.frames[1]["pool"]["tables"]["r0"]
+    assert [b is not None for b in table] == [True, False, False, True]
+    assert [e.detail["logical"] for e in s.manager.events if e.kind == "drop"] == [1, 2]
+    assert s.frames[1]["held_tokens"] == 6 and s.frames[1]["reserved_slots"] == 8
+    ids = torch.tensor([prompt + s.requests[0].generated[:1]])
+    sees = torch.ones(15, 15).tril().bool()
+    sees[14, 4:12] = False  # the last query reads 0-3, 12-14
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=sees[None, None]).logits[0]
+    assert s.requests[0].generated == [int(logits[13].argmax()), int(logits[14].argmax())]
