@@ -1,0 +1,94 @@
+"""KV memory reserved vs used for one set of requests, under three ways of allocating it.
+
+Each request is measured at its final length (prompt + generated tokens), all requests held at
+once. The waste of a scheme is the fraction of the KV bytes it reserves that hold no token:
+
+* ``reserve_max``: every request reserves the model's maximum context, contiguous: what
+  serving systems did before paging (vLLM's paper, section 3).
+* ``exact``: every request reserves its own prompt + ``max_new_tokens`` up front, contiguous
+  (a contiguous buffer cannot grow in place). Only tokens a request did not generate (it stopped
+  early) are wasted. Knowing each final length in advance would make this 0: an oracle no
+  server has.
+* ``paged``: blocks of ``block_size`` slots, taken as tokens arrive; only the unfilled end of
+  each request's last block is wasted. Full blocks with the same prefix are stored once (prefix
+  caching), so paged can hold more requests in a budget than ``exact`` even at a small waste.
+
+``fits`` counts how many requests, admitted in order, fit a memory budget under each scheme.
+Plain Python (the block manager does the paged arithmetic): no tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvviz.paged.block_manager import BlockManager
+
+BLOCK_SIZES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Sized:
+    """One request as memory sees it."""
+
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    max_new_tokens: int
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.prompt_ids) + list(self.generated_ids)
+
+    @property
+    def reserved_exact(self) -> int:
+        return len(self.prompt_ids) + self.max_new_tokens
+
+
+def paged_blocks(requests: list[Sized], block_size: int, num_blocks: int | None = None) -> tuple[int, int, int]:
+    """Admit the requests in order into a pool (unbounded when ``num_blocks`` is None); returns
+    (requests that fit, blocks taken, tokens their blocks hold)."""
+    m = BlockManager(num_blocks or max(1, sum(-(-len(r.tokens) // block_size) for r in requests)), block_size)
+    fitted = 0
+    for i, r in enumerate(requests):
+        tokens = r.tokens
+        if not m.can_allocate(tokens):
+            break
+        hit = m.allocate(str(i), tokens)
+        m.append(str(i), tokens[hit:])
+        fitted += 1
+    filled = sum(len(b.token_ids) for b in m.blocks if b.ref_count > 0)
+    return fitted, m.used, filled
+
+
+def waste(requests: list[Sized], bytes_per_token: int, max_context: int, block_sizes=BLOCK_SIZES, budget_bytes: int | None = None) -> dict:
+    """Waste fractions and reserved bytes per scheme, and how many requests fit ``budget_bytes``."""
+    used = sum(len(r.tokens) for r in requests)
+    reserved = {"reserve_max": len(requests) * max_context, "exact": sum(r.reserved_exact for r in requests)}
+    out = {
+        "reserve_max": 1 - used / reserved["reserve_max"],
+        "exact": 1 - used / reserved["exact"],
+        "paged": {},
+        "reserved_bytes": {k: v * bytes_per_token for k, v in reserved.items()} | {"paged": {}},
+        "used_bytes": used * bytes_per_token,
+        "bytes_per_token": bytes_per_token,
+        "max_context": max_context,
+    }
+    for bs in block_sizes:
+        _, blocks, filled = paged_blocks(requests, bs)
+        out["paged"][str(bs)] = 1 - filled / (blocks * bs)
+        out["reserved_bytes"]["paged"][str(bs)] = blocks * bs * bytes_per_token
+    if budget_bytes is not None:
+        budget_tokens = budget_bytes // bytes_per_token
+        exact_fit, running = 0, 0
+        for r in requests:
+            running += r.reserved_exact
+            if running > budget_tokens:
+                break
+            exact_fit += 1
+        out["budget_bytes"] = budget_bytes
+        out["fits"] = {
+            "requests": len(requests),
+            "reserve_max": min(len(requests), budget_tokens // max_context),
+            "exact": exact_fit,
+            "paged": {str(bs): paged_blocks(requests, bs, budget_tokens // bs)[0] if budget_tokens >= bs else 0 for bs in block_sizes},
+        }
+    return out

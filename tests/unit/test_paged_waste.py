@@ -1,0 +1,36 @@
+"""Waste and fits-in-budget on hand-computed requests (one byte per token, so bytes = tokens)."""
+
+import pytest
+
+from kvviz.paged.waste import Sized, waste
+
+A = Sized(prompt_ids=list(range(100, 110)), generated_ids=list(range(6)), max_new_tokens=8)  # 16 tokens
+B = Sized(prompt_ids=list(range(200, 210)), generated_ids=[1, 2, 3], max_new_tokens=8)  # 13, stopped early
+
+
+def test_waste_by_hand():
+    w = waste([A, B], bytes_per_token=1, max_context=100, block_sizes=(8, 16, 32))
+    assert w["used_bytes"] == 29
+    assert w["reserve_max"] == pytest.approx(1 - 29 / 200)  # 2 x 100 reserved
+    assert w["exact"] == pytest.approx(1 - 29 / 36)  # (10 + 8) x 2 reserved
+    # blocks of 8: A 2 full blocks, B 2 blocks holding 8 + 5: 32 slots; of 16: 1 + 1; of 32: 1 + 1
+    assert w["paged"] == pytest.approx({"8": 3 / 32, "16": 3 / 32, "32": 1 - 29 / 64})
+    assert w["reserved_bytes"]["paged"] == {"8": 32, "16": 32, "32": 64}
+
+
+def test_a_shared_prefix_is_stored_once():
+    c = Sized(prompt_ids=A.prompt_ids, generated_ids=[50, 51], max_new_tokens=8)  # 12 tokens, same prompt as A
+    w = waste([A, c], bytes_per_token=1, max_context=100, block_sizes=(4,))
+    # blocks of 4: A [100-103] [104-107] [108 109 0 1] [2-5]; c shares the first two (the third
+    # holds other tokens after 109) and takes one more [108 109 50 51]: 5 blocks, 20 slots, all full
+    assert w["reserved_bytes"]["paged"]["4"] == 20 and w["paged"]["4"] == 0.0
+    assert w["used_bytes"] == 28  # the contiguous schemes hold the shared prompt twice
+
+
+def test_how_many_fit_a_budget():
+    w = waste([A, B], bytes_per_token=1, max_context=100, block_sizes=(8,), budget_bytes=40)
+    assert w["fits"] == {"requests": 2, "reserve_max": 0, "exact": 2, "paged": {"8": 2}}
+    w = waste([A, B], bytes_per_token=1, max_context=100, block_sizes=(8,), budget_bytes=30)
+    assert w["fits"] == {"requests": 2, "reserve_max": 0, "exact": 1, "paged": {"8": 1}}  # 3 blocks: A takes 2
+    w = waste([A, B], bytes_per_token=1, max_context=10, block_sizes=(8, 32), budget_bytes=30)
+    assert w["fits"]["reserve_max"] == 2 and w["fits"]["paged"] == {"8": 1, "32": 0}
