@@ -1,0 +1,113 @@
+"""One paged run, as the page and the CLI start it: prompts in, a ``PagedRun`` out."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from kvviz.paged.block_manager import PoolTooSmall
+from kvviz.paged.result import PagedRun
+from kvviz.paged.scheduler import Request, Scheduler
+from kvviz.paged.waste import BLOCK_SIZES, Sized, waste
+from kvviz.spec import PolicySpec
+from kvviz.tokens import PromptError, encode_prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class PagedSettings:
+    block_size: int = 16
+    num_blocks: int = 64
+    n: int = 1  # parallel samples per prompt
+    max_new_tokens: int = 16
+    sample: bool = False
+    seed: int = 0
+    chat: bool = False
+    policy: PolicySpec | None = None  # an eviction policy (with a budget); None: the full cache
+    eviction: str = "token"  # or "block"
+    prefix_caching: bool = True
+    memory_budget_bytes: int | None = None  # for "fits in budget"; default: the pool's size
+
+    def validate(self) -> None:
+        if self.block_size < 1:
+            raise PoolTooSmall(f"block size must be at least 1, not {self.block_size}.")
+        if self.num_blocks < 1:
+            raise PoolTooSmall(f"the pool needs at least one block, not {self.num_blocks}.")
+        if self.n < 1:
+            raise ValueError(f"n (samples per prompt) must be at least 1, not {self.n}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
+
+
+def encode_all(tokenizer, prompts: list[str], chat: bool, max_context: int | None) -> list[list[int]]:
+    prompts = [p for p in prompts if p and p.strip()]
+    if not prompts:
+        raise PromptError("No prompt given: write at least one.")
+    return [encode_prompt(tokenizer, p, chat=chat, max_context=max_context) for p in prompts]
+
+
+def bytes_per_token(model) -> int:
+    c = model.config
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+
+def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, model_name: str = "") -> PagedRun:
+    """Decode every prompt (``n`` samples each) through one paged pool; raises PoolTooSmall,
+    PromptError or PolicyError with a message for bad input."""
+    settings.validate()
+    max_context = getattr(model.config, "max_position_embeddings", None) or 0
+    ids = encode_all(tokenizer, prompts, settings.chat, max_context or None)
+    pipeline = settings.policy.pipeline() if settings.policy is not None else None
+    t0 = time.perf_counter()
+    s = Scheduler(
+        model, tokenizer, settings.num_blocks, settings.block_size, pipeline=pipeline, eviction=settings.eviction,
+        prefix_caching=settings.prefix_caching, sample=settings.sample,
+    )
+    for i, prompt_ids in enumerate(ids):
+        s.submit(Request(f"r{i}", prompt_ids, settings.max_new_tokens, seed=settings.seed + 1000 * i, n=settings.n))
+    s.run()
+    elapsed = time.perf_counter() - t0
+    bpt = bytes_per_token(model)
+    index = {f"r{i}": i for i in range(len(ids))}
+    requests = [
+        {
+            "id": r.rid,
+            "prompt_index": index[r.rid.split(".")[0]],
+            "sample_index": int(r.rid.split(".")[1]) if "." in r.rid else 0,
+            "prompt_tokens": len(r.prompt_ids),
+            "generated_token_ids": r.generated,
+            "generated_text": tokenizer.decode(r.generated, skip_special_tokens=True),
+            "block_table": r.block_table,
+            "prefix_hit_blocks": r.prefix_hit_blocks,
+            "preemptions": r.preemptions,
+        }
+        for r in s.requests
+    ]
+    requests.sort(key=lambda r: (r["prompt_index"], r["sample_index"]))
+    sizes = [Sized(r.prompt_ids, r.generated, r.max_new_tokens) for r in s.requests]
+    block_sizes = tuple(sorted(set(BLOCK_SIZES) | {settings.block_size}))
+    budget = settings.memory_budget_bytes or settings.num_blocks * settings.block_size * bpt
+    return PagedRun(
+        model=model_name or type(model).__name__,
+        device=str(s.device),
+        policy=str(settings.policy) if settings.policy is not None else "full",
+        eviction=settings.eviction,
+        block_size=settings.block_size,
+        num_blocks=settings.num_blocks,
+        bytes_per_token=bpt,
+        requests=requests,
+        frames=[plain_frame(f) for f in s.frames],
+        peak_blocks_used=s.manager.peak_used,
+        waste=waste(sizes, bpt, max_context or max(len(x.tokens) for x in sizes), block_sizes, budget),
+        elapsed_s=elapsed,
+    )
+
+
+def plain_frame(frame: dict) -> dict:
+    """A scheduler frame with its events as dicts and live shares rounded (JSON-ready)."""
+    return frame | {
+        "events": [dataclasses.asdict(e) for e in frame["events"]],
+        "live": [[round(x, 3) for x in row] for row in frame["live"]],
+        "held_tokens": round(frame["held_tokens"], 3),
+    }
