@@ -55,6 +55,8 @@ COLORS: dict[str, str] = {
     "cached_free": "#C9C9C9",  # freed, still holding a hashed prefix
     "shared": BLACK,  # outline of a block with reference count > 1
     "hole": "#FFFFFF",  # an evicted slot inside a held block
+    "contiguous": "#4D4D4D",  # memory reserved contiguously per request (before paging)
+    "paged": BLUE,  # memory reserved in blocks
     # device capacity, limits
     "limit": VERMILLION,
 }
@@ -73,6 +75,8 @@ STATE_FILL: dict[str, str] = {
 STATE_TEXT: dict[str, str] = {s: INK for s in STATE_FILL} | {"evicted_now": "#FFFFFF", "evicted": "#6B6B6B", "pending": "#9A9A9A"}
 
 SERIES = [BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, "#7F6A00", BLACK]  # policies, requests
+# requests of a paged run (owners of blocks): the series without black, which outlines shared blocks
+REQUEST_COLORS = SERIES[:7]
 
 # evicted keys on an attention heatmap: weights in greys instead of colour
 EVICTED_SCALE = [[0.0, "#F4F4F4"], [1.0, "#5F5F5F"]]
@@ -86,6 +90,10 @@ KEPT_SCALE = [[0.0, LIGHT_GREY], [0.5, "#7FA9D1"], [1.0, BLUE]]
 
 def series_color(i: int) -> str:
     return SERIES[i % len(SERIES)]
+
+
+def request_color(i: int) -> str:
+    return REQUEST_COLORS[i % len(REQUEST_COLORS)]
 
 
 def tint(color: str, alpha: float) -> str:

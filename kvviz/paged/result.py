@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvviz.paged.waste import BLOCK_SIZES, Sized, waste
+
 
 @dataclass
 class PagedRun:
@@ -19,6 +21,8 @@ class PagedRun:
     block_size: int
     num_blocks: int
     bytes_per_token: int  # keys and values of every layer, in the model's dtype
+    max_context: int  # the model's, what ``reserve_max`` reserves per request
+    max_new_tokens: int
     requests: list[dict]  # id, prompt_index, sample_index, prompt_tokens, generated_*, block_table, ...
     frames: list[dict]
     peak_blocks_used: int
@@ -45,6 +49,16 @@ class PagedRun:
     def block_bytes(self) -> int:
         return self.block_size * self.bytes_per_token
 
+    @property
+    def pool_bytes(self) -> int:
+        return self.num_blocks * self.block_bytes
+
+    def waste_for(self, budget_bytes: int) -> dict:
+        """``waste`` again for another memory budget (no model involved)."""
+        sizes = [Sized(r["prompt_token_ids"], r["generated_token_ids"], self.max_new_tokens) for r in self.requests]
+        block_sizes = tuple(sorted(set(BLOCK_SIZES) | {self.block_size}))
+        return waste(sizes, self.bytes_per_token, self.max_context, block_sizes, budget_bytes)
+
     def summary(self) -> dict:
         """The CLI's JSON: everything but the frames (held tokens and reserved slots per step kept)."""
         return {
@@ -68,30 +82,27 @@ class PagedRun:
         }
 
 
+EVENT_TEXT = {
+    "prefix_hit": "{request} reuses block {block} for its logical block {logical} (prefix hit, {ref_count} readers)",
+    "allocate": "{request} takes block {block} for its logical block {logical}",
+    "cow": "{request} writes to shared block {src}: copied to block {block} first (copy-on-write)",
+    "fork": "{request} forks from {parent}: shares all its blocks",
+    "evict_cached": "cached block {block} is reused for {request}: its prefix leaves the cache (least recently used)",
+    "wait": "{request} waits: needs {needs} blocks, {available} available",
+    "preempt": "{request} preempted: blocks {released} go back; it will be recomputed",
+    "finish": "{request} finished: blocks {released} freed (hashed ones stay cached)",
+    "drop": "{request} no longer reads any slot of block {block} (logical {logical}): released",
+}
+
+
 def describe(event: dict) -> str:
     """One sentence for an event of the log."""
-    r, b, d = event.get("request"), event.get("block"), event.get("detail", {})
-    kind = event["kind"]
-    if kind == "admit":
-        resumed = " again (recomputed after preemption)" if d.get("resumed") else ""
+    d = dict(event.get("detail", {}))
+    if "released" in d:
+        d["released"] = ", ".join(map(str, d["released"])) or "none"
+    if event["kind"] == "admit":
+        again = " again (recomputed after preemption)" if d.get("resumed") else ""
         hit = f", {d['hit_tokens']} from the prefix cache" if d.get("hit_tokens") else ""
-        return f"{r} admitted{resumed}: {d.get('tokens')} tokens{hit}"
-    if kind == "prefix_hit":
-        return f"{r} reuses block {b} for its logical block {d.get('logical')} (prefix hit, {d.get('ref_count')} readers)"
-    if kind == "allocate":
-        return f"{r} takes block {b} for its logical block {d.get('logical')}"
-    if kind == "cow":
-        return f"{r} writes to shared block {d.get('src')}: copied to block {b} first (copy-on-write)"
-    if kind == "fork":
-        return f"{r} forks from {d.get('parent')}: shares all its blocks"
-    if kind == "evict_cached":
-        return f"cached block {b} is reused for {r}: its prefix leaves the cache (least recently used)"
-    if kind == "wait":
-        return f"{r} waits: needs {d.get('needs')} blocks, {d.get('available')} available"
-    if kind == "preempt":
-        return f"{r} preempted: its blocks go back ({', '.join(map(str, d.get('released', []))) or 'none freed'}); it will be recomputed"
-    if kind == "finish":
-        return f"{r} finished: blocks {', '.join(map(str, d.get('released', []))) or 'none'} freed (hashed ones stay cached)"
-    if kind == "drop":
-        return f"{r} no longer reads any slot of block {b} (logical {d.get('logical')}): released"
-    return f"{kind} {r or ''} {b if b is not None else ''}".strip()
+        return f"{event['request']} admitted{again}: {d.get('tokens')} tokens{hit}"
+    template = EVENT_TEXT.get(event["kind"], "{kind} {request}")
+    return template.format(kind=event["kind"], request=event.get("request"), block=event.get("block"), **d)

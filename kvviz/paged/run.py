@@ -8,7 +8,6 @@ import time
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
 from kvviz.paged.scheduler import Request, Scheduler
-from kvviz.paged.waste import BLOCK_SIZES, Sized, waste
 from kvviz.spec import PolicySpec
 from kvviz.tokens import PromptError, encode_prompt
 
@@ -76,6 +75,7 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
             "prompt_index": index[r.rid.split(".")[0]],
             "sample_index": int(r.rid.split(".")[1]) if "." in r.rid else 0,
             "prompt_tokens": len(r.prompt_ids),
+            "prompt_token_ids": r.prompt_ids,
             "generated_token_ids": r.generated,
             "generated_text": tokenizer.decode(r.generated, skip_special_tokens=True),
             "block_table": r.block_table,
@@ -85,10 +85,7 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
         for r in s.requests
     ]
     requests.sort(key=lambda r: (r["prompt_index"], r["sample_index"]))
-    sizes = [Sized(r.prompt_ids, r.generated, r.max_new_tokens) for r in s.requests]
-    block_sizes = tuple(sorted(set(BLOCK_SIZES) | {settings.block_size}))
-    budget = settings.memory_budget_bytes or settings.num_blocks * settings.block_size * bpt
-    return PagedRun(
+    run = PagedRun(
         model=model_name or type(model).__name__,
         device=str(s.device),
         policy=str(settings.policy) if settings.policy is not None else "full",
@@ -96,12 +93,16 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
         block_size=settings.block_size,
         num_blocks=settings.num_blocks,
         bytes_per_token=bpt,
+        max_context=max_context or max(len(r.tokens) for r in s.requests),
+        max_new_tokens=settings.max_new_tokens,
         requests=requests,
         frames=[plain_frame(f) for f in s.frames],
         peak_blocks_used=s.manager.peak_used,
-        waste=waste(sizes, bpt, max_context or max(len(x.tokens) for x in sizes), block_sizes, budget),
+        waste={},
         elapsed_s=elapsed,
     )
+    run.waste = run.waste_for(settings.memory_budget_bytes or run.pool_bytes)
+    return run
 
 
 def plain_frame(frame: dict) -> dict:

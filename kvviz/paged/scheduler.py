@@ -94,6 +94,8 @@ class Scheduler:
             if self.evictor is not None:
                 self.evictor.detach(hooks)
         self.manager.check()
+        self.manager.step += 1
+        self.frames.append(self.frame())  # every request done: what stays cached
         return self.requests
 
     # -- one step -------------------------------------------------------------------------------
@@ -113,8 +115,14 @@ class Scheduler:
             by_id = {r.rid: r for r in self.requests}
             for row, row_logits in zip(rows, logits):
                 self._next_token(by_id[row.rid], row_logits.float().log_softmax(-1), forks=row in admitted)
+        frame = self.frame()  # the pool during the step: requests that just finished still hold their blocks
+        for r in [r for r in self.running if r.status == "finished"]:
+            r.block_table = list(m.tables[r.rid])
+            m.free(r.rid, "finish")
+            self.cache.remove(r.rid)
+            self.running.remove(r)
         m.check()
-        self.frames.append(self.frame())
+        self.frames.append(frame | {"events": [e for e in m.events if e.step == m.step]})
 
     def _decode_rows(self) -> list[Row]:
         m, rows = self.manager, []
@@ -187,16 +195,12 @@ class Scheduler:
             token = int(logprobs.argmax())
         r.generated.append(token)
         if len(r.generated) >= r.max_new_tokens or (self.stop_at_eos and token in self.eos):
-            r.block_table = list(self.manager.tables[r.rid])
-            self.manager.free(r.rid, "finish")
-            self.cache.remove(r.rid)
-            self.running.remove(r)
-            r.status = "finished"
+            r.status = "finished"  # its blocks go back at the end of the step
 
     # -- what the page shows --------------------------------------------------------------------
 
     def frame(self) -> dict:
-        """The pool after this step. ``live`` (blocks, block_size): the fraction of each slot's
+        """The pool during this step (after its forward). ``live`` (blocks, block_size): the fraction of each slot's
         (layer, KV head) entries that some request reads; ``held_tokens`` sums it over the
         blocks in use (token equivalents), ``reserved_slots`` counts their slots."""
         m, pool = self.manager, self.manager.snapshot()

@@ -92,3 +92,24 @@ def waste(requests: list[Sized], bytes_per_token: int, max_context: int, block_s
             "paged": {str(bs): paged_blocks(requests, bs, budget_tokens // bs)[0] if budget_tokens >= bs else 0 for bs in block_sizes},
         }
     return out
+
+
+def explain(w: dict, mean_tokens: float) -> str:
+    """Where the numbers land against vLLM's (Kwon et al., 2023), and why (markdown, our own text)."""
+    paged = w["paged"]
+    bs = "16" if "16" in paged else next(iter(paged))
+    half_block = int(bs) / 2 / (mean_tokens + int(bs) / 2)
+    r = w["reserve_max"]
+    versus = "more than the paper's range" if r > 0.8 else "within the paper's range" if r >= 0.6 else "less than the paper's range"
+    return (
+        f"vLLM's paper found that serving systems before it kept tokens in only 20–40% of the KV memory they "
+        f"reserved (60–80% wasted), and that paging wastes under 4%. Here, reserving the model's whole context "
+        f"({w['max_context']:,} tokens) for requests of {mean_tokens:.0f} tokens on average wastes "
+        f"**{w['reserve_max']:.1%}**, {versus}: what it wastes is the context the requests leave empty "
+        f"(the paper's systems reserved up to 2,048 tokens for chat requests of a few hundred). "
+        f"Reserving each request's prompt + max new tokens wastes **{w['exact']:.1%}** (tokens it never "
+        f"generated). Paged, the only waste is the unfilled end of each request's last block, about half a block: "
+        f"with blocks of {bs} that is about {half_block:.0%} of a {mean_tokens:.0f}-token request (measured: "
+        f"**{paged[bs]:.1%}**). vLLM's under 4% comes from sequences of several hundred tokens; with short "
+        f"requests the same half block weighs more. Full blocks with the same prefix are stored once."
+    )

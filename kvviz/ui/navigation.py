@@ -64,6 +64,12 @@ PAGES: list[PageInfo] = [
         "The real keys and values of your prompt, layer by layer: the outlier key channels, and what per-token "
         "or per-channel quantization at 8, 4 and 2 bits (and KIVI) costs in error, attention and the next token.",
     ),
+    PageInfo(
+        "pages/5_Paged_Cache.py", "Paged cache", ":material/view_module:",
+        "vLLM's PagedAttention on the real model: a pool of KV blocks, block tables, prefix sharing, "
+        "copy-on-write, preemption, the holes token eviction leaves, and the memory paging saves.",
+        "paged",
+    ),
 ]
 
 

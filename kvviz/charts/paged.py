@@ -1,0 +1,208 @@
+"""Figures of a paged run (``kvviz.paged.result.PagedRun``): the block pool, the block tables,
+held tokens against reserved slots, and the memory each allocation scheme wastes.
+
+Colours (``style``): each request has its own colour (``REQUEST_COLORS``); a block takes the
+colour of the request that wrote it, outlined in ``shared`` with its reference count when several
+tables hold it; free and cached-free blocks, empty reserved slots and eviction holes each have
+their own fill.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from kvviz.charts.style import COLORS, request_color, style, tint
+from kvviz.metrics import format_bytes
+from kvviz.paged.result import describe
+
+PARTIAL = 0.45  # opacity of a slot some layers or heads no longer read
+RESERVED = 0.13  # opacity of a reserved slot not written yet
+
+
+def request_colors(request_ids: list[str]) -> dict[str, str]:
+    return {rid: request_color(i) for i, rid in enumerate(request_ids)}
+
+
+def blocks_per_row(block_size: int) -> int:
+    return 16 if block_size <= 8 else 8 if block_size <= 16 else 4
+
+
+def _discrete_heatmap(fills: list[list[str | None]], hover: list[list[str]], text=None) -> go.Heatmap:
+    """A heatmap whose cells take the given colours (None: transparent)."""
+    palette = sorted({c for row in fills for c in row if c is not None}) or [COLORS["free"]]
+    index = {c: i for i, c in enumerate(palette)}
+    z = [[None if c is None else index[c] for c in row] for row in fills]
+    k = len(palette)
+    scale = [[0, palette[0]], [1, palette[0]]] if k == 1 else [
+        [edge, c] for i, c in enumerate(palette) for edge in (i / k, (i + 1) / k)
+    ]
+    return go.Heatmap(
+        z=z, zmin=0, zmax=max(k - 1, 1), colorscale=scale, showscale=False, xgap=1, ygap=3,
+        customdata=hover, hovertemplate="%{customdata}<extra></extra>",
+        text=text, texttemplate="%{text}" if text is not None else None, textfont=dict(size=11),
+    )
+
+
+def slot_fill(state: str, owner_color: str | None, filled: bool, live: float) -> str:
+    """The fill of one slot: free, cached, reserved but empty, held, partly held, or a hole."""
+    if state == "free":
+        return COLORS["free"]
+    if state == "cached":
+        return COLORS["cached_free"] if filled else COLORS["free"]
+    if not filled:
+        return tint(owner_color, RESERVED)
+    if live >= 0.999:
+        return owner_color
+    return tint(owner_color, PARTIAL) if live > 0 else COLORS["hole"]
+
+
+def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int | None = None) -> go.Figure:
+    """The pool at one frame: a row of ``block_size`` slots per block, blocks laid out in rows."""
+    pool, live = frame["pool"], frame["live"]
+    n_blocks = len(pool["state"])
+    per_row = per_row or blocks_per_row(block_size)
+    rows = -(-n_blocks // per_row)
+    width = per_row * (block_size + 1) - 1
+    fills = [[None] * width for _ in range(rows)]
+    hover = [[""] * width for _ in range(rows)]
+    fig = go.Figure()
+    for b in range(n_blocks):
+        state, owners, ref = pool["state"][b], pool["owners"][b], pool["ref_count"][b]
+        color = colors.get(owners[0], COLORS["full"]) if owners else None
+        row, x0 = b // per_row, (b % per_row) * (block_size + 1)
+        who = f"{', '.join(owners)} (ref {ref})" if owners else state.replace("cached", "cached free")
+        for slot in range(block_size):
+            filled = slot < pool["filled"][b]
+            fills[row][x0 + slot] = slot_fill(state, color, filled, live[b][slot])
+            held = f" · read by {live[b][slot]:.0%} of layer-heads" if state == "used" and filled else ""
+            hover[row][x0 + slot] = f"block {b} · slot {slot} · {who}{held}"
+        shared = ref > 1
+        line = dict(color=COLORS["shared"], width=3) if shared else (
+            dict(color=color, width=1.5) if state == "used" else dict(color="#9A9A9A", width=1, dash="dot" if state == "cached" else "solid")
+        )
+        fig.add_shape(type="rect", x0=x0 - 0.5, x1=x0 + block_size - 0.5, y0=row - 0.45, y1=row + 0.45, line=line)
+        if shared:
+            fig.add_annotation(x=x0 + (block_size - 1) / 2, y=row, text=f"×{ref}", showarrow=False,
+                               font=dict(size=11, color=COLORS["shared"]), bgcolor="rgba(255,255,255,0.85)")
+    fig.add_trace(_discrete_heatmap(fills, hover))
+    for name, c in list(colors.items())[:12]:
+        _legend_square(fig, name, c)
+    for name, c, outline in (("free", COLORS["free"], "#9A9A9A"), ("cached free", COLORS["cached_free"], "#9A9A9A"),
+                             ("hole (evicted)", COLORS["hole"], "#9A9A9A"), ("shared (×refs)", "#FFFFFF", COLORS["shared"])):
+        _legend_square(fig, name, c, outline)
+    used = sum(s == "used" for s in pool["state"])
+    title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "
+             f"{frame['held_tokens']:.0f} tokens held in {frame['reserved_slots']} reserved slots")
+    style(fig, height=70 + 30 * rows, title=title)
+    fig.update_xaxes(visible=False, range=[-1, width])
+    fig.update_yaxes(
+        autorange="reversed", tickvals=list(range(rows)), showgrid=False, zeroline=False,
+        ticktext=[f"blocks {r * per_row}–{min(n_blocks, (r + 1) * per_row) - 1}" for r in range(rows)],
+    )
+    return fig
+
+
+def _legend_square(fig: go.Figure, name: str, color: str, outline: str | None = None) -> None:
+    fig.add_scatter(x=[None], y=[None], mode="markers", name=name, showlegend=True,
+                    marker=dict(symbol="square", size=12, color=color, line=dict(color=outline or color, width=2)))
+
+
+def block_tables(frame: dict, colors: dict[str, str]) -> go.Figure:
+    """Each request's block table at one frame: logical block -> physical block, coloured by the
+    request that wrote the block (a block from another request's colour is a prefix hit or a
+    fork); ``—``: a block eviction left empty."""
+    pool, tables = frame["pool"], frame["pool"]["tables"]
+    rids = [r for r in colors if r in tables]
+    width = max((len(tables[r]) for r in rids), default=0)
+    fills = [[None] * width for _ in rids]
+    text = [[""] * width for _ in rids]
+    hover = [[""] * width for _ in rids]
+    for i, rid in enumerate(rids):
+        for logical, b in enumerate(tables[rid]):
+            if b is None:
+                fills[i][logical], text[i][logical] = COLORS["hole"], "—"
+                hover[i][logical] = f"{rid} · logical {logical}: dropped (every entry evicted)"
+                continue
+            owners = pool["owners"][b]
+            fills[i][logical] = tint(colors.get(owners[0], COLORS["full"]), 0.55)
+            text[i][logical] = f"{b}" + (f" ×{len(owners)}" if len(owners) > 1 else "")
+            hover[i][logical] = f"{rid} · logical {logical} → block {b}" + (f" · shared by {', '.join(owners)}" if len(owners) > 1 else "")
+    fig = go.Figure(_discrete_heatmap(fills, hover, text) if rids else None)
+    style(fig, height=90 + 32 * max(len(rids), 1), title=f"Block tables after step {frame['step']} (logical → physical)")
+    fig.update_xaxes(title="logical block", dtick=1, showgrid=False, zeroline=False)
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(rids))), ticktext=rids, showgrid=False, zeroline=False)
+    if not rids:
+        fig.add_annotation(text="no request holds blocks at this step", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
+    """Reserved slots (blocks in use x block size) and the tokens they hold, per step; the gap is
+    the empty end of last blocks plus eviction holes. Preemptions marked."""
+    steps = [f["step"] for f in frames]
+    fig = go.Figure()
+    fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name="reserved slots (blocks in use)", mode="lines",
+                    line=dict(color=COLORS["paged"], shape="hv"))
+    fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name="tokens held (every layer and head)", mode="lines",
+                    line=dict(color=COLORS["generated"], shape="hv"), fill="tonexty", fillcolor=tint(COLORS["paged"], 0.12))
+    for f in frames:
+        if any(e["kind"] == "preempt" for e in f["events"]):
+            fig.add_vline(x=f["step"], line=dict(color=COLORS["limit"], dash="dot", width=1.5))
+    if any(any(e["kind"] == "preempt" for e in f["events"]) for f in frames):
+        fig.add_scatter(x=[None], y=[None], mode="lines", name="preemption", line=dict(color=COLORS["limit"], dash="dot"))
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1))
+    style(fig, height=300, title="Reserved slots and held tokens per step")
+    fig.update_xaxes(title="scheduler step", tickformat="d")
+    fig.update_yaxes(title="token slots", rangemode="tozero")
+    return fig
+
+
+def scheme_labels(waste: dict) -> list[tuple[str, str, str]]:
+    """(key, label, colour) of each allocation scheme, contiguous first."""
+    out = [("reserve_max", f"reserve the max context ({waste['max_context']:,})", COLORS["contiguous"]),
+           ("exact", "exact: prompt + max new tokens", COLORS["contiguous"])]
+    return out + [(bs, f"paged, blocks of {bs}", COLORS["paged"]) for bs in waste["paged"]]
+
+
+def waste_bars(waste: dict) -> go.Figure:
+    """Share of reserved KV bytes holding no token, per scheme, beside vLLM's reported ranges."""
+    rows = scheme_labels(waste)
+    values = [100 * (waste["paged"][k] if k in waste["paged"] else waste[k]) for k, _, _ in rows]
+    fig = go.Figure(go.Bar(
+        y=[label for _, label, _ in rows], x=values, orientation="h", marker_color=[c for _, _, c in rows],
+        marker_pattern_shape=["", "/"] + [""] * (len(rows) - 2), text=[f"{v:.1f}%" for v in values], textposition="outside",
+        hovertemplate="%{y}: %{x:.1f}% of reserved KV bytes hold no token<extra></extra>", showlegend=False,
+    ))
+    for x0, x1, color, text in ((60, 80, COLORS["contiguous"], "vLLM paper: 60–80% before paging"), (0, 4, COLORS["paged"], "vLLM: under 4%")):
+        fig.add_vrect(x0=x0, x1=x1, fillcolor=tint(color, 0.15), line_width=0)
+        fig.add_annotation(x=(x0 + x1) / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", text=text,
+                           showarrow=False, font=dict(size=11, color=color), xanchor="left" if x0 == 0 else "center")
+    style(fig, height=110 + 40 * len(rows), title="KV memory reserved but holding no token")
+    fig.update_layout(margin=dict(t=70))
+    fig.update_xaxes(title="% of reserved KV bytes", range=[0, 112])
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def fits_bars(waste: dict) -> go.Figure:
+    """How many of the requests, admitted in order, fit the memory budget under each scheme."""
+    rows = scheme_labels(waste)
+    fits = waste["fits"]
+    values = [fits["paged"][k] if k in fits["paged"] else fits[k] for k, _, _ in rows]
+    fig = go.Figure(go.Bar(
+        y=[label for _, label, _ in rows], x=values, orientation="h", marker_color=[c for _, _, c in rows],
+        marker_pattern_shape=["", "/"] + [""] * (len(rows) - 2), text=values, textposition="outside", showlegend=False,
+        hovertemplate="%{y}: %{x} requests fit<extra></extra>",
+    ))
+    fig.add_vline(x=fits["requests"], line=dict(color=COLORS["highlight"], dash="dash"),
+                  annotation_text=f"all {fits['requests']} requests", annotation_position="top")
+    style(fig, height=90 + 40 * len(rows), title=f"Requests that fit in {format_bytes(waste['budget_bytes'])}")
+    fig.update_xaxes(title="requests", range=[0, fits["requests"] * 1.2 + 1], dtick=1 if fits["requests"] <= 12 else None)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def event_lines(frame: dict) -> list[str]:
+    """The step's events, one sentence each."""
+    return [describe(e) for e in frame["events"]]

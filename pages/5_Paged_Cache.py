@@ -1,0 +1,85 @@
+"""Paged cache: several requests decoded together from one pool of KV blocks, step by step."""
+
+import streamlit as st
+
+from kvviz.charts import paged as charts
+from kvviz.metrics import format_bytes
+from kvviz.paged.waste import explain
+from kvviz.ui import paged as ui
+from kvviz.ui.page import start_page
+from kvviz.ui.tokens import md_escape
+
+state = start_page(
+    "Paged cache",
+    "🧱",
+    "vLLM's PagedAttention, small enough to read: the keys and values of every request live in fixed-size "
+    "blocks of one pool, found through each request's block table. The model really decodes from the pool "
+    "(same output as a contiguous cache); pick a scenario to see prefix sharing, copy-on-write, preemption "
+    "and what token eviction does to blocks.",
+    "Load a model in the sidebar to run the paged cache.",
+)
+ui.scenario_buttons()
+ui.custom_form()
+scenario = ui.chosen()
+if scenario is None:
+    st.info("Pick a scenario above (each runs the model on the CPU or GPU in a few seconds), or write your own prompts.")
+    st.stop()
+run = ui.run(state.loaded, scenario)
+if run is None:
+    st.stop()
+
+st.subheader(scenario.title)  # our own text (a custom run has a fixed title)
+st.markdown(scenario.shows)
+m = st.columns(6)
+m[0].metric("Requests", len(run.requests))
+m[1].metric("Prefix-hit blocks", run.prefix_hit_blocks, help="Blocks a request got from the prefix cache instead of computing them.")
+m[2].metric("Copy-on-write copies", run.cow_copies)
+m[3].metric("Preemptions", run.preemptions)
+m[4].metric("Peak blocks used", f"{run.peak_blocks_used} / {run.num_blocks}")
+m[5].metric("Pool", format_bytes(run.pool_bytes), help=f"{run.num_blocks} blocks × {run.block_size} slots × {format_bytes(run.bytes_per_token)} per token (all layers)")
+st.caption(
+    f"Policy **{md_escape(run.policy)}**" + (f", {run.eviction} eviction" if run.policy != "full" else "")
+    + f" · {md_escape(run.model)} on {run.device} · {run.elapsed_s:.1f} s for {len(run.frames) - 2} steps"
+)
+
+step = ui.step_player(len(run.frames))
+frame = run.frames[step]
+colors = charts.request_colors([r["id"] for r in run.requests])
+st.plotly_chart(charts.pool_grid(frame, run.block_size, colors), width="stretch", key="paged.grid")
+left, right = st.columns([3, 2])
+left.plotly_chart(charts.block_tables(frame, colors), width="stretch", key="paged.tables")
+with right:
+    st.markdown(f"**What happened in step {step}**")
+    lines = charts.event_lines(frame)  # our sentences: request ids and numbers only
+    if step == 0 or step == len(run.frames) - 1:
+        lines = ["*before the first step: every block is free*" if step == 0 else
+                 "*after the last step: every request finished; full blocks with a hashed prefix stay cached*"]
+    st.markdown("\n".join(f"- {line}" for line in lines) if lines else "*nothing changed in the pool*")
+st.plotly_chart(charts.usage_over_steps(run.frames, step), width="stretch", key="paged.usage")
+
+st.subheader("Outputs")
+st.dataframe(
+    [{"request": r["id"], "prompt tokens": r["prompt_tokens"], "output": r["generated_text"],
+      "prefix-hit blocks": r["prefix_hit_blocks"], "preempted": r["preemptions"], "last block table": str(r["block_table"])}
+     for r in run.requests],
+    hide_index=True, width="stretch",
+)
+
+st.subheader("Memory: contiguous reservations against blocks")
+budget_mib = st.slider(
+    "Memory budget for 'requests that fit' (MiB)", 0.5, max(64.0, 4 * run.pool_bytes / 2**20), round(run.pool_bytes / 2**20, 1),
+    step=0.5, key="paged.budget", help="Requests are admitted in order while their KV memory fits; default: the pool's size.",
+)
+waste = run.waste_for(int(budget_mib * 2**20))
+left, right = st.columns(2)
+left.plotly_chart(charts.waste_bars(waste), width="stretch", key="paged.waste")
+right.plotly_chart(charts.fits_bars(waste), width="stretch", key="paged.fits")
+mean_tokens = sum(r["prompt_tokens"] + len(r["generated_token_ids"]) for r in run.requests) / len(run.requests)
+st.markdown(explain(waste, mean_tokens))
+st.caption(
+    "Simplified: waste is measured with every request at its final length, all held at once; a contiguous "
+    "allocator's external fragmentation is not modelled. With an eviction policy, blocks written after the first "
+    "eviction stay out of the prefix cache, a preempted request restarts the policy on its tokens, and prefix hits "
+    "hide the reused prefix's queries from the policy."
+)
+ui.keep_playing()
