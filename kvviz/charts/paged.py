@@ -87,8 +87,10 @@ def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int
     fig.add_trace(_discrete_heatmap(fills, hover))
     for name, c in list(colors.items())[:12]:
         _legend_square(fig, name, c)
+    pale = tint(next(iter(colors.values()), COLORS["full"]), PARTIAL)
     for name, c, outline in (("free", COLORS["free"], "#9A9A9A"), ("cached free", COLORS["cached_free"], "#9A9A9A"),
-                             ("hole (evicted)", COLORS["hole"], "#9A9A9A"), ("shared (×refs)", "#FFFFFF", COLORS["shared"])):
+                             ("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], "#9A9A9A"),
+                             ("shared (×refs)", "#FFFFFF", COLORS["shared"])):
         _legend_square(fig, name, c, outline)
     used = sum(s == "used" for s in pool["state"])
     title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "
@@ -143,7 +145,7 @@ def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name="reserved slots (blocks in use)", mode="lines",
                     line=dict(color=COLORS["paged"], shape="hv"))
-    fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name="tokens held (every layer and head)", mode="lines",
+    fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name="tokens held (mean over layers and heads)", mode="lines",
                     line=dict(color=COLORS["generated"], shape="hv"), fill="tonexty", fillcolor=tint(COLORS["paged"], 0.12))
     for f in frames:
         if any(e["kind"] == "preempt" for e in f["events"]):
@@ -203,6 +205,29 @@ def fits_bars(waste: dict) -> go.Figure:
     return fig
 
 
+GROUPED = {  # runs of these, by one request, read as one sentence
+    "allocate": "{request} takes blocks {blocks} for its logical blocks {logicals}",
+    "prefix_hit": "{request} reuses blocks {blocks} for its logical blocks {logicals} (prefix hits)",
+}
+
+
 def event_lines(frame: dict) -> list[str]:
-    """The step's events, one sentence each."""
-    return [describe(e) for e in frame["events"]]
+    """The step's events, one sentence each (a run of allocations or prefix hits by one request
+    in one sentence)."""
+    lines, run = [], []
+    for e in frame["events"] + [None]:
+        if run and (e is None or e["kind"] != run[0]["kind"] or e["request"] != run[0]["request"]):
+            if len(run) == 1:
+                lines.append(describe(run[0]))
+            else:
+                blocks = ", ".join(str(x["block"]) for x in run)
+                logicals = ", ".join(str(x["detail"].get("logical")) for x in run)
+                lines.append(GROUPED[run[0]["kind"]].format(request=run[0]["request"], blocks=blocks, logicals=logicals))
+            run = []
+        if e is None:
+            break
+        if e["kind"] in GROUPED:
+            run.append(e)
+        else:
+            lines.append(describe(e))
+    return lines

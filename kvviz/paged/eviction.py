@@ -52,7 +52,7 @@ class PagedEviction:
         self.scheduler, self.selector, self.mode = scheduler, sel, mode
         self.queries: dict[int, torch.Tensor] = {}  # layer -> (batch, q_heads, q, head_dim)
         self.votes: dict[str, torch.Tensor] = {}  # block mode: request -> (slots,) entries the selector keeps
-        self.touched: set[str] = set()
+        self.evicted: dict[str, int] = {}  # request -> entries evicted in this forward (token mode)
         self.generator = torch.Generator(device=scheduler.device).manual_seed(0)
 
     # -- around a run ---------------------------------------------------------------------------
@@ -103,8 +103,9 @@ class PagedEviction:
                 continue
             if decision.keys is not None:
                 raise PolicyError(f"{sel.name} merges entries; the paged cache only evicts them.")
-            self.touched.add(row.rid)
+            self.evicted[row.rid] = self.evicted.get(row.rid, 0)
             if self.mode == "token":
+                self.evicted[row.rid] += decision.keep.shape[0] * (n - decision.keep.shape[1])
                 kv.keep(layer_idx, decision.keep)
             else:
                 kept = torch.zeros(kv.slots[layer_idx].shape, device=keys.device).scatter_(1, decision.keep, 1.0)
@@ -116,19 +117,22 @@ class PagedEviction:
         lowest-scoring blocks beyond the block budget (block mode)."""
         cache, m = self.scheduler.cache, self.scheduler.manager
         bs = m.block_size
-        for rid in sorted(self.touched):
+        for rid in sorted(self.evicted):
             kv = cache.requests[rid]
             if len({s.shape[1] for s in kv.slots}) > 1:
                 raise PolicyError(f"{self.selector.name} left layers with different numbers of entries; the paged cache needs the same number in every layer.")
             table = m.tables[rid]
             if self.mode == "block":
                 self._drop_blocks(rid, kv, table, self.votes.pop(rid))
+            elif self.evicted[rid]:
+                per_token = self.scheduler.n_layers * cache.pool.kv_heads
+                m.log("evict", rid, entries=self.evicted[rid], tokens=round(self.evicted[rid] / per_token, 2), policy=self.selector.name)
             held = set(torch.cat([s.flatten() for s in kv.slots]).div(bs, rounding_mode="floor").tolist())
             m.stop_hashing(rid)
             for logical, block in enumerate(table):
                 if block is not None and block not in held:
                     m.drop(rid, logical)
-        self.touched.clear()
+        self.evicted.clear()
 
     def _drop_blocks(self, rid: str, kv, table: list, votes: torch.Tensor) -> None:
         """Block mode: keep the ``ceil(budget / block_size)`` blocks whose entries the selector

@@ -92,6 +92,8 @@ EVENT_TEXT = {
     "preempt": "{request} preempted: blocks {released} go back; it will be recomputed",
     "finish": "{request} finished: blocks {released} freed (hashed ones stay cached)",
     "drop": "{request} no longer reads any slot of block {block} (logical {logical}): released",
+    "evict": "{policy} evicted {entries} entries of {request} over its layers and KV heads ({tokens} tokens' worth); "
+    "their slots stay reserved until a whole block is empty",
 }
 
 

@@ -16,6 +16,7 @@ QUESTIONS = ("When did the museum open?", "What does the collection hold?", "Whe
 @dataclass(frozen=True)
 class Scenario:
     key: str
+    button: str  # the one-click label
     title: str
     shows: str  # what to look at, for the page
     prompts: tuple[str, ...]
@@ -31,21 +32,21 @@ class Scenario:
 
 SCENARIOS = [
     Scenario(
-        "prefix", "Questions about one document",
+        "prefix", "Prefix sharing", "Questions about one document",
         "Four questions about the same document. The chat template and the document fill the same full "
         "blocks in every request: the first request writes them, the others find them by their chained "
         "hash and share them (outlined, ×4). Each request only adds the blocks of its own question.",
         tuple(f"{DOCUMENT}\n\nQuestion: {q}" for q in QUESTIONS), block_size=16, num_blocks=24, max_new_tokens=12,
     ),
     Scenario(
-        "sampling", "Parallel sampling, n = 4",
+        "sampling", "Parallel sampling", "Parallel sampling, n = 4",
         "One prompt, four sampled answers. The four samples share every prompt block; the prompt ends inside "
         "a block, so the first three samples to write there copy it first (copy-on-write) and the last one "
         "writes in place.",
         ("Invent a name for a lighthouse museum.",), block_size=8, num_blocks=48, max_new_tokens=12, n=4, sample=True,
     ),
     Scenario(
-        "preemption", "More requests than the pool holds",
+        "preemption", "Preemption", "More requests than the pool holds",
         "Six requests share a pool of 16 blocks of 4 slots. Requests wait until blocks are free; when a "
         "running request needs a block and none is left, the most recently admitted one is preempted: its "
         "blocks go back and it is recomputed later from its tokens (often finding its own prompt blocks still "
@@ -55,7 +56,7 @@ SCENARIOS = [
         block_size=4, num_blocks=16, max_new_tokens=16, chat=False,
     ),
     Scenario(
-        "holes", "H2O on a paged cache",
+        "holes", "H2O: holes", "H2O on a paged cache",
         "H2O keeps half of each prompt per layer and KV head, and evicts one entry per step. Each layer and "
         "head evicts different tokens, so evicted entries leave holes (pale and white slots) in blocks that "
         "stay reserved: a block goes back only when no layer or head reads any of its slots. Held tokens fall, "
@@ -64,7 +65,7 @@ SCENARIOS = [
         block_size=8, num_blocks=32, max_new_tokens=8, chat=False, policy="h2o:ratio=0.5",
     ),
     Scenario(
-        "blocks", "H2O, block-aware",
+        "blocks", "H2O: block-aware", "H2O, block-aware",
         "The same requests and budget, but H2O's choices are pooled per block: a block's score is the share of "
         "its entries (over layers, heads and slots) that H2O would keep, and the lowest-scoring whole blocks go "
         "back to the pool. Reserved slots now follow the budget; the model reads coarser context.",

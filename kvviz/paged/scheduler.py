@@ -49,7 +49,8 @@ class Request:
 class Scheduler:
     def __init__(
         self, model, tokenizer, num_blocks: int, block_size: int, *, pipeline: Pipeline | None = None,
-        eviction: str = "token", prefix_caching: bool = True, sample: bool = False, temperature: float = 1.0, stop_at_eos: bool = True,
+        eviction: str = "token", prefix_caching: bool = True, sample: bool = False, temperature: float = 1.0,
+        stop_at_eos: bool = True, record_frames: bool = True,
     ):
         config = model.config
         self.model, self.tokenizer = model, tokenizer
@@ -68,7 +69,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: list[Request] = []
-        self.frames: list[dict] = [self.frame()]
+        self.record_frames = record_frames  # False: no snapshots (benchmarks)
+        self.frames: list[dict] = [self.frame()] if record_frames else []
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -95,7 +97,8 @@ class Scheduler:
                 self.evictor.detach(hooks)
         self.manager.check()
         self.manager.step += 1
-        self.frames.append(self.frame())  # every request done: what stays cached
+        if self.record_frames:
+            self.frames.append(self.frame())  # every request done: what stays cached
         return self.requests
 
     # -- one step -------------------------------------------------------------------------------
@@ -103,8 +106,9 @@ class Scheduler:
     def step(self) -> None:
         m = self.manager
         m.step += 1
+        first = len(m.events)  # this step's events start here
         rows = self._decode_rows()
-        admitted = [] if any(e.kind == "preempt" and e.step == m.step for e in m.events) else self._admit()
+        admitted = [] if any(e.kind == "preempt" for e in m.events[first:]) else self._admit()
         rows += admitted
         for rid, src, dst in m.copies:
             self.pool.copy_blocks([(src, dst)])
@@ -115,14 +119,15 @@ class Scheduler:
             by_id = {r.rid: r for r in self.requests}
             for row, row_logits in zip(rows, logits):
                 self._next_token(by_id[row.rid], row_logits.float().log_softmax(-1), forks=row in admitted)
-        frame = self.frame()  # the pool during the step: requests that just finished still hold their blocks
+        frame = self.frame() if self.record_frames else {}  # the pool during the step: finished requests still hold their blocks
         for r in [r for r in self.running if r.status == "finished"]:
             r.block_table = list(m.tables[r.rid])
             m.free(r.rid, "finish")
             self.cache.remove(r.rid)
             self.running.remove(r)
-        m.check()
-        self.frames.append(frame | {"events": [e for e in m.events if e.step == m.step]})
+        if self.record_frames:  # a demo or a test: check the invariants at every step
+            m.check()
+            self.frames.append(frame | {"events": m.events[first:]})
 
     def _decode_rows(self) -> list[Row]:
         m, rows = self.manager, []

@@ -26,7 +26,7 @@ PLAY_DELAY_S = 0.8
 def scenario_buttons() -> None:
     """One button per built-in scenario; a click chooses it (the run follows)."""
     for col, sc in zip(st.columns(len(SCENARIOS)), SCENARIOS):
-        if col.button(sc.title, key=f"paged.scenario.{sc.key}", width="stretch"):
+        if col.button(sc.button, key=f"paged.scenario.{sc.key}", help=sc.title, width="stretch"):
             st.session_state[CHOICE] = sc.key
 
 
@@ -55,7 +55,7 @@ def custom_form() -> None:
                 st.error("Fix the policy settings first.")
                 return
             st.session_state[CUSTOM] = Scenario(
-                "custom", "Custom prompts", "Your prompts, decoded together from the pool.",
+                "custom", "Run", "Custom prompts", "Your prompts, decoded together from the pool.",
                 tuple(p for p in text.splitlines() if p.strip()), int(block_size), int(num_blocks), int(max_new),
                 n=int(n), sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
                 eviction=eviction,
