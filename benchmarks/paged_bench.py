@@ -25,16 +25,20 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
-import transformers
-from transformers import DynamicCache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, not an installed one
 
-import kvviz.paged.scheduler as scheduler_module
-from kvviz import data, engine
-from kvviz.models import load_model
-from kvviz.paged.scheduler import Request, Scheduler
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+import kvviz.paged.scheduler as scheduler_module  # noqa: E402
+from kvviz import data, engine  # noqa: E402
+from kvviz.models import load_model  # noqa: E402
+from kvviz.paged.scheduler import Request, Scheduler  # noqa: E402
 
 
 def sync(device):

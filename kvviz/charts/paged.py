@@ -88,14 +88,18 @@ def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int
     for name, c in list(colors.items())[:12]:
         _legend_square(fig, name, c)
     pale = tint(next(iter(colors.values()), COLORS["full"]), PARTIAL)
-    for name, c, outline in (("free", COLORS["free"], "#9A9A9A"), ("cached free", COLORS["cached_free"], "#9A9A9A"),
-                             ("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], "#9A9A9A"),
-                             ("shared (×refs)", "#FFFFFF", COLORS["shared"])):
+    evicted = any(live[b][k] < 0.999 for b in range(n_blocks) if pool["state"][b] == "used" for k in range(pool["filled"][b]))
+    states = [("free", COLORS["free"], "#9A9A9A"), ("cached free", COLORS["cached_free"], "#9A9A9A")]
+    if evicted:
+        states += [("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], "#9A9A9A")]
+    for name, c, outline in states + [("shared (×refs)", "#FFFFFF", COLORS["shared"])]:
         _legend_square(fig, name, c, outline)
     used = sum(s == "used" for s in pool["state"])
     title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "
              f"{frame['held_tokens']:.0f} tokens held in {frame['reserved_slots']} reserved slots")
-    style(fig, height=70 + 30 * rows, title=title)
+    legend_rows = -(-(len(colors) + 5) // 8)
+    style(fig, height=60 + 30 * rows + 28 * legend_rows, title=title)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, x=0), margin=dict(b=10 + 28 * legend_rows))
     fig.update_xaxes(visible=False, range=[-1, width])
     fig.update_yaxes(
         autorange="reversed", tickvals=list(range(rows)), showgrid=False, zeroline=False,
@@ -182,7 +186,7 @@ def waste_bars(waste: dict) -> go.Figure:
                            showarrow=False, font=dict(size=11, color=color), xanchor="left" if x0 == 0 else "center")
     style(fig, height=110 + 40 * len(rows), title="KV memory reserved but holding no token")
     fig.update_layout(margin=dict(t=70))
-    fig.update_xaxes(title="% of reserved KV bytes", range=[0, 112])
+    fig.update_xaxes(title="% of reserved KV bytes", range=[0, 125])
     fig.update_yaxes(autorange="reversed")
     return fig
 

@@ -59,8 +59,8 @@ SCENARIOS = [
         "holes", "H2O: holes", "H2O on a paged cache",
         "H2O keeps half of each prompt per layer and KV head, and evicts one entry per step. Each layer and "
         "head evicts different tokens, so evicted entries leave holes (pale and white slots) in blocks that "
-        "stay reserved: a block goes back only when no layer or head reads any of its slots. Held tokens fall, "
-        "reserved slots barely move.",
+        "stay reserved: a block goes back only when no layer or head reads any of its slots. Held tokens drop to "
+        "the budget after the prompt and stay there; the reserved slots keep growing with the output.",
         (DOCUMENT, "Lighthouses were built on rocks and headlands to guide ships home at night. The keepers"),
         block_size=8, num_blocks=32, max_new_tokens=8, chat=False, policy="h2o:ratio=0.5",
     ),
