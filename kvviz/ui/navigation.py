@@ -55,6 +55,11 @@ PAGES: list[PageInfo] = [
         "Pareto chart, passkey grids, and which policy is best at 25% memory. Presets tell a story in one click.",
     ),
     PageInfo(
+        "pages/5_Paged_Cache.py", "Paged cache", ":material/view_module:",
+        "vLLM's PagedAttention on the real model: a pool of KV blocks, block tables, prefix sharing, "
+        "copy-on-write, preemption, the holes token eviction leaves, and the memory paging saves.",
+    ),
+    PageInfo(
         "pages/6_Memory_Calculator.py", "Memory calculator", ":material/calculate:",
         "The KV cache of real architectures (Llama, Mistral, Qwen, Gemma, DeepSeek's MLA) from their configs: "
         "per token, per sequence, with quantization or a policy, and how many requests fit on a GPU.",
@@ -63,12 +68,6 @@ PAGES: list[PageInfo] = [
         "pages/7_Quantization_Lab.py", "Quantization lab", ":material/tune:",
         "The real keys and values of your prompt, layer by layer: the outlier key channels, and what per-token "
         "or per-channel quantization at 8, 4 and 2 bits (and KIVI) costs in error, attention and the next token.",
-    ),
-    PageInfo(
-        "pages/5_Paged_Cache.py", "Paged cache", ":material/view_module:",
-        "vLLM's PagedAttention on the real model: a pool of KV blocks, block tables, prefix sharing, "
-        "copy-on-write, preemption, the holes token eviction leaves, and the memory paging saves.",
-        "paged",
     ),
 ]
 

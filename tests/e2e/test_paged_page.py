@@ -18,12 +18,9 @@ SHOW_STEP = {"prefix": 1, "sampling": 2, "preemption": 5, "holes": 3, "blocks": 
 
 
 def open_page(browser, app_url: str, height: int):
-    """The Paged cache page; the home page first (a server's very first visit to a page's own URL
-    can show Streamlit's "Page not found" dialog before st.navigation has registered the pages)."""
     page = browser.new_page(viewport={"width": 1400, "height": height})
-    for path in ("/", "/paged"):
-        page.goto(app_url + path, wait_until="domcontentloaded")
-        wait_until_idle(page)
+    page.goto(app_url + "/Paged_Cache", wait_until="domcontentloaded")
+    wait_until_idle(page)
     return page
 
 
