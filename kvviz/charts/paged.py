@@ -180,9 +180,11 @@ def waste_bars(waste: dict) -> go.Figure:
         marker_pattern_shape=["", "/"] + [""] * (len(rows) - 2), text=[f"{v:.1f}%" for v in values], textposition="outside",
         hovertemplate="%{y}: %{x:.1f}% of reserved KV bytes hold no token<extra></extra>", showlegend=False,
     ))
-    for x0, x1, color, text in ((60, 80, COLORS["contiguous"], "vLLM paper: 60–80% before paging"), (0, 4, COLORS["paged"], "vLLM: under 4%")):
+    bands = ((60, 80, COLORS["contiguous"], "vLLM paper:<br>60–80%<br>before paging", 0.0, "bottom"),
+             (0, 4, COLORS["paged"], "vLLM: under 4%", 1.0, "bottom"))
+    for x0, x1, color, text, y, anchor in bands:  # the 60-80% label low in its band, where paged bars are short
         fig.add_vrect(x0=x0, x1=x1, fillcolor=tint(color, 0.15), line_width=0)
-        fig.add_annotation(x=(x0 + x1) / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", text=text,
+        fig.add_annotation(x=x0 if x0 == 0 else (x0 + x1) / 2, y=y, xref="x", yref="paper", yanchor=anchor, text=text,
                            showarrow=False, font=dict(size=11, color=color), xanchor="left" if x0 == 0 else "center")
     style(fig, height=110 + 40 * len(rows), title="KV memory reserved but holding no token")
     fig.update_layout(margin=dict(t=70))
@@ -212,6 +214,7 @@ def fits_bars(waste: dict) -> go.Figure:
 GROUPED = {  # runs of these, by one request, read as one sentence
     "allocate": "{request} takes blocks {blocks} for its logical blocks {logicals}",
     "prefix_hit": "{request} reuses blocks {blocks} for its logical blocks {logicals} (prefix hits)",
+    "drop": "{request} no longer reads any slot of blocks {blocks} (logical {logicals}): released",
 }
 
 

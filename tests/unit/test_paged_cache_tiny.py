@@ -78,3 +78,20 @@ def test_block_eviction_keeps_whole_blocks_and_decodes_from_them():
     with torch.inference_mode():
         logits = model(input_ids=ids, attention_mask=sees[None, None]).logits[0]
     assert s.requests[0].generated == [int(logits[13].argmax()), int(logits[14].argmax())]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("merge", "merges entries"),
+    ("quant", "no store"),
+    ("pyramidkv", "one budget for every layer"),
+])
+def test_policies_the_paged_cache_cannot_hold_are_refused(spec, message):
+    from kvviz import policies
+    from kvviz.policies import PolicyError
+
+    model = tiny("sdpa")
+    with pytest.raises(PolicyError, match=message):
+        s = Scheduler(model, Tok(), num_blocks=16, block_size=4, stop_at_eos=False,
+                      pipeline=policies.build(spec, {}, budget=8) if spec != "quant" else policies.build(spec))
+        s.submit(Request("r0", [(3 * i) % 120 + 1 for i in range(20)], 3))
+        s.run()
