@@ -156,7 +156,7 @@ def run(
         pipeline, n_layers, len(prompt_ids), total, n_kv, device, generator=generator, measure_lost_mass=capture_queries
     )
     bytes_per_token = 2 * n_layers * n_kv * head_dim * torch.empty(0, dtype=model.dtype).element_size()
-    eos = _eos_ids(tokenizer, config)
+    eos = eos_ids(tokenizer, config)
     kw = cache_keyword(model)
 
     hooks = []
@@ -293,7 +293,8 @@ def _sync_time(device) -> float:
     return time.perf_counter()
 
 
-def _eos_ids(tokenizer, config) -> set[int]:
+def eos_ids(tokenizer, config) -> set[int]:
+    """The token ids that end generation: the tokenizer's and the config's end-of-sequence ids."""
     ids = set()
     for v in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
         if isinstance(v, int):

@@ -7,7 +7,7 @@ from kvviz.metrics import format_bytes
 from kvviz.paged.waste import explain
 from kvviz.ui import paged as ui
 from kvviz.ui.page import start_page
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 state = start_page(
     "Paged cache",

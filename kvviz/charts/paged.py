@@ -78,7 +78,7 @@ def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int
             hover[row][x0 + slot] = f"block {b} · slot {slot} · {who}{held}"
         shared = ref > 1
         line = dict(color=COLORS["shared"], width=3) if shared else (
-            dict(color=color, width=1.5) if state == "used" else dict(color="#9A9A9A", width=1, dash="dot" if state == "cached" else "solid")
+            dict(color=color, width=1.5) if state == "used" else dict(color=COLORS["block_outline"], width=1, dash="dot" if state == "cached" else "solid")
         )
         fig.add_shape(type="rect", x0=x0 - 0.5, x1=x0 + block_size - 0.5, y0=row - 0.45, y1=row + 0.45, line=line)
         if shared:
@@ -89,10 +89,10 @@ def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int
         _legend_square(fig, name, c)
     pale = tint(next(iter(colors.values()), COLORS["full"]), PARTIAL)
     evicted = any(live[b][k] < 0.999 for b in range(n_blocks) if pool["state"][b] == "used" for k in range(pool["filled"][b]))
-    states = [("free", COLORS["free"], "#9A9A9A"), ("cached free", COLORS["cached_free"], "#9A9A9A")]
+    states = [("free", COLORS["free"], COLORS["block_outline"]), ("cached free", COLORS["cached_free"], COLORS["block_outline"])]
     if evicted:
-        states += [("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], "#9A9A9A")]
-    for name, c, outline in states + [("shared (×refs)", "#FFFFFF", COLORS["shared"])]:
+        states += [("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], COLORS["block_outline"])]
+    for name, c, outline in states + [("shared (×refs)", COLORS["hole"], COLORS["shared"])]:
         _legend_square(fig, name, c, outline)
     used = sum(s == "used" for s in pool["state"])
     title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "

@@ -55,6 +55,7 @@ COLORS: dict[str, str] = {
     "cached_free": "#C9C9C9",  # freed, still holding a hashed prefix
     "shared": BLACK,  # outline of a block with reference count > 1
     "hole": "#FFFFFF",  # an evicted slot inside a held block
+    "block_outline": "#9A9A9A",  # outline of a free or cached-free block
     "contiguous": "#4D4D4D",  # memory reserved contiguously per request (before paging)
     "paged": BLUE,  # memory reserved in blocks
     # device capacity, limits

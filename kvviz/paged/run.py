@@ -9,7 +9,7 @@ from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
 from kvviz.paged.scheduler import Request, Scheduler
 from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError, encode_prompt
+from kvviz.text import PromptError, encode_prompt
 
 
 @dataclasses.dataclass(frozen=True)

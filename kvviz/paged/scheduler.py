@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvviz.engine import _eos_ids, cache_keyword
+from kvviz.engine import cache_keyword, eos_ids
 from kvviz.paged.block_manager import BlockManager, PoolTooSmall
 from kvviz.paged.cache import KVPool, PagedCache, Row, forward
 from kvviz.paged.eviction import PagedEviction
@@ -64,7 +64,7 @@ class Scheduler:
         self.evictor = PagedEviction(self, pipeline, eviction) if evicts else None
         self.cache = PagedCache(self.pool, self.n_layers, self.evictor)
         self.sample, self.temperature, self.stop_at_eos = sample, temperature, stop_at_eos
-        self.eos = _eos_ids(tokenizer, config)
+        self.eos = eos_ids(tokenizer, config)
         self.cache_kw = cache_keyword(model)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []

@@ -14,9 +14,9 @@ from kvviz.paged.result import PagedRun
 from kvviz.paged.scenarios import BY_KEY, SCENARIOS, Scenario
 from kvviz.policies import PolicyError
 from kvviz.spec import PolicySpec
-from kvviz.tokens import PromptError
+from kvviz.text import PromptError
 from kvviz.ui.policy_controls import policy_controls
-from kvviz.ui.tokens import md_escape
+from kvviz.ui.token_html import md_escape
 
 CHOICE, CUSTOM, RUN, STEP, PLAYING = "paged.choice", "paged.custom", "paged.run", "paged.step", "paged.playing"
 DEFAULT_PROMPTS = "The capital of France is\nThe capital of France is a city where\nWater boils at a temperature of"

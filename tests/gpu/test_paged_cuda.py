@@ -6,7 +6,7 @@ import pytest
 
 from kvviz import engine
 from kvviz.paged.scheduler import Request, Scheduler
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 pytestmark = pytest.mark.gpu
 
