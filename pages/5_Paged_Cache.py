@@ -22,7 +22,8 @@ ui.scenario_buttons()
 ui.custom_form()
 scenario = ui.chosen()
 if scenario is None:
-    st.info("Pick a scenario above (each runs the model on the CPU or GPU in a few seconds), or write your own prompts.")
+    st.info("Pick a scenario above (each runs the model in a few seconds on a GPU, longer on a CPU), or write your own "
+            "prompts. The sidebar's prompt is not used here: each scenario brings its own requests.")
     st.stop()
 run = ui.run(state.loaded, scenario)
 if run is None:
