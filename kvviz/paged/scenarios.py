@@ -28,6 +28,7 @@ class Scenario:
     chat: bool = True
     policy: str | None = None  # PolicySpec text of an eviction policy
     eviction: str = "token"
+    seed: int = 0
 
 
 SCENARIOS = [

@@ -58,7 +58,7 @@ def custom_form() -> None:
                 "custom", "Run", "Custom prompts", "Your prompts, decoded together from the pool.",
                 tuple(p for p in text.splitlines() if p.strip()), int(block_size), int(num_blocks), int(max_new),
                 n=int(n), sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
-                eviction=eviction,
+                eviction=eviction, seed=int(seed),
             )
             st.session_state["paged.custom_prefix"] = bool(prefix)
             st.session_state[CHOICE] = "custom"
@@ -85,7 +85,7 @@ def run(loaded: LoadedModel, sc: Scenario) -> PagedRun | None:
         policy = PolicySpec.parse(sc.policy) if sc.policy else None
         settings = PagedSettings(
             block_size=sc.block_size, num_blocks=sc.num_blocks, n=sc.n, max_new_tokens=sc.max_new_tokens,
-            sample=sc.sample, chat=sc.chat, policy=policy, eviction=sc.eviction, prefix_caching=prefix,
+            sample=sc.sample, seed=sc.seed, chat=sc.chat, policy=policy, eviction=sc.eviction, prefix_caching=prefix,
         )
         with st.spinner(f"Decoding {len(sc.prompts)} prompt(s) from the paged pool on {loaded.summary.device}..."):
             result = run_paged(loaded.model, loaded.tokenizer, list(sc.prompts), settings, model_name=loaded.summary.name)

@@ -2,7 +2,6 @@
 give, token for token, what the contiguous full cache gives (kvviz's engine, itself identical
 to transformers' greedy generation); the pool holds the keys transformers computes."""
 
-import pytest
 import torch
 from transformers import DynamicCache
 
