@@ -77,6 +77,22 @@ class PolicySpec:
             budget = ratio = None
         return cls.create(name.strip(), params, budget=budget, ratio=ratio)
 
+    @classmethod
+    def of(cls, value: "PolicySpec | str", params: dict | None = None, budget: int | None = None, ratio: float | None = None) -> "PolicySpec":
+        """A spec as given, or built from a name or text form (``"snapkv:window=8"``) with
+        ``params`` over the text's parameters and ``budget``/``ratio`` over the text's budget
+        (the engine's and the CLI's convenience). Extra values with a ready spec are refused."""
+        if isinstance(value, PolicySpec):
+            if params or budget is not None or ratio is not None:
+                raise TypeError("give params, budget and ratio inside the PolicySpec")
+            return value
+        parsed = cls.parse(value)
+        if not params and budget is None and ratio is None:
+            return parsed
+        if budget is None and ratio is None:
+            budget, ratio = parsed.budget, parsed.ratio
+        return cls.create(parsed.name, {**parsed.changed_params(), **(params or {})}, budget=budget, ratio=ratio)
+
     def with_budget(self, budget: int | None = None, ratio: float | None = None) -> "PolicySpec":
         """The same policy and parameters with another budget (or ratio)."""
         return PolicySpec.create(self.name, self.params_dict(), budget=budget, ratio=ratio)

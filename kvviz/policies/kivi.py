@@ -7,17 +7,6 @@ from kvviz.policies.quant import QuantStore
 from kvviz.quantize import QuantizedStream
 
 
-class KiviStore(QuantStore):
-    def error_stats(self) -> dict:
-        """Relative Frobenius error of every key and value appended; ``residual`` = tokens whose
-        values are held in full precision (the last R), ``residual_keys`` = tokens whose keys are
-        (those of the key group that is filling, fewer than R)."""
-        stats = super().error_stats()
-        stats["residual_keys"] = stats["residual"]
-        stats["residual"] = self.v.tail.shape[1]
-        return stats
-
-
 @dataclass
 class Kivi(Storage):
     name = "kivi"
@@ -45,4 +34,4 @@ class Kivi(Storage):
         values = QuantizedStream(
             kv_heads, head_dim, dtype, device, bits=self.bits, per_channel=False, group_size=group, symmetric=False, residual=self.residual
         )
-        return KiviStore(kv_heads, head_dim, dtype, device, keys, values)
+        return QuantStore(kv_heads, head_dim, dtype, device, keys, values)

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import PolicyError, Storage, Store, param
+from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
 from kvviz.quantize import QuantizedStream
 
 
@@ -30,10 +30,15 @@ class QuantStore(Store):
     def tensors(self):
         return self.k.tensors() + self.v.tensors()
 
-    def error_stats(self) -> dict:
-        """Relative Frobenius error of every key and value appended, and the tokens still held
-        in full precision (a per-channel group waiting to fill)."""
-        return {"key": self.k.meter.value(), "value": self.v.meter.value(), "residual": self.k.tail.shape[1]}
+    def error(self) -> LayerError:
+        """Relative Frobenius error of every key and value appended, and the tokens each stream
+        still holds in full precision (a per-channel group waiting to fill, a residual window)."""
+        return LayerError(
+            key=self.k.meter.value(),
+            value=self.v.meter.value(),
+            full_precision_keys=self.k.tail.shape[1],
+            full_precision_values=self.v.tail.shape[1],
+        )
 
 
 @dataclass

@@ -59,7 +59,7 @@ def test_kv_bytes_fall_with_eviction_and_match_the_budget(smollm, chat_ids):
 
 def test_snapkv_keeps_the_observation_window_and_every_generated_token(smollm, chat_ids):
     trace = engine.run(
-        smollm.model, smollm.tokenizer, chat_ids, "snapkv", {"window": 8}, budget=24, max_new_tokens=6, stop_at_eos=False
+        smollm.model, smollm.tokenizer, chat_ids, "snapkv", params={"window": 8}, budget=24, max_new_tokens=6, stop_at_eos=False
     )
     P = len(chat_ids)
     for layer in range(trace.n_layers):
@@ -123,10 +123,10 @@ def test_teacher_forced_perplexity_and_kl_against_full(smollm, chat_ids):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"policy": "h2o", "budget": 0}, "budget"),
-        ({"policy": "h2o", "budget": 10_000}, "larger than the prompt"),
-        ({"policy": "nope"}, "Unknown policy"),
-        ({"policy": "h2o", "params": {"colour": 1}}, "Unknown parameter"),
+        ({"spec": "h2o", "budget": 0}, "budget"),
+        ({"spec": "h2o", "budget": 10_000}, "larger than the prompt"),
+        ({"spec": "nope"}, "Unknown policy"),
+        ({"spec": "h2o", "params": {"colour": 1}}, "Unknown parameter"),
     ],
 )
 def test_bad_policy_input_names_the_problem(smollm, chat_ids, kwargs, message):

@@ -22,7 +22,7 @@ class Tok:
 
 
 def run(model, spec, params=None, budget=None, steps=STEPS):
-    return engine.run(model, Tok(), PROMPT, spec, params, budget=budget, max_new_tokens=steps, stop_at_eos=False)
+    return engine.run(model, Tok(), PROMPT, spec, params=params, budget=budget, max_new_tokens=steps, stop_at_eos=False)
 
 
 def held(trace, step, layer, head):
@@ -95,8 +95,8 @@ def quant_token_bytes(bits, groups=1, asymmetric=True):
 def test_quant_bytes_match_the_bit_width(tiny_llama, bits):
     trace = run(tiny_llama, "quant", {"bits": bits})
     assert trace.kv_bytes == [(len(PROMPT) + s) * quant_token_bytes(bits) for s in range(STEPS)]
-    assert len(trace.quant_error["key"]) == LAYERS
-    assert 0 < max(trace.quant_error["key"]) < {8: 0.01, 4: 0.15, 2: 0.6}[bits]
+    assert len(trace.store_error.key) == LAYERS
+    assert 0 < max(trace.store_error.key) < {8: 0.01, 4: 0.15, 2: 0.6}[bits]
 
 
 def test_quant_symmetric_groups(tiny_llama):
@@ -130,14 +130,15 @@ def kivi_bytes(n, residual, bits, group):
 def test_kivi_bytes_follow_the_residual_window(tiny_llama):
     trace = run(tiny_llama, "kivi", {"bits": 2, "residual": 8, "group_size": 16}, steps=10)
     assert trace.kv_bytes == [kivi_bytes(len(PROMPT) + s, 8, 2, 16) for s in range(10)]
-    assert trace.quant_error["residual"] == 8
+    # the last 8 values wait in full precision; the keys of a group of 8 that is filling (43 = 5 x 8 + 3)
+    assert (trace.store_error.full_precision_values, trace.store_error.full_precision_keys) == (8, (len(PROMPT) + 9) % 8)
 
 
 def test_lowrank_bytes(tiny_llama):
     trace = run(tiny_llama, "lowrank", {"rank": 4})
     bases = LAYERS * 2 * KV_HEADS * HEAD_DIM * 4 * 4
     assert trace.kv_bytes == [(len(PROMPT) + s) * LAYERS * 2 * KV_HEADS * 4 * 4 + bases for s in range(STEPS)]
-    assert 0 < min(trace.quant_error["key"]) and max(trace.quant_error["key"]) < 1
+    assert 0 < min(trace.store_error.key) and max(trace.store_error.key) < 1
 
 
 def test_head_share_halves_the_tiny_cache_and_refuses_eviction(tiny_llama):
