@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvviz.token_view import clamp_step, one_line, protection, quoted
+from kvviz.token_states import clamp_step, one_line, protection, quoted
 from kvviz.trace import Trace
 
 

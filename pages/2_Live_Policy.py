@@ -9,7 +9,7 @@ from kvviz.charts import retention as retention_charts
 from kvviz.charts.token_map import token_states_figure
 from kvviz.metrics import format_bytes, memory_saving
 from kvviz.text import match_positions
-from kvviz.token_view import token_records
+from kvviz.token_states import token_records
 from kvviz.ui import live_controls, live_result, token_html
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import policy_controls

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, tint
 from kvviz.metrics import byte_unit, format_bytes, memory_saving
-from kvviz.token_view import clamp_step, newest_held_share
+from kvviz.token_states import clamp_step, newest_held_share
 from kvviz.trace import Trace
 
 

@@ -13,7 +13,7 @@ from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
 from kvviz.charts.token_map import STATE_COLORS, token_states_figure
-from kvviz.token_view import STATES, Scope, occupancy, retention, token_records
+from kvviz.token_states import STATES, Scope, occupancy, retention, token_records
 from kvviz.trace import StoreError
 from kvviz.ui.token_html import comparison_html, token_css, tokens_html
 
