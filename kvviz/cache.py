@@ -82,7 +82,10 @@ class PolicyLayer(CacheLayerMixin):
         for name, s in self.stats.items():
             self.stats[name] = torch.cat([s, s.new_zeros(kv_heads, q_len)], dim=1)
         self.seen += q_len
-        keys, values = self.store.materialize()
+        if prefill and self.store.full_precision_prefill:
+            keys, values = key_states[0], value_states[0]  # what the store now holds, before compression
+        else:
+            keys, values = self.store.materialize()
         self.owner.select(self, keys, values, positions, queries, prefill)
         return keys.unsqueeze(0), values.unsqueeze(0)
 

@@ -325,6 +325,12 @@ class LayerError:
 class Store:
     """How one layer holds its entries. The default holds them as they are."""
 
+    # True for a store whose prefill attention reads the prompt's original keys and values, and
+    # which holds them compressed from then on: what quantized caches do (KIVI, transformers'
+    # QuantizedCache, vLLM's fp8 cache quantize what they store after the prompt's attention).
+    # False where the compression is part of the model (pooled heads, a projection in the weights).
+    full_precision_prefill: ClassVar[bool] = False
+
     def __init__(self, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, device
         self.keys = torch.empty(kv_heads, 0, head_dim, dtype=dtype, device=device)

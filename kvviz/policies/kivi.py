@@ -17,8 +17,9 @@ class Kivi(Storage):
     algorithm, the keys are quantized in groups of `residual` (R) tokens per channel: the tokens
     of the group being filled (fewer than R) stay in full precision until it is full. The
     values of the R most recent tokens stay in full precision; older values are quantized per
-    token, one scale and zero point per `group_size` channels. kvviz dequantizes for attention
-    instead of using fused kernels. Composes with eviction (`snapkv+kivi`): kept entries are
+    token, one scale and zero point per `group_size` channels. As in the paper's code, the
+    prompt's own attention at prefill reads the original keys and values. kvviz dequantizes
+    for attention instead of using fused kernels. Composes with eviction (`snapkv+kivi`): kept entries are
     dequantized, gathered and requantized in the same layout (exact for the per-token values up
     to float rounding; the key groups are re-formed, adding error). No GQA aggregation."""
 
