@@ -23,6 +23,7 @@ import numpy as np
 
 ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob")
 ARRAY_DTYPES = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}  # others float32
+UNSAVED_FIELDS = ("extra",)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Trace:
     store_error: StoreError | None = None  # a lossy store's reconstruction error; None without one
     protection: Protection = field(default_factory=Protection)  # what the selector always keeps
     spec: dict | None = None  # the PolicySpec that ran (PolicySpec.to_dict)
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views
 
@@ -145,9 +146,10 @@ class Trace:
     # ------------------------------------------------------------------ save / load
 
     def to_dict(self) -> dict:
-        """Plain lists, dicts and numbers; NaN stays NaN (``save`` writes it as null)."""
+        """Plain lists, dicts and numbers (every field but ``extra``); NaN stays NaN (``save``
+        writes it as null)."""
         out = {}
-        for f in fields(self):
+        for f in _saved_fields(self):
             v = getattr(self, f.name)
             if isinstance(v, np.ndarray):
                 v = v.tolist()
@@ -171,7 +173,7 @@ class Trace:
 
     def to_json(self) -> str:
         """Strict JSON (RFC 8259): NaN and infinities are written as null."""
-        return json.dumps(_strict({f.name: getattr(self, f.name) for f in fields(self)}), allow_nan=False)
+        return json.dumps(_strict({f.name: getattr(self, f.name) for f in _saved_fields(self)}), allow_nan=False)
 
     def save(self, path: str | Path) -> Path:
         """Save as JSON (``.json``) or compressed numpy (``.npz``, the arrays beside strict JSON metadata)."""
@@ -195,6 +197,10 @@ class Trace:
                         d[n] = z[n]
             return cls.from_dict(d)
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _saved_fields(trace):
+    return [f for f in fields(trace) if f.name not in UNSAVED_FIELDS]
 
 
 def _strict(o):
