@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from tests.references import grouped_softmax, projections, window_band
 
 from kvviz import engine
 from kvviz.policies import registry
@@ -53,29 +53,14 @@ def full(run):
 def qk(smollm, ids):
     """Queries and keys of the prompt in every layer, from transformers' own modules (not
     kvviz's capture): (layers, 9, P, 64) and (layers, 3, P, 64), float64."""
-    model, n = smollm.model, len(ids)
-    pos = torch.arange(n)[None]
-    with torch.inference_mode():
-        out = model.model(input_ids=torch.tensor([ids]), position_ids=pos, use_cache=False, output_hidden_states=True)
-        cos, sin = model.model.rotary_emb(out.hidden_states[0], pos)
-        qs, ks = [], []
-        for layer, hidden in zip(model.model.layers, out.hidden_states):  # hidden_states[l]: the input of layer l
-            attn, h = layer.self_attn, layer.input_layernorm(hidden)
-            q = attn.q_proj(h).view(1, n, -1, D).transpose(1, 2)
-            k = attn.k_proj(h).view(1, n, -1, D).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            qs.append(q[0].double())
-            ks.append(k[0].double())
-    return torch.stack(qs), torch.stack(ks)
+    return projections(smollm.model, ids)
 
 
 def attention(q, k):
     """q (9, P, d), k (3, P, d) -> (3, P, P): causal softmax attention per query, mean over each
     KV head's 3 query heads (kvviz's documented GQA aggregation), float64."""
     n = q.shape[1]
-    logits = torch.einsum("hgqd,hkd->hgqk", q.reshape(KV, Q // KV, n, D), k) / D**0.5
-    logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-    return logits.softmax(-1).mean(1)
+    return grouped_softmax(q, k, torch.ones(n, n, dtype=torch.bool).tril()).mean(1)
 
 
 def top(scores, k, protected=()):
@@ -144,11 +129,8 @@ def test_window_equals_a_banded_attention_mask(smollm, run, ids):
         assert all(kept(trace, s, layer) == [list(range(P + s - B, P + s))] * KV for layer in range(LAYERS))
     assert trace.kv_bytes == [B * LAYERS * KV * ENTRY] * STEPS
     seq = ids + trace.generated_ids[:-1]
-    n = len(seq)
-    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
-    allowed = (j <= i) & ((i < P) | (j >= i - B))
-    mask = torch.zeros(1, 1, n, n).masked_fill(~allowed, float("-inf"))
-    reference = plain_logprobs(smollm.model, seq, P, mask)
+    band = window_band(len(seq), P, B)
+    reference = plain_logprobs(smollm.model, seq, P, torch.zeros(band.shape).masked_fill(~band, float("-inf"))[None, None])
     torch.testing.assert_close(trace.extra["logprobs"], reference, atol=2e-4, rtol=0)
     assert trace.generated_ids == reference.argmax(-1).tolist()
 

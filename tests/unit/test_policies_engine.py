@@ -4,6 +4,8 @@ the budget or the bit width, and evicted entries really leave the tensors."""
 
 import pytest
 
+from tests.references import grouped_softmax, projections, window_band
+
 from kvviz import engine
 from kvviz.policies import PolicyError, registry
 
@@ -158,3 +160,25 @@ def test_every_registered_policy_runs(tiny_llama):
         # kivi's default residual holds this short prompt in full; lowrank's default rank is this head_dim
         if cls.kind == "store" and name not in ("kivi", "lowrank"):
             assert trace.kv_bytes[0] < trace.kv_bytes_full[0], name
+
+
+def test_lost_mass_is_the_attention_each_step_put_on_what_it_evicted(tiny_llama):
+    """With capture_queries, trace.lost_mass[s, layer] is the attention the step's last query
+    gave the entries evicted at that step (mean over query heads), recomputed here in float64
+    from transformers' own projections. A window of BUDGET: the prefill evicts the prompt's
+    oldest tokens after its last query read them all; each decode step's query reads the window
+    and itself, then the oldest entry leaves."""
+    trace = engine.run(tiny_llama, Tok(), PROMPT, "window", budget=BUDGET, max_new_tokens=STEPS, stop_at_eos=False, capture_queries=True)
+    P, seq = len(PROMPT), PROMPT + trace.generated_ids[:-1]
+    queries, keys = projections(tiny_llama, seq, window_band(len(seq), P, BUDGET))
+    for s in range(STEPS):
+        i = P - 1 + s  # the position of this step's query
+        read = list(range(P)) if s == 0 else list(range(i - BUDGET, i + 1))
+        evicted = list(range(P - BUDGET)) if s == 0 else [i - BUDGET]
+        for layer in range(LAYERS):
+            probs = grouped_softmax(queries[layer][:, i : i + 1], keys[layer][:, read])[:, :, 0]  # (kv, group, read)
+            lost = probs[..., [read.index(p) for p in evicted]].sum(-1).mean()
+            assert trace.lost_mass[s, layer] == pytest.approx(float(lost), rel=1e-4, abs=1e-6)
+    assert trace.lost_mass.min() > 0
+    full = engine.run(tiny_llama, Tok(), PROMPT, "full", max_new_tokens=2, capture_queries=True)
+    assert (full.lost_mass == 0).all()
