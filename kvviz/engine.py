@@ -6,7 +6,8 @@ One run, top to bottom (``run``):
   for each step:
       record what the cache holds        (StepRecords: bytes, lost attention mass, log-probs)
       choose_token(log-probs)            greedy, sampled with the run's seed, or forced
-      decode_step(token)                 one forward of the new token (eager, or a CUDA graph)
+      Decoder.step(token)                decode_step: one forward of the new token, eager or
+                                         replayed from a CUDA graph
   build_trace(...)                       the Trace: tokens, evictions, scores, bytes, timings
 
 The loop passes explicit position ids (the tokens' true positions), so it does not depend on how
@@ -192,9 +193,8 @@ def run(
     eos = _eos_ids(tokenizer, model.config)
     records = StepRecords()
     generated: list[int] = []
-    stopped_by = "max_new_tokens"  # a forced run that was never asked to stop
-    use_graphs = options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample)
-    graph = None
+    stopped_by = "max_new_tokens"
+    decoder = Decoder(model, cache, use_graphs=options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample))
     with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
         logits = prefill(model, cache, prompt_ids)
@@ -212,13 +212,7 @@ def run(
                 stopped_by = stop
                 records.step_s.append(time.perf_counter() - t_step)
                 break
-            position = len(prompt_ids) + step
-            if graph is None and use_graphs and cache.steady():
-                graph = cuda_graphs.DecodeGraph(lambda i, p: decode_step(model, cache, i, p), cache, device)
-            if graph is not None:
-                logits = graph.step(token, position)
-            else:
-                logits = decode_step(model, cache, torch.tensor([[token]], device=device), torch.tensor([position], device=device))
+            logits = decoder.step(token, position=len(prompt_ids) + step)
             records.step_s.append(_sync_time(device) - t_step)
         t_total = time.perf_counter() - t0
     timings = {"prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total}
@@ -238,6 +232,27 @@ def decode_step(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.T
     """One new token through the model and the policy. ids (1, 1), positions (1,) on the model's
     device -> logits (1, 1, vocab). No host reads: a CUDA graph can capture it."""
     return _forward(model, cache, ids, positions)
+
+
+class Decoder:
+    """Feeds one token per decode step: eagerly, or, with ``use_graphs``, replayed from a CUDA
+    graph once the cache is steady (every layer holds its budget, so shapes stop changing)."""
+
+    def __init__(self, model, cache: PolicyCache, use_graphs: bool = False):
+        self.model, self.cache, self.use_graphs = model, cache, use_graphs
+        self.device = next(model.parameters()).device
+        self.graph: cuda_graphs.DecodeGraph | None = None
+
+    def step(self, token: int, position: int) -> torch.Tensor:
+        """logits (1, 1, vocab) after feeding ``token`` at ``position``."""
+        if self.graph is None and self.use_graphs and self.cache.steady():
+            self.graph = cuda_graphs.DecodeGraph(
+                lambda ids, positions: decode_step(self.model, self.cache, ids, positions), self.cache, self.device
+            )
+        if self.graph is not None:
+            return self.graph.step(token, position)
+        ids = torch.tensor([[token]], device=self.device)
+        return decode_step(self.model, self.cache, ids, torch.tensor([position], device=self.device))
 
 
 def _forward(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
