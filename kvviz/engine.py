@@ -180,6 +180,8 @@ def run(
     which override ``options``) say how to decode. ``on_step`` hears each generated token;
     ``should_stop`` is asked after each one (a live view's Stop button).
     """
+    if options is not None and not isinstance(options, DecodeOptions):
+        raise TypeError(f"engine.run's fifth argument is DecodeOptions, not {type(options).__name__}; give policy parameters as params=...")
     spec = PolicySpec.of(spec, params, budget=budget, ratio=ratio)
     options = dataclasses.replace(options or DecodeOptions(), **option_values)
     shape = ModelShape.of(model)
