@@ -38,7 +38,7 @@ import torch
 
 from kvviz import cuda_graphs, metrics
 from kvviz.cache import PolicyCache
-from kvviz.policies import PolicyError
+from kvviz.policies import Pipeline, PolicyError
 from kvviz.spec import PolicySpec
 from kvviz.text import PromptError, token_texts
 from kvviz.trace import Trace
@@ -162,7 +162,7 @@ def run(
     model,
     tokenizer,
     prompt_ids: list[int],
-    spec: PolicySpec | str = "full",
+    policy: PolicySpec | str | Pipeline = "full",
     options: DecodeOptions | None = None,
     *,
     params: dict | None = None,
@@ -173,23 +173,28 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     **option_values,
 ) -> Trace:
-    """Prefill ``prompt_ids`` and decode under the policy ``spec``; return the Trace.
+    """Prefill ``prompt_ids`` and decode under ``policy``; return the Trace.
 
-    ``spec``: a PolicySpec, or a name / text form (``"snapkv:window=8"``) completed by ``params``,
-    ``budget`` and ``ratio``. ``options`` and keyword ``option_values`` (fields of DecodeOptions,
+    ``policy``: a PolicySpec, or a name / text form (``"snapkv:window=8"``) completed by ``params``,
+    ``budget`` and ``ratio``; or a ready-made Pipeline (e.g. with an instrumented selector; the
+    Trace's ``spec`` is then None). ``options`` and keyword ``option_values`` (fields of DecodeOptions,
     which override ``options``) say how to decode. ``on_step`` hears each generated token;
     ``should_stop`` is asked after each one (a live view's Stop button).
     """
     if options is not None and not isinstance(options, DecodeOptions):
         raise TypeError(f"engine.run's fifth argument is DecodeOptions, not {type(options).__name__}; give policy parameters as params=...")
-    spec = PolicySpec.of(spec, params, budget=budget, ratio=ratio)
+    if isinstance(policy, Pipeline):
+        pipeline, spec = policy, None
+    else:
+        spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
+        pipeline = spec.pipeline()
     options = dataclasses.replace(options or DecodeOptions(), **option_values)
     shape = ModelShape.of(model)
     prompt_ids = check_prompt(prompt_ids, options, shape)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(options.seed)
     cache = PolicyCache(
-        spec.pipeline(), shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, device,
+        pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, device,
         generator=generator, measure_lost_mass=options.capture_queries,
     )
     eos = _eos_ids(tokenizer, model.config)
@@ -286,7 +291,7 @@ def _stop_reason(token: int, step: int, options: DecodeOptions, eos: set[int], s
 
 
 def build_trace(
-    model, tokenizer, spec: PolicySpec, cache: PolicyCache, shape: ModelShape, prompt_ids: list[int],
+    model, tokenizer, spec: PolicySpec | None, cache: PolicyCache, shape: ModelShape, prompt_ids: list[int],
     generated: list[int], records: StepRecords, options: DecodeOptions, timings: dict, stopped_by: str,
     model_name: str = "",
 ) -> Trace:
@@ -310,7 +315,7 @@ def build_trace(
         dtype=str(model.dtype).replace("torch.", ""),
         policy=pipeline.spec,
         params=pipeline.params(),
-        spec=spec.to_dict(),
+        spec=spec.to_dict() if spec is not None else None,
         prompt_ids=prompt_ids,
         generated_ids=generated,
         tokens=token_texts(tokenizer, prompt_ids + generated),
@@ -379,7 +384,7 @@ class Comparison:
 
 
 def compare_runs(
-    model, tokenizer, prompt_ids, spec, options: DecodeOptions | None = None, *, params=None, budget=None, ratio=None,
+    model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, *, params=None, budget=None, ratio=None,
     on_policy_step=None, on_full_step=None, **kw,
 ):
     """The three runs of a comparison, yielded as ``(phase, trace)`` when each ends: "policy"
@@ -387,7 +392,7 @@ def compare_runs(
     teacher-forced on the full cache's output, with per-step KL and top-1 agreement against it).
     A consumer may stop iterating after any phase (a live view that was stopped). ``kw``: run's
     other keywords (model_name, should_stop, DecodeOptions fields)."""
-    spec = PolicySpec.of(spec, params, budget=budget, ratio=ratio)
+    spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
     yield "policy", run(model, tokenizer, prompt_ids, spec, options, on_step=on_policy_step, **kw)
     full = run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=on_full_step, **kw)
     reference = full.extra.pop("logprobs")
@@ -397,10 +402,10 @@ def compare_runs(
     )
 
 
-def compare(model, tokenizer, prompt_ids, spec, options: DecodeOptions | None = None, **kw) -> Comparison:
+def compare(model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, **kw) -> Comparison:
     """Run the policy and the full cache on the same prompt, and the policy teacher-forced on the
     full cache's output to measure per-step KL and top-1 agreement."""
-    runs = dict(compare_runs(model, tokenizer, prompt_ids, spec, options, **kw))
+    runs = dict(compare_runs(model, tokenizer, prompt_ids, policy, options, **kw))
     return Comparison(full=runs["full"], policy=runs["policy"], forced=runs["forced"])
 
 

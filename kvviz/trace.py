@@ -86,7 +86,7 @@ class Trace:
     stopped_by: str = "max_new_tokens"  # "eos", "max_new_tokens", "user"
     store_error: StoreError | None = None  # a lossy store's reconstruction error; None without one
     protection: Protection = field(default_factory=Protection)  # what the selector always keeps
-    spec: dict | None = None  # the PolicySpec that ran (PolicySpec.to_dict)
+    spec: dict | None = None  # the PolicySpec that ran (PolicySpec.to_dict), None for a ready-made Pipeline
     extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views

@@ -123,10 +123,10 @@ def test_teacher_forced_perplexity_and_kl_against_full(smollm, chat_ids):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"spec": "h2o", "budget": 0}, "budget"),
-        ({"spec": "h2o", "budget": 10_000}, "larger than the prompt"),
-        ({"spec": "nope"}, "Unknown policy"),
-        ({"spec": "h2o", "params": {"colour": 1}}, "Unknown parameter"),
+        ({"policy": "h2o", "budget": 0}, "budget"),
+        ({"policy": "h2o", "budget": 10_000}, "larger than the prompt"),
+        ({"policy": "nope"}, "Unknown policy"),
+        ({"policy": "h2o", "params": {"colour": 1}}, "Unknown parameter"),
     ],
 )
 def test_bad_policy_input_names_the_problem(smollm, chat_ids, kwargs, message):
