@@ -215,7 +215,12 @@ def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
     selector = spec.pipeline().selector
     if budget is None or selector is None or not hasattr(selector, "protection"):
         return []
-    real, asked = selector.protection(budget), selector.protection(10**9)
+    real = selector.protection(budget)
+    # what the settings ask for: the protection under an unbounded budget; a part that grows with
+    # the budget (a sliding window, StreamingLLM's window) is what the budget leaves, not a setting
+    big, bigger = selector.protection(10**9), selector.protection(10**9 + 1)
+    asked_sink = big.n_sink if big.n_sink == bigger.n_sink else real.n_sink
+    asked_recent = big.recent if big.recent == bigger.recent else real.recent
     held = []
     if real.n_sink:
         held.append(f"the first {real.n_sink} tokens (sinks)")
@@ -224,12 +229,12 @@ def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
     notes = []
     if held:
         notes.append(f"With {budget} entries per layer and KV head, {spec.name} always keeps " + " and ".join(held) + ".")
-    if (real.n_sink, real.recent) != (asked.n_sink, asked.recent):
+    if (real.n_sink, real.recent) != (asked_sink, asked_recent):
         notes.append(
             f"The budget ({budget} entries) is smaller than {spec.name}'s settings ask for "
-            f"({asked.n_sink + asked.recent} protected entries): the policy caps them to fit. "
+            f"({asked_sink + asked_recent} protected entries): the policy caps them to fit. "
             "Raise the budget or lower the window to keep its own choice."
         )
-    elif held and real.n_sink + real.recent >= budget:
+    elif held and (asked_sink, asked_recent) == (big.n_sink, big.recent) and real.n_sink + real.recent >= budget:
         notes.append(f"Every kept entry is a protected one: no room is left for {spec.name}'s scores at this budget.")
     return notes

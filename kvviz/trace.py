@@ -220,3 +220,13 @@ def _strict(o):
     if isinstance(o, float) and not math.isfinite(o):
         return None
     return o
+
+
+def _json_default(o):
+    """For ``json.dumps(default=...)`` of plain data holding numpy values (not for a Trace: use
+    ``Trace.to_json``, which also writes NaN as null)."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not serializable: {type(o)}")

@@ -16,7 +16,7 @@ from tests.references import grouped_softmax, projections, window_band
 
 from kvviz import engine
 from kvviz.policies import registry
-from kvviz.tokens import encode_prompt
+from kvviz.text import encode_prompt
 
 TEXT = (
     "The lighthouse keeper climbed the stairs every evening to light the lamp. "

@@ -84,3 +84,18 @@ def test_of_completes_a_name_or_text_form_the_way_the_engine_and_cli_take_it():
         PolicySpec.of(spec, budget=8)
     with pytest.raises(PolicyError, match="Unknown policy"):
         PolicySpec.of("nope", budget=8)
+
+
+def test_budget_notes_do_not_take_a_window_that_the_budget_sets_for_a_setting():
+    from kvviz.spec import budget_notes
+
+    # a sliding window and StreamingLLM keep what the budget leaves: nothing is capped
+    assert budget_notes(PolicySpec.parse("window:budget=16"), 40) == [
+        "With 16 entries per layer and KV head, window always keeps the 16 most recent tokens."
+    ]
+    assert budget_notes(PolicySpec.parse("streaming_llm:n_sink=4,budget=16"), 40) == [
+        "With 16 entries per layer and KV head, streaming_llm always keeps the first 4 tokens (sinks) and the 12 most recent tokens."
+    ]
+    # a setting the budget cannot hold is capped, and said so
+    capped = budget_notes(PolicySpec.parse("knorm:n_sink=2,recent=3,budget=5"), 40)
+    assert len(capped) == 2 and "no room is left" in capped[1]
