@@ -63,12 +63,12 @@ def time_generate(model, ids, new_tokens, device) -> float:
 def time_policy(model, tok, ids, name, params, budget, graphs, new_tokens, repeats, device) -> dict:
     kw = dict(budget=budget, max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs)
     warm_budget = min(budget, 128) if budget else None
-    engine.run(model, tok, ids[:256], name, params, **{**kw, "budget": warm_budget, "max_new_tokens": 8})
+    engine.run(model, tok, ids[:256], name, params=params, **{**kw, "budget": warm_budget, "max_new_tokens": 8})
     steps, prefill, trace = [], [], None
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        trace = engine.run(model, tok, ids, name, params, **kw)
+        trace = engine.run(model, tok, ids, name, params=params, **kw)
         steps.append(statistics.median(trace.timings["step_s"][:-1]))
         prefill.append(trace.timings["prefill_s"])
     row = {

@@ -1,4 +1,7 @@
-"""On a CUDA host: the full policy matches transformers' generate, and every policy runs."""
+"""On a CUDA host: the full policy matches transformers' generate, and every policy runs.
+Exits with status 1 when either is not so."""
+
+import sys
 
 import torch
 
@@ -13,10 +16,16 @@ print(loaded.summary)
 ids = encode_prompt(tok, "What is the capital of France? Answer in one sentence, then name two rivers there.", chat=True)
 trace = engine.run(m, tok, ids, "full", max_new_tokens=32)
 ref = m.generate(torch.tensor([ids], device=m.device), max_new_tokens=32, do_sample=False)
-print("full == generate:", trace.generated_ids == ref[0, len(ids):].tolist(), repr(trace.generated_text))
+matches = trace.generated_ids == ref[0, len(ids):].tolist()
+print("full == generate:", matches, repr(trace.generated_text))
+failures = [] if matches else ["full != generate"]
 for name in registry():
     try:
         t = engine.run(m, tok, ids, name, max_new_tokens=16, budget=None)
         print(f"{name:16s} ok  kv {t.kv_bytes[-1]:>9d} / {t.kv_bytes_full[-1]:>9d}  {t.generated_text[:60]!r}")
     except Exception as e:  # report every failure, keep going
         print(f"{name:16s} FAIL {type(e).__name__}: {e}")
+        failures.append(name)
+if failures:
+    print("FAILED:", ", ".join(failures))
+    sys.exit(1)

@@ -27,6 +27,7 @@ No torch here (``PolicySpec.from_dict`` loads the policy classes when it validat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from kvviz.spec import PolicySpec
-from kvviz.trace import Trace
+from kvviz.trace import Protection, StoreError, Trace
 
 SCHEMA = "kvviz.run_bundle"
 VERSION = 1
@@ -136,6 +137,8 @@ def trace_to_json(trace: Trace) -> dict:
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # StoreError, Protection
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
             # float32 -> the shortest decimal that reads back as the same float32
@@ -198,7 +201,7 @@ def trace_from_json(d: Any, where: str = "trace") -> Trace:
     """A Trace from its JSON form, every field's type and every array's shape checked."""
     d = _object(d, where)
     names = {f.name for f in fields(Trace)}
-    _keys(d, names, where, optional={"kl_to_reference", "top1_agreement", "teacher_forced", "stopped_by", "quant_error", "spec", "extra"})
+    _keys(d, names, where, optional={"kl_to_reference", "top1_agreement", "teacher_forced", "stopped_by", "store_error", "protection", "spec", "extra"})
     w = lambda name: f"{where}.{name}"  # noqa: E731
     n_layers = _int(d["n_layers"], w("n_layers"), lo=1, hi=4096)
     n_kv = _int(d["n_kv_heads"], w("n_kv_heads"), lo=1, hi=4096)
@@ -249,7 +252,8 @@ def trace_from_json(d: Any, where: str = "trace") -> Trace:
         top1_agreement=_optional(d.get("top1_agreement"), lambda v: _array(v, (n_steps,), "bool", w("top1_agreement"))),
         teacher_forced=_bool(d.get("teacher_forced", False), w("teacher_forced")),
         stopped_by=_choice(d.get("stopped_by", "max_new_tokens"), STOPPED_BY, w("stopped_by")),
-        quant_error=_optional(d.get("quant_error"), lambda v: _numbers(v, w("quant_error"), lambda x, at: _int(x, at, lo=0))),
+        store_error=_optional(d.get("store_error"), lambda v: _store_error(v, n_layers, w("store_error"))),
+        protection=_protection(d.get("protection", {}), w("protection")),
         spec=_optional(d.get("spec"), lambda v: _spec(v, w("spec")).to_dict()),
         extra={name: _array(v, EXTRA_ARRAYS[name](n_steps, n_layers, n_kv), "float", f"{w('extra')}.{name}") for name, v in extra.items()},
     )
@@ -401,8 +405,7 @@ def _layer_budgets(value: Any, n_layers: int, where: str) -> list[int | None]:
 
 
 def _numbers(value: Any, where: str, scalar) -> dict:
-    """An object of numbers and lists of numbers (timings, quantization errors); ``scalar``
-    checks the single values."""
+    """An object of numbers and lists of numbers (timings); ``scalar`` checks the single values."""
     out = {}
     for key, v in _object(value, where).items():
         if isinstance(v, list):
@@ -410,6 +413,34 @@ def _numbers(value: Any, where: str, scalar) -> dict:
         else:
             out[key] = scalar(v, f"{where}.{key}")
     return out
+
+
+def _store_error(value: Any, n_layers: int, where: str) -> StoreError:
+    d = _object(value, where)
+    counts = {"full_precision_keys", "full_precision_values"}
+    _keys(d, {"key", "value"} | counts, where, optional=counts)
+
+    def per_layer(name):
+        items = _list(d[name], f"{where}.{name}")
+        if len(items) != n_layers:
+            raise BundleError(f"{where}.{name}: {len(items)} values for {n_layers} layers.")
+        return [_number(x, f"{where}.{name}[{i}]") for i, x in enumerate(items)]
+
+    def count(name):
+        return _optional(d.get(name), lambda v: _int(v, f"{where}.{name}", lo=0))
+
+    return StoreError(per_layer("key"), per_layer("value"), count("full_precision_keys"), count("full_precision_values"))
+
+
+def _protection(value: Any, where: str) -> Protection:
+    d = _object(value, where)
+    names = {"n_sink", "recent", "anchored_at_prompt"}
+    _keys(d, names, where, optional=names)
+    return Protection(
+        n_sink=_int(d.get("n_sink", 0), f"{where}.n_sink", lo=0),
+        recent=_int(d.get("recent", 0), f"{where}.recent", lo=0),
+        anchored_at_prompt=_bool(d.get("anchored_at_prompt", False), f"{where}.anchored_at_prompt"),
+    )
 
 
 def _spec(value: Any, where: str) -> PolicySpec:

@@ -1,11 +1,19 @@
 """PolicyCache: a transformers ``Cache`` whose layers really hold the compressed tensors.
 
-Every update appends the new keys/values to the layer's store and returns what the attention
-of this forward reads (the entries before this step's eviction, as in H2O, where the new token
-attends to the budget plus itself). Then the selector decides what stays, and the evicted
-entries leave the store: memory saved is memory freed. Each layer keeps the true position of
-each entry per KV head; RoPE was applied with that position before the entry was cached, and
+Every step of a layer appends the new keys/values to the layer's store and returns what the
+attention of this forward reads (the entries before this step's eviction, as in H2O, where the
+new token attends to the budget plus itself). Then the selector decides what stays, and the
+evicted entries leave the store: memory saved is memory freed. Each layer keeps the true position
+of each entry per KV head; RoPE was applied with that position before the entry was cached, and
 the engine feeds explicit position ids, so eviction never shifts positions.
+
+A step gets what it needs as arguments: ``PolicyLayer.step(keys, values, positions, queries)``.
+The attention module only calls ``cache.update(keys, values, layer_idx)``, so while a run is
+attached (``PolicyCache.attached(model)``) a forward pre-hook on each attention module reads the
+call's own arguments (``position_ids``, and the layer input from which the queries are computed,
+see ``kvviz.attention_inputs``) and hands the module, in place of the cache, a ``LayerCall``
+whose ``update`` passes them on. A hook acts only on calls that carry its own cache object, so
+runs on other threads sharing the model are left alone, with no global state.
 
 The cache also records, on the device and without host synchronization, what the Trace needs:
 the step at which each entry was evicted, the score that decided it, and the attention mass the
@@ -14,12 +22,18 @@ step's last query put on the entries evicted at that step.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from kvviz.attention_inputs import AttentionCall, CaptureError, decoder_attention, readable
 from kvviz.policies import Pipeline, PolicyError
 from kvviz.policies.base import LayerView, Selection, StepContext, Store
 from kvviz.scoring import attention_probs
+from kvviz.trace import Protection, StoreError
+
+CACHE_KEYWORDS = ("cache", "past_key_values")  # the attention's cache argument (transformers >= 5.24, before)
 
 
 class PolicyLayer(CacheLayerMixin):
@@ -47,25 +61,37 @@ class PolicyLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
-        """key_states, value_states: (1, kv_heads, q, head_dim). Returns what attention reads."""
+        """transformers' entry point, for a forward with no run attached: the new tokens follow
+        the ones seen, and no queries are known."""
+        positions = torch.arange(self.seen, self.seen + key_states.shape[2], device=key_states.device)
+        return self.step(key_states, value_states, positions)
+
+    def step(self, key_states, value_states, positions: torch.Tensor, queries: torch.Tensor | None = None):
+        """One forward's new entries, then the policy's decision. key_states, value_states:
+        (1, kv_heads, q, head_dim); positions (q,) the tokens' true positions; queries
+        (q_heads, q, head_dim), RoPE applied, when the selector scores with them. Returns the
+        keys and values the attention reads, (1, kv_heads, n, head_dim) each."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if key_states.shape[0] != 1:
             raise ValueError("PolicyCache runs one sequence at a time (batch size 1).")
-        q_len = key_states.shape[2]
-        kv_heads = key_states.shape[1]
-        new_pos = self.owner.current_positions  # (q_len,) on the device, set by the engine
-        if new_pos is None:
-            new_pos = torch.arange(self.seen, self.seen + q_len, device=self.device)
+        q_len, kv_heads = key_states.shape[2], key_states.shape[1]
+        prefill = self.seen == 0
         self.store.append(key_states[0], value_states[0])
-        self.positions = torch.cat([self.positions, new_pos.expand(kv_heads, -1)], dim=1)
+        self.positions = torch.cat([self.positions, positions.expand(kv_heads, -1)], dim=1)
         for name, s in self.stats.items():
             self.stats[name] = torch.cat([s, s.new_zeros(kv_heads, q_len)], dim=1)
         self.seen += q_len
-        keys, values = self.store.materialize()
-        out = keys.unsqueeze(0), values.unsqueeze(0)
-        self.owner.after_update(self, keys, values, new_pos, q_len)
-        return out
+        if prefill and self.store.full_precision_prefill:
+            keys, values = key_states[0], value_states[0]  # what the store now holds, before compression
+        else:
+            keys, values = self.store.materialize()
+        self.owner.select(self, keys, values, positions, queries, prefill)
+        return keys.unsqueeze(0), values.unsqueeze(0)
+
+    def wants_queries(self) -> bool:
+        """Whether the coming step's selector needs this layer's queries."""
+        return self.owner.wants_queries(prefill=self.seen == 0)
 
     def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
         # The attention reads the held entries plus the new ones. Every held entry is in the
@@ -104,6 +130,21 @@ class PolicyLayer(CacheLayerMixin):
         return ~kept
 
 
+class LayerCall:
+    """Stands in for the PolicyCache in one attention call: the attention's
+    ``cache.update(keys, values, layer_idx)`` becomes ``layer.step(keys, values, positions,
+    queries)`` with what the pre-hook read from the same call. Any other attribute is the cache's."""
+
+    def __init__(self, cache: "PolicyCache", positions: torch.Tensor, queries: torch.Tensor | None):
+        self._cache, self._positions, self._queries = cache, positions, queries
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self._cache.layers[layer_idx].step(key_states, value_states, self._positions, self._queries)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
 class PolicyCache(Cache):
     """A Cache for one sequence, compressed by a policy pipeline (selector and/or store)."""
 
@@ -123,23 +164,71 @@ class PolicyCache(Cache):
         self.pipeline = pipeline
         self.n_layers = n_layers
         self.prompt_len = prompt_len
-        self.step = 0
-        # the step and the positions of the tokens being fed, as device tensors, so that a
-        # captured CUDA graph reads them at replay instead of baking in Python numbers
-        self.step_t = torch.zeros((), dtype=torch.int32, device=device)
-        self.current_positions: torch.Tensor | None = None
         self.generator = generator
         self.measure_lost_mass = measure_lost_mass
-        self.queries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (queries, positions)
         sel = pipeline.selector
         self.budget = sel.resolve_budget(prompt_len) if sel is not None else None
         self.layer_budgets = [
             sel.layer_budget(self.budget, i, n_layers) if sel is not None else None for i in range(n_layers)
         ]
+        self.protection = sel.protection(self.budget) if sel is not None else Protection()
         # Trace records, on the device: (layers, kv_heads, capacity)
         self.evicted_at = torch.full((n_layers, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)
         self.scores = torch.full((n_layers, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
         self.lost_mass_now = torch.zeros(n_layers, dtype=torch.float32, device=device)
+
+    # attached to a model for one run ----------------------------------------------------------
+
+    @contextmanager
+    def attached(self, model):
+        """Forward pre-hooks on the model's attention modules, for this run only (removed on
+        exit): each call that carries this cache gets a ``LayerCall`` with the tokens' positions
+        and, when the selector needs them, the layer's queries. Calls of other runs sharing the
+        model carry their own cache and are left alone."""
+        handles = [
+            m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(decoder_attention(model))
+        ]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, layer_idx: int):
+        def hook(module, args, kwargs=None):
+            # kwargs is None only in the instant another thread registers or removes its hooks,
+            # for a hook that is not of the run being called
+            if kwargs is None:
+                return None
+            key = next((k for k in CACHE_KEYWORDS if kwargs.get(k) is self), None)
+            if key is None:
+                return None  # another run's forward (or no cache at all)
+            position_ids = kwargs.get("position_ids")
+            layer = self.layers[layer_idx]
+            if position_ids is None:
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                positions = torch.arange(layer.seen, layer.seen + hidden.shape[1], device=hidden.device)
+            else:
+                positions = position_ids[0]  # (q_len,)
+            queries = None
+            if layer.wants_queries():
+                if not readable(module):
+                    raise CaptureError(
+                        f"{self.pipeline.selector.name} scores with the attention queries, which kvviz cannot read"
+                        f" from {type(module).__name__} (it needs separate q_proj/k_proj)."
+                    )
+                queries = AttentionCall.read(module, args, kwargs).queries()
+            return args, {**kwargs, key: LayerCall(self, positions, queries)}
+
+        return hook
+
+    def wants_queries(self, prefill: bool) -> bool:
+        """Whether a step (the prefill, or a decode step) needs the layers' queries: for a
+        selector that scores with them, or to measure the attention mass lost to eviction."""
+        sel = self.pipeline.selector
+        if sel is None or not (prefill or sel.acts_at_decode):
+            return False
+        return sel.needs_queries or (self.measure_lost_mass and self.budget is not None)
 
     # built by layers --------------------------------------------------------------------------
 
@@ -148,19 +237,13 @@ class PolicyCache(Cache):
             return Store(kv_heads, head_dim, dtype, device)
         return self.pipeline.storage.make_store(layer_idx, self.n_layers, kv_heads, head_dim, dtype, device)
 
-    @property
-    def needs_queries(self) -> bool:
-        sel = self.pipeline.selector
-        return sel is not None and sel.needs_queries
-
-    def after_update(self, layer: PolicyLayer, keys, values, new_pos, q_len):
+    def select(self, layer: PolicyLayer, keys, values, new_positions, queries, prefill: bool) -> None:
         """Let the selector decide what the layer keeps, and record the decision."""
         sel = self.pipeline.selector
-        if sel is None or (self.step > 0 and not sel.acts_at_decode):
-            self.queries.pop(layer.layer_idx, None)
+        if sel is None or not (prefill or sel.acts_at_decode):
             return
-        q = self.queries.pop(layer.layer_idx, None)
-        queries, query_positions = q if q is not None else (None, None)
+        if sel.needs_queries and queries is None:
+            raise PolicyError(f"{sel.name} needs the attention queries, but none were captured for this model.")
         view = LayerView(
             layer_idx=layer.layer_idx,
             n_layers=self.n_layers,
@@ -169,30 +252,35 @@ class PolicyCache(Cache):
             positions=layer.positions,
             stats=layer.stats,
             queries=queries,
-            query_positions=query_positions,
-            n_new=q_len,
+            query_positions=new_positions if queries is not None else None,
+            n_new=new_positions.shape[0],
         )
         ctx = StepContext(
-            step=self.step,
+            step=0 if prefill else layer.seen - self.prompt_len,
             prompt_len=self.prompt_len,
             seq_len=layer.seen,
             budget=self.layer_budgets[layer.layer_idx],
             generator=self.generator,
         )
-        if sel.needs_queries and queries is None:
-            raise PolicyError(f"{sel.name} needs the attention queries, but none were captured for this model.")
         decision = sel.step(view, ctx)
         if decision is None:
             return
-        positions = layer.positions
+        self.record(layer, decision, keys, new_positions, queries)
+
+    def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:
+        """Apply the decision to the layer and write the trace's records: scores, the step at
+        which each evicted entry left (computed on the device from the new tokens' positions:
+        a step's last new token sits at ``prompt_len + step - 1``, the prompt's at
+        ``prompt_len - 1``, so a replayed CUDA graph writes the right step) and the lost mass."""
+        li, positions = layer.layer_idx, layer.positions
         if decision.scores is not None:
-            self.scores[layer.layer_idx].scatter_(1, positions, decision.scores.float())
+            self.scores[li].scatter_(1, positions, decision.scores.float())
         evicted = layer.apply(decision)  # (kv_heads, n) bool
-        li = layer.layer_idx
+        step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
         # every entry held until now was never evicted (-1): write the step where it leaves
-        self.evicted_at[li].scatter_(1, positions, torch.where(evicted, self.step_t, -1).to(torch.int32))
+        self.evicted_at[li].scatter_(1, positions, torch.where(evicted, step, -1).to(torch.int32))
         if self.measure_lost_mass and queries is not None:
-            probs = attention_probs(queries[:, -1:], keys, query_positions[-1:], positions)[:, 0]  # (kv_heads, n)
+            probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], positions)[:, 0]  # (kv_heads, n)
             self.lost_mass_now[li] = (probs * evicted).sum(dim=-1).mean()
 
     # Cache API used by the models -------------------------------------------------------------
@@ -223,9 +311,28 @@ class PolicyCache(Cache):
                 total += sum(s.numel() * s.element_size() for s in layer.stats.values())
         return total
 
-    def set_step(self, step: int) -> None:
-        self.step = step
-        self.step_t.fill_(step)
+    def take_lost_mass(self) -> torch.Tensor:
+        """(layers,) the attention mass lost to this step's evictions; the record starts again at 0."""
+        out = self.lost_mass_now.clone()
+        self.lost_mass_now.zero_()
+        return out
+
+    def store_error(self) -> StoreError | None:
+        """The reconstruction error of a lossy store, per layer; None for a store that holds the
+        entries as they are. Reads the device once (at the end of a run)."""
+        errors = [layer.store.error() for layer in self.layers if layer.store is not None]
+        if not errors or any(e is None for e in errors):
+            return None
+
+        def most(values):  # every layer sees the same tokens, so the layers agree
+            return None if any(v is None for v in values) else max(values)
+
+        return StoreError(
+            key=[e.key for e in errors],
+            value=[e.value for e in errors],
+            full_precision_keys=most([e.full_precision_keys for e in errors]),
+            full_precision_values=most([e.full_precision_values for e in errors]),
+        )
 
     def steady(self) -> bool:
         """True when every layer holds exactly its budget, so each decode step appends one entry
@@ -234,6 +341,3 @@ class PolicyCache(Cache):
             b is not None and layer.is_initialized and len(layer) == b
             for layer, b in zip(self.layers, self.layer_budgets)
         )
-
-    def held_entries(self) -> list[int]:
-        return [len(layer) for layer in self.layers]

@@ -2,9 +2,9 @@
 
 Asking transformers for ``output_attentions`` materializes every layer's full attention matrix:
 at 8k tokens that is tens of GB. kvviz instead runs the model once with forward pre-hooks on the
-attention modules it needs, takes each layer's input (``hidden_states``) and rotary embedding
-(``cos, sin``), and computes the queries and keys itself (``q_proj``, ``k_proj``, RoPE);
-``kvviz.attention_maps`` turns them into attention maps and statistics.
+attention modules it needs and computes each layer's queries and keys from the call's arguments
+(``kvviz.attention_inputs``, shared with the PolicyCache); ``kvviz.attention_maps`` turns them
+into attention maps and statistics.
 
 * ``capture_layers(model, ids, layers)``: the queries and keys (RoPE applied) of some layers, from
   one forward pass stopped after the deepest of them.
@@ -19,7 +19,6 @@ streamlit.
 
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -27,9 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-
-class CaptureError(ValueError):
-    """A capture that cannot be done: bad layer/head/window, or an attention this module cannot read."""
+from kvviz.attention_inputs import AttentionCall, CaptureError, attention_modules  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,53 +77,15 @@ class _StopForward(Exception):
     """Raised by the last hook of a pass: the layers after it are not needed."""
 
 
-def attention_modules(model) -> list[torch.nn.Module]:
-    """The self-attention module of every decoder layer, in order."""
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise CaptureError(f"{type(model).__name__}: no decoder layers found (expected model.model.layers).")
-    mods = [getattr(layer, "self_attn", None) for layer in layers]
-    for m in mods:
-        if m is None or not hasattr(m, "q_proj") or not hasattr(m, "k_proj"):
-            raise CaptureError(
-                f"{type(model).__name__}: attention without q_proj/k_proj; kvviz can only read separate projections."
-            )
-    return mods
-
-
-def _rope_function(module):
-    """The model's own apply_rotary_pos_emb (handles partial and interleaved variants)."""
-    fn = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
-    if fn is None:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as fn
-    return fn
-
-
-def _project(module, hidden: torch.Tensor, proj: str, norm: str) -> torch.Tensor:
-    """q or k of ``module`` from its input. hidden: (1, seq, hidden) -> (1, heads, seq, head_dim)."""
-    head_dim = module.head_dim
-    x = getattr(module, proj)(hidden)  # (1, seq, heads * head_dim)
-    normer = getattr(module, norm, None)
-    if normer is not None and getattr(normer, "weight", None) is not None and normer.weight.numel() != head_dim:
-        x = normer(x)  # OLMo-2 style: norm over all heads at once
-        normer = None
-    x = x.view(*hidden.shape[:-1], -1, head_dim)
-    if normer is not None:
-        x = normer(x)  # Qwen-3 style: per-head norm
-    return x.transpose(1, 2)
-
-
-def _layer_qk(module, layer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> LayerQK:
-    q = _project(module, hidden, "q_proj", "q_norm")
-    k = _project(module, hidden, "k_proj", "k_norm")
-    q, k = _rope_function(module)(q, k, cos, sin)
+def _layer_qk(call: AttentionCall, layer: int) -> LayerQK:
+    q, k = call.queries_and_keys()
+    module = call.module
     cfg = getattr(module, "config", None)
     window = getattr(module, "sliding_window", None)
     return LayerQK(
         layer=layer,
-        q=q[0].contiguous(),
-        k=k[0].contiguous(),
+        q=q.contiguous(),
+        k=k.contiguous(),
         scaling=float(getattr(module, "scaling", module.head_dim**-0.5)),
         sliding_window=int(window) if isinstance(window, int) and window > 0 else None,
         softcap=getattr(cfg, "attn_logit_softcapping", None) if cfg is not None else None,
@@ -158,12 +117,7 @@ def _run_with_hooks(model, ids, layers: Sequence[int], on_layer) -> None:
             # kwargs is None only in the instant another thread registers or removes its hooks
             if kwargs is None or threading.get_ident() != owner:
                 return None  # another session's run on the shared model
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
-            if pe is None:
-                raise CaptureError("The attention module got no position_embeddings; cannot apply RoPE.")
-            cos, sin = pe
-            on_layer(layer, _layer_qk(module, layer, hidden, cos, sin))
+            on_layer(layer, _layer_qk(AttentionCall.read(module, args, kwargs), layer))
             if layer == last:
                 raise _StopForward()
             return None

@@ -15,7 +15,7 @@ import pandas as pd
 from kvviz import metrics
 from kvviz.bundle import BundleError, RunBundle, RunSettings, traces_json
 from kvviz.spec import PolicySpec
-from kvviz.token_view import clamp_step, occupancy
+from kvviz.token_states import clamp_step, occupancy
 from kvviz.trace import Trace
 
 DIVERGENCE_NOTE = "counted from 0 = the first generated token"

@@ -1,33 +1,78 @@
 """kvviz's own prefill/decode loop over a PolicyCache, recording a Trace.
 
+One run, top to bottom (``run``):
+
+  prefill(prompt)                        the prompt in one forward; the policy compresses it
+  for each step:
+      record what the cache holds        (StepRecords: bytes, lost attention mass, log-probs)
+      choose_token(log-probs)            greedy, sampled with the run's seed, or forced
+      Decoder.step(token)                decode_step: one forward of the new token, eager or
+                                         replayed from a CUDA graph
+  build_trace(...)                       the Trace: tokens, evictions, scores, bytes, timings
+
 The loop passes explicit position ids (the tokens' true positions), so it does not depend on how
 ``generate`` or a cache derives positions, and it works across transformers releases (the model
 call's cache keyword is ``past_key_values`` up to 5.23 and ``cache`` from 5.24).
 
-Greedy by default; sampling with a seed as an option; teacher forcing (``forced_ids``) runs a
-given continuation through the policy, for perplexity and for per-step KL against the full cache.
+``decode_step(model, cache, ids, positions)`` is a pure function of device tensors (ids (1, 1),
+positions (1,)): what a CUDA graph captures and replays (``kvviz.cuda_graphs``). The cache takes
+what a step needs as arguments of that forward (positions and queries, through its attached
+hooks), so another cache with the same interface (a fixed-capacity one for graph replay of every
+policy) plugs in where PolicyCache is built, in ``run``.
+
+Options that shape the decoding (``DecodeOptions``) are one value; ``run`` also takes them as
+keywords: ``engine.run(model, tokenizer, ids, "h2o", budget=64, max_new_tokens=16)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from kvviz import metrics, policies
-from kvviz import graphs
+from kvviz import cuda_graphs, metrics
 from kvviz.cache import PolicyCache
-from kvviz.policies import PolicyError
+from kvviz.policies import Pipeline, PolicyError
 from kvviz.spec import PolicySpec
 from kvviz.text import PromptError, token_texts
 from kvviz.trace import Trace
 
-_active = threading.local()  # the PolicyCache of the run on this thread, for the query hooks
+
+@dataclass(frozen=True, eq=False)
+class DecodeOptions:
+    """How a run decodes: everything but the model, the prompt and the policy."""
+
+    max_new_tokens: int = 32
+    sample: bool = False  # sample from the softmax instead of taking the argmax
+    temperature: float = 1.0  # divides the logits when sampling
+    seed: int = 0  # seeds sampling and the policy's random choices (random, sparse_pattern)
+    stop_at_eos: bool = True
+    top_k: int = 5  # alternatives recorded per step (trace.topk_ids / topk_probs)
+    # teacher forcing: feed these tokens, one per step, instead of the model's choices
+    forced_ids: tuple[int, ...] | None = None
+    # (steps, vocab) log-probabilities of a reference run, for per-step KL and top-1 agreement
+    reference_logprobs: torch.Tensor | None = None
+    keep_logprobs: bool = False  # keep the (steps, vocab) log-probs as trace.extra["logprobs"] (not saved)
+    # compute each layer's queries even for policies that do not score with them, to measure the
+    # attention mass that fell on evicted entries (trace.lost_mass)
+    capture_queries: bool = False
+    # on CUDA, replay decode steps from a CUDA graph once a fixed-budget selector is steady
+    cuda_graphs: bool = True
+
+    def __post_init__(self):
+        if self.forced_ids is not None:
+            object.__setattr__(self, "forced_ids", tuple(int(i) for i in self.forced_ids))
+
+    @property
+    def n_steps(self) -> int:
+        """Steps to run: one per new token (the forced tokens, when given)."""
+        return len(self.forced_ids) if self.forced_ids is not None else self.max_new_tokens
 
 
 @dataclass
@@ -42,56 +87,74 @@ class StepEvent:
     held_entries: int
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a run needs to know of the model: its KV cache layout and context."""
+
+    n_layers: int
+    n_kv_heads: int
+    n_q_heads: int
+    head_dim: int
+    max_context: int | None
+    full_bytes_per_token: int  # keys and values of one token, every layer, in the model's dtype
+
+    @classmethod
+    def of(cls, model) -> "ModelShape":
+        c = model.config
+        n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        dtype_bytes = torch.empty(0, dtype=model.dtype).element_size()
+        return cls(
+            n_layers=c.num_hidden_layers,
+            n_kv_heads=n_kv,
+            n_q_heads=c.num_attention_heads,
+            head_dim=head_dim,
+            max_context=getattr(c, "max_position_embeddings", None),
+            full_bytes_per_token=2 * c.num_hidden_layers * n_kv * head_dim * dtype_bytes,
+        )
+
+
+@dataclass
+class StepRecords:
+    """What the cache held and what the model predicted at each step, collected on the way."""
+
+    logprobs: list[torch.Tensor] = field(default_factory=list)  # (vocab,) per step
+    lost_mass: list[torch.Tensor] = field(default_factory=list)  # (layers,) per step
+    kv_bytes: list[int] = field(default_factory=list)
+    kv_bytes_full: list[int] = field(default_factory=list)
+    bookkeeping_bytes: list[int] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+
+    def add(self, logprobs: torch.Tensor, cache: PolicyCache, shape: ModelShape) -> None:
+        self.logprobs.append(logprobs)
+        self.lost_mass.append(cache.take_lost_mass())
+        self.kv_bytes.append(cache.kv_bytes())
+        self.kv_bytes_full.append(cache.layers[0].seen * shape.full_bytes_per_token)
+        self.bookkeeping_bytes.append(cache.bookkeeping_bytes())
+
+
 def cache_keyword(model) -> str:
-    params = inspect.signature(model.forward).parameters
+    """The model call's cache argument: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+    return _cache_keyword(type(model))
+
+
+@functools.cache
+def _cache_keyword(model_class) -> str:
+    params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def attention_modules(model) -> list[torch.nn.Module]:
-    layers = model.model.layers if hasattr(model, "model") else model.layers
-    return [layer.self_attn for layer in layers]
-
-
-def _query_hook(cache: PolicyCache, layer_idx: int):
-    """A forward pre-hook on one attention module: computes the layer's queries (RoPE applied)
-    for the cache of the run on this thread; other runs sharing the model are left alone.
-
-    ``kwargs`` may be missing: while another thread registers or removes its hooks, PyTorch can
-    call a hook without them for a moment; such a call is never this thread's own forward."""
-
-    def hook(module, args, kwargs=None):
-        if kwargs is None or getattr(_active, "cache", None) is not cache:
-            return None
-        cache.queries[layer_idx] = (layer_queries(module, args, kwargs)[0], cache.current_positions)
-        return None
-
-    return hook
-
-
-def layer_queries(module, args, kwargs) -> torch.Tensor:
-    """The queries an attention module is about to compute, RoPE applied, from its forward's
-    arguments: (batch, q_heads, q_len, head_dim)."""
-    hidden = kwargs.get("hidden_states", args[0] if args else None)
-    cos, sin = kwargs["position_embeddings"]  # (batch, q_len, head_dim)
-    q = module.q_proj(hidden).view(*hidden.shape[:-1], -1, module.head_dim)
-    if hasattr(module, "q_norm"):
-        q = module.q_norm(q)
-    return rotate(q.transpose(1, 2), cos[:, None], sin[:, None])
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE as Llama applies it (rotate-half convention); cos, sin: (q_len, head_dim)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-def resolve_spec(policy, params, budget, ratio) -> tuple[policies.Pipeline, PolicySpec | None]:
-    """The pipeline to run and, unless a ready Pipeline was given, the PolicySpec it came from."""
-    if isinstance(policy, policies.Pipeline):
-        return policy, None
-    spec = policy if isinstance(policy, PolicySpec) else PolicySpec.create(policy, params, budget=budget, ratio=ratio)
-    return spec.pipeline(), spec
+def check_prompt(prompt_ids, options: DecodeOptions, shape: ModelShape) -> list[int]:
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise PromptError("The prompt is empty.")
+    if options.n_steps < 1:
+        raise PolicyError("max_new_tokens must be at least 1.")
+    if shape.max_context and len(prompt_ids) + options.n_steps > shape.max_context:
+        raise PromptError(
+            f"The prompt ({len(prompt_ids)} tokens) plus {options.n_steps} new tokens exceeds the model's context of {shape.max_context}."
+        )
+    return prompt_ids
 
 
 @torch.inference_mode()
@@ -99,146 +162,156 @@ def run(
     model,
     tokenizer,
     prompt_ids: list[int],
-    policy: str | PolicySpec | policies.Pipeline = "full",
-    params: dict | None = None,
+    policy: PolicySpec | str | Pipeline = "full",
+    options: DecodeOptions | None = None,
     *,
+    params: dict | None = None,
     budget: int | None = None,
     ratio: float | None = None,
-    max_new_tokens: int = 32,
-    forced_ids: list[int] | None = None,
-    reference_logprobs: torch.Tensor | None = None,
-    sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    stop_at_eos: bool = True,
-    top_k: int = 5,
     model_name: str = "",
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    keep_logprobs: bool = False,
-    capture_queries: bool = False,
-    cuda_graphs: bool = True,
+    **option_values,
 ) -> Trace:
     """Prefill ``prompt_ids`` and decode under ``policy``; return the Trace.
 
-    ``forced_ids``: teacher forcing: feed these tokens (one step each) instead of the model's
-    choices; ``max_new_tokens`` is then len(forced_ids). ``reference_logprobs`` (steps, vocab):
-    the log-probabilities of a reference run (e.g. the full cache) for per-step KL and top-1
-    agreement. ``capture_queries`` computes each layer's queries even for policies that do not
-    score with them, to measure the attention mass that fell on evicted entries (the views
-    ask for it; benchmarks leave it off). With ``keep_logprobs`` the per-step log-probabilities
-    stay on the trace as ``trace.extra["logprobs"]`` (a tensor, not saved). With ``cuda_graphs``
-    (CUDA only, fixed-budget selectors marked graph safe) decode steps are replayed from a CUDA
-    graph once every layer holds its budget: see kvviz/graphs.py.
+    ``policy``: a PolicySpec, or a name / text form (``"snapkv:window=8"``) completed by ``params``,
+    ``budget`` and ``ratio``; or a ready-made Pipeline (e.g. with an instrumented selector; the
+    Trace's ``spec`` is then None). ``options`` and keyword ``option_values`` (fields of DecodeOptions,
+    which override ``options``) say how to decode. ``on_step`` hears each generated token;
+    ``should_stop`` is asked after each one (a live view's Stop button).
     """
-    pipeline, spec = resolve_spec(policy, params, budget, ratio)
-    config = model.config
-    n_layers = config.num_hidden_layers
-    n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    max_ctx = getattr(config, "max_position_embeddings", None)
-    prompt_ids = [int(i) for i in prompt_ids]
-    if not prompt_ids:
-        raise PromptError("The prompt is empty.")
-    if forced_ids is not None:
-        forced_ids = [int(i) for i in forced_ids]
-        max_new_tokens = len(forced_ids)
-    if max_new_tokens < 1:
-        raise PolicyError("max_new_tokens must be at least 1.")
-    total = len(prompt_ids) + max_new_tokens
-    if max_ctx and total > max_ctx:
-        raise PromptError(
-            f"The prompt ({len(prompt_ids)} tokens) plus {max_new_tokens} new tokens exceeds the model's context of {max_ctx}."
-        )
+    if options is not None and not isinstance(options, DecodeOptions):
+        raise TypeError(f"engine.run's fifth argument is DecodeOptions, not {type(options).__name__}; give policy parameters as params=...")
+    if isinstance(policy, Pipeline):
+        pipeline, spec = policy, None
+    else:
+        spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
+        pipeline = spec.pipeline()
+    options = dataclasses.replace(options or DecodeOptions(), **option_values)
+    shape = ModelShape.of(model)
+    prompt_ids = check_prompt(prompt_ids, options, shape)
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(options.seed)
     cache = PolicyCache(
-        pipeline, n_layers, len(prompt_ids), total, n_kv, device, generator=generator, measure_lost_mass=capture_queries
+        pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, device,
+        generator=generator, measure_lost_mass=options.capture_queries,
     )
-    bytes_per_token = 2 * n_layers * n_kv * head_dim * torch.empty(0, dtype=model.dtype).element_size()
-    eos = eos_ids(tokenizer, config)
-    kw = cache_keyword(model)
-
-    hooks = []
-    if cache.needs_queries or (capture_queries and pipeline.selector is not None):
-        hooks = [
-            m.register_forward_pre_hook(_query_hook(cache, i), with_kwargs=True)
-            for i, m in enumerate(attention_modules(model))
-        ]
-    previous = getattr(_active, "cache", None)
-    _active.cache = cache
-    logprob_rows, lost_rows, kv_bytes, kv_full, book, step_s = [], [], [], [], [], []
+    eos = eos_ids(tokenizer, model.config)
+    records = StepRecords()
     generated: list[int] = []
     stopped_by = "max_new_tokens"
-    use_graphs = cuda_graphs and graphs.usable(cache, device, sample)
-    graph = None
-    try:
+    decoder = Decoder(model, cache, use_graphs=options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample))
+    with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
-        ids = torch.tensor([prompt_ids], device=device)
-        logits = _forward(model, kw, cache, ids, torch.arange(len(prompt_ids), device=device))
+        logits = prefill(model, cache, prompt_ids)
         t_prefill = _sync_time(device) - t0
-        if not pipeline.selector or not pipeline.selector.acts_at_decode:
-            _remove(hooks)  # prompt-only selectors (SnapKV) need no queries while decoding
-        for step in range(max_new_tokens):
+        for step in range(options.n_steps):
             t_step = time.perf_counter()
-            logprobs = logits[0, -1].float().log_softmax(-1)
-            logprob_rows.append(logprobs)
-            lost_rows.append(cache.lost_mass_now.clone())
-            cache.lost_mass_now.zero_()
-            kv_bytes.append(cache.kv_bytes())
-            kv_full.append(cache.layers[0].seen * bytes_per_token)
-            book.append(cache.bookkeeping_bytes())
-            if forced_ids is not None:
-                token = forced_ids[step]
-            elif sample:
-                probs = (logprobs / max(temperature, 1e-5)).softmax(-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
-            else:
-                token = int(logprobs.argmax())
+            logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
+            records.add(logprobs, cache, shape)
+            token = choose_token(logprobs, options, step, generator)
             generated.append(token)
             if on_step is not None:
-                on_step(StepEvent(step, token, tokenizer.decode([token]), kv_bytes[-1], kv_full[-1], len(cache.layers[0])))
-            if stop_at_eos and forced_ids is None and token in eos:
-                stopped_by = "eos"
-                step_s.append(time.perf_counter() - t_step)
+                on_step(StepEvent(step, token, tokenizer.decode([token]), records.kv_bytes[-1], records.kv_bytes_full[-1], len(cache.layers[0])))
+            stop = _stop_reason(token, step, options, eos, should_stop)
+            if stop is not None:
+                stopped_by = stop
+                records.step_s.append(time.perf_counter() - t_step)
                 break
-            if should_stop is not None and should_stop():
-                stopped_by = "user"
-                step_s.append(time.perf_counter() - t_step)
-                break
-            if step == max_new_tokens - 1:
-                step_s.append(time.perf_counter() - t_step)
-                break
-            cache.set_step(step + 1)
-            position = len(prompt_ids) + step
-            if graph is None and use_graphs and cache.steady():
-                graph = graphs.DecodeGraph(lambda i, p: _forward(model, kw, cache, i, p), cache, device)
-            if graph is not None:
-                logits = graph.step(token, position)
-            else:
-                logits = _forward(model, kw, cache, torch.tensor([[token]], device=device), torch.tensor([position], device=device))
-            step_s.append(_sync_time(device) - t_step)
+            logits = decoder.step(token, position=len(prompt_ids) + step)
+            records.step_s.append(_sync_time(device) - t_step)
         t_total = time.perf_counter() - t0
-    finally:
-        _remove(hooks)
-        _active.cache = previous
+    timings = {"prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total}
+    return build_trace(
+        model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
+    )
 
-    logprobs_all = torch.stack(logprob_rows)  # (steps, vocab)
-    probs_all = logprobs_all.exp()
-    topk = probs_all.topk(min(top_k, probs_all.shape[-1]), dim=-1)
-    entropy = -(probs_all * logprobs_all.clamp_min(-1e30)).nansum(-1)
-    gen_t = torch.tensor(generated, device=device)
-    chosen = logprobs_all.gather(1, gen_t[:, None])[:, 0]
+
+def prefill(model, cache: PolicyCache, prompt_ids: list[int]) -> torch.Tensor:
+    """The prompt in one forward (the policy compresses the cache right after); logits (1, 1, vocab)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
+    return _forward(model, cache, ids, torch.arange(len(prompt_ids), device=device))
+
+
+def decode_step(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One new token through the model and the policy. ids (1, 1), positions (1,) on the model's
+    device -> logits (1, 1, vocab). No host reads: a CUDA graph can capture it."""
+    return _forward(model, cache, ids, positions)
+
+
+class Decoder:
+    """Feeds one token per decode step: eagerly, or, with ``use_graphs``, replayed from a CUDA
+    graph once the cache is steady (every layer holds its budget, so shapes stop changing)."""
+
+    def __init__(self, model, cache: PolicyCache, use_graphs: bool = False):
+        self.model, self.cache, self.use_graphs = model, cache, use_graphs
+        self.device = next(model.parameters()).device
+        self.graph: cuda_graphs.DecodeGraph | None = None
+
+    def step(self, token: int, position: int) -> torch.Tensor:
+        """logits (1, 1, vocab) after feeding ``token`` at ``position``."""
+        if self.graph is None and self.use_graphs and self.cache.steady():
+            self.graph = cuda_graphs.DecodeGraph(
+                lambda ids, positions: decode_step(self.model, self.cache, ids, positions), self.cache, self.device
+            )
+        if self.graph is not None:
+            return self.graph.step(token, position)
+        ids = torch.tensor([[token]], device=self.device)
+        return decode_step(self.model, self.cache, ids, torch.tensor([position], device=self.device))
+
+
+def _forward(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """ids (1, q_len), positions (q_len,) -> logits (1, 1, vocab) of the last position."""
+    out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache})
+    return out.logits
+
+
+def choose_token(logprobs: torch.Tensor, options: DecodeOptions, step: int, generator: torch.Generator) -> int:
+    """The next token: forced, sampled (softmax of logits / temperature, drawn with the run's
+    seeded generator) or greedy. logprobs: (vocab,)."""
+    if options.forced_ids is not None:
+        return options.forced_ids[step]
+    if options.sample:
+        probs = (logprobs / max(options.temperature, 1e-5)).softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+    return int(logprobs.argmax())
+
+
+def _stop_reason(token: int, step: int, options: DecodeOptions, eos: set[int], should_stop) -> str | None:
+    """Why the run ends after this token ("eos", "user", "max_new_tokens"), or None to go on."""
+    if options.stop_at_eos and options.forced_ids is None and token in eos:
+        return "eos"
+    if should_stop is not None and should_stop():
+        return "user"
+    if step == options.n_steps - 1:
+        return "max_new_tokens"
+    return None
+
+
+def build_trace(
+    model, tokenizer, spec: PolicySpec | None, cache: PolicyCache, shape: ModelShape, prompt_ids: list[int],
+    generated: list[int], records: StepRecords, options: DecodeOptions, timings: dict, stopped_by: str,
+    model_name: str = "",
+) -> Trace:
+    """The Trace of a finished run: reads the cache's device records once."""
+    logprobs = torch.stack(records.logprobs)  # (steps, vocab)
+    probs = logprobs.exp()
+    topk = probs.topk(min(options.top_k, probs.shape[-1]), dim=-1)
+    entropy = -(probs * logprobs.clamp_min(-1e30)).nansum(-1)
+    chosen = logprobs.gather(1, torch.tensor(generated, device=logprobs.device)[:, None])[:, 0]
     kl = top1 = None
-    if reference_logprobs is not None:
-        ref = reference_logprobs[: len(generated)].to(device).float()
+    if options.reference_logprobs is not None:
+        ref = options.reference_logprobs[: len(generated)].to(logprobs.device).float()
         steps = ref.shape[0]
-        kl = (ref.exp() * (ref - logprobs_all[:steps])).nansum(-1).clamp_min(0).cpu().numpy()
-        top1 = (ref.argmax(-1) == logprobs_all[:steps].argmax(-1)).cpu().numpy()
+        kl = (ref.exp() * (ref - logprobs[:steps])).nansum(-1).clamp_min(0).cpu().numpy()
+        top1 = (ref.argmax(-1) == logprobs[:steps].argmax(-1)).cpu().numpy()
     n_pos = len(prompt_ids) + len(generated)
+    pipeline = cache.pipeline
     trace = Trace(
-        model=model_name or getattr(config, "_name_or_path", "") or type(model).__name__,
-        device=str(device),
+        model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        device=str(logprobs.device),
         dtype=str(model.dtype).replace("torch.", ""),
         policy=pipeline.spec,
         params=pipeline.params(),
@@ -246,45 +319,35 @@ def run(
         prompt_ids=prompt_ids,
         generated_ids=generated,
         tokens=token_texts(tokenizer, prompt_ids + generated),
-        n_layers=n_layers,
-        n_kv_heads=n_kv,
-        n_q_heads=config.num_attention_heads,
-        head_dim=head_dim,
+        n_layers=shape.n_layers,
+        n_kv_heads=shape.n_kv_heads,
+        n_q_heads=shape.n_q_heads,
+        head_dim=shape.head_dim,
         budget=cache.budget,
         layer_budgets=cache.layer_budgets,
         evicted_at_step=cache.evicted_at[:, :, :n_pos].cpu().numpy(),
         scores=cache.scores[:, :, :n_pos].cpu().numpy(),
-        kv_bytes=kv_bytes,
-        kv_bytes_full=kv_full,
-        bookkeeping_bytes=book,
-        lost_mass=torch.stack(lost_rows).cpu().numpy() if capture_queries else np.full((len(lost_rows), n_layers), np.nan, np.float32),
+        kv_bytes=records.kv_bytes,
+        kv_bytes_full=records.kv_bytes_full,
+        bookkeeping_bytes=records.bookkeeping_bytes,
+        lost_mass=torch.stack(records.lost_mass).cpu().numpy()
+        if options.capture_queries
+        else np.full((len(records.lost_mass), shape.n_layers), np.nan, np.float32),
         topk_ids=topk.indices.cpu().numpy(),
         topk_probs=topk.values.float().cpu().numpy(),
         entropy=entropy.float().cpu().numpy(),
         chosen_logprob=chosen.float().cpu().numpy(),
-        timings={"prefill_s": t_prefill, "decode_s": float(sum(step_s)), "step_s": step_s, "total_s": t_total},
+        timings=timings,
         kl_to_reference=kl,
         top1_agreement=top1,
-        teacher_forced=forced_ids is not None,
+        teacher_forced=options.forced_ids is not None,
         stopped_by=stopped_by,
-        quant_error=_quant_error(cache),
+        store_error=cache.store_error(),
+        protection=cache.protection,
     )
-    if keep_logprobs:
-        trace.extra["logprobs"] = logprobs_all
+    if options.keep_logprobs:
+        trace.extra["logprobs"] = logprobs
     return trace
-
-
-def _forward(model, kw, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """ids (1, q_len), positions (q_len,) -> logits (1, 1, vocab) of the last position."""
-    cache.current_positions = positions
-    out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{kw: cache})
-    return out.logits
-
-
-def _remove(hooks: list) -> None:
-    for h in hooks:
-        h.remove()
-    hooks.clear()
 
 
 def _sync_time(device) -> float:
@@ -294,7 +357,6 @@ def _sync_time(device) -> float:
 
 
 def eos_ids(tokenizer, config) -> set[int]:
-    """The token ids that end generation: the tokenizer's and the config's end-of-sequence ids."""
     ids = set()
     for v in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
         if isinstance(v, int):
@@ -302,16 +364,6 @@ def eos_ids(tokenizer, config) -> set[int]:
         elif isinstance(v, (list, tuple)):
             ids.update(int(x) for x in v)
     return ids
-
-
-def _quant_error(cache: PolicyCache) -> dict | None:
-    stats = [getattr(layer.store, "error_stats", lambda: None)() for layer in cache.layers if layer.store is not None]
-    if not stats or stats[0] is None:
-        return None
-    out = {"key": [s["key"] for s in stats], "value": [s["value"] for s in stats]}
-    if "residual" in stats[0]:
-        out["residual"] = stats[0]["residual"]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,30 +384,28 @@ class Comparison:
 
 
 def compare_runs(
-    model, tokenizer, prompt_ids, policy, params=None, *, budget=None, ratio=None, max_new_tokens=32,
+    model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, *, params=None, budget=None, ratio=None,
     on_policy_step=None, on_full_step=None, **kw,
 ):
     """The three runs of a comparison, yielded as ``(phase, trace)`` when each ends: "policy"
     (free generation), "full" (the full cache, free generation) and "forced" (the policy
     teacher-forced on the full cache's output, with per-step KL and top-1 agreement against it).
-    A consumer may stop iterating after any phase (a live view that was stopped)."""
-    yield "policy", run(
-        model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio,
-        max_new_tokens=max_new_tokens, on_step=on_policy_step, **kw,
-    )
-    full = run(model, tokenizer, prompt_ids, "full", max_new_tokens=max_new_tokens, keep_logprobs=True, on_step=on_full_step, **kw)
+    A consumer may stop iterating after any phase (a live view that was stopped). ``kw``: run's
+    other keywords (model_name, should_stop, DecodeOptions fields)."""
+    spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
+    yield "policy", run(model, tokenizer, prompt_ids, spec, options, on_step=on_policy_step, **kw)
+    full = run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=on_full_step, **kw)
     reference = full.extra.pop("logprobs")
     yield "full", full
     yield "forced", run(
-        model, tokenizer, prompt_ids, policy, params, budget=budget, ratio=ratio,
-        forced_ids=full.generated_ids, reference_logprobs=reference, **kw,
+        model, tokenizer, prompt_ids, spec, options, forced_ids=full.generated_ids, reference_logprobs=reference, **kw
     )
 
 
-def compare(model, tokenizer, prompt_ids, policy, params=None, **kw) -> Comparison:
+def compare(model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, **kw) -> Comparison:
     """Run the policy and the full cache on the same prompt, and the policy teacher-forced on the
     full cache's output to measure per-step KL and top-1 agreement."""
-    runs = dict(compare_runs(model, tokenizer, prompt_ids, policy, params, **kw))
+    runs = dict(compare_runs(model, tokenizer, prompt_ids, policy, options, **kw))
     return Comparison(full=runs["full"], policy=runs["policy"], forced=runs["forced"])
 
 

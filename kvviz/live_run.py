@@ -10,7 +10,6 @@ far and says in which phase it was stopped, and every run is written to the run 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from kvviz.models import out_of_memory_message
 from kvviz.policies import PolicyError
 from kvviz.spec import PolicySpec, budget_notes
 from kvviz.text import PromptError, decode, encode_prompt
-from kvviz.trace import Trace, _json_default
+from kvviz.trace import Trace
 
 PHASES = {
     "queued": "Starting",
@@ -156,7 +155,7 @@ class LiveResult:
 
 def trace_json(trace: Trace) -> str:
     """The trace as JSON text (what ``Trace.save`` writes to a .json file), for a download."""
-    return json.dumps(trace.to_dict(), default=_json_default)
+    return trace.to_json()
 
 
 # ------------------------------------------------------------------------------ the job

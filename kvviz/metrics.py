@@ -1,6 +1,6 @@
 """Numbers derived from runs, in plain Python and numpy: what charts, pages and the CLI show.
 
-Nothing here imports torch; charts build on this module, the Trace and ``token_view``.
+Nothing here imports torch; charts build on this module, the Trace and ``token_states``.
 """
 
 from __future__ import annotations

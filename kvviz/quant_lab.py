@@ -269,7 +269,7 @@ def next_token_kl(model, tokenizer, ids, schemes: list[Scheme], new_tokens: int 
     for scheme in schemes:
         name, params = scheme.policy()
         trace = engine.run(
-            model, tokenizer, ids, name, params, forced_ids=full.generated_ids, reference_logprobs=reference, cuda_graphs=False
+            model, tokenizer, ids, name, params=params, forced_ids=full.generated_ids, reference_logprobs=reference, cuda_graphs=False
         )
         results.append(NextTokenResult(
             scheme, np.asarray(trace.kl_to_reference, dtype=np.float64), float(np.mean(trace.top1_agreement)),

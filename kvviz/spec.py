@@ -77,6 +77,22 @@ class PolicySpec:
             budget = ratio = None
         return cls.create(name.strip(), params, budget=budget, ratio=ratio)
 
+    @classmethod
+    def of(cls, value: "PolicySpec | str", params: dict | None = None, budget: int | None = None, ratio: float | None = None) -> "PolicySpec":
+        """A spec as given, or built from a name or text form (``"snapkv:window=8"``) with
+        ``params`` over the text's parameters and ``budget``/``ratio`` over the text's budget
+        (the engine's and the CLI's convenience). Extra values with a ready spec are refused."""
+        if isinstance(value, PolicySpec):
+            if params or budget is not None or ratio is not None:
+                raise TypeError("give params, budget and ratio inside the PolicySpec")
+            return value
+        parsed = cls.parse(value)
+        if not params and budget is None and ratio is None:
+            return parsed
+        if budget is None and ratio is None:
+            budget, ratio = parsed.budget, parsed.ratio
+        return cls.create(parsed.name, {**parsed.changed_params(), **(params or {})}, budget=budget, ratio=ratio)
+
     def with_budget(self, budget: int | None = None, ratio: float | None = None) -> "PolicySpec":
         """The same policy and parameters with another budget (or ratio)."""
         return PolicySpec.create(self.name, self.params_dict(), budget=budget, ratio=ratio)
@@ -199,7 +215,12 @@ def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
     selector = spec.pipeline().selector
     if budget is None or selector is None or not hasattr(selector, "protection"):
         return []
-    real, asked = selector.protection(budget), selector.protection(10**9)
+    real = selector.protection(budget)
+    # what the settings ask for: the protection under an unbounded budget; a part that grows with
+    # the budget (a sliding window, StreamingLLM's window) is what the budget leaves, not a setting
+    big, bigger = selector.protection(10**9), selector.protection(10**9 + 1)
+    asked_sink = big.n_sink if big.n_sink == bigger.n_sink else real.n_sink
+    asked_recent = big.recent if big.recent == bigger.recent else real.recent
     held = []
     if real.n_sink:
         held.append(f"the first {real.n_sink} tokens (sinks)")
@@ -208,12 +229,12 @@ def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
     notes = []
     if held:
         notes.append(f"With {budget} entries per layer and KV head, {spec.name} always keeps " + " and ".join(held) + ".")
-    if (real.n_sink, real.recent) != (asked.n_sink, asked.recent):
+    if (real.n_sink, real.recent) != (asked_sink, asked_recent):
         notes.append(
             f"The budget ({budget} entries) is smaller than {spec.name}'s settings ask for "
-            f"({asked.n_sink + asked.recent} protected entries): the policy caps them to fit. "
+            f"({asked_sink + asked_recent} protected entries): the policy caps them to fit. "
             "Raise the budget or lower the window to keep its own choice."
         )
-    elif held and real.n_sink + real.recent >= budget:
+    elif held and (asked_sink, asked_recent) == (big.n_sink, big.recent) and real.n_sink + real.recent >= budget:
         notes.append(f"Every kept entry is a protected one: no room is left for {spec.name}'s scores at this budget.")
     return notes

@@ -13,13 +13,44 @@ tokens) until it is evicted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob")
+ARRAY_DTYPES = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}  # others float32
+UNSAVED_FIELDS = ("extra",)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """The entries a selector always keeps, as it declared them for a run's budget: the first
+    ``n_sink`` tokens (attention sinks) and a window of the ``recent`` newest tokens. A selector
+    that acts only at prefill (SnapKV) protects the window at the end of the prompt
+    (``anchored_at_prompt``) rather than the newest tokens."""
+
+    n_sink: int = 0
+    recent: int = 0
+    anchored_at_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class StoreError:
+    """How far a lossy store (quantization, low rank, head sharing) holds K/V from the originals.
+
+    ``key``/``value``: per layer, the relative Frobenius error ‖x − x̂‖ / ‖x‖ over every key
+    (value) appended. ``full_precision_keys``/``_values``: the newest tokens whose keys (values)
+    are still held unquantized at the end of the run (a per-channel group that is filling, KIVI's
+    residual window); None for a store that does not quantize (low rank, head sharing)."""
+
+    key: list[float]
+    value: list[float]
+    full_precision_keys: int | None = None
+    full_precision_values: int | None = None
 
 
 @dataclass
@@ -53,9 +84,10 @@ class Trace:
     top1_agreement: np.ndarray | None = None  # (steps,) bool
     teacher_forced: bool = False
     stopped_by: str = "max_new_tokens"  # "eos", "max_new_tokens", "user"
-    quant_error: dict | None = None  # {"key": [per layer rel. error], "value": [...], "residual": int}
+    store_error: StoreError | None = None  # a lossy store's reconstruction error; None without one
+    protection: Protection = field(default_factory=Protection)  # what the selector always keeps
     spec: dict | None = None  # the PolicySpec that ran (PolicySpec.to_dict), None for a ready-made Pipeline
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views
 
@@ -114,31 +146,44 @@ class Trace:
     # ------------------------------------------------------------------ save / load
 
     def to_dict(self) -> dict:
+        """Plain lists, dicts and numbers (every field but ``extra``); NaN stays NaN (``save``
+        writes it as null)."""
         out = {}
-        for f in fields(self):
+        for f in _saved_fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif dataclasses.is_dataclass(v):
+                v = dataclasses.asdict(v)
+            out[f.name] = v
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trace":
         d = dict(d)
-        dtypes = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}
         for name in ARRAY_FIELDS:
-            if d.get(name) is not None:
-                d[name] = np.asarray(d[name], dtype=dtypes.get(name, np.float32))
+            if d.get(name) is not None:  # null (a NaN in strict JSON) comes back as NaN
+                d[name] = np.asarray(d[name], dtype=ARRAY_DTYPES.get(name, np.float32))
+        if isinstance(d.get("store_error"), dict):
+            d["store_error"] = StoreError(**d["store_error"])
+        if isinstance(d.get("protection"), dict):
+            d["protection"] = Protection(**d["protection"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def to_json(self) -> str:
+        """Strict JSON (RFC 8259): NaN and infinities are written as null."""
+        return json.dumps(_strict({f.name: getattr(self, f.name) for f in _saved_fields(self)}), allow_nan=False)
+
     def save(self, path: str | Path) -> Path:
-        """Save as JSON (``.json``) or compressed numpy (``.npz``)."""
+        """Save as JSON (``.json``) or compressed numpy (``.npz``, the arrays beside strict JSON metadata)."""
         path = Path(path)
         if path.suffix == ".npz":
             arrays = {n: getattr(self, n) for n in ARRAY_FIELDS if getattr(self, n) is not None}
             meta = {k: v for k, v in self.to_dict().items() if k not in arrays}
-            np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
+            np.savez_compressed(path, meta=np.array(json.dumps(_strict(meta), allow_nan=False)), **arrays)
         else:
-            path.write_text(json.dumps(self.to_dict(), default=_json_default))
+            path.write_text(self.to_json())
         return path
 
     @classmethod
@@ -154,7 +199,32 @@ class Trace:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def _saved_fields(trace):
+    return [f for f in fields(trace) if f.name not in UNSAVED_FIELDS]
+
+
+def _strict(o):
+    """``o`` with numpy values made plain and every non-finite float replaced by None."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return _strict(dataclasses.asdict(o))
+    if isinstance(o, np.ndarray):
+        if o.dtype.kind == "f":
+            o = np.where(np.isfinite(o), o.astype(object), None)
+        return o.tolist()
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
 def _json_default(o):
+    """For ``json.dumps(default=...)`` of plain data holding numpy values (not for a Trace: use
+    ``Trace.to_json``, which also writes NaN as null)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

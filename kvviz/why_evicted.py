@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvviz.token_view import clamp_step, one_line, protection, quoted
+from kvviz.token_states import clamp_step, one_line, quoted
 from kvviz.trace import Trace
 
 
@@ -130,5 +130,5 @@ def why_evicted(trace: Trace, position: int, step: int) -> EvictionReason:
         cells=tuple(cells),
         n_cells=trace.n_layers * trace.n_kv_heads,
         budget=trace.budget,
-        n_sink=protection(trace).n_sink,
+        n_sink=trace.protection.n_sink,
     )

@@ -9,7 +9,7 @@ from kvviz.charts import retention as retention_charts
 from kvviz.charts.token_map import token_states_figure
 from kvviz.metrics import format_bytes, memory_saving
 from kvviz.text import match_positions
-from kvviz.token_view import token_records
+from kvviz.token_states import token_records
 from kvviz.ui import live_controls, live_result, token_html
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import policy_controls
@@ -47,7 +47,7 @@ if result.request.passkey:
     st.caption(f"The hidden pass key **{result.request.passkey}** is ringed wherever it appears ({len(marked)} tokens).")
 
 tab_names = ["Tokens", "Retention", "Output vs full cache", "Memory"]
-if trace.quant_error:  # a lossy store: quantization, low rank, head sharing
+if trace.store_error:  # a lossy store: quantization, low rank, head sharing
     tab_names.append("Reconstruction error")
 tab_names.append("Run details")
 tabs = dict(zip(tab_names, st.tabs(tab_names)))
@@ -97,7 +97,7 @@ with tabs["Memory"]:
 if "Reconstruction error" in tabs:
     with tabs["Reconstruction error"]:
         st.plotly_chart(memory_charts.quant_error_figure(trace), width="stretch", key="live.qerr")
-        if "residual" in trace.quant_error:
+        if trace.store_error.full_precision_values is not None:  # a quantizing store
             st.plotly_chart(memory_charts.residual_window_figure(trace), width="stretch", key="live.qres")
 
 with tabs["Run details"]:

@@ -1,9 +1,44 @@
-"""Shared fixtures: the embedded SmolLM2 (loaded once per session) and a tiny random Llama."""
+"""Shared fixtures: the embedded SmolLM2 (loaded once per session) and a tiny random Llama.
+
+Tests do not depend on the user's environment: ``pinned_environment`` (every session) unsets
+``KVVIZ_MODEL`` (the default model is the embedded SmolLM2), points ``KVVIZ_CACHE_DIR`` at a
+weights cache of the tests' own, and unsets ``CI`` after reading it once (``in_ci``), so neither
+the tests nor the processes they start (the CLI, ``streamlit run``) see the caller's values.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
+
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")  # read before pinning
+TEST_WEIGHTS_CACHE = Path(tempfile.gettempdir()) / "kvviz-tests" / "weights-cache"  # kept between sessions
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pinned_environment():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("KVVIZ_MODEL", raising=False)
+        mp.setenv("KVVIZ_CACHE_DIR", str(TEST_WEIGHTS_CACHE))
+        mp.delenv("CI", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def test_weights_cache() -> Path:
+    """The weights cache the tests use (``KVVIZ_CACHE_DIR``)."""
+    return TEST_WEIGHTS_CACHE
+
+
+@pytest.fixture(scope="session")
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` was set when the session started): e2e tests then
+    fail instead of skipping when Chromium is missing."""
+    return IN_CI
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from kvviz.attention_data import AttentionView
 from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
 from kvviz.charts.style import COLORS, EVICTED_SCALE
-from kvviz.token_view import one_line
+from kvviz.token_states import one_line
 
 EVICTED_COLORSCALE = EVICTED_SCALE
 EVICTED_BAR = COLORS["evicted"]

@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 from kvviz import metrics
 from kvviz.charts.style import COLORS, tint
 from kvviz.charts.token_map import plotly_text
-from kvviz.token_view import one_line, quoted
+from kvviz.token_states import one_line, quoted
 from kvviz.trace import Trace
 
 SAME, DIFFERENT, MISSING = 1.0, 0.0, np.nan

@@ -15,7 +15,7 @@ from kvviz.charts.token_map import plotly_text
 from kvviz.comparison_result import DIVERGENCE_NOTE, ComparisonResult
 from kvviz.metrics import byte_unit
 from kvviz.report import Report
-from kvviz.token_view import quoted
+from kvviz.token_states import quoted
 
 FULL_LINE = dict(color=COLORS["full"], dash="dash", width=2)
 LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, x=0)  # up to four long labels: under the plot

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, tint
 from kvviz.metrics import byte_unit, format_bytes, memory_saving
-from kvviz.token_view import clamp_step, newest_held_share
+from kvviz.token_states import clamp_step, newest_held_share
 from kvviz.trace import Trace
 
 
@@ -65,8 +65,8 @@ def kv_bytes_figure(trace: Trace, step: int | None = None) -> go.Figure:
 def quant_error_figure(trace: Trace) -> go.Figure:
     """Relative reconstruction error of K and V per layer, for a lossy store (quantization, low
     rank, head sharing): ‖x − x̂‖ / ‖x‖ over every key and value appended."""
-    q = trace.quant_error or {}
-    keys, values = list(q.get("key") or []), list(q.get("value") or [])
+    q = trace.store_error
+    keys, values = (list(q.key), list(q.value)) if q is not None else ([], [])
     layers = np.arange(max(len(keys), len(values)))
     fig = go.Figure()
     fig.add_bar(x=layers[: len(keys)], y=keys, name="keys", marker_color=COLORS["keys"],
@@ -86,11 +86,11 @@ def quant_error_figure(trace: Trace) -> go.Figure:
 
 def residual_window_figure(trace: Trace) -> go.Figure:
     """Which held entries the quantizing store keeps in full precision at the end of the run: the
-    newest ``residual`` values (``residual_keys`` keys, when they differ) of each layer and KV
-    head; the rest is quantized. Evicted positions are blank."""
-    q = trace.quant_error or {}
+    newest ``full_precision_keys`` keys and ``full_precision_values`` values of each layer and KV
+    head (``trace.store_error``); the rest is quantized. Evicted positions are blank."""
+    q = trace.store_error
     last = clamp_step(trace, trace.n_steps - 1)
-    rows = {"keys": int(q.get("residual_keys", q.get("residual")) or 0), "values": int(q.get("residual") or 0)}
+    rows = {"keys": int(q.full_precision_keys or 0) if q else 0, "values": int(q.full_precision_values or 0) if q else 0}
     z = np.stack([newest_held_share(trace, last, tail) for tail in rows.values()])  # (2, positions)
     n = trace.prompt_len + last  # positions in the cache at the last step
     z = z[:, :n]

@@ -48,12 +48,7 @@ def policy_spec(args):
     """The PolicySpec of --policy (text form allowed), --param, --budget and --ratio."""
     from kvviz.spec import PolicySpec
 
-    spec = PolicySpec.parse(args.policy)
-    params = {**spec.changed_params(), **parse_params(args.param)}
-    budget, ratio = args.budget, args.ratio
-    if budget is None and ratio is None:
-        budget, ratio = spec.budget, spec.ratio
-    return PolicySpec.create(spec.name, params, budget=budget, ratio=ratio)
+    return PolicySpec.of(args.policy, parse_params(args.param), budget=args.budget, ratio=args.ratio)
 
 
 def load(args):

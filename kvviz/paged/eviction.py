@@ -28,16 +28,14 @@ refused, because one attention mask serves every layer.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
-from kvviz.engine import attention_modules, layer_queries
+from kvviz.attention_inputs import AttentionCall, attention_modules
+from kvviz.cache import CACHE_KEYWORDS
 from kvviz.policies import Pipeline, PolicyError, Selector
 from kvviz.policies.base import LayerView, StepContext
 
 MODES = ("token", "block")
-_active = threading.local()  # the evictor of the forward running on this thread, for the hooks
 
 
 class PagedEviction:
@@ -58,23 +56,23 @@ class PagedEviction:
     # -- around a run ---------------------------------------------------------------------------
 
     def attach(self, model) -> list:
-        """Hooks that capture each layer's queries for selectors that score with them."""
-        _active.evictor = self
+        """Hooks that capture each layer's queries for selectors that score with them. A hook acts
+        only on forwards that carry this scheduler's cache, so other runs sharing the model are
+        left alone (as ``PolicyCache.attached``)."""
         if not self.selector.needs_queries:
             return []
         return [m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(attention_modules(model))]
 
     def _hook(self, layer_idx: int):
         def hook(module, args, kwargs=None):
-            if kwargs is not None and getattr(_active, "evictor", None) is self:
-                self.queries[layer_idx] = layer_queries(module, args, kwargs)
+            if kwargs is not None and any(kwargs.get(k) is self.scheduler.cache for k in CACHE_KEYWORDS):
+                self.queries[layer_idx] = AttentionCall.read(module, args, kwargs).batch_queries()
         return hook
 
     @staticmethod
     def detach(hooks: list) -> None:
         for h in hooks:
             h.remove()
-        _active.evictor = None
 
     # -- inside a forward -----------------------------------------------------------------------
 

@@ -7,9 +7,12 @@ Two kinds of policy exist, and one of each may be composed (``snapkv+quant``):
 
 * a **selector** decides which entries of a layer stay (and may merge the ones that go). The
   cache calls ``Selector.step(layer, ctx)`` after every update of the layer: once after the
-  prefill, then after each decoded token.
+  prefill, then after each decoded token. Most selectors are a ``ScoredSelector``: they only
+  say how they score entries and what they always keep (``protection``); the base owns the
+  budget, the protected entries, the top-k and the selection, as kvpress's ScorerPress does.
 * a **store** decides how the kept entries are held: quantized and packed, projected to a
-  low rank, pooled into fewer heads. ``Storage.make_store(...)`` builds one per layer.
+  low rank, pooled into fewer heads. ``Storage.make_store(...)`` builds one per layer; a lossy
+  store reports its reconstruction error as a ``LayerError``.
 
 Shapes (batch is always 1 and squeezed away):
   keys, values         (kv_heads, n, head_dim)   materialized in the compute dtype
@@ -26,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
+from kvviz.scoring import first_mask, keep_top, recent_mask
+from kvviz.trace import Protection
 
 
 class PolicyError(ValueError):
@@ -228,6 +234,11 @@ class Selector(Policy):
         """Update running stats and return what to keep, or None to keep everything."""
         raise NotImplementedError
 
+    def protection(self, budget: int | None) -> Protection:
+        """What this selector always keeps with a layer budget of ``budget`` entries per KV head
+        (sinks, a recent window); recorded on the Trace so views can tell protected entries apart."""
+        return Protection()
+
 
 @dataclass
 class BudgetSelector(Selector):
@@ -253,12 +264,72 @@ class BudgetSelector(Selector):
         return max(1, int(round(self.ratio * prompt_len)))
 
 
+@dataclass
+class ScoredSelector(BudgetSelector):
+    """A selector that scores the entries and keeps, per KV head, its protected entries and
+    then the highest scores up to the budget.
+
+    A subclass says what it keeps track of (``observe``, every step, within budget or not), how
+    it scores (``score``, higher is kept) and what it always keeps (``protection``); this base
+    owns the rest: nothing is evicted while the layer holds at most its budget, protected entries
+    rank above every score, top-k per KV head, and the scores go to the trace.
+    """
+
+    def observe(self, layer: LayerView, ctx: StepContext) -> None:
+        """Update running statistics in ``layer.stats`` (they are gathered on eviction)."""
+
+    def score(self, layer: LayerView, ctx: StepContext) -> torch.Tensor:
+        """(kv_heads, n) float: higher is kept."""
+        raise NotImplementedError
+
+    def choose(self, scores: torch.Tensor, budget: int, protect: torch.Tensor) -> torch.Tensor:
+        """Indices (kv_heads, budget), ascending, of the entries kept: ``protect`` (kv_heads, n)
+        bool first, then the highest scores."""
+        return keep_top(scores, budget, protect)
+
+    def protected(self, positions: torch.Tensor, budget: int) -> torch.Tensor:
+        """(kv_heads, n) bool: the entries ``protection(budget)`` names. At prefill, a window
+        anchored at the prompt's end is the newest entries too."""
+        p = self.protection(budget)
+        mask = torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
+        if p.n_sink:
+            mask |= first_mask(positions, p.n_sink)
+        if p.recent:
+            mask |= recent_mask(positions, p.recent)
+        return mask
+
+    def step(self, layer, ctx):
+        if not (ctx.is_prefill or self.acts_at_decode):
+            return None
+        self.observe(layer, ctx)
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        scores = self.score(layer, ctx)  # (kv_heads, n)
+        return Selection(keep=self.choose(scores, ctx.budget, self.protected(layer.positions, ctx.budget)), scores=scores)
+
+
 # ----------------------------------------------------------------------------------------------
 # Stores
 
 
+@dataclass(frozen=True)
+class LayerError:
+    """A lossy store's reconstruction error in one layer (see ``kvviz.trace.StoreError``)."""
+
+    key: float  # ‖k − k̂‖ / ‖k‖ over every key appended
+    value: float
+    full_precision_keys: int | None = None  # newest tokens whose keys are held unquantized; None: not a quantizer
+    full_precision_values: int | None = None
+
+
 class Store:
     """How one layer holds its entries. The default holds them as they are."""
+
+    # True for a store whose prefill attention reads the prompt's original keys and values, and
+    # which holds them compressed from then on: what quantized caches do (KIVI, transformers'
+    # QuantizedCache, vLLM's fp8 cache quantize what they store after the prompt's attention).
+    # False where the compression is part of the model (pooled heads, a projection in the weights).
+    full_precision_prefill: ClassVar[bool] = False
 
     def __init__(self, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, device
@@ -289,6 +360,10 @@ class Store:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def error(self) -> LayerError | None:
+        """The reconstruction error of a lossy store; None for one that holds entries as they are."""
+        return None
 
 
 @dataclass

@@ -4,12 +4,13 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import BudgetSelector, Selection, param
-from kvviz.scoring import accumulated_attention, attention_probs, keep_top, recent_mask
+from kvviz.policies.base import ScoredSelector, param
+from kvviz.scoring import accumulated_attention, attention_probs
+from kvviz.trace import Protection
 
 
 @dataclass
-class H2O(BudgetSelector):
+class H2O(ScoredSelector):
     name = "h2o"
     family = "eviction"
     paper = "Zhang et al., 2023. H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LLMs"
@@ -24,7 +25,7 @@ class H2O(BudgetSelector):
 
     recent: int = param(16, "Most recent tokens always kept (the paper's local window), part of the budget and at most half of it.", min=0)
 
-    def step(self, layer, ctx):
+    def observe(self, layer, ctx):
         acc = layer.stats.get("acc_attention")  # (kv_heads, n) float32
         if acc is None:
             acc = layer.stats["acc_attention"] = torch.zeros(layer.positions.shape, device=layer.keys.device)
@@ -32,7 +33,9 @@ class H2O(BudgetSelector):
             acc += accumulated_attention(layer.queries, layer.keys, layer.query_positions, layer.positions)
         else:
             acc += attention_probs(layer.queries, layer.keys, layer.query_positions, layer.positions).sum(dim=1)
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        protect = recent_mask(layer.positions, min(self.recent, ctx.budget // 2))
-        return Selection(keep=keep_top(acc, ctx.budget, protect), scores=acc)
+
+    def score(self, layer, ctx):
+        return layer.stats["acc_attention"]
+
+    def protection(self, budget):
+        return Protection(recent=min(self.recent, budget // 2) if budget else 0)

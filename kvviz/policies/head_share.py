@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import PolicyError, Storage, Store, param
+from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
 from kvviz.quantize import ErrorMeter
 
 
@@ -38,9 +38,9 @@ class HeadShareStore(Store):
             " evicts per KV head; run head_share on its own (or with full)."
         )
 
-    def error_stats(self) -> dict:
+    def error(self) -> LayerError:
         """Relative Frobenius distance of every appended key and value from its group's mean."""
-        return {"key": self.key_error.value(), "value": self.value_error.value()}
+        return LayerError(key=self.key_error.value(), value=self.value_error.value())
 
 
 @dataclass

@@ -7,17 +7,6 @@ from kvviz.policies.quant import QuantStore
 from kvviz.quantize import QuantizedStream
 
 
-class KiviStore(QuantStore):
-    def error_stats(self) -> dict:
-        """Relative Frobenius error of every key and value appended; ``residual`` = tokens whose
-        values are held in full precision (the last R), ``residual_keys`` = tokens whose keys are
-        (those of the key group that is filling, fewer than R)."""
-        stats = super().error_stats()
-        stats["residual_keys"] = stats["residual"]
-        stats["residual"] = self.v.tail.shape[1]
-        return stats
-
-
 @dataclass
 class Kivi(Storage):
     name = "kivi"
@@ -28,8 +17,9 @@ class Kivi(Storage):
     algorithm, the keys are quantized in groups of `residual` (R) tokens per channel: the tokens
     of the group being filled (fewer than R) stay in full precision until it is full. The
     values of the R most recent tokens stay in full precision; older values are quantized per
-    token, one scale and zero point per `group_size` channels. kvviz dequantizes for attention
-    instead of using fused kernels. Composes with eviction (`snapkv+kivi`): kept entries are
+    token, one scale and zero point per `group_size` channels. As in the paper's code, the
+    prompt's own attention at prefill reads the original keys and values. kvviz dequantizes
+    for attention instead of using fused kernels. Composes with eviction (`snapkv+kivi`): kept entries are
     dequantized, gathered and requantized in the same layout (exact for the per-token values up
     to float rounding; the key groups are re-formed, adding error). No GQA aggregation."""
 
@@ -45,4 +35,4 @@ class Kivi(Storage):
         values = QuantizedStream(
             kv_heads, head_dim, dtype, device, bits=self.bits, per_channel=False, group_size=group, symmetric=False, residual=self.residual
         )
-        return KiviStore(kv_heads, head_dim, dtype, device, keys, values)
+        return QuantStore(kv_heads, head_dim, dtype, device, keys, values)

@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import BudgetSelector, PolicyError, Selection, param
-from kvviz.scoring import first_mask, keep_top, recent_mask
+from kvviz.policies.base import PolicyError, ScoredSelector, param
+from kvviz.trace import Protection
 
 
 @dataclass
-class KNorm(BudgetSelector):
+class KNorm(ScoredSelector):
     name = "knorm"
     family = "eviction"
     paper = "Devoto et al., 2024. A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
@@ -28,9 +28,8 @@ class KNorm(BudgetSelector):
             raise PolicyError(f"knorm: n_sink + recent ({self.n_sink + self.recent}) exceed the budget {budget}.")
         return budget
 
-    def step(self, layer, ctx):
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        score = -layer.keys.float().norm(dim=-1)  # (kv_heads, n): higher = lower norm
-        protect = first_mask(layer.positions, self.n_sink) | recent_mask(layer.positions, self.recent)
-        return Selection(keep=keep_top(score, ctx.budget, protect), scores=score)
+    def score(self, layer, ctx):
+        return -layer.keys.float().norm(dim=-1)  # (kv_heads, n): higher = lower norm
+
+    def protection(self, budget):
+        return Protection(n_sink=self.n_sink, recent=self.recent)

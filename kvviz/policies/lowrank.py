@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import PolicyError, Storage, Store, param
+from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
 from kvviz.quantize import ErrorMeter
 
 
@@ -60,9 +60,9 @@ class LowRankStore(Store):
         bases = [b for b in (self.key_basis, self.value_basis) if b is not None]
         return [self.key_coef, self.value_coef] + bases
 
-    def error_stats(self) -> dict:
+    def error(self) -> LayerError:
         """Relative Frobenius error of the projection of every key and value appended."""
-        return {"key": self.key_error.value(), "value": self.value_error.value()}
+        return LayerError(key=self.key_error.value(), value=self.value_error.value())
 
 
 @dataclass

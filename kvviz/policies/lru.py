@@ -5,21 +5,22 @@ from typing import ClassVar
 
 import torch
 
-from kvviz.policies.base import BudgetSelector, Selection, param
-from kvviz.scoring import attention_probs, recent_mask
+from kvviz.policies.base import ScoredSelector, param
+from kvviz.scoring import attention_probs
+from kvviz.trace import Protection
 
 
 def keep_highest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (kv_heads, k), ascending, of the k highest scores per KV head; among equal
     scores the entries of lowest index (oldest, since entries are held in position order)
-    are evicted first. Works on integer scores, exactly."""
+    are evicted first (scores of whole numbers compare exactly)."""
     n = scores.shape[-1]
     order = scores.argsort(dim=-1, stable=True)  # ascending; ties keep index order
     return order[:, n - min(k, n) :].sort(dim=-1).values
 
 
 @dataclass
-class UsageSelector(BudgetSelector):
+class UsageSelector(ScoredSelector):
     """Shared mechanics of LRU and LFU: a "use" of an entry is a query whose attention to it
     (mean over the KV head's query heads) is above ``threshold``."""
 
@@ -40,15 +41,20 @@ class UsageSelector(BudgetSelector):
     def update(self, layer, stat: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def step(self, layer, ctx):
+    def observe(self, layer, ctx):
         stat = layer.stats.get(self.stat)  # (kv_heads, n) long
         if stat is None:
             stat = layer.stats[self.stat] = torch.zeros_like(layer.positions)
         self.update(layer, stat)
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        ranked = stat.masked_fill(recent_mask(layer.positions, min(self.recent, ctx.budget)), torch.iinfo(stat.dtype).max)
-        return Selection(keep=keep_highest(ranked, ctx.budget), scores=stat.float())
+
+    def score(self, layer, ctx):
+        return layer.stats[self.stat].float()  # exact: positions and counts stay far below 2**24
+
+    def choose(self, scores, budget, protect):
+        return keep_highest(scores.masked_fill(protect, float("inf")), budget)
+
+    def protection(self, budget):
+        return Protection(recent=min(self.recent, budget or 0))
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import PolicyError, Storage, Store, param
+from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
 from kvviz.quantize import QuantizedStream
 
 
 class QuantStore(Store):
     """Keys and values as two quantized streams (see ``kvviz.quantize.QuantizedStream``)."""
+
+    full_precision_prefill = True
 
     def __init__(self, kv_heads, head_dim, dtype, device, key_stream: QuantizedStream, value_stream: QuantizedStream):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, device
@@ -30,10 +32,15 @@ class QuantStore(Store):
     def tensors(self):
         return self.k.tensors() + self.v.tensors()
 
-    def error_stats(self) -> dict:
-        """Relative Frobenius error of every key and value appended, and the tokens still held
-        in full precision (a per-channel group waiting to fill)."""
-        return {"key": self.k.meter.value(), "value": self.v.meter.value(), "residual": self.k.tail.shape[1]}
+    def error(self) -> LayerError:
+        """Relative Frobenius error of every key and value appended, and the tokens each stream
+        still holds in full precision (a per-channel group waiting to fill, a residual window)."""
+        return LayerError(
+            key=self.k.meter.value(),
+            value=self.v.meter.value(),
+            full_precision_keys=self.k.tail.shape[1],
+            full_precision_values=self.v.tail.shape[1],
+        )
 
 
 @dataclass
@@ -49,7 +56,10 @@ class Quant(Storage):
     point per group of `group_size` elements, in the model's dtype. `per_token` gives each token
     its own scales, one per `group_size` channels; `per_channel` gives each channel one scale
     per group of `group_size` tokens, and tokens wait in full precision until their group is
-    full. Attention reads the dequantized values. Composes with eviction (`snapkv+quant`):
+    full. The prompt's own attention at prefill reads the original keys and values (as in KIVI
+    and quantized caches generally); from then on attention reads the dequantized values, the
+    new token's own included. Composes with eviction (`snapkv+quant`): the selector chooses at
+    prefill from the same attention as without quantization;
     per-token rows are gathered as they are; per-channel groups are re-formed from the
     dequantized kept tokens, which adds error that the reported quantization error does not
     count. Quantization applies the same way to every KV head; no GQA aggregation is involved."""

@@ -4,12 +4,11 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import BudgetSelector, Selection
-from kvviz.scoring import keep_top
+from kvviz.policies.base import ScoredSelector
 
 
 @dataclass
-class Random(BudgetSelector):
+class Random(ScoredSelector):
     name = "random"
     family = "baseline"
     paper = "The baseline of eviction studies, e.g. Zhang et al., 2023 (H2O) and Li et al., 2024 (SnapKV)"
@@ -18,8 +17,5 @@ class Random(BudgetSelector):
     come from the run's seeded generator, so a run is reproducible. Uses no scores, so no GQA
     aggregation; any scored policy should do better than this."""
 
-    def step(self, layer, ctx):
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        draw = torch.rand(layer.positions.shape, generator=ctx.generator, device=layer.keys.device)  # (kv_heads, n)
-        return Selection(keep=keep_top(draw, ctx.budget), scores=draw)
+    def score(self, layer, ctx):
+        return torch.rand(layer.positions.shape, generator=ctx.generator, device=layer.keys.device)  # (kv_heads, n)

@@ -4,12 +4,13 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from kvviz.policies.base import BudgetSelector, Selection, param
-from kvviz.scoring import attention_probs, keep_top, recent_mask
+from kvviz.policies.base import ScoredSelector, param
+from kvviz.scoring import attention_probs
+from kvviz.trace import Protection
 
 
 @dataclass
-class SnapKV(BudgetSelector):
+class SnapKV(ScoredSelector):
     name = "snapkv"
     family = "eviction"
     paper = "Li et al., 2024. SnapKV: LLM Knows What You are Looking for Before Generation"
@@ -26,19 +27,18 @@ class SnapKV(BudgetSelector):
     kernel: int = param(7, "Pooling kernel size along the sequence (1 = no pooling).", min=1, max=63)
     pooling: str = param("avg", "How votes are pooled along the sequence.", choices=("avg", "max"))
 
-    def step(self, layer, ctx):
-        if not ctx.is_prefill or ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        window = min(self.window, layer.queries.shape[1], ctx.budget)
+    def score(self, layer, ctx):
+        window = self.protection(ctx.budget).recent
         probs = attention_probs(
             layer.queries[:, -window:], layer.keys, layer.query_positions[-window:], layer.positions
         )  # (kv_heads, window, n)
         votes = probs.sum(dim=1)  # (kv_heads, n)
-        if self.kernel > 1:
+        if self.kernel > 1:  # padding counts as zeros (avg) and keeps the length for odd kernels
             pool = F.avg_pool1d if self.pooling == "avg" else F.max_pool1d
             votes = pool(votes.unsqueeze(1), self.kernel, stride=1, padding=self.kernel // 2).squeeze(1)
-            if self.pooling == "avg":  # avg_pool1d counts padding as zeros; keep the same shape
-                votes = votes[:, : layer.n]
-            votes = votes[:, : layer.n]
-        protect = recent_mask(layer.positions, window)
-        return Selection(keep=keep_top(votes, ctx.budget, protect), scores=votes)
+            votes = votes[:, : layer.n]  # an even kernel gives one more
+        return votes
+
+    def protection(self, budget):
+        # the observation window, at most the budget; the prompt is at least the budget long
+        return Protection(recent=min(self.window, budget or 0), anchored_at_prompt=True)

@@ -4,14 +4,15 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import BudgetSelector, PolicyError, Selection, param
-from kvviz.scoring import first_mask, keep_top, recent_mask
+from kvviz.policies.base import PolicyError, ScoredSelector, param
+from kvviz.scoring import first_mask, recent_mask
+from kvviz.trace import Protection
 
 GLOBAL, RANDOM_BLOCK, LOCAL = 3.0, 2.0, 1.0  # scores recorded in the trace: which part keeps an entry
 
 
 @dataclass
-class SparsePattern(BudgetSelector):
+class SparsePattern(ScoredSelector):
     name = "sparse_pattern"
     family = "sparse"
     paper = "Beltagy et al., 2020. Longformer; Zaheer et al., 2020. Big Bird: Transformers for Longer Sequences"
@@ -40,22 +41,26 @@ class SparsePattern(BudgetSelector):
             )
         return budget
 
-    def step(self, layer, ctx):
-        if ctx.budget is None:
-            return None
-        window = ctx.budget - self.n_global - self.random_blocks * self.block_size
-        if ctx.is_prefill:  # draw the random blocks among the complete blocks between globals and window
-            n_blocks = max(layer.n - window - self.n_global, 0) // self.block_size
-            block = (layer.positions - self.n_global).div(self.block_size, rounding_mode="floor")  # (kv_heads, n)
-            draw = torch.rand(layer.kv_heads, n_blocks, generator=ctx.generator, device=layer.keys.device)
-            chosen = draw.topk(min(self.random_blocks, n_blocks), dim=-1).indices  # (kv_heads, r)
-            in_range = (layer.positions >= self.n_global) & (block < n_blocks)
-            pinned = (block.clamp(0, max(n_blocks - 1, 0)).unsqueeze(-1) == chosen.unsqueeze(1)).any(-1) & in_range
-            layer.stats["random_block"] = pinned.float()  # persists, gathered on eviction
-        pinned = layer.stats["random_block"] > 0
+    def protection(self, budget):
+        window = budget - self.n_global - self.random_blocks * self.block_size if budget else 0
+        return Protection(n_sink=self.n_global, recent=window)
+
+    def observe(self, layer, ctx):
+        if ctx.budget is None or not ctx.is_prefill:
+            return
+        # draw the random blocks among the complete blocks between the globals and the window
+        window = self.protection(ctx.budget).recent
+        n_blocks = max(layer.n - window - self.n_global, 0) // self.block_size
+        block = (layer.positions - self.n_global).div(self.block_size, rounding_mode="floor")  # (kv_heads, n)
+        draw = torch.rand(layer.kv_heads, n_blocks, generator=ctx.generator, device=layer.keys.device)
+        chosen = draw.topk(min(self.random_blocks, n_blocks), dim=-1).indices  # (kv_heads, r)
+        in_range = (layer.positions >= self.n_global) & (block < n_blocks)
+        pinned = (block.clamp(0, max(n_blocks - 1, 0)).unsqueeze(-1) == chosen.unsqueeze(1)).any(-1) & in_range
+        layer.stats["random_block"] = pinned.float()  # persists, gathered on eviction
+
+    def score(self, layer, ctx):
+        """Which part holds an entry (the globals and the window are also protected)."""
+        window = self.protection(ctx.budget).recent
         part = torch.where(recent_mask(layer.positions, window), LOCAL, 0.0)
-        part = torch.where(pinned, RANDOM_BLOCK, part)
-        part = torch.where(first_mask(layer.positions, self.n_global), GLOBAL, part)  # (kv_heads, n)
-        if layer.n <= ctx.budget:
-            return None
-        return Selection(keep=keep_top(part, ctx.budget), scores=part)
+        part = torch.where(layer.stats["random_block"] > 0, RANDOM_BLOCK, part)
+        return torch.where(first_mask(layer.positions, self.n_global), GLOBAL, part)  # (kv_heads, n)

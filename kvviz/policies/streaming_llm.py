@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import BudgetSelector, PolicyError, Selection, param
-from kvviz.scoring import first_mask, keep_top
+from kvviz.policies.base import PolicyError, ScoredSelector, param
+from kvviz.trace import Protection
 
 
 @dataclass
-class StreamingLLM(BudgetSelector):
+class StreamingLLM(ScoredSelector):
     name = "streaming_llm"
     family = "eviction"
     paper = "Xiao et al., 2023. Efficient Streaming Language Models with Attention Sinks"
@@ -30,9 +30,8 @@ class StreamingLLM(BudgetSelector):
             )
         return budget
 
-    def step(self, layer, ctx):
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        # the newest entries have the highest positions; sinks rank above everything
-        recency = layer.positions.float()  # (kv_heads, n)
-        return Selection(keep=keep_top(recency, ctx.budget, first_mask(layer.positions, self.n_sink)), scores=recency)
+    def score(self, layer, ctx):
+        return layer.positions.float()  # (kv_heads, n): the newest entries score highest
+
+    def protection(self, budget):
+        return Protection(n_sink=self.n_sink, recent=budget - self.n_sink if budget else 0)

@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import BudgetSelector, Selection, param
-from kvviz.scoring import attention_probs, keep_top
+from kvviz.policies.base import ScoredSelector, param
+from kvviz.scoring import attention_probs
 
 
 @dataclass
-class TOVA(BudgetSelector):
+class TOVA(ScoredSelector):
     name = "tova"
     family = "eviction"
     paper = "Oren et al., 2024. Transformers are Multi-State RNNs (TOVA: Token Omission Via Attention)"
@@ -22,12 +22,10 @@ class TOVA(BudgetSelector):
 
     per_kv_head: bool = param(False, "Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer.")
 
-    def step(self, layer, ctx):
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
+    def score(self, layer, ctx):
         probs = attention_probs(
             layer.queries[:, -1:], layer.keys, layer.query_positions[-1:], layer.positions
         )[:, 0]  # (kv_heads, n): the current (or last prompt) query, mean over each group
         if not self.per_kv_head:  # every KV head holds the same entries: average over the layer
             probs = probs.mean(dim=0, keepdim=True).expand_as(probs)
-        return Selection(keep=keep_top(probs, ctx.budget), scores=probs)
+        return probs

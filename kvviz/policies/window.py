@@ -2,13 +2,12 @@
 
 from dataclasses import dataclass
 
-import torch
-
-from kvviz.policies.base import BudgetSelector, Selection
+from kvviz.policies.base import ScoredSelector
+from kvviz.trace import Protection
 
 
 @dataclass
-class Window(BudgetSelector):
+class Window(ScoredSelector):
     name = "window"
     family = "eviction"
     paper = "Beltagy et al., 2020. Longformer (local attention); the baseline of Xiao et al., 2023"
@@ -17,9 +16,8 @@ class Window(BudgetSelector):
     first tokens. StreamingLLM showed that dropping those first tokens (the attention sinks)
     breaks the model: compare with streaming_llm."""
 
-    def step(self, layer, ctx):
-        if ctx.budget is None or layer.n <= ctx.budget:
-            return None
-        # entries are appended in position order, so the newest are the last ones
-        keep = torch.arange(layer.n - ctx.budget, layer.n, device=layer.keys.device)
-        return Selection(keep=keep.expand(layer.kv_heads, -1), scores=layer.positions.float())
+    def score(self, layer, ctx):
+        return layer.positions.float()  # (kv_heads, n): the newest entries score highest
+
+    def protection(self, budget):
+        return Protection(recent=budget or 0)

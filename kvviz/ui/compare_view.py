@@ -16,7 +16,7 @@ from kvviz.charts.style import COLORS, series_color, tint
 from kvviz.comparison_result import DIVERGENCE_NOTE, ComparisonResult
 from kvviz.metrics import format_bytes, memory_saving
 from kvviz.spec import PolicySpec
-from kvviz.token_view import Scope, clamp_step, occupancy, one_line, quoted, token_records
+from kvviz.token_states import Scope, clamp_step, occupancy, one_line, quoted, token_records
 from kvviz.ui import sidebar as sb
 from kvviz.ui.policy_controls import seed_budget, seed_controls
 from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html

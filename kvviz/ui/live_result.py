@@ -16,7 +16,7 @@ import streamlit as st
 from kvviz import live_run, run_store
 from kvviz.metrics import format_bytes, memory_saving
 from kvviz.spec import PolicySpec
-from kvviz.token_view import Scope
+from kvviz.token_states import Scope
 from kvviz.ui.live_controls import ERROR, RESULT, SHOWN
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape

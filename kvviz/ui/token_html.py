@@ -21,7 +21,7 @@ import streamlit as st
 from kvviz.charts.style import COLORS, STATE_FILL, STATE_TEXT, tint
 from kvviz.charts.token_map import describe_record
 from kvviz.text import char_groups
-from kvviz.token_view import STATES, TokenRecord, state_counts, visible_text
+from kvviz.token_states import STATES, TokenRecord, state_counts, visible_text
 
 BOX = (
     "font-family: ui-sans-serif, system-ui, sans-serif; font-size: 15px; line-height: 2.0;"

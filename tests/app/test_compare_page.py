@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from kvviz import data, engine
 from kvviz.metrics import format_bytes
 from kvviz.spec import PolicySpec
-from kvviz.token_view import occupancy
+from kvviz.token_states import occupancy
 from kvviz.text import encode_prompt
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "3_Compare.py")

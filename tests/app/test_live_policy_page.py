@@ -102,7 +102,7 @@ def test_one_policy_of_each_family(page, name):
     is_store = policies.get(name).kind == "store"
     assert ("Reconstruction error" in tabs) == is_store
     if is_store:
-        assert trace.quant_error and len(trace.quant_error["key"]) == trace.n_layers
+        assert trace.store_error and len(trace.store_error.key) == trace.n_layers
     if result.forced is not None:
         assert len(result.forced.kl_to_reference) == result.full.n_steps
         assert m["Top-1 agreement"].endswith("%")
@@ -114,7 +114,7 @@ def test_composed_selector_and_store(page):
     at = run_policy(page, "snapkv", {"live.snapkv.window": 4, "live.quant.group_size": 16}, compare=False)
     assert not at.exception and not at.error
     trace = at.session_state["live.result"].trace
-    assert trace.policy == "snapkv+quant" and trace.quant_error
+    assert trace.policy == "snapkv+quant" and trace.store_error
     assert trace.params["quant"]["group_size"] == 16 and trace.params["snapkv"]["window"] == 4
     assert "Reconstruction error" in [t.label for t in at.tabs]
 

@@ -33,8 +33,7 @@ def run_steps(spec, device="cuda", dtype=torch.bfloat16, prompt=PROMPT, steps=ST
         k = torch.randn(1, KV, n, D, device=device, dtype=dtype, generator=g)
         v = torch.randn(1, KV, n, D, device=device, dtype=dtype, generator=g)
         q = torch.randn(Q, n, D, device=device, dtype=dtype, generator=g)
-        cache.queries[0] = (q, torch.arange(start, start + n, device=device))
-        layer.update(k, v)
+        layer.step(k, v, torch.arange(start, start + n, device=device), q)
 
     forward(prompt, 0)  # prefill (lowrank's SVD may synchronize here, once per layer)
     torch.cuda.synchronize()
@@ -43,7 +42,6 @@ def run_steps(spec, device="cuda", dtype=torch.bfloat16, prompt=PROMPT, steps=ST
     t0 = time.perf_counter()
     try:
         for s in range(steps):
-            cache.step = s + 1
             forward(1, prompt + s)
     finally:
         torch.cuda.set_sync_debug_mode(mode)

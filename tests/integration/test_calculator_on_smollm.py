@@ -40,7 +40,7 @@ def test_full_cache_bytes_equal_a_real_run(smollm, setup):
 def test_int4_store_bytes_equal_a_real_quant_run(smollm, setup):
     ids, arch = setup
     trace = engine.run(
-        smollm.model, smollm.tokenizer, ids, "quant", {"bits": 4, "group_size": 32, "axis": "per_token"},
+        smollm.model, smollm.tokenizer, ids, "quant", params={"bits": 4, "group_size": 32, "axis": "per_token"},
         max_new_tokens=3, stop_at_eos=False,
     )
     # the store keeps its scales and zero points in the model's dtype: fp32 here, so s = 4 bytes
@@ -52,7 +52,7 @@ def test_kivi_bytes_equal_a_real_kivi_run(smollm, setup):
     ids, arch = setup
     assert len(ids) > 16
     trace = engine.run(
-        smollm.model, smollm.tokenizer, ids, "kivi", {"bits": 2, "residual": 8, "group_size": 32},
+        smollm.model, smollm.tokenizer, ids, "kivi", params={"bits": 2, "residual": 8, "group_size": 32},
         max_new_tokens=10, stop_at_eos=False,
     )
     sc = dict(dtype="kivi-2", residual=8, group_size=32, full_bytes=4)

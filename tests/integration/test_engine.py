@@ -59,7 +59,7 @@ def test_kv_bytes_fall_with_eviction_and_match_the_budget(smollm, chat_ids):
 
 def test_snapkv_keeps_the_observation_window_and_every_generated_token(smollm, chat_ids):
     trace = engine.run(
-        smollm.model, smollm.tokenizer, chat_ids, "snapkv", {"window": 8}, budget=24, max_new_tokens=6, stop_at_eos=False
+        smollm.model, smollm.tokenizer, chat_ids, "snapkv", params={"window": 8}, budget=24, max_new_tokens=6, stop_at_eos=False
     )
     P = len(chat_ids)
     for layer in range(trace.n_layers):

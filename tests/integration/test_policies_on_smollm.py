@@ -37,7 +37,7 @@ def test_a_quarter_window_loses_the_passkey(smollm, passkey):
 def test_quantized_cache_bytes_match_the_bit_width(smollm, bits):
     ids = encode_prompt(smollm.tokenizer, "The lighthouse keeper wrote in the log every night. " * 8)
     trace = engine.run(
-        smollm.model, smollm.tokenizer, ids, "quant", {"bits": bits, "axis": "per_token", "group_size": 64},
+        smollm.model, smollm.tokenizer, ids, "quant", params={"bits": bits, "axis": "per_token", "group_size": 64},
         max_new_tokens=2,
     )
     n = len(ids)

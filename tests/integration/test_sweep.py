@@ -40,7 +40,7 @@ def test_rows_equal_independent_engine_runs(smollm, ppl_sweep):
     full = engine.run(smollm.model, smollm.tokenizer, prompt, "full", forced_ids=forced, keep_logprobs=True)
     reference = full.extra.pop("logprobs")
     h2o = engine.run(
-        smollm.model, smollm.tokenizer, prompt, "h2o", {"recent": 4}, ratio=0.25, forced_ids=forced,
+        smollm.model, smollm.tokenizer, prompt, "h2o", params={"recent": 4}, ratio=0.25, forced_ids=forced,
         reference_logprobs=reference,
     )
     row = rows_by_series(result)["h2o:recent=4"]

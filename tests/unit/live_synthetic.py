@@ -1,7 +1,7 @@
 """A hand-made Trace for the Live policy tests: 2 layers × 2 KV heads, a 6-token prompt and 4
 generated tokens, with every token state present at step 1.
 
-At step 1 for layer 0 / KV head 0 (policy params: n_sink 1, recent 2; budget 5):
+At step 1 for layer 0 / KV head 0 (the selector protects 1 sink and 2 recent tokens; budget 5):
   0 sink · 1 kept · 2 evicted (at step 0) · 3 evicted_now (at step 1) · 4 high_score (score 10)
   5, 6 recent · 7 next (generated at step 1) · 8, 9 pending
 Over all layers and heads, position 3 is still held by layer 1 / head 1 at step 1: partial.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvviz.trace import Trace
+from kvviz.trace import Protection, Trace
 
 TOKENS = ["<s>", " Hello", " <script>", "\n", " world", "!", " A", " B", " C", " D"]
 PROMPT_LEN = 6
@@ -52,6 +52,7 @@ def make_trace(**overrides) -> Trace:
         entropy=np.zeros(steps, dtype=np.float32),
         chosen_logprob=np.zeros(steps, dtype=np.float32),
         timings={"prefill_s": 0.1, "decode_s": 0.3, "step_s": [0.1, 0.1, 0.1, 0.0], "total_s": 0.4},
+        protection=Protection(n_sink=1, recent=2),
     )
     values.update(overrides)
     return Trace(**values)

@@ -61,7 +61,8 @@ def test_round_trip_keeps_every_trace_field(result):
         assert_traces_equal(a.trace, b.trace)
         assert_traces_equal(a.forced, b.forced)
     assert np.isnan(back.full.scores).all()  # NaN went out as null and came back as NaN
-    assert back.runs[1].trace.quant_error == result.runs[1].trace.quant_error  # the 4-bit store's errors
+    assert back.runs[1].trace.store_error == result.runs[1].trace.store_error  # the 4-bit store's errors
+    assert back.runs[0].trace.protection == result.runs[0].trace.protection
     assert back.summary_table(2).equals(result.summary_table(2))
 
 

@@ -62,10 +62,8 @@ def cache_for(spec, budget, prompt_len, kv_heads=1, n_layers=1, **params):
 def feed(cache, keys, queries=None):
     """One forward of a one-layer cache: keys (kv_heads, q, d) enter; returns the kept positions."""
     layer = cache.layers[0]
-    cache.step = 0 if layer.seen == 0 else cache.step + 1
-    if queries is not None:
-        cache.queries[0] = (queries, torch.arange(layer.seen, layer.seen + keys.shape[1]))
-    layer.update(keys[None], keys[None].clone())
+    positions = torch.arange(layer.seen, layer.seen + keys.shape[1])
+    layer.step(keys[None], keys[None].clone(), positions, queries)
     return layer.positions.tolist()
 
 
@@ -145,8 +143,7 @@ def test_pyramidkv_layers_keep_their_own_budget():
     keys = torch.randn(1, 16, D, generator=torch.Generator().manual_seed(0))
     queries = torch.randn(1, 16, D, generator=torch.Generator().manual_seed(1))
     for layer in cache.layers:
-        cache.queries[layer.layer_idx] = (queries, torch.arange(16))
-        layer.update(keys[None], keys[None].clone())
+        layer.step(keys[None], keys[None].clone(), torch.arange(16), queries)
     # the observation window (32, capped at the layer budget) is kept first
     assert cache.layers[0].positions.tolist() == [list(range(2, 16))]
     assert cache.layers[1].positions.tolist() == [[14, 15]]

@@ -13,7 +13,8 @@ from kvviz.charts import compare as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
 from kvviz.charts.token_map import STATE_COLORS, token_states_figure
-from kvviz.token_view import STATES, Scope, occupancy, protection, retention, token_records
+from kvviz.token_states import STATES, Scope, occupancy, retention, token_records
+from kvviz.trace import StoreError
 from kvviz.ui.token_html import comparison_html, token_css, tokens_html
 
 SINGLE = Scope(0, 0)
@@ -35,20 +36,6 @@ def test_token_states_at_step_1():
     assert all_scope[3].state == "partial" and all_scope[3].kept_share == pytest.approx(0.25)
     assert all_scope[3].evicted_at_step == 1  # the first eviction in the scope
     assert token_records(t, 1, Scope(1, 1))[3].state == "kept"
-
-
-def test_protection_comes_from_params():
-    p = protection(make_trace())
-    assert (p.n_sink, p.recent, p.anchored_at_prompt) == (1, 2, False)
-    # a selector that only evicts at prefill protects the end of the prompt, not the newest tokens
-    ev = np.full((2, 2, 10), -1, dtype=np.int32)
-    ev[:, :, 1:3] = 0
-    t = make_trace(evicted_at_step=ev)
-    assert protection(t).anchored_at_prompt
-    assert [r.state for r in token_records(t, 3, SINGLE)][4:6] == ["recent", "recent"]  # positions 4, 5: end of prompt
-    # window-shaped policies: the window is the budget less the fixed parts
-    t = make_trace(params={"streaming_llm": {"n_sink": 2, "budget": 5, "ratio": None}})
-    assert (protection(t).n_sink, protection(t).recent) == (2, 3)
 
 
 def test_every_state_gets_its_colour_in_the_token_map():
@@ -184,7 +171,7 @@ def test_memory_saving_arithmetic():
 
 
 def test_quantization_panel():
-    t = make_trace(quant_error={"key": [0.1, 0.2], "value": [0.05, 0.07], "residual": 3})
+    t = make_trace(store_error=StoreError(key=[0.1, 0.2], value=[0.05, 0.07], full_precision_keys=3, full_precision_values=3))
     fig = memory_charts.quant_error_figure(t)
     assert list(fig.data[0].y) == [0.1, 0.2] and list(fig.data[1].y) == [0.05, 0.07]
     res = memory_charts.residual_window_figure(t)
@@ -196,8 +183,8 @@ def test_quantization_panel():
     # where heads hold different entries, the window covers other positions: a share per position
     ev = t.evicted_at_step.copy()
     ev[0, 0, 7] = 2  # layer 0 / head 0 dropped position 7 at step 2
-    z = np.asarray(memory_charts.residual_window_figure(make_trace(evicted_at_step=ev, quant_error=t.quant_error)).data[0].z, dtype=float)
+    z = np.asarray(memory_charts.residual_window_figure(make_trace(evicted_at_step=ev, store_error=t.store_error)).data[0].z, dtype=float)
     assert z[1, 5] == pytest.approx(0.25) and z[1, 7] == pytest.approx(0.75)  # 3 of the 4 layers × heads
-    kivi = make_trace(quant_error={"key": [0.1, 0.2], "value": [0.05, 0.07], "residual": 3, "residual_keys": 1})
+    kivi = make_trace(store_error=StoreError(key=[0.1, 0.2], value=[0.05, 0.07], full_precision_keys=1, full_precision_values=3))
     z = np.asarray(memory_charts.residual_window_figure(kivi).data[0].z, dtype=float)
     assert z[0].tolist()[4:] == [0, 0, 0, 0, 1]

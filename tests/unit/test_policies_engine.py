@@ -4,6 +4,8 @@ the budget or the bit width, and evicted entries really leave the tensors."""
 
 import pytest
 
+from tests.references import grouped_softmax, projections, window_band
+
 from kvviz import engine
 from kvviz.policies import PolicyError, registry
 
@@ -22,7 +24,7 @@ class Tok:
 
 
 def run(model, spec, params=None, budget=None, steps=STEPS):
-    return engine.run(model, Tok(), PROMPT, spec, params, budget=budget, max_new_tokens=steps, stop_at_eos=False)
+    return engine.run(model, Tok(), PROMPT, spec, params=params, budget=budget, max_new_tokens=steps, stop_at_eos=False)
 
 
 def held(trace, step, layer, head):
@@ -95,8 +97,8 @@ def quant_token_bytes(bits, groups=1, asymmetric=True):
 def test_quant_bytes_match_the_bit_width(tiny_llama, bits):
     trace = run(tiny_llama, "quant", {"bits": bits})
     assert trace.kv_bytes == [(len(PROMPT) + s) * quant_token_bytes(bits) for s in range(STEPS)]
-    assert len(trace.quant_error["key"]) == LAYERS
-    assert 0 < max(trace.quant_error["key"]) < {8: 0.01, 4: 0.15, 2: 0.6}[bits]
+    assert len(trace.store_error.key) == LAYERS
+    assert 0 < max(trace.store_error.key) < {8: 0.01, 4: 0.15, 2: 0.6}[bits]
 
 
 def test_quant_symmetric_groups(tiny_llama):
@@ -130,14 +132,15 @@ def kivi_bytes(n, residual, bits, group):
 def test_kivi_bytes_follow_the_residual_window(tiny_llama):
     trace = run(tiny_llama, "kivi", {"bits": 2, "residual": 8, "group_size": 16}, steps=10)
     assert trace.kv_bytes == [kivi_bytes(len(PROMPT) + s, 8, 2, 16) for s in range(10)]
-    assert trace.quant_error["residual"] == 8
+    # the last 8 values wait in full precision; the keys of a group of 8 that is filling (43 = 5 x 8 + 3)
+    assert (trace.store_error.full_precision_values, trace.store_error.full_precision_keys) == (8, (len(PROMPT) + 9) % 8)
 
 
 def test_lowrank_bytes(tiny_llama):
     trace = run(tiny_llama, "lowrank", {"rank": 4})
     bases = LAYERS * 2 * KV_HEADS * HEAD_DIM * 4 * 4
     assert trace.kv_bytes == [(len(PROMPT) + s) * LAYERS * 2 * KV_HEADS * 4 * 4 + bases for s in range(STEPS)]
-    assert 0 < min(trace.quant_error["key"]) and max(trace.quant_error["key"]) < 1
+    assert 0 < min(trace.store_error.key) and max(trace.store_error.key) < 1
 
 
 def test_head_share_halves_the_tiny_cache_and_refuses_eviction(tiny_llama):
@@ -157,3 +160,25 @@ def test_every_registered_policy_runs(tiny_llama):
         # kivi's default residual holds this short prompt in full; lowrank's default rank is this head_dim
         if cls.kind == "store" and name not in ("kivi", "lowrank"):
             assert trace.kv_bytes[0] < trace.kv_bytes_full[0], name
+
+
+def test_lost_mass_is_the_attention_each_step_put_on_what_it_evicted(tiny_llama):
+    """With capture_queries, trace.lost_mass[s, layer] is the attention the step's last query
+    gave the entries evicted at that step (mean over query heads), recomputed here in float64
+    from transformers' own projections. A window of BUDGET: the prefill evicts the prompt's
+    oldest tokens after its last query read them all; each decode step's query reads the window
+    and itself, then the oldest entry leaves."""
+    trace = engine.run(tiny_llama, Tok(), PROMPT, "window", budget=BUDGET, max_new_tokens=STEPS, stop_at_eos=False, capture_queries=True)
+    P, seq = len(PROMPT), PROMPT + trace.generated_ids[:-1]
+    queries, keys = projections(tiny_llama, seq, window_band(len(seq), P, BUDGET))
+    for s in range(STEPS):
+        i = P - 1 + s  # the position of this step's query
+        read = list(range(P)) if s == 0 else list(range(i - BUDGET, i + 1))
+        evicted = list(range(P - BUDGET)) if s == 0 else [i - BUDGET]
+        for layer in range(LAYERS):
+            probs = grouped_softmax(queries[layer][:, i : i + 1], keys[layer][:, read])[:, :, 0]  # (kv, group, read)
+            lost = probs[..., [read.index(p) for p in evicted]].sum(-1).mean()
+            assert trace.lost_mass[s, layer] == pytest.approx(float(lost), rel=1e-4, abs=1e-6)
+    assert trace.lost_mass.min() > 0
+    full = engine.run(tiny_llama, Tok(), PROMPT, "full", max_new_tokens=2, capture_queries=True)
+    assert (full.lost_mass == 0).all()

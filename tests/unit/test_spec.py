@@ -68,3 +68,34 @@ def test_metrics_by_hand():
     # two forced tokens with probabilities 1/2 and 1/8: perplexity = (2 * 8) ** (1/2) = 4
     assert metrics.perplexity([math.log(0.5), math.log(0.125)]) == pytest.approx(4.0)
     assert math.isnan(metrics.perplexity([]))
+
+
+def test_of_completes_a_name_or_text_form_the_way_the_engine_and_cli_take_it():
+    spec = PolicySpec.parse("h2o:recent=4,budget=32")
+    assert PolicySpec.of(spec) is spec
+    assert PolicySpec.of("h2o:recent=4,budget=32") == spec
+    # explicit parameters override the text's; an explicit budget or ratio replaces the text's
+    assert PolicySpec.of("h2o:recent=4,budget=32", {"recent": 8}).params_dict()["h2o"]["recent"] == 8
+    assert PolicySpec.of("h2o:recent=4,budget=32", {"recent": 8}).budget == 32
+    by_ratio = PolicySpec.of("h2o:budget=32", ratio=0.5)
+    assert (by_ratio.budget, by_ratio.ratio) == (None, 0.5)
+    assert PolicySpec.of("quant", {"bits": 8}, budget=16).takes_budget is False  # a store takes no budget
+    with pytest.raises(TypeError):
+        PolicySpec.of(spec, budget=8)
+    with pytest.raises(PolicyError, match="Unknown policy"):
+        PolicySpec.of("nope", budget=8)
+
+
+def test_budget_notes_do_not_take_a_window_that_the_budget_sets_for_a_setting():
+    from kvviz.spec import budget_notes
+
+    # a sliding window and StreamingLLM keep what the budget leaves: nothing is capped
+    assert budget_notes(PolicySpec.parse("window:budget=16"), 40) == [
+        "With 16 entries per layer and KV head, window always keeps the 16 most recent tokens."
+    ]
+    assert budget_notes(PolicySpec.parse("streaming_llm:n_sink=4,budget=16"), 40) == [
+        "With 16 entries per layer and KV head, streaming_llm always keeps the first 4 tokens (sinks) and the 12 most recent tokens."
+    ]
+    # a setting the budget cannot hold is capped, and said so
+    capped = budget_notes(PolicySpec.parse("knorm:n_sink=2,recent=3,budget=5"), 40)
+    assert len(capped) == 2 and "no room is left" in capped[1]

@@ -53,9 +53,9 @@ def test_quant_exact_dequantized_values():
     assert k.tolist() == [[[0.0, 1.5, 3.0, 7.5, -1.0, -0.5, 0.5, 6.5]]]
     assert v.tolist() == [[[0.0, -1.5, -3.0, -7.5, 1.0, 0.5, -0.5, -6.5]]]
     assert unpack(store.k.q.codes, 4).tolist() == [[[0, 3, 6, 15, 0, 1, 3, 15]]]
-    err = store.error_stats()
-    assert err["key"] == pytest.approx(0.2 / keys.norm().item(), rel=1e-5)
-    assert err["residual"] == 0
+    err = store.error()
+    assert err.key == pytest.approx(0.2 / keys.norm().item(), rel=1e-5)
+    assert (err.full_precision_keys, err.full_precision_values) == (0, 0)
 
 
 def test_quant_bits_must_be_2_4_or_8():
@@ -85,7 +85,7 @@ def test_quant_per_channel_groups_and_pending_tokens():
     assert (store.k.n_quantized, store.k.tail.shape[1]) == (4, 2)
     # codes (2, 4, 8) bytes + scale and zero (2, 1 group, 16) float32 + tail (2, 2, 16) float32
     assert store.nbytes() == 2 * (64 + 2 * 128 + 256)
-    assert store.error_stats()["residual"] == 2
+    assert (store.error().full_precision_keys, store.error().full_precision_values) == (2, 2)
     store.append(randn(2, 2, 16, seed=2), randn(2, 2, 16, seed=3))
     assert (store.k.n_quantized, store.k.tail.shape[1]) == (8, 0)
 
@@ -127,7 +127,7 @@ def test_kivi_layout_follows_the_paper():
     # keys: codes (2, 8, 4) + scale, zero (2, 2 groups, 16) f32 + tail (2, 2, 16) f32
     # values: codes (2, 6, 4) + scale, zero (2, 6, 1) f32 + tail (2, 4, 16) f32
     assert store.nbytes() == (64 + 2 * 256 + 256) + (48 + 2 * 48 + 512)
-    assert store.error_stats()["residual"] == 4 and store.error_stats()["residual_keys"] == 2
+    assert (store.error().full_precision_values, store.error().full_precision_keys) == (4, 2)
     store.append(keys[:, 10:11], values[:, 10:11])
     store.append(keys[:, 11:12], values[:, 11:12])
     assert (store.k.n_quantized, store.k.tail.shape[1]) == (12, 0)  # the key group filled and was quantized
@@ -145,7 +145,7 @@ def test_kivi_keys_per_channel_values_per_token():
     store.append(torch.zeros(1, 4, 16), torch.zeros(1, 4, 16))  # pushes the 4 values out of the residual
     k, v = store.materialize()
     assert torch.equal(k[:, :4], keys) and torch.equal(v[:, :4], values)
-    assert store.error_stats()["key"] == 0 and store.error_stats()["value"] == 0
+    assert store.error().key == 0 and store.error().value == 0
 
 
 def test_kivi_bits():
@@ -185,7 +185,7 @@ def test_lowrank_exact_for_low_rank_data_and_bytes():
     inside = randn(2, 1, 2, seed=4) @ basis
     store.append(inside + 0.0, torch.zeros(2, 1, 8))
     assert torch.allclose(store.materialize()[0][:, -1:], inside, atol=1e-5)
-    assert store.error_stats()["key"] < 1e-5
+    assert store.error().key < 1e-5
     outside = torch.linalg.svd(basis, full_matrices=True).Vh[:, -1:, :]  # orthogonal to each head's subspace
     store.append(outside, torch.zeros(2, 1, 8))
     assert torch.allclose(store.materialize()[0][:, -1:], torch.zeros(2, 1, 8), atol=1e-5)
@@ -218,9 +218,10 @@ def test_head_share_pools_consecutive_heads():
     assert k.tolist() == [[[2.0, 1.0]], [[2.0, 1.0]], [[1.0, 2.0]], [[1.0, 2.0]]]
     assert torch.equal(v, 2 * k)
     assert store.nbytes() == 2 * 2 * 1 * 2 * 4
-    err = store.error_stats()
+    err = store.error()
+    assert err.full_precision_keys is None  # pooling quantizes nothing
     # |x - pooled|^2: group 0 (1+1)+(1+1), group 1 (1+4)+(1+4) = 14; |x|^2 = 1+13+16+4 = 34
-    assert err["key"] == pytest.approx((14 / 34) ** 0.5)
+    assert err.key == pytest.approx((14 / 34) ** 0.5)
 
 
 def test_head_share_mqa_and_bad_groups():

@@ -8,7 +8,7 @@ import html
 import re
 
 from kvviz.text import match_positions
-from kvviz.token_view import token_records
+from kvviz.token_states import token_records
 from kvviz.ui.token_html import attention_tokens_html, comparison_html, tokens_html
 from tests.unit.live_synthetic import PROMPT_LEN, make_trace
 

@@ -7,8 +7,8 @@ whole step (model forward, the policy's scoring and eviction, the trace records)
 once and replayed.
 
 What makes the replay right:
-- inputs are static device buffers (token, position, step number) that are filled before each
-  replay;
+- inputs are static device buffers (token, position) that are filled before each replay; the
+  cache derives the step number it records from the position, on the device;
 - the layers' state (keys, values, positions, policy stats) is copied back, inside the graph,
   into the tensors the step read, so the next replay reads the new state;
 - Python counters that the capture advanced are put back, and advanced by hand per replay.

@@ -16,11 +16,10 @@ States, in the order a legend lists them:
   next          the token generated at this step (it enters the cache at the next step)
   pending       generated later; not part of the run yet at this step
 
-"Sink" and "recent" come from the policy's parameters (``n_sink``, ``n_global``; ``recent``,
-``window``; or the budget less the fixed parts for window-shaped policies, ``WINDOW_RULES``); a
-policy without such a parameter has no sink or recent tokens. A selector that
-only acts at prefill (no eviction after step 0, e.g. SnapKV) protects the window at the end of
-the prompt, not the newest tokens.
+"Sink" and "recent" are what the run's selector declared it always keeps (``trace.protection``,
+see ``Selector.protection``); a policy that protects nothing has no sink or recent tokens. A
+selector that only acts at prefill (SnapKV) protects the window at the end of the prompt, not
+the newest tokens.
 """
 
 from __future__ import annotations
@@ -45,14 +44,6 @@ STATES: dict[str, tuple[str, str]] = {
 }
 
 HIGH_SCORE_SHARE = 0.2  # the top fifth of the scored, unprotected kept entries are "high score"
-SINK_PARAMS = ("n_sink", "n_global", "sink", "n_sinks")  # the first tokens a policy always keeps
-RECENT_PARAMS = ("recent", "window", "recent_window", "local_window")  # its window of newest tokens
-# policies whose recent window is what the budget leaves after the fixed parts
-WINDOW_RULES = {
-    "window": lambda p, budget: budget,
-    "streaming_llm": lambda p, budget: budget - p.get("n_sink", 0),
-    "sparse_pattern": lambda p, budget: budget - p.get("n_global", 0) - p.get("random_blocks", 0) * p.get("block_size", 0),
-}
 
 
 @dataclass(frozen=True)
@@ -61,10 +52,6 @@ class Scope:
 
     layer: int | None = None
     head: int | None = None
-
-    @property
-    def is_single(self) -> bool:
-        return self.layer is not None and self.head is not None
 
     def label(self) -> str:
         if self.layer is None and self.head is None:
@@ -83,32 +70,6 @@ class TokenRecord:
     evicted_at_step: int | None  # first step at which the scope evicted it (may be after the viewed step)
     kept_share: float  # share of the scope's layers × KV heads holding it at the viewed step
     generated: bool  # part of the model's output (not the prompt)
-
-
-@dataclass(frozen=True)
-class Protection:
-    """The entries a policy always keeps, read from its parameters."""
-
-    n_sink: int = 0
-    recent: int = 0
-    anchored_at_prompt: bool = False  # the window ends at the prompt's end (prefill-only selectors)
-
-
-def protection(trace: Trace) -> Protection:
-    """Sinks and recent window of the run's selector, from its parameters (0 where it has none)."""
-    n_sink = recent = 0
-    budget = int(trace.budget or 0)
-    for name, values in (trace.params or {}).items():
-        values = {k: v for k, v in (values or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        n_sink = max([n_sink] + [int(v) for k, v in values.items() if k in SINK_PARAMS])
-        recent = max([recent] + [int(v) for k, v in values.items() if k in RECENT_PARAMS])
-        if name in WINDOW_RULES and budget:
-            recent = max(recent, WINDOW_RULES[name](values, budget))
-    if trace.budget is not None:
-        recent = min(recent, budget)
-    ev = trace.evicted_at_step
-    anchored = bool(ev.size) and int(ev.max(initial=-1)) == 0  # evictions happened, all at prefill
-    return Protection(n_sink=n_sink, recent=max(recent, 0), anchored_at_prompt=anchored)
 
 
 def clamp_step(trace: Trace, step: int) -> int:
@@ -147,7 +108,7 @@ def token_records(trace: Trace, step: int, scope: Scope = Scope()) -> list[Token
     evicted_any = np.where(ev >= 0, ev, np.iinfo(np.int32).max).min(axis=0)
     last_holder_left = ev.max(axis=0)  # when every cell has evicted it, the step the last one did
 
-    prot = protection(trace)
+    prot = trace.protection
     seq_len = trace.prompt_len + step  # tokens in the cache of a full run at this step
     pos = np.arange(n)
     sink = pos < prot.n_sink
