@@ -1,15 +1,20 @@
 """On a CUDA host: the full policy matches transformers' generate, and every policy runs.
 Exits with status 1 when either is not so."""
 
+import argparse
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, installed or not
 
 from kvviz import engine
 from kvviz.models import load_model
 from kvviz.policies import registry
 from kvviz.text import encode_prompt
 
+argparse.ArgumentParser(description=__doc__).parse_args()
 loaded = load_model()
 m, tok = loaded.model, loaded.tokenizer
 print(loaded.summary)

@@ -18,8 +18,12 @@ The same numbers from the CLI (the defaults below):
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 import argparse
 import json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, installed or not
 
 from kvviz import sweep
 from kvviz.data import long_document

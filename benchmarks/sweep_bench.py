@@ -11,6 +11,8 @@ perplexity each reached; the JSON holds every row.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 import argparse
 import json
 import platform
@@ -18,6 +20,8 @@ import time
 
 import torch
 import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, installed or not
 
 from kvviz import sweep
 from kvviz.data import long_document

@@ -222,7 +222,10 @@ def run(
             logits = decoder.step(token, position=len(prompt_ids) + step)
             records.step_s.append(_sync_time(device) - t_step)
         t_total = time.perf_counter() - t0
-    timings = {"prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total}
+    timings = {
+        "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
+        "decode_path": "graph" if decoder.graph is not None else "eager",  # graph: steps were replayed once steady
+    }
     return build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )

@@ -6,4 +6,4 @@ or ``OSError`` for bad input: ``kvviz.cli`` turns those into one line on stderr 
 Heavy imports (torch, transformers) go inside ``main`` so ``--help`` stays fast.
 """
 
-COMMANDS = ["policies", "run", "sweep", "calc", "paged"]  # module names in this package, in the order --help lists them
+COMMANDS = ["policies", "run", "sweep", "calc", "paged", "bench"]  # module names in this package, in the order --help lists them

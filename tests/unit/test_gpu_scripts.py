@@ -52,7 +52,8 @@ def test_a_clean_run_exits_zero(host, script):
     [
         ("gpu_check.sh", "tests/gpu"),  # a GPU test fails
         ("gpu_check.sh", "gpu_smoke.py"),
-        ("gpu_check.sh", "decode_bench.py"),
+        ("gpu_check.sh", "kvviz bench"),
+        ("gpu_all.sh", "paged_bench.py"),
         ("gpu_check.sh", "torch.cuda.is_available"),  # no CUDA at all
         ("gpu_all.sh", "tests/gpu"),
         ("gpu_all.sh", "known_results.py"),
@@ -63,4 +64,18 @@ def test_a_failing_step_makes_the_script_fail(host, script, fail):
     result = run(script, fail)
     assert result.returncode != 0, result.stdout
     if fail != "torch.cuda.is_available":  # the later steps still ran and kept their output
-        assert (out / "decode_bench.txt").exists()
+        assert (out / "bench.txt").exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_a_benchmark_runs_from_a_checkout_without_an_installed_kvviz(script, tmp_path):
+    """``python benchmarks/X.py`` as the README says, from another directory, with the site's
+    packages on the path but no .pth file run (so no editable install of kvviz is found)."""
+    import site
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(site.getsitepackages())}
+    result = subprocess.run([sys.executable, "-S", str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage" in result.stdout.lower()
