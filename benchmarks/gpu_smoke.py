@@ -18,7 +18,8 @@ argparse.ArgumentParser(description=__doc__).parse_args()
 loaded = load_model()
 m, tok = loaded.model, loaded.tokenizer
 print(loaded.summary)
-ids = encode_prompt(tok, "What is the capital of France? Answer in one sentence, then name two rivers there.", chat=True)
+ids = encode_prompt(tok, "Lighthouses guided ships home along rocky coasts for centuries. " * 8
+                    + "What is the capital of France? Answer in one sentence, then name two rivers there.", chat=True)
 trace = engine.run(m, tok, ids, "full", max_new_tokens=32)
 ref = m.generate(torch.tensor([ids], device=m.device), max_new_tokens=32, do_sample=False)
 matches = trace.generated_ids == ref[0, len(ids):].tolist()

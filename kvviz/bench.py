@@ -43,6 +43,7 @@ class BenchRow:
     kv_bytes_full: int | None = None
     floor_ms: float | None = None  # bytes read per step / bandwidth
     speedup: float | None = None  # generate's median step / this row's
+    graph_failure: str | None = None  # why a CUDA graph could not be captured (the run went on eagerly)
 
 
 @dataclass
@@ -189,6 +190,7 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
             decode_path=str(trace.timings.get("decode_path", "eager")),
             kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_full=int(trace.kv_bytes_full[-1]),
             floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw), speedup=base_step / step,
+            graph_failure=trace.timings.get("graph_failure"),
         )
         if live:
             row.live_s = time_live(model, tok, ids, spec, new_tokens, graphs)
@@ -221,7 +223,8 @@ def table(result: BenchResult) -> str:
         if live:
             cells.insert(5, _num(r.live_s, "{:.2f}"))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    failures = [f"- {r.config}: graph capture failed ({r.graph_failure}); decoded eagerly" for r in result.rows if r.graph_failure]
+    return "\n".join(lines + ([""] + failures if failures else []))
 
 
 def _num(value, fmt: str) -> str:

@@ -18,6 +18,9 @@ tensor math, no random draws at decode).
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import torch
 
 from kvviz.cache import PolicyCache
@@ -57,8 +60,11 @@ class DecodeGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         self.warmed = False
+        self.failure: str | None = None  # why capture failed (the run then goes on eagerly)
 
-    def step(self, token: int, position: int) -> torch.Tensor:
+    def step(self, token: int, position: int) -> torch.Tensor | None:
+        """logits (1, 1, vocab) of the step; None when the graph could not be captured (the
+        cache is as before the step, and ``failure`` says why): the caller steps eagerly."""
         self.ids.fill_(token)
         self.positions.fill_(position)
         if self.graph is not None:
@@ -74,26 +80,40 @@ class DecodeGraph:
             torch.cuda.current_stream(self.device).wait_stream(side)
             self.warmed = True
             return logits
-        self._capture()
+        if not self._capture():
+            return None
         self.graph.replay()
         for layer in self.cache.layers:
             layer.seen += 1
         return self.logits
 
-    def _capture(self) -> None:
+    def _capture(self) -> bool:
+        """Capture one step; False (state put back, ``failure`` set) when capture fails. Nothing
+        captured ran, so the layers' state from before the step is still right. The capture is
+        thread-local: other threads (another session of the app) may use CUDA meanwhile."""
         layers = self.cache.layers
         before = [_state(layer) for layer in layers]
         seen = [layer.seen for layer in layers]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.forward(self.ids, self.positions)
-            for layer, old in zip(layers, before):
-                new = _state(layer)
-                if [t.shape for t in new] != [t.shape for t in old]:
-                    raise RuntimeError("cache shapes changed during a step; this policy is not graph safe")
-                for o, n in zip(old, new):
-                    o.copy_(n)
-        for layer, old, s in zip(layers, before, seen):
-            _set_state(layer, old)
-            layer.seen = s
-        self.graph = graph
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.logits = self.forward(self.ids, self.positions)
+                for layer, old in zip(layers, before):
+                    new = _state(layer)
+                    if [t.shape for t in new] != [t.shape for t in old]:
+                        raise RuntimeError("cache shapes changed during a step; this policy is not graph safe")
+                    for o, n in zip(old, new):
+                        o.copy_(n)
+            self.graph = graph
+        except RuntimeError as exc:  # torch's CUDA errors are RuntimeErrors
+            frames = traceback.extract_tb(exc.__traceback__)
+            ours = [f for f in frames if "kvviz" in f.filename or "transformers" in f.filename]
+            where = (ours or frames)[-1]  # the innermost frame of our code or the model's
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.failure = f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {first}"
+            self.logits = None
+        finally:
+            for layer, old, s in zip(layers, before, seen):
+                _set_state(layer, old)
+                layer.seen = s
+        return self.graph is not None

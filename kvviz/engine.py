@@ -226,6 +226,8 @@ def run(
         "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
         "decode_path": "graph" if decoder.graph is not None else "eager",  # graph: steps were replayed once steady
     }
+    if decoder.failure:
+        timings["graph_failure"] = decoder.failure
     return build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
@@ -252,15 +254,19 @@ class Decoder:
         self.model, self.cache, self.use_graphs = model, cache, use_graphs
         self.device = next(model.parameters()).device
         self.graph: cuda_graphs.DecodeGraph | None = None
+        self.failure: str | None = None  # why graph capture failed, if it did
 
     def step(self, token: int, position: int) -> torch.Tensor:
         """logits (1, 1, vocab) after feeding ``token`` at ``position``."""
         if self.graph is None and self.use_graphs and self.cache.steady():
-            self.graph = cuda_graphs.DecodeGraph(
-                lambda ids, positions: decode_step(self.model, self.cache, ids, positions), self.cache, self.device
-            )
+            # a partial, not a lambda over self: no reference cycle keeps an old graph for the GC to
+            # free in the middle of a later capture
+            self.graph = cuda_graphs.DecodeGraph(functools.partial(decode_step, self.model, self.cache), self.cache, self.device)
         if self.graph is not None:
-            return self.graph.step(token, position)
+            logits = self.graph.step(token, position)
+            if logits is not None:
+                return logits
+            self.failure, self.graph, self.use_graphs = self.graph.failure, None, False  # eager from here on
         ids = torch.tensor([[token]], device=self.device)
         return decode_step(self.model, self.cache, ids, torch.tensor([position], device=self.device))
 

@@ -12,13 +12,6 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def gpu_model():
-    from kvviz.models import load_model
-
-    return load_model(device="cuda")
-
-
-@pytest.fixture(scope="module")
 def ids(gpu_model):
     text = "Tell me about the history of lighthouses, their keepers and the lenses they used. " * 6
     return encode_prompt(gpu_model.tokenizer, text, chat=True)

@@ -14,11 +14,8 @@ DOC = "Lighthouses were built on rocks and headlands to guide ships home at nigh
 QUESTIONS = ["Who kept the lights?", "How far could the light be seen?", "Why were lenses used?"]
 
 
-def test_paged_equals_contiguous_on_cuda():
-    from kvviz.models import load_model
-
-    loaded = load_model(device="cuda", dtype="float32")
-    m, tok = loaded.model, loaded.tokenizer
+def test_paged_equals_contiguous_on_cuda(gpu_model_fp32):
+    m, tok = gpu_model_fp32.model, gpu_model_fp32.tokenizer
     prompts = [encode_prompt(tok, DOC * 4 + q, chat=True) for q in QUESTIONS]
     s = Scheduler(m, tok, num_blocks=64, block_size=16)
     for i, p in enumerate(prompts):
