@@ -27,19 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kvviz.policies import PolicyError
-    from kvviz.text import PromptError
-
-    expected = (PolicyError, PromptError, ValueError, OSError)
-    try:
-        from kvviz.models import ModelLoadError
-
-        expected = expected + (ModelLoadError,)
-    except ImportError:
-        pass
     try:
         return command_modules()[args.command].main(args)
-    except expected as e:
+    except (ValueError, OSError) as e:  # PolicyError and PromptError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch.OutOfMemoryError is one; anything else is a bug: let it show
@@ -48,4 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         from kvviz.models import out_of_memory_message
 
         print(f"error: {out_of_memory_message(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # a model that does not load; kvviz.models (torch) is only imported by commands that load one
+        models = sys.modules.get("kvviz.models")
+        if models is None or not isinstance(e, models.ModelLoadError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
         return 2

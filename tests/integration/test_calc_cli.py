@@ -79,3 +79,13 @@ def test_a_config_without_the_needed_fields(tmp_path):
     path.write_text("{oops")
     out = kvviz("--config", str(path), "--context", "5")
     assert out.returncode == 2 and "not valid JSON" in out.stderr
+
+
+def test_calc_does_not_import_torch():
+    """The calculator needs no model: the CLI answers without importing torch (fast, and usable
+    where torch is not installed)."""
+    code = ("import sys, kvviz.cli; rc = kvviz.cli.main(['calc', '--arch', 'llama-2-7b', '--context', '4k']); "
+            "sys.exit(rc or ('torch' in sys.modules and 3))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "512.0 KiB" in out.stdout  # 2 × 32 layers × 32 heads × 128 dims × 2 bytes, by hand: 524,288 bytes
