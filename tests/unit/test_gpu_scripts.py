@@ -57,13 +57,16 @@ def test_a_clean_run_exits_zero(host, script):
         ("gpu_check.sh", "torch.cuda.is_available"),  # no CUDA at all
         ("gpu_all.sh", "tests/gpu"),
         ("gpu_all.sh", "known_results.py"),
+        ("gpu_measure.sh", "sweep_bench.py"),
     ],
 )
 def test_a_failing_step_makes_the_script_fail(host, script, fail):
     run, out = host
     result = run(script, fail)
     assert result.returncode != 0, result.stdout
-    if fail != "torch.cuda.is_available":  # the later steps still ran and kept their output
+    if script == "gpu_measure.sh":  # the later steps still ran and kept their output
+        assert (out / "quant_lab_bench.txt").exists()
+    elif fail != "torch.cuda.is_available":
         assert (out / "bench.txt").exists()
 
 
