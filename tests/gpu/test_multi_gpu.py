@@ -13,6 +13,8 @@ cache both must equal transformers' ``generate``. The embedded SmolLM2 loaded wi
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,7 @@ pytestmark = [
     pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"),
 ]
 
+GPU_MODEL = os.environ.get("KVVIZ_MODEL", "").strip() or None  # read at collection, before the session pins it (conftest)
 LAYERS = 4
 SPLIT_MAP = {
     "model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "model.layers.1": 0,
@@ -137,15 +140,10 @@ def test_each_layer_cache_and_records_live_on_the_layer_gpu(pair, ids):
 
 
 def test_the_embedded_model_with_device_map_auto():
-    from kvviz.models import ModelLoadError, load_model
+    from kvviz.models import load_model
     from kvviz.text import encode_prompt
 
-    try:
-        loaded = load_model(device_map="auto")
-    except ModelLoadError as exc:
-        if "embedded model is not installed" in str(exc):
-            pytest.skip(str(exc))
-        raise
+    loaded = load_model(GPU_MODEL, device_map="auto")  # the host's staged SmolLM2, as the other GPU tests
     m, tok = loaded.model, loaded.tokenizer
     text = "Tell me about the history of lighthouses, their keepers and the lenses they used. " * 4
     prompt = encode_prompt(tok, text, chat=True)
