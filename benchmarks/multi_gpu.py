@@ -65,7 +65,7 @@ def placement_of(device_map: dict) -> dict[str, list[int]]:
     """{device: decoder layer indices} of an accelerate device map."""
     out: dict[str, list[int]] = {}
     for name, d in device_map.items():
-        device = str(torch.device("cuda", d) if isinstance(d, int) else torch.device(d))
+        device = f"cuda:{d}" if isinstance(d, int) else str(d)  # also "cpu" or "disk" (refused by the caller)
         out.setdefault(device, [])
         if name.startswith("model.layers."):
             out[device].append(int(name.split(".")[2]))

@@ -122,5 +122,6 @@ def dispatch(model, device_map: dict[str, int | str | torch.device]):
         raise RuntimeError(ACCELERATE_NEEDED)
     from accelerate import dispatch_model
 
-    skip = getattr(model, "_skip_keys_device_placement", None)
-    return dispatch_model(model, device_map=device_map, skip_keys=list(skip) if skip else None)
+    skip = getattr(model, "_skip_keys_device_placement", None)  # the cache argument: never moved
+    skip = [skip] if isinstance(skip, str) else list(skip or [])
+    return dispatch_model(model, device_map=device_map, skip_keys=skip or None)

@@ -14,7 +14,7 @@ import torch
 
 from kvviz import cli, devices, engine, models
 from kvviz.metrics import device_memory_rows, index_ranges
-from kvviz.models import ModelLoadError, ModelSummary, pick_device_map
+from kvviz.models import ModelLoadError, pick_device_map
 from kvviz.scoring import random_draw
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)

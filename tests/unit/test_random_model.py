@@ -89,8 +89,8 @@ def test_a_map_to_disk_is_refused():
 def test_kvviz_decodes_the_random_model_as_generate_does():
     model = random_llama(small_config(), {"": "cpu"}, dtype=torch.float32, seed=2)
     ids = torch.randint(3, 256, (40,), generator=torch.Generator().manual_seed(0)).tolist()
-    trace = engine.run(model, IdTokenizer(), ids, "full", max_new_tokens=8, stop_at_eos=False)
-    ref = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    trace = engine.run(model, IdTokenizer(), ids, "full", max_new_tokens=8)  # both stop at the config's EOS, if it comes
+    ref = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
     assert trace.generated_ids == ref[0, len(ids):].tolist()
     assert trace.tokens[:2] == [f"<{ids[0]}>", f"<{ids[1]}>"]
 
