@@ -118,7 +118,7 @@ def quiet_transformers() -> None:
 
 
 def run_summary(trace) -> dict:
-    return {
+    summary = {
         "model": trace.model,
         "device": trace.device,
         "dtype": trace.dtype,
@@ -136,3 +136,6 @@ def run_summary(trace) -> dict:
         "kept_positions": trace.final_kept_positions(),
         "timings": {k: v for k, v in trace.timings.items() if k != "step_s"},
     }
+    if trace.device_memory:  # a model split across GPUs: layers, weights, KV and allocated bytes per device
+        summary["device_memory"] = trace.device_memory
+    return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,74 @@ def test_a_run_on_one_device_records_no_device_memory(tiny_llama):
 def test_random_draws_come_from_the_runs_generator():
     expected = torch.rand(3, 5, generator=torch.Generator().manual_seed(7))
     assert torch.equal(random_draw((3, 5), torch.Generator().manual_seed(7), torch.device("cpu")), expected)
+
+
+def four_layer_model():
+    from transformers import LlamaConfig
+
+    from kvviz.random_model import random_llama
+
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, attn_implementation="sdpa",
+    )
+    return random_llama(config, {"": "cpu"}, dtype=torch.float32, seed=4)
+
+
+# torch tells cpu and cpu:0 apart as devices (tensors made on either live on the CPU): layers that
+# alternate between them take the paths of a model split across two GPUs, and must give exactly
+# what one device gives
+CPU, CPU0 = torch.device("cpu"), torch.device("cpu", 0)
+ALTERNATING = [CPU, CPU0, CPU, CPU0]
+
+
+def test_records_kept_per_device_gather_in_layer_order():
+    from kvviz.cache import PolicyCache
+    from kvviz.spec import PolicySpec
+
+    model = four_layer_model()
+    ids = list(range(3, 33))
+
+    def run(layer_devices):
+        cache = PolicyCache(PolicySpec.of("h2o", budget=8).pipeline(), 4, len(ids), len(ids) + 5, 2, layer_devices, measure_lost_mass=True)
+        lost = []
+        with cache.attached(model), torch.inference_mode():
+            logits = engine.prefill(model, cache, ids)
+            lost.append(cache.take_lost_mass())
+            for step in range(4):
+                token = torch.tensor([[int(logits[0, -1].argmax())]])
+                logits = engine.decode_step(model, cache, token, torch.tensor([len(ids) + step]))
+                lost.append(cache.take_lost_mass())
+        return cache, torch.stack(lost)
+
+    one, lost_one = run([CPU] * 4)
+    two, lost_two = run(ALTERNATING)
+    assert len(one.records) == 1 and [r.layers for r in two.records] == [[0, 2], [1, 3]]
+    assert torch.equal(two.evicted_at, one.evicted_at) and (one.evicted_at >= 0).any()
+    torch.testing.assert_close(two.scores, one.scores, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(lost_two, lost_one, rtol=0, atol=0)
+    assert lost_one.shape == (5, 4) and (lost_one > 0).any()
+    # 8 entries x 2 KV heads x 16 dims x 4 bytes, K and V, two layers on each "device"
+    assert two.kv_bytes_by_device() == {"cpu": 2 * 2 * 2 * 8 * 16 * 4, "cpu:0": 2 * 2 * 2 * 8 * 16 * 4}
+
+
+@pytest.mark.parametrize("policy, budget", [("h2o", 8), ("snapkv", 8), ("random", 8), ("quant", None), ("snapkv+quant", 8)])
+def test_a_run_over_two_devices_equals_one_device(policy, budget, monkeypatch):
+    from kvviz.random_model import IdTokenizer
+
+    model = four_layer_model()
+    ids = list(range(3, 33))
+    kw = dict(budget=budget, max_new_tokens=6, stop_at_eos=False, capture_queries=True, keep_logprobs=True)
+    ref = engine.run(model, IdTokenizer(), ids, policy, **kw)
+    monkeypatch.setattr(devices, "layer_devices", lambda m: list(ALTERNATING))
+    got = engine.run(model, IdTokenizer(), ids, policy, **kw)
+    assert got.generated_ids == ref.generated_ids
+    np.testing.assert_array_equal(got.evicted_at_step, ref.evicted_at_step)
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    np.testing.assert_array_equal(got.lost_mass, ref.lost_mass)
+    assert torch.equal(got.extra["logprobs"], ref.extra["logprobs"]) and got.kv_bytes == ref.kv_bytes
+    assert (ref.device, ref.device_memory) == ("cpu", {})
+    assert got.device == "cpu + cpu:0"
+    memory = got.device_memory
+    assert [memory["cpu"]["layers"], memory["cpu:0"]["layers"]] == [[0, 2], [1, 3]]
+    assert memory["cpu"]["kv_bytes"] + memory["cpu:0"]["kv_bytes"] == got.kv_bytes[-1]
