@@ -85,6 +85,7 @@ def timed_run(model, ids, policy, args) -> dict:
         "policy": policy,
         "budget": budget,
         "device": trace.device,
+        "decode_path": trace.timings.get("decode_path", "eager"),  # a split model decodes eagerly; one GPU may replay a graph
         "prefill_s": round(trace.timings["prefill_s"], 4),
         "median_step_ms": round(1000 * statistics.median(steps), 3),
         "total_s": round(trace.timings["total_s"], 3),
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
             result["failures"].append(f"one GPU: {type(exc).__name__}: {exc}")
             status = 1
 
-    header = f"{'policy':<14} {'where':<16} {'prefill s':>9} {'step ms':>8} {'total s':>8}  {'KV per device':<40} same as one GPU"
+    header = f"{'policy':<14} {'where':<16} {'path':<6} {'prefill s':>9} {'step ms':>8} {'total s':>8}  {'KV per device':<40} same as one GPU"
     print(header)
     print("-" * len(header))
     for policy in policies:
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
                 same = run["generated_ids"] == ref["generated_ids"] and (run["evicted_at_step"] == ref["evicted_at_step"]).all()
                 run["same_as_one_gpu"] = bool(same)
             kv = ", ".join(f"{d} {format_bytes(m['kv_bytes'])}" for d, m in run["device_memory"].items()) or format_bytes(run["kv_bytes"])
-            print(f"{policy:<14} {run['device']:<16} {run['prefill_s']:>9.3f} {run['median_step_ms']:>8.2f} {run['total_s']:>8.2f}  {kv:<40} "
+            print(f"{policy:<14} {run['device']:<16} {run['decode_path']:<6} {run['prefill_s']:>9.3f} {run['median_step_ms']:>8.2f} {run['total_s']:>8.2f}  {kv:<40} "
                   + ("" if same is None else "yes" if same else "NO"))
             result["runs"].append({"where": where, **{k: v for k, v in run.items() if k != "evicted_at_step"}})
     if "generate_split_step_ms" in result:
