@@ -28,6 +28,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvviz.attention_inputs import AttentionCall, CaptureError, decoder_attention, readable
+from kvviz.devices import layers_by_device
 from kvviz.policies import Pipeline, PolicyError
 from kvviz.policies.base import LayerView, Selection, StepContext, Store
 from kvviz.scoring import attention_probs
@@ -145,6 +146,17 @@ class LayerCall:
         return getattr(self._cache, name)
 
 
+class RunRecords:
+    """What the Trace needs from the layers on one device, written there without host reads."""
+
+    def __init__(self, device, layers: list[int], n_kv_heads: int, capacity: int):
+        self.device, self.layers = torch.device(device), layers
+        n = len(layers)
+        self.evicted_at = torch.full((n, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)
+        self.scores = torch.full((n, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
+        self.lost_mass = torch.zeros(n, dtype=torch.float32, device=device)  # this step's, per layer
+
+
 class PolicyCache(Cache):
     """A Cache for one sequence, compressed by a policy pipeline (selector and/or store)."""
 
@@ -172,10 +184,18 @@ class PolicyCache(Cache):
             sel.layer_budget(self.budget, i, n_layers) if sel is not None else None for i in range(n_layers)
         ]
         self.protection = sel.protection(self.budget) if sel is not None else Protection()
-        # Trace records, on the device: (layers, kv_heads, capacity)
-        self.evicted_at = torch.full((n_layers, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)
-        self.scores = torch.full((n_layers, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
-        self.lost_mass_now = torch.zeros(n_layers, dtype=torch.float32, device=device)
+        # Trace records, on the device of the layers they describe (a model split across GPUs
+        # has several): one RunRecords per device, and the row of each layer in its device's
+        self.layer_devices = [torch.device(d) for d in (device if isinstance(device, (list, tuple)) else [device] * n_layers)]
+        if len(self.layer_devices) != n_layers:
+            raise ValueError(f"{len(self.layer_devices)} layer devices for {n_layers} layers")
+        self.records = [
+            RunRecords(d, layers, n_kv_heads, capacity) for d, layers in layers_by_device(self.layer_devices).items()
+        ]
+        self.record_slot = [None] * n_layers  # layer -> (its device's RunRecords, its row there)
+        for rec in self.records:
+            for row, li in enumerate(rec.layers):
+                self.record_slot[li] = (rec, row)
 
     # attached to a model for one run ----------------------------------------------------------
 
@@ -272,16 +292,37 @@ class PolicyCache(Cache):
         which each evicted entry left (computed on the device from the new tokens' positions:
         a step's last new token sits at ``prompt_len + step - 1``, the prompt's at
         ``prompt_len - 1``, so a replayed CUDA graph writes the right step) and the lost mass."""
-        li, positions = layer.layer_idx, layer.positions
+        positions = layer.positions
+        rec, row = self.record_slot[layer.layer_idx]
         if decision.scores is not None:
-            self.scores[li].scatter_(1, positions, decision.scores.float())
+            rec.scores[row].scatter_(1, positions, decision.scores.float())
         evicted = layer.apply(decision)  # (kv_heads, n) bool
         step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
         # every entry held until now was never evicted (-1): write the step where it leaves
-        self.evicted_at[li].scatter_(1, positions, torch.where(evicted, step, -1).to(torch.int32))
+        rec.evicted_at[row].scatter_(1, positions, torch.where(evicted, step, -1).to(torch.int32))
         if self.measure_lost_mass and queries is not None:
             probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], positions)[:, 0]  # (kv_heads, n)
-            self.lost_mass_now[li] = (probs * evicted).sum(dim=-1).mean()
+            rec.lost_mass[row] = (probs * evicted).sum(dim=-1).mean()
+
+    @property
+    def evicted_at(self) -> torch.Tensor:
+        """(layers, kv_heads, capacity) int32: the step at which each entry left, -1 = never. On
+        the device of a model on one device; gathered to the CPU from a split model's devices."""
+        return self._gathered("evicted_at")
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """(layers, kv_heads, capacity) float32: the last score that decided each entry, NaN = never scored."""
+        return self._gathered("scores")
+
+    def _gathered(self, name: str) -> torch.Tensor:
+        if len(self.records) == 1:
+            return getattr(self.records[0], name)
+        parts = [getattr(rec, name) for rec in self.records]
+        out = parts[0].new_empty((self.n_layers, *parts[0].shape[1:]), device="cpu")
+        for rec, part in zip(self.records, parts):
+            out[rec.layers] = part.cpu()
+        return out
 
     # Cache API used by the models -------------------------------------------------------------
 
@@ -312,9 +353,25 @@ class PolicyCache(Cache):
         return total
 
     def take_lost_mass(self) -> torch.Tensor:
-        """(layers,) the attention mass lost to this step's evictions; the record starts again at 0."""
-        out = self.lost_mass_now.clone()
-        self.lost_mass_now.zero_()
+        """(layers,) the attention mass lost to this step's evictions; the record starts again at 0.
+        On the device of the first layer (a split model's other devices copy theirs there)."""
+        if len(self.records) == 1:
+            out = self.records[0].lost_mass.clone()
+        else:
+            first = self.records[0].lost_mass
+            out = first.new_empty(self.n_layers)
+            for rec in self.records:
+                out[rec.layers] = rec.lost_mass.to(first.device)
+        for rec in self.records:
+            rec.lost_mass.zero_()
+        return out
+
+    def kv_bytes_by_device(self) -> dict[str, int]:
+        """Bytes of K/V tensors held on each device (``kv_bytes`` split by where the layers live)."""
+        out = {str(d): 0 for d in self.layer_devices}
+        for layer, device in zip(self.layers, self.layer_devices):
+            if layer.store is not None:
+                out[str(device)] += layer.store.nbytes()
         return out
 
     def store_error(self) -> StoreError | None:

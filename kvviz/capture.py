@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from kvviz import devices
 from kvviz.attention_inputs import AttentionCall, CaptureError, attention_modules  # noqa: F401  (re-exported)
 
 
@@ -124,7 +125,7 @@ def _run_with_hooks(model, ids, layers: Sequence[int], on_layer) -> None:
 
         return hook
 
-    device = next(model.parameters()).device
+    device = devices.input_device(model)  # a model split across GPUs takes its ids on the embedding's
     input_ids = _ids_tensor(ids, device)
     positions = torch.arange(input_ids.shape[1], device=device)[None]
     base = getattr(model, "model", model)

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz import cuda_graphs, metrics
+from kvviz import cuda_graphs, devices, metrics
 from kvviz.cache import PolicyCache
 from kvviz.policies import Pipeline, PolicyError
 from kvviz.spec import PolicySpec
@@ -191,21 +191,24 @@ def run(
     options = dataclasses.replace(options or DecodeOptions(), **option_values)
     shape = ModelShape.of(model)
     prompt_ids = check_prompt(prompt_ids, options, shape)
-    device = next(model.parameters()).device
+    device = devices.input_device(model)  # where the token ids go; a split model's layers are elsewhere too
+    layer_devices = devices.layer_devices(model)
     generator = torch.Generator(device=device).manual_seed(options.seed)
     cache = PolicyCache(
-        pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, device,
+        pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, layer_devices,
         generator=generator, measure_lost_mass=options.capture_queries,
     )
+    used = [device, *layer_devices]
     eos = eos_ids(tokenizer, model.config)
     records = StepRecords()
     generated: list[int] = []
     stopped_by = "max_new_tokens"
-    decoder = Decoder(model, cache, use_graphs=options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample))
+    use_graphs = options.cuda_graphs and not devices.is_split(used) and cuda_graphs.usable(cache, device, options.sample)
+    decoder = Decoder(model, cache, use_graphs=use_graphs)
     with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
         logits = prefill(model, cache, prompt_ids)
-        t_prefill = _sync_time(device) - t0
+        t_prefill = _sync_time(used) - t0
         for step in range(options.n_steps):
             t_step = time.perf_counter()
             logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
@@ -220,7 +223,7 @@ def run(
                 records.step_s.append(time.perf_counter() - t_step)
                 break
             logits = decoder.step(token, position=len(prompt_ids) + step)
-            records.step_s.append(_sync_time(device) - t_step)
+            records.step_s.append(_sync_time(used) - t_step)
         t_total = time.perf_counter() - t0
     timings = {
         "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
@@ -228,14 +231,35 @@ def run(
     }
     if decoder.failure:
         timings["graph_failure"] = decoder.failure
-    return build_trace(
+    trace = build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
+    if devices.is_split(used):
+        trace.device = devices.describe(layer_devices)
+        trace.device_memory = device_memory(model, cache)
+    return trace
+
+
+def device_memory(model, cache: PolicyCache) -> dict[str, dict]:
+    """Per device of a split model, at the end of a run: its layers, the bytes of weights and of
+    the K/V cache held there, and what torch had allocated there in all (CUDA only)."""
+    weights = devices.weights_by_device(model)
+    kv = cache.kv_bytes_by_device()
+    allocated = devices.allocated_by_device(cache.layer_devices)
+    out = {}
+    for device, layers in devices.layers_by_device(cache.layer_devices).items():
+        name = str(device)
+        out[name] = {"layers": layers, "weights_bytes": weights.get(name, 0), "kv_bytes": kv.get(name, 0)}
+        if name in allocated:
+            out[name]["allocated_bytes"] = allocated[name]
+    for name, size in weights.items():  # a device holding weights but no decoder layer (the embeddings, lm_head)
+        out.setdefault(name, {"layers": [], "weights_bytes": size, "kv_bytes": 0})
+    return out
 
 
 def prefill(model, cache: PolicyCache, prompt_ids: list[int]) -> torch.Tensor:
     """The prompt in one forward (the policy compresses the cache right after); logits (1, 1, vocab)."""
-    device = next(model.parameters()).device
+    device = devices.input_device(model)
     ids = torch.tensor([prompt_ids], device=device)
     return _forward(model, cache, ids, torch.arange(len(prompt_ids), device=device))
 
@@ -252,7 +276,7 @@ class Decoder:
 
     def __init__(self, model, cache: PolicyCache, use_graphs: bool = False):
         self.model, self.cache, self.use_graphs = model, cache, use_graphs
-        self.device = next(model.parameters()).device
+        self.device = devices.input_device(model)
         self.graph: cuda_graphs.DecodeGraph | None = None
         self.failure: str | None = None  # why graph capture failed, if it did
 
@@ -283,7 +307,7 @@ def choose_token(logprobs: torch.Tensor, options: DecodeOptions, step: int, gene
     if options.forced_ids is not None:
         return options.forced_ids[step]
     if options.sample:
-        probs = (logprobs / max(options.temperature, 1e-5)).softmax(-1)
+        probs = (logprobs / max(options.temperature, 1e-5)).softmax(-1).to(generator.device)  # a split model's logits come from its last device
         return int(torch.multinomial(probs, 1, generator=generator))
     return int(logprobs.argmax())
 
@@ -359,9 +383,8 @@ def build_trace(
     return trace
 
 
-def _sync_time(device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync_time(used: list[torch.device]) -> float:
+    devices.synchronize(used)
     return time.perf_counter()
 
 

@@ -77,3 +77,29 @@ def mean_or_nan(values) -> float:
     """The mean of ``values`` as a float, NaN when there are none (never a warning)."""
     a = np.asarray(values if values is not None else [], dtype=np.float64)
     return float(a.mean()) if a.size else float("nan")
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5" (sorted, distinct indices)."""
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive indices
+    for i in sorted(set(indices)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def device_memory_rows(memory: dict[str, dict]) -> list[tuple[str, str]]:
+    """One (label, text) row per device of a model split across GPUs, from a Trace's
+    ``device_memory`` (or a model summary's): the decoder layers it holds, the bytes of weights,
+    of K/V cache and what torch had allocated there, for the entries present."""
+    rows = []
+    for device, m in memory.items():
+        layers = m.get("layers") or []
+        parts = [f"layers {index_ranges(layers)}" if layers else "no decoder layer"]
+        for key, label in (("weights_bytes", "weights"), ("kv_bytes", "KV cache"), ("allocated_bytes", "allocated by torch")):
+            if m.get(key) is not None:
+                parts.append(f"{label} {format_bytes(m[key])}")
+        rows.append((f"On {device}", " · ".join(parts)))
+    return rows

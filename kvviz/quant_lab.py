@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kvviz import capture, engine, scoring
+from kvviz import capture, devices, engine, scoring
 from kvviz.metrics import format_bytes
 from kvviz.quantize import QuantizedStream
 
@@ -76,7 +76,7 @@ def read_layer(model, ids, layer: int) -> LayerCache:
     modules = capture.attention_modules(model)
     if not 0 <= layer < len(modules):
         raise ValueError(f"Layer {layer} is out of range: the model has layers 0..{len(modules) - 1}.")
-    device = next(model.parameters()).device
+    device = devices.input_device(model)  # a model split across GPUs takes its ids on the embedding's
     cache = DynamicCache(config=model.config)
     owner = threading.get_ident()
 

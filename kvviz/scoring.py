@@ -95,3 +95,11 @@ def recent_mask(positions: torch.Tensor, window: int) -> torch.Tensor:
 def first_mask(positions: torch.Tensor, n_first: int) -> torch.Tensor:
     """(kv_heads, n) bool: entries among the first ``n_first`` tokens (attention sinks)."""
     return positions < n_first
+
+
+def random_draw(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform numbers in [0, 1) from the run's seeded generator, drawn on the generator's device
+    and moved to ``device``: the layers of a model split across GPUs share the run's one stream of
+    draws, so a split run draws what a run on one device draws."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)

@@ -87,6 +87,9 @@ class Trace:
     store_error: StoreError | None = None  # a lossy store's reconstruction error; None without one
     protection: Protection = field(default_factory=Protection)  # what the selector always keeps
     spec: dict | None = None  # the PolicySpec that ran (PolicySpec.to_dict), None for a ready-made Pipeline
+    # a model split across GPUs: per device, {"layers": [...], "weights_bytes", "kv_bytes", "allocated_bytes"}
+    # at the end of the run; empty for a model on one device
+    device_memory: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views

@@ -28,10 +28,15 @@ def configure(p) -> None:
 
 
 def add_model_args(p) -> None:
-    """--model, --device, --dtype: the sidebar's choices, shared by every command that loads a model."""
+    """--model, --device, --dtype, --device-map: the sidebar's choices, shared by every command that loads a model."""
     p.add_argument("--model", help="HF id, local directory or .gguf file (default: $KVVIZ_MODEL or the embedded SmolLM2)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument(
+        "--device-map", choices=["auto"], metavar="auto",
+        help="auto: split the model across this host's GPUs (transformers' device_map=\"auto\", needs accelerate); "
+        "each layer's cache lives on that layer's GPU",
+    )
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -52,11 +57,12 @@ def policy_spec(args):
 
 
 def load(args):
-    """The model of --model/--device/--dtype, with transformers kept quiet."""
-    from kvviz.models import load_model
+    """The model of --model/--device/--dtype/--device-map, with transformers kept quiet."""
+    from kvviz.models import load_model, pick_device_map
 
+    pick_device_map(args.device_map)  # refused before anything loads (no CUDA, no accelerate)
     quiet_transformers()
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
 
 
 def read_prompt(args) -> str:
@@ -112,7 +118,7 @@ def quiet_transformers() -> None:
 
 
 def run_summary(trace) -> dict:
-    return {
+    summary = {
         "model": trace.model,
         "device": trace.device,
         "dtype": trace.dtype,
@@ -130,3 +136,6 @@ def run_summary(trace) -> dict:
         "kept_positions": trace.final_kept_positions(),
         "timings": {k: v for k, v in trace.timings.items() if k != "step_s"},
     }
+    if trace.device_memory:  # a model split across GPUs: layers, weights, KV and allocated bytes per device
+        summary["device_memory"] = trace.device_memory
+    return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from kvviz import devices
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
 from kvviz.paged.scheduler import Request, Scheduler
@@ -55,6 +56,11 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
     """Decode every prompt (``n`` samples each) through one paged pool; raises PoolTooSmall,
     PromptError or PolicyError with a message for bad input."""
     settings.validate()
+    if devices.is_split(devices.layer_devices(model)):
+        raise ValueError(
+            "The paged cache keeps one block pool for every layer on one device, so it does not run on a model"
+            " split across GPUs: load the model on one device (without device map auto)."
+        )
     max_context = getattr(model.config, "max_position_embeddings", None) or 0
     ids = encode_all(tokenizer, prompts, settings.chat, max_context or None)
     pipeline = settings.policy.pipeline() if settings.policy is not None else None

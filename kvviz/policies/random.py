@@ -2,9 +2,8 @@
 
 from dataclasses import dataclass
 
-import torch
-
 from kvviz.policies.base import ScoredSelector
+from kvviz.scoring import random_draw
 
 
 @dataclass
@@ -18,4 +17,4 @@ class Random(ScoredSelector):
     aggregation; any scored policy should do better than this."""
 
     def score(self, layer, ctx):
-        return torch.rand(layer.positions.shape, generator=ctx.generator, device=layer.keys.device)  # (kv_heads, n)
+        return random_draw(layer.positions.shape, ctx.generator, layer.keys.device)  # (kv_heads, n)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from kvviz.policies.base import PolicyError, ScoredSelector, param
-from kvviz.scoring import first_mask, recent_mask
+from kvviz.scoring import first_mask, random_draw, recent_mask
 from kvviz.trace import Protection
 
 GLOBAL, RANDOM_BLOCK, LOCAL = 3.0, 2.0, 1.0  # scores recorded in the trace: which part keeps an entry
@@ -52,7 +52,7 @@ class SparsePattern(ScoredSelector):
         window = self.protection(ctx.budget).recent
         n_blocks = max(layer.n - window - self.n_global, 0) // self.block_size
         block = (layer.positions - self.n_global).div(self.block_size, rounding_mode="floor")  # (kv_heads, n)
-        draw = torch.rand(layer.kv_heads, n_blocks, generator=ctx.generator, device=layer.keys.device)
+        draw = random_draw((layer.kv_heads, n_blocks), ctx.generator, layer.keys.device)
         chosen = draw.topk(min(self.random_blocks, n_blocks), dim=-1).indices  # (kv_heads, r)
         in_range = (layer.positions >= self.n_global) & (block < n_blocks)
         pinned = (block.clamp(0, max(n_blocks - 1, 0)).unsqueeze(-1) == chosen.unsqueeze(1)).any(-1) & in_range

@@ -14,7 +14,7 @@ import time
 import streamlit as st
 
 from kvviz import live_run, run_store
-from kvviz.metrics import format_bytes, memory_saving
+from kvviz.metrics import device_memory_rows, format_bytes, memory_saving
 from kvviz.spec import PolicySpec
 from kvviz.token_states import Scope
 from kvviz.ui.live_controls import ERROR, RESULT, SHOWN
@@ -188,6 +188,7 @@ def details(result: live_run.LiveResult) -> None:
         "Output": result.generated_text or trace.generated_text,
         "Policy's pass": f"prefill {trace.timings['prefill_s']:.2f} s, decoding {trace.timings['decode_s']:.2f} s",
         "Wall time": ", ".join(f"{k} {v:.2f} s" for k, v in result.wall_s.items()) or "not measured",
+        **dict(device_memory_rows(trace.device_memory)),  # a model split across GPUs: one row per device
     }
     st.table({"": list(rows), "value": list(rows.values())}, hide_header=True)  # cells are plain text, not markdown
     st.download_button(

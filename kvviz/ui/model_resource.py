@@ -12,11 +12,12 @@ from collections import OrderedDict
 
 import streamlit as st
 
-from kvviz.models import LoadedModel, load_model, pick_device, pick_dtype
+from kvviz.models import LoadedModel, load_model, pick_device, pick_device_map, pick_dtype
 
 MAX_MODELS = 2  # the current model and the previous one (kept so that a switch back is instant)
 
-ModelKey = tuple[str, str, str]  # (spec, resolved device, dtype name)
+ModelKey = tuple[str, str, str]  # (spec, resolved device or ALL_GPUS, dtype name)
+ALL_GPUS = "all GPUs"  # the device choice that splits the model across the host's GPUs (device_map auto)
 
 
 class _ModelStore:
@@ -44,6 +45,9 @@ def _model_store() -> _ModelStore:
 
 def model_key(spec: str, device: str = "auto", dtype: str = "auto") -> ModelKey:
     """Normalize a request, so that "auto" and the device it picks share one loaded model."""
+    if device == ALL_GPUS:
+        pick_device_map("auto")  # refused here without CUDA or accelerate
+        return (spec.strip(), ALL_GPUS, str(pick_dtype("cuda", dtype)).replace("torch.", ""))
     resolved = pick_device(device)
     return (spec.strip(), resolved, str(pick_dtype(resolved, dtype)).replace("torch.", ""))
 
@@ -80,6 +84,8 @@ def _load_with_progress(key: ModelKey) -> LoadedModel:
             "Loading the model, once for this process. A GGUF file is dequantized on its first load "
             "(about 20 s for SmolLM2); later starts reuse kvviz's weights cache."
         ):
+            if device == ALL_GPUS:
+                return load_model(spec, device="cuda", dtype=dtype, progress=progress, device_map="auto")
             return load_model(spec, device=device, dtype=dtype, progress=progress)
     finally:
         bar.empty()

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import streamlit as st
 
 from kvviz import data
-from kvviz.models import LoadedModel, ModelLoadError, default_model_spec, display_name, embedded_gguf_path, spec_from_display
+from kvviz.models import (
+    LoadedModel, ModelLoadError, cuda_device_count, default_model_spec, display_name, embedded_gguf_path, spec_from_display,
+)
 from kvviz.text import PromptError, encode_prompt
-from kvviz.ui.model_resource import get_model
+from kvviz.ui.model_resource import ALL_GPUS, get_model
 from kvviz.ui.state import persisted, url_problems
 from kvviz.ui.token_html import md_escape
 
@@ -68,9 +70,13 @@ def sidebar() -> SidebarState:
             label="Model", help=_model_help(),
         )
         spec = spec_from_display(shown)
+        several_gpus = cuda_device_count() > 1
         device = persisted(
-            st.selectbox, DEVICE, "auto", url="device", label="Device", options=DEVICES,
-            help="auto: CUDA if present, else Apple MPS, else CPU.",
+            st.selectbox, DEVICE, "auto", url="device", label="Device", options=DEVICES + ([ALL_GPUS] if several_gpus else []),
+            help="auto: CUDA if present, else Apple MPS, else CPU."
+            + (f" {ALL_GPUS}: the model's layers split across this host's {cuda_device_count()} GPUs (transformers'"
+               " device_map auto, through accelerate), for a model larger than one GPU; each layer's cache lives on"
+               " its layer's GPU." if several_gpus else ""),
         )
         dtype = persisted(
             st.selectbox, DTYPE, "auto", url="dtype", label="dtype", options=DTYPES,
@@ -87,6 +93,8 @@ def sidebar() -> SidebarState:
                 st.error(error, icon=":material/error:")
             s = loaded.summary
             st.caption(f"**{s.name}** · {s.device} · {s.dtype} · {s.n_layers} layers · {s.attention.split(' (')[0]}")
+            if s.split:
+                st.caption("  \n".join(f"{label}: {text}" for label, text in s.device_rows()))
 
         st.subheader("Prompt")
         names = data.example_names() + [CUSTOM]
