@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from kvviz import engine
+from kvviz import devices, engine
 from kvviz.engine import DecodeOptions
 from kvviz.spec import PolicySpec
 
@@ -102,8 +102,9 @@ def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for every GPU the run uses (a model split over several waits for all of them)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize()
 
 
 class _StepClock:
@@ -122,7 +123,7 @@ def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float]
     """(whole call s, median decode step s) of greedy ``generate`` with the full cache."""
     from transformers import LogitsProcessorList
 
-    device = next(model.parameters()).device
+    device = devices.input_device(model)
     clock = _StepClock(device)
     x = torch.tensor([ids], device=device)
     _sync(device)

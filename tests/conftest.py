@@ -58,9 +58,11 @@ def smollm():
     return load_model(device="cpu", dtype="float32")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_llama():
-    """A random-weight LlamaForCausalLM: 2 layers, hidden 64, 4 query heads, 2 KV heads, head dim 16."""
+    """A random-weight LlamaForCausalLM: 2 layers, hidden 64, 4 query heads, 2 KV heads, head dim 16.
+    Built afresh (same seed, same weights) for each test module, so what one module leaves on the
+    model (transformers' output-recording hooks, say) never reaches another."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
