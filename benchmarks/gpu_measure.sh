@@ -3,13 +3,15 @@
 # and the all-policy bench): the Live page's run per policy, prefill scoring at 8k, the attention
 # explorer at 8k, known results, the sweep, compare, paged and quantization-lab benchmarks.
 # Every step runs (each under its own time limit) and keeps its output under $OUT; the exit status
-# is non-zero when any step failed.
+# is non-zero when any step failed. ONLY="bench_live sweep_bench" runs just those steps (to fit a
+# call's time limit).
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 quiet() { grep -v "Converting\|Loading weights\|clean_up" || true; }
 status=0
 step() {  # step NAME SECONDS command...: run, keep the output in $OUT/NAME.txt, note a failure
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
     timeout "$limit" "$@" 2>&1 | quiet | tail -40 | tee "$OUT/$name.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_measure: $name failed"; status=1; }
 }

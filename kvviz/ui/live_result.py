@@ -22,6 +22,7 @@ from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
 SCOPES = ["all layers and heads", "one layer and KV head"]
+REOPENED = "live.reopened"  # (run id, caption) of a run reopened from the run store
 
 
 def _clock(ts: float | None) -> str:
@@ -46,7 +47,7 @@ def _from_store(run_id: str) -> live_run.LiveResult | None:
         st.error(f"The run of this link ({what}) failed: {md_escape(stored.meta.get('error') or 'no trace was kept')}")
         return None
     meta = stored.meta
-    st.caption(f"Reopened from the run store: the run ended at {_clock(meta.get('ended'))}.")
+    st.session_state[REOPENED] = (run_id, f"Reopened from the run store: the run ended at {_clock(meta.get('ended'))}.")
     return live_run.LiveResult(
         req, stored.traces["policy"], stored.traces.get("full"), stored.traces.get("forced"),
         wall_s=meta.get("wall_s") or {}, stopped_in=meta.get("stopped_in"),
@@ -64,6 +65,9 @@ def current_result() -> live_run.LiveResult | None:
     if result is None and run_id and ss.get("live.loaded_run") != run_id:
         ss["live.loaded_run"] = run_id
         result = ss[RESULT] = _from_store(run_id)
+    reopened = ss.get(REOPENED)
+    if result is not None and reopened and reopened[0] == run_id == ss.get("live.loaded_run"):
+        st.caption(reopened[1])  # on every rerun while the reopened run is the one shown
     return result
 
 
