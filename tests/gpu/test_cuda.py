@@ -60,13 +60,6 @@ def test_graph_replay_equals_eager_steps(gpu_model, ids, spec):
     assert graphed.store_error == eager.store_error
 
 
-@pytest.fixture(scope="module")
-def gpu_model_fp32():
-    from kvviz.models import load_model
-
-    return load_model(device="cuda", dtype="float32")
-
-
 @pytest.mark.parametrize("spec", ["full", "snapkv", "pyramidkv", "lowrank", "head_share", "pyramidkv+lowrank"])
 def test_graph_replay_of_a_fixed_capacity_cache_equals_the_growing_cache_in_float32(gpu_model_fp32, spec):
     m, tok = gpu_model_fp32.model, gpu_model_fp32.tokenizer
