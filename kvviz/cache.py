@@ -435,9 +435,9 @@ class PolicyCache(Cache):
         for ``new_tokens`` more, so decode steps keep their shapes (``kvviz.fixed_capacity``)."""
         if not self.grows():
             raise PolicyError(f"{self.pipeline.spec}: a selector that evicts at decode keeps its own fixed budget.")
+        if not self.can_hold_fixed():
+            raise PolicyError(f"{self.pipeline.spec}: this store cannot be held at a fixed capacity.")
         for layer in self.layers:
-            if not layer.store.can_hold_fixed():
-                raise PolicyError(f"{self.pipeline.spec}: this store cannot be held at a fixed capacity.")
             layer.hold_fixed(len(layer) + new_tokens)
 
     @property
