@@ -29,6 +29,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvviz.attention_inputs import AttentionCall, CaptureError, decoder_attention, readable
 from kvviz.devices import layers_by_device
+from kvviz.fixed_capacity import FixedLayer
 from kvviz.policies import Pipeline, PolicyError
 from kvviz.policies.base import LayerView, Selection, StepContext, Store
 from kvviz.scoring import attention_probs
@@ -51,6 +52,7 @@ class PolicyLayer(CacheLayerMixin):
         self.positions: torch.Tensor | None = None  # (kv_heads, n) long
         self.stats: dict[str, torch.Tensor] = {}
         self.seen = 0  # tokens this layer has processed (the length of a full cache)
+        self.fixed: FixedLayer | None = None  # set by hold_fixed: the entries in preallocated buffers
 
     # transformers' CacheLayerMixin API --------------------------------------------------------
 
@@ -77,6 +79,12 @@ class PolicyLayer(CacheLayerMixin):
         if key_states.shape[0] != 1:
             raise ValueError("PolicyCache runs one sequence at a time (batch size 1).")
         q_len, kv_heads = key_states.shape[2], key_states.shape[1]
+        if self.fixed is not None:  # buffers of fixed capacity; no selector acts at decode
+            if len(self) + q_len > self.fixed.capacity:
+                raise ValueError(f"layer {self.layer_idx}: more tokens than its fixed capacity of {self.fixed.capacity}.")
+            keys, values = self.fixed.step(key_states[0], value_states[0], positions)
+            self.seen += q_len
+            return keys.unsqueeze(0), values.unsqueeze(0)
         prefill = self.seen == 0
         self.store.append(key_states[0], value_states[0])
         self.positions = torch.cat([self.positions, positions.expand(kv_heads, -1)], dim=1)
@@ -108,7 +116,7 @@ class PolicyLayer(CacheLayerMixin):
         return -1
 
     def reset(self):
-        self.store = self.positions = None
+        self.store = self.positions = self.fixed = None
         self.stats = {}
         self.seen = 0
         self.is_initialized = False
@@ -116,7 +124,27 @@ class PolicyLayer(CacheLayerMixin):
     # kvviz ------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        if self.fixed is not None:
+            return self.fixed.held(self.seen)
         return 0 if self.store is None else len(self.store)
+
+    def hold_fixed(self, capacity: int) -> None:
+        """Move the entries into buffers of ``capacity`` slots (see ``kvviz.fixed_capacity``)."""
+        self.fixed = FixedLayer(self, capacity)
+
+    def nbytes(self) -> int:
+        """Bytes of the K/V tensors held (of the entries held, for a fixed-capacity layer)."""
+        if self.store is None:
+            return 0
+        return self.fixed.nbytes(len(self)) if self.fixed is not None else self.store.nbytes()
+
+    def bookkeeping_bytes(self) -> int:
+        """Bytes of the positions and stats of the entries held."""
+        if self.positions is None:
+            return 0
+        if self.fixed is not None:
+            return self.fixed.bookkeeping_bytes(len(self))
+        return sum(t.numel() * t.element_size() for t in (self.positions, *self.stats.values()))
 
     def apply(self, sel: Selection) -> torch.Tensor:
         """Keep ``sel.keep``; returns the (kv_heads, n) bool mask of evicted entries."""
@@ -238,7 +266,11 @@ class PolicyCache(Cache):
                         f" from {type(module).__name__} (it needs separate q_proj/k_proj)."
                     )
                 queries = AttentionCall.read(module, args, kwargs).queries()
-            return args, {**kwargs, key: LayerCall(self, positions, queries)}
+            kwargs = {**kwargs, key: LayerCall(self, positions, queries)}
+            if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                kwargs["attention_mask"] = layer.fixed.attention_mask(hidden.dtype)
+            return args, kwargs
 
         return hook
 
@@ -341,16 +373,15 @@ class PolicyCache(Cache):
 
     def kv_bytes(self) -> int:
         """Bytes of every K/V tensor held, quantization scales and zero points included."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def reserved_kv_bytes(self) -> int:
+        """Bytes the K/V tensors take in memory: the whole buffers of fixed-capacity layers."""
         return sum(layer.store.nbytes() for layer in self.layers if layer.store is not None)
 
     def bookkeeping_bytes(self) -> int:
         """Positions and policy statistics kvviz keeps beside the K/V tensors."""
-        total = 0
-        for layer in self.layers:
-            if layer.positions is not None:
-                total += layer.positions.numel() * layer.positions.element_size()
-                total += sum(s.numel() * s.element_size() for s in layer.stats.values())
-        return total
+        return sum(layer.bookkeeping_bytes() for layer in self.layers)
 
     def take_lost_mass(self) -> torch.Tensor:
         """(layers,) the attention mass lost to this step's evictions; the record starts again at 0.
@@ -370,8 +401,7 @@ class PolicyCache(Cache):
         """Bytes of K/V tensors held on each device (``kv_bytes`` split by where the layers live)."""
         out = {str(d): 0 for d in self.layer_devices}
         for layer, device in zip(self.layers, self.layer_devices):
-            if layer.store is not None:
-                out[str(device)] += layer.store.nbytes()
+            out[str(device)] += layer.nbytes()
         return out
 
     def store_error(self) -> StoreError | None:
@@ -391,10 +421,35 @@ class PolicyCache(Cache):
             full_precision_values=most([e.full_precision_values for e in errors]),
         )
 
+    def grows(self) -> bool:
+        """True when no selector acts at decode: every layer grows by one entry per step."""
+        sel = self.pipeline.selector
+        return sel is None or not sel.acts_at_decode
+
+    def can_hold_fixed(self) -> bool:
+        """Whether every layer's store can be held at a fixed capacity (after the prefill)."""
+        return all(layer.store is not None and layer.store.can_hold_fixed() for layer in self.layers)
+
+    def hold_fixed(self, new_tokens: int) -> None:
+        """After the prefill of a growing cache: each layer's entries move into buffers with room
+        for ``new_tokens`` more, so decode steps keep their shapes (``kvviz.fixed_capacity``)."""
+        if not self.grows():
+            raise PolicyError(f"{self.pipeline.spec}: a selector that evicts at decode keeps its own fixed budget.")
+        if not self.can_hold_fixed():
+            raise PolicyError(f"{self.pipeline.spec}: this store cannot be held at a fixed capacity.")
+        for layer in self.layers:
+            layer.hold_fixed(len(layer) + new_tokens)
+
+    @property
+    def is_fixed(self) -> bool:
+        """Whether every layer is held at a fixed capacity."""
+        return all(layer.fixed is not None for layer in self.layers)
+
     def steady(self) -> bool:
-        """True when every layer holds exactly its budget, so each decode step appends one entry
-        and evicts one: tensor shapes no longer change (what a CUDA graph needs)."""
-        return all(
+        """True when every decode step keeps every tensor's shape (what a CUDA graph needs):
+        every layer holds exactly its budget, so each step appends one entry and evicts one, or
+        every layer is held at a fixed capacity."""
+        return self.is_fixed or all(
             b is not None and layer.is_initialized and len(layer) == b
             for layer, b in zip(self.layers, self.layer_budgets)
         )

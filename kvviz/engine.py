@@ -3,6 +3,7 @@
 One run, top to bottom (``run``):
 
   prefill(prompt)                        the prompt in one forward; the policy compresses it
+  Decoder.after_prefill(...)             graphs or eager steps; a growing cache to fixed buffers
   for each step:
       record what the cache holds        (StepRecords: bytes, lost attention mass, log-probs)
       choose_token(log-probs)            greedy, sampled with the run's seed, or forced
@@ -17,8 +18,10 @@ call's cache keyword is ``past_key_values`` up to 5.23 and ``cache`` from 5.24).
 ``decode_step(model, cache, ids, positions)`` is a pure function of device tensors (ids (1, 1),
 positions (1,)): what a CUDA graph captures and replays (``kvviz.cuda_graphs``). The cache takes
 what a step needs as arguments of that forward (positions and queries, through its attached
-hooks), so another cache with the same interface (a fixed-capacity one for graph replay of every
-policy) plugs in where PolicyCache is built, in ``run``.
+hooks). After the prefill, ``Decoder.after_prefill`` moves a growing cache (the full cache,
+SnapKV/PyramidKV after the prompt, a store on its own) into fixed-capacity buffers where graphs
+will replay (``kvviz.fixed_capacity``): every registered policy but ``random`` then decodes from
+a CUDA graph; ``trace.timings["decode_path"]`` says whether a run did.
 
 Options that shape the decoding (``DecodeOptions``) are one value; ``run`` also takes them as
 keywords: ``engine.run(model, tokenizer, ids, "h2o", budget=64, max_new_tokens=16)``.
@@ -36,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz import cuda_graphs, devices, metrics
+from kvviz import cuda_graphs, devices, fixed_capacity, metrics
 from kvviz.cache import PolicyCache
 from kvviz.policies import Pipeline, PolicyError
 from kvviz.spec import PolicySpec
@@ -62,8 +65,13 @@ class DecodeOptions:
     # compute each layer's queries even for policies that do not score with them, to measure the
     # attention mass that fell on evicted entries (trace.lost_mass)
     capture_queries: bool = False
-    # on CUDA, replay decode steps from a CUDA graph once a fixed-budget selector is steady
+    # on CUDA, replay decode steps from a CUDA graph once every step keeps the cache's shapes:
+    # a selector that evicts at decode holds its budget, or a growing cache is held at a fixed
+    # capacity (kvviz.fixed_capacity); trace.timings["decode_path"] says which way a run went
     cuda_graphs: bool = True
+    # hold a growing cache in fixed-capacity buffers after the prefill: None = when graphs are
+    # replayed; True also decodes that layout eagerly (on the CPU too); False never
+    fixed_capacity: bool | None = None
 
     def __post_init__(self):
         if self.forced_ids is not None:
@@ -203,11 +211,10 @@ def run(
     records = StepRecords()
     generated: list[int] = []
     stopped_by = "max_new_tokens"
-    use_graphs = options.cuda_graphs and not devices.is_split(used) and cuda_graphs.usable(cache, device, options.sample)
-    decoder = Decoder(model, cache, use_graphs=use_graphs)
     with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
         logits = prefill(model, cache, prompt_ids)
+        decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
         t_prefill = _sync_time(used) - t0
         for step in range(options.n_steps):
             t_step = time.perf_counter()
@@ -227,13 +234,14 @@ def run(
         t_total = time.perf_counter() - t0
     timings = {
         "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
-        "decode_path": "graph" if decoder.graph is not None else "eager",  # graph: steps were replayed once steady
+        "decode_path": decoder.path,  # "graph": steps were replayed from a CUDA graph
     }
     if decoder.failure:
         timings["graph_failure"] = decoder.failure
     trace = build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
+    trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes())
     if devices.is_split(used):
         trace.device = devices.describe(layer_devices)
         trace.device_memory = device_memory(model, cache)
@@ -272,13 +280,35 @@ def decode_step(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.T
 
 class Decoder:
     """Feeds one token per decode step: eagerly, or, with ``use_graphs``, replayed from a CUDA
-    graph once the cache is steady (every layer holds its budget, so shapes stop changing)."""
+    graph once the cache is steady (every step keeps its shapes: every layer holds its budget,
+    or a growing cache is held at a fixed capacity)."""
 
     def __init__(self, model, cache: PolicyCache, use_graphs: bool = False):
         self.model, self.cache, self.use_graphs = model, cache, use_graphs
         self.device = devices.input_device(model)
         self.graph: cuda_graphs.DecodeGraph | None = None
         self.failure: str | None = None  # why graph capture failed, if it did
+        self.replayed = 0  # steps replayed from a graph
+
+    @classmethod
+    def after_prefill(cls, model, cache: PolicyCache, options: DecodeOptions, graphs: bool = True) -> "Decoder":
+        """The decoder of a run whose prompt is in the cache: graphs where this run can replay
+        them (``graphs`` False: never, e.g. for a model split across devices); a growing cache
+        moved to fixed-capacity buffers where graphs are replayed (or where
+        ``options.fixed_capacity`` asks for it)."""
+        device = devices.input_device(model)
+        use_graphs = graphs and options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample, model)
+        fixed = use_graphs if options.fixed_capacity is None else options.fixed_capacity
+        if fixed and cache.grows():
+            if not fixed_capacity.supported(model):
+                raise PolicyError("A fixed-capacity cache needs the model's sdpa or eager attention.")
+            cache.hold_fixed(options.n_steps)
+        return cls(model, cache, use_graphs)
+
+    @property
+    def path(self) -> str:
+        """How the run decoded: "graph" once a step was replayed from a CUDA graph, else "eager"."""
+        return "graph" if self.replayed else "eager"
 
     def step(self, token: int, position: int) -> torch.Tensor:
         """logits (1, 1, vocab) after feeding ``token`` at ``position``."""
@@ -289,6 +319,7 @@ class Decoder:
         if self.graph is not None:
             logits = self.graph.step(token, position)
             if logits is not None:
+                self.replayed += self.graph.graph is not None
                 return logits
             self.failure, self.graph, self.use_graphs = self.graph.failure, None, False  # eager from here on
         ids = torch.tensor([[token]], device=self.device)

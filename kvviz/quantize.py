@@ -273,5 +273,9 @@ class QuantizedStream:
         self.tail = replacement.to(self.dtype)
         self._flush(record=False)
 
+    def full_precision(self) -> int:
+        """Tokens of the tail, held in full precision."""
+        return self.tail.shape[1]
+
     def tensors(self) -> list[torch.Tensor]:
         return self.q.tensors() + [self.tail]

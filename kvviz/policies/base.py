@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kvviz.fixed_capacity import FixedRows
 from kvviz.scoring import first_mask, keep_top, recent_mask
 from kvviz.trace import Protection
 
@@ -357,6 +358,22 @@ class Store:
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the store holds (for kv_bytes)."""
         return [self.keys, self.values]
+
+    def row_paths(self) -> list[tuple[str, ...]] | None:
+        """Attribute paths of the tensors that grow by one row (dim 1) per appended token, and
+        only those: ``kvviz.fixed_capacity`` holds them in preallocated buffers. None for a store
+        that cannot be held so (one whose appends also change other tensors' shapes)."""
+        return [("keys",), ("values",)]
+
+    def can_hold_fixed(self) -> bool:
+        """Whether ``hold_fixed`` can move this store into fixed-capacity buffers."""
+        return self.row_paths() is not None
+
+    def hold_fixed(self, capacity: int, n: int, length: torch.Tensor):
+        """Move the ``n`` entries held into buffers of ``capacity`` (``kvviz.fixed_capacity``);
+        ``length`` (1,) long on the device counts the entries held, advanced by the layer.
+        Returns what appends to the buffers (``FixedRows`` over ``row_paths``)."""
+        return FixedRows(self, self.row_paths(), capacity, n)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -12,6 +12,7 @@ class Full(Selector):
     paper = "Vaswani et al., 2017. Attention Is All You Need"
     summary = """Keeps every key and value. Token for token identical to transformers' greedy
     generate; its memory grows by one entry per layer and KV head with every token."""
+    acts_at_decode = False  # decides nothing, at prefill or after
 
     def step(self, layer, ctx):
         return None

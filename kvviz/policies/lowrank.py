@@ -56,6 +56,9 @@ class LowRankStore(Store):
         self.key_coef = (keys.to(self.dtype) @ self.key_basis) if keys is not None else self.key_coef.gather(1, idx)
         self.value_coef = (values.to(self.dtype) @ self.value_basis) if values is not None else self.value_coef.gather(1, idx)
 
+    def row_paths(self):
+        return [("key_coef",), ("value_coef",)]  # the bases are fixed after the prefill
+
     def tensors(self):
         bases = [b for b in (self.key_basis, self.value_basis) if b is not None]
         return [self.key_coef, self.value_coef] + bases

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from kvviz.fixed_capacity import FixedStreams
 from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
 from kvviz.quantize import QuantizedStream
 
@@ -32,14 +33,33 @@ class QuantStore(Store):
     def tensors(self):
         return self.k.tensors() + self.v.tensors()
 
+    def row_paths(self):
+        """Per token without a residual window, each token is quantized as it arrives: its codes,
+        scales and zero points are new rows. Tokens that wait in full precision (per channel,
+        KIVI's residual) change the tail's length instead (``hold_fixed`` holds those streams)."""
+        paths = []
+        for name, stream in (("k", self.k), ("v", self.v)):
+            if stream.per_channel or stream.residual:
+                return None
+            paths += [(name, "q", "codes"), (name, "q", "scale")] + ([(name, "q", "zero")] if stream.q.zero is not None else [])
+        return paths
+
+    def can_hold_fixed(self) -> bool:
+        return True
+
+    def hold_fixed(self, capacity, n, length):
+        if self.row_paths() is not None:
+            return super().hold_fixed(capacity, n, length)
+        return FixedStreams(self, capacity, length)
+
     def error(self) -> LayerError:
         """Relative Frobenius error of every key and value appended, and the tokens each stream
         still holds in full precision (a per-channel group waiting to fill, a residual window)."""
         return LayerError(
             key=self.k.meter.value(),
             value=self.v.meter.value(),
-            full_precision_keys=self.k.tail.shape[1],
-            full_precision_values=self.v.tail.shape[1],
+            full_precision_keys=self.k.full_precision(),
+            full_precision_values=self.v.full_precision(),
         )
 
 

@@ -24,7 +24,7 @@ def budget_for(spec):
     return 128 if sel is not None and sel.name != "full" else None
 
 
-def run_steps(spec, device="cuda", dtype=torch.bfloat16, prompt=PROMPT, steps=STEPS, check=True):
+def run_steps(spec, device="cuda", dtype=torch.bfloat16, prompt=PROMPT, steps=STEPS, check=True, fixed=False):
     g = torch.Generator(device=device).manual_seed(0)
     cache = PolicyCache(build(spec, budget=budget_for(spec)), 1, prompt, prompt + steps, KV, torch.device(device), generator=g)
     layer = cache.layers[0]
@@ -36,6 +36,8 @@ def run_steps(spec, device="cuda", dtype=torch.bfloat16, prompt=PROMPT, steps=ST
         layer.step(k, v, torch.arange(start, start + n, device=device), q)
 
     forward(prompt, 0)  # prefill (lowrank's SVD may synchronize here, once per layer)
+    if fixed:
+        cache.hold_fixed(steps)
     torch.cuda.synchronize()
     mode = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error" if check else 0)
@@ -57,6 +59,12 @@ def test_decode_steps_do_not_synchronize(spec):
     assert held <= PROMPT + STEPS
     if spec in ("window", "h2o", "tova", "streaming_llm", "knorm", "lru", "lfu", "random", "merge", "merge+quant"):
         assert held == 128
+
+
+@pytest.mark.parametrize("spec", ["full", "snapkv", "pyramidkv", "quant", "kivi", "lowrank", "head_share", "snapkv+quant", "snapkv+kivi"])
+def test_fixed_capacity_steps_do_not_synchronize(spec):
+    cache = run_steps(spec, fixed=True)
+    assert cache.is_fixed and len(cache.layers[0]) == (128 if "snapkv" in spec or "pyramid" in spec else PROMPT) + STEPS
 
 
 if __name__ == "__main__":  # a report: sync check, and the time of one decode step of one layer (2k prompt)
