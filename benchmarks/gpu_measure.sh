@@ -16,7 +16,7 @@ step() {  # step NAME SECONDS command...: run, keep the output in $OUT/NAME.txt,
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_measure: $name failed"; status=1; }
 }
 step bench_live 150 python3 -m kvviz bench --live --repeats 1 --policies full,h2o,snapkv,streaming_llm,kivi,quant --json "$OUT/bench_live.json"
-step bench_8k 90 python3 -m kvviz bench --prompt-tokens 8192 --new-tokens 8 --repeats 3 --policies full,h2o,snapkv --budget 1024 --json "$OUT/bench_8k.json"
+step bench_8k 90 python3 -m kvviz bench --prompt-tokens 8184 --new-tokens 8 --repeats 3 --policies full,h2o,snapkv,tova --budget 1024 --json "$OUT/bench_8k.json"
 step attention_bench 90 python3 benchmarks/attention_bench.py --tokens 8192 --device cuda --out "$OUT/attention_bench.json"
 step known_results 150 python3 benchmarks/known_results.py --device cuda --out "$OUT/known_results.json"
 step sweep_bench 120 python3 benchmarks/sweep_bench.py --device cuda --out "$OUT/sweep_bench.json"

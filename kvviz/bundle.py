@@ -131,7 +131,7 @@ def trace_to_json(trace: Trace) -> dict:
     for f in fields(trace):
         value = getattr(trace, f.name)
         if f.name == "extra":
-            value = {k: v for k, v in value.items() if k in EXTRA_ARRAYS}  # tensors (logprobs) stay out
+            value = {k: v for k, v in value.items() if k in EXTRA_ARRAYS or k in EXTRA_SCALARS}  # tensors (logprobs) stay out
         out[f.name] = _plain(value)
     return out
 
@@ -221,7 +221,8 @@ def trace_from_json(d: Any, where: str = "trace") -> Trace:
     if topk_ids.shape[0] != n_steps:
         raise BundleError(f"{w('topk_ids')}: {topk_ids.shape[0]} rows for {n_steps} steps.")
     extra = _object(d.get("extra", {}), w("extra"))
-    _keys(extra, set(EXTRA_ARRAYS), w("extra"), optional=set(EXTRA_ARRAYS))
+    known = set(EXTRA_ARRAYS) | set(EXTRA_SCALARS)
+    _keys(extra, known, w("extra"), optional=known)
     out = dict(
         model=_str(d["model"], w("model")),
         device=_str(d["device"], w("device")),
@@ -247,7 +248,7 @@ def trace_from_json(d: Any, where: str = "trace") -> Trace:
         topk_probs=_array(d["topk_probs"], (n_steps, k), "float", w("topk_probs")),
         entropy=_array(d["entropy"], (n_steps,), "float", w("entropy")),
         chosen_logprob=_array(d["chosen_logprob"], (n_steps,), "float", w("chosen_logprob")),
-        timings=_numbers(d["timings"], w("timings"), _number),  # prefill_s, ..., step_s: a list
+        timings=_timings(d["timings"], w("timings")),
         kl_to_reference=_optional(d.get("kl_to_reference"), lambda v: _array(v, (n_steps,), "float", w("kl_to_reference"))),
         top1_agreement=_optional(d.get("top1_agreement"), lambda v: _array(v, (n_steps,), "bool", w("top1_agreement"))),
         teacher_forced=_bool(d.get("teacher_forced", False), w("teacher_forced")),
@@ -255,7 +256,11 @@ def trace_from_json(d: Any, where: str = "trace") -> Trace:
         store_error=_optional(d.get("store_error"), lambda v: _store_error(v, n_layers, w("store_error"))),
         protection=_protection(d.get("protection", {}), w("protection")),
         spec=_optional(d.get("spec"), lambda v: _spec(v, w("spec")).to_dict()),
-        extra={name: _array(v, EXTRA_ARRAYS[name](n_steps, n_layers, n_kv), "float", f"{w('extra')}.{name}") for name, v in extra.items()},
+        extra={
+            name: EXTRA_SCALARS[name](v, f"{w('extra')}.{name}") if name in EXTRA_SCALARS
+            else _array(v, EXTRA_ARRAYS[name](n_steps, n_layers, n_kv), "float", f"{w('extra')}.{name}")
+            for name, v in extra.items()
+        },
     )
     return Trace(**out)
 
@@ -263,6 +268,13 @@ def trace_from_json(d: Any, where: str = "trace") -> Trace:
 # Arrays a Trace may carry in ``extra``: name -> its shape from (steps, layers, kv_heads)
 EXTRA_ARRAYS = {
     "score_cut": lambda steps, layers, kv: (steps, layers, kv),  # kvviz.comparison: the lowest score kept on merit
+}
+
+
+# Single values a Trace may carry in ``extra``: name -> its check (kvviz.engine: how the cache was laid out)
+EXTRA_SCALARS = {
+    "fixed_capacity": lambda v, where: _bool(v, where),  # held in buffers of fixed capacity after the prefill
+    "kv_bytes_reserved": lambda v, where: _int(v, where, lo=0),  # what those buffers take
 }
 
 
@@ -412,6 +424,22 @@ def _numbers(value: Any, where: str, scalar) -> dict:
             out[key] = [_number(x, f"{where}.{key}[{i}]") for i, x in enumerate(v)]
         else:
             out[key] = scalar(v, f"{where}.{key}")
+    return out
+
+
+TIMING_TEXTS = {"decode_path", "graph_failure"}  # the only words among a trace's timings
+
+
+def _timings(value: Any, where: str) -> dict:
+    """prefill_s, decode_s, total_s (numbers), step_s (a list), and how the steps ran (short text)."""
+    d = dict(_object(value, where))
+    texts = {k: d.pop(k) for k in TIMING_TEXTS & set(d)}
+    out = _numbers(d, where, _number)
+    for key, v in texts.items():
+        text = _str(v, f"{where}.{key}")
+        if len(text) > 500:
+            raise BundleError(f"{where}.{key} is longer than 500 characters.")
+        out[key] = text
     return out
 
 

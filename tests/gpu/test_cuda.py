@@ -54,7 +54,9 @@ def test_graph_replay_equals_eager_steps(gpu_model, ids, spec):
     assert eager.timings["decode_path"] == "eager"
     assert graphed.generated_ids == eager.generated_ids
     np.testing.assert_array_equal(graphed.evicted_at_step, eager.evicted_at_step)
-    np.testing.assert_array_equal(graphed.scores, eager.scores)
+    # scores to float32 rounding: merge adds merged entries with scatter-add, whose atomic adds on
+    # CUDA sum in no fixed order (measured on an H100: at most 1e-6 apart, tokens and evictions equal)
+    np.testing.assert_allclose(graphed.scores, eager.scores, rtol=1e-5, atol=1e-6)
     assert graphed.kv_bytes == eager.kv_bytes
     assert graphed.bookkeeping_bytes == eager.bookkeeping_bytes
     assert graphed.store_error == eager.store_error

@@ -105,6 +105,8 @@ BAD = {
     "a cut table of the wrong shape": (lambda d: drop_last(d["traces"]["p1"]["extra"]["score_cut"]), "traces.p1.extra.score_cut: shape 4x2x2"),
     "unknown policy": (lambda d: d["settings"]["policies"][0].update(policy="<img src=x>"), "settings.policies[0]: Unknown policy '<img src=x>'"),
     "parameter out of range": (lambda d: d["settings"]["policies"][0]["params"]["h2o"].update(recent=-3), "h2o: recent must be at least 0"),
+    "decode path as a number": (lambda d: d["traces"]["p1"]["timings"].update(decode_path=1), "traces.p1.timings.decode_path must be a string"),
+    "a timing as text": (lambda d: d["traces"]["p1"]["timings"].update(prefill_s="fast"), "traces.p1.timings.prefill_s must be a number, not a string"),
     "a trace name with markup": (lambda d: d["traces"].update({"<p1>": d["traces"]["p1"]}), "'<p1>' is not a trace name"),
 }
 
