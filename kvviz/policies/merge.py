@@ -15,15 +15,22 @@ def evicted_indices(keep: torch.Tensor, n: int) -> torch.Tensor:
     return gone.argsort(dim=-1, descending=True, stable=True)[:, : n - keep.shape[1]]
 
 
+def onto(target: torch.Tensor, k: int) -> torch.Tensor:
+    """(kv_heads, e, k) float32, 1 where evicted entry i merges into kept entry j. Sums over it are
+    matrix products and reductions, which add in a fixed order: a scatter-add's atomic adds on CUDA
+    do not, and their rounding would change the run from one time to the next."""
+    return (target.unsqueeze(-1) == torch.arange(k, device=target.device)).float()
+
+
 def merge_into(kept: torch.Tensor, gone: torch.Tensor, target: torch.Tensor, w_kept: torch.Tensor, w_gone: torch.Tensor) -> torch.Tensor:
     """Attention-weighted average of each kept vector with the evicted vectors merged into it.
 
     kept (kv_heads, k, d), gone (kv_heads, e, d), target (kv_heads, e) index into k,
     w_kept (kv_heads, k), w_gone (kv_heads, e) -> (kv_heads, k, d) float32.
     """
-    d = kept.shape[-1]
-    num = (w_kept.unsqueeze(-1) * kept.float()).scatter_add(1, target.unsqueeze(-1).expand(-1, -1, d), w_gone.unsqueeze(-1) * gone.float())
-    den = w_kept.scatter_add(1, target, w_gone).unsqueeze(-1)
+    m = onto(target, kept.shape[1]).transpose(1, 2)  # (kv_heads, k, e)
+    num = w_kept.unsqueeze(-1) * kept.float() + m @ (w_gone.unsqueeze(-1) * gone.float())
+    den = (w_kept + (m * w_gone.unsqueeze(1)).sum(-1)).unsqueeze(-1)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float32).tiny), kept.float())
 
 
@@ -60,5 +67,6 @@ class Merge(H2O):
         keys = merge_into(k_keep, k_gone, target, a_keep, a_gone).to(layer.keys.dtype)
         values = merge_into(take(layer.values, keep), take(layer.values, gone), target, a_keep, a_gone).to(layer.values.dtype)
         scores = acc.clone()  # what decided, before the merged attention is added
-        acc.scatter_add_(1, keep.gather(1, target), a_gone)  # the kept entry inherits the attention
+        inherited = (onto(target, keep.shape[1]) * a_gone.unsqueeze(-1)).sum(1)  # (kv_heads, k)
+        acc.scatter_(1, keep, acc.gather(1, keep) + inherited)  # the kept entry inherits the attention
         return Selection(keep=keep, scores=scores, keys=keys, values=values)
