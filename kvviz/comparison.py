@@ -15,7 +15,6 @@ Stop); ``compare`` runs them in the caller's thread.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from kvviz import engine
+from kvviz.background import BackgroundJob
 from kvviz.bundle import RunSettings
 from kvviz.comparison_result import ComparisonResult, PolicyRun
 from kvviz.policies import PolicyError
@@ -201,11 +201,13 @@ def compare(
 # ------------------------------------------------------------------------------ the job
 
 
-class CompareJob:
+class CompareJob(BackgroundJob):
     """Runs a comparison on a background thread; safe to poll from another thread (a page).
 
     ``stop()`` ends the current run at its next token and skips the rest; the result keeps the
     policies that finished."""
+
+    thread_name = "kvviz-compare"
 
     def __init__(self, model, tokenizer, prompt_ids: list[int], settings: RunSettings, model_name: str = ""):
         self.model, self.tokenizer, self.prompt_ids, self.settings = model, tokenizer, prompt_ids, settings
@@ -214,28 +216,14 @@ class CompareJob:
         self.result: ComparisonResult | None = None
         self.error: str | None = None
         self.done = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "CompareJob":
-        self._thread = threading.Thread(target=self.run, name="kvviz-compare", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
+        super().__init__()
 
     @property
     def running(self) -> bool:
         return not self.done
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._join(timeout)
         return self.done
 
     def fraction_and_line(self) -> tuple[float, str]:

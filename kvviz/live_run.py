@@ -10,13 +10,13 @@ far and says in which phase it was stopped, and every run is written to the run 
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from kvviz import engine, run_store
+from kvviz.background import BackgroundJob
 from kvviz.engine import Comparison, StepEvent
 from kvviz.models import out_of_memory_message
 from kvviz.policies import PolicyError
@@ -161,7 +161,7 @@ def trace_json(trace: Trace) -> str:
 # ------------------------------------------------------------------------------ the job
 
 
-class LiveJob:
+class LiveJob(BackgroundJob):
     """Runs a LiveRequest on a background thread; safe to poll from another thread.
 
     Phases: the policy (token ids streamed into ``policy_ids``), then, when the request
@@ -169,6 +169,8 @@ class LiveJob:
     output. ``stop()`` ends the current phase at its next token and skips the rest; the result
     keeps what was generated and the phase that was stopped.
     """
+
+    thread_name = "kvviz-live"
 
     def __init__(self, model, tokenizer, request: LiveRequest):
         self.model, self.tokenizer, self.request = model, tokenizer, request
@@ -178,25 +180,18 @@ class LiveJob:
         self.kv_bytes: tuple[int, int] | None = None  # (policy, full) at the policy's latest step
         self.error: str | None = None
         self.result: LiveResult | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def start(self) -> "LiveJob":
         run_store.begin(self.request.run_id, self.request.to_dict())
-        self._thread = threading.Thread(target=self.run, name="kvviz-live", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        return super().start()
 
     @property
     def running(self) -> bool:
         return self.phase not in ("done", "stopped", "error")
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._join(timeout)
         return not self.running
 
     def text(self, phase: str) -> str:

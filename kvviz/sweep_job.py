@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from kvviz import sweep
+from kvviz.background import BackgroundJob
 from kvviz.data import long_document
 from kvviz.policies import PolicyError
 from kvviz.text import PromptError
@@ -82,9 +83,11 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-class SweepJob:
+class SweepJob(BackgroundJob):
     """Runs a sweep on a background thread; safe to poll from another thread. ``stop()`` ends
     the run in progress at its next token; the result keeps the runs finished before."""
+
+    thread_name = "kvviz-sweep"
 
     def __init__(self, model, tokenizer, settings: sweep.SweepSettings, *, model_name: str = "", max_context: int | None = None):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
@@ -93,17 +96,8 @@ class SweepJob:
         self.result: sweep.SweepResult | None = None
         self.error: str | None = None
         self.started_at = time.time()
-        self._stop = threading.Event()
         self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "SweepJob":
-        self._thread = threading.Thread(target=self.run, name="kvviz-sweep", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__()
 
     @property
     def running(self) -> bool:
@@ -118,7 +112,7 @@ class SweepJob:
         if p is None:
             return 0.0, "Starting"
         if not self.running:
-            return 1.0, "Stopped" if self._stop.is_set() else "Done"
+            return 1.0, "Stopped" if self.stopped else "Done"
         left = ""
         if p.done:
             left = f"; about {_seconds(p.elapsed_s / p.done * (p.total - p.done))} left at the pace so far"
