@@ -33,20 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvviz import attention_maps, capture, data  # noqa: E402
+from kvviz import attention_maps, capture  # noqa: E402
+from kvviz.bench import prompt_ids  # noqa: E402
 from kvviz.models import load_model  # noqa: E402
 
 KEEP_QK_BYTES = 512 << 20  # as the page (kvviz/ui/attention_cache.py)
 MAX_CELLS = 128
-
-
-def prompt_ids(tokenizer, n: int) -> list[int]:
-    """n tokens of our long document (repeated if the model's tokenizer needs more)."""
-    text = data.long_document()
-    ids = tokenizer(text).input_ids
-    while len(ids) < n:
-        ids = ids + tokenizer("\n\n" + text).input_ids
-    return ids[:n]
 
 
 class PeakMemory:

@@ -91,13 +91,13 @@ def commit() -> str:
 
 
 def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
-    """``n_tokens`` of the longest built-in example, repeated as needed (no chat template)."""
-    from kvviz.data import EXAMPLES
+    """``n_tokens`` of the built-in long document (repeated if more are needed; no chat template)."""
+    from kvviz.data import long_document
 
-    text = max(EXAMPLES.values(), key=len)
+    text = long_document()
     ids = tokenizer(text).input_ids
     while len(ids) < n_tokens:
-        ids = ids + ids
+        ids = ids + tokenizer("\n\n" + text).input_ids
     return ids[:n_tokens]
 
 
