@@ -107,6 +107,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _timed(device: torch.device, call):
+    """(seconds, result) of ``call()``, the device synchronized before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = call()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
 class _StepClock:
     """A logits processor that notes the time of each call (one per generated token)."""
 
@@ -126,36 +135,24 @@ def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float]
     device = devices.input_device(model)
     clock = _StepClock(device)
     x = torch.tensor([ids], device=device)
-    _sync(device)
-    t0 = time.perf_counter()
-    model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0)
-    _sync(device)
-    call = time.perf_counter() - t0
+    call, _ = _timed(device, lambda: model.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0,
+    ))
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
     return call, statistics.median(steps) if steps else float("nan")
 
 
 def time_policy(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool):
     """(whole call s, trace) of one kvviz run decoding ``new_tokens`` greedily, EOS ignored."""
-    device = next(model.parameters()).device
     options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs)
-    _sync(device)
-    t0 = time.perf_counter()
-    trace = engine.run(model, tokenizer, ids, spec, options)
-    _sync(device)
-    return time.perf_counter() - t0, trace
+    return _timed(next(model.parameters()).device, lambda: engine.run(model, tokenizer, ids, spec, options))
 
 
 def time_live(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool) -> float:
     """The Live page's whole run: the policy, the full cache and the policy teacher-forced on it."""
-    device = next(model.parameters()).device
     options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs, capture_queries=True)
-    _sync(device)
-    t0 = time.perf_counter()
-    engine.compare(model, tokenizer, ids, spec, options)
-    _sync(device)
-    return time.perf_counter() - t0
+    return _timed(next(model.parameters()).device, lambda: engine.compare(model, tokenizer, ids, spec, options))[0]
 
 
 def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: int, repeats: int = 3,
