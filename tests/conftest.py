@@ -17,6 +17,10 @@ import torch
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")  # read before pinning
 TEST_WEIGHTS_CACHE = Path(tempfile.gettempdir()) / "kvviz-tests" / "weights-cache"  # kept between sessions
+# A prompt SmolLM2 never ends early on (it counts on, or repeats a number, for hundreds of tokens;
+# the chat examples end at EOS after 8-18), for tests that press Stop in the middle of a phase: with
+# a short phase, Stop could come after the phase was over. Use it without the chat template.
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 
 
 @pytest.fixture(scope="session", autouse=True)

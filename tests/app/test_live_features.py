@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from kvviz import data, engine, live_run, run_store
 from kvviz.spec import PolicySpec
+from tests.conftest import COUNTING
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
 TIMEOUT = 600
@@ -74,7 +75,7 @@ def test_an_interrupted_run_says_so(smollm):
 
 
 def test_stop_during_the_comparison_names_the_phase(smollm):
-    request = live_run.prepare(smollm.tokenizer, "Count from one to fifty.", chat=True, spec="h2o", max_new_tokens=24)
+    request = live_run.prepare(smollm.tokenizer, COUNTING, chat=False, spec="h2o", max_new_tokens=24)
     job = live_run.LiveJob(smollm.model, smollm.tokenizer, request).start()
     deadline = time.monotonic() + TIMEOUT
     while (job.phase != "full" or len(job.full_ids) < 2) and job.running and time.monotonic() < deadline:

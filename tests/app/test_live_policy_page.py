@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from kvviz import live_run, policies
 from kvviz.metrics import memory_saving
+from tests.conftest import COUNTING
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
 TIMEOUT = 600  # the first run in a process loads the model; CPU runs are slow on a busy machine
@@ -186,7 +187,7 @@ def test_hostile_prompt_is_shown_as_text(page):
 
 
 def test_stop_ends_the_run_and_keeps_the_partial_result(smollm):
-    request = live_run.prepare(smollm.tokenizer, "Count from one to fifty.", chat=True, spec="h2o", max_new_tokens=64)
+    request = live_run.prepare(smollm.tokenizer, COUNTING, chat=False, spec="h2o", max_new_tokens=64)
     job = live_run.LiveJob(smollm.model, smollm.tokenizer, request).start()
     deadline = time.monotonic() + TIMEOUT
     while len(job.policy_ids) < 3 and job.running and time.monotonic() < deadline:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import COUNTING
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("KVVIZ_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -25,6 +27,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 STARTUP_TIMEOUT_S = 90
+COUNTING_PROMPT = {"example": "Custom", "prompt": COUNTING, "chat": 0}  # see tests/conftest.py
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
+
+from tests.e2e.conftest import COUNTING_PROMPT
 
 RUN_TIMEOUT_S = 600
 
@@ -12,7 +15,7 @@ RUN_TIMEOUT_S = 600
 def test_stop_keeps_the_partial_run(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     try:
-        page.goto(app_url + "/Live_Policy", wait_until="domcontentloaded")
+        page.goto(app_url + "/Live_Policy?" + urllib.parse.urlencode(COUNTING_PROMPT), wait_until="domcontentloaded")
         page.get_by_role("button", name="▶ Run").wait_for(timeout=RUN_TIMEOUT_S * 1000)
         thumb = page.get_by_role("slider", name="New tokens")
         thumb.focus()

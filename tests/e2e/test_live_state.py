@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 
 from kvviz import data
-from tests.e2e.conftest import free_port, start_server, stop_server
+from tests.e2e.conftest import COUNTING_PROMPT, free_port, start_server, stop_server
 from tests.e2e.test_browser import REPO, wait_until_idle
 
 RUN_TIMEOUT_S = 600
@@ -103,15 +103,9 @@ def test_two_sessions_never_see_each_others_results(browser, app_url):
         second_context.close()
 
 
-# The full cache counts on for all its tokens (a window of 16 loses the count and repeats "12,"), so
-# the full cache's phase lasts seconds on any CPU: the chat example ends at EOS after 8 tokens, and
-# Stop could come after the phase was over.
-COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
-
-
 def test_stop_during_the_comparison_says_which_phase(browser, app_url):
-    query = {"example": "Custom", "prompt": COUNTING, "chat": 0, "policy": "window:budget=16", "new": 120, "compare": 1}
-    page = open_live(browser, app_url, query)
+    # the full cache counts to 130 (a window of 16 loses the count and repeats "12,")
+    page = open_live(browser, app_url, COUNTING_PROMPT | {"policy": "window:budget=16", "new": 120, "compare": 1})
     try:
         page.get_by_role("button", name="▶ Run").click()
         page.get_by_text(re.compile(r"Generating with the full cache, for the comparison: [1-9]")).wait_for(timeout=RUN_TIMEOUT_S * 1000)

@@ -192,10 +192,16 @@ def test_job_stops_and_keeps_the_finished_runs(smollm):
     from kvviz.sweep_job import SweepJob
 
     settings = sweep.SweepSettings(policies=("window", "streaming_llm"), ratios=(0.5, 0.75), text=long_document(), context=16, continuation=4)
-    job = SweepJob(smollm.model, smollm.tokenizer, settings).start()
-    while job.running and (job.progress is None or job.progress.done < 2):
-        job.wait(0.05)
-    job.stop()
+    job = SweepJob(smollm.model, smollm.tokenizer, settings)
+    record = job._on_progress
+
+    def stop_after_two(progress):  # deterministic: Stop pressed once two runs are done (a run here takes ms)
+        record(progress)
+        if progress.done >= 2:
+            job.stop()
+
+    job._on_progress = stop_after_two
+    job.start()
     assert job.wait(300) and job.error is None
     result = job.result
     assert result.stopped and 1 <= len(result.rows) < 4
