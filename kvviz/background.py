@@ -5,9 +5,15 @@ from __future__ import annotations
 import threading
 
 
+class Stopped(Exception):
+    """Stop came where a run cannot end with what it has (between the decoder layers of a prefill,
+    or between the runs of a sweep): the run yields nothing, and the job says where it stopped."""
+
+
 class BackgroundJob:
     """``start()`` runs ``run()`` on a daemon thread named ``thread_name``; ``stop()`` asks it to
-    end at its next token (``run`` passes ``self._stop.is_set`` as its ``should_stop``)."""
+    end at its next token, or at the next decoder layer of a prefill (``run`` passes
+    ``self._stop.is_set`` as its ``should_stop``)."""
 
     thread_name = "kvviz-job"
 

@@ -23,11 +23,13 @@ step's last query put on the entries evicted at that step.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvviz.attention_inputs import AttentionCall, CaptureError, decoder_attention, readable
+from kvviz.background import Stopped
 from kvviz.devices import layers_by_device
 from kvviz.fixed_capacity import FixedLayer
 from kvviz.policies import Pipeline, PolicyError
@@ -206,6 +208,7 @@ class PolicyCache(Cache):
         self.prompt_len = prompt_len
         self.generator = generator
         self.measure_lost_mass = measure_lost_mass
+        self.interrupt: Callable[[], bool] | None = None  # asked before each layer while set (the prefill)
         sel = pipeline.selector
         self.budget = sel.resolve_budget(prompt_len) if sel is not None else None
         self.layer_budgets = [
@@ -251,6 +254,8 @@ class PolicyCache(Cache):
             key = next((k for k in CACHE_KEYWORDS if kwargs.get(k) is self), None)
             if key is None:
                 return None  # another run's forward (or no cache at all)
+            if self.interrupt is not None and self.interrupt():
+                raise Stopped  # Stop during a long prefill: the run ends here, with nothing generated
             position_ids = kwargs.get("position_ids")
             layer = self.layers[layer_idx]
             if position_ids is None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kvviz import engine
-from kvviz.background import BackgroundJob
+from kvviz.background import BackgroundJob, Stopped
 from kvviz.bundle import RunSettings
 from kvviz.comparison_result import ComparisonResult, PolicyRun
 from kvviz.policies import PolicyError
@@ -156,7 +156,8 @@ def compare(
     n_layers = config.num_hidden_layers
     n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
-    def one(name: str, label: str, n_tokens: int, **kw) -> Trace:
+    def one(name: str, label: str, n_tokens: int, **kw) -> Trace | None:
+        """The run, or None when Stop came during its prefill."""
         index = names.index(name)
         progress = Progress(index, len(names), name, label, 0, n_tokens)
         if on_progress is not None:
@@ -168,23 +169,26 @@ def compare(
                 on_progress(progress)
 
         t = time.perf_counter()
-        trace = engine.run(model, tokenizer, prompt_ids, model_name=model_name, on_step=on_step, should_stop=stop, **kw)
+        try:
+            trace = engine.run(model, tokenizer, prompt_ids, model_name=model_name, on_step=on_step, should_stop=stop, **kw)
+        except Stopped:
+            return None
         walls[name] = time.perf_counter() - t
         if on_trace is not None:
             on_trace(name, trace)
         return trace
 
     full = one("full", "full cache", n_new, policy="full", max_new_tokens=n_new, keep_logprobs=True)
-    reference = full.extra.pop("logprobs")  # (steps, vocab)
-    if full.stopped_by == "user":
+    if full is None or full.stopped_by == "user":
         return None
+    reference = full.extra.pop("logprobs")  # (steps, vocab)
     runs: list[PolicyRun] = []
     for i, spec in enumerate(specs, start=1):
         if stop():
             break
         pipeline, cuts = record_cuts(spec, n_layers, n_kv, n_new)
         trace = one(f"p{i}", spec.label(), n_new, policy=pipeline, max_new_tokens=n_new, cuda_graphs=False)
-        if trace.stopped_by == "user":
+        if trace is None or trace.stopped_by == "user":
             break
         trace.spec = spec.to_dict()  # a ready-made pipeline leaves it unset
         trace.extra["score_cut"] = cuts[: trace.n_steps]
@@ -192,7 +196,7 @@ def compare(
             f"p{i}.forced", f"{spec.label()}, teacher-forced on the full cache's output", full.n_steps,
             policy=spec, forced_ids=full.generated_ids, reference_logprobs=reference,
         )
-        if forced.stopped_by == "user":
+        if forced is None or forced.stopped_by == "user":
             break
         runs.append(PolicyRun(spec, trace, forced))
     return ComparisonResult(settings=settings, full=full, runs=runs, stopped=len(runs) < len(specs), wall_s=walls)

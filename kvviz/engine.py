@@ -187,7 +187,8 @@ def run(
     ``budget`` and ``ratio``; or a ready-made Pipeline (e.g. with an instrumented selector; the
     Trace's ``spec`` is then None). ``options`` and keyword ``option_values`` (fields of DecodeOptions,
     which override ``options``) say how to decode. ``on_step`` hears each generated token;
-    ``should_stop`` is asked after each one (a live view's Stop button).
+    ``should_stop`` is asked after each one (a live view's Stop button), and before each decoder
+    layer of the prefill, where a stop raises ``background.Stopped`` (nothing was generated).
     """
     if options is not None and not isinstance(options, DecodeOptions):
         raise TypeError(f"engine.run's fifth argument is DecodeOptions, not {type(options).__name__}; give policy parameters as params=...")
@@ -213,7 +214,9 @@ def run(
     stopped_by = "max_new_tokens"
     with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
+        cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
         logits = prefill(model, cache, prompt_ids)
+        cache.interrupt = None
         decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
         t_prefill = _sync_time(used) - t0
         for step in range(options.n_steps):

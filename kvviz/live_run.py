@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kvviz import engine, run_store
-from kvviz.background import BackgroundJob
+from kvviz.background import BackgroundJob, Stopped
 from kvviz.engine import Comparison, StepEvent
 from kvviz.models import out_of_memory_message
 from kvviz.policies import PolicyError
@@ -39,6 +39,7 @@ STOPPED_IN = {
     "forced": "The policy's and the full cache's runs finished (the outputs compare below); Stop came while "
     "scoring the policy on the full cache's output, so there is no per-step KL or top-1 agreement.",
 }
+STOPPED_IN_PREFILL = "Stopped while the model read the prompt (the prefill), before the policy's first token: nothing was generated."
 
 LONG_PROMPT_CPU = 1500  # tokens: beyond this a CPU prefill takes long enough to warn about
 MAX_NEW_TOKENS = 256
@@ -179,6 +180,7 @@ class LiveJob(BackgroundJob):
         self.full_ids: list[int] = []
         self.kv_bytes: tuple[int, int] | None = None  # (policy, full) at the policy's latest step
         self.error: str | None = None
+        self.notice: str | None = None  # a stop that left no result (during the policy's prefill)
         self.result: LiveResult | None = None
         super().__init__()
 
@@ -209,7 +211,9 @@ class LiveJob(BackgroundJob):
         done_before = phases.index(self.phase)
         current = {"policy": len(self.policy_ids), "full": len(self.full_ids)}.get(self.phase, 0)
         frac = (done_before + min(current, n) / n) / len(phases)
-        count = f": {current} / {n} tokens" if self.phase in ("policy", "full") else ""
+        count = ""
+        if self.phase in ("policy", "full"):
+            count = f": {current} / {n} tokens" if current else f": reading the prompt ({self.request.prompt_len} tokens)"
         return min(frac, 1.0), PHASES[self.phase] + count
 
     def run(self) -> None:
@@ -238,23 +242,27 @@ class LiveJob(BackgroundJob):
                     stopped_in = following[phase]
                     break
                 self.phase, t = following[phase], time.perf_counter()
-            if stopped_in in ("full", "forced"):  # a partial comparison compares nothing
-                full = full if stopped_in == "forced" else None
-                forced = None
+        except Stopped:  # during a prefill: this phase has nothing to show
+            stopped_in = self.phase
         except torch.OutOfMemoryError as exc:
             self.error = out_of_memory_message(exc)
         except (PolicyError, PromptError, ValueError) as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
             self.error = f"{type(exc).__name__}: {exc}"
+        if stopped_in in ("full", "forced"):  # a partial comparison compares nothing
+            full = full if stopped_in == "forced" else None
+            forced = None
         walls["whole run"] = time.perf_counter() - start
+        if trace is None and stopped_in:
+            self.notice = STOPPED_IN_PREFILL
         if trace is not None:
             self.result = LiveResult(
                 req, trace, full, forced, walls, stopped_in=stopped_in,
                 generated_text=decode(self.tokenizer, trace.generated_ids),
                 full_text=decode(self.tokenizer, full.generated_ids) if full is not None else "",
             )
-        run_store.finish(req.run_id, self.result, self.error)
+        run_store.finish(req.run_id, self.result, self.error, self.notice)
         self.phase = "error" if self.error else "stopped" if stopped_in else "done"
 
     def _on_policy_step(self, event: StepEvent) -> None:

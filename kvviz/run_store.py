@@ -76,8 +76,9 @@ def begin(run_id: str, request: dict) -> None:
         pass  # a read-only cache directory: runs just do not survive a restart
 
 
-def finish(run_id: str, result, error: str | None) -> None:
-    """Record how a run ended: its traces (a ``live_run.LiveResult``) or its error."""
+def finish(run_id: str, result, error: str | None, notice: str | None = None) -> None:
+    """Record how a run ended: its traces (a ``live_run.LiveResult``), its error, or the notice of
+    a stop that left no result."""
     active.discard(run_id)
     folder = runs_dir() / run_id
     try:
@@ -87,8 +88,8 @@ def finish(run_id: str, result, error: str | None) -> None:
             if trace is not None:
                 trace.save(folder / f"{name}.npz")
         meta.update(
-            state="error" if error else "stopped" if result is not None and result.stopped else "done",
-            error=error, ended=time.time(),
+            state="error" if error else "stopped" if notice or (result is not None and result.stopped) else "done",
+            error=error, notice=notice, ended=time.time(),
             wall_s=None if result is None else result.wall_s,
             stopped_in=None if result is None else result.stopped_in,
             generated_text="" if result is None else result.generated_text,

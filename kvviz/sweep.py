@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvviz import data
+from kvviz.background import Stopped
 from kvviz.metrics import mean_or_nan, perplexity
 from kvviz.policies import PolicyError
 from kvviz.spec import BUDGET_KEYS, PolicySpec
@@ -267,10 +268,6 @@ class SweepResult:
             "seconds": self.seconds, "stopped": self.stopped, "reference": self.reference,
             "rows": [r.to_dict() for r in self.rows],
         }
-
-
-class Stopped(Exception):
-    """The user asked the sweep to stop."""
 
 
 def run(

@@ -21,7 +21,8 @@ from kvviz.ui.sidebar import SidebarState
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape, stream_html
 
-JOB, RESULT, ERROR, SHOWN = "live.job", "live.result", "live.error", "live.shown"  # session_state keys
+JOB, RESULT, ERROR, NOTICE, SHOWN = "live.job", "live.result", "live.error", "live.notice", "live.shown"  # session_state keys
+LOADED_RUN = "live.loaded_run"  # the run id whose stored run this session has (or ran itself)
 POLL_S = 0.25
 
 
@@ -82,7 +83,7 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
     if prompt_len and prompt_len > live_run.LONG_PROMPT_CPU and summary.device == "cpu":
         row.warning(
             f"A {prompt_len}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
-            "attention compute it over the whole prompt), and Stop acts between generated tokens, not during the prefill.",
+            "attention compute it over the whole prompt); Stop ends it at the next layer.",
             icon=":material/hourglass_top:",
         )
     ss = st.session_state
@@ -124,7 +125,7 @@ def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compar
         st.error(md_escape(str(exc)))
         return
     ss[JOB] = live_run.LiveJob(loaded.model, loaded.tokenizer, request).start()
-    ss[ERROR] = None
+    ss[ERROR] = ss[NOTICE] = None
     st.query_params["run"] = request.run_id  # a restart finds the run (or says it was interrupted)
 
 
@@ -156,7 +157,8 @@ def follow_job() -> None:
         if done:
             break
         time.sleep(POLL_S)
-    ss[RESULT], ss[ERROR] = job.result, job.error
+    ss[RESULT], ss[ERROR], ss[NOTICE] = job.result, job.error, job.notice
+    ss[LOADED_RUN] = job.request.run_id  # the URL names this run: the session has it, not the store
     ss[SHOWN] = ss.get(SHOWN, 0) + 1
     del ss[JOB]
     st.rerun()

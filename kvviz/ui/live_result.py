@@ -17,7 +17,7 @@ from kvviz import live_run, run_store
 from kvviz.metrics import device_memory_rows, format_bytes, memory_saving
 from kvviz.spec import PolicySpec
 from kvviz.token_states import Scope
-from kvviz.ui.live_controls import ERROR, RESULT, SHOWN
+from kvviz.ui.live_controls import ERROR, LOADED_RUN, NOTICE, RESULT, SHOWN
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
@@ -43,6 +43,9 @@ def _from_store(run_id: str) -> live_run.LiveResult | None:
             "of it was kept. Press **Run** to run it again.", icon=":material/restart_alt:",
         )
         return None
+    if "policy" not in stored.traces and stored.meta.get("notice"):
+        st.warning(f"The run of this link ({what}): {md_escape(stored.meta['notice'])}", icon=":material/stop_circle:")
+        return None
     if "policy" not in stored.traces:
         st.error(f"The run of this link ({what}) failed: {md_escape(stored.meta.get('error') or 'no trace was kept')}")
         return None
@@ -60,13 +63,15 @@ def current_result() -> live_run.LiveResult | None:
     ss = st.session_state
     if ss.get(ERROR):
         st.error(md_escape(ss[ERROR]))
+    if ss.get(NOTICE):
+        st.warning(ss[NOTICE], icon=":material/stop_circle:")
     result = ss.get(RESULT)
     run_id = st.query_params.get("run")
-    if result is None and run_id and ss.get("live.loaded_run") != run_id:
-        ss["live.loaded_run"] = run_id
+    if result is None and run_id and ss.get(LOADED_RUN) != run_id:
+        ss[LOADED_RUN] = run_id
         result = ss[RESULT] = _from_store(run_id)
     reopened = ss.get(REOPENED)
-    if result is not None and reopened and reopened[0] == run_id == ss.get("live.loaded_run"):
+    if result is not None and reopened and reopened[0] == run_id == ss.get(LOADED_RUN):
         st.caption(reopened[1])  # on every rerun while the reopened run is the one shown
     return result
 

@@ -116,6 +116,22 @@ def test_stop_during_the_comparison_says_which_phase(browser, app_url):
         page.close()
 
 
+def test_stop_while_a_long_prompt_is_read(browser, app_url):
+    # the long example is 4,345 tokens: h2o reads it in a minute or more on a 2-core CPU
+    page = open_live(browser, app_url, {"example": data.LONG_EXAMPLE, "policy": "h2o", "new": 8, "compare": 1})
+    try:
+        page.get_by_role("button", name="▶ Run").click()
+        page.get_by_text(re.compile(r"Generating with the policy: reading the prompt \(4\d{3} tokens\)")).wait_for(timeout=RUN_TIMEOUT_S * 1000)
+        page.get_by_role("button", name="■ Stop").click()
+        page.get_by_text("Stopped while the model read the prompt").wait_for(timeout=RUN_TIMEOUT_S * 1000)
+        text = main_text(page)
+        assert "nothing was generated" in text and "Whole run" not in text
+        assert page.get_by_role("button", name="▶ Run").is_enabled()  # ready for the next run
+        assert page.locator('[data-testid="stException"]').count() == 0
+    finally:
+        page.close()
+
+
 def test_the_server_log_stays_quiet(app_server, browser):
     url, log = app_server
     page = open_live(browser, url)
