@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kvviz without in
 import torch  # noqa: E402
 
 from kvviz import devices, engine  # noqa: E402
+from kvviz.bench import timed  # noqa: E402
 from kvviz.metrics import format_bytes, index_ranges  # noqa: E402
 from kvviz.random_model import (  # noqa: E402
     RANDOM_WEIGHTS_NOTE, IdTokenizer, auto_device_map, llama_7b_config, materialize, meta_llama, random_llama,
@@ -101,14 +102,9 @@ def timed_run(model, ids, policy, args) -> dict:
 def time_generate(model, ids, new_tokens: int) -> float:
     """Seconds per decode step of transformers' generate (full cache): (t(n) - t(1)) / (n - 1)."""
     x = torch.tensor([ids], device=devices.input_device(model))
-    used = [devices.input_device(model), *devices.layer_devices(model)]
 
     def gen(n):
-        devices.synchronize(used)
-        t = time.perf_counter()
-        model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        devices.synchronize(used)
-        return time.perf_counter() - t
+        return timed(model, lambda: model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False))[0]
 
     gen(2)  # warm-up
     return (gen(new_tokens) - gen(1)) / (new_tokens - 1)

@@ -101,29 +101,24 @@ def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for every GPU the run uses (a model split over several waits for all of them)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(device: torch.device, call):
-    """(seconds, result) of ``call()``, the device synchronized before and after."""
-    _sync(device)
+def timed(model, call):
+    """(seconds, result) of ``call()``, every device of ``model`` synchronized before and after."""
+    used = devices.run_devices(model)
+    devices.synchronize(used)
     t0 = time.perf_counter()
     out = call()
-    _sync(device)
+    devices.synchronize(used)
     return time.perf_counter() - t0, out
 
 
 class _StepClock:
     """A logits processor that notes the time of each call (one per generated token)."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.times = device, []
+    def __init__(self, model):
+        self.used, self.times = devices.run_devices(model), []
 
     def __call__(self, input_ids, scores):
-        _sync(self.device)
+        devices.synchronize(self.used)
         self.times.append(time.perf_counter())
         return scores
 
@@ -132,10 +127,9 @@ def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float]
     """(whole call s, median decode step s) of greedy ``generate`` with the full cache."""
     from transformers import LogitsProcessorList
 
-    device = devices.input_device(model)
-    clock = _StepClock(device)
-    x = torch.tensor([ids], device=device)
-    call, _ = _timed(device, lambda: model.generate(
+    clock = _StepClock(model)
+    x = torch.tensor([ids], device=devices.input_device(model))
+    call, _ = timed(model, lambda: model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
         do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0,
     ))
@@ -146,13 +140,13 @@ def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float]
 def time_policy(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool):
     """(whole call s, trace) of one kvviz run decoding ``new_tokens`` greedily, EOS ignored."""
     options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs)
-    return _timed(next(model.parameters()).device, lambda: engine.run(model, tokenizer, ids, spec, options))
+    return timed(model, lambda: engine.run(model, tokenizer, ids, spec, options))
 
 
 def time_live(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool) -> float:
     """The Live page's whole run: the policy, the full cache and the policy teacher-forced on it."""
     options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs, capture_queries=True)
-    return _timed(next(model.parameters()).device, lambda: engine.compare(model, tokenizer, ids, spec, options))[0]
+    return timed(model, lambda: engine.compare(model, tokenizer, ids, spec, options))[0]
 
 
 def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: int, repeats: int = 3,

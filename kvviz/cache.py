@@ -352,13 +352,15 @@ class PolicyCache(Cache):
         """(layers, kv_heads, capacity) float32: the last score that decided each entry, NaN = never scored."""
         return self._gathered("scores")
 
-    def _gathered(self, name: str) -> torch.Tensor:
+    def _gathered(self, name: str, device="cpu") -> torch.Tensor:
+        """The records called ``name`` of every layer, in layer order: the one device's own
+        tensor, or, for a split model, the devices' parts copied into one on ``device``."""
         if len(self.records) == 1:
             return getattr(self.records[0], name)
         parts = [getattr(rec, name) for rec in self.records]
-        out = parts[0].new_empty((self.n_layers, *parts[0].shape[1:]), device="cpu")
+        out = parts[0].new_empty((self.n_layers, *parts[0].shape[1:]), device=device)
         for rec, part in zip(self.records, parts):
-            out[rec.layers] = part.cpu()
+            out[rec.layers] = part.to(out.device)
         return out
 
     # Cache API used by the models -------------------------------------------------------------
@@ -391,13 +393,7 @@ class PolicyCache(Cache):
     def take_lost_mass(self) -> torch.Tensor:
         """(layers,) the attention mass lost to this step's evictions; the record starts again at 0.
         On the device of the first layer (a split model's other devices copy theirs there)."""
-        if len(self.records) == 1:
-            out = self.records[0].lost_mass.clone()
-        else:
-            first = self.records[0].lost_mass
-            out = first.new_empty(self.n_layers)
-            for rec in self.records:
-                out[rec.layers] = rec.lost_mass.to(first.device)
+        out = self._gathered("lost_mass", self.records[0].device).clone()
         for rec in self.records:
             rec.lost_mass.zero_()
         return out

@@ -91,21 +91,17 @@ class DecodeGraph:
         cache is as before the step, and ``failure`` says why): the caller steps eagerly."""
         self.ids.fill_(token)
         self.positions.fill_(position)
-        if self.graph is not None:
-            self.graph.replay()
-            for layer in self.cache.layers:
-                layer.seen += 1
-            return self.logits
-        if not self.warmed:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                logits = self.forward(self.ids, self.positions)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self.warmed = True
-            return logits
-        if not self._capture():
-            return None
+        if self.graph is None:
+            if not self.warmed:
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    logits = self.forward(self.ids, self.positions)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                self.warmed = True
+                return logits
+            if not self._capture():
+                return None
         self.graph.replay()
         for layer in self.cache.layers:
             layer.seen += 1

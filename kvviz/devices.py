@@ -67,6 +67,11 @@ def input_device(model) -> torch.device:
     return module_device(model, model.get_input_embeddings())
 
 
+def run_devices(model) -> list[torch.device]:
+    """Every device a run of ``model`` uses: the input embedding's, then each decoder layer's."""
+    return [input_device(model), *layer_devices(model)]
+
+
 def is_split(devices: Sequence[torch.device]) -> bool:
     return len(set(devices)) > 1
 

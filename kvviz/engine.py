@@ -200,14 +200,13 @@ def run(
     options = dataclasses.replace(options or DecodeOptions(), **option_values)
     shape = ModelShape.of(model)
     prompt_ids = check_prompt(prompt_ids, options, shape)
-    device = devices.input_device(model)  # where the token ids go; a split model's layers are elsewhere too
-    layer_devices = devices.layer_devices(model)
+    used = devices.run_devices(model)
+    device, layer_devices = used[0], used[1:]  # where the token ids go; a split model's layers are elsewhere too
     generator = torch.Generator(device=device).manual_seed(options.seed)
     cache = PolicyCache(
         pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, layer_devices,
         generator=generator, measure_lost_mass=options.capture_queries,
     )
-    used = [device, *layer_devices]
     eos = eos_ids(tokenizer, model.config)
     records = StepRecords()
     generated: list[int] = []

@@ -254,14 +254,14 @@ class LiveJob(BackgroundJob):
             full = full if stopped_in == "forced" else None
             forced = None
         walls["whole run"] = time.perf_counter() - start
-        if trace is None and stopped_in:
-            self.notice = STOPPED_IN_PREFILL
         if trace is not None:
             self.result = LiveResult(
                 req, trace, full, forced, walls, stopped_in=stopped_in,
                 generated_text=decode(self.tokenizer, trace.generated_ids),
                 full_text=decode(self.tokenizer, full.generated_ids) if full is not None else "",
             )
+        elif stopped_in:  # Stop came during the policy's prefill
+            self.notice = STOPPED_IN_PREFILL
         run_store.finish(req.run_id, self.result, self.error, self.notice)
         self.phase = "error" if self.error else "stopped" if stopped_in else "done"
 
