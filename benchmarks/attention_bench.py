@@ -6,7 +6,7 @@ head: pooled thumbnails and head profiles) and one head's detail view, for an N-
 
 Reported, each the median of ``--repeats`` runs after one warm-up:
   forward      a plain forward pass of the base model (no capture), for scale
-  overview     kvviz.attention_maps.overview (keeps each layer's q/k within the page's 512 MiB)
+  overview     kvviz.attention.maps.overview (keeps each layer's q/k within the page's 512 MiB)
   detail       one head's pooled view plus the selected token's row, from the kept q/k
   detail_cold  the same with its own forward pass (capture_layers), when q/k were not kept
   total        overview + detail: what the page computes for a new prompt
@@ -33,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvviz import attention_maps, capture  # noqa: E402
-from kvviz.bench import prompt_ids  # noqa: E402
-from kvviz.models import load_model  # noqa: E402
+from kvviz.attention import maps as attention_maps  # noqa: E402
+from kvviz.model import capture
+from kvviz.runtime.bench import prompt_ids  # noqa: E402
+from kvviz.model.loading import load_model  # noqa: E402
 
 KEEP_QK_BYTES = 512 << 20  # as the page (kvviz/ui/attention_cache.py)
 MAX_CELLS = 128

@@ -24,12 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvviz import bundle, comparison, data, engine  # noqa: E402
-from kvviz.bundle import RunSettings  # noqa: E402
-from kvviz.comparison_result import ComparisonResult  # noqa: E402
-from kvviz.models import load_model  # noqa: E402
-from kvviz.spec import PolicySpec  # noqa: E402
-from kvviz.text import encode_prompt  # noqa: E402
+from kvviz.runs import bundle  # noqa: E402
+from kvviz.compare import run as comparison
+from kvviz.record import examples as data
+from kvviz.runtime import engine
+from kvviz.runs.bundle import RunSettings  # noqa: E402
+from kvviz.compare.result import ComparisonResult  # noqa: E402
+from kvviz.model.loading import load_model  # noqa: E402
+from kvviz.policies.spec import PolicySpec  # noqa: E402
+from kvviz.record.text import encode_prompt  # noqa: E402
 
 PASSKEY = ["h2o:ratio=0.25", "snapkv:window=8,ratio=0.25", "streaming_llm:ratio=0.25"]
 LONG = ["h2o:ratio=0.25", "snapkv:window=16,ratio=0.25", "streaming_llm:ratio=0.25", "quant:bits=4"]

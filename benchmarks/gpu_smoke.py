@@ -9,10 +9,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, installed or not
 
-from kvviz import engine
-from kvviz.models import load_model
+from kvviz.runtime import engine
+from kvviz.model.loading import load_model
 from kvviz.policies import registry
-from kvviz.text import encode_prompt
+from kvviz.record.text import encode_prompt
 
 argparse.ArgumentParser(description=__doc__).parse_args()
 loaded = load_model()

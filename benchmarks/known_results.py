@@ -1,4 +1,4 @@
-"""Known results of the literature, checked on our model through the sweep (kvviz/sweep.py).
+"""Known results of the literature, checked on our model through the sweep (kvviz/sweep/run.py).
 
 1. Attention sinks (StreamingLLM): teacher-forced perplexity of the built-in long document under
    the full cache, a plain window, and sinks + window of the same size.
@@ -25,9 +25,9 @@ import json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, installed or not
 
-from kvviz import sweep
-from kvviz.data import long_document
-from kvviz.models import load_model
+from kvviz.sweep import run as sweep
+from kvviz.record.examples import long_document
+from kvviz.model.loading import load_model
 
 SINK_POLICIES = ("window", "streaming_llm:n_sink=4")  # the full cache is the sweep's reference
 SNAPKV_POLICIES = ("full", "window") + tuple(

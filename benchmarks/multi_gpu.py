@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kvviz without in
 
 import torch  # noqa: E402
 
-from kvviz import devices, engine  # noqa: E402
-from kvviz.bench import timed  # noqa: E402
-from kvviz.metrics import format_bytes, index_ranges  # noqa: E402
-from kvviz.random_model import (  # noqa: E402
+from kvviz.model import devices  # noqa: E402
+from kvviz.runtime import engine
+from kvviz.runtime.bench import timed  # noqa: E402
+from kvviz.record.metrics import format_bytes, index_ranges  # noqa: E402
+from kvviz.model.random_model import (  # noqa: E402
     RANDOM_WEIGHTS_NOTE, IdTokenizer, auto_device_map, llama_7b_config, materialize, meta_llama, random_llama,
 )
 

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kvviz import data  # noqa: E402
+from kvviz.record import examples as data  # noqa: E402
 
 CHROMIUM = os.environ.get("KVVIZ_CHROMIUM") or "/usr/bin/chromium"
 

@@ -8,7 +8,7 @@ document, so no two share a prefix block), greedy, without stopping at EOS.
 
 * contiguous: transformers' DynamicCache, the B requests as one batch (equal lengths, no padding):
   one model forward per step.
-* paged forward: the same decode step as ``kvviz.paged.cache.forward`` runs it: new K/V written
+* paged forward: the same decode step as ``kvviz.paged.paged_cache.forward`` runs it: new K/V written
   into each request's slots, every request's K/V gathered through its block table, one 4D mask.
 * paged step: a whole scheduler step: slots from the block manager, the forward, the next tokens
   (no frames recorded, as the page would).
@@ -36,8 +36,9 @@ import transformers  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 import kvviz.paged.scheduler as scheduler_module  # noqa: E402
-from kvviz import data, engine  # noqa: E402
-from kvviz.models import load_model  # noqa: E402
+from kvviz.record import examples as data  # noqa: E402
+from kvviz.runtime import engine
+from kvviz.model.loading import load_model  # noqa: E402
 from kvviz.paged.scheduler import Request, Scheduler  # noqa: E402
 
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention_bench import prompt_ids  # noqa: E402
 
-from kvviz import quant_lab as lab  # noqa: E402
-from kvviz.memory_check import check_calculator  # noqa: E402
-from kvviz.models import load_model  # noqa: E402
+from kvviz.quant_lab import run as lab  # noqa: E402
+from kvviz.calculator.check import check_calculator  # noqa: E402
+from kvviz.model.loading import load_model  # noqa: E402
 
 
 def sync(device):

@@ -23,9 +23,9 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kvviz, installed or not
 
-from kvviz import sweep
-from kvviz.data import long_document
-from kvviz.models import load_model
+from kvviz.sweep import run as sweep
+from kvviz.record.examples import long_document
+from kvviz.model.loading import load_model
 
 POLICIES = ("window", "streaming_llm", "h2o", "tova", "knorm", "lru", "snapkv", "pyramidkv")
 RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5)

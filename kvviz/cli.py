@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # torch.OutOfMemoryError is one; anything else is a bug: let it show
         if type(e).__name__ != "OutOfMemoryError":
             raise
-        from kvviz.models import out_of_memory_message
+        from kvviz.model.loading import out_of_memory_message
 
         print(f"error: {out_of_memory_message(e)}", file=sys.stderr)
         return 2
     except Exception as e:
-        # a model that does not load; kvviz.models (torch) is only imported by commands that load one
-        models = sys.modules.get("kvviz.models")
+        # a model that does not load; kvviz.model.loading (torch) is only imported by commands that load one
+        models = sys.modules.get("kvviz.model.loading")
         if models is None or not isinstance(e, models.ModelLoadError):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@ take_over_from_pages_directory()
 
 st.set_page_config(page_title="kvviz", page_icon=":material/memory:", layout="wide")
 
-from kvviz.metrics import format_bytes  # noqa: E402  (after set_page_config)
+from kvviz.record.metrics import format_bytes  # noqa: E402  (after set_page_config)
 from kvviz.ui.sidebar import sidebar  # noqa: E402
 
 state = sidebar()

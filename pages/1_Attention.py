@@ -4,13 +4,14 @@ import numpy as np
 import streamlit as st
 import torch
 
-from kvviz import attention_maps, capture
+from kvviz.attention import maps as attention_maps
+from kvviz.model import capture
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
-from kvviz.models import out_of_memory_message
+from kvviz.model.loading import out_of_memory_message
 from kvviz.policies import PolicyError
-from kvviz.spec import PolicySpec
-from kvviz.text import PromptError, encode_prompt, token_texts
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.text import PromptError, encode_prompt, token_texts
 from kvviz.ui import attention_memo as memo
 from kvviz.ui import attention_panels as panels
 from kvviz.ui.page import start_page

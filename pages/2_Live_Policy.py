@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from kvviz import live_run
-from kvviz.charts import compare as compare_charts
+from kvviz.live import run as live_run
+from kvviz.charts import against_full as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
 from kvviz.charts.token_map import token_states_figure
-from kvviz.metrics import format_bytes, memory_saving
-from kvviz.text import match_positions
-from kvviz.token_states import token_records
+from kvviz.record.metrics import format_bytes, memory_saving
+from kvviz.record.text import match_positions
+from kvviz.record.token_states import token_records
 from kvviz.ui import live_controls, live_result, token_html
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import policy_controls
@@ -36,7 +36,7 @@ if result is None:
     st.stop()
 
 # ------------------------------------------------------------------------------ the result
-trace, full, forced, cmp = result.trace, result.full, result.forced, result.comparison
+trace, full, forced, cmp = result.trace, result.full, result.forced, result.against_full
 live_result.header(result, spec)
 step, scope, play = live_result.step_controls(trace)
 live_result.metrics(result, step)

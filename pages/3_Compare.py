@@ -4,8 +4,9 @@ import time
 
 import streamlit as st
 
-from kvviz import comparison, live_run
-from kvviz.charts import comparison as charts
+from kvviz.compare import run as comparison
+from kvviz.live import run as live_run
+from kvviz.charts import compare as charts
 from kvviz.ui import compare_view as view
 from kvviz.ui.bundles import downloads, upload_box
 from kvviz.ui.page import start_page

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from kvviz.charts import tradeoffs as charts
-from kvviz.metrics import format_bytes
-from kvviz.sweep_rows import rows_csv, rows_frame
-from kvviz.ui import tradeoffs as ui
+from kvviz.charts import sweep as charts
+from kvviz.record.metrics import format_bytes
+from kvviz.sweep.rows import rows_csv, rows_frame
+from kvviz.ui import sweep as ui
 from kvviz.ui.model_resource import model_key
 from kvviz.ui.page import start_page
 from kvviz.ui.state import persisted

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from kvviz.charts import paged as charts
-from kvviz.metrics import format_bytes
+from kvviz.record.metrics import format_bytes
 from kvviz.paged.waste import explain
 from kvviz.ui import paged as ui
 from kvviz.ui.page import start_page

@@ -6,11 +6,11 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from kvviz import calculator as calc
+from kvviz.calculator import memory as calc
 from kvviz.charts import calculator as charts
-from kvviz.memory_check import check_calculator
-from kvviz.metrics import format_bytes
-from kvviz.text import PromptError, encode_prompt
+from kvviz.calculator.check import check_calculator
+from kvviz.record.metrics import format_bytes
+from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.calculator_controls import calculator_controls
 from kvviz.ui.token_html import md_escape
 from kvviz.ui.page import start_page

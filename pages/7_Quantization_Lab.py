@@ -4,9 +4,9 @@ channel at 8, 4 and 2 bits, with what it costs in error, attention, the next tok
 import pandas as pd
 import streamlit as st
 
-from kvviz import quant_lab as lab
+from kvviz.quant_lab import run as lab
 from kvviz.charts import quant_lab as charts
-from kvviz.text import PromptError, encode_prompt
+from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.page import start_page
 from kvviz.ui.token_html import md_escape
 

@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded SmolLM2-135M-Instruct on the CPU in float32 (a kvviz LoadedModel)."""
-    from kvviz.models import load_model
+    from kvviz.model.loading import load_model
 
     return load_model(device="cpu", dtype="float32")
 

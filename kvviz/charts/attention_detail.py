@@ -2,7 +2,7 @@
 and row entropies, the CSV of the matrix in view, and the attention lost to evicted keys per
 decode step (the tokens tinted by attention are drawn by ``kvviz.ui.token_html``).
 
-Pure builders: attention maps in (``kvviz.attention_maps``), plotly figures, HTML or text out. Text
+Pure builders: attention maps in (``kvviz.attention.maps``), plotly figures, HTML or text out. Text
 from prompts and model output is escaped wherever plotly or HTML would read it.
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.attention_data import AttentionView
+from kvviz.attention.data import AttentionView
 from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
 from kvviz.charts.style import COLORS, EVICTED_SCALE
-from kvviz.token_states import one_line
+from kvviz.record.token_states import one_line
 
 EVICTED_COLORSCALE = EVICTED_SCALE
 EVICTED_BAR = COLORS["evicted"]

@@ -1,7 +1,7 @@
 """Figures of attention over the whole model: the overview grid of every layer and head, and the
 head profiles (chart and table).
 
-Pure builders: attention maps in (``kvviz.attention_maps``), plotly figures or data frames out.
+Pure builders: attention maps in (``kvviz.attention.maps``), plotly figures or data frames out.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from kvviz.attention_data import HeadProfiles, Overview
+from kvviz.attention.data import HeadProfiles, Overview
 from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
 from kvviz.charts.style import BANDS, PANEL
 

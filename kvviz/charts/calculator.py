@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, series_color, style, tint
-from kvviz.metrics import byte_unit, format_bytes
+from kvviz.record.metrics import byte_unit, format_bytes
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 

@@ -1,6 +1,8 @@
-"""The policy's output against the full cache's: the two outputs token by token with the first
-divergence marked, and per step the KL divergence and top-1 agreement of the teacher-forced
-policy with the full cache."""
+"""Figures of a comparison of several policies on one prompt (``ComparisonResult``): memory per
+step, and KL and top-1 agreement with the full cache per step, one colour per policy
+(``series_color``), the full cache dashed in ``COLORS["full"]``; and the standalone HTML report.
+
+Pure: a result in, a figure or a Report out; no torch."""
 
 from __future__ import annotations
 
@@ -8,93 +10,139 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz import metrics
-from kvviz.charts.style import COLORS, tint
+from kvviz.charts.style import COLORS, series_color, style
 from kvviz.charts.token_map import plotly_text
-from kvviz.token_states import one_line, quoted
-from kvviz.trace import Trace
+from kvviz.compare.result import DIVERGENCE_NOTE, ComparisonResult
+from kvviz.record.metrics import byte_unit
+from kvviz.record.report import Report
+from kvviz.record.token_states import quoted
 
-SAME, DIFFERENT, MISSING = 1.0, 0.0, np.nan
-DIVERGENCE_COLOR = COLORS["differ"]
-
-
-def first_divergence(full: Trace, policy: Trace) -> int | None:
-    return metrics.first_divergence(full.generated_ids, policy.generated_ids)
+FULL_LINE = dict(color=COLORS["full"], dash="dash", width=2)
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, x=0)  # up to four long labels: under the plot
 
 
-def _generated(trace: Trace) -> list[str]:
-    return list(trace.tokens[trace.prompt_len :])
-
-
-def _mark_divergence(fig: go.Figure, div: int | None, label: str, **kw) -> None:
-    if div is not None:
-        fig.add_vline(x=div, line=dict(color=DIVERGENCE_COLOR, width=2, dash="dash"), **kw)
-        fig.add_annotation(
-            x=div, y=1.0, yref="paper", text=plotly_text(label), showarrow=False, xanchor="left", yanchor="bottom",
-            font=dict(color=DIVERGENCE_COLOR),
-        )
-
-
-def output_comparison_figure(full: Trace, policy: Trace) -> go.Figure:
-    """Two rows of generated tokens (full cache, policy); a cell is blue where the two outputs
-    agree at that index, vermillion where they differ; a dashed line at the first divergence."""
-    a, b = _generated(full), _generated(policy)
-    n = max(len(a), len(b), 1)
-    z = np.full((2, n), MISSING)
-    text = np.full((2, n), "", dtype=object)
-    fa, pb = full.generated_ids, policy.generated_ids
-    for row, toks in enumerate((a, b)):
-        for i, t in enumerate(toks):
-            z[row, i] = SAME if i < len(fa) and i < len(pb) and fa[i] == pb[i] else DIFFERENT
-            text[row, i] = plotly_text(one_line(t))
-    div = first_divergence(full, policy)
-    names = ["full cache", policy.policy]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z, x=np.arange(n), y=names, text=text, texttemplate="%{text}", textfont=dict(size=11),
-            zmin=0, zmax=1, colorscale=[[0, tint(COLORS["differ"], 0.3)], [1, tint(COLORS["agree"], 0.25)]], showscale=False, xgap=2, ygap=4,
-            hovertemplate="%{y}<br>token %{x}: %{text}<extra></extra>",
-        )
-    )
-    label = "outputs agree" if div is None else f"first divergence at token {div}"
-    _mark_divergence(fig, None if div is None else div - 0.5, label)
-    fig.update_layout(
-        title=f"Output, token by token: {label}", height=200, margin=dict(l=10, r=10, t=50, b=10),
-    )
-    fig.update_xaxes(title="generated token", dtick=1 if n <= 40 else None)
-    fig.update_yaxes(autorange="reversed")
+def _layout(fig: go.Figure, height: int, title: str) -> go.Figure:
+    style(fig, height=height, title=title)
+    fig.update_layout(legend=LEGEND_BELOW, margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)  # room for tick labels and policy names outside Streamlit (the report)
     return fig
 
 
-def agreement_figure(forced: Trace, full: Trace | None = None, divergence: int | None = None) -> go.Figure:
-    """Per step: KL(full ‖ policy) of the next-token distributions, and whether both would pick
-    the same top-1 token, with the policy teacher-forced on the full cache's output."""
-    kl = np.asarray(forced.kl_to_reference if forced.kl_to_reference is not None else [], dtype=float)
-    top1 = np.asarray(forced.top1_agreement if forced.top1_agreement is not None else [], dtype=bool)
-    steps = np.arange(len(kl))
-    tokens = _generated(full) if full is not None else [""] * len(kl)
-    labels = [plotly_text(quoted(tokens[i])) if i < len(tokens) else "" for i in steps]
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
-    fig.add_bar(
-        x=steps, y=kl, name="KL (nats)", marker_color=COLORS["measure"], customdata=labels,
-        hovertemplate="step %{x} (full cache chose %{customdata})<br>KL %{y:.4f} nats<extra></extra>", row=1, col=1,
+def _step_rule(fig: go.Figure, step: int | None, **kw) -> None:
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1, dash="dot"), **kw)
+
+
+def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figure:
+    """K/V bytes held per step: the full cache dashed, one line per policy."""
+    traces = [result.full] + [r.trace for r in result.runs]
+    top = max(max(t.kv_bytes_full + t.kv_bytes) for t in traces)
+    scale, unit = byte_unit(top)
+    fig = go.Figure()
+    full = result.full
+    fig.add_scatter(
+        x=np.arange(full.n_steps), y=np.asarray(full.kv_bytes_full, float) / scale, name="full cache", mode="lines",
+        line=FULL_LINE, meta="full", hovertemplate=f"full cache<br>step %{{x}}: %{{y:.3f}} {unit}<extra></extra>",
     )
-    for agree, name, color, symbol in ((True, "top-1 agrees", COLORS["agree"], "circle"), (False, "top-1 differs", DIVERGENCE_COLOR, "x")):
-        mask = top1 == agree
+    for i, (label, run) in enumerate(zip(result.labels, result.runs)):
+        t = run.trace
+        held = np.asarray(t.kv_bytes, float)
+        pct = 100 * held / np.maximum(np.asarray(t.kv_bytes_full, float), 1)
         fig.add_scatter(
-            x=steps[mask], y=np.zeros(int(mask.sum())), mode="markers", name=name,
-            marker=dict(color=color, symbol=symbol, size=11), customdata=np.array(labels, dtype=object)[mask] if len(labels) else None,
-            hovertemplate="step %{x}: " + name + " (full cache chose %{customdata})<extra></extra>", row=2, col=1,
+            x=np.arange(t.n_steps), y=held / scale, name=plotly_text(label), mode="lines+markers",
+            line=dict(color=series_color(i), width=2), marker=dict(size=5), customdata=pct, meta=f"p{i + 1}",
+            hovertemplate=plotly_text(label) + f"<br>step %{{x}}: %{{y:.3f}} {unit} (%{{customdata:.0f}}% of full)<extra></extra>",
         )
-    agree_share = float(top1.mean()) if top1.size else float("nan")
-    mean_kl = float(kl.mean()) if kl.size else float("nan")
-    if divergence is not None:
-        _mark_divergence(fig, divergence, f"outputs diverge at step {divergence}")
-    fig.update_layout(
-        title=f"Against the full cache, teacher-forced: mean KL {mean_kl:.4f} nats, top-1 agreement {agree_share:.0%}",
-        height=360, margin=dict(l=10, r=10, t=60, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+    _step_rule(fig, step)
+    _layout(fig, 400, "K/V cache held per step")
+    fig.update_xaxes(title="decode step", tickformat="d", rangemode="tozero", dtick=1 if result.n_steps <= 20 else None)
+    fig.update_yaxes(title=unit, rangemode="tozero")
+    return fig
+
+
+def agreement_figure(result: ComparisonResult, step: int | None = None) -> go.Figure:
+    """Per step, teacher-forced on the full cache's output: KL(full ‖ policy) per policy (top),
+    and whether each policy's top-1 token is the full cache's (bottom, one row per policy).
+    A diamond on each policy's KL line marks where its free output first differs from the full
+    cache's (``DIVERGENCE_NOTE``)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.08)
+    n = result.full.n_steps
+    tokens = [plotly_text(quoted(t)) for t in result.full.tokens[result.full.prompt_len :]]
+    fig.add_scatter(
+        x=np.arange(n), y=np.zeros(n), name="full cache (KL 0)", mode="lines", line=FULL_LINE, meta="full",
+        hoverinfo="skip", row=1, col=1,
+    )
+    labels = result.labels
+    for i, (label, run) in enumerate(zip(labels, result.runs)):
+        color = series_color(i)
+        forced = run.forced
+        if forced is None or forced.kl_to_reference is None:
+            continue
+        kl = np.asarray(forced.kl_to_reference, float)
+        steps = np.arange(len(kl))
+        fig.add_scatter(
+            x=steps, y=kl, name=plotly_text(label), mode="lines+markers", line=dict(color=color, width=2),
+            marker=dict(size=5), customdata=tokens[: len(kl)], meta=f"p{i + 1}", legendgroup=f"p{i + 1}",
+            hovertemplate=plotly_text(label) + "<br>step %{x} (full cache chose %{customdata}): KL %{y:.4f} nats<extra></extra>",
+            row=1, col=1,
+        )
+        div = run.first_divergence(result.full)
+        if div is not None and div < len(kl):
+            fig.add_scatter(
+                x=[div], y=[kl[div]], mode="markers", name=f"first divergence: {plotly_text(label)}",
+                marker=dict(symbol="diamond", size=13, color=color, line=dict(color=COLORS["differ"], width=2)),
+                meta=f"p{i + 1}.divergence", legendgroup=f"p{i + 1}", showlegend=False,
+                hovertemplate=plotly_text(label) + f"<br>output first differs at token {div} ({DIVERGENCE_NOTE})<extra></extra>",
+                row=1, col=1,
+            )
+        agree = np.asarray(forced.top1_agreement, bool)
+        row_name = [plotly_text(label)] * len(agree)
+        fig.add_scatter(
+            x=steps, y=row_name, mode="markers", name=f"top-1: {plotly_text(label)}", showlegend=False,
+            marker=dict(symbol=np.where(agree, "circle", "x-thin-open").tolist(), size=11, color=color, line=dict(color=color, width=2)),
+            customdata=np.where(agree, "same top-1 as the full cache", "top-1 differs from the full cache"),
+            meta=f"p{i + 1}.top1", legendgroup=f"p{i + 1}",
+            hovertemplate=plotly_text(label) + "<br>step %{x}: %{customdata}<extra></extra>", row=2, col=1,
+        )
+    _step_rule(fig, step, row="all", col=1)
+    _layout(
+        fig, 360 + 30 * len(labels),
+        "KL and top-1 against the full cache, teacher-forced on its output"
+        "<br><sup>◆ where the free output first differs · ● same top-1 token · ✕ another top-1 token</sup>",
     )
     fig.update_yaxes(title="KL (nats)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(visible=False, range=[-1, 1], row=2, col=1)
-    fig.update_xaxes(title="decode step", row=2, col=1)
+    fig.update_yaxes(title="top-1", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title="decode step", tickformat="d", dtick=1 if n <= 20 else None, row=2, col=1)
     return fig
+
+
+def report(result: ComparisonResult, step: int | None = None) -> Report:
+    """The comparison as a standalone HTML report: settings, both charts, the tables."""
+    s = result.settings
+    prompt = s.prompt_text if len(s.prompt_text) <= 4000 else s.prompt_text[:4000] + " [...]"
+    settings = {
+        "model": s.model,
+        "prompt": s.prompt_name,
+        **{f"prompt · {k}": v for k, v in s.prompt_params.items()},
+        "chat template": s.chat,
+        "prompt tokens": result.full.prompt_len,
+        "new tokens": s.max_new_tokens,
+        **{f"p{i}": spec.to_text() for i, spec in enumerate(s.policies, start=1)},
+        "step in view": step if step is not None else s.step,
+        "device": f"{result.full.device}, {result.full.dtype}",
+    }
+    intro = (
+        "Each policy generated greedily on the same prompt, and was teacher-forced on the full cache's output "
+        "to measure the KL divergence and top-1 agreement of its next-token distribution at every step."
+        + (" The run was stopped: only the policies that finished are shown." if result.stopped else "")
+    )
+    rep = Report(f"kvviz: {len(result.runs)} policies on one prompt", intro=intro, settings=settings)
+    summary = result.summary_table(step)
+    summary["first divergence"] = summary["first divergence"].astype(object).where(summary["first divergence"].notna(), "none")
+    rep.add("Summary", summary)
+    rep.add("Memory per step", memory_figure(result, step))
+    rep.add("KL and top-1 per step", agreement_figure(result, step))
+    rep.add("Per step", result.steps_table())
+    rep.add("Prompt", prompt)
+    return rep

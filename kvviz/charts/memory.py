@@ -7,9 +7,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, tint
-from kvviz.metrics import byte_unit, format_bytes, memory_saving
-from kvviz.token_states import clamp_step, newest_held_share
-from kvviz.trace import Trace
+from kvviz.record.metrics import byte_unit, format_bytes, memory_saving
+from kvviz.record.token_states import clamp_step, newest_held_share
+from kvviz.record.trace import Trace
 
 
 def saving_line(trace: Trace, step: int | None = None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, request_color, style, tint
-from kvviz.metrics import format_bytes
+from kvviz.record.metrics import format_bytes
 from kvviz.paged.result import describe
 
 PARTIAL = 0.45  # opacity of a slot some layers or heads no longer read

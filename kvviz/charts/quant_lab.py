@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kvviz.charts.style import COLORS, SKY, VERMILLION, WHITE, series_color, style, tint
-from kvviz.metrics import format_bytes
+from kvviz.record.metrics import format_bytes
 
 AXIS_COLORS = {"per_token": VERMILLION, "per_channel": COLORS["kept"], "kivi": COLORS["generated"]}
 GROUP_DASHES = {16: "solid", 32: "dash", 64: "dot", 128: "dashdot"}

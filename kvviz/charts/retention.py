@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, KEPT_SCALE
 from kvviz.charts.token_map import plotly_text
-from kvviz.token_states import Scope, clamp_step, occupancy, quoted, retention, retention_by_layer
-from kvviz.trace import Trace
+from kvviz.record.token_states import Scope, clamp_step, occupancy, quoted, retention, retention_by_layer
+from kvviz.record.trace import Trace
 
 # 0 = evicted (grey), partly kept (light blue), 1 = kept (blue); blank = not in the run yet
 RETENTION_SCALE = KEPT_SCALE

@@ -5,7 +5,7 @@ distinguishable with the common forms of colour blindness; no meaning rests on r
 
 - ``COLORS``: strong colours for lines, markers and outlines, by meaning.
 - ``STATE_FILL`` / ``STATE_TEXT``: backgrounds and text of token chips and map cells, per token
-  state (see ``kvviz.token_states.STATES``).
+  state (see ``kvviz.record.token_states.STATES``).
 - ``SERIES``: categorical colours for several policies (or requests) on one chart; the full cache
   is always ``COLORS["full"]``, dashed.
 """

@@ -12,7 +12,7 @@ import html
 import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, STATE_FILL, STATE_TEXT
-from kvviz.token_states import STATES, TokenRecord, quoted
+from kvviz.record.token_states import STATES, TokenRecord, quoted
 
 # background, text colour per state: the palette of kvviz.charts.style
 STATE_COLORS: dict[str, str] = {s: STATE_FILL[s] for s in STATES}

@@ -27,7 +27,7 @@ def configure(p) -> None:
 def specs(args) -> list:
     """The PolicySpecs to time: each named policy, with --budget or --ratio where it takes a budget."""
     from kvviz import policies
-    from kvviz.spec import PolicySpec
+    from kvviz.policies.spec import PolicySpec
 
     names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else sorted(policies.registry())
     out = [PolicySpec.of(name) for name in names]
@@ -38,7 +38,7 @@ def specs(args) -> list:
 def main(args) -> int:
     import sys
 
-    from kvviz.bench import run_bench, table
+    from kvviz.runtime.bench import run_bench, table
 
     for flag in ("prompt_tokens", "new_tokens", "repeats"):
         if getattr(args, flag) < (2 if flag == "new_tokens" else 1):

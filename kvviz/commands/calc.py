@@ -1,6 +1,6 @@
 """``python -m kvviz calc``: KV-cache memory of a real architecture from its config, with what-ifs
 and how many sequences fit on a GPU. No model is loaded: the numbers come from the config alone
-(see ``kvviz.calculator`` for every formula).
+(see ``kvviz.calculator.memory`` for every formula).
 
   python -m kvviz calc --arch llama-3.1-70b --context 32k --gpu h100 --weights-dtype int4 --dtype kivi-2
   python -m kvviz calc --config path/to/config.json --context 4096 --json
@@ -15,7 +15,7 @@ HELP = "KV-cache memory of a real architecture from its config (no model is load
 
 
 def configure(p) -> None:
-    from kvviz.calculator import CACHE_DTYPES, DEFAULT_UTILIZATION, GPUS, WEIGHT_DTYPES
+    from kvviz.calculator.memory import CACHE_DTYPES, DEFAULT_UTILIZATION, GPUS, WEIGHT_DTYPES
 
     p.add_argument("--arch", metavar="NAME", help="a bundled architecture (see --list) or a Hugging Face id (owner/name, needs the network)")
     p.add_argument("--config", metavar="FILE", help="a Hugging Face config.json")
@@ -36,7 +36,7 @@ def configure(p) -> None:
 
 
 def main(args) -> int:
-    from kvviz import calculator as calc
+    from kvviz.calculator import memory as calc
 
     if args.list:
         return list_architectures(args.json)
@@ -75,7 +75,7 @@ def tokens(text: str, flag: str) -> int:
 
 
 def integer(text, flag: str) -> int:
-    from kvviz.calculator import CalcError
+    from kvviz.calculator.memory import CalcError
 
     try:
         value = float(text)
@@ -87,7 +87,7 @@ def integer(text, flag: str) -> int:
 
 
 def number(text, flag: str) -> float | None:
-    from kvviz.calculator import CalcError
+    from kvviz.calculator.memory import CalcError
 
     if text is None:
         return None
@@ -98,7 +98,7 @@ def number(text, flag: str) -> float | None:
 
 
 def report(est, arch) -> str:
-    from kvviz.metrics import format_bytes
+    from kvviz.record.metrics import format_bytes
 
     lines = [f"{est.display} ({est.attention}) · {est.context:,} tokens · batch {est.batch} · {est.dtype} cache · config: {arch.source}"]
     rows = [
@@ -119,8 +119,8 @@ def report(est, arch) -> str:
 
 
 def list_architectures(as_json: bool) -> int:
-    from kvviz import calculator as calc
-    from kvviz.metrics import format_bytes
+    from kvviz.calculator import memory as calc
+    from kvviz.record.metrics import format_bytes
 
     rows = []
     for arch in calc.bundled().values():

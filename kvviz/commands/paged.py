@@ -65,7 +65,7 @@ def main(args) -> int:
 
 
 def text_summary(run) -> str:
-    from kvviz.metrics import format_bytes
+    from kvviz.record.metrics import format_bytes
 
     w = run.waste
     paged = ", ".join(f"{bs}: {f:.1%}" for bs, f in w["paged"].items())

@@ -51,14 +51,14 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 def policy_spec(args):
     """The PolicySpec of --policy (text form allowed), --param, --budget and --ratio."""
-    from kvviz.spec import PolicySpec
+    from kvviz.policies.spec import PolicySpec
 
     return PolicySpec.of(args.policy, parse_params(args.param), budget=args.budget, ratio=args.ratio)
 
 
 def load(args):
     """The model of --model/--device/--dtype/--device-map, with transformers kept quiet."""
-    from kvviz.models import load_model, pick_device_map
+    from kvviz.model.loading import load_model, pick_device_map
 
     pick_device_map(args.device_map)  # refused before anything loads (no CUDA, no accelerate)
     quiet_transformers()
@@ -66,8 +66,8 @@ def load(args):
 
 
 def read_prompt(args) -> str:
-    """The prompt of --prompt or --prompt-file (refused above kvviz.text.MAX_PROMPT_CHARS)."""
-    from kvviz.text import MAX_PROMPT_CHARS, PromptError
+    """The prompt of --prompt or --prompt-file (refused above kvviz.record.text.MAX_PROMPT_CHARS)."""
+    from kvviz.record.text import MAX_PROMPT_CHARS, PromptError
 
     if args.prompt is not None:
         return args.prompt
@@ -77,9 +77,9 @@ def read_prompt(args) -> str:
 
 
 def main(args) -> int:
-    from kvviz import engine
-    from kvviz.spec import budget_notes
-    from kvviz.text import decode, encode_prompt
+    from kvviz.runtime import engine
+    from kvviz.policies.spec import budget_notes
+    from kvviz.record.text import decode, encode_prompt
 
     text = read_prompt(args)
     spec = policy_spec(args)

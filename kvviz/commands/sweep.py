@@ -48,8 +48,8 @@ def _one_line_error(message: str):
 
 
 def settings_from(args):
-    from kvviz import data
-    from kvviz.sweep import SweepSettings, parse_numbers
+    from kvviz.record import examples as data
+    from kvviz.sweep.run import SweepSettings, parse_numbers
 
     text = ""
     if args.task == "ppl":
@@ -72,7 +72,7 @@ def settings_from(args):
 
 
 def main(args) -> int:
-    from kvviz import sweep
+    from kvviz.sweep import run as sweep
 
     settings = settings_from(args)
     sweep.expand(settings)  # bad specs fail before the model loads
@@ -94,7 +94,7 @@ def main(args) -> int:
     elif args.csv:
         Path(args.csv).write_text(csv_text)
     if args.html:
-        from kvviz.charts.tradeoffs import sweep_report
+        from kvviz.charts.sweep import sweep_report
 
         Path(args.html).write_text(sweep_report(result.to_dict()).to_html(), encoding="utf-8")
     if args.json:
@@ -106,7 +106,7 @@ def main(args) -> int:
 
 def table(result) -> str:
     """The rows as a text table for a terminal."""
-    from kvviz.metrics import format_bytes
+    from kvviz.record.metrics import format_bytes
 
     lines = [f"{result.model} on {result.device} ({result.dtype}), {result.seconds:.1f} s"]
     if result.settings.task == "ppl":

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import torch
 
-from kvviz.attention_inputs import AttentionCall, attention_modules
-from kvviz.cache import CACHE_KEYWORDS
+from kvviz.model.attention_inputs import AttentionCall, attention_modules
+from kvviz.runtime.policy_cache import CACHE_KEYWORDS
 from kvviz.policies import Pipeline, PolicyError, Selector
-from kvviz.policies.base import LayerView, StepContext
+from kvviz.policies.selector import LayerView, StepContext
 
 MODES = ("token", "block")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from kvviz import devices
+from kvviz.model import devices
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
 from kvviz.paged.scheduler import Request, Scheduler
-from kvviz.spec import PolicySpec
-from kvviz.text import PromptError, encode_prompt
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.text import PromptError, encode_prompt
 
 
 @dataclasses.dataclass(frozen=True)

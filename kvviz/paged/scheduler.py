@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvviz.engine import cache_keyword, eos_ids
+from kvviz.runtime.engine import cache_keyword, eos_ids
 from kvviz.paged.block_manager import BlockManager, PoolTooSmall
-from kvviz.paged.cache import KVPool, PagedCache, Row, forward
+from kvviz.paged.paged_cache import KVPool, PagedCache, Row, forward
 from kvviz.paged.eviction import PagedEviction
 from kvviz.policies import BudgetSelector, Pipeline
 

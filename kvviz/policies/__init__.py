@@ -12,25 +12,32 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 
-from kvviz.policies.base import (  # noqa: F401  (re-exported)
-    BudgetSelector,
-    LayerView,
-    Param,
-    Policy,
-    PolicyError,
-    Selection,
-    Selector,
-    StepContext,
-    Storage,
-    Store,
-)
+from typing import TYPE_CHECKING
+
+from kvviz.policies.params import Param, Policy, PolicyError  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from kvviz.policies.selector import Selector
+    from kvviz.policies.store import Storage
+
+# Importing this package loads no torch (the spec, the CLI's --help and the chart modules read it);
+# the selector and store classes, which compute on tensors, load when first asked for.
+_LAZY = {name: "selector" for name in ("BudgetSelector", "LayerView", "ScoredSelector", "Selection", "Selector", "StepContext")}
+_LAZY.update({name: "store" for name in ("LayerError", "Storage", "Store")})
+_NOT_POLICIES = {"params", "selector", "store", "spec", "scoring"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _REGISTRY: dict[str, type[Policy]] = {}
 
 
 def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
+        if info.name not in _NOT_POLICIES:
             importlib.import_module(f"{__name__}.{info.name}")
     stack = list(Policy.__subclasses__())
     while stack:
@@ -57,12 +64,17 @@ def get(name: str) -> type[Policy]:
 
 
 def is_selector(name: str) -> bool:
+    from kvviz.policies.selector import Selector
+
     return issubclass(get(name), Selector)
 
 
 def companions(name: str) -> list[str]:
     """Policies that compose with ``name``: the stores for a selector, the selectors (but the
     full cache) for a store."""
+    from kvviz.policies.selector import Selector
+    from kvviz.policies.store import Storage
+
     reg = registry()
     if name not in reg or name == "full":
         return []
@@ -79,11 +91,15 @@ def compose(name: str, companion: str | None = None) -> str:
 
 def takes_budget(spec: str) -> bool:
     """Whether a policy name or composition (``snapkv+quant``) has a budget/ratio."""
+    from kvviz.policies.selector import BudgetSelector
+
     return any(issubclass(get(n.strip()), BudgetSelector) for n in (spec or "").split("+") if n.strip())
 
 
 def tunable_params(name: str) -> dict[str, Param]:
     """A policy's parameters without budget/ratio (pages give those one shared control)."""
+    from kvviz.policies.selector import BudgetSelector
+
     params = get(name).params()
     if issubclass(get(name), BudgetSelector):
         params = {k: v for k, v in params.items() if k not in ("budget", "ratio")}
@@ -112,6 +128,9 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
     ``params`` is flat ({"bits": 4}), prefixed ({"quant.bits": 4}) or nested ({"quant": {"bits": 4}}).
     ``budget``/``ratio`` go to the selector.
     """
+    from kvviz.policies.selector import BudgetSelector, Selector
+    from kvviz.policies.store import Storage
+
     names = [n.strip() for n in (spec or "").split("+") if n.strip()]
     if not names:
         raise PolicyError("No policy given.")

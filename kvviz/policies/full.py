@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import Selector
+from kvviz.policies.selector import Selector
 
 
 @dataclass

@@ -4,9 +4,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import ScoredSelector, param
-from kvviz.scoring import accumulated_attention, attention_probs
-from kvviz.trace import Protection
+from kvviz.policies.params import param
+from kvviz.policies.selector import ScoredSelector
+from kvviz.policies.scoring import accumulated_attention, attention_probs
+from kvviz.record.trace import Protection
 
 
 @dataclass

@@ -4,8 +4,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
-from kvviz.quantize import ErrorMeter
+from kvviz.policies.params import PolicyError, param
+from kvviz.policies.store import LayerError, Storage, Store
+from kvviz.storage.quantize import ErrorMeter
 
 
 class HeadShareStore(Store):

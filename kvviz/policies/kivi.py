@@ -2,9 +2,10 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import PolicyError, Storage, Store, param
+from kvviz.policies.params import PolicyError, param
+from kvviz.policies.store import Storage, Store
 from kvviz.policies.quant import QuantStore
-from kvviz.quantize import QuantizedStream
+from kvviz.storage.quantize import QuantizedStream
 
 
 @dataclass

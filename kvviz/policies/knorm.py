@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import PolicyError, ScoredSelector, param
-from kvviz.trace import Protection
+from kvviz.policies.params import PolicyError, param
+from kvviz.policies.selector import ScoredSelector
+from kvviz.record.trace import Protection
 
 
 @dataclass

@@ -5,9 +5,10 @@ from typing import ClassVar
 
 import torch
 
-from kvviz.policies.base import ScoredSelector, param
-from kvviz.scoring import attention_probs
-from kvviz.trace import Protection
+from kvviz.policies.params import param
+from kvviz.policies.selector import ScoredSelector
+from kvviz.policies.scoring import attention_probs
+from kvviz.record.trace import Protection
 
 
 def keep_highest(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kvviz.policies.base import Selection
+from kvviz.policies.selector import Selection
 from kvviz.policies.h2o import H2O
 
 

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import param
+from kvviz.policies.params import param
 from kvviz.policies.snapkv import SnapKV
 
 

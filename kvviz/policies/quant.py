@@ -2,13 +2,14 @@
 
 from dataclasses import dataclass
 
-from kvviz.fixed_capacity import FixedStreams
-from kvviz.policies.base import LayerError, PolicyError, Storage, Store, param
-from kvviz.quantize import QuantizedStream
+from kvviz.storage.fixed_capacity import FixedStreams
+from kvviz.policies.params import PolicyError, param
+from kvviz.policies.store import LayerError, Storage, Store
+from kvviz.storage.quantize import QuantizedStream
 
 
 class QuantStore(Store):
-    """Keys and values as two quantized streams (see ``kvviz.quantize.QuantizedStream``)."""
+    """Keys and values as two quantized streams (see ``kvviz.storage.quantize.QuantizedStream``)."""
 
     full_precision_prefill = True
 

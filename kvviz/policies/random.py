@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import ScoredSelector
-from kvviz.scoring import random_draw
+from kvviz.policies.selector import ScoredSelector
+from kvviz.policies.scoring import random_draw
 
 
 @dataclass

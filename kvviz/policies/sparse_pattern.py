@@ -4,9 +4,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kvviz.policies.base import PolicyError, ScoredSelector, param
-from kvviz.scoring import first_mask, random_draw, recent_mask
-from kvviz.trace import Protection
+from kvviz.policies.params import PolicyError, param
+from kvviz.policies.selector import ScoredSelector
+from kvviz.policies.scoring import first_mask, random_draw, recent_mask
+from kvviz.record.trace import Protection
 
 GLOBAL, RANDOM_BLOCK, LOCAL = 3.0, 2.0, 1.0  # scores recorded in the trace: which part keeps an entry
 

@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import ScoredSelector, param
-from kvviz.scoring import attention_probs
+from kvviz.policies.params import param
+from kvviz.policies.selector import ScoredSelector
+from kvviz.policies.scoring import attention_probs
 
 
 @dataclass

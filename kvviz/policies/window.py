@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from kvviz.policies.base import ScoredSelector
-from kvviz.trace import Protection
+from kvviz.policies.selector import ScoredSelector
+from kvviz.record.trace import Protection
 
 
 @dataclass

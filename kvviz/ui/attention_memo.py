@@ -13,11 +13,13 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from kvviz import attention_maps, capture, engine
-from kvviz.attention_data import AttentionView, Overview
-from kvviz.models import LoadedModel
-from kvviz.spec import PolicySpec
-from kvviz.trace import Trace
+from kvviz.attention import maps as attention_maps
+from kvviz.model import capture
+from kvviz.runtime import engine
+from kvviz.attention.data import AttentionView, Overview
+from kvviz.model.loading import LoadedModel
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.trace import Trace
 
 KEEP_QK_BYTES = 512 << 20  # queries and keys the overview keeps, so a detail view needs no second pass
 THUMB_CELLS = 32

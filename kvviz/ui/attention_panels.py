@@ -1,6 +1,6 @@
 """Parts of the Attention page: its view controls, the layer/head/token selection that clicks on
 the charts move, the zoom window, the policy's evictions for the head in view, and the head
-profiles section. The page wires them; the numbers come from ``kvviz.attention_maps`` (through
+profiles section. The page wires them; the numbers come from ``kvviz.attention.maps`` (through
 ``kvviz.ui.attention_memo``) and the Trace.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from kvviz.attention_data import POOLS, Overview
+from kvviz.attention.data import POOLS, Overview
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
-from kvviz.trace import Trace
+from kvviz.record.trace import Trace
 from kvviz.ui.clicks import clicked
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import esc

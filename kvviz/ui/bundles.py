@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
-from kvviz.bundle import MAX_BYTES, BundleError, RunBundle, load
+from kvviz.runs.bundle import MAX_BYTES, BundleError, RunBundle, load
 from kvviz.ui.token_html import md_escape
 
 MIB = 1024 * 1024

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from kvviz import calculator as calc
+from kvviz.calculator import memory as calc
 from kvviz.charts.calculator import context_label
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape

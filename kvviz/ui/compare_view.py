@@ -10,17 +10,17 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from kvviz import data
-from kvviz.bundle import BundleError, RunBundle, RunSettings
+from kvviz.record import examples as data
+from kvviz.runs.bundle import BundleError, RunBundle, RunSettings
 from kvviz.charts.style import COLORS, series_color, tint
-from kvviz.comparison_result import DIVERGENCE_NOTE, ComparisonResult
-from kvviz.metrics import format_bytes, memory_saving
-from kvviz.spec import PolicySpec
-from kvviz.token_states import Scope, clamp_step, occupancy, one_line, quoted, token_records
+from kvviz.compare.result import DIVERGENCE_NOTE, ComparisonResult
+from kvviz.record.metrics import format_bytes, memory_saving
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.token_states import Scope, clamp_step, occupancy, one_line, quoted, token_records
 from kvviz.ui import sidebar as sb
 from kvviz.ui.policy_controls import seed_budget, seed_controls
 from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html
-from kvviz.why_evicted import evicted_positions, most_evicted, why_evicted
+from kvviz.record.why_evicted import evicted_positions, most_evicted, why_evicted
 
 # session_state keys (permanent; ``persisted`` widgets use them with a leading underscore)
 N_POLICIES = "compare.n"

@@ -1,7 +1,7 @@
 """The Live page's run controls: one-click demos, how many tokens and whether to compare (kept
 across pages and in the URL), Run and Stop, and the view of a run while it goes on.
 
-A run is a ``kvviz.live_run.LiveJob`` kept in session_state; its result goes to
+A run is a ``kvviz.live.run.LiveJob`` kept in session_state; its result goes to
 ``session_state["live.result"]`` and its id into the URL (``?run=<id>``), so that the same tab
 reopens it from the run store after a server restart.
 """
@@ -12,9 +12,10 @@ import time
 
 import streamlit as st
 
-from kvviz import data, live_run
-from kvviz.metrics import format_bytes
-from kvviz.spec import PolicySpec, budget_notes
+from kvviz.record import examples as data
+from kvviz.live import run as live_run
+from kvviz.record.metrics import format_bytes
+from kvviz.policies.spec import PolicySpec, budget_notes
 from kvviz.ui import sidebar as sb
 from kvviz.ui.policy_controls import seed_controls
 from kvviz.ui.sidebar import SidebarState

@@ -13,10 +13,11 @@ import time
 
 import streamlit as st
 
-from kvviz import live_run, run_store
-from kvviz.metrics import device_memory_rows, format_bytes, memory_saving
-from kvviz.spec import PolicySpec
-from kvviz.token_states import Scope
+from kvviz.live import run as live_run
+from kvviz.runs import store as run_store
+from kvviz.record.metrics import device_memory_rows, format_bytes, memory_saving
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.token_states import Scope
 from kvviz.ui.live_controls import ERROR, LOADED_RUN, NOTICE, RESULT, SHOWN
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
@@ -144,7 +145,7 @@ def step_controls(trace) -> tuple[int, Scope, bool]:
 def metrics(result: live_run.LiveResult, step: int) -> None:
     """Generated tokens, the whole run's time, the cache at the step in view, the divergence and
     the agreement with the full cache."""
-    trace, cmp, forced = result.trace, result.comparison, result.forced
+    trace, cmp, forced = result.trace, result.against_full, result.forced
     m = st.columns(5)
     m[0].metric("Generated", f"{trace.n_steps} tokens", help=f"stopped by: {trace.stopped_by}")
     whole = result.wall_s.get("whole run", trace.timings["total_s"])

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import streamlit as st
 
-from kvviz.models import LoadedModel, load_model, pick_device, pick_device_map, pick_dtype
+from kvviz.model.loading import LoadedModel, load_model, pick_device, pick_device_map, pick_dtype
 
 MAX_MODELS = 2  # the current model and the previous one (kept so that a switch back is instant)
 
@@ -53,7 +53,7 @@ def model_key(spec: str, device: str = "auto", dtype: str = "auto") -> ModelKey:
 
 
 def get_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """The loaded model for this request; raises kvviz.models.ModelLoadError."""
+    """The loaded model for this request; raises kvviz.model.loading.ModelLoadError."""
     store = _model_store()
     key = model_key(spec, device, dtype)
     loaded = store.get(key)

@@ -8,13 +8,13 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from kvviz.models import LoadedModel
+from kvviz.model.loading import LoadedModel
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
 from kvviz.paged.scenarios import BY_KEY, SCENARIOS, Scenario
 from kvviz.policies import PolicyError
-from kvviz.spec import PolicySpec
-from kvviz.text import PromptError
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.text import PromptError
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.token_html import md_escape
 

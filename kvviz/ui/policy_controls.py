@@ -12,7 +12,7 @@ import streamlit as st
 
 from kvviz import policies
 from kvviz.policies import Param, PolicyError
-from kvviz.spec import PolicySpec
+from kvviz.policies.spec import PolicySpec
 from kvviz.ui import state as ui_state
 from kvviz.ui.token_html import md_escape
 

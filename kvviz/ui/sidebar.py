@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 import streamlit as st
 
-from kvviz import data
-from kvviz.models import (
+from kvviz.record import examples as data
+from kvviz.model.loading import (
     LoadedModel, ModelLoadError, cuda_device_count, default_model_spec, display_name, embedded_gguf_path, spec_from_display,
 )
-from kvviz.text import PromptError, encode_prompt
+from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.model_resource import ALL_GPUS, get_model
 from kvviz.ui.state import persisted, url_problems
 from kvviz.ui.token_html import md_escape

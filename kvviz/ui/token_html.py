@@ -2,7 +2,7 @@
 page), tinted by attention (the Attention page), side by side (a comparison) or streaming.
 
 Every chip has the classes ``tok`` and ``st-<state>``; the rules come from ``token_css`` and
-every colour from ``kvviz.charts.style``. Byte pieces of one character (see ``kvviz.text``) are
+every colour from ``kvviz.charts.style``. Byte pieces of one character (see ``kvviz.record.text``) are
 drawn as one chip whose hover says which tokens it joins.
 
 Prompt and model text is untrusted: every piece of it goes through ``esc`` (control characters
@@ -20,8 +20,8 @@ import streamlit as st
 
 from kvviz.charts.style import COLORS, STATE_FILL, STATE_TEXT, tint
 from kvviz.charts.token_map import describe_record
-from kvviz.text import char_groups
-from kvviz.token_states import STATES, TokenRecord, state_counts, visible_text
+from kvviz.record.text import char_groups
+from kvviz.record.token_states import STATES, TokenRecord, state_counts, visible_text
 
 BOX = (
     "font-family: ui-sans-serif, system-ui, sans-serif; font-size: 15px; line-height: 2.0;"

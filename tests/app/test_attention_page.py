@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import data
+from kvviz.record import examples as data
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "1_Attention.py")
 TIMEOUT = 400  # the long prompt's first pass over every layer takes a minute or two on a small CPU
@@ -82,9 +82,9 @@ def test_prompt_over_4000_tokens_is_pooled():
 
 
 def test_policy_greys_evicted_keys_and_reports_lost_attention(smollm):
-    from kvviz import engine
-    from kvviz.spec import PolicySpec
-    from kvviz.text import encode_prompt
+    from kvviz.runtime import engine
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.record.text import encode_prompt
 
     at = page(**{"attn.use_policy": True, "attn.new_tokens": 6})
     no_failure(at)

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import data, engine
-from kvviz.metrics import format_bytes
-from kvviz.spec import PolicySpec
-from kvviz.token_states import occupancy
-from kvviz.text import encode_prompt
+from kvviz.record import examples as data
+from kvviz.runtime import engine
+from kvviz.record.metrics import format_bytes
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.token_states import occupancy
+from kvviz.record.text import encode_prompt
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "3_Compare.py")
 TIMEOUT = 900  # seven runs of SmolLM2 on a busy CPU

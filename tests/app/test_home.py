@@ -6,7 +6,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from kvviz import data
+from kvviz.record import examples as data
 from kvviz.ui import navigation
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

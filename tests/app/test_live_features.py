@@ -12,8 +12,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from kvviz import data, engine, live_run, run_store
-from kvviz.spec import PolicySpec
+from kvviz.record import examples as data
+from kvviz.runtime import engine
+from kvviz.live import run as live_run
+from kvviz.runs import store as run_store
+from kvviz.policies.spec import PolicySpec
 from tests.conftest import COUNTING
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
@@ -128,7 +131,7 @@ def test_the_sidebar_names_the_embedded_model_and_links_with_a_path_still_work(s
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
     field = at.sidebar.text_input(key="_kvviz_model_spec")
     assert field.value == "SmolLM2-135M-Instruct, embedded" and "SmolLM2-135M-Instruct.Q4_1.gguf" in field.help
-    from kvviz.models import embedded_gguf_path
+    from kvviz.model.loading import embedded_gguf_path
 
     linked = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
     linked.query_params["model"] = str(embedded_gguf_path())

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import live_run, policies
-from kvviz.metrics import memory_saving
+from kvviz import policies
+from kvviz.live import run as live_run
+from kvviz.record.metrics import memory_saving
 from tests.conftest import COUNTING
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
@@ -197,5 +198,5 @@ def test_stop_ends_the_run_and_keeps_the_partial_result(smollm):
     assert job.phase == "stopped" and job.error is None
     result = job.result
     assert result.stopped and result.stopped_in == "policy" and result.trace.stopped_by == "user"
-    assert 3 <= result.trace.n_steps < 64 and result.full is None and result.comparison is None
+    assert 3 <= result.trace.n_steps < 64 and result.full is None and result.against_full is None
     assert result.generated_text == smollm.tokenizer.decode(result.trace.generated_ids)  # the partial output, decoded whole

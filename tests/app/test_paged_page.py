@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from kvviz.paged.scenarios import BY_KEY
-from kvviz.text import encode_prompt
+from kvviz.record.text import encode_prompt
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "5_Paged_Cache.py")
 TIMEOUT = 600

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz import sweep
-from kvviz.data import long_document
-from kvviz.sweep_presets import PRESETS
+from kvviz.sweep import run as sweep
+from kvviz.record.examples import long_document
+from kvviz.sweep.presets import PRESETS
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "4_Tradeoffs.py")
 TIMEOUT = 600

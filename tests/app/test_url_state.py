@@ -5,7 +5,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from kvviz import data
+from kvviz.record import examples as data
 from kvviz.ui import state
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

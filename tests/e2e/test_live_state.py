@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from kvviz import data
+from kvviz.record import examples as data
 from tests.e2e.conftest import COUNTING_PROMPT, free_port, start_server, stop_server
 from tests.e2e.test_browser import REPO, wait_until_idle
 

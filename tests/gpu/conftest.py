@@ -11,7 +11,7 @@ GPU_MODEL = os.environ.get("KVVIZ_MODEL", "").strip() or None
 @pytest.fixture(scope="session")
 def gpu_model():
     """SmolLM2 on CUDA in its default GPU dtype (bf16)."""
-    from kvviz.models import load_model
+    from kvviz.model.loading import load_model
 
     return load_model(GPU_MODEL, device="cuda")
 
@@ -19,6 +19,6 @@ def gpu_model():
 @pytest.fixture(scope="session")
 def gpu_model_fp32():
     """SmolLM2 on CUDA in float32 (for comparisons that must not depend on bf16 rounding)."""
-    from kvviz.models import load_model
+    from kvviz.model.loading import load_model
 
     return load_model(GPU_MODEL, device="cuda", dtype="float32")

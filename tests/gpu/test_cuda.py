@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import engine
+from kvviz.runtime import engine
 from kvviz.policies import registry, takes_budget
-from kvviz.text import encode_prompt
+from kvviz.record.text import encode_prompt
 
 pytestmark = pytest.mark.gpu
 

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import devices, engine
-from kvviz.cache import PolicyCache
-from kvviz.random_model import IdTokenizer, random_llama
-from kvviz.spec import PolicySpec
+from kvviz.model import devices
+from kvviz.runtime import engine
+from kvviz.runtime.policy_cache import PolicyCache
+from kvviz.model.random_model import IdTokenizer, random_llama
+from kvviz.policies.spec import PolicySpec
 
 pytestmark = [
     pytest.mark.gpu,
@@ -142,8 +143,8 @@ def test_each_layer_cache_and_records_live_on_the_layer_gpu(pair, ids):
 
 
 def test_the_embedded_model_with_device_map_auto():
-    from kvviz.models import load_model
-    from kvviz.text import encode_prompt
+    from kvviz.model.loading import load_model
+    from kvviz.record.text import encode_prompt
 
     loaded = load_model(GPU_MODEL, device_map="auto")  # the host's staged SmolLM2, as the other GPU tests
     m, tok = loaded.model, loaded.tokenizer

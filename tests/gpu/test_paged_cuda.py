@@ -4,9 +4,9 @@ differently; benchmarks/paged_bench.py reports how often the tokens still agree)
 
 import pytest
 
-from kvviz import engine
+from kvviz.runtime import engine
 from kvviz.paged.scheduler import Request, Scheduler
-from kvviz.text import encode_prompt
+from kvviz.record.text import encode_prompt
 
 pytestmark = pytest.mark.gpu
 

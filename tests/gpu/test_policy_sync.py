@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from kvviz.cache import PolicyCache
+from kvviz.runtime.policy_cache import PolicyCache
 from kvviz.policies import build, registry
 
 pytestmark = pytest.mark.gpu

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kvviz import bench
+from kvviz.runtime import bench
 
 
 def kvviz(*args, timeout=600):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from kvviz import calculator as calc
-from kvviz import engine
-from kvviz.calculator import Scenario
-from kvviz.text import encode_prompt
+from kvviz.calculator import memory as calc
+from kvviz.runtime import engine
+from kvviz.calculator.memory import Scenario
+from kvviz.record.text import encode_prompt
 
 PROMPT = "The key-value cache stores one key and one value vector per layer for every token the model has read."
 

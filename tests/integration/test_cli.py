@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from kvviz.trace import Trace
+from kvviz.record.trace import Trace
 
 
 def kvviz(*args, timeout=300):

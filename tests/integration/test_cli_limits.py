@@ -9,7 +9,9 @@ import json
 import pytest
 import torch
 
-from kvviz import cli, engine, spec
+from kvviz import cli
+from kvviz.runtime import engine
+from kvviz.policies import spec
 from kvviz.policies import Selector
 
 # budget notes read what a selector says it protects (Selector.protection, from the core's rework)
@@ -21,7 +23,7 @@ def test_out_of_memory_is_one_line_and_status_2(smollm, monkeypatch, capsys):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine, "run", no_memory)
-    monkeypatch.setattr("kvviz.models.load_model", lambda *a, **k: smollm)
+    monkeypatch.setattr("kvviz.model.loading.load_model", lambda *a, **k: smollm)
     code = cli.main(["run", "--prompt", "Hello", "--policy", "h2o", "--max-new-tokens", "2"])
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]  # budget notes come first
     assert code == 2
@@ -29,7 +31,7 @@ def test_out_of_memory_is_one_line_and_status_2(smollm, monkeypatch, capsys):
 
 
 def test_json_carries_the_true_text_in_any_language(smollm, monkeypatch, capsys):
-    monkeypatch.setattr("kvviz.models.load_model", lambda *a, **k: smollm)
+    monkeypatch.setattr("kvviz.model.loading.load_model", lambda *a, **k: smollm)
     prompt = "🙂🙂 KV缓存是什么？"
     code = cli.main(["run", "--prompt", prompt, "--chat", "--max-new-tokens", "6", "--json"])
     out = json.loads(capsys.readouterr().out)
@@ -40,7 +42,7 @@ def test_json_carries_the_true_text_in_any_language(smollm, monkeypatch, capsys)
 
 @needs_protection
 def test_a_budget_below_the_window_is_said_before_the_run(smollm, monkeypatch, capsys):
-    monkeypatch.setattr("kvviz.models.load_model", lambda *a, **k: smollm)
+    monkeypatch.setattr("kvviz.model.loading.load_model", lambda *a, **k: smollm)
     code = cli.main(["run", "--prompt", "What is the capital of France?", "--chat", "--policy", "h2o:ratio=0.25", "--max-new-tokens", "2"])
     err = capsys.readouterr().err
     assert code == 0

@@ -2,8 +2,8 @@
 
 import torch
 
-from kvviz import data
-from kvviz.text import encode_prompt
+from kvviz.record import examples as data
+from kvviz.record.text import encode_prompt
 
 
 def test_smollm_answers_the_capital_of_france(smollm):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import engine
+from kvviz.runtime import engine
 from kvviz.policies import PolicyError
-from kvviz.text import PromptError, encode_prompt
+from kvviz.record.text import PromptError, encode_prompt
 
 STORY = "Write two sentences about a lighthouse keeper who finds a message in a bottle."
 
@@ -110,7 +110,7 @@ def test_two_threads_on_one_model_match_sequential_runs(smollm, chat_ids):
 
 
 def test_teacher_forced_perplexity_and_kl_against_full(smollm, chat_ids):
-    cmp = engine.compare(smollm.model, smollm.tokenizer, chat_ids, "window", budget=12, max_new_tokens=10)
+    cmp = engine.against_full(smollm.model, smollm.tokenizer, chat_ids, "window", budget=12, max_new_tokens=10)
     assert cmp.forced.generated_ids == cmp.full.generated_ids
     assert cmp.forced.kl_to_reference.shape == (cmp.full.n_steps,)
     assert cmp.forced.kl_to_reference.max() > 0.01  # a 12-token window changes the distribution
@@ -144,7 +144,7 @@ def test_bad_prompts_name_the_problem(smollm):
 
 
 def test_trace_round_trips_through_json_and_npz(smollm, chat_ids, tmp_path):
-    from kvviz.trace import Trace
+    from kvviz.record.trace import Trace
 
     trace = engine.run(smollm.model, smollm.tokenizer, chat_ids, "h2o", budget=16, max_new_tokens=4)
     for name in ("t.json", "t.npz"):

@@ -1,4 +1,4 @@
-"""Growing caches held at a fixed capacity (``kvviz.fixed_capacity``, the layout CUDA graphs
+"""Growing caches held at a fixed capacity (``kvviz.storage.fixed_capacity``, the layout CUDA graphs
 replay) decode like the growing layout, on the embedded SmolLM2 (CPU, float32, eager steps):
 the same tokens, the same evictions and scores, the same bytes held, nearly the same log-probs;
 the full cache equals transformers' own greedy ``generate``."""
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import cuda_graphs, engine
-from kvviz.cache import PolicyCache
+from kvviz.runtime import cuda_graphs
+from kvviz.runtime import engine
+from kvviz.runtime.policy_cache import PolicyCache
 from kvviz.policies import build
-from kvviz.text import encode_prompt
+from kvviz.record.text import encode_prompt
 
 STEPS = 5
 # every spec whose cache grows at decode and whose store is held at a fixed capacity

@@ -5,7 +5,7 @@ to transformers' greedy generation); the pool holds the keys transformers comput
 import torch
 from transformers import DynamicCache
 
-from kvviz import engine
+from kvviz.runtime import engine
 from kvviz.paged.scheduler import Request, Scheduler
 
 DOC = "The museum opened in 1911 and holds paintings, maps and old clocks from the city."

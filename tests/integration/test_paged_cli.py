@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kvviz import engine
+from kvviz.runtime import engine
 
 
 def kvviz(*args, timeout=300):

@@ -2,7 +2,8 @@
 PolicyCache of kvviz's engine, a block held exactly while some layer or head keeps an entry in
 it (read from the engine's Trace), and the reserved slots that eviction does not give back."""
 
-from kvviz import engine, policies
+from kvviz import policies
+from kvviz.runtime import engine
 from kvviz.paged.scheduler import Request, Scheduler
 
 PROMPTS = [

@@ -2,9 +2,9 @@
 
 import pytest
 
-from kvviz import engine
-from kvviz.data import passkey_prompt
-from kvviz.text import encode_prompt
+from kvviz.runtime import engine
+from kvviz.record.examples import passkey_prompt
+from kvviz.record.text import encode_prompt
 
 
 @pytest.fixture(scope="module")

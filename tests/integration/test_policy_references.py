@@ -14,9 +14,9 @@ import pytest
 import torch
 from tests.references import grouped_softmax, projections, window_band
 
-from kvviz import engine
+from kvviz.runtime import engine
 from kvviz.policies import registry
-from kvviz.text import encode_prompt
+from kvviz.record.text import encode_prompt
 
 TEXT = (
     "The lighthouse keeper climbed the stairs every evening to light the lamp. "

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvviz import data, engine
-from kvviz.spec import PolicySpec
-from kvviz.text import decode, encode_prompt
+from kvviz.record import examples as data
+from kvviz.runtime import engine
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.text import decode, encode_prompt
 
 
 @pytest.mark.parametrize("name", list(data.PRESETS))

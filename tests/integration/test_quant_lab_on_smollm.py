@@ -7,9 +7,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from kvviz import capture, data, engine
-from kvviz import quant_lab as lab
-from kvviz.text import encode_prompt
+from kvviz.model import capture
+from kvviz.record import examples as data
+from kvviz.runtime import engine
+from kvviz.quant_lab import run as lab
+from kvviz.record.text import encode_prompt
 
 N = 64  # tokens: a multiple of every group size used below, so every scheme quantizes every token
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import engine, sweep
-from kvviz.data import long_document, passkey_prompt
+from kvviz.runtime import engine
+from kvviz.sweep import run as sweep
+from kvviz.record.examples import long_document, passkey_prompt
 from kvviz.policies import PolicyError
-from kvviz.text import PromptError, encode_prompt
+from kvviz.record.text import PromptError, encode_prompt
 
 CONTEXT, CONTINUATION = 48, 12
 
@@ -174,8 +175,8 @@ def test_bad_sweeps_fail_before_any_forward(smollm, settings, error, message):
 
 
 def test_estimate_by_hand():
-    from kvviz.spec import PolicySpec
-    from kvviz.sweep_job import SLOW_POLICY_FACTOR, Speed, estimate
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.sweep.job import SLOW_POLICY_FACTOR, Speed, estimate
 
     speed = Speed("cpu", prefill_s_per_token=0.01, step_s=0.1, measured_tokens=128)
     runs = [
@@ -189,7 +190,7 @@ def test_estimate_by_hand():
 
 
 def test_job_stops_and_keeps_the_finished_runs(smollm):
-    from kvviz.sweep_job import SweepJob
+    from kvviz.sweep.job import SweepJob
 
     settings = sweep.SweepSettings(policies=("window", "streaming_llm"), ratios=(0.5, 0.75), text=long_document(), context=16, continuation=4)
     job = SweepJob(smollm.model, smollm.tokenizer, settings)

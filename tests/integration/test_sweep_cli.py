@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from kvviz import sweep
-from kvviz.data import long_document, passkey_prompt
+from kvviz.sweep import run as sweep
+from kvviz.record.examples import long_document, passkey_prompt
 
 
 def kvviz(*args, timeout=600):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvviz.text import PIECE, char_groups, decode, encode_prompt, token_texts
+from kvviz.record.text import PIECE, char_groups, decode, encode_prompt, token_texts
 
 TEXTS = {
     "chinese": "KV缓存是什么？它存储键和值。",
@@ -53,7 +53,7 @@ def test_an_unfinished_character_keeps_the_replacement_like_decode(smollm):
 
 
 def test_chat_prompt_and_generation_keep_the_text(smollm):
-    from kvviz import engine
+    from kvviz.runtime import engine
 
     tok = smollm.tokenizer
     ids = encode_prompt(tok, "🙂🙂 KV缓存是什么？", chat=True)
@@ -63,15 +63,15 @@ def test_chat_prompt_and_generation_keep_the_text(smollm):
 
 
 def test_a_prompt_over_the_size_limit_is_refused(smollm):
-    from kvviz.text import MAX_PROMPT_CHARS, PromptError
+    from kvviz.record.text import MAX_PROMPT_CHARS, PromptError
 
     with pytest.raises(PromptError, match="at most"):
         encode_prompt(smollm.tokenizer, "a" * (MAX_PROMPT_CHARS + 1))
 
 
 def test_search_marks_every_token_of_a_match(smollm):
-    from kvviz import data
-    from kvviz.text import match_positions
+    from kvviz.record import examples as data
+    from kvviz.record.text import match_positions
 
     tok = smollm.tokenizer
     text, key = data.passkey_prompt(200, 0.5, seed=3)

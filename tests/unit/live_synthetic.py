@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvviz.trace import Protection, Trace
+from kvviz.record.trace import Protection, Trace
 
 TOKENS = ["<s>", " Hello", " <script>", "\n", " world", "!", " A", " B", " C", " D"]
 PROMPT_LEN = 6

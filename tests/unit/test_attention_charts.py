@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvviz.attention_maps import AttentionView, HeadProfiles, Overview, pool_matrix
+from kvviz.attention.maps import AttentionView, HeadProfiles, Overview, pool_matrix
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
 from kvviz.charts._attention_common import LOG_FLOOR, color_values

@@ -9,10 +9,10 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from kvviz import bundle
-from kvviz.bundle import BundleError
-from kvviz.comparison_result import ComparisonResult
-from kvviz.trace import Trace
+from kvviz.runs import bundle
+from kvviz.runs.bundle import BundleError
+from kvviz.compare.result import ComparisonResult
+from kvviz.record.trace import Trace
 from tiny_comparison import tiny_comparison
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> **bold** $x$'

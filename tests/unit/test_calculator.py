@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from kvviz import calculator as calc
-from kvviz.calculator import CalcError, Scenario
+from kvviz.calculator import memory as calc
+from kvviz.calculator.memory import CalcError, Scenario
 
 
 def bytes_of(name, **scenario):

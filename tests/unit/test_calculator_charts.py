@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from kvviz import calculator as calc
+from kvviz.calculator import memory as calc
 from kvviz.charts import calculator as charts
 from kvviz.charts.style import COLORS, series_color
 
@@ -53,6 +53,6 @@ def test_estimate_rows():
 
 
 def test_no_torch_below_the_pages():
-    code = "import sys, kvviz.calculator, kvviz.charts.calculator, kvviz.charts.quant_lab; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, kvviz.calculator.memory, kvviz.charts.calculator, kvviz.charts.quant_lab; assert 'torch' not in sys.modules, 'torch imported'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

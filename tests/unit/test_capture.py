@@ -1,4 +1,4 @@
-"""kvviz.capture and kvviz.attention_maps on a tiny random Llama: the attention computed from
+"""kvviz.model.capture and kvviz.attention.maps on a tiny random Llama: the attention computed from
 queries and keys equals transformers' eager attention, pooling equals pooling the full matrix,
 and no hook outlives a pass."""
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import attention_maps, capture
-from kvviz.attention_maps import AttentionView, pool_matrix
-from kvviz.capture import CaptureError
+from kvviz.attention import maps as attention_maps
+from kvviz.model import capture
+from kvviz.attention.maps import AttentionView, pool_matrix
+from kvviz.model.capture import CaptureError
 
 SEQ = 41  # not a multiple of any tile size used below
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import comparison, engine
-from kvviz.spec import PolicySpec
-from kvviz.why_evicted import evicted_positions, evicts_by_recency, most_evicted, why_evicted
+from kvviz.compare import run as comparison
+from kvviz.runtime import engine
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.why_evicted import evicted_positions, evicts_by_recency, most_evicted, why_evicted
 from live_synthetic import make_trace
 from tiny_comparison import NEW_TOKENS, PROMPT, SPECS, Tok, settings, tiny_comparison
 
@@ -27,7 +28,7 @@ def test_each_run_equals_an_independent_engine_run(tiny_llama, result):
     assert result.full.generated_ids == full.generated_ids and result.full.kv_bytes == full.kv_bytes
     for text, run in zip(SPECS, result.runs):
         spec = PolicySpec.parse(text)
-        alone = engine.compare(tiny_llama, Tok(), PROMPT, spec, max_new_tokens=NEW_TOKENS)  # the one-policy sequence
+        alone = engine.against_full(tiny_llama, Tok(), PROMPT, spec, max_new_tokens=NEW_TOKENS)  # the one-policy sequence
         assert run.spec == spec and run.trace.spec == spec.to_dict()
         assert run.trace.generated_ids == alone.policy.generated_ids
         assert run.trace.kv_bytes == alone.policy.kv_bytes and run.trace.kv_bytes_full == alone.policy.kv_bytes_full

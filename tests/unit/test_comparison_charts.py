@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from kvviz.charts import comparison as charts
+from kvviz.charts import compare as charts
 from kvviz.charts.style import COLORS, series_color
 from tiny_comparison import tiny_comparison
 

@@ -1,8 +1,8 @@
-"""kvviz.data: the built-in examples."""
+"""kvviz.record.examples: the built-in examples."""
 
 import pytest
 
-from kvviz import data
+from kvviz.record import examples as data
 
 
 def test_examples_are_listed_in_order_with_descriptions():

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz import cli, devices, engine, models
-from kvviz.metrics import device_memory_rows, index_ranges
-from kvviz.models import ModelLoadError, pick_device_map
-from kvviz.scoring import random_draw
+from kvviz import cli
+from kvviz.model import devices
+from kvviz.runtime import engine
+from kvviz.model import loading as models
+from kvviz.record.metrics import device_memory_rows, index_ranges
+from kvviz.model.loading import ModelLoadError, pick_device_map
+from kvviz.policies.scoring import random_draw
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
 
@@ -170,7 +173,7 @@ def test_random_draws_come_from_the_runs_generator():
 def four_layer_model():
     from transformers import LlamaConfig
 
-    from kvviz.random_model import random_llama
+    from kvviz.model.random_model import random_llama
 
     config = LlamaConfig(
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -187,8 +190,8 @@ ALTERNATING = [CPU, CPU0, CPU, CPU0]
 
 
 def test_records_kept_per_device_gather_in_layer_order():
-    from kvviz.cache import PolicyCache
-    from kvviz.spec import PolicySpec
+    from kvviz.runtime.policy_cache import PolicyCache
+    from kvviz.policies.spec import PolicySpec
 
     model = four_layer_model()
     ids = list(range(3, 33))
@@ -218,7 +221,7 @@ def test_records_kept_per_device_gather_in_layer_order():
 
 @pytest.mark.parametrize("policy, budget", [("h2o", 8), ("snapkv", 8), ("random", 8), ("quant", None), ("snapkv+quant", 8)])
 def test_a_run_over_two_devices_equals_one_device(policy, budget, monkeypatch):
-    from kvviz.random_model import IdTokenizer
+    from kvviz.model.random_model import IdTokenizer
 
     model = four_layer_model()
     ids = list(range(3, 33))

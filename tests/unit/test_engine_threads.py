@@ -4,7 +4,7 @@ registering or removing one; a run must neither fail nor change another run's re
 
 import threading
 
-from kvviz import engine
+from kvviz.runtime import engine
 
 
 class Tok:

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from kvviz import models, weights_cache
+from kvviz.model import loading as models
+from kvviz.model import weight_files as weights_cache
 
 
 def test_the_network_is_out_of_reach():

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from kvviz.cache import PolicyCache
+from kvviz.runtime.policy_cache import PolicyCache
 from kvviz.policies import LayerView, PolicyError, StepContext, build
 from kvviz.policies.merge import evicted_indices
 from kvviz.policies.pyramidkv import PyramidKV

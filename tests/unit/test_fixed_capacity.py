@@ -1,4 +1,4 @@
-"""Fixed-capacity layers (``kvviz.fixed_capacity``) against the growing layout, one layer fed the
+"""Fixed-capacity layers (``kvviz.storage.fixed_capacity``) against the growing layout, one layer fed the
 same random keys, values and queries (SmolLM2's shapes: 9 query heads over 3 KV heads, head dim
 64): every step the buffers' valid rows equal the growing store's entries bit for bit, the slots
 not written yet are zeros, the mask hides exactly those, and attention through the masked buffer
@@ -7,8 +7,8 @@ equals attention over the held entries (a float64 recomputation)."""
 import pytest
 import torch
 
-from kvviz import cuda_graphs
-from kvviz.cache import PolicyCache
+from kvviz.runtime import cuda_graphs
+from kvviz.runtime.policy_cache import PolicyCache
 from kvviz.policies import build
 
 KV, Q, D, PROMPT, STEPS = 3, 9, 64, 40, 5
@@ -127,7 +127,7 @@ class Tok:
 def test_both_attentions_read_the_mask_on_a_tiny_llama(tiny_llama, attention, spec):
     """The pre-hook's mask replaces the model's in sdpa and eager attention alike: the same tokens
     and (nearly) the same log-probabilities as the growing cache."""
-    from kvviz import engine
+    from kvviz.runtime import engine
 
     tiny_llama.config._attn_implementation = attention
     try:

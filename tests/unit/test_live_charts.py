@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from live_synthetic import PROMPT_LEN, make_trace, with_output
 
-from kvviz import metrics
-from kvviz.charts import compare as compare_charts
+from kvviz.record import metrics
+from kvviz.charts import against_full as compare_charts
 from kvviz.charts import memory as memory_charts
 from kvviz.charts import retention as retention_charts
 from kvviz.charts.token_map import STATE_COLORS, token_states_figure
-from kvviz.token_states import STATES, Scope, occupancy, retention, token_records
-from kvviz.trace import StoreError
+from kvviz.record.token_states import STATES, Scope, occupancy, retention, token_records
+from kvviz.record.trace import StoreError
 from kvviz.ui.token_html import comparison_html, token_css, tokens_html
 
 SINGLE = Scope(0, 0)

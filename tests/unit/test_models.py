@@ -1,4 +1,4 @@
-"""kvviz.models: summary fields, device and dtype choice, the GGUF weights cache, load errors."""
+"""kvviz.model.loading: summary fields, device and dtype choice, the GGUF weights cache, load errors."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kvviz import models
-from kvviz import weights_cache
-from kvviz.models import ModelLoadError, load_model, pick_device, pick_dtype, summarize_model
-from kvviz.weights_cache import check_cache_entry
+from kvviz.model import loading as models
+from kvviz.model import weight_files as weights_cache
+from kvviz.model.loading import ModelLoadError, load_model, pick_device, pick_dtype, summarize_model
+from kvviz.model.weight_files import check_cache_entry
 
 FAKE_SHA = "0" * 64
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kvviz import engine
-from kvviz.paged.cache import KVPool, PagedCache, Row
+from kvviz.runtime import engine
+from kvviz.paged.paged_cache import KVPool, PagedCache, Row
 from kvviz.paged.scheduler import Request, Scheduler
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.references import grouped_softmax, projections, window_band
 
-from kvviz import engine
+from kvviz.runtime import engine
 from kvviz.policies import PolicyError, registry
 
 PROMPT = [(7 * i + 3) % 120 + 1 for i in range(40)]

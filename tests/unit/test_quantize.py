@@ -1,9 +1,9 @@
-"""kvviz.quantize: packing into bytes, exact dequantized values, streams with a full-precision tail."""
+"""kvviz.storage.quantize: packing into bytes, exact dequantized values, streams with a full-precision tail."""
 
 import pytest
 import torch
 
-from kvviz.quantize import ErrorMeter, QuantizedStream, dequantize, pack, quantize, unpack
+from kvviz.storage.quantize import ErrorMeter, QuantizedStream, dequantize, pack, quantize, unpack
 
 
 def test_pack_layout_low_bits_first():

@@ -1,4 +1,4 @@
-"""kvviz.random_model, on the CPU: the 7B shape has Llama-2-7B's parameter count, accelerate's
+"""kvviz.model.random_model, on the CPU: the 7B shape has Llama-2-7B's parameter count, accelerate's
 auto placement of it over two capped GPUs splits the decoder layers (planned without GPUs), a
 model built from the meta device is filled as its docstring says (RoPE frequencies against the
 formula) whatever the map, and kvviz decodes it as transformers' generate does."""
@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from kvviz import engine
-from kvviz.random_model import IdTokenizer, auto_device_map, llama_7b_config, meta_llama, random_llama
+from kvviz.runtime import engine
+from kvviz.model.random_model import IdTokenizer, auto_device_map, llama_7b_config, meta_llama, random_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 import pandas as pd
 import plotly.graph_objects as go
 
-from kvviz.report import Report
+from kvviz.record.report import Report
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

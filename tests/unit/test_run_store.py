@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvviz import run_store
-from kvviz.trace import Trace
+from kvviz.runs import store as run_store
+from kvviz.record.trace import Trace
 from tests.unit.live_synthetic import make_trace
 
 

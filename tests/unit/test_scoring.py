@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from kvviz.scoring import accumulated_attention, attention_probs, keep_top, recent_mask
+from kvviz.policies.scoring import accumulated_attention, attention_probs, keep_top, recent_mask
 
 
 def direct_probs(q, k, qpos, kpos):

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from kvviz import metrics
+from kvviz.record import metrics
 from kvviz.policies import PolicyError
-from kvviz.spec import PolicySpec
+from kvviz.policies.spec import PolicySpec
 
 
 def test_text_form_round_trips_and_fills_defaults():
@@ -87,7 +87,7 @@ def test_of_completes_a_name_or_text_form_the_way_the_engine_and_cli_take_it():
 
 
 def test_budget_notes_do_not_take_a_window_that_the_budget_sets_for_a_setting():
-    from kvviz.spec import budget_notes
+    from kvviz.policies.spec import budget_notes
 
     # a sliding window and StreamingLLM keep what the budget leaves: nothing is capped
     assert budget_notes(PolicySpec.parse("window:budget=16"), 40) == [

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvviz import engine, live_run, run_store
-from kvviz.background import Stopped
-from kvviz.spec import PolicySpec
+from kvviz.runtime import engine
+from kvviz.live import run as live_run
+from kvviz.runs import store as run_store
+from kvviz.runtime.jobs import Stopped
+from kvviz.policies.spec import PolicySpec
 from tests.unit.tiny_comparison import PROMPT, Tok, tiny_comparison
 
 N_LAYERS = 2

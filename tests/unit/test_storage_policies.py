@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kvviz.policies import PolicyError, build
-from kvviz.quantize import unpack
+from kvviz.storage.quantize import unpack
 
 
 def store_of(spec, params=None, kv_heads=2, head_dim=16, dtype=torch.float32):

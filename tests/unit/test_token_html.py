@@ -7,12 +7,12 @@ import dataclasses
 import html
 import re
 
-from kvviz.text import match_positions
-from kvviz.token_states import token_records
+from kvviz.record.text import match_positions
+from kvviz.record.token_states import token_records
 from kvviz.ui.token_html import attention_tokens_html, comparison_html, tokens_html
 from tests.unit.live_synthetic import PROMPT_LEN, make_trace
 
-# the prompt's last two tokens are the byte pieces of one emoji: "" then "🙂" (kvviz.text.token_texts)
+# the prompt's last two tokens are the byte pieces of one emoji: "" then "🙂" (kvviz.record.text.token_texts)
 TOKENS = ["<s>", " Hello", " <script>", " 缓", "", "🙂", " A", " B", " C", " D"]
 
 

@@ -8,8 +8,8 @@ import pytest
 from live_synthetic import make_trace
 
 from kvviz.policies import build, registry
-from kvviz.token_states import Scope, token_records
-from kvviz.trace import Protection
+from kvviz.record.token_states import Scope, token_records
+from kvviz.record.trace import Protection
 
 
 def declared(spec, budget, **params):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from live_synthetic import make_trace
 
-from kvviz.trace import UNSAVED_FIELDS, Protection, StoreError, Trace
+from kvviz.record.trace import UNSAVED_FIELDS, Protection, StoreError, Trace
 
 
 def strict_json(text: str):

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from kvviz.charts import tradeoffs
+from kvviz.charts import sweep as tradeoffs
 from kvviz.charts.style import COLORS, SERIES
-from kvviz.sweep_rows import SweepRow, rows_csv
+from kvviz.sweep.rows import SweepRow, rows_csv
 
 MiB = 1024 * 1024
 FULL_BYTES = 8 * MiB

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 from live_synthetic import make_trace
 
-from kvviz.token_states import Scope, TokenRecord, token_records, visible_text
+from kvviz.record.token_states import Scope, TokenRecord, token_records, visible_text
 from kvviz.ui.token_html import comparison_html, esc, legend_html, md_escape, stream_html, title, tokens_html
 
 HOSTILE = [

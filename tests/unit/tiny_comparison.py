@@ -3,9 +3,9 @@ engine runs, nothing is hand-made. Shared by the bundle, comparison and chart te
 
 from __future__ import annotations
 
-from kvviz import comparison
-from kvviz.bundle import RunSettings
-from kvviz.spec import PolicySpec
+from kvviz.compare import run as comparison
+from kvviz.runs.bundle import RunSettings
+from kvviz.policies.spec import PolicySpec
 
 PROMPT = [(7 * i + 3) % 120 + 1 for i in range(40)]
 SPECS = ("h2o:recent=4,budget=24", "quant:bits=4", "streaming_llm:budget=24")

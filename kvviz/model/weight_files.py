@@ -1,0 +1,158 @@
+"""The weights cache: dequantized GGUF weights kept as safetensors, so later starts take seconds.
+
+An entry lives in ``$KVVIZ_CACHE_DIR`` (default ``~/.cache/kvviz``) under ``gguf-v<format>/<sha256
+of the GGUF file>``. It is written to a temporary folder and renamed into place, and checked
+before every use (manifest, file sizes, sha256 of every file, tensor names); anything missing or
+wrong is rebuilt from the GGUF file by ``kvviz.model.loading``, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+CACHE_FORMAT = 1  # bump when the layout of a weights cache entry changes
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+def weights_cache_dir() -> Path:
+    """``$KVVIZ_CACHE_DIR`` or ``~/.cache/kvviz`` (``$XDG_CACHE_HOME/kvviz`` where that is set)."""
+    env = os.environ.get("KVVIZ_CACHE_DIR", "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
+    return Path(base).expanduser() / "kvviz"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gguf_cache_entry(gguf_path: str | Path) -> Path:
+    """The weights cache folder of one GGUF file (it may not exist yet)."""
+    return weights_cache_dir() / f"gguf-v{CACHE_FORMAT}" / file_sha256(Path(gguf_path))
+
+
+def check_cache_entry(entry: Path, gguf_sha256: str) -> str | None:
+    """None if the cache entry is complete and intact, else why it cannot be trusted."""
+    manifest_path = entry / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return "no manifest"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, dict] = manifest["files"]
+        keys = list(manifest["keys"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable manifest"
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("gguf_sha256") != gguf_sha256:
+        return "manifest of another file or format"
+    if WEIGHTS_FILE not in files or "config.json" not in files:
+        return "manifest lists no weights or config"
+    for name, meta in files.items():
+        file_path = entry / name
+        if not file_path.is_file() or file_path.stat().st_size != meta.get("size"):
+            return f"{name} missing or of the wrong size"
+    for name, meta in files.items():
+        if file_sha256(entry / name) != meta.get("sha256"):
+            return f"{name} does not match its checksum"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(entry / WEIGHTS_FILE), framework="pt") as weights:
+            stored = sorted(weights.keys())
+    except Exception:
+        return "weights are not a readable safetensors file"
+    if stored != sorted(keys):
+        return "weights hold other tensors than the manifest lists"
+    return None
+
+
+def load_cache_entry(entry: Path, device_map: str | None, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, info = AutoModelForCausalLM.from_pretrained(
+        str(entry),
+        dtype=dtype,
+        attn_implementation="sdpa",
+        local_files_only=True,
+        output_loading_info=True,
+        device_map=device_map,
+        disable_mmap=True,  # a model must not depend on the cache file staying intact
+    )
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        raise ValueError(f"weights cache entry does not fit the model: {bad}")
+    tokenizer = AutoTokenizer.from_pretrained(str(entry), local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def save_cache_entry(model, tokenizer, entry: Path, gguf_sha256: str, gguf_name: str) -> None:
+    """Write model weights (safetensors), config, tokenizer and a manifest to entry, atomically.
+
+    Everything goes to a temporary folder beside entry, which is renamed into place once complete;
+    the manifest records each file's size and sha256 and the tensor names, for check_cache_entry().
+    """
+    from safetensors.torch import save_file
+
+    state = {}
+    stored_at: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() in stored_at:
+            continue  # tied weights (lm_head.weight = embed_tokens.weight) are stored once
+        stored_at.add(tensor.data_ptr())
+        state[key] = tensor.detach().to("cpu").contiguous()
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name[:12]}-", dir=entry.parent))
+    try:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        model.config.save_pretrained(str(staging))
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        files = {
+            item.name: {"size": item.stat().st_size, "sha256": file_sha256(item)}
+            for item in sorted(staging.iterdir())
+            if item.is_file()
+        }
+        manifest = {
+            "format": CACHE_FORMAT,
+            "gguf_sha256": gguf_sha256,
+            "gguf_name": gguf_name,
+            "keys": sorted(state),
+            "files": files,
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+        _replace_dir(staging, entry, gguf_sha256)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(staging: Path, entry: Path, sha: str) -> None:
+    """Move a finished staging folder to entry, putting any old (bad) entry aside first."""
+    if entry.exists():
+        trash = entry.with_name(f".old-{entry.name[:12]}-{uuid.uuid4().hex[:8]}")
+        try:
+            entry.rename(trash)
+        except OSError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        staging.rename(entry)
+    except OSError:
+        if check_cache_entry(entry, sha) is not None:
+            raise
+        # another process put a sound entry in place meanwhile: keep theirs

@@ -1,0 +1,143 @@
+"""A policy's parameters: a small dataclass whose fields carry a ``Param`` (type, range, help) in
+their metadata, so the pages and the CLI build their controls from it. No torch here: the
+registry, the spec and the pages read parameters without loading a model.
+
+Two kinds of policy exist, and one of each may be composed (``snapkv+quant``): a selector
+(``selector.py``) decides which entries of a layer stay; a store (``store.py``) decides how the
+kept entries are held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+
+class PolicyError(ValueError):
+    """A policy name, parameter or budget that cannot be used; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Param:
+    type: type
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    optional: bool = False  # None is allowed (e.g. budget when ratio is used)
+
+    def as_dict(self, name: str) -> dict:
+        return {
+            "name": name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "min": self.min,
+            "max": self.max,
+            "choices": list(self.choices) if self.choices else None,
+            "optional": self.optional,
+            "help": self.help,
+        }
+
+
+def param(default, help: str, *, type=None, min=None, max=None, choices=None, optional=False):
+    """A dataclass field that is a policy parameter."""
+    t = type or (builtins_type(default) if default is not None else float)
+    spec = Param(t, default, help, min, max, tuple(choices) if choices else None, optional)
+    return field(default=default, metadata={"param": spec})
+
+
+def builtins_type(value):
+    return bool if isinstance(value, bool) else int if isinstance(value, int) else float if isinstance(value, float) else str
+
+
+@dataclass
+class Policy:
+    """Base of every policy. Subclasses set the class variables and add ``param`` fields."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # citation, e.g. "Xiao et al., 2023. Efficient Streaming Language Models with Attention Sinks"
+    summary: ClassVar[str] = ""  # a paragraph: what it does, and how kvviz simplifies it
+    kind: ClassVar[str] = "select"  # "select" or "store"
+
+    @classmethod
+    def params(cls) -> dict[str, Param]:
+        return {f.name: f.metadata["param"] for f in dataclasses.fields(cls) if "param" in f.metadata}
+
+    @classmethod
+    def describe(cls) -> dict:
+        return {
+            "name": cls.name,
+            "family": cls.family,
+            "kind": cls.kind,
+            "paper": cls.paper,
+            "summary": " ".join(cls.summary.split()),
+            "params": [p.as_dict(n) for n, p in cls.params().items()],
+        }
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any]) -> "Policy":
+        specs = cls.params()
+        unknown = sorted(set(values) - set(specs))
+        if unknown:
+            raise PolicyError(
+                f"Policy '{cls.name}' has no parameter {', '.join(map(repr, unknown))}"
+                f" (it has: {', '.join(specs) or 'none'})."
+            )
+        kwargs = {k: coerce(cls.name, k, specs[k], v) for k, v in values.items()}
+        policy = cls(**kwargs)
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        for name, spec in self.params().items():
+            value = getattr(self, name)
+            if value is None:
+                if not spec.optional:
+                    raise PolicyError(f"{self.name}: parameter '{name}' needs a value.")
+                continue
+            if spec.choices and value not in spec.choices:
+                raise PolicyError(
+                    f"{self.name}: {name} must be one of {', '.join(map(str, spec.choices))}, not {value!r}."
+                )
+            if spec.min is not None and value < spec.min:
+                raise PolicyError(f"{self.name}: {name} must be at least {spec.min}, not {value}.")
+            if spec.max is not None and value > spec.max:
+                raise PolicyError(f"{self.name}: {name} must be at most {spec.max}, not {value}.")
+
+    def values(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.params()}
+
+
+def coerce(policy: str, name: str, spec: Param, value):
+    """Turn a CLI/URL string (or a number) into the parameter's type, with a clear error."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in ("none", "null", "") and spec.optional:
+        return None
+    try:
+        if spec.type is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if spec.type is int:
+            f = float(value)
+            if not math.isfinite(f) or f != int(f):
+                raise ValueError
+            return int(f)
+        if spec.type is float:
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError
+            return f
+        return str(value)
+    except (TypeError, ValueError):
+        raise PolicyError(f"{policy}: {name} must be a {spec.type.__name__}, not {value!r}.") from None

@@ -1,0 +1,167 @@
+"""Selectors: a policy that decides which entries of a layer stay (and may merge the ones that go).
+
+The cache calls ``Selector.step(layer, ctx)`` after every update of the layer: once after the
+prefill, then after each decoded token. Most selectors are a ``ScoredSelector``: they only say
+how they score entries and what they always keep (``protection``); the base owns the budget, the
+protected entries, the top-k and the selection, as kvpress's ScorerPress does.
+
+Shapes (batch is always 1 and squeezed away):
+  keys, values         (kv_heads, n, head_dim)   materialized in the compute dtype
+  positions            (kv_heads, n)             true token position of each entry
+  queries              (q_heads, q_len, head_dim) the new queries, RoPE applied
+  stats[name]          (kv_heads, n)             per-entry running statistics of the policy
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from kvviz.policies.params import Policy, PolicyError, param
+from kvviz.policies.scoring import first_mask, keep_top, recent_mask
+from kvviz.record.trace import Protection
+
+
+@dataclass
+class LayerView:
+    """What a selector sees of one layer at one step. Tensors live on the model's device."""
+
+    layer_idx: int
+    n_layers: int
+    keys: torch.Tensor  # (kv_heads, n, head_dim)
+    values: torch.Tensor  # (kv_heads, n, head_dim)
+    positions: torch.Tensor  # (kv_heads, n) long
+    stats: dict[str, torch.Tensor]  # name -> (kv_heads, n); new entries start at 0
+    queries: torch.Tensor | None  # (q_heads, q_len, head_dim), RoPE applied; None if not captured
+    query_positions: torch.Tensor | None  # (q_len,)
+    n_new: int  # entries appended by this update (the last n_new of n)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.keys.shape[1]
+
+
+@dataclass
+class StepContext:
+    step: int  # 0 = prefill, k = after the k-th decoded token entered the cache
+    prompt_len: int
+    seq_len: int  # tokens the model has processed so far (true length of a full cache)
+    budget: int | None  # kept entries per KV head for this layer; None = no limit
+    generator: torch.Generator | None = None  # for random choices, seeded per run
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.step == 0
+
+
+@dataclass
+class Selection:
+    """What to keep. ``keep`` indexes the layer's current entries, per KV head, ascending."""
+
+    keep: torch.Tensor  # (kv_heads, k) long
+    scores: torch.Tensor | None = None  # (kv_heads, n) the scores that decided, for the trace
+    keys: torch.Tensor | None = None  # (kv_heads, k, head_dim) replacement for merged entries
+    values: torch.Tensor | None = None
+
+
+@dataclass
+class Selector(Policy):
+    """A policy that chooses which entries stay."""
+
+    kind: ClassVar[str] = "select"
+    needs_queries: ClassVar[bool] = False  # whether ``layer.queries`` must be captured
+    # True when a decode step reads nothing back to the host, uses no per-step Python number in
+    # tensor math and draws nothing at random: its steps can be replayed from a CUDA graph
+    graph_safe: ClassVar[bool] = False
+    # False for selectors that only compress the prompt (SnapKV): decode steps then skip them
+    acts_at_decode: ClassVar[bool] = True
+
+    def resolve_budget(self, prompt_len: int) -> int | None:
+        return None
+
+    def layer_budget(self, budget: int | None, layer_idx: int, n_layers: int) -> int | None:
+        """Budget of one layer; PyramidKV overrides this."""
+        return budget
+
+    def step(self, layer: LayerView, ctx: StepContext) -> Selection | None:
+        """Update running stats and return what to keep, or None to keep everything."""
+        raise NotImplementedError
+
+    def protection(self, budget: int | None) -> Protection:
+        """What this selector always keeps with a layer budget of ``budget`` entries per KV head
+        (sinks, a recent window); recorded on the Trace so views can tell protected entries apart."""
+        return Protection()
+
+
+@dataclass
+class BudgetSelector(Selector):
+    """A selector with a budget of kept entries per layer and KV head, given directly or as a ratio."""
+
+    budget: int | None = param(None, "Kept entries per layer and KV head (or give a ratio).", type=int, min=1, optional=True)
+    ratio: float | None = param(0.25, "Kept fraction of the prompt, when no budget is given.", type=float, min=0.001, max=1.0, optional=True)
+
+    def resolve_budget(self, prompt_len: int) -> int:
+        """Kept entries per KV head; raises PolicyError when the budget cannot work for this prompt."""
+        if self.budget is not None:
+            if self.budget <= 0:
+                raise PolicyError(f"{self.name}: budget must be positive, not {self.budget}.")
+            if self.budget > prompt_len:
+                raise PolicyError(
+                    f"{self.name}: budget {self.budget} is larger than the prompt ({prompt_len} tokens)."
+                )
+            return int(self.budget)
+        if self.ratio is None:
+            raise PolicyError(f"{self.name}: give a budget or a ratio.")
+        if not 0 < self.ratio <= 1:
+            raise PolicyError(f"{self.name}: ratio must be in (0, 1], not {self.ratio}.")
+        return max(1, int(round(self.ratio * prompt_len)))
+
+
+@dataclass
+class ScoredSelector(BudgetSelector):
+    """A selector that scores the entries and keeps, per KV head, its protected entries and
+    then the highest scores up to the budget.
+
+    A subclass says what it keeps track of (``observe``, every step, within budget or not), how
+    it scores (``score``, higher is kept) and what it always keeps (``protection``); this base
+    owns the rest: nothing is evicted while the layer holds at most its budget, protected entries
+    rank above every score, top-k per KV head, and the scores go to the trace.
+    """
+
+    def observe(self, layer: LayerView, ctx: StepContext) -> None:
+        """Update running statistics in ``layer.stats`` (they are gathered on eviction)."""
+
+    def score(self, layer: LayerView, ctx: StepContext) -> torch.Tensor:
+        """(kv_heads, n) float: higher is kept."""
+        raise NotImplementedError
+
+    def choose(self, scores: torch.Tensor, budget: int, protect: torch.Tensor) -> torch.Tensor:
+        """Indices (kv_heads, budget), ascending, of the entries kept: ``protect`` (kv_heads, n)
+        bool first, then the highest scores."""
+        return keep_top(scores, budget, protect)
+
+    def protected(self, positions: torch.Tensor, budget: int) -> torch.Tensor:
+        """(kv_heads, n) bool: the entries ``protection(budget)`` names. At prefill, a window
+        anchored at the prompt's end is the newest entries too."""
+        p = self.protection(budget)
+        mask = torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
+        if p.n_sink:
+            mask |= first_mask(positions, p.n_sink)
+        if p.recent:
+            mask |= recent_mask(positions, p.recent)
+        return mask
+
+    def step(self, layer, ctx):
+        if not (ctx.is_prefill or self.acts_at_decode):
+            return None
+        self.observe(layer, ctx)
+        if ctx.budget is None or layer.n <= ctx.budget:
+            return None
+        scores = self.score(layer, ctx)  # (kv_heads, n)
+        return Selection(keep=self.choose(scores, ctx.budget, self.protected(layer.positions, ctx.budget)), scores=scores)

@@ -1,0 +1,224 @@
+"""Decode speed of kvviz's policies next to transformers' ``generate``, timed the same way.
+
+Both sides are timed as a caller sees them, in the same process, after a warm-up run each:
+- the whole call (prefill, every decode step, and for kvviz the Trace), wall clock with the
+  device synchronized;
+- the median decode step: for kvviz the engine's own per-step times; for ``generate`` the time
+  between consecutive calls of a logits processor (one call per generated token, the device
+  synchronized at each, which ``generate`` nearly does anyway when it checks for stopping).
+
+Eager decoding of a small model is bound by Python and kernel launches, so its numbers move with
+the host CPU: compare rows of one table only. The physical floor of a step is the bytes it must
+read (every weight once, and the KV cache the step attends to) over the card's memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from kvviz.model import devices
+from kvviz.runtime import engine
+from kvviz.runtime.engine import DecodeOptions
+from kvviz.policies.spec import PolicySpec
+
+# Peak memory bandwidth (bytes/s) of cards we know, by a part of their torch device name.
+BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.56e12}
+
+
+@dataclass
+class BenchRow:
+    config: str  # "transformers generate" or the policy's label
+    policy: str  # PolicySpec text; "" for generate
+    step_ms: float  # median decode step
+    call_s: float  # the whole call
+    prefill_ms: float | None = None
+    decode_path: str = ""  # "graph" or "eager" (kvviz), as the run reports it
+    live_s: float | None = None  # the Live page's run: policy, full and teacher-forced runs (engine.against_full)
+    kv_bytes: int | None = None  # held at the last step
+    kv_bytes_full: int | None = None
+    floor_ms: float | None = None  # bytes read per step / bandwidth
+    speedup: float | None = None  # generate's median step / this row's
+    graph_failure: str | None = None  # why a CUDA graph could not be captured (the run went on eagerly)
+
+
+@dataclass
+class BenchResult:
+    card: str
+    dtype: str
+    torch: str
+    transformers: str
+    commit: str
+    model: str
+    prompt_tokens: int
+    new_tokens: int
+    repeats: int
+    bandwidth_bytes_s: float | None
+    weight_bytes: int
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bandwidth(card: str) -> float | None:
+    """Peak memory bandwidth of a card named ``card`` (torch's name), or None if unknown."""
+    for part, bw in BANDWIDTH.items():
+        if part in card:
+            return bw
+    return None
+
+
+def floor_ms(weight_bytes: int, kv_bytes: int, bandwidth_bytes_s: float | None) -> float | None:
+    """The least time a decode step can take: every weight and the held cache read once."""
+    if not bandwidth_bytes_s:
+        return None
+    return 1e3 * (weight_bytes + kv_bytes) / bandwidth_bytes_s
+
+
+def commit() -> str:
+    """This checkout's commit, or "unknown" outside a git checkout (e.g. a copied work tree)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
+    """``n_tokens`` of the built-in long document (repeated if more are needed; no chat template)."""
+    from kvviz.record.examples import long_document
+
+    text = long_document()
+    ids = tokenizer(text).input_ids
+    while len(ids) < n_tokens:
+        ids = ids + tokenizer("\n\n" + text).input_ids
+    return ids[:n_tokens]
+
+
+def timed(model, call):
+    """(seconds, result) of ``call()``, every device of ``model`` synchronized before and after."""
+    used = devices.run_devices(model)
+    devices.synchronize(used)
+    t0 = time.perf_counter()
+    out = call()
+    devices.synchronize(used)
+    return time.perf_counter() - t0, out
+
+
+class _StepClock:
+    """A logits processor that notes the time of each call (one per generated token)."""
+
+    def __init__(self, model):
+        self.used, self.times = devices.run_devices(model), []
+
+    def __call__(self, input_ids, scores):
+        devices.synchronize(self.used)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    """(whole call s, median decode step s) of greedy ``generate`` with the full cache."""
+    from transformers import LogitsProcessorList
+
+    clock = _StepClock(model)
+    x = torch.tensor([ids], device=devices.input_device(model))
+    call, _ = timed(model, lambda: model.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0,
+    ))
+    steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    return call, statistics.median(steps) if steps else float("nan")
+
+
+def time_policy(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool):
+    """(whole call s, trace) of one kvviz run decoding ``new_tokens`` greedily, EOS ignored."""
+    options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs)
+    return timed(model, lambda: engine.run(model, tokenizer, ids, spec, options))
+
+
+def time_live(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool) -> float:
+    """The Live page's whole run: the policy, the full cache and the policy teacher-forced on it."""
+    options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs, capture_queries=True)
+    return timed(model, lambda: engine.against_full(model, tokenizer, ids, spec, options))[0]
+
+
+def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: int, repeats: int = 3,
+              graphs: bool = True, live: bool = False, progress=print) -> BenchResult:
+    import transformers
+
+    model, tok = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    ids = prompt_ids(tok, prompt_tokens)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = bandwidth(card)
+    result = BenchResult(card, str(model.dtype).removeprefix("torch."), torch.__version__, transformers.__version__, commit(),
+                         loaded.summary.name, len(ids), new_tokens, repeats, bw, weight_bytes)
+
+    time_generate(model, ids[:64], 4)  # warm-up
+    runs = [time_generate(model, ids, new_tokens) for _ in range(repeats)]
+    base_step = statistics.median(r[1] for r in runs)
+    kv_full = len(ids) + new_tokens - 1  # entries the last step reads (before its own token)
+    full_bytes = engine.ModelShape.of(model).full_bytes_per_token * kv_full
+    result.rows.append(BenchRow("transformers generate", "", 1e3 * base_step, statistics.median(r[0] for r in runs),
+                                floor_ms=floor_ms(weight_bytes, full_bytes, bw), speedup=1.0))
+    progress(f"generate: {1e3 * base_step:.2f} ms/step")
+
+    for spec in specs:
+        time_policy(model, tok, ids[:256], spec.with_budget(min(spec.budget, 128)) if spec.budget else spec, 8, graphs)
+        runs = [time_policy(model, tok, ids, spec, new_tokens, graphs) for _ in range(repeats)]
+        trace = runs[-1][1]
+        step = statistics.median(statistics.median(t.timings["step_s"][1:] or t.timings["step_s"]) for _, t in runs)
+        row = BenchRow(
+            spec.label(), spec.to_text(), 1e3 * step, statistics.median(c for c, _ in runs),
+            prefill_ms=1e3 * statistics.median(t.timings["prefill_s"] for _, t in runs),
+            decode_path=str(trace.timings.get("decode_path", "eager")),
+            kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_full=int(trace.kv_bytes_full[-1]),
+            floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw), speedup=base_step / step,
+            graph_failure=trace.timings.get("graph_failure"),
+        )
+        if live:
+            row.live_s = time_live(model, tok, ids, spec, new_tokens, graphs)
+        result.rows.append(row)
+        progress(f"{row.config}: {row.step_ms:.2f} ms/step ({row.decode_path})")
+    return result
+
+
+def table(result: BenchResult) -> str:
+    """The side-by-side table, as the CLI prints it and PERFORMANCE.md holds it (Markdown)."""
+    from kvviz.record.metrics import format_bytes
+
+    live = any(r.live_s is not None for r in result.rows)
+    head = ["configuration", "decode", "ms/step", "× generate", "whole call s", "prefill ms", "KV held", "floor ms", "× floor"]
+    if live:
+        head.insert(5, "Live run s")
+    lines = [
+        f"{result.card} · {result.model} · {result.dtype} · prompt {result.prompt_tokens} tokens + {result.new_tokens} new"
+        f" · median of {result.repeats} · torch {result.torch}, transformers {result.transformers}, commit {result.commit}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for r in result.rows:
+        cells = [
+            r.config, r.decode_path or "eager", f"{r.step_ms:.2f}", f"{r.speedup:.2f}" if r.speedup else "",
+            f"{r.call_s:.2f}", _num(r.prefill_ms, "{:.1f}"), format_bytes(r.kv_bytes) if r.kv_bytes is not None else "",
+            _num(r.floor_ms, "{:.3f}"), _num(r.step_ms / r.floor_ms if r.floor_ms else None, "{:.0f}"),
+        ]
+        if live:
+            cells.insert(5, _num(r.live_s, "{:.2f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    failures = [f"- {r.config}: graph capture failed ({r.graph_failure}); decoded eagerly" for r in result.rows if r.graph_failure]
+    return "\n".join(lines + ([""] + failures if failures else []))
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)

@@ -1,0 +1,141 @@
+"""Decode steps replayed from a CUDA graph once every step keeps the cache's shapes.
+
+A decode step of a 135M model launches hundreds of small kernels; on a GPU the time goes to
+launching them from Python, and a policy's bookkeeping adds more. A step keeps every tensor's
+shape in two cases, and the whole step (model forward, the policy's scoring and eviction, the
+store's quantization or projection, the trace records) is then captured once and replayed:
+- a selector that evicts at decode, once every layer holds exactly its budget: each step
+  appends one entry and evicts one (any store composed with it keeps its shapes too);
+- a cache that grows (full, SnapKV/PyramidKV after the prompt, a store on its own), once its
+  layers are held in fixed-capacity buffers (``kvviz.storage.fixed_capacity``), for stores that allow it.
+
+What makes the replay right:
+- inputs are static device buffers (token, position) that are filled before each replay; the
+  cache derives the step number it records from the position, on the device;
+- the layers' state (every tensor of the store, found by walking its attributes, the positions,
+  the policy stats) is copied back, inside the graph, into the tensors the step read, so the next
+  replay reads the new state (fixed-capacity buffers are written in place: nothing to copy);
+- Python counters that the capture advanced are put back, and advanced by hand per replay.
+Selectors opt in with ``graph_safe = True`` (no host reads, no per-step Python numbers in
+tensor math, no random draws at decode). Stores keep no Python counters that a step advances.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import torch
+
+from kvviz.storage import fixed_capacity
+from kvviz.runtime.policy_cache import PolicyCache
+from kvviz.storage.fixed_capacity import set_path
+
+
+def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -> bool:
+    """Whether this run's decode steps can be replayed from a graph; asked after the prefill
+    (a store's layout is known once it has been built)."""
+    if device.type != "cuda" or sample:
+        return False
+    if cache.grows():
+        return (model is None or fixed_capacity.supported(model)) and cache.can_hold_fixed()
+    sel = cache.pipeline.selector
+    return getattr(sel, "graph_safe", False) and all(b is not None for b in cache.layer_budgets)
+
+
+def _is_state(value) -> bool:
+    """Objects of kvviz's own whose tensors are part of a store's state (streams, meters)."""
+    return type(value).__module__.startswith("kvviz.") and not isinstance(value, torch.Tensor)
+
+
+def _tensors(obj, path: tuple = ()) -> dict[tuple, torch.Tensor]:
+    """Every tensor reachable from ``obj`` through dicts and kvviz objects, by attribute path."""
+    items = obj.items() if isinstance(obj, dict) else vars(obj).items()
+    out = {}
+    for name, value in items:
+        if isinstance(value, torch.Tensor):
+            out[path + (name,)] = value
+        elif isinstance(value, dict) or _is_state(value):
+            out.update(_tensors(value, path + (name,)))
+    return out
+
+
+def layer_state(layer) -> dict[tuple, torch.Tensor]:
+    """The tensors a decode step reads and replaces: the store's, the positions, the stats."""
+    return _tensors({"store": layer.store, "positions": layer.positions, "stats": layer.stats})
+
+
+def _set_state(layer, path: tuple, tensor: torch.Tensor) -> None:
+    if path[0] == "store":
+        set_path(layer.store, path[1:], tensor)
+    else:
+        set_path(layer, path, tensor)
+
+
+class DecodeGraph:
+    """Runs decode steps: the first eagerly on a side stream (warm-up), then captured and replayed."""
+
+    def __init__(self, forward, cache: PolicyCache, device: torch.device):
+        self.forward = forward  # forward(ids (1,1), positions (1,)) -> logits (1, 1, vocab)
+        self.cache = cache
+        self.device = device
+        self.ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+        self.warmed = False
+        self.failure: str | None = None  # why capture failed (the run then goes on eagerly)
+
+    def step(self, token: int, position: int) -> torch.Tensor | None:
+        """logits (1, 1, vocab) of the step; None when the graph could not be captured (the
+        cache is as before the step, and ``failure`` says why): the caller steps eagerly."""
+        self.ids.fill_(token)
+        self.positions.fill_(position)
+        if self.graph is None:
+            if not self.warmed:
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    logits = self.forward(self.ids, self.positions)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                self.warmed = True
+                return logits
+            if not self._capture():
+                return None
+        self.graph.replay()
+        for layer in self.cache.layers:
+            layer.seen += 1
+        return self.logits
+
+    def _capture(self) -> bool:
+        """Capture one step; False (state put back, ``failure`` set) when capture fails. Nothing
+        captured ran, so the layers' state from before the step is still right. The capture is
+        thread-local: other threads (another session of the app) may use CUDA meanwhile."""
+        layers = self.cache.layers
+        before = [layer_state(layer) for layer in layers]
+        seen = [layer.seen for layer in layers]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.logits = self.forward(self.ids, self.positions)
+                for layer, old in zip(layers, before):
+                    new = layer_state(layer)
+                    if {p: t.shape for p, t in new.items()} != {p: t.shape for p, t in old.items()}:
+                        raise RuntimeError("cache shapes changed during a step; this policy is not graph safe")
+                    for path, o in old.items():
+                        if new[path] is not o:
+                            o.copy_(new[path])
+            self.graph = graph
+        except RuntimeError as exc:  # torch's CUDA errors are RuntimeErrors
+            frames = traceback.extract_tb(exc.__traceback__)
+            ours = [f for f in frames if "kvviz" in f.filename or "transformers" in f.filename]
+            where = (ours or frames)[-1]  # the innermost frame of our code or the model's
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.failure = f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {first}"
+            self.logits = None
+        finally:
+            for layer, old, s in zip(layers, before, seen):
+                for path, tensor in old.items():
+                    _set_state(layer, path, tensor)
+                layer.seen = s
+        return self.graph is not None

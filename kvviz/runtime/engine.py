@@ -1,0 +1,484 @@
+"""kvviz's own prefill/decode loop over a PolicyCache, recording a Trace.
+
+One run, top to bottom (``run``):
+
+  prefill(prompt)                        the prompt in one forward; the policy compresses it
+  Decoder.after_prefill(...)             graphs or eager steps; a growing cache to fixed buffers
+  for each step:
+      record what the cache holds        (StepRecords: bytes, lost attention mass, log-probs)
+      choose_token(log-probs)            greedy, sampled with the run's seed, or forced
+      Decoder.step(token)                decode_step: one forward of the new token, eager or
+                                         replayed from a CUDA graph
+  build_trace(...)                       the Trace: tokens, evictions, scores, bytes, timings
+
+The loop passes explicit position ids (the tokens' true positions), so it does not depend on how
+``generate`` or a cache derives positions, and it works across transformers releases (the model
+call's cache keyword is ``past_key_values`` up to 5.23 and ``cache`` from 5.24).
+
+``decode_step(model, cache, ids, positions)`` is a pure function of device tensors (ids (1, 1),
+positions (1,)): what a CUDA graph captures and replays (``kvviz.runtime.cuda_graphs``). The cache takes
+what a step needs as arguments of that forward (positions and queries, through its attached
+hooks). After the prefill, ``Decoder.after_prefill`` moves a growing cache (the full cache,
+SnapKV/PyramidKV after the prompt, a store on its own) into fixed-capacity buffers where graphs
+will replay (``kvviz.storage.fixed_capacity``): every registered policy but ``random`` then decodes from
+a CUDA graph; ``trace.timings["decode_path"]`` says whether a run did.
+
+Options that shape the decoding (``DecodeOptions``) are one value; ``run`` also takes them as
+keywords: ``engine.run(model, tokenizer, ids, "h2o", budget=64, max_new_tokens=16)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kvviz.runtime import cuda_graphs
+from kvviz.model import devices
+from kvviz.storage import fixed_capacity
+from kvviz.record import metrics
+from kvviz.runtime.policy_cache import PolicyCache
+from kvviz.policies import Pipeline, PolicyError
+from kvviz.policies.spec import PolicySpec
+from kvviz.record.text import PromptError, token_texts
+from kvviz.record.trace import Trace
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeOptions:
+    """How a run decodes: everything but the model, the prompt and the policy."""
+
+    max_new_tokens: int = 32
+    sample: bool = False  # sample from the softmax instead of taking the argmax
+    temperature: float = 1.0  # divides the logits when sampling
+    seed: int = 0  # seeds sampling and the policy's random choices (random, sparse_pattern)
+    stop_at_eos: bool = True
+    top_k: int = 5  # alternatives recorded per step (trace.topk_ids / topk_probs)
+    # teacher forcing: feed these tokens, one per step, instead of the model's choices
+    forced_ids: tuple[int, ...] | None = None
+    # (steps, vocab) log-probabilities of a reference run, for per-step KL and top-1 agreement
+    reference_logprobs: torch.Tensor | None = None
+    keep_logprobs: bool = False  # keep the (steps, vocab) log-probs as trace.extra["logprobs"] (not saved)
+    # compute each layer's queries even for policies that do not score with them, to measure the
+    # attention mass that fell on evicted entries (trace.lost_mass)
+    capture_queries: bool = False
+    # on CUDA, replay decode steps from a CUDA graph once every step keeps the cache's shapes:
+    # a selector that evicts at decode holds its budget, or a growing cache is held at a fixed
+    # capacity (kvviz.storage.fixed_capacity); trace.timings["decode_path"] says which way a run went
+    cuda_graphs: bool = True
+    # hold a growing cache in fixed-capacity buffers after the prefill: None = when graphs are
+    # replayed; True also decodes that layout eagerly (on the CPU too); False never
+    fixed_capacity: bool | None = None
+
+    def __post_init__(self):
+        if self.forced_ids is not None:
+            object.__setattr__(self, "forced_ids", tuple(int(i) for i in self.forced_ids))
+
+    @property
+    def n_steps(self) -> int:
+        """Steps to run: one per new token (the forced tokens, when given)."""
+        return len(self.forced_ids) if self.forced_ids is not None else self.max_new_tokens
+
+
+@dataclass
+class StepEvent:
+    """Passed to ``on_step`` after each generated token, for live views."""
+
+    step: int
+    token_id: int
+    token: str
+    kv_bytes: int
+    kv_bytes_full: int
+    held_entries: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a run needs to know of the model: its KV cache layout and context."""
+
+    n_layers: int
+    n_kv_heads: int
+    n_q_heads: int
+    head_dim: int
+    max_context: int | None
+    full_bytes_per_token: int  # keys and values of one token, every layer, in the model's dtype
+
+    @classmethod
+    def of(cls, model) -> "ModelShape":
+        c = model.config
+        n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        dtype_bytes = torch.empty(0, dtype=model.dtype).element_size()
+        return cls(
+            n_layers=c.num_hidden_layers,
+            n_kv_heads=n_kv,
+            n_q_heads=c.num_attention_heads,
+            head_dim=head_dim,
+            max_context=getattr(c, "max_position_embeddings", None),
+            full_bytes_per_token=2 * c.num_hidden_layers * n_kv * head_dim * dtype_bytes,
+        )
+
+
+@dataclass
+class StepRecords:
+    """What the cache held and what the model predicted at each step, collected on the way."""
+
+    logprobs: list[torch.Tensor] = field(default_factory=list)  # (vocab,) per step
+    lost_mass: list[torch.Tensor] = field(default_factory=list)  # (layers,) per step
+    kv_bytes: list[int] = field(default_factory=list)
+    kv_bytes_full: list[int] = field(default_factory=list)
+    bookkeeping_bytes: list[int] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+
+    def add(self, logprobs: torch.Tensor, cache: PolicyCache, shape: ModelShape) -> None:
+        self.logprobs.append(logprobs)
+        self.lost_mass.append(cache.take_lost_mass())
+        self.kv_bytes.append(cache.kv_bytes())
+        self.kv_bytes_full.append(cache.layers[0].seen * shape.full_bytes_per_token)
+        self.bookkeeping_bytes.append(cache.bookkeeping_bytes())
+
+
+def cache_keyword(model) -> str:
+    """The model call's cache argument: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+    return _cache_keyword(type(model))
+
+
+@functools.cache
+def _cache_keyword(model_class) -> str:
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def check_prompt(prompt_ids, options: DecodeOptions, shape: ModelShape) -> list[int]:
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise PromptError("The prompt is empty.")
+    if options.n_steps < 1:
+        raise PolicyError("max_new_tokens must be at least 1.")
+    if shape.max_context and len(prompt_ids) + options.n_steps > shape.max_context:
+        raise PromptError(
+            f"The prompt ({len(prompt_ids)} tokens) plus {options.n_steps} new tokens exceeds the model's context of {shape.max_context}."
+        )
+    return prompt_ids
+
+
+@torch.inference_mode()
+def run(
+    model,
+    tokenizer,
+    prompt_ids: list[int],
+    policy: PolicySpec | str | Pipeline = "full",
+    options: DecodeOptions | None = None,
+    *,
+    params: dict | None = None,
+    budget: int | None = None,
+    ratio: float | None = None,
+    model_name: str = "",
+    on_step: Callable[[StepEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **option_values,
+) -> Trace:
+    """Prefill ``prompt_ids`` and decode under ``policy``; return the Trace.
+
+    ``policy``: a PolicySpec, or a name / text form (``"snapkv:window=8"``) completed by ``params``,
+    ``budget`` and ``ratio``; or a ready-made Pipeline (e.g. with an instrumented selector; the
+    Trace's ``spec`` is then None). ``options`` and keyword ``option_values`` (fields of DecodeOptions,
+    which override ``options``) say how to decode. ``on_step`` hears each generated token;
+    ``should_stop`` is asked after each one (a live view's Stop button), and before each decoder
+    layer of the prefill, where a stop raises ``background.Stopped`` (nothing was generated).
+    """
+    if options is not None and not isinstance(options, DecodeOptions):
+        raise TypeError(f"engine.run's fifth argument is DecodeOptions, not {type(options).__name__}; give policy parameters as params=...")
+    if isinstance(policy, Pipeline):
+        pipeline, spec = policy, None
+    else:
+        spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
+        pipeline = spec.pipeline()
+    options = dataclasses.replace(options or DecodeOptions(), **option_values)
+    shape = ModelShape.of(model)
+    prompt_ids = check_prompt(prompt_ids, options, shape)
+    used = devices.run_devices(model)
+    device, layer_devices = used[0], used[1:]  # where the token ids go; a split model's layers are elsewhere too
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    cache = PolicyCache(
+        pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, layer_devices,
+        generator=generator, measure_lost_mass=options.capture_queries,
+    )
+    eos = eos_ids(tokenizer, model.config)
+    records = StepRecords()
+    generated: list[int] = []
+    stopped_by = "max_new_tokens"
+    with cache.attached(model):  # hooks for this run only, removed whatever happens
+        t0 = time.perf_counter()
+        cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
+        logits = prefill(model, cache, prompt_ids)
+        cache.interrupt = None
+        decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
+        t_prefill = _sync_time(used) - t0
+        for step in range(options.n_steps):
+            t_step = time.perf_counter()
+            logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
+            records.add(logprobs, cache, shape)
+            token = choose_token(logprobs, options, step, generator)
+            generated.append(token)
+            if on_step is not None:
+                on_step(StepEvent(step, token, tokenizer.decode([token]), records.kv_bytes[-1], records.kv_bytes_full[-1], len(cache.layers[0])))
+            stop = _stop_reason(token, step, options, eos, should_stop)
+            if stop is not None:
+                stopped_by = stop
+                records.step_s.append(time.perf_counter() - t_step)
+                break
+            logits = decoder.step(token, position=len(prompt_ids) + step)
+            records.step_s.append(_sync_time(used) - t_step)
+        t_total = time.perf_counter() - t0
+    timings = {
+        "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
+        "decode_path": decoder.path,  # "graph": steps were replayed from a CUDA graph
+    }
+    if decoder.failure:
+        timings["graph_failure"] = decoder.failure
+    trace = build_trace(
+        model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
+    )
+    trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes())
+    if devices.is_split(used):
+        trace.device = devices.describe(layer_devices)
+        trace.device_memory = device_memory(model, cache)
+    return trace
+
+
+def device_memory(model, cache: PolicyCache) -> dict[str, dict]:
+    """Per device of a split model, at the end of a run: its layers, the bytes of weights and of
+    the K/V cache held there, and what torch had allocated there in all (CUDA only)."""
+    weights = devices.weights_by_device(model)
+    kv = cache.kv_bytes_by_device()
+    allocated = devices.allocated_by_device(cache.layer_devices)
+    out = {}
+    for device, layers in devices.layers_by_device(cache.layer_devices).items():
+        name = str(device)
+        out[name] = {"layers": layers, "weights_bytes": weights.get(name, 0), "kv_bytes": kv.get(name, 0)}
+        if name in allocated:
+            out[name]["allocated_bytes"] = allocated[name]
+    for name, size in weights.items():  # a device holding weights but no decoder layer (the embeddings, lm_head)
+        out.setdefault(name, {"layers": [], "weights_bytes": size, "kv_bytes": 0})
+    return out
+
+
+def prefill(model, cache: PolicyCache, prompt_ids: list[int]) -> torch.Tensor:
+    """The prompt in one forward (the policy compresses the cache right after); logits (1, 1, vocab)."""
+    device = devices.input_device(model)
+    ids = torch.tensor([prompt_ids], device=device)
+    return _forward(model, cache, ids, torch.arange(len(prompt_ids), device=device))
+
+
+def decode_step(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One new token through the model and the policy. ids (1, 1), positions (1,) on the model's
+    device -> logits (1, 1, vocab). No host reads: a CUDA graph can capture it."""
+    return _forward(model, cache, ids, positions)
+
+
+class Decoder:
+    """Feeds one token per decode step: eagerly, or, with ``use_graphs``, replayed from a CUDA
+    graph once the cache is steady (every step keeps its shapes: every layer holds its budget,
+    or a growing cache is held at a fixed capacity)."""
+
+    def __init__(self, model, cache: PolicyCache, use_graphs: bool = False):
+        self.model, self.cache, self.use_graphs = model, cache, use_graphs
+        self.device = devices.input_device(model)
+        self.graph: cuda_graphs.DecodeGraph | None = None
+        self.failure: str | None = None  # why graph capture failed, if it did
+        self.replayed = 0  # steps replayed from a graph
+
+    @classmethod
+    def after_prefill(cls, model, cache: PolicyCache, options: DecodeOptions, graphs: bool = True) -> "Decoder":
+        """The decoder of a run whose prompt is in the cache: graphs where this run can replay
+        them (``graphs`` False: never, e.g. for a model split across devices); a growing cache
+        moved to fixed-capacity buffers where graphs are replayed (or where
+        ``options.fixed_capacity`` asks for it)."""
+        device = devices.input_device(model)
+        use_graphs = graphs and options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample, model)
+        fixed = use_graphs if options.fixed_capacity is None else options.fixed_capacity
+        if fixed and cache.grows():
+            if not fixed_capacity.supported(model):
+                raise PolicyError("A fixed-capacity cache needs the model's sdpa or eager attention.")
+            cache.hold_fixed(options.n_steps)
+        return cls(model, cache, use_graphs)
+
+    @property
+    def path(self) -> str:
+        """How the run decoded: "graph" once a step was replayed from a CUDA graph, else "eager"."""
+        return "graph" if self.replayed else "eager"
+
+    def step(self, token: int, position: int) -> torch.Tensor:
+        """logits (1, 1, vocab) after feeding ``token`` at ``position``."""
+        if self.graph is None and self.use_graphs and self.cache.steady():
+            # a partial, not a lambda over self: no reference cycle keeps an old graph for the GC to
+            # free in the middle of a later capture
+            self.graph = cuda_graphs.DecodeGraph(functools.partial(decode_step, self.model, self.cache), self.cache, self.device)
+        if self.graph is not None:
+            logits = self.graph.step(token, position)
+            if logits is not None:
+                self.replayed += self.graph.graph is not None
+                return logits
+            self.failure, self.graph, self.use_graphs = self.graph.failure, None, False  # eager from here on
+        ids = torch.tensor([[token]], device=self.device)
+        return decode_step(self.model, self.cache, ids, torch.tensor([position], device=self.device))
+
+
+def _forward(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """ids (1, q_len), positions (q_len,) -> logits (1, 1, vocab) of the last position."""
+    out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache})
+    return out.logits
+
+
+def choose_token(logprobs: torch.Tensor, options: DecodeOptions, step: int, generator: torch.Generator) -> int:
+    """The next token: forced, sampled (softmax of logits / temperature, drawn with the run's
+    seeded generator) or greedy. logprobs: (vocab,)."""
+    if options.forced_ids is not None:
+        return options.forced_ids[step]
+    if options.sample:
+        probs = (logprobs / max(options.temperature, 1e-5)).softmax(-1).to(generator.device)  # a split model's logits come from its last device
+        return int(torch.multinomial(probs, 1, generator=generator))
+    return int(logprobs.argmax())
+
+
+def _stop_reason(token: int, step: int, options: DecodeOptions, eos: set[int], should_stop) -> str | None:
+    """Why the run ends after this token ("eos", "user", "max_new_tokens"), or None to go on."""
+    if options.stop_at_eos and options.forced_ids is None and token in eos:
+        return "eos"
+    if should_stop is not None and should_stop():
+        return "user"
+    if step == options.n_steps - 1:
+        return "max_new_tokens"
+    return None
+
+
+def build_trace(
+    model, tokenizer, spec: PolicySpec | None, cache: PolicyCache, shape: ModelShape, prompt_ids: list[int],
+    generated: list[int], records: StepRecords, options: DecodeOptions, timings: dict, stopped_by: str,
+    model_name: str = "",
+) -> Trace:
+    """The Trace of a finished run: reads the cache's device records once."""
+    logprobs = torch.stack(records.logprobs)  # (steps, vocab)
+    probs = logprobs.exp()
+    topk = probs.topk(min(options.top_k, probs.shape[-1]), dim=-1)
+    entropy = -(probs * logprobs.clamp_min(-1e30)).nansum(-1)
+    chosen = logprobs.gather(1, torch.tensor(generated, device=logprobs.device)[:, None])[:, 0]
+    kl = top1 = None
+    if options.reference_logprobs is not None:
+        ref = options.reference_logprobs[: len(generated)].to(logprobs.device).float()
+        steps = ref.shape[0]
+        kl = (ref.exp() * (ref - logprobs[:steps])).nansum(-1).clamp_min(0).cpu().numpy()
+        top1 = (ref.argmax(-1) == logprobs[:steps].argmax(-1)).cpu().numpy()
+    n_pos = len(prompt_ids) + len(generated)
+    pipeline = cache.pipeline
+    trace = Trace(
+        model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        device=str(logprobs.device),
+        dtype=str(model.dtype).replace("torch.", ""),
+        policy=pipeline.spec,
+        params=pipeline.params(),
+        spec=spec.to_dict() if spec is not None else None,
+        prompt_ids=prompt_ids,
+        generated_ids=generated,
+        tokens=token_texts(tokenizer, prompt_ids + generated),
+        n_layers=shape.n_layers,
+        n_kv_heads=shape.n_kv_heads,
+        n_q_heads=shape.n_q_heads,
+        head_dim=shape.head_dim,
+        budget=cache.budget,
+        layer_budgets=cache.layer_budgets,
+        evicted_at_step=cache.evicted_at[:, :, :n_pos].cpu().numpy(),
+        scores=cache.scores[:, :, :n_pos].cpu().numpy(),
+        kv_bytes=records.kv_bytes,
+        kv_bytes_full=records.kv_bytes_full,
+        bookkeeping_bytes=records.bookkeeping_bytes,
+        lost_mass=torch.stack(records.lost_mass).cpu().numpy()
+        if options.capture_queries
+        else np.full((len(records.lost_mass), shape.n_layers), np.nan, np.float32),
+        topk_ids=topk.indices.cpu().numpy(),
+        topk_probs=topk.values.float().cpu().numpy(),
+        entropy=entropy.float().cpu().numpy(),
+        chosen_logprob=chosen.float().cpu().numpy(),
+        timings=timings,
+        kl_to_reference=kl,
+        top1_agreement=top1,
+        teacher_forced=options.forced_ids is not None,
+        stopped_by=stopped_by,
+        store_error=cache.store_error(),
+        protection=cache.protection,
+    )
+    if options.keep_logprobs:
+        trace.extra["logprobs"] = logprobs
+    return trace
+
+
+def _sync_time(used: list[torch.device]) -> float:
+    devices.synchronize(used)
+    return time.perf_counter()
+
+
+def eos_ids(tokenizer, config) -> set[int]:
+    ids = set()
+    for v in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgainstFull:
+    """A policy beside the full cache on the same prompt."""
+
+    full: Trace  # the full cache, free generation
+    policy: Trace  # the policy, free generation
+    forced: Trace  # the policy, teacher-forced on the full cache's tokens (per-step KL, top-1)
+
+    @property
+    def first_divergence(self) -> int | None:
+        """Index of the first generated token that differs, or None if the outputs agree."""
+        return metrics.first_divergence(self.full.generated_ids, self.policy.generated_ids)
+
+
+def against_full_runs(
+    model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, *, params=None, budget=None, ratio=None,
+    on_policy_step=None, on_full_step=None, **kw,
+):
+    """The three runs of a comparison, yielded as ``(phase, trace)`` when each ends: "policy"
+    (free generation), "full" (the full cache, free generation) and "forced" (the policy
+    teacher-forced on the full cache's output, with per-step KL and top-1 agreement against it).
+    A consumer may stop iterating after any phase (a live view that was stopped). ``kw``: run's
+    other keywords (model_name, should_stop, DecodeOptions fields)."""
+    spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
+    yield "policy", run(model, tokenizer, prompt_ids, spec, options, on_step=on_policy_step, **kw)
+    full = run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=on_full_step, **kw)
+    reference = full.extra.pop("logprobs")
+    yield "full", full
+    yield "forced", run(
+        model, tokenizer, prompt_ids, spec, options, forced_ids=full.generated_ids, reference_logprobs=reference, **kw
+    )
+
+
+def against_full(model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, **kw) -> AgainstFull:
+    """Run the policy and the full cache on the same prompt, and the policy teacher-forced on the
+    full cache's output to measure per-step KL and top-1 agreement."""
+    runs = dict(against_full_runs(model, tokenizer, prompt_ids, policy, options, **kw))
+    return AgainstFull(full=runs["full"], policy=runs["policy"], forced=runs["forced"])
+
+
+def perplexity(trace: Trace) -> float:
+    """Perplexity of a teacher-forced continuation: exp of the mean negative log-likelihood of
+    each forced token given everything before it (the first forced token is scored by the
+    prefill's logits)."""
+    return metrics.perplexity(trace.chosen_logprob)

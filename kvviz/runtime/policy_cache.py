@@ -1,0 +1,457 @@
+"""PolicyCache: a transformers ``Cache`` whose layers really hold the compressed tensors.
+
+Every step of a layer appends the new keys/values to the layer's store and returns what the
+attention of this forward reads (the entries before this step's eviction, as in H2O, where the
+new token attends to the budget plus itself). Then the selector decides what stays, and the
+evicted entries leave the store: memory saved is memory freed. Each layer keeps the true position
+of each entry per KV head; RoPE was applied with that position before the entry was cached, and
+the engine feeds explicit position ids, so eviction never shifts positions.
+
+A step gets what it needs as arguments: ``PolicyLayer.step(keys, values, positions, queries)``.
+The attention module only calls ``cache.update(keys, values, layer_idx)``, so while a run is
+attached (``PolicyCache.attached(model)``) a forward pre-hook on each attention module reads the
+call's own arguments (``position_ids``, and the layer input from which the queries are computed,
+see ``kvviz.model.attention_inputs``) and hands the module, in place of the cache, a ``LayerCall``
+whose ``update`` passes them on. A hook acts only on calls that carry its own cache object, so
+runs on other threads sharing the model are left alone, with no global state.
+
+The cache also records, on the device and without host synchronization, what the Trace needs:
+the step at which each entry was evicted, the score that decided it, and the attention mass the
+step's last query put on the entries evicted at that step.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from kvviz.model.attention_inputs import AttentionCall, CaptureError, decoder_attention, readable
+from kvviz.runtime.jobs import Stopped
+from kvviz.model.devices import layers_by_device
+from kvviz.storage.fixed_capacity import FixedLayer
+from kvviz.policies import Pipeline, PolicyError
+from kvviz.policies.selector import LayerView, Selection, StepContext
+from kvviz.policies.store import Store
+from kvviz.policies.scoring import attention_probs
+from kvviz.record.trace import Protection, StoreError
+
+CACHE_KEYWORDS = ("cache", "past_key_values")  # the attention's cache argument (transformers >= 5.24, before)
+
+
+class PolicyLayer(CacheLayerMixin):
+    """One decoder layer's cache: a store of entries, their positions and the policy's stats."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, owner: "PolicyCache", layer_idx: int):
+        super().__init__()
+        self.owner = owner
+        self.layer_idx = layer_idx
+        self.store: Store | None = None
+        self.positions: torch.Tensor | None = None  # (kv_heads, n) long
+        self.stats: dict[str, torch.Tensor] = {}
+        self.seen = 0  # tokens this layer has processed (the length of a full cache)
+        self.fixed: FixedLayer | None = None  # set by hold_fixed: the entries in preallocated buffers
+
+    # transformers' CacheLayerMixin API --------------------------------------------------------
+
+    def lazy_initialization(self, key_states, value_states):
+        _, kv_heads, _, head_dim = key_states.shape
+        self.device = key_states.device
+        self.store = self.owner.make_store(self.layer_idx, kv_heads, head_dim, key_states.dtype, key_states.device)
+        self.positions = torch.empty(kv_heads, 0, dtype=torch.long, device=key_states.device)
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """transformers' entry point, for a forward with no run attached: the new tokens follow
+        the ones seen, and no queries are known."""
+        positions = torch.arange(self.seen, self.seen + key_states.shape[2], device=key_states.device)
+        return self.step(key_states, value_states, positions)
+
+    def step(self, key_states, value_states, positions: torch.Tensor, queries: torch.Tensor | None = None):
+        """One forward's new entries, then the policy's decision. key_states, value_states:
+        (1, kv_heads, q, head_dim); positions (q,) the tokens' true positions; queries
+        (q_heads, q, head_dim), RoPE applied, when the selector scores with them. Returns the
+        keys and values the attention reads, (1, kv_heads, n, head_dim) each."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.shape[0] != 1:
+            raise ValueError("PolicyCache runs one sequence at a time (batch size 1).")
+        q_len, kv_heads = key_states.shape[2], key_states.shape[1]
+        if self.fixed is not None:  # buffers of fixed capacity; no selector acts at decode
+            if len(self) + q_len > self.fixed.capacity:
+                raise ValueError(f"layer {self.layer_idx}: more tokens than its fixed capacity of {self.fixed.capacity}.")
+            keys, values = self.fixed.step(key_states[0], value_states[0], positions)
+            self.seen += q_len
+            return keys.unsqueeze(0), values.unsqueeze(0)
+        prefill = self.seen == 0
+        self.store.append(key_states[0], value_states[0])
+        self.positions = torch.cat([self.positions, positions.expand(kv_heads, -1)], dim=1)
+        for name, s in self.stats.items():
+            self.stats[name] = torch.cat([s, s.new_zeros(kv_heads, q_len)], dim=1)
+        self.seen += q_len
+        if prefill and self.store.full_precision_prefill:
+            keys, values = key_states[0], value_states[0]  # what the store now holds, before compression
+        else:
+            keys, values = self.store.materialize()
+        self.owner.select(self, keys, values, positions, queries, prefill)
+        return keys.unsqueeze(0), values.unsqueeze(0)
+
+    def wants_queries(self) -> bool:
+        """Whether the coming step's selector needs this layer's queries."""
+        return self.owner.wants_queries(prefill=self.seen == 0)
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        # The attention reads the held entries plus the new ones. Every held entry is in the
+        # past of the new queries (whose offset is ``seen``), so a causal mask of this size
+        # hides none of them. (transformers skips the mask for one query, except while a CUDA
+        # graph is being captured, where it is materialized with this size.)
+        return len(self) + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self):
+        self.store = self.positions = self.fixed = None
+        self.stats = {}
+        self.seen = 0
+        self.is_initialized = False
+
+    # kvviz ------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        if self.fixed is not None:
+            return self.fixed.held(self.seen)
+        return 0 if self.store is None else len(self.store)
+
+    def hold_fixed(self, capacity: int) -> None:
+        """Move the entries into buffers of ``capacity`` slots (see ``kvviz.storage.fixed_capacity``)."""
+        self.fixed = FixedLayer(self, capacity)
+
+    def nbytes(self) -> int:
+        """Bytes of the K/V tensors held (of the entries held, for a fixed-capacity layer)."""
+        if self.store is None:
+            return 0
+        return self.fixed.nbytes(len(self)) if self.fixed is not None else self.store.nbytes()
+
+    def bookkeeping_bytes(self) -> int:
+        """Bytes of the positions and stats of the entries held."""
+        if self.positions is None:
+            return 0
+        if self.fixed is not None:
+            return self.fixed.bookkeeping_bytes(len(self))
+        return sum(t.numel() * t.element_size() for t in (self.positions, *self.stats.values()))
+
+    def apply(self, sel: Selection) -> torch.Tensor:
+        """Keep ``sel.keep``; returns the (kv_heads, n) bool mask of evicted entries."""
+        n = self.positions.shape[1]
+        kept = torch.zeros(self.positions.shape, dtype=torch.bool, device=self.device)
+        kept.scatter_(1, sel.keep, True)
+        self.store.keep(sel.keep, sel.keys, sel.values)
+        self.positions = self.positions.gather(1, sel.keep)
+        for name, s in self.stats.items():
+            if s.shape[-1] == n:
+                self.stats[name] = s.gather(1, sel.keep)
+        return ~kept
+
+
+class LayerCall:
+    """Stands in for the PolicyCache in one attention call: the attention's
+    ``cache.update(keys, values, layer_idx)`` becomes ``layer.step(keys, values, positions,
+    queries)`` with what the pre-hook read from the same call. Any other attribute is the cache's."""
+
+    def __init__(self, cache: "PolicyCache", positions: torch.Tensor, queries: torch.Tensor | None):
+        self._cache, self._positions, self._queries = cache, positions, queries
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self._cache.layers[layer_idx].step(key_states, value_states, self._positions, self._queries)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+class RunRecords:
+    """What the Trace needs from the layers on one device, written there without host reads."""
+
+    def __init__(self, device, layers: list[int], n_kv_heads: int, capacity: int):
+        self.device, self.layers = torch.device(device), layers
+        n = len(layers)
+        self.evicted_at = torch.full((n, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)
+        self.scores = torch.full((n, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
+        self.lost_mass = torch.zeros(n, dtype=torch.float32, device=device)  # this step's, per layer
+
+
+class PolicyCache(Cache):
+    """A Cache for one sequence, compressed by a policy pipeline (selector and/or store)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        n_layers: int,
+        prompt_len: int,
+        capacity: int,
+        n_kv_heads: int,
+        device,
+        generator: torch.Generator | None = None,
+        measure_lost_mass: bool = False,
+    ):
+        self._layer_list = [PolicyLayer(self, i) for i in range(n_layers)]
+        super().__init__(layers=self._layer_list)
+        self.pipeline = pipeline
+        self.n_layers = n_layers
+        self.prompt_len = prompt_len
+        self.generator = generator
+        self.measure_lost_mass = measure_lost_mass
+        self.interrupt: Callable[[], bool] | None = None  # asked before each layer while set (the prefill)
+        sel = pipeline.selector
+        self.budget = sel.resolve_budget(prompt_len) if sel is not None else None
+        self.layer_budgets = [
+            sel.layer_budget(self.budget, i, n_layers) if sel is not None else None for i in range(n_layers)
+        ]
+        self.protection = sel.protection(self.budget) if sel is not None else Protection()
+        # Trace records, on the device of the layers they describe (a model split across GPUs
+        # has several): one RunRecords per device, and the row of each layer in its device's
+        self.layer_devices = [torch.device(d) for d in (device if isinstance(device, (list, tuple)) else [device] * n_layers)]
+        if len(self.layer_devices) != n_layers:
+            raise ValueError(f"{len(self.layer_devices)} layer devices for {n_layers} layers")
+        self.records = [
+            RunRecords(d, layers, n_kv_heads, capacity) for d, layers in layers_by_device(self.layer_devices).items()
+        ]
+        self.record_slot = [None] * n_layers  # layer -> (its device's RunRecords, its row there)
+        for rec in self.records:
+            for row, li in enumerate(rec.layers):
+                self.record_slot[li] = (rec, row)
+
+    # attached to a model for one run ----------------------------------------------------------
+
+    @contextmanager
+    def attached(self, model):
+        """Forward pre-hooks on the model's attention modules, for this run only (removed on
+        exit): each call that carries this cache gets a ``LayerCall`` with the tokens' positions
+        and, when the selector needs them, the layer's queries. Calls of other runs sharing the
+        model carry their own cache and are left alone."""
+        handles = [
+            m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(decoder_attention(model))
+        ]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, layer_idx: int):
+        def hook(module, args, kwargs=None):
+            # kwargs is None only in the instant another thread registers or removes its hooks,
+            # for a hook that is not of the run being called
+            if kwargs is None:
+                return None
+            key = next((k for k in CACHE_KEYWORDS if kwargs.get(k) is self), None)
+            if key is None:
+                return None  # another run's forward (or no cache at all)
+            if self.interrupt is not None and self.interrupt():
+                raise Stopped  # Stop during a long prefill: the run ends here, with nothing generated
+            position_ids = kwargs.get("position_ids")
+            layer = self.layers[layer_idx]
+            if position_ids is None:
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                positions = torch.arange(layer.seen, layer.seen + hidden.shape[1], device=hidden.device)
+            else:
+                positions = position_ids[0]  # (q_len,)
+            queries = None
+            if layer.wants_queries():
+                if not readable(module):
+                    raise CaptureError(
+                        f"{self.pipeline.selector.name} scores with the attention queries, which kvviz cannot read"
+                        f" from {type(module).__name__} (it needs separate q_proj/k_proj)."
+                    )
+                queries = AttentionCall.read(module, args, kwargs).queries()
+            kwargs = {**kwargs, key: LayerCall(self, positions, queries)}
+            if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                kwargs["attention_mask"] = layer.fixed.attention_mask(hidden.dtype)
+            return args, kwargs
+
+        return hook
+
+    def wants_queries(self, prefill: bool) -> bool:
+        """Whether a step (the prefill, or a decode step) needs the layers' queries: for a
+        selector that scores with them, or to measure the attention mass lost to eviction."""
+        sel = self.pipeline.selector
+        if sel is None or not (prefill or sel.acts_at_decode):
+            return False
+        return sel.needs_queries or (self.measure_lost_mass and self.budget is not None)
+
+    # built by layers --------------------------------------------------------------------------
+
+    def make_store(self, layer_idx, kv_heads, head_dim, dtype, device) -> Store:
+        if self.pipeline.storage is None:
+            return Store(kv_heads, head_dim, dtype, device)
+        return self.pipeline.storage.make_store(layer_idx, self.n_layers, kv_heads, head_dim, dtype, device)
+
+    def select(self, layer: PolicyLayer, keys, values, new_positions, queries, prefill: bool) -> None:
+        """Let the selector decide what the layer keeps, and record the decision."""
+        sel = self.pipeline.selector
+        if sel is None or not (prefill or sel.acts_at_decode):
+            return
+        if sel.needs_queries and queries is None:
+            raise PolicyError(f"{sel.name} needs the attention queries, but none were captured for this model.")
+        view = LayerView(
+            layer_idx=layer.layer_idx,
+            n_layers=self.n_layers,
+            keys=keys,
+            values=values,
+            positions=layer.positions,
+            stats=layer.stats,
+            queries=queries,
+            query_positions=new_positions if queries is not None else None,
+            n_new=new_positions.shape[0],
+        )
+        ctx = StepContext(
+            step=0 if prefill else layer.seen - self.prompt_len,
+            prompt_len=self.prompt_len,
+            seq_len=layer.seen,
+            budget=self.layer_budgets[layer.layer_idx],
+            generator=self.generator,
+        )
+        decision = sel.step(view, ctx)
+        if decision is None:
+            return
+        self.record(layer, decision, keys, new_positions, queries)
+
+    def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:
+        """Apply the decision to the layer and write the trace's records: scores, the step at
+        which each evicted entry left (computed on the device from the new tokens' positions:
+        a step's last new token sits at ``prompt_len + step - 1``, the prompt's at
+        ``prompt_len - 1``, so a replayed CUDA graph writes the right step) and the lost mass."""
+        positions = layer.positions
+        rec, row = self.record_slot[layer.layer_idx]
+        if decision.scores is not None:
+            rec.scores[row].scatter_(1, positions, decision.scores.float())
+        evicted = layer.apply(decision)  # (kv_heads, n) bool
+        step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
+        # every entry held until now was never evicted (-1): write the step where it leaves
+        rec.evicted_at[row].scatter_(1, positions, torch.where(evicted, step, -1).to(torch.int32))
+        if self.measure_lost_mass and queries is not None:
+            probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], positions)[:, 0]  # (kv_heads, n)
+            rec.lost_mass[row] = (probs * evicted).sum(dim=-1).mean()
+
+    @property
+    def evicted_at(self) -> torch.Tensor:
+        """(layers, kv_heads, capacity) int32: the step at which each entry left, -1 = never. On
+        the device of a model on one device; gathered to the CPU from a split model's devices."""
+        return self._gathered("evicted_at")
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """(layers, kv_heads, capacity) float32: the last score that decided each entry, NaN = never scored."""
+        return self._gathered("scores")
+
+    def _gathered(self, name: str, device="cpu") -> torch.Tensor:
+        """The records called ``name`` of every layer, in layer order: the one device's own
+        tensor, or, for a split model, the devices' parts copied into one on ``device``."""
+        if len(self.records) == 1:
+            return getattr(self.records[0], name)
+        parts = [getattr(rec, name) for rec in self.records]
+        out = parts[0].new_empty((self.n_layers, *parts[0].shape[1:]), device=device)
+        for rec, part in zip(self.records, parts):
+            out[rec.layers] = part.to(out.device)
+        return out
+
+    # Cache API used by the models -------------------------------------------------------------
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].seen if layer_idx < len(self.layers) else 0
+
+    def get_mask_sizes(self, query_length, layer_idx=0, *args):
+        if isinstance(query_length, torch.Tensor):  # older signature: (cache_position, layer_idx)
+            query_length = query_length.shape[0]
+        return self.layers[layer_idx].get_mask_sizes(query_length)
+
+    # kvviz ------------------------------------------------------------------------------------
+
+    def kv_bytes(self) -> int:
+        """Bytes of every K/V tensor held, quantization scales and zero points included."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def reserved_kv_bytes(self) -> int:
+        """Bytes the K/V tensors take in memory: the whole buffers of fixed-capacity layers."""
+        return sum(layer.store.nbytes() for layer in self.layers if layer.store is not None)
+
+    def bookkeeping_bytes(self) -> int:
+        """Positions and policy statistics kvviz keeps beside the K/V tensors."""
+        return sum(layer.bookkeeping_bytes() for layer in self.layers)
+
+    def take_lost_mass(self) -> torch.Tensor:
+        """(layers,) the attention mass lost to this step's evictions; the record starts again at 0.
+        On the device of the first layer (a split model's other devices copy theirs there)."""
+        out = self._gathered("lost_mass", self.records[0].device).clone()
+        for rec in self.records:
+            rec.lost_mass.zero_()
+        return out
+
+    def kv_bytes_by_device(self) -> dict[str, int]:
+        """Bytes of K/V tensors held on each device (``kv_bytes`` split by where the layers live)."""
+        out = {str(d): 0 for d in self.layer_devices}
+        for layer, device in zip(self.layers, self.layer_devices):
+            out[str(device)] += layer.nbytes()
+        return out
+
+    def store_error(self) -> StoreError | None:
+        """The reconstruction error of a lossy store, per layer; None for a store that holds the
+        entries as they are. Reads the device once (at the end of a run)."""
+        errors = [layer.store.error() for layer in self.layers if layer.store is not None]
+        if not errors or any(e is None for e in errors):
+            return None
+
+        def most(values):  # every layer sees the same tokens, so the layers agree
+            return None if any(v is None for v in values) else max(values)
+
+        return StoreError(
+            key=[e.key for e in errors],
+            value=[e.value for e in errors],
+            full_precision_keys=most([e.full_precision_keys for e in errors]),
+            full_precision_values=most([e.full_precision_values for e in errors]),
+        )
+
+    def grows(self) -> bool:
+        """True when no selector acts at decode: every layer grows by one entry per step."""
+        sel = self.pipeline.selector
+        return sel is None or not sel.acts_at_decode
+
+    def can_hold_fixed(self) -> bool:
+        """Whether every layer's store can be held at a fixed capacity (after the prefill)."""
+        return all(layer.store is not None and layer.store.can_hold_fixed() for layer in self.layers)
+
+    def hold_fixed(self, new_tokens: int) -> None:
+        """After the prefill of a growing cache: each layer's entries move into buffers with room
+        for ``new_tokens`` more, so decode steps keep their shapes (``kvviz.storage.fixed_capacity``)."""
+        if not self.grows():
+            raise PolicyError(f"{self.pipeline.spec}: a selector that evicts at decode keeps its own fixed budget.")
+        if not self.can_hold_fixed():
+            raise PolicyError(f"{self.pipeline.spec}: this store cannot be held at a fixed capacity.")
+        for layer in self.layers:
+            layer.hold_fixed(len(layer) + new_tokens)
+
+    @property
+    def is_fixed(self) -> bool:
+        """Whether every layer is held at a fixed capacity."""
+        return all(layer.fixed is not None for layer in self.layers)
+
+    def steady(self) -> bool:
+        """True when every decode step keeps every tensor's shape (what a CUDA graph needs):
+        every layer holds exactly its budget, so each step appends one entry and evicts one, or
+        every layer is held at a fixed capacity."""
+        return self.is_fixed or all(
+            b is not None and layer.is_initialized and len(layer) == b
+            for layer, b in zip(self.layers, self.layer_budgets)
+        )

@@ -1,0 +1,135 @@
+"""A sweep for a page: an estimate of its time before it starts, measured on this machine, and a
+background job that runs it while the page shows progress and a Stop button.
+
+The estimate is honest about what it is: one full-cache prefill and a few decode steps are timed
+here, and each planned run is extrapolated from them (prefill linear in the prompt's tokens, one
+step per forced or generated token). Policies that score with attention or quantize do more work
+per step than the full cache; the upper end allows them twice the time. While the sweep runs,
+the time left is extrapolated from the runs already finished. Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+from kvviz.sweep import run as sweep
+from kvviz.runtime.jobs import BackgroundJob
+from kvviz.record.examples import long_document
+from kvviz.policies import PolicyError
+from kvviz.record.text import PromptError
+
+SLOW_POLICY_FACTOR = 2.0  # upper end: per-step cost of a policy that scores or quantizes, against the full cache
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Full-cache timings measured on this machine."""
+
+    device: str
+    prefill_s_per_token: float
+    step_s: float  # one decode step
+    measured_tokens: int
+
+
+def measure_speed(model, tokenizer, n_tokens: int = 128, steps: int = 5) -> Speed:
+    """Time one full-cache prefill of ``n_tokens`` tokens of the built-in long document and
+    ``steps`` decode steps (the median step)."""
+    from kvviz.runtime import engine
+
+    ids = tokenizer(long_document()).input_ids[:n_tokens]
+    trace = engine.run(model, tokenizer, ids, "full", max_new_tokens=steps + 1, stop_at_eos=False, top_k=1)
+    step_s = statistics.median(trace.timings["step_s"][:-1])  # the last step feeds nothing
+    return Speed(trace.device, trace.timings["prefill_s"] / len(ids), step_s, len(ids))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    low_s: float  # every run at the full cache's speed
+    high_s: float  # scoring and quantizing policies at SLOW_POLICY_FACTOR times its step cost
+    runs: int
+    speed: Speed
+
+    def text(self) -> str:
+        span = _seconds(self.low_s) if _seconds(self.low_s) == _seconds(self.high_s) else f"{_seconds(self.low_s)} to {_seconds(self.high_s)}"
+        return (
+            f"Estimated time: about {span} for {self.runs} runs on {self.speed.device} "
+            f"(an estimate from a full-cache forward timed here just now: {1000 * self.speed.prefill_s_per_token:.1f} ms per "
+            f"prompt token, {1000 * self.speed.step_s:.0f} ms per decode step; policies that score attention or quantize "
+            "take longer per step, and a busy machine is slower)."
+        )
+
+
+def estimate(the_plan: sweep.Plan, speed: Speed) -> Estimate:
+    low = high = 0.0
+    for run in the_plan.runs:
+        prefill = len(run.prompt_ids) * speed.prefill_s_per_token
+        steps = run.steps * speed.step_s
+        plain = run.spec is None or _plain(run.spec)
+        low += prefill + steps
+        high += prefill + steps * (1.0 if plain else SLOW_POLICY_FACTOR)
+    return Estimate(low, high, len(the_plan.runs), speed)
+
+
+def _plain(spec) -> bool:
+    """A policy that neither scores with attention queries nor transforms what it stores."""
+    pipeline = spec.pipeline()
+    return pipeline.storage is None and (pipeline.selector is None or not pipeline.selector.needs_queries)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+class SweepJob(BackgroundJob):
+    """Runs a sweep on a background thread; safe to poll from another thread. ``stop()`` ends
+    the run in progress at its next token; the result keeps the runs finished before."""
+
+    thread_name = "kvviz-sweep"
+
+    def __init__(self, model, tokenizer, settings: sweep.SweepSettings, *, model_name: str = "", max_context: int | None = None):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.model_name, self.max_context = model_name, max_context
+        self.progress: sweep.Progress | None = None
+        self.result: sweep.SweepResult | None = None
+        self.error: str | None = None
+        self.started_at = time.time()
+        self._done = threading.Event()
+        super().__init__()
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def status(self) -> tuple[float, str]:
+        """(fraction done, a line: the run going on and the time left at the pace so far)."""
+        p = self.progress
+        if p is None:
+            return 0.0, "Starting"
+        if not self.running:
+            return 1.0, "Stopped" if self.stopped else "Done"
+        left = ""
+        if p.done:
+            left = f"; about {_seconds(p.elapsed_s / p.done * (p.total - p.done))} left at the pace so far"
+        return p.done / p.total, f"Run {p.done + 1} of {p.total}: {p.label}{left}"
+
+    def run(self) -> None:
+        try:
+            self.result = sweep.run(
+                self.model, self.tokenizer, self.settings, on_progress=self._on_progress,
+                should_stop=self._stop.is_set, model_name=self.model_name, max_context=self.max_context,
+            )
+        except (PolicyError, PromptError, ValueError) as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done.set()
+
+    def _on_progress(self, progress: sweep.Progress) -> None:
+        self.progress = progress

@@ -1,0 +1,357 @@
+"""Sweeps: a list of policy specs over ratios (or budgets) on one text, measured against the
+full cache. Rows of plain numbers, for the Tradeoffs page, the CLI (``python -m kvviz sweep``)
+and the benchmarks.
+
+**Perplexity task** (``"ppl"``):
+
+- the prompt is the first ``context`` tokens of the text, tokenized without a chat template;
+  the continuation is the next ``continuation`` tokens, forced one per step (teacher forcing);
+- the policy compresses the prompt to its budget right after the prefill and holds the budget
+  while the continuation is read (a selector that acts at decode evicts one entry for every
+  token that enters). SnapKV compresses the prompt only and keeps every continuation token, as
+  in the paper: its peak bytes show that;
+- perplexity = exp(mean negative log-likelihood of the continuation tokens), the first scored
+  by the prefill's logits;
+- mean KL(full || policy) and top-1 agreement with the full cache over the same steps. The full
+  cache's teacher-forced run (its log-probabilities) is computed once per text and reused;
+- KV bytes at the last step and at the peak, against the full cache at the last step.
+
+**Passkey task** (``"passkey"``): for each filler length and needle depth, the prompt of
+``kvviz.record.examples.passkey_prompt`` through the chat template, greedy decoding of a few tokens under
+each policy; found = the key's digits appear in the answer.
+
+Every point is checked before the first forward (a budget larger than a prompt, a window that
+leaves no room, ...), so a bad sweep fails at once with one message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kvviz.record import examples as data
+from kvviz.runtime.jobs import Stopped
+from kvviz.record.metrics import mean_or_nan, perplexity
+from kvviz.policies import PolicyError
+from kvviz.policies.spec import BUDGET_KEYS, PolicySpec
+from kvviz.sweep.rows import PASSKEY_COLUMNS, PPL_COLUMNS, SweepRow, rows_csv  # noqa: F401  (re-exported)
+from kvviz.record.text import PromptError
+
+TASKS = ("ppl", "passkey")
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything that decides a sweep's numbers (hashable: pages key their caches by it)."""
+
+    policies: tuple[str, ...]  # spec texts, "snapkv:window=8,kernel=7"; "full" needs no ratio
+    ratios: tuple[float, ...] = ()  # kept fraction of the prompt; or
+    budgets: tuple[int, ...] = ()  # kept entries per layer and KV head
+    task: str = "ppl"
+    text: str = ""  # ppl: the text read (no chat template)
+    context: int = 256  # ppl: prompt tokens
+    continuation: int = 64  # ppl: forced tokens
+    depths: tuple[float, ...] = (0.1, 0.5, 0.9)  # passkey: needle depth, 0 = start of the filler
+    lengths: tuple[int, ...] = (500,)  # passkey: filler tokens
+    new_tokens: int = 12  # passkey: greedy tokens of the answer
+    passkey_seed: int = 0
+
+    def describe(self) -> dict:
+        """The settings as plain values, for reports and JSON (the text by its length only)."""
+        out = dataclasses.asdict(self)
+        out["policies"], out["ratios"], out["budgets"] = list(self.policies), list(self.ratios), list(self.budgets)
+        out["text"] = f"{len(self.text):,} characters"
+        if self.task == "ppl":
+            for k in ("depths", "lengths", "new_tokens", "passkey_seed"):
+                out.pop(k)
+        else:
+            for k in ("text", "context", "continuation"):
+                out.pop(k)
+        return out
+
+
+def parse_numbers(text: str | None, kind: type, what: str) -> tuple:
+    """'0.1, 0.25' -> (0.1, 0.25); a one-line ValueError naming ``what`` otherwise."""
+    if text is None:
+        return ()
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        values = tuple(kind(t) for t in items)
+    except ValueError:
+        raise ValueError(f"{what}: expected {'whole numbers' if kind is int else 'numbers'} separated by commas, got '{text}'.") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what}: give finite numbers separated by commas, got '{text}'.")
+    return values
+
+
+def names_budget(text: str) -> bool:
+    """Whether a spec text sets its own budget or ratio (``h2o:ratio=0.1``): then the sweep runs
+    it at that point only."""
+    _, _, rest = text.partition(":")
+    return any(item.partition("=")[0].strip() in BUDGET_KEYS for item in rest.split(","))
+
+
+def points(settings: SweepSettings) -> list[tuple[PolicySpec, str]]:
+    """Every point of the sweep with its series name: each policy at each ratio (or budget); a
+    policy that takes no budget (``full``, a store alone) or names its own runs once. Raises
+    PolicyError."""
+    if settings.task not in TASKS:
+        raise PolicyError(f"task must be one of {', '.join(TASKS)}, not {settings.task!r}.")
+    if not settings.policies:
+        raise PolicyError("Give at least one policy.")
+    if settings.ratios and settings.budgets:
+        raise PolicyError("Give ratios or budgets, not both.")
+    out: list[tuple[PolicySpec, str]] = []
+    for text in settings.policies:
+        spec = PolicySpec.parse(text)
+        if not spec.takes_budget or names_budget(text):
+            grid = [spec]
+        elif settings.budgets:
+            grid = [spec.with_budget(budget=int(b)) for b in settings.budgets]
+        elif settings.ratios:
+            grid = [spec.with_budget(ratio=float(r)) for r in settings.ratios]
+        else:
+            raise PolicyError(f"'{text}' takes a budget: give ratios or budgets (or write it into the spec, e.g. {spec.name}:ratio=0.25).")
+        seen = {p for p, _ in out}
+        out.extend((p, series_text(text)) for p in grid if p not in seen)
+    return out
+
+
+def expand(settings: SweepSettings) -> list[PolicySpec]:
+    """Every point of the sweep (see ``points``)."""
+    return [spec for spec, _ in points(settings)]
+
+
+def series_text(text: str) -> str:
+    """A spec text as its user wrote it, without budget or ratio and spaces: ``snapkv:window=32``."""
+    name, _, rest = text.partition(":")
+    items = []
+    for item in rest.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() and key.strip() not in BUDGET_KEYS:
+            items.append(f"{key.strip()}={value.strip()}")
+    return name.strip() + (":" + ",".join(items) if items else "")
+
+
+def params_text(spec: PolicySpec) -> str:
+    """The parameters that differ from their defaults, in the text form: ``window=8,kernel=7``."""
+    return dataclasses.replace(spec, budget=None, ratio=None).to_text().partition(":")[2]
+
+
+def series_name(spec: PolicySpec) -> str:
+    """The policy and its parameters without the budget: one line on a Pareto chart."""
+    return dataclasses.replace(spec, budget=None, ratio=None).to_text()
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class PlannedRun:
+    spec: PolicySpec | None  # None: the full-cache reference of the ppl task
+    prompt_ids: list[int]
+    steps: int  # decode steps (forced or generated at most)
+    series: str = ""
+    depth: float | None = None
+    length: int | None = None
+    passkey: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.spec is None:
+            what = "full cache (reference)"
+        elif self.spec.budget is not None:
+            what = f"{self.series} · {self.spec.budget}/head"
+        else:
+            what = self.series + ("" if self.spec.ratio is None else f" · {100 * self.spec.ratio:g}%")
+        where = f" · depth {self.depth:g}, {self.length} filler tokens" if self.depth is not None else ""
+        return what + where
+
+
+@dataclass
+class Plan:
+    settings: SweepSettings
+    runs: list[PlannedRun]
+    forced_ids: list[int] = field(default_factory=list)  # ppl: the continuation
+
+
+def plan(tokenizer, settings: SweepSettings, max_context: int | None = None) -> Plan:
+    """Every run of the sweep, in order, checked; raises PolicyError or PromptError."""
+    grid = points(settings)
+    if settings.task == "ppl":
+        return _plan_ppl(tokenizer, settings, grid, max_context)
+    return _plan_passkey(tokenizer, settings, grid, max_context)
+
+
+def ppl_tokens(tokenizer, text: str, context: int, continuation: int) -> tuple[list[int], list[int]]:
+    """(prompt, continuation): the first ``context`` tokens of ``text`` and the next
+    ``continuation`` (no chat template)."""
+    if context < 1 or continuation < 1:
+        raise PromptError(f"context and continuation must be at least 1 token (got {context} and {continuation}).")
+    if not text or not text.strip():
+        raise PromptError("The text is empty.")
+    ids = [int(i) for i in tokenizer(text).input_ids]
+    if len(ids) < context + continuation:
+        raise PromptError(
+            f"The text has {len(ids)} tokens; context {context} plus continuation {continuation} needs {context + continuation}."
+        )
+    return ids[:context], ids[context : context + continuation]
+
+
+def _check_fits(spec: PolicySpec, prompt_len: int, steps: int, max_context: int | None) -> None:
+    spec.resolve_budget(prompt_len)  # budget larger than the prompt, no room after the sinks, ...
+    if max_context and prompt_len + steps > max_context:
+        raise PromptError(f"{prompt_len} prompt tokens plus {steps} more exceed the model's context of {max_context}.")
+
+
+def _plan_ppl(tokenizer, settings, points, max_context) -> Plan:
+    prompt, forced = ppl_tokens(tokenizer, settings.text, settings.context, settings.continuation)
+    runs = [PlannedRun(None, prompt, len(forced), "full")]
+    for spec, series in points:
+        _check_fits(spec, len(prompt), len(forced), max_context)
+        runs.append(PlannedRun(spec, prompt, len(forced), series))
+    return Plan(settings, runs, forced)
+
+
+def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
+    from kvviz.record.text import encode_prompt
+
+    if not settings.depths or not settings.lengths:
+        raise PolicyError("The passkey task needs at least one depth and one filler length.")
+    if settings.new_tokens < 1:
+        raise PolicyError("new_tokens must be at least 1.")
+    runs = []
+    for length in settings.lengths:
+        for depth in settings.depths:
+            try:
+                text, key = data.passkey_prompt(int(length), float(depth), seed=settings.passkey_seed)
+            except ValueError as exc:
+                raise PromptError(str(exc)) from None
+            ids = encode_prompt(tokenizer, text, chat=True, max_context=max_context)
+            for spec, series in points:
+                _check_fits(spec, len(ids), settings.new_tokens, max_context)
+                runs.append(PlannedRun(spec, ids, settings.new_tokens, series, float(depth), int(length), key))
+    return Plan(settings, runs)
+
+
+# ------------------------------------------------------------------------------ running
+
+
+@dataclass
+class Progress:
+    done: int  # runs finished
+    total: int
+    label: str  # the run starting now ("" when all are done)
+    elapsed_s: float
+
+
+@dataclass
+class SweepResult:
+    settings: SweepSettings
+    rows: list[SweepRow]
+    reference: dict | None = None  # ppl: the full cache's ppl, kv_bytes_full, seconds
+    device: str = ""
+    dtype: str = ""
+    model: str = ""
+    seconds: float = 0.0
+    stopped: bool = False  # stopped by the user: the rows finished before the stop
+
+    def to_dict(self) -> dict:
+        return {
+            "settings": self.settings.describe(), "model": self.model, "device": self.device, "dtype": self.dtype,
+            "seconds": self.seconds, "stopped": self.stopped, "reference": self.reference,
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+
+def run(
+    model,
+    tokenizer,
+    settings: SweepSettings,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_name: str = "",
+    max_context: int | None = None,
+) -> SweepResult:
+    """Run every point of the sweep on ``model``; see the module's docstring for what each task
+    measures. ``should_stop`` is polled between runs and between tokens: a stopped sweep returns
+    the rows finished so far with ``stopped=True``."""
+    from kvviz.runtime import engine
+
+    the_plan = plan(tokenizer, settings, max_context=max_context)
+    should_stop = should_stop or (lambda: False)
+    result = SweepResult(settings, [], model=model_name, device=str(next(model.parameters()).device), dtype=str(model.dtype).replace("torch.", ""))
+    t0 = time.perf_counter()
+    reference_logprobs = None
+    common = dict(model_name=model_name, should_stop=should_stop, top_k=1)
+    done = 0
+    try:
+        for planned in the_plan.runs:
+            if should_stop():
+                raise Stopped
+            if on_progress is not None:
+                on_progress(Progress(done, len(the_plan.runs), planned.label, time.perf_counter() - t0))
+            t = time.perf_counter()
+            if settings.task == "ppl" and planned.spec is None:  # the full cache, once per text
+                trace = engine.run(model, tokenizer, planned.prompt_ids, "full", forced_ids=the_plan.forced_ids, keep_logprobs=True, **common)
+                _check_complete(trace)
+                reference_logprobs = trace.extra.pop("logprobs")
+                result.reference = {
+                    "ppl": perplexity(trace.chosen_logprob), "kv_bytes_full": int(trace.kv_bytes_full[-1]),
+                    "seconds": time.perf_counter() - t, "context": len(planned.prompt_ids), "continuation": trace.n_steps,
+                }
+            elif settings.task == "ppl":
+                trace = engine.run(
+                    model, tokenizer, planned.prompt_ids, planned.spec, forced_ids=the_plan.forced_ids,
+                    reference_logprobs=reference_logprobs, **common,
+                )
+                _check_complete(trace)
+                result.rows.append(ppl_row(planned, trace, time.perf_counter() - t))
+            else:
+                trace = engine.run(model, tokenizer, planned.prompt_ids, planned.spec, max_new_tokens=planned.steps, **common)
+                _check_complete(trace)
+                result.rows.append(passkey_row(planned, trace, time.perf_counter() - t))
+            done += 1
+    except Stopped:
+        result.stopped = True
+    result.seconds = time.perf_counter() - t0
+    if on_progress is not None:
+        on_progress(Progress(done, len(the_plan.runs), "", result.seconds))
+    return result
+
+
+def _check_complete(trace) -> None:
+    if trace.stopped_by == "user":
+        raise Stopped
+
+
+def _row_basics(planned: PlannedRun, trace, seconds: float) -> dict:
+    spec = planned.spec
+    return dict(
+        series=planned.series, policy=spec.name, params=params_text(spec), ratio=spec.ratio, budget=trace.budget,
+        kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_peak=int(max(trace.kv_bytes)), kv_bytes_full=int(trace.kv_bytes_full[-1]),
+        seconds=float(seconds), prompt_tokens=trace.prompt_len,
+    )
+
+
+def ppl_row(planned: PlannedRun, trace, seconds: float) -> SweepRow:
+    """The row of a teacher-forced run that had the full cache's log-probabilities as reference."""
+    return SweepRow(
+        "ppl", **_row_basics(planned, trace, seconds), ppl=perplexity(trace.chosen_logprob),
+        kl_full=mean_or_nan(trace.kl_to_reference), top1_agree=mean_or_nan(trace.top1_agreement),
+    )
+
+
+def passkey_row(planned: PlannedRun, trace, seconds: float) -> SweepRow:
+    answer = trace.generated_text.strip()
+    return SweepRow(
+        "passkey", **_row_basics(planned, trace, seconds), depth=planned.depth, length=planned.length,
+        found=planned.passkey in answer, answer=answer,
+    )

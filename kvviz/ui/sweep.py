@@ -1,0 +1,204 @@
+"""The Tradeoffs page's widgets and its sweep job: presets, the sweep's settings (kept across
+pages and in the URL), a time estimate measured on this machine, Run and Stop with a progress
+bar, and finished sweeps kept for every session of this process (keyed by model and settings)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+import streamlit as st
+
+from kvviz.sweep import run as sweep
+from kvviz.sweep import job as sweep_job
+from kvviz.record.examples import LONG_EXAMPLE, long_document
+from kvviz.policies import PolicyError
+from kvviz.sweep.presets import PRESETS
+from kvviz.record.text import PromptError
+from kvviz.ui.policy_controls import policy_controls
+from kvviz.ui.state import persisted
+from kvviz.ui.token_html import md_escape
+
+K = "tradeoffs."  # session_state keys
+JOB, REQUESTED, STOPPED = K + "job", K + "run_requested", K + "stopped_result"
+TASKS = {"ppl": "Perplexity, KL, top-1", "passkey": "Passkey retrieval"}
+MODES = {"ratios": "Ratios (kept fraction of the prompt)", "budgets": "Budgets (entries per KV head)"}
+TEXTS = [LONG_EXAMPLE, "the sidebar's prompt"]
+MAX_RESULTS = 16
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def _numbers(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _apply_preset(key: str, device: str) -> None:
+    s = PRESETS[key].settings(device)
+    ss = st.session_state
+    ss[K + "policies"], ss[K + "task"] = "\n".join(s.policies), s.task
+    ss[K + "mode"] = "budgets" if s.budgets else "ratios"
+    ss[K + ss[K + "mode"]] = _numbers(s.budgets or s.ratios)
+    ss[K + "text"], ss[K + "context"], ss[K + "continuation"] = TEXTS[0], s.context, s.continuation
+    ss[K + "depths"], ss[K + "lengths"] = _numbers(s.depths), _numbers(s.lengths)
+
+
+def preset_buttons(device: str) -> None:
+    where = (
+        "to finish in a minute or two on an idle 2-core CPU (the estimate below is measured on this machine, now)"
+        if device == "cpu" else f"larger on {device} than on a CPU"
+    )
+    st.markdown(f"**Presets**: a story in one click, sized {where}.")
+    for column, preset in zip(st.columns(len(PRESETS)), PRESETS.values()):
+        column.button(preset.title, key=K + "preset." + preset.key, on_click=_apply_preset, args=(preset.key, device), width="stretch")
+
+
+def preset_story(settings: sweep.SweepSettings, device: str) -> None:
+    """The story of the preset these settings are, if they are one."""
+    for preset in PRESETS.values():
+        if preset.settings(device) == _without_text(settings):
+            st.info(preset.story, icon=":material/lightbulb:")
+
+
+def _without_text(settings: sweep.SweepSettings) -> sweep.SweepSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings, text="")
+
+
+def _add_policy(spec) -> None:
+    lines = [ln for ln in st.session_state.get(K + "policies", "").splitlines() if ln.strip()]
+    lines.append(sweep.series_name(spec))
+    st.session_state[K + "policies"] = "\n".join(lines)
+
+
+def controls(device: str, sidebar_prompt: str) -> sweep.SweepSettings | None:
+    """The sweep's widgets; the settings they describe, or None with the problem shown."""
+    d = PRESETS["sinks"].settings(device)
+    left, right = st.columns([3, 2])
+    with left:
+        policies = persisted(
+            st.text_area, K + "policies", "\n".join(d.policies), url="policies", label="Policies, one per line", height=140,
+            help="name[:key=value,...], e.g. snapkv:window=8,kernel=7 or h2o+kivi:kivi.bits=2. full and stores alone "
+            "take no budget and run once. A line that sets its own ratio or budget runs at that point only.",
+        )
+        with st.expander("Add a policy with the controls"):
+            spec = policy_controls(key=K + "add", shared_budget=(None, None))
+            st.button("Add to the list", key=K + "add_button", on_click=_add_policy, args=(spec,), disabled=spec is None)
+    with right:
+        task = persisted(st.radio, K + "task", "ppl", url="task", label="Task", options=list(TASKS), format_func=TASKS.get, horizontal=True)
+        mode = persisted(st.radio, K + "mode", "ratios", url="mode", label="Sweep over", options=list(MODES), format_func=MODES.get, horizontal=True)
+        grid = persisted(st.text_input, K + mode, _numbers(d.ratios) if mode == "ratios" else "32,64", url=mode, label=mode.capitalize() + ", comma separated")
+        a, b = st.columns(2)
+        if task == "ppl":
+            text_name = persisted(st.selectbox, K + "text", TEXTS[0], url="text", label="Text (read without a chat template)", options=TEXTS)
+            context = persisted(a.number_input, K + "context", d.context, url="context", label="Context (prompt tokens)", min_value=2, max_value=8192, step=32)
+            continuation = persisted(b.number_input, K + "continuation", d.continuation, url="continuation", label="Continuation (forced tokens)", min_value=1, max_value=4096, step=16)
+        else:
+            depths = persisted(a.text_input, K + "depths", _numbers(d.depths), url="depths", label="Needle depths (0 = start, 1 = end)")
+            lengths = persisted(b.text_input, K + "lengths", _numbers(d.lengths), url="lengths", label="Filler lengths (tokens)")
+    try:
+        numbers = sweep.parse_numbers(grid, float if mode == "ratios" else int, mode.capitalize())
+        common = dict(policies=tuple(ln.strip() for ln in policies.splitlines() if ln.strip()), task=task,
+                      **{"ratios" if mode == "ratios" else "budgets": numbers})
+        if task == "ppl":
+            text = long_document() if text_name == TEXTS[0] else sidebar_prompt
+            return sweep.SweepSettings(**common, text=text, context=int(context), continuation=int(continuation))
+        return sweep.SweepSettings(**common, depths=sweep.parse_numbers(depths, float, "Depths"), lengths=sweep.parse_numbers(lengths, int, "Filler lengths"))
+    except ValueError as exc:
+        st.error(md_escape(str(exc)))
+        return None
+
+
+def column_config() -> dict:
+    """How the table shows its numbers (the CSV keeps them whole)."""
+    number = st.column_config.NumberColumn
+    return {
+        "kv_pct": number("kv_pct", format="%.1f%%", help="KV held at the end, % of the full cache"),
+        "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help="mean KL(full ‖ policy), nats"),
+        "top1_agree": number("top1_agree", format="percent"), "seconds": number("seconds", format="%.1f"),
+        "depth": number("depth", format="%g"),
+    }
+
+
+# ------------------------------------------------------------------------------ running
+
+
+@st.cache_data(ttl=900, show_spinner="Timing a forward on this machine, for the estimate ...")
+def _speed(_loaded, model_key: tuple) -> sweep_job.Speed:
+    return sweep_job.measure_speed(_loaded.model, _loaded.tokenizer)
+
+
+class _Results:
+    """Finished sweeps, shared by the sessions of this process: the newest MAX_RESULTS."""
+
+    def __init__(self):
+        self.lock, self.items = threading.Lock(), OrderedDict()
+
+    def get(self, key):
+        with self.lock:
+            return self.items.get(key)
+
+    def put(self, key, result) -> None:
+        with self.lock:
+            self.items[key] = result
+            while len(self.items) > MAX_RESULTS:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def results() -> _Results:
+    return _Results()
+
+
+def _request() -> None:
+    st.session_state[REQUESTED] = True
+
+
+def _stop() -> None:
+    job = st.session_state.get(JOB)
+    if job is not None:
+        job.stop()
+
+
+def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.SweepResult | None:
+    """The estimate, Run and Stop, the progress of a running sweep; the result of these settings
+    when there is one (a finished sweep, or this session's stopped one)."""
+    ss, key = st.session_state, (model_key, settings)
+    try:
+        the_plan = sweep.plan(loaded.tokenizer, settings, max_context=loaded.summary.max_context)
+    except (PolicyError, PromptError, ValueError) as exc:
+        st.error(md_escape(str(exc)))
+        return None
+    box = st.container(border=True)
+    c_est, c_run, c_stop = box.columns([6, 1, 1], vertical_alignment="center")
+    c_est.caption(sweep_job.estimate(the_plan, _speed(loaded, model_key)).text())
+    job = ss.get(JOB)
+    if ss.pop(REQUESTED, False) and job is None:
+        job = ss[JOB] = sweep_job.SweepJob(
+            loaded.model, loaded.tokenizer, settings, model_name=loaded.summary.name, max_context=loaded.summary.max_context,
+        ).start()
+        ss[K + "job_key"] = key
+    running = job is not None
+    c_run.button("▶ Run", key=K + "run", type="primary", on_click=_request, disabled=running, width="stretch")
+    c_stop.button("■ Stop", key=K + "stop", on_click=_stop, disabled=not running, width="stretch")
+    if job is not None:
+        bar = box.progress(0.0)
+        while job.running:
+            bar.progress(*job.status())
+            time.sleep(0.25)
+        job_key = ss.pop(K + "job_key")
+        del ss[JOB]
+        if job.error:
+            ss[K + "error"] = job.error
+        elif job.result.stopped:
+            ss[STOPPED] = (job_key, job.result)
+        else:
+            results().put(job_key, job.result)
+        st.rerun()
+    if ss.get(K + "error"):
+        st.error(md_escape(ss.pop(K + "error")))
+    stopped = ss.get(STOPPED)
+    return results().get(key) or (stopped[1] if stopped and stopped[0] == key else None)
