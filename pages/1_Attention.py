@@ -16,6 +16,7 @@ from kvviz.ui import attention_memo as memo
 from kvviz.ui import attention_panels as panels
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import policy_controls
+from kvviz.ui.state import persisted
 from kvviz.ui.token_html import attention_tokens_html, md_escape
 
 state = start_page(
@@ -39,7 +40,7 @@ except PromptError as exc:
 # ------------------------------------------------------------------------------ controls and the run
 view = panels.view_controls(room=max(0, min(64, summary.max_context - len(prompt_ids))))
 with st.expander("Cache policy: grey out what a policy evicts", expanded=bool(ss.get("attn.use_policy"))):
-    use_policy = st.toggle("Run a cache policy", key="attn.use_policy", help="Generate with the policy, then grey the keys it evicted.")
+    use_policy = persisted(st.toggle, "attn.use_policy", False, url="cache", label="Run a cache policy", help="Generate with the policy, then grey the keys it evicted.")
     choice = policy_controls(key="attn.policy", prompt_len=len(prompt_ids), url="policy") if use_policy else None
     if use_policy and choice is None:
         st.stop()

@@ -8,6 +8,7 @@ from kvviz.quant_lab import run as lab
 from kvviz.charts import quant_lab as charts
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.page import start_page
+from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
 state = start_page(
@@ -28,10 +29,13 @@ except PromptError as exc:
 
 c_layer, c_head, c_residual = st.columns(3)
 n_layers, n_kv = loaded.summary.n_layers, loaded.summary.n_kv_heads
-layer = c_layer.slider("Layer", 0, n_layers - 1, n_layers // 2, key="qlab.layer")
-head = c_head.selectbox("KV head", list(range(n_kv)), key="qlab.head")
-residual = c_residual.select_slider("KIVI residual R (tokens)", [8, 16, 32, 64, 128], 32, key="qlab.residual",
-                                    help="KIVI keeps the R newest values and the keys of the unfinished group of R tokens in full precision.")
+with c_layer:
+    layer = persisted(st.slider, "qlab.layer", n_layers // 2, url="layer", label="Layer", min_value=0, max_value=n_layers - 1)
+with c_head:
+    head = persisted(st.selectbox, "qlab.head", 0, url="kv_head", label="KV head", options=list(range(n_kv)))
+with c_residual:
+    residual = persisted(st.select_slider, "qlab.residual", 32, url="residual", label="KIVI residual R (tokens)", options=[8, 16, 32, 64, 128],
+                         help="KIVI keeps the R newest values and the keys of the unfinished group of R tokens in full precision.")
 st.caption(f"{len(ids)} prompt tokens" + (f" (the first {lab.MAX_TOKENS})" if len(ids) == lab.MAX_TOKENS else "") + f" · {loaded.summary.name} · {loaded.summary.dtype}")
 
 key = (state.model_spec, loaded.summary.dtype, tuple(ids), layer)
@@ -85,7 +89,9 @@ st.caption(
     "cache holds. Per-channel groups still filling stay in full precision."
 )
 c_new, c_run = st.columns([1, 3], vertical_alignment="bottom")
-new_tokens = c_new.number_input("New tokens", 1, 32, 8, key="qlab.new_tokens", help="Steps of teacher forcing, each compared with the full cache.")
+with c_new:
+    new_tokens = persisted(st.number_input, "qlab.new_tokens", 8, url="new", label="New tokens", min_value=1, max_value=32,
+                           help="Steps of teacher forcing, each compared with the full cache.")
 if c_run.button("Run the model with quantized caches", key="qlab.run", icon=":material/play_arrow:"):
     schemes = lab.next_token_schemes(residual)
     with st.spinner(f"{len(schemes) + 1} runs of the model..."):

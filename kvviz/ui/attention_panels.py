@@ -16,7 +16,7 @@ from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
 from kvviz.record.trace import Trace
 from kvviz.ui.clicks import clicked
-from kvviz.ui.state import persisted
+from kvviz.ui.state import from_url, persisted, to_url
 from kvviz.ui.token_html import esc
 
 RESOLUTIONS = [48, 64, 96, 128, 192]
@@ -35,22 +35,22 @@ def view_controls(room: int) -> ViewSettings:
     c_new, c_pool, c_scale, c_res = st.columns(4)
     with c_new:
         new_tokens = persisted(
-            st.number_input, "attn.new_tokens", min(8, room), label="New tokens", min_value=0, max_value=room,
+            st.number_input, "attn.new_tokens", min(8, room), url="new", label="New tokens", min_value=0, max_value=room,
             help="Generate this many tokens greedily first; their attention is shown after the prompt's.",
         )
     with c_pool:
         pool = persisted(
-            st.radio, "attn.pool", POOLS[0], label="Pooling", options=list(POOLS), horizontal=True,
+            st.radio, "attn.pool", POOLS[0], url="pool", label="Pooling", options=list(POOLS), horizontal=True,
             help="Long sequences are shown in tiles of several tokens: the largest weight in each tile (max), or the mean.",
         )
     with c_scale:
         scale = persisted(
-            st.radio, "attn.scale", "log", label="Scale", options=["log", "linear"], horizontal=True,
+            st.radio, "attn.scale", "log", url="scale", label="Scale", options=["log", "linear"], horizontal=True,
             help="Attention weights span orders of magnitude: a log scale (colours and bars) shows the faint ones too.",
         )
     with c_res:
         max_cells = persisted(
-            st.select_slider, "attn.cells", 128, label="Detail resolution", options=RESOLUTIONS,
+            st.select_slider, "attn.cells", 128, url="cells", label="Detail resolution", options=RESOLUTIONS,
             help="Tiles per side in the detail heatmap. A token window this small or smaller is shown token by token.",
         )
     return ViewSettings(int(min(new_tokens, room)), pool, scale, int(max_cells))
@@ -64,6 +64,14 @@ def selection(ov: Overview, digest: str, n: int) -> None:
     ss.setdefault("attn.head", 0)
     if ss.get("attn.sequence") != digest:  # a new sequence: select its last token, show all of it
         ss["attn.sequence"], ss["attn.token"], ss["attn.window"] = digest, n - 1, (0, n)
+    # a shared link reopens the same layer, head, token and window (once per session, like every page's settings)
+    for url, key, default, hi in (("layer", "attn.layer", 0, ov.n_layers - 1), ("head", "attn.head", 0, ov.n_q_heads - 1), ("token", "attn.token", 0, n - 1)):
+        found, value = from_url(url, default, check=_within(0, hi))
+        if found:
+            ss[key] = value
+    found, value = from_url("window", (0, n), check=lambda w: _within(0, n)(w[0]) or _within(w[0] + 1, n)(w[1]))
+    if found:
+        ss["attn.window"] = tuple(value)
     for chart_key in ("attn.overview_chart", "attn.profile_chart"):
         picked = clicked(chart_key)
         if isinstance(picked, list) and len(picked) == 2:
@@ -91,14 +99,28 @@ def detail_controls(ov: Overview, tokens: list[str], prompt_len: int, max_cells:
     z2.button("Whole sequence", on_click=zoom, args=(0, n), width="stretch")
     z3.button("Around the token", on_click=zoom, args=(int(token) + 1 - max_cells, int(token) + 1), width="stretch")
     z4.button("Last tokens", on_click=zoom, args=(n - max_cells, n), width="stretch")
-    return int(layer), int(head), int(token), (int(window[0]), max(int(window[1]), int(window[0]) + 1))
+    window = (int(window[0]), max(int(window[1]), int(window[0]) + 1))
+    for url, value, default in (("layer", int(layer), min(ov.n_layers - 1, ov.n_layers // 2)), ("head", int(head), 0), ("token", int(token), n - 1), ("window", window, (0, n))):
+        to_url(url, value, default)
+    return int(layer), int(head), int(token), window
+
+
+def _within(lo: int, hi: int):
+    """A check for ``from_url``: ValueError outside [lo, hi]."""
+    def check(value: int) -> None:
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside [{lo}, {hi}]")
+    return check
 
 
 def evictions(trace: Trace, layer: int, kv_head: int) -> tuple[np.ndarray, int]:
     """The keys the policy had evicted at the step chosen on a slider, for this layer and KV
     head: (evicted (positions,) bool, step)."""
-    step = st.slider(
-        "Cache at step", 0, max(0, trace.n_steps - 1), value=max(0, trace.n_steps - 1), key="attn.step",
+    last = max(0, trace.n_steps - 1)
+    if st.session_state.get("attn.step", 0) > last:  # a shorter run than the last one
+        st.session_state["attn.step"] = last
+    step = persisted(
+        st.slider, "attn.step", last, url="step", label="Cache at step", min_value=0, max_value=last,
         help="Step 0 is the cache right after the prompt; step s after the s-th generated token entered it.",
     ) if trace.n_steps > 1 else 0
     exists = trace.entered_at_step() <= step
@@ -142,7 +164,7 @@ def head_profiles(ov: Overview, layer: int, head: int) -> None:
     st.markdown(PROFILES_TEXT.format(from_query=p.from_query, sink=p.sink_tokens, local=p.local_tokens))
     p1, p2 = st.columns([3, 2])
     with p1:
-        color_by = persisted(st.radio, "attn.profile_color", "layer", label="Colour points by", options=["layer", "entropy"], horizontal=True)
+        color_by = persisted(st.radio, "attn.profile_color", "layer", url="color", label="Colour points by", options=["layer", "entropy"], horizontal=True)
         st.plotly_chart(
             overview_charts.profile_figure(p, selected=(layer, head), color_by=color_by),
             key="attn.profile_chart", on_select="rerun", selection_mode="points", width="stretch",

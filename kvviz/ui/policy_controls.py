@@ -112,7 +112,7 @@ def _seed_from_url(key: str, url: str, default: str) -> None:
         found, text = ui_state.from_url(url, "")
         spec = PolicySpec.parse(text) if found else None
     except PolicyError as exc:
-        st.session_state.setdefault("kvviz_url_problems", {})[url] = f"link setting '{url}' ignored: {exc}"
+        ui_state.report_problem(url, f"link setting '{url}' ignored: {exc}")
         return
     if spec is not None:
         seed_controls(key, spec)

@@ -23,8 +23,7 @@ from kvviz.model.loading import (
 )
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.model_resource import ALL_GPUS, get_model
-from kvviz.ui.state import persisted, url_problems
-from kvviz.ui.token_html import md_escape
+from kvviz.ui.state import notice_area, persisted
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -113,8 +112,7 @@ def sidebar() -> SidebarState:
             help="Wrap the prompt as a user turn of the model's chat template, as a chat app would.",
         )
         _prompt_preview(loaded, text, chat, show_text=name != CUSTOM)
-        for problem in url_problems():
-            st.warning(md_escape(problem), icon=":material/link_off:")
+        notice_area()
 
     return SidebarState(
         loaded=loaded, prompt=text, prompt_name=name, chat=bool(chat),

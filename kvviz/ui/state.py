@@ -21,8 +21,11 @@ from typing import Any, Callable
 
 import streamlit as st
 
+from kvviz.ui.token_html import md_escape  # a link's text is untrusted
+
 _SEEN = "kvviz_url_seen"  # url names this session has already taken from the URL
 _PROBLEMS = "kvviz_url_problems"  # url name -> message, for values the URL gave that could not be used
+_AREA = "kvviz_url_notice_area"  # this run's container for those messages, drawn by the sidebar
 
 
 def decode(text: str, default: Any, options=None) -> Any:
@@ -81,9 +84,31 @@ def from_url(url: str, default: Any, *, options=None, check: Callable[[Any], Non
         if check is not None:
             check(value)
     except (ValueError, TypeError) as exc:
-        state.setdefault(_PROBLEMS, {})[url] = f"link setting '{url}' ignored: {exc}"
+        report_problem(url, f"link setting '{url}' ignored: {exc}")
         return False, None
     return True, value
+
+
+def report_problem(url: str, message: str) -> None:
+    """A link setting that could not be used: shown in the sidebar's notice area when this run
+    has drawn it (a setting read further down the page), else kept for the sidebar to show."""
+    area = st.session_state.get(_AREA)
+    if area is not None:
+        _show(area, message)
+    else:
+        st.session_state.setdefault(_PROBLEMS, {})[url] = message
+
+
+def notice_area() -> None:
+    """Draw the place for link notices (the sidebar calls this once per run) and show those found
+    so far; settings read later in the run report there at once, not one run late."""
+    st.session_state[_AREA] = area = st.container()
+    for message in url_problems():
+        _show(area, message)
+
+
+def _show(area, message: str) -> None:
+    area.warning(md_escape(message), icon=":material/link_off:")
 
 
 def to_url(url: str, value: Any, default: Any) -> None:

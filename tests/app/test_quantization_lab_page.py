@@ -71,7 +71,7 @@ def test_another_layer_and_head(smollm):
 
 def test_next_token_runs(default):
     at = default
-    at.number_input(key="qlab.new_tokens").set_value(2)
+    at.number_input(key="_qlab.new_tokens").set_value(2)
     at.button(key="qlab.run").click().run()
     assert not at.exception and not at.error
     rows = at.dataframe[-1].value
