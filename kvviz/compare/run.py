@@ -9,8 +9,8 @@ The runs, in order:
    top-1 agreement on the same text.
 
 These are ``engine.against_full_runs``' three runs with the full cache shared: 1 + 2 × policies runs
-instead of 3 × policies. ``CompareJob`` runs them on a background thread for a page (progress,
-Stop); ``compare`` runs them in the caller's thread.
+instead of 3 × policies. ``compare`` runs them in the caller's thread; ``kvviz.compare.job.CompareJob``
+runs them on a background thread for a page (progress, Stop).
 """
 
 from __future__ import annotations
@@ -22,21 +22,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz.runtime import engine
-from kvviz.runtime.jobs import BackgroundJob, Stopped
-from kvviz.runs.bundle import RunSettings
 from kvviz.compare.result import ComparisonResult, PolicyRun
-from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
-from kvviz.record.text import PromptError, encode_prompt
 from kvviz.record.trace import Trace
+from kvviz.runs.bundle import RunSettings
+from kvviz.runtime import engine
+from kvviz.runtime.inputs import InputError, check_run, prompt_ids
+from kvviz.runtime.jobs import Stopped
 
 MIN_POLICIES, MAX_POLICIES = 2, 4
 MAX_NEW_TOKENS = 256
-
-
-class CompareInputError(ValueError):
-    """Input a comparison cannot use; the message is one line, fit to show to a person."""
 
 
 @dataclass
@@ -62,25 +57,15 @@ class Progress:
 
 
 def prepare(tokenizer, settings: RunSettings, max_context: int | None = None) -> list[int]:
-    """The prompt's token ids, once everything a comparison needs is checked; raises
-    CompareInputError with one line naming the problem (and the policy, p1..p4)."""
+    """The prompt's token ids, once everything a comparison needs is checked; raises InputError
+    with one line naming the problem (and the policy, p1..p4)."""
     if not MIN_POLICIES <= len(settings.policies) <= MAX_POLICIES:
-        raise CompareInputError(f"Compare {MIN_POLICIES} to {MAX_POLICIES} policies, not {len(settings.policies)}.")
-    if not 1 <= settings.max_new_tokens <= MAX_NEW_TOKENS:
-        raise CompareInputError(f"New tokens must be between 1 and {MAX_NEW_TOKENS}, not {settings.max_new_tokens}.")
-    try:
-        ids = encode_prompt(tokenizer, settings.prompt_text, chat=settings.chat, max_context=max_context)
-    except PromptError as exc:
-        raise CompareInputError(str(exc)) from None
-    for i, spec in enumerate(settings.policies, start=1):
-        try:
-            spec.resolve_budget(len(ids))
-        except PolicyError as exc:
-            raise CompareInputError(f"p{i} ({spec.to_text()}): {exc}") from None
-    if max_context and len(ids) + settings.max_new_tokens > max_context:
-        raise CompareInputError(
-            f"The prompt ({len(ids)} tokens) plus {settings.max_new_tokens} new tokens exceeds the model's context of {max_context}."
-        )
+        raise InputError(f"Compare {MIN_POLICIES} to {MAX_POLICIES} policies, not {len(settings.policies)}.")
+    ids = prompt_ids(tokenizer, settings.prompt_text, chat=settings.chat, max_context=max_context)
+    check_run(
+        len(ids), settings.max_new_tokens, max_context=max_context, specs=settings.policies,
+        max_new_tokens=MAX_NEW_TOKENS, number_specs=True,
+    )
     return ids
 
 
@@ -200,56 +185,3 @@ def compare(
             break
         runs.append(PolicyRun(spec, trace, forced))
     return ComparisonResult(settings=settings, full=full, runs=runs, stopped=len(runs) < len(specs), wall_s=walls)
-
-
-# ------------------------------------------------------------------------------ the job
-
-
-class CompareJob(BackgroundJob):
-    """Runs a comparison on a background thread; safe to poll from another thread (a page).
-
-    ``stop()`` ends the current run at its next token and skips the rest; the result keeps the
-    policies that finished."""
-
-    thread_name = "kvviz-compare"
-
-    def __init__(self, model, tokenizer, prompt_ids: list[int], settings: RunSettings, model_name: str = ""):
-        self.model, self.tokenizer, self.prompt_ids, self.settings = model, tokenizer, prompt_ids, settings
-        self.model_name = model_name
-        self.progress: Progress | None = None
-        self.result: ComparisonResult | None = None
-        self.error: str | None = None
-        self.done = False
-        super().__init__()
-
-    @property
-    def running(self) -> bool:
-        return not self.done
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._join(timeout)
-        return self.done
-
-    def fraction_and_line(self) -> tuple[float, str]:
-        p = self.progress
-        if self.done:
-            return 1.0, "Stopped" if self.stopped else "Done"
-        return (0.0, "Starting") if p is None else (p.fraction, p.line())
-
-    def run(self) -> None:
-        try:
-            self.result = compare(
-                self.model, self.tokenizer, self.prompt_ids, self.settings, model_name=self.model_name,
-                on_progress=self._on_progress, should_stop=self._stop.is_set,
-            )
-            if self.result is None or not self.result.runs:
-                self.result, self.error = None, "Stopped before a policy finished: nothing to compare."
-        except (PolicyError, PromptError, ValueError) as exc:
-            self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.done = True
-
-    def _on_progress(self, progress: Progress) -> None:
-        self.progress = progress

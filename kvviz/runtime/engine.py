@@ -44,9 +44,10 @@ from kvviz.model import devices
 from kvviz.storage import fixed_capacity
 from kvviz.record import metrics
 from kvviz.runtime.policy_cache import PolicyCache
+from kvviz.runtime.inputs import check_run
 from kvviz.policies import Pipeline, PolicyError
 from kvviz.policies.spec import PolicySpec
-from kvviz.record.text import PromptError, token_texts
+from kvviz.record.text import token_texts
 from kvviz.record.trace import Trace
 
 
@@ -157,14 +158,7 @@ def _cache_keyword(model_class) -> str:
 
 def check_prompt(prompt_ids, options: DecodeOptions, shape: ModelShape) -> list[int]:
     prompt_ids = [int(i) for i in prompt_ids]
-    if not prompt_ids:
-        raise PromptError("The prompt is empty.")
-    if options.n_steps < 1:
-        raise PolicyError("max_new_tokens must be at least 1.")
-    if shape.max_context and len(prompt_ids) + options.n_steps > shape.max_context:
-        raise PromptError(
-            f"The prompt ({len(prompt_ids)} tokens) plus {options.n_steps} new tokens exceeds the model's context of {shape.max_context}."
-        )
+    check_run(len(prompt_ids), options.n_steps, max_context=shape.max_context)
     return prompt_ids
 
 

@@ -11,15 +11,11 @@ the time left is extrapolated from the runs already finished. Nothing here impor
 from __future__ import annotations
 
 import statistics
-import threading
-import time
 from dataclasses import dataclass
 
 from kvviz.sweep import run as sweep
 from kvviz.runtime.jobs import BackgroundJob
 from kvviz.record.examples import long_document
-from kvviz.policies import PolicyError
-from kvviz.record.text import PromptError
 
 SLOW_POLICY_FACTOR = 2.0  # upper end: per-step cost of a policy that scores or quantizes, against the full cache
 
@@ -84,52 +80,33 @@ def _seconds(s: float) -> str:
 
 
 class SweepJob(BackgroundJob):
-    """Runs a sweep on a background thread; safe to poll from another thread. ``stop()`` ends
-    the run in progress at its next token; the result keeps the runs finished before."""
+    """Runs a sweep; ``stop()`` ends the run in progress at its next token, and the result keeps
+    the runs finished before."""
 
     thread_name = "kvviz-sweep"
 
     def __init__(self, model, tokenizer, settings: sweep.SweepSettings, *, model_name: str = "", max_context: int | None = None):
+        super().__init__()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.model_name, self.max_context = model_name, max_context
-        self.progress: sweep.Progress | None = None
+        self.latest: sweep.Progress | None = None
         self.result: sweep.SweepResult | None = None
-        self.error: str | None = None
-        self.started_at = time.time()
-        self._done = threading.Event()
-        super().__init__()
 
-    @property
-    def running(self) -> bool:
-        return not self._done.is_set()
+    def work(self) -> None:
+        self.result = sweep.run(
+            self.model, self.tokenizer, self.settings, on_progress=self._on_progress,
+            should_stop=self.should_stop, model_name=self.model_name, max_context=self.max_context,
+        )
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    def status(self) -> tuple[float, str]:
-        """(fraction done, a line: the run going on and the time left at the pace so far)."""
-        p = self.progress
+    def running_progress(self) -> tuple[float, str]:
+        """The run going on and the time left at the pace so far."""
+        p = self.latest
         if p is None:
             return 0.0, "Starting"
-        if not self.running:
-            return 1.0, "Stopped" if self.stopped else "Done"
         left = ""
         if p.done:
             left = f"; about {_seconds(p.elapsed_s / p.done * (p.total - p.done))} left at the pace so far"
         return p.done / p.total, f"Run {p.done + 1} of {p.total}: {p.label}{left}"
 
-    def run(self) -> None:
-        try:
-            self.result = sweep.run(
-                self.model, self.tokenizer, self.settings, on_progress=self._on_progress,
-                should_stop=self._stop.is_set, model_name=self.model_name, max_context=self.max_context,
-            )
-        except (PolicyError, PromptError, ValueError) as exc:
-            self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001  (shown in the page; the app keeps working)
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._done.set()
-
     def _on_progress(self, progress: sweep.Progress) -> None:
-        self.progress = progress
+        self.latest = progress

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvviz.record import examples as data
+from kvviz.runtime.inputs import check_run, prompt_ids
 from kvviz.runtime.jobs import Stopped
 from kvviz.record.metrics import mean_or_nan, perplexity
 from kvviz.policies import PolicyError
@@ -204,24 +205,16 @@ def ppl_tokens(tokenizer, text: str, context: int, continuation: int) -> tuple[l
     return ids[:context], ids[context : context + continuation]
 
 
-def _check_fits(spec: PolicySpec, prompt_len: int, steps: int, max_context: int | None) -> None:
-    spec.resolve_budget(prompt_len)  # budget larger than the prompt, no room after the sinks, ...
-    if max_context and prompt_len + steps > max_context:
-        raise PromptError(f"{prompt_len} prompt tokens plus {steps} more exceed the model's context of {max_context}.")
-
-
 def _plan_ppl(tokenizer, settings, points, max_context) -> Plan:
     prompt, forced = ppl_tokens(tokenizer, settings.text, settings.context, settings.continuation)
     runs = [PlannedRun(None, prompt, len(forced), "full")]
     for spec, series in points:
-        _check_fits(spec, len(prompt), len(forced), max_context)
+        check_run(len(prompt), len(forced), max_context=max_context, specs=[spec], tokens_name="continuation tokens")
         runs.append(PlannedRun(spec, prompt, len(forced), series))
     return Plan(settings, runs, forced)
 
 
 def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
-    from kvviz.record.text import encode_prompt
-
     if not settings.depths or not settings.lengths:
         raise PolicyError("The passkey task needs at least one depth and one filler length.")
     if settings.new_tokens < 1:
@@ -233,9 +226,9 @@ def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
                 text, key = data.passkey_prompt(int(length), float(depth), seed=settings.passkey_seed)
             except ValueError as exc:
                 raise PromptError(str(exc)) from None
-            ids = encode_prompt(tokenizer, text, chat=True, max_context=max_context)
+            ids = prompt_ids(tokenizer, text, chat=True, max_context=max_context)
             for spec, series in points:
-                _check_fits(spec, len(ids), settings.new_tokens, max_context)
+                check_run(len(ids), settings.new_tokens, max_context=max_context, specs=[spec])
                 runs.append(PlannedRun(spec, ids, settings.new_tokens, series, float(depth), int(length), key))
     return Plan(settings, runs)
 

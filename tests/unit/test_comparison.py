@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from kvviz.compare import run as comparison
+from kvviz.compare.job import CompareJob
+from kvviz.runtime.inputs import InputError
 from kvviz.runtime import engine
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.why_evicted import evicted_positions, evicts_by_recency, most_evicted, why_evicted
@@ -135,7 +137,7 @@ def test_stop_keeps_the_policies_that_finished(tiny_llama):
 
 
 def test_the_job_stops_at_a_token_and_keeps_the_finished_policies(tiny_llama):
-    job = comparison.CompareJob(tiny_llama, Tok(), PROMPT, settings(new_tokens=30))
+    job = CompareJob(tiny_llama, Tok(), PROMPT, settings(new_tokens=30))
     record = job._on_progress
 
     def stop_in_p2(progress):  # deterministic: Stop pressed while p2 generates its third token
@@ -145,14 +147,14 @@ def test_the_job_stops_at_a_token_and_keeps_the_finished_policies(tiny_llama):
 
     job._on_progress = stop_in_p2
     assert job.start().wait(120)
-    assert job.error is None and job.stopped and job.fraction_and_line() == (1.0, "Stopped")
+    assert job.error is None and job.stopped and job.progress() == (1.0, "Stopped")
     assert job.result.stopped and [r.spec.name for r in job.result.runs] == ["h2o"]
     assert job.result.full.n_steps == 30 and job.result.runs[0].forced.n_steps == 30
 
-    early = comparison.CompareJob(tiny_llama, Tok(), PROMPT, settings(new_tokens=30))
+    early = CompareJob(tiny_llama, Tok(), PROMPT, settings(new_tokens=30))
     early._on_progress = lambda p: early.stop() if p.name == "p1" else None
     assert early.start().wait(120)
-    assert early.result is None and early.error == "Stopped before a policy finished: nothing to compare."
+    assert early.result is None and early.error is None and early.notice == "Stopped before a policy finished: nothing to compare."
 
 
 def test_progress_counts_every_run(tiny_llama):
@@ -183,12 +185,12 @@ def test_prepare_names_the_problem(change, message):
     kw = dict(prompt_text=" ".join(["word"] * 40))
     kw.update({k: v for k, v in change.items() if k == "prompt_text"})
     s = settings(change.get("specs", SPECS), change.get("new_tokens", NEW_TOKENS), **kw)
-    with pytest.raises(comparison.CompareInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         comparison.prepare(WordTokenizer(), s, max_context=256)
 
 
 def test_prepare_checks_the_context():
     s = settings(prompt_text=" ".join(["word"] * 40), new_tokens=20)
-    with pytest.raises(comparison.CompareInputError, match="exceeds the model's context of 50"):
+    with pytest.raises(InputError, match="exceeds the model's context of 50"):
         comparison.prepare(WordTokenizer(), s, max_context=50)
     assert comparison.prepare(WordTokenizer(), s, max_context=256) == list(range(1, 41))

@@ -9,6 +9,7 @@ import torch
 
 from kvviz.runtime import engine
 from kvviz.live import run as live_run
+from kvviz.live.job import LiveJob
 from kvviz.runs import store as run_store
 from kvviz.runtime.jobs import Stopped
 from kvviz.policies.spec import PolicySpec
@@ -74,9 +75,9 @@ class StopInPhase:
         pass
 
 
-def live_job(model, compare: bool = True) -> live_run.LiveJob:
+def live_job(model, compare: bool = True) -> LiveJob:
     request = live_run.LiveRequest(PolicySpec.parse("h2o:budget=24"), 5, PROMPT, compare=compare)
-    return live_run.LiveJob(model, Tok(), request)
+    return LiveJob(model, Tok(), request)
 
 
 def test_the_live_job_says_it_stopped_while_reading_the_prompt(tiny_llama, tmp_path, monkeypatch):
