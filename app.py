@@ -3,9 +3,9 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="kvviz", page_icon=":material/memory:", layout="wide")
+from kvviz.ui.navigation import FAVICON, navigation, take_over_from_pages_directory
 
-from kvviz.ui.navigation import navigation, take_over_from_pages_directory  # noqa: E402  (after set_page_config)
+st.set_page_config(page_title="kvviz", page_icon=FAVICON, layout="wide")
 
 take_over_from_pages_directory()
 navigation().run()

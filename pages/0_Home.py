@@ -3,11 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from kvviz.ui.navigation import PAGES, take_over_from_pages_directory
+from kvviz.ui.navigation import FAVICON, PAGES, take_over_from_pages_directory
 
 take_over_from_pages_directory()
 
-st.set_page_config(page_title="kvviz", page_icon=":material/memory:", layout="wide")
+st.set_page_config(page_title="kvviz", page_icon=FAVICON, layout="wide")
 
 from kvviz.record.metrics import format_bytes  # noqa: E402  (after set_page_config)
 from kvviz.ui.sidebar import sidebar  # noqa: E402

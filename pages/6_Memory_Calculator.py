@@ -17,7 +17,7 @@ from kvviz.ui.page import start_page
 
 state = start_page(
     "Memory calculator",
-    ":material/calculate:",
+    "🧮",
     "How much memory the KV cache of a real model takes, from its config alone: per token, per sequence, "
     "per batch; with a quantized cache or a cache policy; and how many requests fit on a GPU next to the weights.",
     "Load a model in the sidebar.",

@@ -13,7 +13,7 @@ from kvviz.ui.token_html import md_escape
 
 state = start_page(
     "Quantization lab",
-    ":material/tune:",
+    "🎛️",
     "The keys and values the model really caches for your prompt, one layer and KV head at a time: where "
     "their outliers sit, and what per-token or per-channel quantization at 8, 4 and 2 bits costs in "
     "reconstruction error, in attention, and in the next token, next to the bytes the packed store holds.",

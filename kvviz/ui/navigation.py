@@ -10,6 +10,9 @@ from pathlib import Path
 import streamlit as st
 
 ROOT = Path(__file__).resolve().parents[2]
+# The browser tab's icon, shipped with kvviz: a Material icon as page_icon is fetched from a font
+# CDN, which fails offline (an emoji is drawn locally, so pages may use one).
+FAVICON = str(Path(__file__).resolve().parents[1] / "data" / "favicon.png")
 
 
 @dataclass(frozen=True)

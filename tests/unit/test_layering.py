@@ -117,3 +117,12 @@ def test_the_checker_sees_upward_and_sideways_imports(tmp_path):
         "kvviz.policies.odd -> kvviz.model.devices",
         "kvviz.record.bad -> kvviz.runtime.engine",
     ]
+
+
+def test_every_favicon_is_drawn_without_the_network():
+    """A ':material/...:' page_icon makes the browser fetch the icon from a font CDN (it fails
+    offline, at a demo without internet); the app's PNG and emoji icons are served locally."""
+    calls = re.compile(r"(?:set_page_config\([^)]*page_icon=|start_page\(\s*\"[^\"]*\",\s*)(\"[^\"]*\"|[A-Z_]+)")
+    icons = {str(f.relative_to(REPO)): calls.findall(f.read_text()) for f in [REPO / "app.py", *(REPO / "pages").glob("*.py")]}
+    assert all(icons.values()), icons  # every page sets one (the scanner is not blind)
+    assert {f: i for f, i in icons.items() if any(x.startswith('":material') for x in i)} == {}
