@@ -29,25 +29,18 @@ formulas as text.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from functools import cached_property, lru_cache
-from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "architectures.json"
-HUB_URL = "https://huggingface.co/{id}/resolve/main/config.json"
-
-
-class CalcError(ValueError):
-    """Input the calculator cannot use; the message says what is wrong."""
+# the catalogue and config reading, re-exported: callers use ``memory`` for everything
+from kvviz.calculator.architectures import (  # noqa: F401
+    HUB_URL, MAX_BATCH, MAX_CONTEXT, MAX_PARAMS, Architecture, CalcError, Layout, architecture_from_config,
+    architecture_from_file, architecture_from_hub, architecture_from_json_text, bundled, count_parameters,
+    get_architecture, layer_windows, layout_from_config, resolve, shown, text_config, value_text, whole,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,263 +100,6 @@ DEFAULT_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization: the rest is 
 
 
 # ---------------------------------------------------------------------------------------------
-# what a config caches
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What one token costs per layer, read from a config."""
-
-    attention: str  # "MHA", "GQA", "MQA" or "MLA"
-    n_layers: int
-    n_q_heads: int
-    n_kv_heads: int | None  # None for MLA
-    head_dim: int | None  # per-head dim; for MLA the uncompressed heads' d_h (qk_nope_head_dim), not cached
-    kv_lora_rank: int | None = None  # MLA
-    qk_rope_head_dim: int | None = None  # MLA
-    windows: tuple = ()  # per layer: its sliding window, or None for full attention
-
-    @property
-    def vector_dim(self) -> int:
-        """Elements of one cached vector: a key or a value of one KV head, or MLA's latent + RoPE key."""
-        return self.head_dim if self.attention != "MLA" else self.kv_lora_rank + self.qk_rope_head_dim
-
-    @property
-    def vectors_per_token_layer(self) -> int:
-        return 2 * self.n_kv_heads if self.attention != "MLA" else 1
-
-    @property
-    def elements_per_token(self) -> int:
-        """Cached elements of one token across all layers (no window)."""
-        return self.n_layers * self.vectors_per_token_layer * self.vector_dim
-
-    @property
-    def sliding_layers(self) -> int:
-        return sum(w is not None for w in self.windows)
-
-
-def _first(cfg: dict, *names):
-    for n in names:
-        if cfg.get(n) is not None:
-            return cfg[n]
-    return None
-
-
-def _positive_int(cfg: dict, what: str, *names, required=True) -> int | None:
-    value = _first(cfg, *names)
-    if value is None:
-        if required:
-            raise CalcError(f"the config has no {' / '.join(names)}: it does not look like a decoder language model config.")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
-        raise CalcError(f"the config's {names[0]} must be a positive integer, not {value!r}.")
-    return int(value)
-
-
-def text_config(cfg: dict) -> dict:
-    """The language model's part of a config (multimodal configs nest it under text_config)."""
-    if not isinstance(cfg, dict):
-        raise CalcError("a config must be a JSON object.")
-    inner = cfg.get("text_config")
-    return {**cfg, **inner} if isinstance(inner, dict) else cfg
-
-
-def layer_windows(cfg: dict, n_layers: int) -> tuple:
-    """Each layer's sliding window (None = full attention), following transformers' configs."""
-    window = cfg.get("sliding_window") or cfg.get("attention_chunk_size")
-    model_type = str(cfg.get("model_type", ""))
-    types = cfg.get("layer_types")
-    if isinstance(types, list) and len(types) == n_layers:
-        sliding = [t in ("sliding_attention", "chunked_attention") for t in types]
-    elif cfg.get("use_sliding_window") is False or not window:
-        sliding = [False] * n_layers
-    elif model_type == "gemma2":
-        sliding = [i % 2 == 0 for i in range(n_layers)]
-    elif model_type.startswith("gemma3"):
-        pattern = int(cfg.get("sliding_window_pattern") or 6)
-        sliding = [(i + 1) % pattern != 0 for i in range(n_layers)]
-    elif model_type.startswith("qwen2") and cfg.get("use_sliding_window"):
-        first = int(cfg.get("max_window_layers") or 0)
-        sliding = [i >= first for i in range(n_layers)]
-    else:
-        sliding = [True] * n_layers  # transformers' cache: every layer slides when a window is set
-    if any(sliding) and (not isinstance(window, int) or window <= 0):
-        raise CalcError(f"the config's sliding_window must be a positive integer, not {window!r}.")
-    return tuple(int(window) if s else None for s in sliding)
-
-
-def layout_from_config(cfg: dict) -> Layout:
-    cfg = text_config(cfg)
-    n_layers = _positive_int(cfg, "layers", "num_hidden_layers", "n_layer", "num_layers")
-    n_heads = _positive_int(cfg, "heads", "num_attention_heads", "n_head")
-    windows = layer_windows(cfg, n_layers)
-    if cfg.get("kv_lora_rank"):
-        rank = _positive_int(cfg, "", "kv_lora_rank")
-        rope = _positive_int(cfg, "", "qk_rope_head_dim")
-        d_h = _positive_int(cfg, "", "qk_nope_head_dim", required=False)
-        return Layout("MLA", n_layers, n_heads, None, d_h, rank, rope, windows)
-    if cfg.get("multi_query") is True:
-        n_kv = 1
-    else:
-        n_kv = _positive_int(cfg, "", "num_key_value_heads", "num_kv_heads", required=False) or n_heads
-    head_dim = _positive_int(cfg, "", "head_dim", required=False)
-    if head_dim is None:
-        hidden = _positive_int(cfg, "", "hidden_size", "n_embd", "d_model")
-        if hidden % n_heads:
-            raise CalcError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}; give head_dim.")
-        head_dim = hidden // n_heads
-    if n_kv > n_heads or n_heads % n_kv:
-        raise CalcError(f"num_key_value_heads {n_kv} must divide num_attention_heads {n_heads}.")
-    attention = "MHA" if n_kv == n_heads else "MQA" if n_kv == 1 else "GQA"
-    return Layout(attention, n_layers, n_heads, n_kv, head_dim, windows=windows)
-
-
-def count_parameters(cfg: dict) -> int:
-    """Parameters of a decoder (embeddings, attention, MLP or experts, norms) from its config."""
-    cfg = text_config(cfg)
-    lay = layout_from_config(cfg)
-    hidden = _positive_int(cfg, "", "hidden_size", "n_embd", "d_model")
-    vocab = _positive_int(cfg, "", "vocab_size")
-    inter = _positive_int(cfg, "", "intermediate_size", required=False)
-    model_type = str(cfg.get("model_type", ""))
-    L, H, nh = lay.n_layers, hidden, lay.n_q_heads
-    if lay.attention == "MLA":
-        nope, v = _positive_int(cfg, "", "qk_nope_head_dim"), _positive_int(cfg, "", "v_head_dim")
-        q_rank = cfg.get("q_lora_rank")
-        qk = nope + lay.qk_rope_head_dim
-        q = H * q_rank + q_rank + q_rank * nh * qk if q_rank else H * nh * qk
-        kv = H * (lay.kv_lora_rank + lay.qk_rope_head_dim) + lay.kv_lora_rank + lay.kv_lora_rank * nh * (nope + v)
-        attn = q + kv + nh * v * H
-    else:
-        d, kv_heads = lay.head_dim, lay.n_kv_heads
-        attn = H * nh * d + 2 * H * kv_heads * d + nh * d * H
-        if model_type.startswith("qwen2") or cfg.get("attention_bias"):
-            attn += nh * d + 2 * kv_heads * d + (H if cfg.get("attention_bias") else 0)
-    norms = (4 if model_type.startswith(("gemma2", "gemma3")) else 2) * H
-    experts = _first(cfg, "num_local_experts", "n_routed_experts", "num_experts")
-    if experts:
-        moe_inter = _first(cfg, "moe_intermediate_size") or inter
-        dense_layers = int(cfg.get("first_k_dense_replace") or 0)
-        shared = int(cfg.get("n_shared_experts") or 0)
-        moe = (experts + shared) * 3 * H * moe_inter + H * experts
-        if model_type == "deepseek_v3":
-            moe += experts  # the router's score-correction bias
-        mlp_total = dense_layers * 3 * H * (inter or 0) + (L - dense_layers) * moe
-    else:
-        if inter is None:
-            raise CalcError("the config has no intermediate_size.")
-        mlp_total = L * 3 * H * inter
-    tied = cfg.get("tie_word_embeddings", True) is not False
-    return vocab * H * (1 if tied else 2) + L * (attn + norms) + mlp_total + H
-
-
-# ---------------------------------------------------------------------------------------------
-# architectures
-
-
-@dataclass(frozen=True, eq=False)
-class Architecture:
-    name: str
-    display: str
-    config: dict
-    source: str  # where the config comes from: a hub config.json URL or a file
-    hf_id: str | None = None
-    note: str = ""
-    checked: str = ""
-
-    @cached_property
-    def layout(self) -> Layout:
-        return layout_from_config(self.config)
-
-    @cached_property
-    def params(self) -> int:
-        return count_parameters(self.config)
-
-    @property
-    def max_context(self) -> int | None:
-        return text_config(self.config).get("max_position_embeddings")
-
-
-@lru_cache(maxsize=1)
-def bundled() -> dict[str, Architecture]:
-    """The architectures kvviz ships with (kvviz/data/architectures.json), by lowercase name."""
-    table = json.loads(DATA.read_text())
-    return {
-        name: Architecture(
-            name=name, display=e["display"], config=e["config"], hf_id=e["hf_id"],
-            source=f"https://huggingface.co/{e['hf_id']}/blob/main/config.json",
-            note=e.get("note", ""), checked=e.get("checked", ""),
-        )
-        for name, e in table.items()
-        if not name.startswith("_")
-    }
-
-
-def get_architecture(name: str) -> Architecture:
-    table = bundled()
-    key = (name or "").strip().lower()
-    if key not in table:
-        raise CalcError(f"unknown architecture '{name}'. Known: {', '.join(table)} (or give a config.json).")
-    return table[key]
-
-
-def architecture_from_config(cfg, name: str = "custom", source: str = "pasted config") -> Architecture:
-    """An Architecture from a parsed config.json; raises CalcError when it lacks the needed fields."""
-    arch = Architecture(name=name, display=name, config=text_config(cfg), source=source)
-    arch.layout  # noqa: B018  (validate now: a clear error instead of a late one)
-    return arch
-
-
-def architecture_from_json_text(text: str, name: str = "custom", source: str = "pasted config") -> Architecture:
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CalcError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from None
-    return architecture_from_config(cfg, name, source)
-
-
-def architecture_from_file(path: str | Path) -> Architecture:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CalcError(f"cannot read {path}: {exc.strerror or exc}.") from None
-    name = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
-    return architecture_from_json_text(text, name=name, source=str(path))
-
-
-def architecture_from_hub(hf_id: str, timeout: float = 5.0) -> Architecture:
-    """The config.json of a hub model, fetched over HTTPS (fails with a clear message offline)."""
-    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", hf_id or ""):
-        raise CalcError(f"'{hf_id}' is not a Hugging Face model id (owner/name).")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise CalcError(f"HF_HUB_OFFLINE is set: cannot fetch the config of '{hf_id}'. Download its config.json and give it as a file.")
-    url = HUB_URL.format(id=hf_id)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            text = response.read(2_000_000).decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise CalcError(
-            f"could not fetch the config of '{hf_id}' from the Hugging Face hub ({reason}). "
-            "Download its config.json and give it as a file."
-        ) from None
-    return architecture_from_json_text(text, name=hf_id, source=url)
-
-
-def resolve(spec: str) -> Architecture:
-    """A bundled name, a config.json path, or a hub id (owner/name)."""
-    spec = (spec or "").strip()
-    if spec.lower() in bundled():
-        return get_architecture(spec)
-    if Path(spec).is_file():
-        return architecture_from_file(spec)
-    if "/" in spec and not Path(spec).exists() and not spec.startswith((".", "/")):
-        return architecture_from_hub(spec)
-    return get_architecture(spec)
-
-
-# ---------------------------------------------------------------------------------------------
 # bytes
 
 
@@ -381,27 +117,32 @@ class Scenario:
     window: int | None = None  # a sliding window on every layer
 
     def validate(self, layout: Layout) -> None:
-        if isinstance(self.context, bool) or not isinstance(self.context, (int, np.integer)) or self.context < 1:
-            raise CalcError(f"context must be a positive number of tokens, not {self.context!r}.")
-        if not isinstance(self.batch, (int, np.integer)) or self.batch < 1:
-            raise CalcError(f"batch must be at least 1, not {self.batch!r}.")
-        if self.dtype not in CACHE_DTYPES:
-            raise CalcError(f"unknown dtype '{self.dtype}'. Known: {', '.join(CACHE_DTYPES)}.")
+        _check(self.context, "context", "tokens", MAX_CONTEXT, "2^24, above the longest published context")
+        _check(self.batch, "batch", "sequences", MAX_BATCH, "2^16, 256 times vLLM's default of 256 at once")
+        if not isinstance(self.dtype, str) or self.dtype not in CACHE_DTYPES:
+            raise CalcError(f"unknown dtype {shown(self.dtype)}. Known: {', '.join(CACHE_DTYPES)}.")
         kind = CACHE_DTYPES[self.dtype].kind
         if kind != "float":
-            if self.group_size < 1 or layout.vector_dim % self.group_size:
+            _check(self.group_size, "the group size", "elements", layout.vector_dim, "the cached vector's length")
+            if layout.vector_dim % self.group_size:
                 raise CalcError(f"group size {self.group_size} does not divide the cached vector of {layout.vector_dim} elements.")
             if self.full_bytes not in (1, 2, 4):
-                raise CalcError(f"scales are stored in 1, 2 or 4 bytes, not {self.full_bytes}.")
+                raise CalcError(f"scales are stored in 1, 2 or 4 bytes, not {value_text(self.full_bytes)}.")
         if kind == "kivi":
             if layout.attention == "MLA":
                 raise CalcError("KIVI quantizes keys per channel and values per token; MLA caches one latent vector instead: use int4 or int2.")
-            if self.residual < 1:
-                raise CalcError(f"KIVI's residual window must be at least 1 token, not {self.residual}.")
-        if self.keep_ratio is not None and not 0 < self.keep_ratio <= 1:
-            raise CalcError(f"the kept ratio must be in (0, 1], not {self.keep_ratio}.")
-        if self.window is not None and self.window < 1:
-            raise CalcError(f"the sliding window must be at least 1 token, not {self.window}.")
+            _check(self.residual, "KIVI's residual window", "tokens", MAX_CONTEXT, "the longest context")
+        ratio = self.keep_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
+            raise CalcError(f"the kept ratio must be in (0, 1], not {value_text(ratio)}.")
+        if self.window is not None:
+            _check(self.window, "the sliding window", "tokens", MAX_CONTEXT, "the longest context")
+
+
+def _check(value, what: str, unit: str, most: int, why: str) -> None:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 1 <= value <= most
+    if not ok:
+        raise CalcError(f"{what} must be a positive whole number of {unit} up to {most:,} ({why}), not {value_text(value)}.")
 
 
 def held_tokens(layout: Layout, scenario: Scenario, context) -> np.ndarray:
@@ -429,12 +170,33 @@ def vector_bytes(layout: Layout, scenario: Scenario, tokens: np.ndarray) -> np.n
     quantized_vector = d * b // 8 + (d // G) * 2 * s  # codes, then a scale and a zero per group
     if dt.kind == "int":
         return tokens * per * quantized_vector
-    R = scenario.residual
+    return kivi_vector_bytes(d, b, G, s, scenario.residual, tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# KIVI: its bytes and their formula, together, so that a change to its layout is made in one place
+
+
+def kivi_vector_bytes(d: int, b: int, G: int, s: int, R: int, tokens: np.ndarray) -> np.ndarray:
+    """Bytes of ``tokens`` tokens of one KV head's keys and values under KIVI (``b``-bit codes,
+    ``d`` dims, value groups of ``G`` channels, ``s``-byte scales and full-precision elements,
+    residual ``R`` tokens)."""
+    quantized_vector = d * b // 8 + (d // G) * 2 * s  # a value: codes, then a scale and a zero per group
     keys_q = (tokens // R) * R  # whole groups of R tokens, per channel
     values_q = np.maximum(tokens - R, 0)  # all but the R newest, per token
     key_bytes = keys_q * d * b // 8 + (keys_q // R) * d * 2 * s + (tokens - keys_q) * d * s
     value_bytes = values_q * quantized_vector + (tokens - values_q) * d * s
     return key_bytes + value_bytes
+
+
+def kivi_formula(lead: str, parts: str, sc: "Scenario", seq: int) -> str:
+    """The per-sequence formula of ``kivi_vector_bytes`` as text."""
+    R = sc.residual
+    return (
+        f"{lead}{parts}; in each, per KV head, keys: ⌊n / {R}⌋ × {R} tokens quantized per channel "
+        f"(a scale and a zero point per channel per {R} tokens), the rest in full precision; values: n − {R} "
+        f"tokens quantized per token, the {R} newest in full precision ({sc.full_bytes} bytes) = {seq:,} bytes"
+    )
 
 
 def sequence_bytes(layout: Layout, scenario: Scenario, context) -> np.ndarray:
@@ -504,8 +266,8 @@ class Estimate:
 
 
 def weights_bytes(params: int, weights_dtype: str) -> int:
-    if weights_dtype not in WEIGHT_DTYPES:
-        raise CalcError(f"unknown weights dtype '{weights_dtype}'. Known: {', '.join(WEIGHT_DTYPES)}.")
+    if not isinstance(weights_dtype, str) or weights_dtype not in WEIGHT_DTYPES:
+        raise CalcError(f"unknown weights dtype {shown(weights_dtype)}. Known: {', '.join(WEIGHT_DTYPES)}.")
     return int(math.ceil(params * WEIGHT_DTYPES[weights_dtype]))
 
 
@@ -534,7 +296,9 @@ def estimate(
     notes = [f"{arch.display}: {arch.note}"] if arch.note else []
     if arch.max_context and n > arch.max_context:
         notes.append(f"{n:,} tokens is more than {arch.display}'s context of {arch.max_context:,}.")
-    if params is None:
+    if params is not None:
+        params = whole(params, "the parameter count", MAX_PARAMS)
+    else:
         try:
             params = arch.params
         except CalcError as exc:
@@ -569,20 +333,15 @@ def _sequence_formula(lay: Layout, sc: Scenario, held: np.ndarray, layer_token: 
         why.append(f"a {sc.window:,}-token window on every layer")
     lead = f"{'; '.join(why)}: " if why else ""
     if CACHE_DTYPES[sc.dtype].kind == "kivi":
-        R = sc.residual
-        return (
-            f"{lead}{parts}; in each, per KV head, keys: ⌊n / {R}⌋ × {R} tokens quantized per channel "
-            f"(a scale and a zero point per channel per {R} tokens), the rest in full precision; values: n − {R} "
-            f"tokens quantized per token, the {R} newest in full precision ({sc.full_bytes} bytes) = {seq:,} bytes"
-        )
+        return kivi_formula(lead, parts, sc, seq)
     return f"{lead}({parts}) × {layer_token:,} bytes per token and layer = {seq:,} bytes"
 
 
 def _fit(est: Estimate, gpu: str, utilization: float) -> None:
-    key = (gpu or "").strip().lower()
+    key = str(gpu or "").strip().lower()
     if key not in GPUS:
-        raise CalcError(f"unknown GPU '{gpu}'. Known: {', '.join(GPUS)}.")
-    if not 0 < utilization <= 1:
+        raise CalcError(f"unknown GPU {shown(gpu)}. Known: {', '.join(GPUS)}.")
+    if isinstance(utilization, bool) or not isinstance(utilization, (int, float)) or not 0 < utilization <= 1:
         raise CalcError(f"the usable share of GPU memory must be in (0, 1], not {utilization}.")
     g = GPUS[key]
     usable = int(g.bytes * utilization)
@@ -602,10 +361,14 @@ def _num(x: Fraction) -> str:
 
 
 def memory_curve(arch: Architecture, scenario: Scenario, contexts) -> np.ndarray:
-    """Bytes of the whole batch's cache at each context length (int64), for charts."""
+    """Bytes of the whole batch's cache at each context length (exact ints), for charts."""
     lay = arch.layout
     scenario.validate(lay)
-    return sequence_bytes(lay, scenario, np.asarray(contexts, dtype=np.int64)) * int(scenario.batch)
+    contexts = np.asarray(contexts, dtype=np.int64)
+    if contexts.size and (contexts.min() < 1 or contexts.max() > 4 * MAX_CONTEXT):
+        raise CalcError(f"chart contexts must be from 1 to {4 * MAX_CONTEXT:,} tokens.")
+    # one sequence fits int64 (at most 2^61 bytes at the bounds); the batch may not: Python ints
+    return sequence_bytes(lay, scenario, contexts).astype(object) * int(scenario.batch)
 
 
 def mha_equivalent_bytes_per_token(layout: Layout, dtype_bytes: int = 2) -> int | None:

@@ -10,6 +10,8 @@ and how many sequences fit on a GPU. No model is loaded: the numbers come from t
 from __future__ import annotations
 
 import json
+import math
+import sys
 
 HELP = "KV-cache memory of a real architecture from its config (no model is loaded)"
 
@@ -17,6 +19,7 @@ HELP = "KV-cache memory of a real architecture from its config (no model is load
 def configure(p) -> None:
     from kvviz.calculator.memory import CACHE_DTYPES, DEFAULT_UTILIZATION, GPUS, WEIGHT_DTYPES
 
+    p.error = _one_line_error  # bad flags too: one line and exit status 2, no usage block
     p.add_argument("--arch", metavar="NAME", help="a bundled architecture (see --list) or a Hugging Face id (owner/name, needs the network)")
     p.add_argument("--config", metavar="FILE", help="a Hugging Face config.json")
     p.add_argument("--list", action="store_true", help="list the bundled architectures")
@@ -35,6 +38,13 @@ def configure(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _one_line_error(message: str):
+    from kvviz.calculator.memory import shown
+
+    print(f"error: {shown(message, 300)[1:-1]}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(args) -> int:
     from kvviz.calculator import memory as calc
 
@@ -42,9 +52,9 @@ def main(args) -> int:
         return list_architectures(args.json)
     if bool(args.arch) == bool(args.config):
         raise calc.CalcError("give one of --arch NAME or --config FILE (or --list).")
+    arch = calc.architecture_from_file(args.config) if args.config else calc.resolve(args.arch)  # before the numbers
     if args.context is None:
         raise calc.CalcError("give --context N (tokens per sequence).")
-    arch = calc.architecture_from_file(args.config) if args.config else calc.resolve(args.arch)
     scenario = calc.Scenario(
         context=tokens(args.context, "--context"),
         batch=integer(args.batch, "--batch"),
@@ -55,7 +65,7 @@ def main(args) -> int:
         keep_ratio=number(args.keep_ratio, "--keep-ratio"),
         window=tokens(args.window, "--window") if args.window is not None else None,
     )
-    params = int(number(args.params, "--params")) if args.params is not None else None
+    params = integer(args.params, "--params") if args.params is not None else None
     est = calc.estimate(
         arch, scenario, gpu=args.gpu, weights_dtype=args.weights_dtype.lower(),
         utilization=number(args.utilization, "--utilization"), params=params,
@@ -70,31 +80,36 @@ def main(args) -> int:
 def tokens(text: str, flag: str) -> int:
     """'4096' or '32k' (x 1024)."""
     t = str(text).strip().lower()
-    scale = 1024 if t.endswith("k") else 1
-    return integer(t[:-1] if scale > 1 else t, flag) * scale
+    scale = 1024 if t.endswith("k") and len(t) > 1 else 1
+    return integer(t[:-1] if scale > 1 else t, flag, text) * scale
 
 
-def integer(text, flag: str) -> int:
-    from kvviz.calculator.memory import CalcError
+def integer(text, flag: str, shown_as=None) -> int:
+    """A whole number ('4096', '7.2e9'); CalcError naming ``flag`` otherwise (a number too large to
+    be one is refused here, the sizes' own bounds are the calculator's)."""
+    from kvviz.calculator.memory import CalcError, shown
 
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise CalcError(f"{flag} must be a whole number, not '{text}'.") from None
-    if value != int(value):
-        raise CalcError(f"{flag} must be a whole number, not '{text}'.")
+        value = math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise CalcError(f"{flag} must be a whole number, not {shown(text if shown_as is None else shown_as)}.")
     return int(value)
 
 
 def number(text, flag: str) -> float | None:
-    from kvviz.calculator.memory import CalcError
+    from kvviz.calculator.memory import CalcError, shown
 
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise CalcError(f"{flag} must be a number, not '{text}'.") from None
+        raise CalcError(f"{flag} must be a number, not {shown(text)}.") from None
+    if not math.isfinite(value):
+        raise CalcError(f"{flag} must be a finite number, not {shown(text)}.")
+    return value
 
 
 def report(est, arch) -> str:

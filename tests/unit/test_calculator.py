@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from kvviz.calculator import architectures
 from kvviz.calculator import memory as calc
 from kvviz.calculator.memory import CalcError, Scenario
 
@@ -200,7 +201,7 @@ def test_a_local_config_file_and_a_nested_text_config(tmp_path):
         (lambda: bytes_of("deepseek-v2", context=10, dtype="kivi-2"), "MLA caches one latent"),
         (lambda: bytes_of("llama-2-7b", context=10, keep_ratio=1.5), "kept ratio"),
         (lambda: calc.architecture_from_config({"hidden_size": 64}), "no num_hidden_layers"),
-        (lambda: calc.architecture_from_config({"num_hidden_layers": 2, "num_attention_heads": 0}), "positive integer"),
+        (lambda: calc.architecture_from_config({"num_hidden_layers": 2, "num_attention_heads": 0}), "num_attention_heads must be a whole number from 1 to 1,024, not 0"),
         (lambda: calc.architecture_from_config([1, 2]), "JSON object"),
         (lambda: calc.architecture_from_json_text("{not json"), "not valid JSON"),
         (lambda: calc.estimate(calc.get_architecture("llama-2-7b"), Scenario(context=5), gpu="tpu"), "unknown GPU 'tpu'"),
@@ -216,6 +217,6 @@ def test_a_hub_id_without_network_gets_a_clear_message(monkeypatch):
     with pytest.raises(CalcError, match="HF_HUB_OFFLINE is set"):
         calc.resolve("meta-llama/Llama-3.1-8B")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(calc, "HUB_URL", "http://127.0.0.1:9/{id}/config.json")  # nothing listens there
+    monkeypatch.setattr(architectures, "HUB_URL", "http://127.0.0.1:9/{id}/config.json")  # nothing listens there
     with pytest.raises(CalcError, match="could not fetch the config of 'meta-llama/Llama-3.1-8B'"):
         calc.resolve("meta-llama/Llama-3.1-8B")
