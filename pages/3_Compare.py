@@ -1,11 +1,11 @@
 """Compare: two to four cache policies on the same prompt, against the full cache, one step slider for all."""
 
-import time
-
 import streamlit as st
 
 from kvviz.compare import run as comparison
+from kvviz.compare.job import CompareJob
 from kvviz.live import run as live_run
+from kvviz.runtime.inputs import InputError
 from kvviz.charts import compare as charts
 from kvviz.ui import compare_view as view
 from kvviz.ui.bundles import downloads, upload_box
@@ -54,45 +54,29 @@ c_info.caption(
 )
 
 
-def _request_run():
-    ss["compare.run_requested"] = True
-
-
-def _stop():
-    if ss.get(view.JOB) is not None:
-        ss[view.JOB].stop()
-
-
-if ss.pop("compare.run_requested", False) or (ss.pop("compare.autorun", False) and ss.get(view.RESULT) is None):
+jobs = view.JOBS
+if jobs.run_requested() or (ss.pop("compare.autorun", False) and ss.get(view.RESULT) is None):
     if None in specs:
         st.error("Fix the policy settings above first.")
-    elif ss.get(view.JOB) is None:
+    elif jobs.job is None:
         settings = view.current_settings(state, specs, new_tokens)
         try:
             ids = comparison.prepare(loaded.tokenizer, settings, loaded.summary.max_context)
-        except comparison.CompareInputError as exc:
+        except InputError as exc:
             st.error(md_escape(str(exc)))
         else:
-            ss[view.JOB] = comparison.CompareJob(loaded.model, loaded.tokenizer, ids, settings, loaded.summary.name).start()
+            jobs.start(CompareJob(loaded.model, loaded.tokenizer, ids, settings, loaded.summary.name))
 
-job = ss.get(view.JOB)
-c_run.button("▶ Run", type="primary", on_click=_request_run, disabled=job is not None, key="compare.run", width="stretch")
-c_stop.button("■ Stop", on_click=_stop, disabled=job is None, key="compare.stop", width="stretch")
+jobs.buttons(c_run, c_stop)
 with st.expander("Open a run bundle", expanded=f"{view.RESULT}.upload.message" in ss, icon=":material/upload_file:"):
     upload_box(f"{view.RESULT}.upload", view.open_bundle, kind="compare")
 
-if job is not None:
-    bar = st.progress(0.0)
-    while job.running:
-        bar.progress(*job.fraction_and_line())
-        time.sleep(0.25)
-    ss[view.RESULT], ss[view.ERROR] = job.result, job.error
+if (job := jobs.follow()) is not None:
+    ss[view.RESULT] = job.result
     ss["compare.run_id"] = ss.get("compare.run_id", 0) + 1
-    del ss[view.JOB]
     st.rerun()
 
-if ss.get(view.ERROR):
-    st.error(md_escape(ss[view.ERROR]))
+jobs.messages()
 result = ss.get(view.RESULT)
 if result is None:
     st.info("Press **Run** to compare the policies, pick a preset above, or open a run bundle.")

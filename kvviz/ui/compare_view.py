@@ -18,6 +18,7 @@ from kvviz.record.metrics import format_bytes, memory_saving
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope, clamp_step, occupancy, one_line, quoted, token_records
 from kvviz.ui import sidebar as sb
+from kvviz.ui.job_view import JobView
 from kvviz.ui.policy_controls import seed_budget, seed_controls
 from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html
 from kvviz.record.why_evicted import evicted_positions, most_evicted, why_evicted
@@ -30,8 +31,7 @@ SHARED_BUDGET = "compare.all"  # budget_control's key for the shared budget
 STEP = "compare.step"
 LINK_STEP = "compare.link_step"  # a step asked for by a link or a bundle, applied to the next result
 RESULT = "compare.result"
-JOB = "compare.job"
-ERROR = "compare.error"
+JOBS = JobView("compare")  # session_state keys compare.job, compare.error, compare.notice
 
 DEFAULT_POLICIES = ["h2o", "snapkv", "streaming_llm", "window"]
 MAX_NEW_TOKENS = 128
@@ -115,7 +115,7 @@ def open_bundle(bundle: RunBundle) -> None:
         raise BundleError("A comparison holds at most 4 policies.")
     apply_settings(bundle.settings, with_step=True)
     ss = st.session_state
-    ss[RESULT], ss[ERROR] = result, None
+    ss[RESULT], ss[JOBS.error_key], ss[JOBS.notice_key] = result, None, None
     ss["compare.run_id"] = ss.get("compare.run_id", 0) + 1
 
 

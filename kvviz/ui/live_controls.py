@@ -1,30 +1,31 @@
 """The Live page's run controls: one-click demos, how many tokens and whether to compare (kept
 across pages and in the URL), Run and Stop, and the view of a run while it goes on.
 
-A run is a ``kvviz.live.run.LiveJob`` kept in session_state; its result goes to
-``session_state["live.result"]`` and its id into the URL (``?run=<id>``), so that the same tab
-reopens it from the run store after a server restart.
+A run is a ``kvviz.live.job.LiveJob`` that ``JOBS`` (a ``kvviz.ui.job_view.JobView``) follows; its
+result goes to ``session_state["live.result"]`` and its id into the URL (``?run=<id>``), so that
+the same tab reopens it from the run store after a server restart.
 """
 
 from __future__ import annotations
-
-import time
 
 import streamlit as st
 
 from kvviz.record import examples as data
 from kvviz.live import run as live_run
+from kvviz.live.job import LiveJob
+from kvviz.runtime.inputs import InputError
 from kvviz.record.metrics import format_bytes
-from kvviz.policies.spec import PolicySpec, budget_notes
+from kvviz.policies.spec import PolicySpec
 from kvviz.ui import sidebar as sb
-from kvviz.ui.policy_controls import seed_controls
+from kvviz.ui.policy_controls import seed_controls, show_budget_notes
 from kvviz.ui.sidebar import SidebarState
+from kvviz.ui.job_view import JobView
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape, stream_html
 
-JOB, RESULT, ERROR, NOTICE, SHOWN = "live.job", "live.result", "live.error", "live.notice", "live.shown"  # session_state keys
+JOBS = JobView("live")  # session_state keys live.job, live.error, live.notice
+RESULT, SHOWN = "live.result", "live.shown"  # session_state keys
 LOADED_RUN = "live.loaded_run"  # the run id whose stored run this session has (or ran itself)
-POLL_S = 0.25
 
 
 def _apply_preset(name: str) -> None:
@@ -75,41 +76,20 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
         + (" with the chat template" if state.chat else "")
         + f" · model {md_escape(summary.name)} on {summary.device}"
     )
-    if spec is not None and prompt_len:
-        try:
-            for note in budget_notes(spec, prompt_len):
-                (row.warning if "smaller than" in note or "no room" in note else row.caption)(note)
-        except ValueError:
-            pass  # the budget does not fit the prompt: Run says why
+    show_budget_notes(row, spec, prompt_len)
     if prompt_len and prompt_len > live_run.LONG_PROMPT_CPU and summary.device == "cpu":
         row.warning(
             f"A {prompt_len}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
             "attention compute it over the whole prompt); Stop ends it at the next layer.",
             icon=":material/hourglass_top:",
         )
-    ss = st.session_state
-    if ss.pop("live.run_requested", False):  # before the buttons: Stop is live while this run follows the job
+    if JOBS.run_requested():  # before the buttons: Stop is live while this run follows the job
         _start(state, spec, int(new_tokens), bool(compare))
-    job = ss.get(JOB)
-    running = job is not None and job.running
-    c_run.button("▶ Run", type="primary", on_click=_request_run, disabled=running, key="live.run", width="stretch")
-    c_stop.button("■ Stop", on_click=_stop, disabled=not running, key="live.stop", width="stretch")
-
-
-def _request_run() -> None:
-    st.session_state["live.run_requested"] = True
-
-
-def _stop() -> None:
-    job = st.session_state.get(JOB)
-    if job is not None:
-        job.stop()
+    JOBS.buttons(c_run, c_stop)
 
 
 def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compare: bool) -> None:
-    ss = st.session_state
-    job = ss.get(JOB)
-    if job is not None and job.running:
+    if JOBS.job is not None:
         st.warning("A run is still going; stop it first.")
         return
     if spec is None:
@@ -122,44 +102,35 @@ def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compar
             max_context=loaded.summary.max_context, compare=compare, prompt_name=state.prompt_name,
             model_name=loaded.summary.name, passkey=state.passkey,
         )
-    except live_run.LiveInputError as exc:
+    except InputError as exc:
         st.error(md_escape(str(exc)))
         return
-    ss[JOB] = live_run.LiveJob(loaded.model, loaded.tokenizer, request).start()
-    ss[ERROR] = ss[NOTICE] = None
+    JOBS.start(LiveJob(loaded.model, loaded.tokenizer, request))
     st.query_params["run"] = request.run_id  # a restart finds the run (or says it was interrupted)
 
 
 def follow_job() -> None:
     """While a job runs: its progress and outputs as they stream; then keep its result and rerun."""
-    ss = st.session_state
-    job: live_run.LiveJob | None = ss.get(JOB)
+    job: LiveJob | None = JOBS.job
     if job is None:
         return
-    progress = st.progress(0.0)
+    bar_box = st.container()
     left, right = st.columns(2)
     left.markdown(f"**{md_escape(job.request.spec.label())}** output")
     right.markdown("**full cache** output" if job.request.compare else " ")
     policy_box, full_box, bytes_box = left.empty(), right.empty(), st.empty()
-    shown = None
-    while True:
-        done = not job.running
-        frac, text = job.progress()
-        now = (frac, text, len(job.policy_ids), len(job.full_ids))
-        if now != shown:  # redraw only what changed: the run, not the page, should use the CPU
-            progress.progress(frac, text=text)
-            policy_box.html(stream_html(job.text("policy"), cursor=job.phase == "policy"))
-            if job.request.compare:
-                full_box.html(stream_html(job.text("full"), cursor=job.phase == "full"))
-            if job.kv_bytes:
-                held, full = job.kv_bytes
-                bytes_box.caption(f"KV cache now: {format_bytes(held)} held, {format_bytes(full)} for the full cache")
-            shown = now
-        if done:
-            break
-        time.sleep(POLL_S)
-    ss[RESULT], ss[ERROR], ss[NOTICE] = job.result, job.error, job.notice
+
+    def draw(job: LiveJob) -> None:
+        policy_box.html(stream_html(job.text("policy"), cursor=job.phase == "policy"))
+        if job.request.compare:
+            full_box.html(stream_html(job.text("full"), cursor=job.phase == "full"))
+        if job.kv_bytes:
+            held, full = job.kv_bytes
+            bytes_box.caption(f"KV cache now: {format_bytes(held)} held, {format_bytes(full)} for the full cache")
+
+    JOBS.follow(bar_box, draw)
+    ss = st.session_state
+    ss[RESULT] = job.result
     ss[LOADED_RUN] = job.request.run_id  # the URL names this run: the session has it, not the store
     ss[SHOWN] = ss.get(SHOWN, 0) + 1
-    del ss[JOB]
     st.rerun()

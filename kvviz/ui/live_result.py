@@ -18,7 +18,7 @@ from kvviz.runs import store as run_store
 from kvviz.record.metrics import device_memory_rows, format_bytes, memory_saving
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope
-from kvviz.ui.live_controls import ERROR, LOADED_RUN, NOTICE, RESULT, SHOWN
+from kvviz.ui.live_controls import JOBS, LOADED_RUN, RESULT, SHOWN
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
@@ -62,10 +62,7 @@ def _from_store(run_id: str) -> live_run.LiveResult | None:
 def current_result() -> live_run.LiveResult | None:
     """The result to show: this session's, else the one the URL names, else None."""
     ss = st.session_state
-    if ss.get(ERROR):
-        st.error(md_escape(ss[ERROR]))
-    if ss.get(NOTICE):
-        st.warning(ss[NOTICE], icon=":material/stop_circle:")
+    JOBS.messages()
     result = ss.get(RESULT)
     run_id = st.query_params.get("run")
     if result is None and run_id and ss.get(LOADED_RUN) != run_id:

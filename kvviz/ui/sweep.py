@@ -5,7 +5,6 @@ bar, and finished sweeps kept for every session of this process (keyed by model 
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 
 import streamlit as st
@@ -13,15 +12,15 @@ import streamlit as st
 from kvviz.sweep import run as sweep
 from kvviz.sweep import job as sweep_job
 from kvviz.record.examples import LONG_EXAMPLE, long_document
-from kvviz.policies import PolicyError
 from kvviz.sweep.presets import PRESETS
-from kvviz.record.text import PromptError
+from kvviz.ui.job_view import JobView
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
 K = "tradeoffs."  # session_state keys
-JOB, REQUESTED, STOPPED = K + "job", K + "run_requested", K + "stopped_result"
+JOBS = JobView("tradeoffs")  # tradeoffs.job, tradeoffs.error, ...
+STOPPED = K + "stopped_result"
 TASKS = {"ppl": "Perplexity, KL, top-1", "passkey": "Passkey retrieval"}
 MODES = {"ratios": "Ratios (kept fraction of the prompt)", "budgets": "Budgets (entries per KV head)"}
 TEXTS = [LONG_EXAMPLE, "the sidebar's prompt"]
@@ -153,52 +152,32 @@ def results() -> _Results:
     return _Results()
 
 
-def _request() -> None:
-    st.session_state[REQUESTED] = True
-
-
-def _stop() -> None:
-    job = st.session_state.get(JOB)
-    if job is not None:
-        job.stop()
-
-
 def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.SweepResult | None:
     """The estimate, Run and Stop, the progress of a running sweep; the result of these settings
     when there is one (a finished sweep, or this session's stopped one)."""
     ss, key = st.session_state, (model_key, settings)
     try:
         the_plan = sweep.plan(loaded.tokenizer, settings, max_context=loaded.summary.max_context)
-    except (PolicyError, PromptError, ValueError) as exc:
+    except ValueError as exc:  # PolicyError, PromptError, InputError: the message names the problem
         st.error(md_escape(str(exc)))
         return None
     box = st.container(border=True)
     c_est, c_run, c_stop = box.columns([6, 1, 1], vertical_alignment="center")
     c_est.caption(sweep_job.estimate(the_plan, _speed(loaded, model_key)).text())
-    job = ss.get(JOB)
-    if ss.pop(REQUESTED, False) and job is None:
-        job = ss[JOB] = sweep_job.SweepJob(
+    if JOBS.run_requested() and JOBS.job is None:
+        JOBS.start(sweep_job.SweepJob(
             loaded.model, loaded.tokenizer, settings, model_name=loaded.summary.name, max_context=loaded.summary.max_context,
-        ).start()
+        ))
         ss[K + "job_key"] = key
-    running = job is not None
-    c_run.button("▶ Run", key=K + "run", type="primary", on_click=_request, disabled=running, width="stretch")
-    c_stop.button("■ Stop", key=K + "stop", on_click=_stop, disabled=not running, width="stretch")
+    JOBS.buttons(c_run, c_stop)
+    job = JOBS.follow(box)
     if job is not None:
-        bar = box.progress(0.0)
-        while job.running:
-            bar.progress(*job.status())
-            time.sleep(0.25)
-        job_key = ss.pop(K + "job_key")
-        del ss[JOB]
-        if job.error:
-            ss[K + "error"] = job.error
-        elif job.result.stopped:
-            ss[STOPPED] = (job_key, job.result)
-        else:
-            results().put(job_key, job.result)
+        job_key, result = ss.pop(K + "job_key"), job.result  # no result: it failed (JOBS.messages says why)
+        if result is not None and result.stopped:
+            ss[STOPPED] = (job_key, result)
+        elif result is not None:
+            results().put(job_key, result)
         st.rerun()
-    if ss.get(K + "error"):
-        st.error(md_escape(ss.pop(K + "error")))
+    JOBS.messages(once=True)
     stopped = ss.get(STOPPED)
     return results().get(key) or (stopped[1] if stopped and stopped[0] == key else None)

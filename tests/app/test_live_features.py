@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from kvviz.record import examples as data
 from kvviz.runtime import engine
 from kvviz.live import run as live_run
+from kvviz.live.job import LiveJob
 from kvviz.runs import store as run_store
 from kvviz.policies.spec import PolicySpec
 from tests.conftest import COUNTING
@@ -79,7 +80,7 @@ def test_an_interrupted_run_says_so(smollm):
 
 def test_stop_during_the_comparison_names_the_phase(smollm):
     request = live_run.prepare(smollm.tokenizer, COUNTING, chat=False, spec="h2o", max_new_tokens=24)
-    job = live_run.LiveJob(smollm.model, smollm.tokenizer, request).start()
+    job = LiveJob(smollm.model, smollm.tokenizer, request).start()
     deadline = time.monotonic() + TIMEOUT
     while (job.phase != "full" or len(job.full_ids) < 2) and job.running and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from kvviz import policies
 from kvviz.live import run as live_run
+from kvviz.live.job import LiveJob
 from kvviz.record.metrics import memory_saving
 from tests.conftest import COUNTING
 
@@ -189,7 +190,7 @@ def test_hostile_prompt_is_shown_as_text(page):
 
 def test_stop_ends_the_run_and_keeps_the_partial_result(smollm):
     request = live_run.prepare(smollm.tokenizer, COUNTING, chat=False, spec="h2o", max_new_tokens=64)
-    job = live_run.LiveJob(smollm.model, smollm.tokenizer, request).start()
+    job = LiveJob(smollm.model, smollm.tokenizer, request).start()
     deadline = time.monotonic() + TIMEOUT
     while len(job.policy_ids) < 3 and job.running and time.monotonic() < deadline:
         time.sleep(0.05)
