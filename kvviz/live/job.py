@@ -22,10 +22,7 @@ PHASES = {
     "policy": "Generating with the policy",
     "full": "Generating with the full cache, for the comparison",
     "forced": "Scoring the policy on the full cache's output (KL, top-1)",
-    "done": "Done",
-    "stopped": "Stopped",
-    "error": "Failed",
-}
+}  # once it ended, progress() says "Done", "Stopped" or "Failed"
 NEXT_PHASE = {"policy": "full", "full": "forced"}
 
 

@@ -206,4 +206,4 @@ def test_job_stops_and_keeps_the_finished_runs(smollm):
     assert job.wait(300) and job.error is None
     result = job.result
     assert result.stopped and 1 <= len(result.rows) < 4
-    assert job.status() == (1.0, "Stopped")
+    assert job.progress() == (1.0, "Stopped")
