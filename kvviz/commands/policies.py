@@ -1,4 +1,4 @@
-"""``python -m kvviz policies``: every cache policy with its family, paper, parameters and help."""
+"""``python -m kvviz policies``: every cache policy with its family, paper (and its link), parameters and help."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def main(args) -> int:
         return 0
     for d in described:
         print(f"{d['name']}  [{d['family']}]  {d['paper']}")
+        if d.get("paper_url"):
+            print(f"    {d['paper_url']}")
         print(f"    {d['summary']}")
         for prm in d["params"]:
             rng = f" choices {prm['choices']}" if prm["choices"] else ""

@@ -86,8 +86,8 @@ def main(args) -> int:
     loaded = load(args)
     ids = encode_prompt(loaded.tokenizer, text, chat=args.chat, max_context=loaded.summary.max_context)
     spec.resolve_budget(len(ids))  # a budget larger than the prompt fails here, before the run
-    for note in budget_notes(spec, len(ids)):
-        print(f"note: {note}", file=sys.stderr)
+    for level, text in budget_notes(spec, len(ids)):
+        print(f"{'warning' if level == 'warning' else 'note'}: {text}", file=sys.stderr)
     trace = engine.run(
         loaded.model, loaded.tokenizer, ids, spec,
         max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed, model_name=loaded.summary.name,

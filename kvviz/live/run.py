@@ -83,7 +83,7 @@ def prepare(
     except ValueError as exc:
         raise InputError(str(exc)) from None
     check_run(len(ids), int(max_new_tokens), max_context=max_context, specs=[spec], max_new_tokens=MAX_REQUEST_TOKENS)
-    notes = budget_notes(spec, len(ids))
+    notes = [text for _, text in budget_notes(spec, len(ids))]  # shown as captions with the result
     return LiveRequest(
         spec=spec, max_new_tokens=int(max_new_tokens), prompt_ids=ids, compare=compare,
         prompt_name=prompt_name, model_name=model_name, passkey=passkey, notes=notes,

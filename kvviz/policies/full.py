@@ -10,6 +10,7 @@ class Full(Selector):
     name = "full"
     family = "baseline"
     paper = "Vaswani et al., 2017. Attention Is All You Need"
+    paper_url = "https://arxiv.org/abs/1706.03762"
     summary = """Keeps every key and value. Token for token identical to transformers' greedy
     generate; its memory grows by one entry per layer and KV head with every token."""
     acts_at_decode = False  # decides nothing, at prefill or after

@@ -15,16 +15,22 @@ class H2O(ScoredSelector):
     name = "h2o"
     family = "eviction"
     paper = "Zhang et al., 2023. H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LLMs"
+    paper_url = "https://arxiv.org/abs/2306.14048"
     graph_safe = True
     summary = """Each entry's score is the attention it has received, summed over every query so
-    far (the prompt's queries at prefill, then each new token's). The cache keeps the
-    `recent` newest tokens plus the highest-scoring others, and evicts one entry at every decode
-    step once the budget is full. For GQA the score of a KV head is the mean over its query
-    heads. kvviz compresses the prompt to the budget right after prefill (the paper's
-    eviction during prefill gives the same kept set up to ties, at much higher cost)."""
+    far (the prompt's queries at prefill, then each new token's). The cache keeps the `recent`
+    newest tokens plus the budget - `recent` highest-scoring others (the heavy hitters): any
+    split of the budget, as the authors' code sets its heavy and recent sizes independently.
+    Once the budget is full it evicts one entry at every decode step. For GQA the score of a KV
+    head is the mean over its query heads. kvviz compresses the prompt to the budget once,
+    right after prefill, with the attention of every prompt query; the paper evicts token by
+    token while reading the prompt, so that evicted entries stop collecting attention and later
+    queries spread theirs over the kept ones only: its kept set differs (not only in ties)."""
     needs_queries = True
+    protection_params = {"recent": "recent"}
+    others = "with the highest accumulated attention (heavy hitters)"
 
-    recent: int = param(16, "Most recent tokens always kept (the paper's local window), part of the budget and at most half of it.", min=0)
+    recent: int = param(8, "Most recent tokens always kept (the paper's local window), part of the budget: up to all of it; the heavy hitters take the rest (budget - recent).", min=0)
 
     def observe(self, layer, ctx):
         acc = layer.stats.get("acc_attention")  # (kv_heads, n) float32
@@ -39,4 +45,4 @@ class H2O(ScoredSelector):
         return layer.stats["acc_attention"]
 
     def protection(self, budget):
-        return Protection(recent=min(self.recent, budget // 2) if budget else 0)
+        return Protection(recent=min(self.recent, budget) if budget else 0)

@@ -49,6 +49,7 @@ class HeadShare(Storage):
     name = "head_share"
     family = "head sharing"
     paper = "Ainslie et al., 2023. GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints"
+    paper_url = "https://arxiv.org/abs/2305.13245"
     summary = """Shows what multi-query or grouped-query attention would do to this model: its
     KV heads are mean-pooled into `groups` groups of consecutive heads (groups = 1 is MQA), the
     GQA paper's conversion of a checkpoint. kvviz pools the projected keys and values, which

@@ -12,6 +12,7 @@ class KNorm(ScoredSelector):
     name = "knorm"
     family = "eviction"
     paper = "Devoto et al., 2024. A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
+    paper_url = "https://arxiv.org/abs/2406.11430"
     graph_safe = True
     summary = """Keys with a low L2 norm tend to receive high attention, so the norm is a score
     that needs no attention at all (it works with fused attention kernels). Each KV head keeps
@@ -23,11 +24,12 @@ class KNorm(ScoredSelector):
     n_sink: int = param(0, "First tokens always kept, part of the budget.", min=0, max=1024)
     recent: int = param(0, "Most recent tokens always kept, part of the budget.", min=0, max=4096)
 
-    def resolve_budget(self, prompt_len: int) -> int:
-        budget = super().resolve_budget(prompt_len)
+    protection_params = {"n_sink": "n_sink", "recent": "recent"}
+    others = "with the lowest key norms"
+
+    def check_budget(self, budget: int) -> None:
         if self.n_sink + self.recent > budget:
             raise PolicyError(f"knorm: n_sink + recent ({self.n_sink + self.recent}) exceed the budget {budget}.")
-        return budget
 
     def score(self, layer, ctx):
         return -layer.keys.float().norm(dim=-1)  # (kv_heads, n): higher = lower norm

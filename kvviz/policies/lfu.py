@@ -11,6 +11,7 @@ class LFU(UsageSelector):
     name = "lfu"
     family = "eviction"
     paper = "Least Frequently Used replacement (OS caching); for KV caches cf. Liu et al., 2023, Scissorhands (pivotal-token counts)"
+    paper_url = "https://arxiv.org/abs/2305.17118"
     summary = """Counts how often each entry is "used", a use being a query whose attention to it
     is above `threshold`; once the budget is full the entry with the fewest uses is evicted
     (ties: the oldest entry first). Like Scissorhands, which counts how often a token is
@@ -19,6 +20,7 @@ class LFU(UsageSelector):
     KV head's attention is the mean over its query heads. At prefill every prompt query counts,
     and the prompt is compressed to the budget at once."""
     stat = "use_count"
+    others = "used most often"
 
     recent: int = param(8, "Most recent tokens always kept, part of the budget, capped at it (new tokens have had little chance to be used).", min=0, max=4096)
 

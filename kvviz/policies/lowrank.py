@@ -74,6 +74,7 @@ class LowRank(Storage):
     name = "lowrank"
     family = "low-rank"
     paper = "Saxena et al., 2024. Eigen Attention: Attention in Low-Rank Space for KV Cache Compression (cf. Palu, Chang et al., 2024)"
+    paper_url = "https://arxiv.org/abs/2408.05646"
     summary = """Projects each KV head's keys and values on a rank-`rank` basis: the top right
     singular vectors of that head's prompt keys (and, separately, values), computed by an SVD
     right after prefill. Generated tokens are projected on the same basis. The cache holds the

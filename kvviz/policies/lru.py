@@ -28,6 +28,7 @@ class UsageSelector(ScoredSelector):
     stat: ClassVar[str] = ""
     needs_queries = True
     graph_safe = True
+    protection_params = {"recent": "recent"}
 
     threshold: float = param(0.02, "Attention probability above which a query counts as a use of an entry.", min=0.0, max=1.0)
     recent: int = param(0, "Most recent tokens always kept, part of the budget (capped at the budget).", min=0, max=4096)
@@ -63,6 +64,7 @@ class LRU(UsageSelector):
     name = "lru"
     family = "eviction"
     paper = "Least Recently Used page replacement (Mattson et al., 1970); for KV caches cf. Liu et al., 2023, Scissorhands"
+    paper_url = "https://arxiv.org/abs/2305.17118"
     summary = """Operating-system page replacement applied to the cache: an entry is "used" when
     a query's attention to it is above `threshold`, and entering the cache counts as a use.
     Each entry remembers the position of the query that last used it; once the budget is full
@@ -70,6 +72,7 @@ class LRU(UsageSelector):
     attention is the mean over its query heads. At prefill every prompt query counts, and the
     prompt is compressed to the budget at once."""
     stat = "last_use"
+    others = "used most recently"
 
     def update(self, layer, stat):
         torch.maximum(stat, layer.positions, out=stat)  # entering the cache is a use

@@ -39,6 +39,7 @@ class Merge(H2O):
     name = "merge"
     family = "merging"
     paper = "Zhang et al., 2024. CaM: Cache Merging for Memory-efficient LLMs Inference; Wan et al., 2024. D2O: Dynamic Discriminative Operations"
+    paper_url = "https://proceedings.mlr.press/v235/zhang24n.html"
     summary = """Chooses what leaves like H2O (accumulated attention, plus the `recent` newest
     tokens), but instead of dropping an evicted entry it merges it into the kept entry of the
     same KV head whose key is most similar (cosine): k' = (a_k k + a_e e) / (a_k + a_e), the

@@ -12,12 +12,30 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
+from fractions import Fraction
+from typing import Any, ClassVar, NamedTuple
 
 
 class PolicyError(ValueError):
     """A policy name, parameter or budget that cannot be used; the message names the problem."""
+
+
+def ratio_budget(ratio: float, prompt_len: int) -> int:
+    """Kept entries per layer and KV head for a fraction ``ratio`` of a ``prompt_len``-token
+    prompt: the one rounding rule of kvviz (policies, cache, paged cache and pages all use it).
+
+    ratio x prompt_len rounded to the nearest whole number, a half to the even one (Python's
+    ``round``), and at least 1. The ratio is taken as the decimal it is written as, so that float
+    noise cannot move a half: 0.07 of 150 is 10.5 -> 10 (in floats 10.500000000000002 -> 11)."""
+    return max(1, round(Fraction(str(ratio)) * prompt_len))
+
+
+class Note(NamedTuple):
+    """A note on a policy's settings for one prompt: ``level`` "info" (what it keeps) or
+    "warning" (settings that do not fit the budget), and the text to show."""
+
+    level: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,7 @@ class Policy:
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # citation, e.g. "Xiao et al., 2023. Efficient Streaming Language Models with Attention Sinks"
+    paper_url: ClassVar[str] = ""  # a link to the paper (arXiv), optional
     summary: ClassVar[str] = ""  # a paragraph: what it does, and how kvviz simplifies it
     kind: ClassVar[str] = "select"  # "select" or "store"
 
@@ -75,6 +94,7 @@ class Policy:
             "family": cls.family,
             "kind": cls.kind,
             "paper": cls.paper,
+            "paper_url": cls.paper_url,
             "summary": " ".join(cls.summary.split()),
             "params": [p.as_dict(n) for n, p in cls.params().items()],
         }

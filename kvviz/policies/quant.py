@@ -72,6 +72,7 @@ class Quant(Storage):
         "Jacob et al., 2018. Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only"
         " Inference (uniform affine quantization); Sheng et al., 2023. FlexGen (group-wise 4-bit KV cache)"
     )
+    paper_url = "https://arxiv.org/abs/2303.06865"  # FlexGen, for the KV cache; Jacob et al.: arXiv 1712.05877
     summary = """Stores keys and values as `bits`-bit integer codes (8, 4 or 2 bits) packed into
     bytes (4-bit: two codes per byte, 2-bit: four), plus a scale and, unless symmetric, a zero
     point per group of `group_size` elements, in the model's dtype. `per_token` gives each token

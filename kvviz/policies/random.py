@@ -11,6 +11,7 @@ class Random(ScoredSelector):
     name = "random"
     family = "baseline"
     paper = "The baseline of eviction studies, e.g. Zhang et al., 2023 (H2O) and Li et al., 2024 (SnapKV)"
+    paper_url = "https://arxiv.org/abs/2306.14048"
     summary = """Once the budget is full, keeps a uniformly random subset of the entries, drawn
     independently for every layer and KV head, at prefill and at every decode step. The draws
     come from the run's seeded generator, so a run is reproducible. Uses no scores, so no GQA

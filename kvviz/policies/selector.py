@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from kvviz.policies.params import Policy, PolicyError, param
+from kvviz.policies.params import Note, Policy, PolicyError, param, ratio_budget
 from kvviz.policies.scoring import first_mask, keep_top, recent_mask
 from kvviz.record.trace import Protection
 
@@ -83,11 +83,16 @@ class Selector(Policy):
     acts_at_decode: ClassVar[bool] = True
 
     def resolve_budget(self, prompt_len: int) -> int | None:
+        """Kept entries per layer and KV head for this prompt; None = no limit."""
         return None
 
     def layer_budget(self, budget: int | None, layer_idx: int, n_layers: int) -> int | None:
         """Budget of one layer; PyramidKV overrides this."""
         return budget
+
+    def budget_notes(self, budget: int | None) -> list[Note]:
+        """What this selector keeps with ``budget``, and warnings when its settings do not fit."""
+        return []
 
     def step(self, layer: LayerView, ctx: StepContext) -> Selection | None:
         """Update running stats and return what to keep, or None to keep everything."""
@@ -103,11 +108,19 @@ class Selector(Policy):
 class BudgetSelector(Selector):
     """A selector with a budget of kept entries per layer and KV head, given directly or as a ratio."""
 
+    # For the budget notes: the parameter that sets each protected part of ``protection`` (a
+    # field of Protection -> a parameter name); a part that grows with the budget is no setting
+    protection_params: ClassVar[dict[str, str]] = {}
+    # the entries the budget holds beyond the protected ones, for the notes: "the other 16 ..."
+    others: ClassVar[str] = "chosen by its scores"
+
     budget: int | None = param(None, "Kept entries per layer and KV head (or give a ratio).", type=int, min=1, optional=True)
     ratio: float | None = param(0.25, "Kept fraction of the prompt, when no budget is given.", type=float, min=0.001, max=1.0, optional=True)
 
     def resolve_budget(self, prompt_len: int) -> int:
-        """Kept entries per KV head; raises PolicyError when the budget cannot work for this prompt."""
+        """Kept entries per layer and KV head: the one place a budget or ratio becomes entries
+        (a ratio through ``ratio_budget``); raises PolicyError when the budget cannot work for
+        this prompt (``check_budget``)."""
         if self.budget is not None:
             if self.budget <= 0:
                 raise PolicyError(f"{self.name}: budget must be positive, not {self.budget}.")
@@ -115,12 +128,67 @@ class BudgetSelector(Selector):
                 raise PolicyError(
                     f"{self.name}: budget {self.budget} is larger than the prompt ({prompt_len} tokens)."
                 )
-            return int(self.budget)
-        if self.ratio is None:
+            budget = int(self.budget)
+        elif self.ratio is None:
             raise PolicyError(f"{self.name}: give a budget or a ratio.")
-        if not 0 < self.ratio <= 1:
+        elif not 0 < self.ratio <= 1:
             raise PolicyError(f"{self.name}: ratio must be in (0, 1], not {self.ratio}.")
-        return max(1, int(round(self.ratio * prompt_len)))
+        else:
+            budget = ratio_budget(self.ratio, prompt_len)
+        self.check_budget(budget)
+        return budget
+
+    def check_budget(self, budget: int) -> None:
+        """Raise PolicyError when this policy cannot work with ``budget`` entries per KV head."""
+
+    def budget_notes(self, budget: int | None) -> list[Note]:
+        """What the protected parts hold at this budget, named by the parameters that set them; a
+        warning when those parameters ask for more than the budget holds (the policy caps them)
+        or fill it (nothing is left for the other entries)."""
+        if budget is None:
+            return []
+        real = self.protection(budget)
+        # a part set by a parameter stays the same under any larger budget; a part that grows
+        # with the budget (a sliding window) is what the budget leaves, not a setting
+        big, bigger = self.protection(10**9), self.protection(10**9 + 1)
+        kept, asked = [], []  # asked: (parameter name, entries it asks to protect)
+        for part in ("n_sink", "recent"):
+            n, setting = getattr(real, part), getattr(big, part) == getattr(bigger, part)
+            name = self._setting_name(part, getattr(big, part))
+            if setting and getattr(big, part):
+                asked.append((name, getattr(big, part)))
+            if n:
+                what = f"the first {n} tokens" if part == "n_sink" else (
+                    f"the {n} " + ("last tokens of the prompt" if real.anchored_at_prompt else "most recent tokens"))
+                why = name if setting else "the whole budget" if n == budget else "the rest of the budget"
+                kept.append(f"{what} ({why})")
+        if not kept:
+            return []
+        rest = budget - real.n_sink - real.recent
+        text = f"With {budget} entries per layer and KV head, {self.name} keeps " + " and ".join(kept)
+        others = f"the {rest} other {'entry' if rest == 1 else 'entries'} {self.others}"
+        notes = [Note("info", text + (f", and {others}." if rest > 0 else "."))]
+        names, total = " + ".join(n for n, _ in asked), sum(a for _, a in asked)
+        said = f"{names} = " + " + ".join(str(a) for _, a in asked)
+        if total > budget:
+            notes.append(Note("warning", (
+                f"{said} asks to protect more entries than the budget holds ({budget} per layer and KV head): {self.name}"
+                f" protects only {real.n_sink + real.recent} and keeps no entries {self.others}. Raise the budget or lower {names}."
+            )))
+        elif asked and total == budget == real.n_sink + real.recent:
+            notes.append(Note("warning", (
+                f"{said} fills the whole budget ({budget} entries per layer and KV head): no room is left for entries "
+                f"{self.others}. Raise the budget or lower {names}."
+            )))
+        return notes
+
+    def _setting_name(self, part: str, value: int) -> str:
+        """The parameter that sets a protected part: as declared in ``protection_params``, else
+        the one parameter whose value it is."""
+        if part in self.protection_params:
+            return self.protection_params[part]
+        same = [n for n, v in self.values().items() if n not in ("budget", "ratio") and v == value and not isinstance(v, bool)]
+        return same[0] if len(same) == 1 else "its settings"
 
 
 @dataclass

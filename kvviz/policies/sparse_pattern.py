@@ -17,6 +17,7 @@ class SparsePattern(ScoredSelector):
     name = "sparse_pattern"
     family = "sparse"
     paper = "Beltagy et al., 2020. Longformer; Zaheer et al., 2020. Big Bird: Transformers for Longer Sequences"
+    paper_url = "https://arxiv.org/abs/2007.14062"
     graph_safe = True
     summary = """The attention pattern of Longformer and BigBird turned into a cache: the
     `n_global` first tokens (global tokens), `random_blocks` blocks of `block_size` consecutive
@@ -32,15 +33,15 @@ class SparsePattern(ScoredSelector):
     block_size: int = param(4, "Tokens per random block.", min=1, max=256)
     random_blocks: int = param(2, "Random blocks of prompt tokens kept per KV head.", min=0, max=256)
 
-    def resolve_budget(self, prompt_len: int) -> int:
-        budget = super().resolve_budget(prompt_len)
-        fixed = self.n_global + self.random_blocks * self.block_size
-        if budget <= fixed:
+    protection_params = {"n_sink": "n_global"}  # the window is what the budget leaves
+    others = "in its random blocks (random_blocks x block_size)"
+
+    def check_budget(self, budget: int) -> None:
+        if budget <= self.n_global + self.random_blocks * self.block_size:
             raise PolicyError(
                 f"sparse_pattern: budget {budget} leaves no local window after {self.n_global} global tokens and"
                 f" {self.random_blocks} random blocks of {self.block_size}; raise the budget or shrink the pattern."
             )
-        return budget
 
     def protection(self, budget):
         window = budget - self.n_global - self.random_blocks * self.block_size if budget else 0

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kvviz.policies.params import Note
+
 BUDGET_KEYS = ("budget", "ratio")
 
 Params = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # ((policy, ((param, value), ...)), ...)
@@ -208,33 +210,11 @@ def _float(value, what: str) -> float:
         raise PolicyError(f"{what} must be a number, not {value!r}.") from None
 
 
-def budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
-    """What the policy really protects with the budget it gets on this prompt, and a warning when
-    its settings ask for more than the budget holds (the policy then caps them)."""
+def budget_notes(spec: PolicySpec, prompt_len: int) -> list[Note]:
+    """Notes on the budget this spec gets on a prompt of ``prompt_len`` tokens, each a
+    ``Note(level, text)``: "info" says what the policy always keeps (named by its parameters),
+    "warning" that its settings ask for more than the budget holds or fill it. Raises PolicyError
+    when the budget cannot work for this prompt."""
     budget = spec.resolve_budget(prompt_len)
     selector = spec.pipeline().selector
-    if budget is None or selector is None or not hasattr(selector, "protection"):
-        return []
-    real = selector.protection(budget)
-    # what the settings ask for: the protection under an unbounded budget; a part that grows with
-    # the budget (a sliding window, StreamingLLM's window) is what the budget leaves, not a setting
-    big, bigger = selector.protection(10**9), selector.protection(10**9 + 1)
-    asked_sink = big.n_sink if big.n_sink == bigger.n_sink else real.n_sink
-    asked_recent = big.recent if big.recent == bigger.recent else real.recent
-    held = []
-    if real.n_sink:
-        held.append(f"the first {real.n_sink} tokens (sinks)")
-    if real.recent:
-        held.append(f"the {real.recent} " + ("last tokens of the prompt" if real.anchored_at_prompt else "most recent tokens"))
-    notes = []
-    if held:
-        notes.append(f"With {budget} entries per layer and KV head, {spec.name} always keeps " + " and ".join(held) + ".")
-    if (real.n_sink, real.recent) != (asked_sink, asked_recent):
-        notes.append(
-            f"The budget ({budget} entries) is smaller than {spec.name}'s settings ask for "
-            f"({asked_sink + asked_recent} protected entries): the policy caps them to fit. "
-            "Raise the budget or lower the window to keep its own choice."
-        )
-    elif held and (asked_sink, asked_recent) == (big.n_sink, big.recent) and real.n_sink + real.recent >= budget:
-        notes.append(f"Every kept entry is a protected one: no room is left for {spec.name}'s scores at this budget.")
-    return notes
+    return [] if selector is None else selector.budget_notes(budget)

@@ -12,6 +12,7 @@ class StreamingLLM(ScoredSelector):
     name = "streaming_llm"
     family = "eviction"
     paper = "Xiao et al., 2023. Efficient Streaming Language Models with Attention Sinks"
+    paper_url = "https://arxiv.org/abs/2309.17453"
     graph_safe = True
     summary = """Keeps the `n_sink` first tokens, which draw a large share of attention whatever
     they say (attention sinks), plus the most recent tokens: budget = n_sink + window. Evicts
@@ -22,14 +23,14 @@ class StreamingLLM(ScoredSelector):
 
     n_sink: int = param(4, "First tokens always kept (attention sinks), part of the budget.", min=0, max=1024)
 
-    def resolve_budget(self, prompt_len: int) -> int:
-        budget = super().resolve_budget(prompt_len)
+    protection_params = {"n_sink": "n_sink"}  # the window is what the budget leaves
+
+    def check_budget(self, budget: int) -> None:
         if budget <= self.n_sink:
             raise PolicyError(
                 f"streaming_llm: budget {budget} leaves no recent window after {self.n_sink} sink tokens;"
                 " raise the budget or lower n_sink."
             )
-        return budget
 
     def score(self, layer, ctx):
         return layer.positions.float()  # (kv_heads, n): the newest entries score highest

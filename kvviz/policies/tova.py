@@ -12,6 +12,7 @@ class TOVA(ScoredSelector):
     name = "tova"
     family = "eviction"
     paper = "Oren et al., 2024. Transformers are Multi-State RNNs (TOVA: Token Omission Via Attention)"
+    paper_url = "https://arxiv.org/abs/2401.06104"
     graph_safe = True
     summary = """At every decode step, once the budget is full, evicts the entry with the lowest
     attention from the current query. As in the paper the score is averaged over all the

@@ -11,6 +11,7 @@ class Window(ScoredSelector):
     name = "window"
     family = "eviction"
     paper = "Beltagy et al., 2020. Longformer (local attention); the baseline of Xiao et al., 2023"
+    paper_url = "https://arxiv.org/abs/2004.05150"
     graph_safe = True
     summary = """Keeps the `budget` most recent tokens and evicts everything older, including the
     first tokens. StreamingLLM showed that dropping those first tokens (the attention sinks)

@@ -12,7 +12,8 @@ import streamlit as st
 
 from kvviz import policies
 from kvviz.policies import Param, PolicyError
-from kvviz.policies.spec import PolicySpec
+from kvviz.policies.params import ratio_budget
+from kvviz.policies.spec import PolicySpec, budget_notes
 from kvviz.ui import state as ui_state
 from kvviz.ui.token_html import md_escape
 
@@ -25,10 +26,11 @@ def policy_label(name: str) -> str:
 
 
 def describe_policy(name: str) -> str:
-    """Markdown: what the policy does and its paper (our own text, not user input)."""
+    """Markdown: what the policy does and its paper, linked when known (our own text, not user input)."""
     cls = policies.get(name)
     summary = " ".join(cls.summary.split())
-    return f"**{name}** · {cls.family}. {summary}\n\n*Paper:* {cls.paper}"
+    paper = f"[{cls.paper}]({cls.paper_url})" if cls.paper_url else cls.paper
+    return f"**{name}** · {cls.family}. {summary}\n\n*Paper:* {paper}"
 
 
 def _kept(widget, key: str, default, **kwargs):
@@ -88,7 +90,7 @@ def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple
         help="How many entries each layer and KV head keeps. " + policies.BudgetSelector.params()["budget"].help,
     )
     if mode == "entries per KV head":
-        default = max(1, round((prompt_len or 64) * ratio_spec.default))
+        default = ratio_budget(ratio_spec.default, prompt_len or 64)
         budget = _kept(
             st.number_input, f"{key}.budget", int(default), label="budget (entries per KV head)", min_value=1, step=1,
             help="Must not exceed the prompt's length.", url=urls["budget"],
@@ -101,8 +103,22 @@ def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple
         min_value=0.01, max_value=1.0, step=0.01, help=ratio_spec.help, url=urls["ratio"],
     )
     if prompt_len:
-        st.caption(f"Keeps {max(1, round(ratio * prompt_len))} of {prompt_len} prompt tokens per layer and KV head.")
+        st.caption(f"Keeps {ratio_budget(ratio, prompt_len)} of {prompt_len} prompt tokens per layer and KV head.")
     return None, float(ratio)
+
+
+def show_budget_notes(where, spec: PolicySpec | None, prompt_len: int | None) -> None:
+    """The notes on what ``spec`` keeps at its budget on this prompt, in the container ``where``:
+    a warning for settings that do not fit the budget, a caption for the rest. Nothing when the
+    budget does not fit the prompt at all (a run says why)."""
+    if spec is None or not prompt_len:
+        return
+    try:
+        notes = budget_notes(spec, prompt_len)
+    except PolicyError:
+        return
+    for level, text in notes:
+        (where.warning if level == "warning" else where.caption)(text)  # our own text: names and numbers
 
 
 def _seed_from_url(key: str, url: str, default: str) -> None:

@@ -86,16 +86,64 @@ def test_of_completes_a_name_or_text_form_the_way_the_engine_and_cli_take_it():
         PolicySpec.of("nope", budget=8)
 
 
-def test_budget_notes_do_not_take_a_window_that_the_budget_sets_for_a_setting():
+def test_budget_notes_name_the_parameters_and_a_window_the_budget_sets_is_no_setting():
     from kvviz.policies.spec import budget_notes
 
-    # a sliding window and StreamingLLM keep what the budget leaves: nothing is capped
+    # a sliding window and StreamingLLM keep what the budget leaves: nothing is capped, no warning
     assert budget_notes(PolicySpec.parse("window:budget=16"), 40) == [
-        "With 16 entries per layer and KV head, window always keeps the 16 most recent tokens."
+        ("info", "With 16 entries per layer and KV head, window keeps the 16 most recent tokens (the whole budget).")
     ]
     assert budget_notes(PolicySpec.parse("streaming_llm:n_sink=4,budget=16"), 40) == [
-        "With 16 entries per layer and KV head, streaming_llm always keeps the first 4 tokens (sinks) and the 12 most recent tokens."
+        ("info", "With 16 entries per layer and KV head, streaming_llm keeps the first 4 tokens (n_sink) and the 12 most"
+         " recent tokens (the rest of the budget).")
     ]
-    # a setting the budget cannot hold is capped, and said so
-    capped = budget_notes(PolicySpec.parse("knorm:n_sink=2,recent=3,budget=5"), 40)
-    assert len(capped) == 2 and "no room is left" in capped[1]
+    assert budget_notes(PolicySpec.parse("sparse_pattern:n_global=2,block_size=4,random_blocks=3,budget=30"), 40) == [
+        ("info", "With 30 entries per layer and KV head, sparse_pattern keeps the first 2 tokens (n_global) and the 16"
+         " most recent tokens (the rest of the budget), and the 12 other entries in its random blocks (random_blocks x block_size).")
+    ]
+    assert budget_notes(PolicySpec.parse("tova:budget=8"), 40) == []  # protects nothing
+
+
+def test_h2o_notes_speak_of_recent_and_heavy_hitters():
+    from kvviz.policies.spec import budget_notes
+
+    assert budget_notes(PolicySpec.parse("h2o:recent=48,budget=64"), 150) == [
+        ("info", "With 64 entries per layer and KV head, h2o keeps the 48 most recent tokens (recent), and the 16 other"
+         " entries with the highest accumulated attention (heavy hitters).")
+    ]
+    full = budget_notes(PolicySpec.parse("h2o:recent=16,budget=16"), 40)  # fits, but leaves nothing to the scores
+    assert [level for level, _ in full] == ["info", "warning"]
+    assert full[1].text.startswith("recent = 16 fills the whole budget (16 entries") and "window" not in full[1].text
+    over = budget_notes(PolicySpec.parse("h2o:recent=16,budget=9"), 40)
+    assert over[0] == ("info", "With 9 entries per layer and KV head, h2o keeps the 9 most recent tokens (recent).")
+    assert over[1].level == "warning" and over[1].text.startswith("recent = 16 asks to protect more entries than the budget holds (9 ")
+    assert over[1].text.endswith("Raise the budget or lower recent.")
+
+
+@pytest.mark.parametrize(
+    "text, prompt_len, levels",
+    [
+        ("h2o:recent=15,budget=16", 40, ["info"]),  # one entry left for a heavy hitter: nothing is short
+        ("h2o:recent=16,budget=16", 40, ["info", "warning"]),
+        ("h2o:recent=17,budget=16", 40, ["info", "warning"]),
+        ("lru:recent=8,budget=8", 40, ["info", "warning"]),
+        ("lfu:recent=8,budget=9", 40, ["info"]),
+        ("knorm:n_sink=2,recent=3,budget=6", 40, ["info"]),
+        ("knorm:n_sink=2,recent=3,budget=5", 40, ["info", "warning"]),
+        ("snapkv:window=8,budget=8", 40, ["info", "warning"]),
+        ("streaming_llm:n_sink=4,budget=5", 40, ["info"]),  # 4 sinks and a 1-token window: what it is asked
+    ],
+)
+def test_a_warning_only_when_the_settings_do_not_leave_room(text, prompt_len, levels):
+    from kvviz.policies.spec import budget_notes
+
+    assert [n.level for n in budget_notes(PolicySpec.parse(text), prompt_len)] == levels
+
+
+def test_the_default_h2o_on_the_live_pages_default_prompt_is_clean():
+    """The Live page opens on h2o at the default ratio with the 37-token chat example: no warning."""
+    from kvviz.policies.spec import budget_notes
+
+    spec = PolicySpec.parse("h2o")
+    assert spec.resolve_budget(37) == 9  # 0.25 x 37 = 9.25
+    assert [n.level for n in budget_notes(spec, 37)] == ["info"]

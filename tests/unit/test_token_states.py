@@ -23,7 +23,8 @@ def declared(spec, budget, **params):
         ("streaming_llm", 20, {"n_sink": 4}, Protection(n_sink=4, recent=16)),  # budget = n_sink + window
         # budget = n_global + random_blocks x block_size + window
         ("sparse_pattern", 30, {"n_global": 2, "block_size": 4, "random_blocks": 3}, Protection(n_sink=2, recent=16)),
-        ("h2o", 20, {"recent": 16}, Protection(recent=10)),  # the recent window is at most half the budget
+        ("h2o", 20, {"recent": 16}, Protection(recent=16)),  # any split: heavy hitters take budget - recent
+        ("h2o", 12, {"recent": 16}, Protection(recent=12)),  # capped at the budget
         ("h2o", 40, {"recent": 16}, Protection(recent=16)),
         ("merge", 20, {"recent": 4}, Protection(recent=4)),
         ("knorm", 20, {"n_sink": 2, "recent": 3}, Protection(n_sink=2, recent=3)),
