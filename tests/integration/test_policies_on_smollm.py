@@ -47,3 +47,40 @@ def test_quantized_cache_bytes_match_the_bit_width(smollm, bits):
     scales = 2 * s.n_layers * s.n_kv_heads * n * 2 * 4
     assert trace.kv_bytes[0] == codes + scales
     assert trace.kv_bytes[0] < trace.kv_bytes_full[0] * (bits / 32 + 0.1)
+
+
+def test_h2o_takes_any_split_of_recent_and_heavy_hitters(smollm):
+    """budget 64, recent 48 (more than half, as the authors' code allows): after prefill each KV
+    head keeps the 48 newest prompt tokens and the 16 others with the most attention received,
+    recomputed in float64 from the model's own queries and keys (mean over the KV head's query
+    heads, summed over every prompt query); each decode step keeps the 48 newest tokens."""
+    import torch
+    from tests.references import grouped_softmax, projections
+
+    from kvviz.record.examples import long_document
+
+    budget, recent, steps = 64, 48, 3
+    ids = encode_prompt(smollm.tokenizer, long_document()[:1200])[:150]
+    P = len(ids)
+    assert P == 150
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, "h2o", params={"recent": recent}, budget=budget,
+                       max_new_tokens=steps, stop_at_eos=False)
+    assert trace.protection.recent == recent
+    queries, keys = projections(smollm.model, ids)  # (layers, 9, P, 64), (layers, 3, P, 64), float64
+    causal = torch.ones(P, P, dtype=torch.bool).tril()
+    near_ties = 0
+    for layer in range(smollm.summary.n_layers):
+        received = grouped_softmax(queries[layer], keys[layer], causal).mean(1).sum(1)  # (3, P)
+        for head in range(smollm.summary.n_kv_heads):
+            older = received[head, : P - recent]
+            order = older.argsort(descending=True)
+            cut, below = older[order[budget - recent - 1]], older[order[budget - recent]]
+            if cut - below <= 1e-6 * cut:  # float32 in the run could flip such a pair
+                near_ties += 1
+                continue
+            expected = sorted(order[: budget - recent].tolist()) + list(range(P - recent, P))
+            assert trace.kept_positions(0, layer, head).tolist() == expected, (layer, head)
+            for s in range(1, steps):
+                held = trace.kept_positions(s, layer, head).tolist()
+                assert len(held) == budget and set(range(P + s - recent, P + s)) <= set(held)
+    assert near_ties <= 3  # nearly every (layer, KV head) is checked
