@@ -1,5 +1,8 @@
 """The policy registry: every policy describes itself, and bad specs fail with a clear message."""
 
+import argparse
+import json
+
 import pytest
 
 from kvviz.policies import BudgetSelector, PolicyError, build, registry
@@ -76,3 +79,24 @@ def test_budget_errors_for_a_prompt(spec, params, budget, message):
     assert isinstance(sel, BudgetSelector)
     with pytest.raises(PolicyError, match=message):
         sel.resolve_budget(40)
+
+
+LINKED = sorted(EXPECTED - {"snapkv", "pyramidkv", "kivi"})  # those three get their links from their own files
+
+
+@pytest.mark.parametrize("name", LINKED)
+def test_policy_links_its_paper(name):
+    url = registry()[name].describe()["paper_url"]
+    assert url.startswith(("https://arxiv.org/abs/", "https://proceedings.mlr.press/")), url
+
+
+def test_the_paper_link_is_optional_and_listed_by_the_cli(capsys):
+    from kvviz.commands import policies as command
+
+    assert all(isinstance(cls.describe()["paper_url"], str) for cls in registry().values())  # "" when a policy gives none
+    assert command.main(argparse.Namespace(json=False)) == 0
+    text = capsys.readouterr().out
+    assert "h2o  [eviction]  Zhang et al., 2023. H2O" in text and "\n    https://arxiv.org/abs/2306.14048\n" in text
+    assert command.main(argparse.Namespace(json=True)) == 0
+    by_name = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert by_name["streaming_llm"]["paper_url"] == "https://arxiv.org/abs/2309.17453"
