@@ -18,9 +18,10 @@ full-precision element, 2 for fp16/bf16; G = group size):
   int8 / int4 / int2         d × b / 8 + (d / G) × 2 × s: codes packed into bytes, one scale and one
                              zero point per G elements (asymmetric, per token, as kvviz.storage.quantize
                              stores them); int4 with G = 32: 0.625 bytes per element
-  kivi-4 / kivi-2            KIVI (Liu et al., 2024): keys per channel in groups of R tokens, values
-                             per token in groups of G channels; the R newest values and the keys of
-                             the group still filling stay in full precision (as kvviz's kivi store)
+  kivi-4 / kivi-2            KIVI (Liu et al., 2024), as its code holds them: keys per channel, one
+                             scale and zero point per G tokens, the keys since the last multiple of
+                             R in full precision; values per token in groups of G channels, the R
+                             newest in full precision (as kvviz's kivi store)
 
 What-ifs: a policy keeping a ratio r of the tokens holds max(1, round(r × n)) per layer (kvviz's
 budget rule); a sliding window W holds min(n, W) on every layer. Every result carries its
@@ -110,8 +111,8 @@ class Scenario:
     context: int
     batch: int = 1
     dtype: str = "bf16"
-    group_size: int = 32  # G: elements sharing a scale and zero point (KIVI: channels of a value)
-    residual: int = 128  # R: KIVI's full-precision window and key group, in tokens (the paper's 128)
+    group_size: int = 32  # G: elements sharing a scale and zero point (KIVI: channels of a value, tokens of a key channel)
+    residual: int = 128  # R: KIVI's full-precision window, and how many keys wait before quantization (the paper's 128)
     full_bytes: int = 2  # s: bytes of a scale, a zero point or a full-precision element (bf16/fp16)
     keep_ratio: float | None = None  # a cache policy keeping this share of the tokens
     window: int | None = None  # a sliding window on every layer
@@ -132,6 +133,8 @@ class Scenario:
             if layout.attention == "MLA":
                 raise CalcError("KIVI quantizes keys per channel and values per token; MLA caches one latent vector instead: use int4 or int2.")
             _check(self.residual, "KIVI's residual window", "tokens", MAX_CONTEXT, "the longest context")
+            if self.residual > self.group_size and self.residual % self.group_size:
+                raise CalcError(f"KIVI's residual window ({self.residual}) must be a multiple of the group size ({self.group_size}).")
         ratio = self.keep_ratio
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
             raise CalcError(f"the kept ratio must be in (0, 1], not {value_text(ratio)}.")
@@ -182,9 +185,10 @@ def kivi_vector_bytes(d: int, b: int, G: int, s: int, R: int, tokens: np.ndarray
     ``d`` dims, value groups of ``G`` channels, ``s``-byte scales and full-precision elements,
     residual ``R`` tokens)."""
     quantized_vector = d * b // 8 + (d // G) * 2 * s  # a value: codes, then a scale and a zero per group
-    keys_q = (tokens // R) * R  # whole groups of R tokens, per channel
+    keys_q = (tokens // R) * R  # whole chunks of R tokens, per channel, in groups of G tokens
     values_q = np.maximum(tokens - R, 0)  # all but the R newest, per token
-    key_bytes = keys_q * d * b // 8 + (keys_q // R) * d * 2 * s + (tokens - keys_q) * d * s
+    key_group = min(G, R)  # kvviz's kivi: a residual below G groups keys by R
+    key_bytes = keys_q * d * b // 8 + (keys_q // key_group) * d * 2 * s + (tokens - keys_q) * d * s
     value_bytes = values_q * quantized_vector + (tokens - values_q) * d * s
     return key_bytes + value_bytes
 
@@ -194,7 +198,7 @@ def kivi_formula(lead: str, parts: str, sc: "Scenario", seq: int) -> str:
     R = sc.residual
     return (
         f"{lead}{parts}; in each, per KV head, keys: ⌊n / {R}⌋ × {R} tokens quantized per channel "
-        f"(a scale and a zero point per channel per {R} tokens), the rest in full precision; values: n − {R} "
+        f"(a scale and a zero point per channel per {min(sc.group_size, R)} tokens), the rest in full precision; values: n − {R} "
         f"tokens quantized per token, the {R} newest in full precision ({sc.full_bytes} bytes) = {seq:,} bytes"
     )
 

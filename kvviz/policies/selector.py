@@ -86,8 +86,8 @@ class Selector(Policy):
         """Kept entries per layer and KV head for this prompt; None = no limit."""
         return None
 
-    def layer_budget(self, budget: int | None, layer_idx: int, n_layers: int) -> int | None:
-        """Budget of one layer; PyramidKV overrides this."""
+    def layer_budget(self, budget: int | None, layer_idx: int, n_layers: int, prompt_len: int | None = None) -> int | None:
+        """Budget of one layer (for a prompt of ``prompt_len`` tokens); PyramidKV overrides this."""
         return budget
 
     def budget_notes(self, budget: int | None) -> list[Note]:

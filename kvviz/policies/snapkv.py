@@ -1,7 +1,16 @@
-"""SnapKV: the prompt's last queries vote for the entries worth keeping, once, after prefill."""
+"""SnapKV: the prompt's last queries vote for the entries worth keeping, once, after prefill.
+
+Follows ``SnapKVCluster.update_kv`` of the authors' code (FasterDecoding/SnapKV, commit
+e216ddc, snapkv/monkeypatch/snapkv_utils.py, lines 38-70) and its KV-head form in
+Zefan-Cai/KVCache-Factory (commit c97f9d7, pyramidkv/pyramidkv_utils.py, lines 273-320): the
+window's attention to the entries before it is summed over the window, averaged over a KV head's
+query heads, pooled along the sequence (zero padding), and the top ``budget - window`` of those
+entries are kept with the whole window.
+"""
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from kvviz.policies.params import param
@@ -17,10 +26,14 @@ class SnapKV(ScoredSelector):
     paper = "Li et al., 2024. SnapKV: LLM Knows What You are Looking for Before Generation"
     summary = """At the end of prefill, the last `window` queries of the prompt (the observation
     window) score every earlier entry by the attention they give it, summed over the window;
-    the scores are pooled along the sequence (`kernel`, avg or max) so neighbours of important
-    tokens survive too. Each KV head keeps its own top entries plus the observation window.
-    Generated tokens are never evicted (SnapKV compresses the prompt only). For GQA a KV head's
-    score is the mean over its query heads."""
+    the scores of the entries before the window are pooled along the sequence (`kernel`, avg or
+    max, zero padding) so neighbours of important tokens survive too. Each KV head keeps its own
+    top entries plus the whole observation window. Generated tokens are never evicted (SnapKV
+    compresses the prompt only). For GQA a KV head's score is the mean over its query heads, as
+    in KVCache-Factory's KV-head path. As in the authors' code, only the entries before the
+    window are pooled (the window's own votes never reach its neighbours). Differs from the
+    released code on purpose in one place: a budget at or below `window` keeps the newest
+    `budget` tokens (the released code refuses it)."""
     needs_queries = True
     acts_at_decode = False
 
@@ -34,11 +47,16 @@ class SnapKV(ScoredSelector):
             layer.queries[:, -window:], layer.keys, layer.query_positions[-window:], layer.positions
         )  # (kv_heads, window, n)
         votes = probs.sum(dim=1)  # (kv_heads, n)
-        if self.kernel > 1:  # padding counts as zeros (avg) and keeps the length for odd kernels
-            pool = F.avg_pool1d if self.pooling == "avg" else F.max_pool1d
-            votes = pool(votes.unsqueeze(1), self.kernel, stride=1, padding=self.kernel // 2).squeeze(1)
-            votes = votes[:, : layer.n]  # an even kernel gives one more
-        return votes
+        return torch.cat([self.pool(votes[:, :-window]), votes[:, -window:]], dim=1)
+
+    def pool(self, votes):
+        """(kv_heads, m) -> (kv_heads, m): the votes of the entries before the window, pooled;
+        padding counts as zeros (avg) and keeps the length for odd kernels."""
+        if self.kernel <= 1:
+            return votes
+        pool = F.avg_pool1d if self.pooling == "avg" else F.max_pool1d
+        pooled = pool(votes.unsqueeze(1), self.kernel, stride=1, padding=self.kernel // 2).squeeze(1)
+        return pooled[:, : votes.shape[1]]  # an even kernel gives one more
 
     def protection(self, budget):
         # the observation window, at most the budget; the prompt is at least the budget long

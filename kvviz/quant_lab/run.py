@@ -10,8 +10,9 @@ Schemes (asymmetric: a scale and a zero point per group, in the model's dtype):
 
   per_token    each token's vector cut into groups of G channels (the quant store, axis per_token)
   per_channel  each channel cut into groups of G tokens (the quant store, axis per_channel)
-  kivi         keys per channel in groups of R tokens, values per token in groups of G channels,
-               the R newest values and the keys of the unfinished group in full precision
+  kivi         as KIVI's code: keys per channel in groups of G tokens, quantized R at a time
+               (the keys since the last multiple of R wait in full precision), values per token
+               in groups of G channels, the R newest in full precision
 
 What a scheme does is measured three ways: the relative reconstruction error ‖x − x̂‖ / ‖x‖ of
 K and V; the attention rows of the layer's real queries over quantized keys, KL(P ‖ P̂) per row
@@ -31,7 +32,7 @@ import torch
 from kvviz.model import capture
 from kvviz.model import devices
 from kvviz.runtime import engine
-from kvviz.policies import scoring
+from kvviz.policies import kivi, scoring
 from kvviz.record.metrics import format_bytes
 from kvviz.storage.quantize import QuantizedStream
 
@@ -127,7 +128,7 @@ def channel_stats(lc: LayerCache, head: int) -> dict[str, np.ndarray]:
 class Scheme:
     axis: str  # "per_token", "per_channel" or "kivi"
     bits: int
-    group: int  # per_token: channels per scale; per_channel: tokens per scale; kivi: channels per value scale
+    group: int  # per_token: channels per scale; per_channel: tokens per scale; kivi: G, both
     residual: int = 0  # kivi's R
 
     @property
@@ -138,11 +139,11 @@ class Scheme:
 
     def stream(self, role: str, kv_heads: int, head_dim: int, dtype, device) -> QuantizedStream:
         """The store's stream for keys (role "key") or values ("value")."""
-        per_channel = self.axis == "per_channel" or (self.axis == "kivi" and role == "key")
-        group = self.residual if self.axis == "kivi" and role == "key" else self.group
-        residual = self.residual if self.axis == "kivi" and role == "value" else 0
+        if self.axis == "kivi":
+            keys, values = kivi.streams(self.bits, self.residual, self.group, kv_heads, head_dim, dtype, device)
+            return keys if role == "key" else values
         return QuantizedStream(
-            kv_heads, head_dim, dtype, device, bits=self.bits, per_channel=per_channel, group_size=group, symmetric=False, residual=residual
+            kv_heads, head_dim, dtype, device, bits=self.bits, per_channel=self.axis == "per_channel", group_size=self.group, symmetric=False
         )
 
     def policy(self) -> tuple[str, dict]:
@@ -157,7 +158,7 @@ def quantize_tensor(x: torch.Tensor, scheme: Scheme, role: str) -> tuple[torch.T
     stream = scheme.stream(role, x.shape[0], x.shape[2], x.dtype, x.device)
     stream.append(x)
     held = sum(t.numel() * t.element_size() for t in stream.tensors())
-    return stream.materialize(), held, stream.tail.shape[1]
+    return stream.held(), held, stream.tail.shape[1]
 
 
 @dataclass
@@ -313,14 +314,14 @@ def axis_summary(results: list[SchemeResult], group: int = 32) -> str:
 
 def window_summary(lc: LayerCache, scheme: Scheme) -> str:
     """How KIVI holds this layer's cache: what is quantized, what waits in full precision, the bytes."""
-    n, R = lc.n_tokens, scheme.residual
+    n, R, G = lc.n_tokens, scheme.residual, min(scheme.group, scheme.residual)
     keys_q, values_q = (n // R) * R, max(n - R, 0)
     _, k_bytes, _ = quantize_tensor(lc.keys, scheme, "key")
     _, v_bytes, _ = quantize_tensor(lc.values, scheme, "value")
     full = 2 * lc.keys.numel() * lc.keys.element_size()
     return (
-        f"Of the {n} tokens, **keys**: {keys_q} quantized per channel in {n // R} group{'s' if n // R != 1 else ''} of {R} "
-        f"tokens, {n - keys_q} in full precision until their group is full; **values**: {values_q} quantized per token, "
+        f"Of the {n} tokens, **keys**: {keys_q} quantized per channel in {keys_q // G} group{'s' if keys_q // G != 1 else ''} of {G} "
+        f"tokens, {n - keys_q} in full precision until {R} have accumulated; **values**: {values_q} quantized per token, "
         f"the {n - values_q} newest in full precision. Layer {lc.layer} holds {format_bytes(k_bytes + v_bytes)} "
         f"instead of {format_bytes(full)} ({(k_bytes + v_bytes) / full:.0%}). On a long context the window is a "
         f"fixed {R} tokens, so the share of full precision fades: the paper keeps R = 128 at 2 bits."

@@ -41,6 +41,17 @@ from kvviz.record.trace import Protection, StoreError
 CACHE_KEYWORDS = ("cache", "past_key_values")  # the attention's cache argument (transformers >= 5.24, before)
 
 
+def sized_mask(mask: torch.Tensor, held: int, q_len: int) -> torch.Tensor:
+    """The model's mask (1, 1, q_len, m) for a layer that holds ``held`` entries before this
+    step: transformers sizes it from layer 0, and layers may hold different numbers (PyramidKV),
+    which eager attention, adding the mask to the scores, cannot broadcast. Every held entry is
+    in the past of the new queries: visible to all of them; the new ones keep their own mask."""
+    if mask.dim() != 4 or mask.shape[-1] == held + q_len:
+        return mask
+    visible = mask.new_full((*mask.shape[:-1], held), True if mask.dtype == torch.bool else 0)
+    return torch.cat([visible, mask[..., -q_len:]], dim=-1)
+
+
 class PolicyLayer(CacheLayerMixin):
     """One decoder layer's cache: a store of entries, their positions and the policy's stats."""
 
@@ -213,7 +224,7 @@ class PolicyCache(Cache):
         sel = pipeline.selector
         self.budget = sel.resolve_budget(prompt_len) if sel is not None else None
         self.layer_budgets = [
-            sel.layer_budget(self.budget, i, n_layers) if sel is not None else None for i in range(n_layers)
+            sel.layer_budget(self.budget, i, n_layers, prompt_len) if sel is not None else None for i in range(n_layers)
         ]
         self.protection = sel.protection(self.budget) if sel is not None else Protection()
         # Trace records, on the device of the layers they describe (a model split across GPUs
@@ -276,6 +287,8 @@ class PolicyCache(Cache):
             if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                 kwargs["attention_mask"] = layer.fixed.attention_mask(hidden.dtype)
+            elif layer.seen and isinstance(kwargs.get("attention_mask"), torch.Tensor):
+                kwargs["attention_mask"] = sized_mask(kwargs["attention_mask"], len(layer), positions.shape[0])
             return args, kwargs
 
         return hook

@@ -153,21 +153,27 @@ class FixedStream:
     - per token: the token leaving the residual (i = n - R) is quantized alone and written at its
       row every step; while n < R there is none, the row written (0) is not read as quantized
       yet, and its error is not counted (``where``);
-    - per channel: the group being filled is quantized every step and written over its rows; it
-      is read as quantized (and its error counted) only once full.
+    - per channel: the chunk being filled (KIVI's R tokens, else one group) is quantized every
+      step, in groups of G tokens, and written over its rows; it is read as quantized (and its
+      error counted) only once full.
+    With the stream's ``after_read`` (KIVI), the attention reads as quantized only what was
+    quantized before this step (``length`` - 1 tokens held), and the per-token ring holds R + 1
+    tokens: the one leaving the residual is read in full precision by the step that quantizes it.
     The arithmetic is the growing stream's: a row, or a whole group, quantized the same way."""
 
     def __init__(self, stream, capacity: int, length: torch.Tensor):
         self.bits, self.per_channel, self.symmetric = stream.bits, stream.per_channel, stream.symmetric
         self.group_size, self.dtype, self.meter = stream.group_size, stream.dtype, stream.meter
-        self.window = stream.group_size if stream.per_channel else stream.residual
+        self.window = stream.chunk if stream.per_channel else stream.residual
+        self.lag = int(stream.after_read)  # tokens appended this step that the attention reads unquantized
+        self.ring_size = self.window + (self.lag if not self.per_channel and self.window else 0)
         self.length = length  # (1,) long, shared with the layer: tokens held before this step's append
         self.capacity = capacity
         q, tail = stream.q, stream.tail
         kv, d = tail.shape[0], tail.shape[2]
         n_q, n = q.codes.shape[1], q.codes.shape[1] + tail.shape[1]
         g = self.group_size
-        rows = -(-capacity // g) * g if self.per_channel else capacity
+        rows = -(-capacity // self.window) * self.window if self.per_channel else capacity
         self.rows = rows
 
         def buffer(t, size):  # (kv, size, ...) with t's rows first
@@ -178,9 +184,9 @@ class FixedStream:
         scale_rows = rows // g if self.per_channel else rows
         zero = None if q.zero is None else buffer(q.zero, scale_rows)
         self.q = Quantized(buffer(q.codes, rows), buffer(q.scale, scale_rows), zero, q.bits, q.dim, q.group_size)
-        self.ring = tail.new_zeros(kv, max(self.window, 1), d)  # (kv, window, d) full precision
+        self.ring = tail.new_zeros(kv, max(self.ring_size, 1), d)  # (kv, ring_size, d) full precision
         for i in range(n_q, n):
-            self.ring[:, i % self.window] = tail[:, i - n_q]
+            self.ring[:, i % self.ring_size] = tail[:, i - n_q]
         self.slots = torch.arange(rows, device=tail.device)  # (rows,)
 
     def __len__(self) -> int:
@@ -189,7 +195,7 @@ class FixedStream:
     def quantized(self, n):
         """Tokens held quantized when ``n`` are held (a device tensor or a host integer)."""
         if self.per_channel:
-            return n // self.group_size * self.group_size
+            return n // self.window * self.window
         return (n - self.window).clamp_min(0) if isinstance(n, torch.Tensor) else max(n - self.window, 0)
 
     def append(self, x: torch.Tensor) -> None:
@@ -199,15 +205,17 @@ class FixedStream:
         if self.window == 0:  # per token, no residual: the token is quantized as it arrives
             self._write(quantize(x, self.bits, -1, self.group_size, self.symmetric, self.dtype, return_dequantized=True), x, n, n >= 0)
             return
-        slot = n % self.window
+        slot = n % self.ring_size
         if self.per_channel:
             self.ring.index_copy_(1, slot, x)
-            group = n // self.group_size
-            full = (n + 1) % self.group_size == 0
+            chunk = n // self.window
+            full = (n + 1) % self.window == 0
             q = quantize(self.ring, self.bits, 1, self.group_size, self.symmetric, self.dtype, return_dequantized=True)
-            self._write(q, self.ring, group * self.group_size + torch.arange(self.group_size, device=n.device), full, group)
+            groups = self.window // self.group_size
+            rows = chunk * self.window + torch.arange(self.window, device=n.device)
+            self._write(q, self.ring, rows, full, chunk * groups + torch.arange(groups, device=n.device))
         else:
-            leaving = self.ring.index_select(1, slot)  # token n - R, once n >= R
+            leaving = self.ring.index_select(1, (n - self.window) % self.ring_size)  # token n - R, once n >= R
             q = quantize(leaving, self.bits, -1, self.group_size, self.symmetric, self.dtype, return_dequantized=True)
             self._write(q, leaving, (n - self.window).clamp_min(0), n >= self.window)
             self.ring.index_copy_(1, slot, x)
@@ -229,8 +237,8 @@ class FixedStream:
         (called after the layer counted this step's token in ``length``)."""
         x = dequantize(self.q, self.dtype)  # (kv, rows, d)
         if self.window:
-            in_tail = self.slots >= self.quantized(self.length)  # (rows,)
-            x = torch.where(in_tail[None, :, None], self.ring.index_select(1, self.slots % self.window), x)
+            in_tail = self.slots >= self.quantized(self.length - self.lag)  # (rows,)
+            x = torch.where(in_tail[None, :, None], self.ring.index_select(1, self.slots % self.ring_size), x)
         return x[:, : self.capacity]
 
     def nbytes(self, n: int) -> int:

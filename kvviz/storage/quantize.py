@@ -199,15 +199,27 @@ class QuantizedStream:
     per_channel=False (per token): each token is quantized on its own, one scale per
     ``group_size`` channels; the ``residual`` most recent tokens wait in full precision (0 = none).
     per_channel=True: each channel gets one scale per group of ``group_size`` tokens; tokens wait
-    in full precision until their group is full (the tail holds fewer than ``group_size``).
+    in full precision until ``residual`` of them (a multiple of ``group_size``; 0 = one group)
+    have accumulated, and are then quantized together, ``residual / group_size`` groups at once
+    (KIVI's keys: jy-yuan/KIVI, commit 876b4d2, models/llama_kivi.py, lines 131-136 and 193-204).
+
+    ``after_read`` (KIVI): the tokens an append sends out of the tail are quantized after this
+    step's attention read them, as KIVI's code does (it quantizes after the attention, lines
+    131 and 174): ``materialize`` right after the append returns them in full precision, the
+    new token included; the stream holds them quantized from then on. Without it the attention
+    reads them already quantized.
     """
 
-    def __init__(self, kv_heads, head_dim, dtype, device, *, bits, per_channel, group_size, symmetric, residual=0):
+    def __init__(self, kv_heads, head_dim, dtype, device, *, bits, per_channel, group_size, symmetric, residual=0, after_read=False):
         check_bits(bits)
         if not per_channel and head_dim % group_size:
             raise ValueError(f"group size {group_size} does not divide head_dim {head_dim}.")
+        if per_channel and residual % group_size:
+            raise ValueError(f"the residual {residual} is not a multiple of the group size {group_size}.")
         self.bits, self.per_channel, self.group_size = bits, per_channel, group_size
-        self.symmetric, self.residual, self.dtype = symmetric, residual, dtype
+        self.symmetric, self.residual, self.dtype, self.after_read = symmetric, residual, dtype, after_read
+        self.chunk = (residual or group_size) if per_channel else 1  # tokens quantized together
+        self.read: torch.Tensor | None = None  # what this step's attention reads (after_read)
         dim = 1 if per_channel else 2
         scale_shape = (kv_heads, 0, head_dim) if per_channel else (kv_heads, 0, head_dim // group_size)
         self.q = Quantized(
@@ -233,13 +245,20 @@ class QuantizedStream:
         """x (kv_heads, q, head_dim) in the compute dtype."""
         self.meter.add(x)
         self.tail = x if self.tail.shape[1] == 0 else torch.cat([self.tail, x], dim=1)
+        self.read = None
+        if self.after_read and self._due():  # kept for this step's attention: the tail before quantizing
+            self.read = self.tail if self.n_quantized == 0 else torch.cat([dequantize(self.q, self.dtype), self.tail], dim=1)
         self._flush(record=True)
 
-    def _flush(self, record: bool) -> None:
-        """Quantize what leaves the tail: whole token groups (per channel) or all but the
-        ``residual`` newest tokens (per token). Sizes are host integers: no synchronization."""
+    def _due(self) -> int:
+        """Tokens of the tail to quantize now: whole chunks (per channel) or all but the
+        ``residual`` newest tokens (per token)."""
         t = self.tail.shape[1]
-        m = (t // self.group_size) * self.group_size if self.per_channel else max(t - self.residual, 0)
+        return (t // self.chunk) * self.chunk if self.per_channel else max(t - self.residual, 0)
+
+    def _flush(self, record: bool) -> None:
+        """Quantize what leaves the tail (``_due``). Sizes are host integers: no synchronization."""
+        m = self._due()
         if m == 0:
             return
         chunk = self.tail[:, :m]
@@ -252,7 +271,15 @@ class QuantizedStream:
         self.tail = self.tail[:, m:]
 
     def materialize(self) -> torch.Tensor:
-        """(kv_heads, n, head_dim) in the compute dtype."""
+        """(kv_heads, n, head_dim) in the compute dtype: what the attention reads (with
+        ``after_read``, the first call after an append reads the tokens it quantized as they were)."""
+        if self.read is not None:
+            read, self.read = self.read, None
+            return read
+        return self.held()
+
+    def held(self) -> torch.Tensor:
+        """(kv_heads, n, head_dim): what the stream holds, dequantized, in the compute dtype."""
         return torch.cat([dequantize(self.q, self.dtype), self.tail], dim=1)
 
     def keep(self, keep: torch.Tensor, replacement: torch.Tensor | None = None) -> None:
@@ -263,6 +290,7 @@ class QuantizedStream:
         layout (per token this is exact up to float rounding: the codes of a quantized row map
         back to themselves; per channel the token groups are re-formed, which adds error).
         """
+        self.read = None
         if replacement is None and not self.per_channel and self.residual == 0:
             self.q = self.q.gather_rows(keep)
             return
