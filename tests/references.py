@@ -46,3 +46,31 @@ def window_band(n: int, prompt_len: int, window: int) -> torch.Tensor:
     generated position i the positions i - window .. i (the held entries and itself)."""
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     return (j <= i) & ((i < prompt_len) | (j >= i - window))
+
+
+# ------------------------------------------------------------------ next-token distributions
+
+
+def plain_logprobs64(model, seq: list[int], prompt_len: int, sees: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probabilities (float64) of every step of a run over ``seq`` (the prompt, then each fed
+    token): the last prompt position's prediction, then each fed token's, from one plain
+    transformers forward with eager attention and, when given, a 4D additive mask made from
+    ``sees`` (n, n) bool (what each position attends to; default causal). (steps, vocab)."""
+    n = len(seq)
+    mask = None if sees is None else torch.zeros(1, 1, n, n).masked_fill(~sees, float("-inf"))
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            logits = model(
+                input_ids=torch.tensor([seq]), position_ids=torch.arange(n)[None], attention_mask=mask, use_cache=False
+            ).logits
+    finally:
+        model.set_attn_implementation(before)
+    return logits[0, prompt_len - 1 :].double().log_softmax(-1)
+
+
+def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row, float64, from log-probabilities (steps, vocab): sum p (log p - log q)."""
+    p_log, q_log = p_log.double(), q_log.double()
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
