@@ -43,6 +43,10 @@ def _discrete_heatmap(fills: list[list[str | None]], hover: list[list[str]], tex
     )
 
 
+MAX_GRID_ROWS = 40  # rows of blocks a screen shows slot by slot; beyond, one cell per block
+MAX_CELLS_PER_ROW = 128  # cells in a row of the block view; beyond, one cell per several blocks
+
+
 def slot_fill(state: str, owner_color: str | None, filled: bool, live: float) -> str:
     """The fill of one slot: free, cached, reserved but empty, held, partly held, or a hole."""
     if state == "free":
@@ -56,56 +60,157 @@ def slot_fill(state: str, owner_color: str | None, filled: bool, live: float) ->
     return tint(owner_color, PARTIAL) if live > 0 else COLORS["hole"]
 
 
+def _who(pool: dict, b: int) -> str:
+    owners = pool["owners"][b]
+    return f"{', '.join(owners)} (ref {pool['ref_count'][b]})" if owners else pool["state"][b].replace("cached", "cached free")
+
+
+def _outline(state: str, ref: int, color: str | None) -> tuple[str, float, str]:
+    """(colour, width, dash) of a block's outline: shared, used (its owner's colour), free or cached."""
+    if ref > 1:
+        return COLORS["shared"], 3, "solid"
+    if state == "used":
+        return color, 1.5, "solid"
+    return COLORS["block_outline"], 1, "dot" if state == "cached" else "solid"
+
+
+def _outline_traces(fig: go.Figure, boxes: dict[tuple, list[tuple[float, float, float, float]]]) -> None:
+    """One line trace per outline style, each drawing all its rectangles (x0, x1, y0, y1)."""
+    for (color, width, dash), rects in boxes.items():
+        xs, ys = [], []
+        for x0, x1, y0, y1 in rects:
+            xs += [x0, x1, x1, x0, x0, None]
+            ys += [y0, y0, y1, y1, y0, None]
+        fig.add_scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=width, dash=dash),
+                        hoverinfo="skip", showlegend=False, name="outline")
+
+
+def _shared_marks(fig: go.Figure, xs: list, ys: list, refs: list[int], text: bool) -> None:
+    """The reference count of every shared block (``×refs`` on a light square), as one trace."""
+    if not xs:
+        return
+    if text:
+        fig.add_scatter(x=xs, y=ys, mode="markers+text", text=[f"×{r}" for r in refs], hoverinfo="skip", showlegend=False,
+                        name="shared", textfont=dict(size=11, color=COLORS["shared"]),
+                        marker=dict(symbol="square", size=22, color="rgba(255,255,255,0.85)", line=dict(width=0)))
+    else:
+        fig.add_scatter(x=xs, y=ys, mode="markers", hoverinfo="skip", showlegend=False, name="shared",
+                        marker=dict(symbol="square-open", size=9, color=COLORS["shared"], line=dict(width=2)))
+
+
 def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int | None = None) -> go.Figure:
-    """The pool at one frame: a row of ``block_size`` slots per block, blocks laid out in rows."""
+    """The pool at one frame: a row of ``block_size`` slots per block, blocks laid out in rows;
+    past ``MAX_GRID_ROWS`` rows, one cell per block (or per group of blocks), said in the title.
+    A fixed number of traces whatever the pool's size: one heatmap, one outline trace per style,
+    one trace of shared marks, the legend."""
     pool, live = frame["pool"], frame["live"]
     n_blocks = len(pool["state"])
     per_row = per_row or blocks_per_row(block_size)
+    fig = go.Figure()
+    if -(-n_blocks // per_row) <= MAX_GRID_ROWS:
+        rows, note = _slot_cells(fig, pool, live, block_size, colors, per_row), ""
+        ticks = [f"blocks {r * per_row}–{min(n_blocks, (r + 1) * per_row) - 1}" for r in range(rows)]
+        height = 60 + 30 * rows
+    else:
+        group, cols, rows = _block_cells(fig, pool, live, block_size, colors)
+        span = group * cols
+        ticks = [f"blocks {r * span}–{min(n_blocks, (r + 1) * span) - 1}" for r in range(rows)]
+        note = (f" · one cell per block ({n_blocks:,} blocks: too many to draw slot by slot)" if group == 1 else
+                f" · one cell per {group} blocks ({n_blocks:,} blocks: too many to draw one by one)")
+        height = 60 + 16 * rows
+    _pool_legend(fig, pool, live, colors)
+    used = sum(s == "used" for s in pool["state"])
+    title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "
+             f"{frame['held_tokens']:.0f} tokens held in {frame['reserved_slots']} reserved slots{note}")
+    legend_rows = -(-(len(colors) + 5) // 8)
+    style(fig, height=height + 28 * legend_rows, title=title)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, x=0), margin=dict(b=10 + 28 * legend_rows))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(rows)), ticktext=ticks, showgrid=False, zeroline=False)
+    return fig
+
+
+def _slot_cells(fig, pool, live, block_size, colors, per_row) -> int:
+    """Slot by slot: each block a run of ``block_size`` cells, outlined; returns the rows."""
+    n_blocks = len(pool["state"])
     rows = -(-n_blocks // per_row)
     width = per_row * (block_size + 1) - 1
     fills = [[None] * width for _ in range(rows)]
     hover = [[""] * width for _ in range(rows)]
-    fig = go.Figure()
+    boxes: dict[tuple, list] = {}
+    shared = ([], [], [])
     for b in range(n_blocks):
         state, owners, ref = pool["state"][b], pool["owners"][b], pool["ref_count"][b]
         color = colors.get(owners[0], COLORS["full"]) if owners else None
         row, x0 = b // per_row, (b % per_row) * (block_size + 1)
-        who = f"{', '.join(owners)} (ref {ref})" if owners else state.replace("cached", "cached free")
+        who = _who(pool, b)
         for slot in range(block_size):
             filled = slot < pool["filled"][b]
             fills[row][x0 + slot] = slot_fill(state, color, filled, live[b][slot])
             held = f" · read by {live[b][slot]:.0%} of layer-heads" if state == "used" and filled else ""
             hover[row][x0 + slot] = f"block {b} · slot {slot} · {who}{held}"
-        shared = ref > 1
-        line = dict(color=COLORS["shared"], width=3) if shared else (
-            dict(color=color, width=1.5) if state == "used" else dict(color=COLORS["block_outline"], width=1, dash="dot" if state == "cached" else "solid")
-        )
-        fig.add_shape(type="rect", x0=x0 - 0.5, x1=x0 + block_size - 0.5, y0=row - 0.45, y1=row + 0.45, line=line)
-        if shared:
-            fig.add_annotation(x=x0 + (block_size - 1) / 2, y=row, text=f"×{ref}", showarrow=False,
-                               font=dict(size=11, color=COLORS["shared"]), bgcolor="rgba(255,255,255,0.85)")
+        boxes.setdefault(_outline(state, ref, color), []).append((x0 - 0.5, x0 + block_size - 0.5, row - 0.45, row + 0.45))
+        if ref > 1:
+            for values, v in zip(shared, (x0 + (block_size - 1) / 2, row, ref)):
+                values.append(v)
     fig.add_trace(_discrete_heatmap(fills, hover))
-    for name, c in list(colors.items())[:12]:
-        _legend_square(fig, name, c)
-    pale = tint(next(iter(colors.values()), COLORS["full"]), PARTIAL)
-    evicted = any(live[b][k] < 0.999 for b in range(n_blocks) if pool["state"][b] == "used" for k in range(pool["filled"][b]))
-    states = [("free", COLORS["free"], COLORS["block_outline"]), ("cached free", COLORS["cached_free"], COLORS["block_outline"])]
-    if evicted:
-        states += [("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], COLORS["block_outline"])]
-    for name, c, outline in states + [("shared (×refs)", COLORS["hole"], COLORS["shared"])]:
-        _legend_square(fig, name, c, outline)
-    used = sum(s == "used" for s in pool["state"])
-    title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "
-             f"{frame['held_tokens']:.0f} tokens held in {frame['reserved_slots']} reserved slots")
-    legend_rows = -(-(len(colors) + 5) // 8)
-    style(fig, height=60 + 30 * rows + 28 * legend_rows, title=title)
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, x=0), margin=dict(b=10 + 28 * legend_rows))
-    fig.update_xaxes(visible=False, range=[-1, width])
-    fig.update_yaxes(
-        autorange="reversed", tickvals=list(range(rows)), showgrid=False, zeroline=False,
-        ticktext=[f"blocks {r * per_row}–{min(n_blocks, (r + 1) * per_row) - 1}" for r in range(rows)],
-    )
-    return fig
+    _outline_traces(fig, boxes)
+    _shared_marks(fig, *shared, text=True)
+    fig.update_xaxes(range=[-1, width])
+    return rows
+
+
+def block_fill(state: str, owner_color: str | None, filled: int, live: list[float]) -> str:
+    """The fill of a whole block (the block view): as ``slot_fill`` of its written slots, read
+    together (held by every layer-head, by some, or by none), or reserved when none is written."""
+    if state != "used" or not filled:
+        return slot_fill(state, owner_color, filled > 0, 1.0)
+    return slot_fill(state, owner_color, True, sum(live[:filled]) / filled)
+
+
+def _block_cells(fig, pool, live, block_size, colors) -> tuple[int, int, int]:
+    """One cell per block (per ``group`` blocks past what a screen holds); returns (group, columns, rows)."""
+    n_blocks = len(pool["state"])
+    group = -(-n_blocks // (MAX_GRID_ROWS * MAX_CELLS_PER_ROW))
+    cells = -(-n_blocks // group)
+    cols = min(MAX_CELLS_PER_ROW, 8 * -(-cells // (8 * MAX_GRID_ROWS)))
+    rows = -(-cells // cols)
+    fills = [[None] * cols for _ in range(rows)]
+    hover = [[""] * cols for _ in range(rows)]
+    shared = ([], [], [])
+    for c in range(cells):
+        blocks = range(c * group, min(n_blocks, (c + 1) * group))
+        row, col = divmod(c, cols)
+        tally: dict[str, int] = {}
+        for b in blocks:
+            owners = pool["owners"][b]
+            color = colors.get(owners[0], COLORS["full"]) if owners else None
+            fill = block_fill(pool["state"][b], color, pool["filled"][b], live[b])
+            tally[fill] = tally.get(fill, 0) + 1
+        fills[row][col] = max(tally, key=tally.get)  # the most common fill of the group
+        hover[row][col] = _block_hover(pool, live, blocks, block_size)
+        refs = max(pool["ref_count"][b] for b in blocks)
+        if refs > 1:
+            for values, v in zip(shared, (col, row, refs)):
+                values.append(v)
+    fig.add_trace(_discrete_heatmap(fills, hover))
+    _shared_marks(fig, *shared, text=False)
+    fig.update_xaxes(range=[-1, cols])
+    return group, cols, rows
+
+
+def _block_hover(pool: dict, live: list, blocks: range, block_size: int) -> str:
+    if len(blocks) == 1:
+        b = blocks[0]
+        filled = pool["filled"][b]
+        held = f" · read by {sum(live[b][:filled]) / filled:.0%} of layer-heads" if pool["state"][b] == "used" and filled else ""
+        return f"block {b} · {_who(pool, b)} · {filled} of {block_size} slots written{held}"
+    states = [pool["state"][b] for b in blocks]
+    owners = sorted({o for b in blocks for o in pool["owners"][b]})
+    counts = ", ".join(f"{states.count(s)} {s.replace('cached', 'cached free')}" for s in ("used", "cached", "free") if s in states)
+    shared = sum(pool["ref_count"][b] > 1 for b in blocks)
+    return (f"blocks {blocks[0]}–{blocks[-1]} · {counts}" + (f" · held by {', '.join(owners)}" if owners else "")
+            + (f" · {shared} shared" if shared else ""))
 
 
 def _legend_square(fig: go.Figure, name: str, color: str, outline: str | None = None) -> None:
@@ -113,49 +218,87 @@ def _legend_square(fig: go.Figure, name: str, color: str, outline: str | None = 
                     marker=dict(symbol="square", size=12, color=color, line=dict(color=outline or color, width=2)))
 
 
+def _pool_legend(fig: go.Figure, pool: dict, live: list, colors: dict[str, str]) -> None:
+    for name, c in list(colors.items())[:12]:
+        _legend_square(fig, name, c)
+    pale = tint(next(iter(colors.values()), COLORS["full"]), PARTIAL)
+    evicted = any(x < 0.999 for b, s in enumerate(pool["state"]) if s == "used" for x in live[b][: pool["filled"][b]])
+    states = [("free", COLORS["free"], COLORS["block_outline"]), ("cached free", COLORS["cached_free"], COLORS["block_outline"])]
+    if evicted:
+        states += [("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], COLORS["block_outline"])]
+    for name, c, outline in states + [("shared (×refs)", COLORS["hole"], COLORS["shared"])]:
+        _legend_square(fig, name, c, outline)
+
+
+MAX_TABLE_ROWS = 40  # requests shown in the block tables (the first ones)
+MAX_TABLE_COLS = 64  # cells per table; beyond, one cell per run of logical blocks
+
+
 def block_tables(frame: dict, colors: dict[str, str]) -> go.Figure:
     """Each request's block table at one frame: logical block -> physical block, coloured by the
     request that wrote the block (a block from another request's colour is a prefix hit or a
-    fork); ``—``: a block eviction left empty."""
+    fork); ``—``: a block eviction left empty. Past ``MAX_TABLE_ROWS`` requests the first are
+    shown, past ``MAX_TABLE_COLS`` logical blocks a cell covers a run of them (said in the title)."""
     pool, tables = frame["pool"], frame["pool"]["tables"]
-    rids = [r for r in colors if r in tables]
+    held = [r for r in colors if r in tables]
+    rids = held[:MAX_TABLE_ROWS]
     width = max((len(tables[r]) for r in rids), default=0)
-    fills = [[None] * width for _ in rids]
-    text = [[""] * width for _ in rids]
-    hover = [[""] * width for _ in rids]
+    group = max(1, -(-width // MAX_TABLE_COLS))
+    cols = -(-width // group)
+    fills = [[None] * cols for _ in rids]
+    text = [[""] * cols for _ in rids]
+    hover = [[""] * cols for _ in rids]
     for i, rid in enumerate(rids):
-        for logical, b in enumerate(tables[rid]):
-            if b is None:
-                fills[i][logical], text[i][logical] = COLORS["hole"], "—"
-                hover[i][logical] = f"{rid} · logical {logical}: dropped (every entry evicted)"
-                continue
-            owners = pool["owners"][b]
-            fills[i][logical] = tint(colors.get(owners[0], COLORS["full"]), 0.55)
-            text[i][logical] = f"{b}" + (f" ×{len(owners)}" if len(owners) > 1 else "")
-            hover[i][logical] = f"{rid} · logical {logical} → block {b}" + (f" · shared by {', '.join(owners)}" if len(owners) > 1 else "")
+        table = tables[rid]
+        for c in range(-(-len(table) // group)):
+            cell = table[c * group : (c + 1) * group]
+            fills[i][c], text[i][c], hover[i][c] = _table_cell(pool, colors, rid, c * group, cell)
     fig = go.Figure(_discrete_heatmap(fills, hover, text) if rids else None)
-    style(fig, height=90 + 32 * max(len(rids), 1), title=f"Block tables after step {frame['step']} (logical → physical)")
-    fig.update_xaxes(title="logical block", dtick=1, showgrid=False, zeroline=False)
+    note = "" if len(rids) == len(held) else f" · the first {len(rids)} of {len(held)} requests"
+    note += "" if group == 1 else f" · one cell per {group} logical blocks"
+    style(fig, height=90 + 32 * max(len(rids), 1), title=f"Block tables after step {frame['step']} (logical → physical){note}")
+    fig.update_xaxes(title="logical block" if group == 1 else f"logical blocks (×{group})", dtick=1 if cols <= 32 else None,
+                     showgrid=False, zeroline=False)
     fig.update_yaxes(autorange="reversed", tickvals=list(range(len(rids))), ticktext=rids, showgrid=False, zeroline=False)
     if not rids:
         fig.add_annotation(text="no request holds blocks at this step", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return fig
 
 
+def _table_cell(pool: dict, colors: dict[str, str], rid: str, first: int, cell: list) -> tuple[str, str, str]:
+    """(fill, text, hover) of a cell holding the logical blocks ``first``... of ``rid``'s table."""
+    present = [b for b in cell if b is not None]
+    if not present:
+        span = f"logical {first}" if len(cell) == 1 else f"logical {first}–{first + len(cell) - 1}"
+        return COLORS["hole"], "—", f"{rid} · {span}: dropped (every entry evicted)"
+    owners = pool["owners"][present[0]]
+    fill = tint(colors.get(owners[0], COLORS["full"]), 0.55)
+    if len(cell) == 1:
+        b = present[0]
+        text = f"{b}" + (f" ×{len(owners)}" if len(owners) > 1 else "")
+        return fill, text, f"{rid} · logical {first} → block {b}" + (f" · shared by {', '.join(owners)}" if len(owners) > 1 else "")
+    shared = sum(len(pool["owners"][b]) > 1 for b in present)
+    dropped = len(cell) - len(present)
+    hover = (f"{rid} · logical {first}–{first + len(cell) - 1} → blocks {present[0]}…{present[-1]} ({len(present)} blocks"
+             + (f", {shared} shared" if shared else "") + (f", {dropped} dropped" if dropped else "") + ")")
+    return fill, "", hover
+
+
 def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
     """Reserved slots (blocks in use x block size) and the tokens they hold, per step; the gap is
-    the empty end of last blocks plus eviction holes. Preemptions marked."""
+    the empty end of last blocks plus eviction holes. Preemptions marked (one trace)."""
     steps = [f["step"] for f in frames]
     fig = go.Figure()
     fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name="reserved slots (blocks in use)", mode="lines",
                     line=dict(color=COLORS["paged"], shape="hv"))
     fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name="tokens held (mean over layers and heads)", mode="lines",
                     line=dict(color=COLORS["generated"], shape="hv"), fill="tonexty", fillcolor=tint(COLORS["paged"], 0.12))
-    for f in frames:
-        if any(e["kind"] == "preempt" for e in f["events"]):
-            fig.add_vline(x=f["step"], line=dict(color=COLORS["limit"], dash="dot", width=1.5))
-    if any(any(e["kind"] == "preempt" for e in f["events"]) for f in frames):
-        fig.add_scatter(x=[None], y=[None], mode="lines", name="preemption", line=dict(color=COLORS["limit"], dash="dot"))
+    preempted = [f["step"] for f in frames if any(e["kind"] == "preempt" for e in f["events"])]
+    if preempted:
+        top = max([f["reserved_slots"] for f in frames] + [1])
+        fig.add_scatter(x=[x for s in preempted for x in (s, s, None)], y=[y for _ in preempted for y in (0, top, None)],
+                        mode="lines", name="preemption", line=dict(color=COLORS["limit"], dash="dot", width=1.5),
+                        hovertemplate="preemption at step %{x}<extra></extra>")
     if step is not None:
         fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1))
     style(fig, height=300, title="Reserved slots and held tokens per step")

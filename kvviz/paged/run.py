@@ -13,6 +13,17 @@ from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError, encode_prompt
 
 
+# (least, most, default) of each number the page's custom form offers; charts must stay fast at
+# the most (benchmarks/widget_maxima.py builds them there)
+FORM_LIMITS = {
+    "block_size": (1, 64, 4),
+    "num_blocks": (1, 4096, 32),
+    "n": (1, 8, 1),
+    "max_new_tokens": (1, 128, 12),
+    "seed": (0, 10_000, 0),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PagedSettings:
     block_size: int = 16
@@ -112,9 +123,13 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
 
 
 def plain_frame(frame: dict) -> dict:
-    """A scheduler frame with its events as dicts and live shares rounded (JSON-ready)."""
+    """A scheduler frame with its events as dicts and live shares rounded (JSON-ready). Equal rows
+    of ``live`` are one list (a pool of 4,096 blocks of 64 over a hundred steps would otherwise
+    keep tens of millions of floats)."""
+    rows: dict[tuple, list[float]] = {}
+    live = [rows.setdefault(key, list(key)) for key in (tuple(round(x, 3) for x in row) for row in frame["live"])]
     return frame | {
         "events": [dataclasses.asdict(e) for e in frame["events"]],
-        "live": [[round(x, 3) for x in row] for row in frame["live"]],
+        "live": live,
         "held_tokens": round(frame["held_tokens"], 3),
     }

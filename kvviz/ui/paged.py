@@ -11,6 +11,8 @@ import streamlit as st
 from kvviz.model.loading import LoadedModel
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
+from kvviz.paged.run import FORM_LIMITS as LIMITS
+from kvviz.paged.run import PagedSettings, run_paged
 from kvviz.paged.scenarios import BY_KEY, SCENARIOS, Scenario
 from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
@@ -35,11 +37,11 @@ def custom_form() -> None:
     with st.expander("Custom prompts and settings", expanded=st.session_state.get(CHOICE) == "custom"):
         text = st.text_area("Prompts, one per line", DEFAULT_PROMPTS, key="paged.prompts", height=110)
         c = st.columns(5)
-        block_size = c[0].number_input("Block size", 1, 64, 4, key="paged.block_size", help="Token slots per block (vLLM's default: 16).")
-        num_blocks = c[1].number_input("Blocks in the pool", 1, 4096, 32, key="paged.num_blocks")
-        n = c[2].number_input("Samples per prompt (n)", 1, 8, 1, key="paged.n", help="n > 1 shares the prompt's blocks: copy-on-write.")
-        max_new = c[3].number_input("New tokens", 1, 128, 12, key="paged.max_new_tokens")
-        seed = c[4].number_input("Seed", 0, 10_000, 0, key="paged.seed")
+        block_size = c[0].number_input("Block size", *LIMITS["block_size"], key="paged.block_size", help="Token slots per block (vLLM's default: 16).")
+        num_blocks = c[1].number_input("Blocks in the pool", *LIMITS["num_blocks"], key="paged.num_blocks")
+        n = c[2].number_input("Samples per prompt (n)", *LIMITS["n"], key="paged.n", help="n > 1 shares the prompt's blocks: copy-on-write.")
+        max_new = c[3].number_input("New tokens", *LIMITS["max_new_tokens"], key="paged.max_new_tokens")
+        seed = c[4].number_input("Seed", *LIMITS["seed"], key="paged.seed")
         c = st.columns(4)
         sample = c[0].checkbox("Sample", n > 1, key="paged.sample", help="Each request and sample draws with its own seed.")
         chat = c[1].checkbox("Chat template", False, key="paged.chat")
@@ -73,8 +75,6 @@ def chosen() -> Scenario | None:
 def run(loaded: LoadedModel, sc: Scenario) -> PagedRun | None:
     """The paged run of scenario ``sc`` (computed once per scenario and model); None with the
     reason shown when the input cannot run."""
-    from kvviz.paged.run import PagedSettings, run_paged
-
     ss = st.session_state
     prefix = ss.get("paged.custom_prefix", True) if sc.key == "custom" else True
     key = (asdict(sc), prefix, loaded.summary.name, loaded.summary.device, loaded.summary.dtype)

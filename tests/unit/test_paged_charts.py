@@ -49,9 +49,12 @@ def test_pool_grid_colours_every_slot_by_its_state():
         COLORS["cached_free"], COLORS["cached_free"], None,  # block 2
         COLORS["free"], COLORS["free"],  # block 3
     ]]
-    assert [a.text for a in fig.layout.annotations] == ["×2"]  # the shared block, with its reference count
-    outlines = [s.line.color for s in fig.layout.shapes]
-    assert outlines[0] == COLORS["shared"] and outlines[1] == blue
+    marks = [t for t in fig.data if t.name == "shared"]
+    assert len(marks) == 1 and list(marks[0].text) == ["×2"] and list(marks[0].x) == [0.5]  # the shared block, its refs
+    outlines = {t.line.color: list(t.x) for t in fig.data if t.name == "outline"}  # one trace per outline style
+    assert outlines[COLORS["shared"]] == [-0.5, 1.5, 1.5, -0.5, -0.5, None]  # block 0
+    assert outlines[blue] == [2.5, 4.5, 4.5, 2.5, 2.5, None]  # block 1
+    assert not fig.layout.shapes and not fig.layout.annotations
     assert heatmap.customdata[0][0] == "block 0 · slot 0 · r0, r1 (ref 2) · read by 100% of layer-heads"
     assert fig.layout.title.text.startswith("Pool after step 3: 2 of 4 blocks in use · 2 tokens held in 4 reserved slots")
 
@@ -84,7 +87,9 @@ def test_usage_marks_preemptions():
     frames = [dict(FRAME, step=k, events=[{"kind": "preempt", "request": "r1", "block": None, "detail": {}}] if k == 2 else []) for k in range(4)]
     fig = charts.usage_over_steps(frames, step=1)
     assert list(fig.data[0].y) == [4] * 4 and list(fig.data[1].y) == [2.5] * 4
-    assert [s.x0 for s in fig.layout.shapes] == [2, 1]  # the preemption, then the step in view
+    preempt = [t for t in fig.data if t.name == "preemption"]
+    assert len(preempt) == 1 and list(preempt[0].x) == [2, 2, None]  # one trace for every preemption
+    assert [s.x0 for s in fig.layout.shapes] == [1]  # the step in view
     assert charts.event_lines(FRAME) == ["r1 writes to shared block 0: copied to block 1 first (copy-on-write)"]
 
 
@@ -97,3 +102,66 @@ def test_runs_of_allocations_read_as_one_sentence():
         "r1 reuses block 0 for its logical block 0 (prefix hit, 2 readers)",
         "r1 takes block 7 for its logical block 1",
     ]
+
+
+def test_the_block_view_colours_and_describes_whole_blocks(monkeypatch):
+    monkeypatch.setattr(charts, "MAX_GRID_ROWS", 3)  # a block a row: 4 rows, past the screen's 3
+    fig = charts.pool_grid(FRAME, block_size=2, colors=COLORS_BY_REQUEST, per_row=1)
+    heatmap = [t for t in fig.data if t.type == "heatmap"][0]
+    blue = COLORS_BY_REQUEST["r0"]
+    # block 0 held everywhere; block 1: its one written slot read by half; cached; free
+    assert cell_colors(heatmap)[0][:4] == [blue, tint(blue, charts.PARTIAL), COLORS["cached_free"], COLORS["free"]]
+    assert list(heatmap.customdata[0][:2]) == [
+        "block 0 · r0, r1 (ref 2) · 2 of 2 slots written · read by 100% of layer-heads",
+        "block 1 · r0 (ref 1) · 1 of 2 slots written · read by 50% of layer-heads",
+    ]
+    marks = [t for t in fig.data if t.name == "shared"]
+    assert list(marks[0].x) == [0] and list(marks[0].y) == [0]
+    assert "one cell per block (4 blocks" in fig.layout.title.text
+
+
+def test_past_the_screen_blocks_are_grouped(monkeypatch):
+    monkeypatch.setattr(charts, "MAX_GRID_ROWS", 1)
+    monkeypatch.setattr(charts, "MAX_CELLS_PER_ROW", 2)  # 4 blocks in 2 cells of 2
+    fig = charts.pool_grid(FRAME, block_size=2, colors=COLORS_BY_REQUEST, per_row=1)
+    heatmap = [t for t in fig.data if t.type == "heatmap"][0]
+    assert [list(r) for r in heatmap.customdata] == [[
+        "blocks 0–1 · 2 used · held by r0, r1 · 1 shared", "blocks 2–3 · 1 cached free, 1 free",
+    ]]
+    assert "one cell per 2 blocks" in fig.layout.title.text
+
+
+def big_frame(n_blocks: int, block_size: int) -> dict:
+    """A full pool of ``n_blocks``: request r{k} owns block k, every fourth block shared with r0."""
+    owners = [[f"r{b % 50}"] + (["r0"] if b % 4 == 0 and b % 50 else []) for b in range(n_blocks)]
+    tables = {f"r{k}": [b for b in range(n_blocks) if b % 50 == k or (k == 0 and b % 4 == 0)] for k in range(50)}
+    return {
+        "step": 9, "events": [],
+        "pool": {"state": ["used"] * n_blocks, "ref_count": [len(o) for o in owners], "filled": [block_size] * n_blocks,
+                 "owners": owners, "hash": [None] * n_blocks, "tables": tables},
+        "live": [[1.0] * block_size for _ in range(n_blocks)], "held_tokens": n_blocks * block_size,
+        "reserved_slots": n_blocks * block_size,
+    }
+
+
+def test_4096_one_slot_blocks_in_bounded_time_and_traces():
+    import time
+
+    frame = big_frame(4096, 1)
+    colors = charts.request_colors([f"r{k}" for k in range(50)])
+    t0 = time.perf_counter()
+    fig = charts.pool_grid(frame, 1, colors)
+    tables = charts.block_tables(frame, colors)
+    usage = charts.usage_over_steps([dict(frame, step=k, events=[{"kind": "preempt"}]) for k in range(4096)])
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 2, f"{elapsed:.1f} s"
+    assert not fig.layout.shapes and not fig.layout.annotations
+    assert len(fig.data) <= 3 + 12 + 5  # heatmap, outlines, shared marks, then the legend
+    heatmap = [t for t in fig.data if t.type == "heatmap"][0]
+    assert len(heatmap.z) <= charts.MAX_GRID_ROWS and len(heatmap.z[0]) <= charts.MAX_CELLS_PER_ROW
+    cols = len(heatmap.z[0])
+    assert heatmap.customdata[1][3] == f"block {cols + 3} · r{(cols + 3) % 50} (ref 1) · 1 of 1 slots written · read by 100% of layer-heads"
+    assert "one cell per block (4,096 blocks" in fig.layout.title.text
+    assert len(tables.data[0].z) == charts.MAX_TABLE_ROWS and len(tables.data[0].z[0]) <= charts.MAX_TABLE_COLS
+    assert "the first 40 of 50 requests" in tables.layout.title.text
+    assert len(usage.data) == 3 and len(usage.data[2].x) == 3 * 4096 and not usage.layout.shapes
