@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kvviz.record.checks import TraceError  # noqa: F401  (what from_dict and load raise)
+
 ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob")
 ARRAY_DTYPES = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}  # others float32
 UNSAVED_FIELDS = ("extra",)
@@ -163,16 +165,11 @@ class Trace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trace":
-        d = dict(d)
-        for name in ARRAY_FIELDS:
-            if d.get(name) is not None:  # null (a NaN in strict JSON) comes back as NaN
-                d[name] = np.asarray(d[name], dtype=ARRAY_DTYPES.get(name, np.float32))
-        if isinstance(d.get("store_error"), dict):
-            d["store_error"] = StoreError(**d["store_error"])
-        if isinstance(d.get("protection"), dict):
-            d["protection"] = Protection(**d["protection"])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """Inverse of ``to_dict`` (numpy arrays or nested lists for the arrays), every field checked
+        by the one strict reader, ``kvviz.record.trace_reader``; raises TraceError naming the field."""
+        from kvviz.record.trace_reader import trace_from_dict  # that module builds Traces
+
+        return trace_from_dict(d)
 
     def to_json(self) -> str:
         """Strict JSON (RFC 8259): NaN and infinities are written as null."""
@@ -191,15 +188,12 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":
+        """A trace ``save`` wrote, read by the one strict reader (an npz's arrays are checked from
+        their headers before they are read); raises TraceError (or OSError) with one line."""
+        from kvviz.record.trace_reader import read_trace
+
         path = Path(path)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                d = json.loads(str(z["meta"]))
-                for n in z.files:
-                    if n != "meta":
-                        d[n] = z[n]
-            return cls.from_dict(d)
-        return cls.from_dict(json.loads(path.read_text()))
+        return read_trace(path, path.name, max_bytes=None)
 
 
 def _saved_fields(trace):

@@ -11,12 +11,13 @@ The ids are unguessable (64 random bits): a page finds a run only through its ow
 The store keeps the ``MAX_RUNS`` newest runs and at most ``MAX_BYTES`` in all.
 
 Also here: reading a trace file a person uploads (``read_trace_file``), refused above
-``MAX_TRACE_FILE_BYTES``. Nothing here imports torch or streamlit.
+``MAX_TRACE_FILE_BYTES``. Stored traces and uploads go through the same strict reader
+(``kvviz.record.trace_reader``), with their policy specs checked by the policies. Nothing here
+imports torch or streamlit.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -27,21 +28,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from kvviz.record import trace_reader
+from kvviz.record.checks import TraceError
 from kvviz.record.trace import Trace, _json_default
+from kvviz.runs import bundle
 
 MAX_RUNS = 24
 MAX_BYTES = 256 << 20
-MAX_TRACE_FILE_BYTES = 50 << 20  # an uploaded trace file larger than this is refused
+MAX_TRACE_FILE_BYTES = trace_reader.MAX_FILE_BYTES  # the one upload limit: a larger trace file is refused
 PHASE_FILES = ("policy", "full", "forced")
 _ID = re.compile(r"^[0-9a-f]{16}$")
 _lock = threading.Lock()
 active: set[str] = set()  # runs a job of this process is running now
 
 
-class TraceFileError(ValueError):
-    """A trace file that cannot be read; the message is one line, fit to show to a person."""
+class TraceFileError(TraceError):
+    """An uploaded trace file that cannot be read; one line that starts with the file's name."""
 
 
 def runs_dir() -> Path:
@@ -130,9 +132,9 @@ def load(run_id: str) -> StoredRun | None:
         path = folder / f"{name}.npz"
         if path.exists():
             try:
-                traces[name] = Trace.load(path)
-            except (OSError, ValueError, KeyError):
-                continue
+                traces[name] = read_trace(path, path.name, max_bytes=None)
+            except (OSError, TraceError):
+                continue  # a damaged file: the run reopens without this phase
     return StoredRun(run_id, state, meta, traces)
 
 
@@ -152,22 +154,23 @@ def prune(max_runs: int = MAX_RUNS, max_bytes: int = MAX_BYTES) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def read_trace(source: bytes | Path, name: str, max_bytes: int | None = MAX_TRACE_FILE_BYTES) -> Trace:
+    """A trace file (``.json`` or ``.npz``), through the one strict reader, its policy spec checked
+    by the policies; raises TraceError (one line). A run bundle handed in is sent to its page."""
+    if name.lower().endswith(".npz"):
+        return trace_reader.read_trace(source, name, check_spec=bundle.check_spec, max_bytes=max_bytes)
+    data = source.read_bytes() if isinstance(source, Path) else source
+    trace_reader.check_size(len(data), max_bytes)
+    doc = trace_reader.parse_json(data)
+    if isinstance(doc, dict) and doc.get("schema") == bundle.SCHEMA:
+        raise TraceError(f"This is a run bundle from the {bundle.page_of(doc.get('kind'))} page: open it there.")
+    return trace_reader.trace_from_dict(doc, check_spec=bundle.check_spec)
+
+
 def read_trace_file(name: str, data: bytes) -> Trace:
-    """A trace from an uploaded ``.json`` or ``.npz`` file (what the Download button gives)."""
-    if len(data) > MAX_TRACE_FILE_BYTES:
-        raise TraceFileError(
-            f"{name} is {len(data) / 2**20:.1f} MiB; kvviz opens trace files of at most {MAX_TRACE_FILE_BYTES >> 20} MiB."
-        )
+    """A trace from an uploaded ``.json`` or ``.npz`` file (what the Download button gives), at most
+    ``MAX_TRACE_FILE_BYTES``; raises TraceFileError with one line that starts with the file's name."""
     try:
-        if name.lower().endswith(".npz"):
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                d = json.loads(str(z["meta"]))
-                d.update({n: z[n] for n in z.files if n != "meta"})
-        else:
-            d = json.loads(data.decode("utf-8"))
-        trace = Trace.from_dict(d)
-        if trace.evicted_at_step.ndim != 3 or len(trace.tokens) < trace.prompt_len:
-            raise ValueError("its arrays do not have the shapes of a kvviz trace")
-        return trace
-    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
-        raise TraceFileError(f"{name} is not a kvviz trace file: {' '.join(str(exc).split())[:160]}") from None
+        return read_trace(data, name)
+    except TraceError as exc:
+        raise TraceFileError(f"{name}: {exc}") from None

@@ -132,7 +132,7 @@ def test_truncated_oversized_binary_and_pickled_files(doc):
     text = json.dumps(doc)
     with pytest.raises(BundleError, match="not valid JSON"):
         bundle.load(text[: len(text) // 2])
-    with pytest.raises(BundleError, match="at most 20 MB"):
+    with pytest.raises(BundleError, match="at most 50 MiB"):
         bundle.load(b" " * (bundle.MAX_BYTES + 1))
     import pickle
 

@@ -61,12 +61,11 @@ def test_the_store_keeps_the_newest_runs(store_dir):
 
 def test_trace_files_round_trip_and_big_ones_are_refused():
     trace = make_trace()
-    text = trace.to_dict()
-    import json
-
-    back = run_store.read_trace_file("t.json", json.dumps(text, default=lambda o: o.tolist()).encode())
+    back = run_store.read_trace_file("t.json", trace.to_json().encode())
     assert isinstance(back, Trace) and back.tokens == trace.tokens
     with pytest.raises(run_store.TraceFileError, match="at most 50 MiB"):
         run_store.read_trace_file("big.json", b" " * (run_store.MAX_TRACE_FILE_BYTES + 1))
-    with pytest.raises(run_store.TraceFileError, match="not a kvviz trace"):
+    with pytest.raises(run_store.TraceFileError, match="x.json: trace: not a kvviz trace"):
         run_store.read_trace_file("x.json", b'{"model": 1}')
+    with pytest.raises(run_store.TraceFileError, match="nan.json: The file holds NaN, which strict JSON does not allow"):
+        run_store.read_trace_file("nan.json", trace.to_json().replace("null", "NaN", 1).encode())
