@@ -13,12 +13,12 @@ from typing import Callable
 import pandas as pd
 import streamlit as st
 
-from kvviz.runs.bundle import MAX_BYTES, BundleError, RunBundle, load
+from kvviz.runs.bundle import MAX_BYTES, BundleError, RunBundle, load, page_of
 from kvviz.ui.token_html import md_escape
 
 MIB = 1024 * 1024
 UPLOAD_HELP = (
-    f"A run bundle (.json) downloaded from kvviz, at most {MAX_BYTES // MIB} MB. It is checked before it opens: "
+    f"A run bundle (.json) downloaded from kvviz, at most {MAX_BYTES // MIB} MiB. It is checked before it opens: "
     "its schema and version, every field's type, the shapes of the traces and every policy's parameters. "
     "Only JSON is read, never pickled Python objects."
 )
@@ -44,11 +44,11 @@ def downloads(
         column.download_button(
             label, data=make, file_name=file_name, mime=mime, key=f"{key}.download.{i}", on_click="ignore",
             icon=":material/download:", width="stretch", disabled=i == 0 and too_large,
-            help=f"about {bundle_bytes / 1e6:.1f} MB; reopen it below" if i == 0 else None,
+            help=f"about {bundle_bytes / MIB:.1f} MiB; reopen it below" if i == 0 else None,
         )
     if too_large:
         st.caption(
-            f"The run bundle would be {bundle_bytes / 1e6:.1f} MB, more than the {MAX_BYTES // MIB} MB a bundle may hold to be "
+            f"The run bundle would be {bundle_bytes / MIB:.1f} MiB, more than the {MAX_BYTES // MIB} MiB a bundle may hold to be "
             "opened again: compare fewer policies, generate fewer tokens or shorten the prompt. The report and the "
             "tables hold the results."
         )
@@ -66,17 +66,20 @@ def upload_box(key: str, on_open: Callable[[RunBundle], None], kind: str | None 
             return
         try:
             if uploaded.size > MAX_BYTES:
-                raise BundleError(f"The file is {uploaded.size / 1e6:.1f} MB; a bundle may be at most {MAX_BYTES // MIB} MB.")
+                raise BundleError(f"The file is {uploaded.size / MIB:.1f} MiB; kvviz opens bundles of at most {MAX_BYTES // MIB} MiB.")
             bundle = load(uploaded.getvalue())
             if kind is not None and bundle.kind != kind:
-                raise BundleError(f"This bundle comes from the {bundle.kind} page, not from this one.")
+                raise BundleError(f"This is a run bundle from the {page_of(bundle.kind)} page: open it there.")
             on_open(bundle)
         except BundleError as exc:
             ss[f"{key}.message"] = ("error", f"{uploaded.name}: {exc}")
         else:
             ss[f"{key}.message"] = ("success", f"Opened {uploaded.name}.")
 
-    st.file_uploader(f"{label} (JSON, at most {MAX_BYTES // MIB} MB)", type=["json"], key=key, on_change=opened, help=UPLOAD_HELP)
+    st.file_uploader(
+        f"{label} (JSON, at most {MAX_BYTES // MIB} MiB)", type=["json"], key=key, on_change=opened, help=UPLOAD_HELP,
+        max_upload_size=MAX_BYTES // MIB,
+    )
     level, message = ss.get(f"{key}.message", (None, None))
     if level == "error":
         st.error(md_escape(message), icon=":material/error:")

@@ -79,7 +79,7 @@ def open_trace_file() -> None:
     with st.expander("Open a saved trace", icon=":material/upload_file:"):
         upload = st.file_uploader(
             f"A trace downloaded from this page (.json or .npz, at most {run_store.MAX_TRACE_FILE_BYTES >> 20} MiB)",
-            type=["json", "npz"], key="live.upload",
+            type=["json", "npz"], key="live.upload", max_upload_size=run_store.MAX_TRACE_FILE_BYTES >> 20,
         )
         if upload is None or st.session_state.get("live.upload_seen") == upload.file_id:
             return
