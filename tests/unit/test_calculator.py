@@ -90,10 +90,10 @@ def test_int4_and_int2_overhead_by_hand():
 
 def test_kivi_bytes_by_hand():
     # Llama-3.1-8B, KIVI-2, R = 128, G = 32, 300 tokens, per layer and KV head:
-    #   keys: 256 tokens in 2 groups of 128, per channel: codes 256 x 128 x 2 / 8, scale + zero per
-    #         channel per group 2 x 128 x 2 x 2; 44 tokens in fp16: 44 x 128 x 2
+    #   keys: 256 tokens (2 x R) in 8 groups of G = 32, per channel: codes 256 x 128 x 2 / 8, scale
+    #         + zero per channel per group 8 x 128 x 2 x 2; 44 tokens in fp16: 44 x 128 x 2
     #   values: 172 tokens per token: 172 x (32 + 4 x 2 x 2); the 128 newest in fp16: 128 x 128 x 2
-    keys = 256 * 128 * 2 // 8 + 2 * 128 * 2 * 2 + 44 * 128 * 2
+    keys = 256 * 128 * 2 // 8 + 8 * 128 * 2 * 2 + 44 * 128 * 2
     values = 172 * (32 + 16) + 128 * 128 * 2
     est = bytes_of("llama-3.1-8b", context=300, dtype="kivi-2", residual=128, group_size=32)
     assert est.bytes_per_sequence == 32 * 8 * (keys + values)

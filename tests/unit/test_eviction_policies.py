@@ -126,27 +126,30 @@ def test_tova_decode_exact():
 # ------------------------------------------------------------------------------ pyramidkv
 
 
-def test_pyramidkv_budgets_arithmetic_with_the_given_mean():
-    p = PyramidKV(budget=64, beta=20.0)
+def test_pyramidkv_budgets_follow_the_released_schedule():
+    # KVCache-Factory's PyramidKVCluster: the 64 - 32 entries outside the window form the pyramid,
+    # (64 - 32) // 20 = 1 at the top, 2 x 32 - 1 = 63 at the bottom, down by (63 - 1) // 29 = 2
+    p = PyramidKV(budget=64, beta=20.0, window=32)
     budgets = [p.layer_budget(64, i, 30) for i in range(30)]
-    assert sum(budgets) == 64 * 30
-    assert budgets[0] == 125 and budgets[-1] == 3  # 2 x 64 - 64 / 20 and 64 / 20, rounded
-    assert all(a >= b for a, b in zip(budgets, budgets[1:]))
-    exact = [124.8 - (124.8 - 3.2) * i / 29 for i in range(30)]
-    assert max(abs(b - e) for b, e in zip(budgets, exact)) <= 1
+    assert budgets == [95 - 2 * i for i in range(30)]  # 95 ... 37: the window in every layer
+    assert sum(budgets) == 1980  # the whole steps leave the total a little above 30 x 64
+    # a prompt of 80: the bottom is cut to 80 - 32 = 48 and the top raised to 64 - 48 = 16
+    assert [p.layer_budget(64, i, 30, 80) for i in (0, 1, 29)] == [80, 79, 51]
+    assert p.layer_budget(64, 5, 30, 63) == 64  # below 2 x (64 - 32): SnapKV's budget everywhere
     assert p.layer_budget(None, 3, 30) is None and p.layer_budget(64, 0, 1) == 64
+    assert PyramidKV(window=32).layer_budget(16, 4, 30, 100) == 16  # no room outside the window
 
 
 def test_pyramidkv_layers_keep_their_own_budget():
-    cache = cache_for("pyramidkv", 8, 16, kv_heads=1, n_layers=2, beta=4.0)
-    assert cache.layer_budgets == [14, 2]  # 2 x 8 - 8 / 4 and 8 / 4
+    cache = cache_for("pyramidkv", 8, 16, kv_heads=1, n_layers=2, beta=4.0, window=2)
+    assert cache.layer_budgets == [13, 3]  # 2 x 6 - 6 // 4 and 6 // 4, each with the window of 2
     keys = torch.randn(1, 16, D, generator=torch.Generator().manual_seed(0))
     queries = torch.randn(1, 16, D, generator=torch.Generator().manual_seed(1))
     for layer in cache.layers:
         layer.step(keys[None], keys[None].clone(), torch.arange(16), queries)
-    # the observation window (32, capped at the layer budget) is kept first
-    assert cache.layers[0].positions.tolist() == [list(range(2, 16))]
-    assert cache.layers[1].positions.tolist() == [[14, 15]]
+    # the observation window is kept in every layer, with the layer's own number of others
+    assert len(cache.layers[0].positions[0]) == 13 and cache.layers[0].positions[0, -2:].tolist() == [14, 15]
+    assert len(cache.layers[1].positions[0]) == 3 and cache.layers[1].positions[0, -2:].tolist() == [14, 15]
 
 
 # ---------------------------------------------------------------------------------- knorm

@@ -74,10 +74,10 @@ def test_snapkv_and_pyramidkv_compress_the_prompt_once(tiny_llama):
     snap = run(tiny_llama, "snapkv", {"window": 4}, budget=BUDGET)
     assert snap.kv_bytes == [(BUDGET + s) * FULL_TOKEN_BYTES for s in range(STEPS)]
     pyramid = run(tiny_llama, "pyramidkv", {"window": 4, "beta": 4.0}, budget=16)
-    assert pyramid.layer_budgets == [28, 4]  # 2 x 16 - 16 / 4, 16 / 4
+    assert pyramid.layer_budgets == [25, 7]  # 2 x 12 - 12 // 4 and 12 // 4, each with the window of 4
     for s in range(STEPS):
-        assert [len(held(pyramid, s, layer, 0)) for layer in range(LAYERS)] == [28 + s, 4 + s]
-    assert pyramid.kv_bytes[0] == (28 + 4) * FULL_TOKEN_BYTES // 2
+        assert [len(held(pyramid, s, layer, 0)) for layer in range(LAYERS)] == [25 + s, 7 + s]
+    assert pyramid.kv_bytes[0] == (25 + 7) * FULL_TOKEN_BYTES // 2
 
 
 def test_random_is_reproducible_with_the_seed(tiny_llama):

@@ -157,7 +157,7 @@ def test_kivi_keep_composes_with_eviction():
     store = store_of("kivi", {"bits": 4, "residual": 4})
     keys, values = randn(2, 10, 16), randn(2, 10, 16, seed=1)
     store.append(keys, values)
-    _, before_v = store.materialize()
+    before_v = store.v.held()  # what is held (materialize after an append: what the attention reads, unquantized)
     keep = torch.tensor([[0, 1, 2, 5, 8, 9], [3, 4, 6, 7, 8, 9]])
     store.keep(keep)
     assert len(store) == 6
