@@ -76,7 +76,23 @@ def read_prompt(args) -> str:
     return args.prompt_file.read_text(encoding="utf-8")
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse a file that cannot be written (its folder missing, not a folder, read-only, or the
+    path is a folder) before any work is spent on what it would hold."""
+    import os
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: give a file name (.json or .npz).")
+    if not folder.is_dir():
+        raise ValueError(f"{flag}: the folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag}: the folder {folder} is not writable.")
+
+
 def main(args) -> int:
+    if args.save_trace:
+        check_output_file(args.save_trace, "--save-trace")  # before torch is imported and the model loads
     from kvviz.runtime import engine
     from kvviz.policies.spec import budget_notes
     from kvviz.record.text import decode, encode_prompt

@@ -62,13 +62,31 @@ def settings_from(args):
             if name not in data.EXAMPLES or name == data.PASSKEY_EXAMPLE:
                 raise ValueError(f"unknown example '{args.example}': use {', '.join(EXAMPLE_ALIASES)}.")
             text = data.EXAMPLES[name]
+    depths, lengths = parse_numbers(args.depths, float, "--depths"), parse_numbers(args.lengths, int, "--lengths")
+    if args.task == "passkey":
+        check_passkey(depths, lengths, args.new_tokens)
     return SweepSettings(
         policies=tuple(args.policy), ratios=parse_numbers(args.ratios, float, "--ratios"),
         budgets=parse_numbers(args.budgets, int, "--budgets"), task=args.task, text=text,
         context=args.context, continuation=args.continuation,
-        depths=parse_numbers(args.depths, float, "--depths"), lengths=parse_numbers(args.lengths, int, "--lengths"),
+        depths=depths, lengths=lengths,
         new_tokens=args.new_tokens, passkey_seed=args.seed,
     )
+
+
+MAX_PASSKEY_FILLER = 40_000  # tokens: about 180,000 characters, the most within kvviz's 200,000-character prompt
+
+
+def check_passkey(depths: tuple, lengths: tuple, new_tokens: int) -> None:
+    """The passkey grid's numbers, refused before the model loads."""
+    bad = [n for n in lengths if not 1 <= n <= MAX_PASSKEY_FILLER]
+    if bad:
+        raise ValueError(f"--lengths: filler lengths are from 1 to {MAX_PASSKEY_FILLER:,} tokens, not {bad[0]}.")
+    bad = [d for d in depths if not 0 <= d <= 1]
+    if bad:
+        raise ValueError(f"--depths: depths are from 0 (start of the filler) to 1 (its end), not {bad[0]:g}.")
+    if new_tokens < 1:
+        raise ValueError(f"--new-tokens must be at least 1, not {new_tokens}.")
 
 
 def main(args) -> int:

@@ -55,6 +55,11 @@ def test_text_report_and_list():
     "args, message",
     [
         (["--arch", "llama-9", "--context", "5"], "unknown architecture 'llama-9'"),
+        (["--arch", "nosuch"], "unknown architecture 'nosuch'"),  # the architecture first, then --context
+        (["--arch", "llama-2-7b", "--context", "1e400"], "--context must be a whole number, not '1e400'"),
+        (["--arch", "llama-2-7b", "--context", "5", "--batch", "1e30"], "batch must be a positive whole number of sequences up to 65,536"),
+        (["--arch", "llama-2-7b", "--context", "5", "--params", "inf"], "--params must be a whole number"),
+        (["--arch", "llama-2-7b", "--context"], "argument --context: expected one argument"),
         (["--arch", "llama-2-7b", "--context", "0"], "context must be a positive"),
         (["--arch", "llama-2-7b", "--context", "lots"], "--context must be a whole number"),
         (["--arch", "llama-2-7b"], "give --context"),
@@ -69,6 +74,23 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert out.returncode == 2
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and message in out.stderr
+
+
+def test_a_config_file_is_named_after_its_model_and_bounded(tmp_path):
+    config = {"model_type": "llama", "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "hidden_size": 4096, "vocab_size": 128256, "intermediate_size": 14336}
+    path = tmp_path / "path" / "to" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(config))
+    out = kvviz("--config", str(path), "--context", "4k", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["arch"] == "llama" and result["bytes_per_token"] == 2 * 32 * 8 * 128 * 2  # not "to"
+    for layers in (1e30, 2**40, 10**7):
+        path.write_text(json.dumps(config | {"num_hidden_layers": layers}))
+        out = kvviz("--config", str(path), "--context", "4k")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1
+        assert "the config's num_hidden_layers must be a whole number from 1 to 1,024" in out.stderr
 
 
 def test_a_config_without_the_needed_fields(tmp_path):
