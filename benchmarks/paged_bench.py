@@ -35,11 +35,12 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
-import kvviz.paged.scheduler as scheduler_module  # noqa: E402
+import kvviz.paged.runner as runner_module  # noqa: E402
 from kvviz.record import examples as data  # noqa: E402
 from kvviz.runtime import engine
 from kvviz.model.loading import load_model  # noqa: E402
-from kvviz.paged.scheduler import Request, Scheduler  # noqa: E402
+from kvviz.paged.engine import PagedEngine  # noqa: E402
+from kvviz.paged.scheduler import Request  # noqa: E402
 
 
 def sync(device):
@@ -76,11 +77,11 @@ def contiguous(model, ids: list[list[int]], steps: int, device) -> tuple[list[fl
 
 def paged(model, tokenizer, ids, steps: int, block_size: int, device) -> tuple[list[float], list[float], list[list[int]]]:
     blocks = len(ids) * (-(-(len(ids[0]) + steps + 2) // block_size))
-    s = Scheduler(model, tokenizer, blocks, block_size, stop_at_eos=False, record_frames=False)
+    s = PagedEngine(model, tokenizer, blocks, block_size, stop_at_eos=False, record_frames=False)
     for i, x in enumerate(ids):
         s.submit(Request(f"r{i}", x, steps + 2))
     forward_times = []
-    timed_forward = scheduler_module.forward
+    timed_forward = runner_module.forward
 
     def forward(*args, **kw):
         sync(device)
@@ -90,7 +91,7 @@ def paged(model, tokenizer, ids, steps: int, block_size: int, device) -> tuple[l
         forward_times.append(time.perf_counter() - t)
         return out
 
-    scheduler_module.forward = forward
+    runner_module.forward = forward
     step_times = []
     try:
         with torch.inference_mode():
@@ -102,7 +103,7 @@ def paged(model, tokenizer, ids, steps: int, block_size: int, device) -> tuple[l
                 sync(device)
                 step_times.append(time.perf_counter() - t)
     finally:
-        scheduler_module.forward = timed_forward
+        runner_module.forward = timed_forward
     return forward_times[1:], step_times, [r.generated[:steps] for r in s.requests]
 
 

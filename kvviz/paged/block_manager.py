@@ -13,7 +13,8 @@ containers (no tensors: the pool in ``cache.py`` holds the keys and values).
 Prefix caching keys every full block by a chained hash of the parent block's hash and this
 block's token ids, so the same tokens after a different prefix never match. Appending to a block
 that other tables share (parallel sampling forks a request) copies it first: copy-on-write.
-Every change is also an ``Event``, so a page can step through what happened.
+Every change is also a typed event (``events.py``), so a page can step through what happened.
+The tables live here only: a request's table while it holds blocks, and the last one after.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+
+from kvviz.paged.events import (
+    BlockAllocated, BlockCopied, BlockDropped, CachedBlockEvicted, Event, PrefixHit,
+)
 
 
 class PoolTooSmall(ValueError):
@@ -33,15 +38,6 @@ class Block:
     ref_count: int = 0
     token_ids: list[int] = field(default_factory=list)  # the tokens written, one per filled slot
     hash: str | None = None  # chained hash, set once the block is full (the prefix table may hold it)
-
-
-@dataclass
-class Event:
-    step: int
-    kind: str  # admit, prefix_hit, allocate, cow, fork, free, evict_cached, drop, holes, preempt, wait, finish
-    request: str | None = None
-    block: int | None = None
-    detail: dict = field(default_factory=dict)
 
 
 def block_hash(parent: str | None, token_ids: list[int]) -> str:
@@ -62,6 +58,7 @@ class BlockManager:
         self.cached_ids: OrderedDict[int, None] = OrderedDict()  # least recently freed first
         self.hash_to_block: dict[str, int] = {}
         self.tables: dict[str, list[int | None]] = {}
+        self.last_tables: dict[str, list[int | None]] = {}  # the table a request held when it gave its blocks back
         self.tokens: dict[str, list[int]] = {}  # tokens written to the cache, per request
         self.hashing: dict[str, bool] = {}  # whether the request's newly filled blocks are registered
         self.copies: list[tuple[str, int, int]] = []  # (request, src, dst) copies the pool still has to make
@@ -124,7 +121,7 @@ class BlockManager:
             block.ref_count += 1
             self.tables[rid].append(block_id)
             self.tokens[rid] += block.token_ids
-            self.log("prefix_hit", rid, block_id, logical=logical, ref_count=block.ref_count)
+            self.log(PrefixHit, request=rid, block=block_id, logical=logical, ref_count=block.ref_count)
         self._note_peak()
         return len(self.tokens[rid])
 
@@ -137,7 +134,6 @@ class BlockManager:
         for block_id in self.tables[child]:
             if block_id is not None:
                 self.blocks[block_id].ref_count += 1
-        self.log("fork", child, parent=parent)
 
     # -- appending tokens -----------------------------------------------------------------------
 
@@ -160,14 +156,14 @@ class BlockManager:
         for token in token_ids:
             offset = len(tokens) % self.block_size
             if offset == 0 or table[-1] is None:  # a new block (a hole ends a block, too)
-                table.append(self._take(rid, "allocate", logical=len(table)))
+                table.append(self._take(rid, BlockAllocated, logical=len(table)))
                 if offset:  # the emptied block's remaining slots stay unused
                     tokens += [-1] * (self.block_size - offset)
                     offset = 0
             elif self.blocks[table[-1]].ref_count > 1:  # copy-on-write
                 src = self.blocks[table[-1]]
                 src.ref_count -= 1
-                dst = table[-1] = self._take(rid, "cow", src=src.block_id, logical=len(table) - 1)
+                dst = table[-1] = self._take(rid, BlockCopied, src=src.block_id, logical=len(table) - 1)
                 self.blocks[dst].token_ids = list(src.token_ids)
                 self.copies.append((rid, src.block_id, dst))
             block = self.blocks[table[-1]]
@@ -199,20 +195,24 @@ class BlockManager:
 
     # -- giving blocks back ---------------------------------------------------------------------
 
-    def free(self, rid: str, kind: str = "free") -> None:
-        """Drop every block of ``rid`` (``kind`` "free" when it finished, "preempt" when pushed out).
-        The last blocks go first, so the LRU evicts a sequence's tail before its shared prefix."""
-        table = self.tables.pop(rid)
+    def free(self, rid: str) -> tuple[int, ...]:
+        """Drop every block of ``rid``; returns the blocks no table holds any more (the caller says
+        why: finished or preempted). The last blocks go first, so the LRU evicts a sequence's tail
+        before its shared prefix."""
+        table = self.last_tables[rid] = self.tables.pop(rid)
         del self.tokens[rid], self.hashing[rid]
-        released = [b for b in reversed(table) if b is not None and self._release(b)]
-        self.log(kind, rid, released=released)
+        return tuple(b for b in reversed(table) if b is not None and self._release(b))
+
+    def table(self, rid: str) -> list[int | None]:
+        """``rid``'s block table: the one it holds, else the last one it held (empty before any)."""
+        return self.tables[rid] if rid in self.tables else self.last_tables.get(rid, [])
 
     def drop(self, rid: str, logical: int) -> None:
         """Token eviction left no entry of ``rid`` in its logical block: drop the reference."""
         block_id = self.tables[rid][logical]
         self.tables[rid][logical] = None
         self._release(block_id)
-        self.log("drop", rid, block_id, logical=logical)
+        self.log(BlockDropped, request=rid, block=block_id, logical=logical)
 
     def _release(self, block_id: int) -> bool:
         """One table less holds the block; returns True when no table holds it any more."""
@@ -228,19 +228,19 @@ class BlockManager:
             self.free_ids.append(block_id)
         return True
 
-    def _take(self, rid: str, kind: str, **detail) -> int:
+    def _take(self, rid: str, kind: type[Event], **detail) -> int:
         """A block for ``rid``: a free one, else the least recently freed cached one."""
         if self.free_ids:
             block_id = self.free_ids.popleft()
         elif self.cached_ids:
             block_id, _ = self.cached_ids.popitem(last=False)
             del self.hash_to_block[self.blocks[block_id].hash]
-            self.log("evict_cached", rid, block_id)
+            self.log(CachedBlockEvicted, request=rid, block=block_id)
         else:
             raise PoolTooSmall(f"no free block left for {rid}.")
         block = self.blocks[block_id]
         block.ref_count, block.token_ids, block.hash = 1, [], None
-        self.log(kind, rid, block_id, **detail)
+        self.log(kind, request=rid, block=block_id, **detail)
         self._note_peak()
         return block_id
 
@@ -251,8 +251,9 @@ class BlockManager:
         table, bs = self.tables[rid], self.block_size
         return [table[t // bs] * bs + t % bs for t in range(start, len(self.tokens[rid])) if table[t // bs] is not None]
 
-    def log(self, kind: str, rid: str | None, block: int | None = None, **detail) -> None:
-        self.events.append(Event(self.step, kind, rid, block, detail))
+    def log(self, kind: type[Event], **fields) -> None:
+        """Record an event of this step (the one log of the run: block, request and eviction events)."""
+        self.events.append(kind(step=self.step, **fields))
 
     def _note_peak(self) -> None:
         self.peak_used = max(self.peak_used, self.used)

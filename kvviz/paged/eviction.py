@@ -33,6 +33,7 @@ import torch
 from kvviz.model.attention_inputs import AttentionCall, attention_modules
 from kvviz.runtime.policy_cache import CACHE_KEYWORDS
 from kvviz.policies import Pipeline, PolicyError, Selector
+from kvviz.paged.events import EntriesEvicted
 from kvviz.policies.selector import LayerView, StepContext
 
 MODES = ("token", "block")
@@ -124,7 +125,7 @@ class PagedEviction:
                 self._drop_blocks(rid, kv, table, self.votes.pop(rid))
             elif self.evicted[rid]:
                 per_token = self.scheduler.n_layers * cache.pool.kv_heads
-                m.log("evict", rid, entries=self.evicted[rid], tokens=round(self.evicted[rid] / per_token, 2), policy=self.selector.name)
+                m.log(EntriesEvicted, request=rid, entries=self.evicted[rid], tokens=round(self.evicted[rid] / per_token, 2), policy=self.selector.name)
             held = set(torch.cat([s.flatten() for s in kv.slots]).div(bs, rounding_mode="floor").tolist())
             m.stop_hashing(rid)
             for logical, block in enumerate(table):

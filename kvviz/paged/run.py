@@ -8,7 +8,8 @@ import time
 from kvviz.model import devices
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
-from kvviz.paged.scheduler import Request, Scheduler
+from kvviz.paged.engine import PagedEngine
+from kvviz.paged.scheduler import Request
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError, encode_prompt
 
@@ -76,7 +77,7 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
     ids = encode_all(tokenizer, prompts, settings.chat, max_context or None)
     pipeline = settings.policy.pipeline() if settings.policy is not None else None
     t0 = time.perf_counter()
-    s = Scheduler(
+    s = PagedEngine(
         model, tokenizer, settings.num_blocks, settings.block_size, pipeline=pipeline, eviction=settings.eviction,
         prefix_caching=settings.prefix_caching, sample=settings.sample,
     )
@@ -129,7 +130,7 @@ def plain_frame(frame: dict) -> dict:
     rows: dict[tuple, list[float]] = {}
     live = [rows.setdefault(key, list(key)) for key in (tuple(round(x, 3) for x in row) for row in frame["live"])]
     return frame | {
-        "events": [dataclasses.asdict(e) for e in frame["events"]],
+        "events": [e.to_dict() for e in frame["events"]],
         "live": live,
         "held_tokens": round(frame["held_tokens"], 3),
     }

@@ -6,7 +6,8 @@ import torch
 from transformers import DynamicCache
 
 from kvviz.runtime import engine
-from kvviz.paged.scheduler import Request, Scheduler
+from kvviz.paged.engine import PagedEngine
+from kvviz.paged.scheduler import Request
 
 DOC = "The museum opened in 1911 and holds paintings, maps and old clocks from the city."
 PROMPTS = [DOC + " Question: when did it open?", DOC + " Question: what does it hold?", "Water boils at a temperature of"]
@@ -21,7 +22,7 @@ def contiguous(smollm, prompt_ids, n, **kw):
 
 
 def run(smollm, prompts, num_blocks, block_size, max_new_tokens, **kw):
-    s = Scheduler(smollm.model, smollm.tokenizer, num_blocks, block_size, **{k: v for k, v in kw.items() if k != "n"})
+    s = PagedEngine(smollm.model, smollm.tokenizer, num_blocks, block_size, **{k: v for k, v in kw.items() if k != "n"})
     for i, p in enumerate(prompts):
         s.submit(Request(f"r{i}", p, max_new_tokens, seed=10 * i, n=kw.get("n", 1)))
     s.run()

@@ -4,7 +4,8 @@ it (read from the engine's Trace), and the reserved slots that eviction does not
 
 from kvviz import policies
 from kvviz.runtime import engine
-from kvviz.paged.scheduler import Request, Scheduler
+from kvviz.paged.engine import PagedEngine
+from kvviz.paged.scheduler import Request
 
 PROMPTS = [
     "The museum opened in 1911 and holds paintings, maps and old clocks from the city. It is",
@@ -15,7 +16,7 @@ BS, STEPS = 4, 4
 
 def test_token_eviction_on_the_pool_equals_the_contiguous_policy_cache(smollm):
     tok, model = smollm.tokenizer, smollm.model
-    s = Scheduler(model, tok, num_blocks=32, block_size=BS, pipeline=policies.build("h2o", {}, ratio=0.5))
+    s = PagedEngine(model, tok, num_blocks=32, block_size=BS, pipeline=policies.build("h2o", {}, ratio=0.5))
     for i, p in enumerate(PROMPTS):
         s.submit(Request(f"r{i}", tok(p).input_ids, STEPS))
     s.run()

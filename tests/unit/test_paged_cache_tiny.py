@@ -7,7 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvviz.runtime import engine
 from kvviz.paged.paged_cache import KVPool, PagedCache, Row
-from kvviz.paged.scheduler import Request, Scheduler
+from kvviz.paged.engine import PagedEngine
+from kvviz.paged.scheduler import Request
 
 
 class Tok:
@@ -45,7 +46,7 @@ def test_paged_equals_contiguous_on_a_tiny_llama(attn):
     model = tiny(attn)
     shared = [(5 * i + 1) % 120 + 1 for i in range(13)]
     prompts = [shared + [3, 9], shared + [4], [(11 * i) % 120 + 2 for i in range(7)]]
-    s = Scheduler(model, Tok(), num_blocks=20, block_size=4, stop_at_eos=False)
+    s = PagedEngine(model, Tok(), num_blocks=20, block_size=4, stop_at_eos=False)
     for i, p in enumerate(prompts):
         s.submit(Request(f"r{i}", p, 6))
     s.run()
@@ -64,7 +65,7 @@ def test_block_eviction_keeps_whole_blocks_and_decodes_from_them():
 
     model = tiny("sdpa")
     prompt = [(5 * i + 1) % 120 + 1 for i in range(14)]
-    s = Scheduler(model, Tok(), num_blocks=8, block_size=4, stop_at_eos=False,
+    s = PagedEngine(model, Tok(), num_blocks=8, block_size=4, stop_at_eos=False,
                   pipeline=policies.build("streaming_llm", {"n_sink": 4}, budget=8), eviction="block")
     s.submit(Request("r0", prompt, 2))
     s.run()
@@ -91,7 +92,7 @@ def test_policies_the_paged_cache_cannot_hold_are_refused(spec, message):
 
     model = tiny("sdpa")
     with pytest.raises(PolicyError, match=message):
-        s = Scheduler(model, Tok(), num_blocks=16, block_size=4, stop_at_eos=False,
+        s = PagedEngine(model, Tok(), num_blocks=16, block_size=4, stop_at_eos=False,
                       pipeline=policies.build(spec, {}, budget=8) if spec != "quant" else policies.build(spec))
         s.submit(Request("r0", [(3 * i) % 120 + 1 for i in range(20)], 3))
         s.run()
