@@ -1,6 +1,6 @@
 """The memory calculator's controls: architectures (bundled, or a pasted config.json), context,
 batch, cache dtypes, the policy what-ifs, the GPU and the weights. Settings persist across pages,
-the scalar ones in the URL too."""
+and every one of them lives in the URL (``calculator_link``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import streamlit as st
 
 from kvviz.calculator import memory as calc
 from kvviz.charts.calculator import context_label
+from kvviz.ui.calculator_link import CONFIG_URL_MAX, LinkSetting, choice, choices, compact_config, config_text, listed, number, read_link, write_link
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
@@ -17,11 +18,38 @@ CONTEXTS = [2**k for k in range(8, 21)]  # 256 ... 1M tokens
 PASTED = "pasted config"
 NO_GPU = "none"
 DEFAULT_ARCHS = ["llama-2-7b", "llama-3.1-8b", "llama-3.1-70b", "deepseek-v2"]
+GROUPS, SCALE_BYTES = [16, 32, 64, 128], [2, 4]
 # "How many 32k-token requests fit on one H100 with Llama-3.1-70B, and what does KIVI-2 buy us?"
 QUESTION = {
     "calc.archs": ["llama-3.1-70b"], "calc.dtypes": ["bf16", "kivi-2"], "calc.context": 32768, "calc.batch": 1,
     "calc.gpu": "h100", "calc.weights": "int4", "calc.keep": 100, "calc.window": 0,
 }
+
+
+def _gpu_name(g: str) -> str:
+    return "no GPU" if g == NO_GPU else calc.GPUS[g].display
+
+
+def _arch_names(names) -> str:
+    return listed([calc.bundled()[n].display for n in names if n in calc.bundled()])
+
+
+# every choice of the page: query parameter, session key, default, how the URL's text is read
+LINK = [
+    LinkSetting("archs", "calc.archs", DEFAULT_ARCHS, choices(list(calc.bundled()), ignore=(PASTED,), what="a bundled architecture (python -m kvviz calc --list)"), _arch_names),
+    LinkSetting("dtypes", "calc.dtypes", ["bf16"], choices(list(calc.CACHE_DTYPES)), listed),
+    LinkSetting("ctx", "calc.context", 4096, choice(CONTEXTS, int), lambda n: f"{context_label(n)} tokens"),
+    LinkSetting("batch", "calc.batch", 1, number(1, 256, 1)),
+    LinkSetting("keep", "calc.keep", 100, number(5, 100, 5), lambda k: f"{k}%"),
+    LinkSetting("window", "calc.window", 0, number(0, 2**20, 1), lambda w: f"{w:,}" if w else "no window"),
+    LinkSetting("gpu", "calc.gpu", "h100", choice([NO_GPU] + list(calc.GPUS)), _gpu_name),
+    LinkSetting("weights", "calc.weights", "bf16", choice(list(calc.WEIGHT_DTYPES))),
+    LinkSetting("util", "calc.util", calc.DEFAULT_UTILIZATION, number(0.5, 1.0, 0.05, float), lambda u: f"{u:.0%}"),
+    LinkSetting("group", "calc.group", 32, choice(GROUPS, int)),
+    LinkSetting("residual", "calc.residual", 128, number(1, 4096, 1), lambda r: f"{r} tokens"),
+    LinkSetting("scalebytes", "calc.scale_bytes", 2, choice(SCALE_BYTES, int), lambda b: f"{b} bytes"),
+    LinkSetting("config", "calc.config", "", config_text, lambda t: "no pasted config" if not t else "the pasted config"),
+]
 
 
 @dataclass
@@ -41,27 +69,33 @@ def _ask_the_question() -> None:
 
 
 def _pasted_architecture(messages: list[str]):
-    with st.expander("Paste a config.json (any Hugging Face model)", expanded=bool(st.session_state.get("calc.config_text"))):
-        text = st.text_area(
-            "config.json", key="calc.config_text", height=140, placeholder='{"num_hidden_layers": 32, "num_attention_heads": 32, ...}',
+    """(the pasted config's Architecture or None, its text)."""
+    with st.expander("Paste a config.json (any Hugging Face model)", expanded=bool(st.session_state.get("calc.config"))) as box:
+        text = persisted(
+            st.text_area, "calc.config", "", widget_key="calc.config_text", label="config.json", height=140,
+            placeholder='{"num_hidden_layers": 32, "num_attention_heads": 32, ...}',
             help="The model's config.json from the Hugging Face hub. It is only parsed as JSON, never run.",
         )
     if not text.strip():
-        return None
+        return None, text
     try:
-        return calc.architecture_from_json_text(text, name=PASTED, source="pasted config.json")
+        arch = calc.architecture_from_json_text(text, name=PASTED, source="pasted config.json")
     except calc.CalcError as exc:
         messages.append(f"The pasted config cannot be used: {md_escape(str(exc))}")
-        return None
+        return None, text
+    if compact_config(text) is None:
+        box.caption(f"This config is too long for a link (links carry up to {CONFIG_URL_MAX:,} characters of it): a copied link leaves it out.")
+    return arch, text
 
 
 def calculator_controls() -> CalcChoice:
     messages: list[str] = []
+    read_link(LINK)
     st.button(
         "How many 32k-token requests fit on one H100 with Llama-3.1-70B, and what does KIVI-2 buy us?",
         icon=":material/help:", on_click=_ask_the_question, key="calc.question",
     )
-    pasted = _pasted_architecture(messages)
+    pasted, pasted_text = _pasted_architecture(messages)
     table = calc.bundled()
     options = list(table) + ([PASTED] if pasted else [])
     label = {name: a.display for name, a in table.items()} | {PASTED: PASTED}
@@ -78,30 +112,34 @@ def calculator_controls() -> CalcChoice:
         help="intN: packed codes plus a scale and zero point per group. kivi-N: KIVI's per-channel keys, per-token values and full-precision recent window.",
     )
     c_ctx, c_batch, c_keep, c_window = st.columns(4)
-    context = persisted(c_ctx.select_slider, "calc.context", 4096, url="ctx", label="Context (tokens per sequence)", options=CONTEXTS, format_func=context_label)
-    batch = persisted(c_batch.slider, "calc.batch", 1, url="batch", label="Batch (sequences)", min_value=1, max_value=256)
+    context = persisted(c_ctx.select_slider, "calc.context", 4096, label="Context (tokens per sequence)", options=CONTEXTS, format_func=context_label)
+    batch = persisted(c_batch.slider, "calc.batch", 1, label="Batch (sequences)", min_value=1, max_value=256)
     keep = persisted(
-        c_keep.slider, "calc.keep", 100, url="keep", label="A cache policy keeps (%)", min_value=5, max_value=100, step=5,
+        c_keep.slider, "calc.keep", 100, label="A cache policy keeps (%)", min_value=5, max_value=100, step=5,
         help="What if an eviction policy (H2O, SnapKV, ...) keeps this share of the tokens: max(1, round(r × n)) per layer.",
     )
     window = persisted(
-        c_window.number_input, "calc.window", 0, url="window", label="Sliding window (0 = off)", min_value=0, max_value=2**20, step=256,
+        c_window.number_input, "calc.window", 0, label="Sliding window (0 = off)", min_value=0, max_value=2**20, step=256,
         help="What if every layer keeps only the last W tokens (StreamingLLM-style window, without sinks).",
     )
     c_gpu, c_weights, c_util = st.columns(3)
-    gpu = persisted(
-        c_gpu.selectbox, "calc.gpu", "h100", url="gpu", label="GPU", options=[NO_GPU] + list(calc.GPUS),
-        format_func=lambda g: "no GPU" if g == NO_GPU else calc.GPUS[g].display,
-    )
-    weights = persisted(c_weights.selectbox, "calc.weights", "bf16", url="weights", label="Weights", options=list(calc.WEIGHT_DTYPES),
+    gpu = persisted(c_gpu.selectbox, "calc.gpu", "h100", label="GPU", options=[NO_GPU] + list(calc.GPUS), format_func=_gpu_name)
+    weights = persisted(c_weights.selectbox, "calc.weights", "bf16", label="Weights", options=list(calc.WEIGHT_DTYPES),
                         help="int4: 4-bit codes plus an fp16 scale and zero point per 128 weights (GPTQ/AWQ-like).")
     util = persisted(c_util.slider, "calc.util", calc.DEFAULT_UTILIZATION, label="Usable share of GPU memory", min_value=0.5, max_value=1.0, step=0.05,
                      help="vLLM reserves 90% by default; the rest holds activations and the CUDA context.")
     with st.expander("Quantization details"):
         c_g, c_r, c_s = st.columns(3)
-        group = c_g.selectbox("Group size G", [16, 32, 64, 128], index=1, key="calc.group", help="Elements sharing one scale and zero point.")
-        residual = c_r.number_input("KIVI residual R (tokens)", 1, 4096, 128, key="calc.residual", help="KIVI's full-precision window and key group length; the paper uses 128.")
-        scale_bytes = c_s.selectbox("Scale and residual bytes", [2, 4], key="calc.scale_bytes", help="2: fp16/bf16 (a GPU); 4: fp32 (kvviz on a CPU).")
+        group = persisted(c_g.selectbox, "calc.group", 32, label="Group size G", options=GROUPS, help="Elements sharing one scale and zero point.")
+        residual = persisted(c_r.number_input, "calc.residual", 128, label="KIVI residual R (tokens)", min_value=1, max_value=4096,
+                             help="KIVI's full-precision window and key group length; the paper uses 128.")
+        scale_bytes = persisted(c_s.selectbox, "calc.scale_bytes", 2, label="Scale and residual bytes", options=SCALE_BYTES,
+                                help="2: fp16/bf16 (a GPU); 4: fp32 (kvviz on a CPU).")
+    write_link(LINK, {
+        "archs": [n for n in names if n != PASTED], "dtypes": list(dtypes), "ctx": context, "batch": batch, "keep": keep,
+        "window": window, "gpu": gpu, "weights": weights, "util": util, "group": group, "residual": residual,
+        "scalebytes": scale_bytes, "config": compact_config(pasted_text) if pasted_text.strip() else None,
+    })
     archs = [pasted if n == PASTED else table[n] for n in names]
     scenario = calc.Scenario(
         context=int(context), batch=int(batch), group_size=int(group), residual=int(residual), full_bytes=int(scale_bytes),

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from kvviz.ui.token_html import md_escape
+
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "6_Memory_Calculator.py")
 TIMEOUT = 300
 H100_USABLE = int(81_559 * 2**20 * 0.9)  # nvidia-smi's total for an H100 80GB, 90% usable
@@ -110,3 +112,101 @@ def test_checked_against_a_real_run(page):
     for r in rows:  # SmolLM2 on the CPU, fp32: K and V x 30 layers x 3 KV heads x 64 dims x 4 bytes per token
         assert r["measured bytes"] == r["calculated bytes"] == r["tokens held"] * 2 * 30 * 3 * 64 * 4
     assert any("agree to the byte" in s.value for s in page.success)
+
+
+# ------------------------------------------------------------------ every setting in the URL
+
+PASTED = {"num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "hidden_size": 512,
+          "vocab_size": 1000, "intermediate_size": 1024}
+
+
+def settings_of(at) -> dict:
+    return {
+        "archs": at.multiselect(key="_calc.archs").value, "dtypes": at.multiselect(key="_calc.dtypes").value,
+        "ctx": at.select_slider(key="_calc.context").value, "batch": at.slider(key="_calc.batch").value,
+        "keep": at.slider(key="_calc.keep").value, "window": at.number_input(key="_calc.window").value,
+        "gpu": at.selectbox(key="_calc.gpu").value, "weights": at.selectbox(key="_calc.weights").value,
+        "util": at.slider(key="_calc.util").value, "group": at.selectbox(key="_calc.group").value,
+        "residual": at.number_input(key="_calc.residual").value, "scale": at.selectbox(key="_calc.scale_bytes").value,
+        "config": at.text_area(key="calc.config_text").value,
+    }
+
+
+def test_every_setting_round_trips_through_the_url(page):
+    from kvviz.record.metrics import format_bytes
+
+    page.multiselect(key="_calc.archs").set_value(["llama-3.1-8b", "mistral-7b"])
+    page.multiselect(key="_calc.dtypes").set_value(["int4", "kivi-2"])
+    page.select_slider(key="_calc.context").set_value(8192)
+    page.slider(key="_calc.batch").set_value(3)
+    page.slider(key="_calc.keep").set_value(50)
+    page.number_input(key="_calc.window").set_value(2048)
+    page.selectbox(key="_calc.gpu").set_value("a100-80gb")
+    page.selectbox(key="_calc.weights").set_value("fp8")
+    page.slider(key="_calc.util").set_value(0.8)
+    page.selectbox(key="_calc.group").set_value(64)
+    page.number_input(key="_calc.residual").set_value(256)
+    page.selectbox(key="_calc.scale_bytes").set_value(4)
+    page.text_area(key="calc.config_text").set_value(json.dumps(PASTED, indent=2)).run()
+    assert not page.exception and not page.error
+    link = {k: page.query_params[k] for k in page.query_params}
+    assert link == {
+        "archs": "llama-3.1-8b,mistral-7b", "dtypes": "int4,kivi-2", "ctx": "8192", "batch": "3", "keep": "50",
+        "window": "2048", "gpu": "a100-80gb", "weights": "fp8", "util": "0.8", "group": "64", "residual": "256",
+        "scalebytes": "4", "config": json.dumps(PASTED, separators=(",", ":")),
+    }
+    opened = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    for key, value in link.items():
+        opened.query_params[key] = value
+    opened.run()
+    assert not opened.exception and not opened.sidebar.warning
+    expected = settings_of(page) | {"config": link["config"]}  # the link carries the config compacted
+    assert settings_of(opened) == expected
+    assert table(opened) == table(page)
+    assert {k: opened.query_params[k] for k in opened.query_params} == link  # and writes the same link back
+    # the numbers by hand: min(round(0.5 x 8,192), 2,048) = 2,048 tokens held per layer
+    rows = {(r["model"], r["cache"]): r for r in table(opened)}
+    int4_token = 2 * 32 * 8 * (128 * 4 // 8 + 2 * 2 * 4)  # 128 dims: 64 bytes of codes + 2 groups of 64 x (scale, zero) x 4 bytes
+    assert rows[("Llama-3.1-8B", "int4")]["per token"] == format_bytes(int4_token) == "40.0 KiB"
+    assert rows[("Mistral-7B-v0.1", "int4")]["batch of 3"] == format_bytes(3 * 2048 * int4_token)
+    # KIVI-2 as the calculator computes it with the link's G, R and scale bytes (its layout is the calculator's tests')
+    from kvviz.calculator import memory as calc
+
+    scenario = calc.Scenario(context=8192, batch=3, dtype="kivi-2", group_size=64, residual=256, full_bytes=4, keep_ratio=0.5, window=2048)
+    kivi = calc.estimate(calc.get_architecture("llama-3.1-8b"), scenario).bytes_per_sequence
+    assert rows[("Llama-3.1-8B", "kivi-2")]["per sequence"] == format_bytes(kivi)
+    assert ("pasted config", "int4") in rows
+
+
+@pytest.mark.parametrize(
+    "name, text, notice, used",
+    [
+        ("ctx", "5000", "'5000' is not one of 256", "4k tokens"),
+        ("archs", "llama-2-7b,<b>nosuch</b>", "'<b>nosuch</b>' is not a bundled architecture", "Llama-2-7B, Llama-3.1-8B, Llama-3.1-70B, DeepSeek-V2"),
+        ("dtypes", "int3", "'int3' is not one of", "bf16"),
+        ("util", "7", "7 is not from 0.5 to 1 in steps of 0.05", "90%"),
+        ("keep", "33", "33 is not from 5 to 100 in steps of 5", "100%"),
+        ("gpu", "tpu", "'tpu' is not one of", "H100 80GB"),
+        ("group", "48", "'48' is not one of 16, 32, 64, 128", "32"),
+        ("config", '{"num_hidden_layers": 1e30}', "num_hidden_layers must be a whole number from 1 to 1,024, not 1e+30;", "no pasted config"),
+    ],
+)
+def test_a_link_value_that_cannot_be_used_is_named_with_what_is_used_instead(smollm, name, text, notice, used):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params[name] = text
+    at.run()
+    assert not at.exception
+    warnings = " ".join(w.value for w in at.sidebar.warning)  # markdown, escaped: a link's text is untrusted
+    for part in (f"link setting '{name}' ignored: ", notice, f"; the page uses {used} instead."):
+        assert md_escape(part) in warnings
+    assert name not in at.query_params  # the page runs with (and links) what it uses
+    assert [r["model"] for r in table(at)][:1] == ["Llama-2-7B"]
+
+
+
+def test_a_config_too_long_for_a_link_is_left_out_and_said(page):
+    long = PASTED | {"id2label": {str(i): f"label {i}" for i in range(400)}}  # about 6,000 characters compact
+    page.text_area(key="calc.config_text").set_value(json.dumps(long)).run()
+    assert not page.exception and "pasted config" in [r["model"] for r in table(page)]
+    assert "config" not in page.query_params
+    assert any("too long for a link" in c.value for c in page.caption)
