@@ -17,6 +17,7 @@ from kvviz.storage.quantize import QuantizedStream
 class Kivi(Storage):
     name = "kivi"
     family = "quantization"
+    paper_url = "https://arxiv.org/abs/2402.02750"
     paper = "Liu et al., 2024. KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache"
     summary = """Keys are quantized per channel (outlier channels get their own scale) and
     values per token, asymmetrically (scale and minimum), at 2 or 4 bits, packed into bytes,

@@ -16,6 +16,7 @@ from kvviz.policies.snapkv import SnapKV
 class PyramidKV(SnapKV):
     name = "pyramidkv"
     family = "eviction"
+    paper_url = "https://arxiv.org/abs/2406.02069"
     paper = "Cai et al., 2024. PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling"
     summary = """Lower layers spread their attention widely, higher layers focus on a few tokens,
     so PyramidKV gives lower layers more of the cache. As in the authors' code (KVCache-Factory's

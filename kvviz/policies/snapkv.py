@@ -23,6 +23,7 @@ from kvviz.record.trace import Protection
 class SnapKV(ScoredSelector):
     name = "snapkv"
     family = "eviction"
+    paper_url = "https://arxiv.org/abs/2404.14469"
     paper = "Li et al., 2024. SnapKV: LLM Knows What You are Looking for Before Generation"
     summary = """At the end of prefill, the last `window` queries of the prompt (the observation
     window) score every earlier entry by the attention they give it, summed over the window;

@@ -136,8 +136,9 @@ class Preset:
 
 
 # Checked on SmolLM2-135M-Instruct (CPU, float32, greedy) by tests/integration/test_presets.py:
-# at a quarter of the 585-token passkey prompt, h2o answers "6." and snapkv with its default
-# 32-token window "604."; snapkv with an 8-token window answers the full key, 60494.
+# at a quarter of the 585-token passkey prompt, h2o (8 recent entries) answers "The pass is a special
+# pass that is used for passing over" and snapkv with its default 32-token window "604."; snapkv with an
+# 8-token window answers the full key, 60494.
 PRESETS: dict[str, Preset] = {
     "Pass key: h2o at 25% loses it": Preset(
         PASSKEY_EXAMPLE, "h2o:ratio=0.25", 12, True,
