@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from kvviz import cli
 from kvviz.runtime import engine
 from kvviz.policies import spec
-from kvviz.policies import Selector
-
-# budget notes read what a selector says it protects (Selector.protection, from the core's rework)
-needs_protection = pytest.mark.skipif(not hasattr(Selector, "protection"), reason="selectors do not describe their protection yet")
 
 
 def test_out_of_memory_is_one_line_and_status_2(smollm, monkeypatch, capsys):
@@ -40,7 +35,6 @@ def test_json_carries_the_true_text_in_any_language(smollm, monkeypatch, capsys)
     assert "\ufffd" not in out["generated_text"] or "\ufffd" in smollm.tokenizer.decode(out["generated_token_ids"])
 
 
-@needs_protection
 def test_a_budget_below_the_window_is_said_before_the_run(smollm, monkeypatch, capsys):
     monkeypatch.setattr("kvviz.model.loading.load_model", lambda *a, **k: smollm)
     code = cli.main(["run", "--prompt", "What is the capital of France?", "--chat", "--policy", "h2o:recent=16,ratio=0.25", "--max-new-tokens", "2"])
@@ -53,7 +47,6 @@ def test_a_budget_below_the_window_is_said_before_the_run(smollm, monkeypatch, c
     assert f"warning: recent = 16 asks to protect more entries than the budget holds ({budget} per layer and KV head)" in err
 
 
-@needs_protection
 def test_budget_notes_follow_the_policy_not_its_name():
     notes = spec.budget_notes(spec.PolicySpec.parse("snapkv:window=8,ratio=0.25"), 585)
     assert notes == [("info", "With 146 entries per layer and KV head, snapkv keeps the 8 last tokens of the prompt (window),"
