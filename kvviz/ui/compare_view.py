@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
+from kvviz.model.loading import display_name
 from kvviz.record import examples as data
 from kvviz.runs.bundle import BundleError, RunBundle, RunSettings
 from kvviz.charts.style import COLORS, series_color, tint
@@ -77,7 +78,8 @@ def current_settings(state: sb.SidebarState, specs: list[PolicySpec], new_tokens
     if state.prompt_name == data.PASSKEY_EXAMPLE:
         ss = st.session_state
         params = {"filler": ss.get(sb.PASSKEY_FILLER), "depth_pct": ss.get(sb.PASSKEY_DEPTH), "seed": ss.get(sb.PASSKEY_SEED)}
-    return RunSettings(state.model_spec, state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step)
+    # the model's name, never the server's path to it: a bundle and its HTML report leave this host
+    return RunSettings(display_name(state.model_spec), state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step)
 
 
 def apply_settings(settings: RunSettings, with_step: bool = False) -> None:

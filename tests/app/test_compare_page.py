@@ -113,6 +113,7 @@ def test_the_copied_address_reopens_the_same_view(linked):
 def test_bundles_reopen_and_hostile_ones_get_a_message(smollm, linked):
     result = linked.session_state["compare.result"]
     doc = json.loads(result.to_bundle(step=1).to_json())
+    assert doc["settings"]["model"] == "SmolLM2-135M-Instruct, embedded"  # its name, not the server's path to the file
     doc["settings"]["prompt_name"] = "Custom"
     doc["settings"]["prompt_text"] = HOSTILE
     for name in ("full", "p1", "p1.forced", "p2", "p2.forced", "p3", "p3.forced"):
