@@ -4,8 +4,9 @@ the run and keeps what was generated, and the step slider then moves without rer
 from __future__ import annotations
 
 import re
-import time
 import urllib.parse
+
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import COUNTING_PROMPT
 
@@ -20,7 +21,11 @@ def test_stop_keeps_the_partial_run(browser, app_url):
         thumb = page.get_by_role("slider", name="New tokens")
         thumb.focus()
         thumb.press("End")  # 256 new tokens: long enough to stop in the middle
-        time.sleep(1)
+        # the server has the new value once its rerun wrote it into the URL, and that rerun is over
+        page.wait_for_url(re.compile(r"[?&]new=256(&|$)"), timeout=RUN_TIMEOUT_S * 1000)
+        expect(page.locator('[data-testid="stApp"]')).to_have_attribute(
+            "data-test-script-state", "notRunning", timeout=RUN_TIMEOUT_S * 1000
+        )
         page.get_by_role("button", name="▶ Run").click()
 
         progress = page.get_by_text(re.compile(r"Generating with the policy: ([3-9]|\d\d+) / 256 tokens"))

@@ -165,8 +165,9 @@ def test_runs_survive_a_restart_or_say_they_did_not(browser, own_server):
         assert page.locator(".kvviz-tokens").first.inner_text() == output
         assert run_id in page.url
 
-        # a run the restart cuts short says so
-        slow = open_live(browser, url, {"example": data.CHAT_EXAMPLE, "policy": "window:budget=16", "new": 200, "compare": 0})
+        # a run the restart cuts short says so (a counting prompt: a chat answer could end at EOS
+        # after a few tokens, before the restart, and then there would be nothing to cut short)
+        slow = open_live(browser, url, COUNTING_PROMPT | {"policy": "window:budget=16", "new": 200, "compare": 0})
         slow.get_by_role("button", name="▶ Run").click()
         slow.get_by_text(re.compile(r"Generating with the policy: [1-9]")).wait_for(timeout=RUN_TIMEOUT_S * 1000)
         stop_server(servers.pop())

@@ -6,7 +6,7 @@ import copy
 import json
 import os
 import shutil
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -158,12 +158,33 @@ def test_files_and_folders_that_are_not_models(tmp_path):
         load_model(str(fake_gguf), device="cpu")
 
 
-def test_unknown_hub_id_fails_fast_with_a_clear_message():
-    started = time.perf_counter()
+def test_unknown_hub_id_fails_with_a_clear_message():
     with pytest.raises(ModelLoadError, match="kvviz-no-such-org/no-such-model") as info:
         load_model("kvviz-no-such-org/no-such-model", device="cpu")
-    assert time.perf_counter() - started < 20
     assert "\n" not in str(info.value)
+
+
+def test_a_hanging_network_probe_does_not_hold_the_load(monkeypatch):
+    """No network where DNS or the connection hangs: the load gives up while the probe is still
+    hanging (a condition, not a wall-clock limit that a busy runner could break)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    entered, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def hanging(*args, **kwargs):
+        entered.set()
+        release.wait(300)
+        returned.set()
+        raise OSError("released by the test")
+
+    monkeypatch.setattr(models.socket, "create_connection", hanging)
+    try:
+        with pytest.raises(ModelLoadError, match="cannot be reached") as info:
+            load_model("kvviz-no-such-org/no-such-model", device="cpu")
+        assert entered.is_set() and not returned.is_set()  # kvviz stopped waiting; the probe had not answered
+        assert "kvviz-no-such-org/no-such-model" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        release.set()
 
 
 def test_offline_hub_id_says_so(monkeypatch):
@@ -293,11 +314,10 @@ def test_weights_cache_is_reused_then_rebuilt_after_corruption(smollm, tmp_path,
     with torch.no_grad():
         expected = smollm.model(ids).logits
 
-    started = time.perf_counter()
-    reused = load_model(str(gguf), device="cpu", dtype="float32")
-    reuse_seconds = time.perf_counter() - started
+    reuse_messages: list[str] = []
+    reused = load_model(str(gguf), device="cpu", dtype="float32", progress=lambda m, f: reuse_messages.append(m))
     assert reused.summary.weights_cache == "hit"
-    assert reuse_seconds < 15, f"a cached load took {reuse_seconds:.1f} s"
+    assert not any(m.startswith("Dequantizing") for m in reuse_messages), reuse_messages  # the GGUF was not read again
     with torch.no_grad():
         torch.testing.assert_close(reused.model(ids).logits, expected)
     del reused
