@@ -52,6 +52,8 @@ def main(args) -> int:
         memory_budget_bytes=None if args.memory_mib is None else int(args.memory_mib * 2**20),
     )
     settings.validate()  # before loading the model
+    if args.device_map:
+        raise ValueError("--device-map auto: the paged cache keeps one block pool on one device; load the model on one device.")
     loaded = load(args)
     run = run_paged(loaded.model, loaded.tokenizer, prompts, settings, model_name=loaded.summary.name)
     if args.json:

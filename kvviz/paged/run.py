@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+
+import torch
 
 from kvviz.model import devices
 from kvviz.paged.block_manager import PoolTooSmall
@@ -50,10 +53,16 @@ class PagedSettings:
             raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
 
 
+MAX_PROMPTS = 64  # each request is a row of the block tables and a colour of the pool: more cannot be read
+POOL_SHARE = 0.5  # the pool may take at most this share of the memory free on its device
+
+
 def encode_all(tokenizer, prompts: list[str], chat: bool, max_context: int | None) -> list[list[int]]:
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
         raise PromptError("No prompt given: write at least one.")
+    if len(prompts) > MAX_PROMPTS:
+        raise PromptError(f"{len(prompts)} prompts: the paged cache takes at most {MAX_PROMPTS} (one per line).")
     return [encode_prompt(tokenizer, p, chat=chat, max_context=max_context) for p in prompts]
 
 
@@ -64,10 +73,35 @@ def bytes_per_token(model) -> int:
     return 2 * c.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
 
 
+def free_bytes(device: torch.device) -> int:
+    """Memory free on ``device`` now: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX host: no check
+        return 2**63
+
+
+def check_pool_fits(model, settings: PagedSettings) -> None:
+    """Refuse a pool larger than ``POOL_SHARE`` of the memory free on the model's device, before it
+    is allocated (4,096 blocks of 64 slots of SmolLM2 in float32 are 11.25 GiB)."""
+    from kvviz.record.metrics import format_bytes
+
+    need = settings.num_blocks * settings.block_size * bytes_per_token(model)
+    room = int(POOL_SHARE * free_bytes(devices.input_device(model)))
+    if need > room:
+        raise PoolTooSmall(
+            f"A pool of {settings.num_blocks:,} blocks of {settings.block_size} slots holds {format_bytes(need)} of KV, more than "
+            f"half of the {format_bytes(2 * room)} free on this device: choose fewer or smaller blocks."
+        )
+
+
 def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, model_name: str = "") -> PagedRun:
     """Decode every prompt (``n`` samples each) through one paged pool; raises PoolTooSmall,
     PromptError or PolicyError with a message for bad input."""
     settings.validate()
+    check_pool_fits(model, settings)
     if devices.is_split(devices.layer_devices(model)):
         raise ValueError(
             "The paged cache keeps one block pool for every layer on one device, so it does not run on a model"
