@@ -144,7 +144,7 @@ def test_ratio_sets_the_budget_from_the_prompt_and_npz_traces_load(cli, smollm, 
         (["--prompt-file", "{long}"], "longer than the model's context"),
         (["--prompt-file", "{missing}"], "No such file"),
         (["--prompt", STORY, "--policy", "window", "--ratio", "0"], "ratio"),
-        (["--prompt", STORY, "--max-new-tokens", "0"], "max_new_tokens"),
+        (["--prompt", STORY, "--max-new-tokens", "0"], "New tokens must be at least 1"),
     ],
 )
 def test_bad_runs_exit_2_with_one_line(cli, tmp_path, args, message):

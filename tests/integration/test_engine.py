@@ -46,7 +46,7 @@ def test_window_keeps_exactly_the_last_n(smollm, chat_ids):
 
 def test_kv_bytes_fall_with_eviction_and_match_the_budget(smollm, chat_ids):
     budget = 32
-    trace = engine.run(smollm.model, smollm.tokenizer, chat_ids, "h2o", budget=budget, max_new_tokens=6, stop_at_eos=False)
+    trace = engine.run(smollm.model, smollm.tokenizer, chat_ids, "h2o:recent=16", budget=budget, max_new_tokens=6, stop_at_eos=False)
     assert trace.kv_bytes_full[0] == len(chat_ids) * bytes_per_token(smollm)
     assert all(b == budget * bytes_per_token(smollm) for b in trace.kv_bytes)
     assert trace.kv_bytes[-1] < trace.kv_bytes_full[-1]
