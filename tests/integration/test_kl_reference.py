@@ -32,7 +32,7 @@ TEXT = (
 )
 P, STEPS = 48, 8
 B, B2 = 6, 12  # window entries per layer and KV head: most of the prompt is evicted
-RTOL, ATOL = 1e-3, 2e-5  # float32 forwards through a cache against one plain forward
+RTOL, ATOL = 1e-4, 1e-6  # float32 forwards through a cache against one plain forward: seen within 2e-5 relative
 
 
 @pytest.fixture(scope="module")
