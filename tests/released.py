@@ -1,6 +1,8 @@
 """The authors' released rules, re-implemented for the tests from their code (never from
 kvviz's): SnapKV's and PyramidKV's selection, PyramidKV's budget schedule, KIVI's quantized
-cache. Each cites the repository, commit, file and lines it follows."""
+cache, StreamingLLM's StartRecentKVCache, TOVA's TOVACache and H2O's H2OKVCache_LayerWise (with
+``run_released``, a step-by-step run of the model whose layers hold those caches). Each cites
+the repository, commit, file and lines it follows."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 
 def snapkv_released(q: torch.Tensor, k: torch.Tensor, capacity: int, window: int, kernel: int, pooling: str = "avg"):
@@ -124,3 +127,135 @@ class KiviReleased:
     def values(self) -> torch.Tensor:
         parts = [] if self.v_quant is None else [self._dequant(self.v_quant)]
         return torch.cat(parts + [self.v_full], dim=1)
+
+
+def start_recent_released(seq: torch.Tensor, start_size: int, recent_size: int) -> torch.Tensor:
+    """``StartRecentKVCache.__call__`` (mit-han-lab/streaming-llm, commit 2e50426,
+    streaming_llm/kv_cache.py, lines 40-64) on any tensor whose last dimension is the sequence
+    (e.g. the positions the cache holds): above start_size + recent_size entries, the first
+    start_size and the last recent_size stay. The authors' perplexity script calls it after every
+    forward (examples/eval_long_ppl.py, line 93). It reads nothing but the order of the entries."""
+    seq_len = seq.shape[-1]
+    if seq_len <= start_size + recent_size:
+        return seq
+    return torch.cat([seq[..., :start_size], seq[..., seq_len - recent_size : seq_len]], dim=-1)
+
+
+class TovaReleased:
+    """One layer of ``TOVACache.reduce`` (schwartz-lab-NLP/TOVA, commit 9c7d09b,
+    src/tova_cache.py, lines 31-51), called after every attention, the prompt's included
+    (src/convert_models/llama_custom.py, lines 112-113): above cache_size entries, keep the
+    cache_size with the highest attention of the last query, averaged over all the layer's query
+    heads (``torch.mean(attn_weights[:, :, -1, :], dim=1)``); every KV head keeps the same entries."""
+
+    def __init__(self, cache_size: int):
+        self.cache_size = cache_size
+        self.margins: list[float] = []  # per eviction: (lowest kept - highest evicted) / highest evicted
+
+    def __call__(self, attn: torch.Tensor, kv_heads: int) -> torch.Tensor | None:
+        """attn (q_heads, q_len, n) -> kept indices (kv_heads, cache_size), sorted, or None."""
+        num_keys = attn.shape[-1]
+        if num_keys <= self.cache_size:
+            return None
+        mean_attn_weights = attn[:, -1, :].mean(dim=0)
+        vals = mean_attn_weights.sort(descending=True).values
+        self.margins.append(float((vals[self.cache_size - 1] - vals[self.cache_size]) / vals[self.cache_size]))
+        ind = mean_attn_weights.topk(self.cache_size).indices.sort().values
+        return ind.expand(kv_heads, -1)
+
+
+class H2OReleased:
+    """One layer of ``H2OKVCache_LayerWise`` (FMInference/H2O, commit ac75c2a,
+    h2o_hf/utils_real_drop/modify_llama.py: ``__call__`` lines 258-287, ``_update_hh_score``
+    317-326), called after every attention with its softmax weights, the prompt's included
+    (line 509): each entry's score is the attention it received, summed over the queries
+    (``attn_score_cache.sum(0).sum(1)``) and accumulated over calls; above hh_size + recent_size
+    entries, keep the recent_size newest and the hh_size highest-scoring of the others.
+
+    The authors' code is MHA-only (its boolean mask of num_heads rows indexes a cache of
+    num_key_value_heads rows). For GQA the scores of a KV head are those of its query heads
+    summed, the group reduction of Zefan-Cai/KVCache-Factory (commit c97f9d7,
+    pyramidkv/pyramidkv_utils.py: ``H2OKVCluster._update_kv_kv_head`` lines 863-890 with
+    ``_reduce_group_scores`` lines 252-266, which takes the mean: the same ranking)."""
+
+    def __init__(self, hh_size: int, recent_size: int):
+        self.hh_size, self.recent_size = hh_size, recent_size
+        self.cache_size = hh_size + recent_size
+        self.hh_score: torch.Tensor | None = None  # (kv_heads, n)
+        self.margins: list[float] = []
+
+    def __call__(self, attn: torch.Tensor, kv_heads: int) -> torch.Tensor | None:
+        scores = attn.sum(dim=1)  # (q_heads, n): over the queries
+        scores = scores.reshape(kv_heads, -1, scores.shape[-1]).sum(dim=1)  # over each KV head's group
+        num_new_tokens = attn.shape[1]
+        if self.hh_score is None:
+            self.hh_score = scores
+        else:
+            scores[:, :-num_new_tokens] += self.hh_score
+            self.hh_score = scores
+        seq_len = scores.shape[-1]
+        if seq_len <= self.cache_size:
+            return None
+        select_hh_scores = self.hh_score[:, : seq_len - self.recent_size]
+        if 0 < self.hh_size < select_hh_scores.shape[-1]:
+            vals = select_hh_scores.sort(dim=-1, descending=True).values
+            below = vals[:, self.hh_size]
+            self.margins += ((vals[:, self.hh_size - 1] - below) / below).tolist()
+        keep_topk = select_hh_scores.topk(self.hh_size, dim=-1).indices.sort().values
+        keep_recent = torch.arange(seq_len - self.recent_size, seq_len).repeat(kv_heads, 1)
+        keep_idx = torch.cat([keep_topk, keep_recent], dim=-1)
+        mask = torch.zeros(self.hh_score.shape, dtype=torch.bool).scatter(-1, keep_idx, True)
+        self.hh_score = self.hh_score[mask].view(kv_heads, self.cache_size)
+        return mask.nonzero()[:, 1].view(kv_heads, self.cache_size)
+
+
+def run_released(model, prompt: list[int], fed: list[int], make_cache):
+    """A transformers Llama run whose every layer holds the released cache ``make_cache()``
+    (TovaReleased, H2OReleased), independent of kvviz: the model's own modules (norms,
+    projections, RoPE, MLPs) in float32, attention over the entries each KV head holds in
+    float64, at true positions (TOVA's cache with position_encoding_compression off, H2O's
+    H2OLlamaAttention). As in the released code the cache is called after the attention, whose
+    output reads the entries before the eviction. ``fed``: one token per decode step.
+
+    Returns (kept, caches): kept[step][layer][kv_head] the positions held after the prompt
+    (step 0) and after each fed token; caches, one per layer (their ``margins``)."""
+    m, cfg = model.model, model.config
+    n_kv, n_q = cfg.num_key_value_heads, cfg.num_attention_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q
+    group = n_q // n_kv
+    caches = [make_cache() for _ in m.layers]
+    held = [{"pos": torch.empty(n_kv, 0, dtype=torch.long), "k": torch.empty(n_kv, 0, d, dtype=torch.float64),
+             "v": torch.empty(n_kv, 0, d, dtype=torch.float64)} for _ in m.layers]
+    kept, start = [], 0
+    with torch.inference_mode():
+        for chunk in [prompt] + [[t] for t in fed]:
+            q_len = len(chunk)
+            positions = torch.arange(start, start + q_len)
+            start += q_len
+            h = m.embed_tokens(torch.tensor([chunk]))
+            cos, sin = m.rotary_emb(h, positions[None])
+            for block, layer, cache in zip(m.layers, held, caches):
+                a, x = block.self_attn, block.input_layernorm(h)
+                q = a.q_proj(x).view(1, q_len, n_q, d).transpose(1, 2)
+                k = a.k_proj(x).view(1, q_len, n_kv, d).transpose(1, 2)
+                v = a.v_proj(x).view(1, q_len, n_kv, d).transpose(1, 2)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+                layer["k"] = torch.cat([layer["k"], k[0].double()], 1)
+                layer["v"] = torch.cat([layer["v"], v[0].double()], 1)
+                layer["pos"] = torch.cat([layer["pos"], positions.expand(n_kv, -1)], 1)
+                k_rep = layer["k"].repeat_interleave(group, dim=0)  # repeat_kv: query head i reads KV head i // group
+                v_rep = layer["v"].repeat_interleave(group, dim=0)
+                pos_rep = layer["pos"].repeat_interleave(group, dim=0)
+                logits = q[0].double() @ k_rep.transpose(1, 2) / math.sqrt(d)  # (q_heads, q_len, n)
+                future = pos_rep[:, None, :] > positions[None, :, None]
+                attn = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+                out = (attn @ v_rep).transpose(0, 1).reshape(1, q_len, n_q * d).float()
+                h = h + a.o_proj(out)
+                h = h + block.mlp(block.post_attention_layernorm(h))
+                keep = cache(attn, n_kv)
+                if keep is not None:
+                    layer["pos"] = layer["pos"].gather(1, keep)
+                    for t in ("k", "v"):
+                        layer[t] = layer[t].gather(1, keep[..., None].expand(-1, -1, d))
+            kept.append([[row.tolist() for row in layer["pos"]] for layer in held])
+    return kept, caches

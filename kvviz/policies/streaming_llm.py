@@ -17,9 +17,12 @@ class StreamingLLM(ScoredSelector):
     summary = """Keeps the `n_sink` first tokens, which draw a large share of attention whatever
     they say (attention sinks), plus the most recent tokens: budget = n_sink + window. Evicts
     the oldest token after the sinks at every step once the budget is full. Every KV head keeps
-    the same tokens, so no GQA aggregation is involved. kvviz keeps each entry's true position
-    for RoPE; the paper re-assigns positions inside the cache (its rolling cache), which
-    kvviz does not do."""
+    the same tokens, so no GQA aggregation is involved. The kept entries are those of the
+    authors' `StartRecentKVCache` (mit-han-lab/streaming-llm, streaming_llm/kv_cache.py) after
+    the prompt and every step. On purpose, kvviz keeps each entry's true position for RoPE; the
+    authors' Llama attention (streaming_llm/pos_shift/modify_llama.py) renumbers the cached keys
+    0..n-1 at every step (positions within the cache), so once entries are evicted its
+    attention, not what it keeps, differs from kvviz's."""
 
     n_sink: int = param(4, "First tokens always kept (attention sinks), part of the budget.", min=0, max=1024)
 

@@ -15,11 +15,13 @@ class TOVA(ScoredSelector):
     paper_url = "https://arxiv.org/abs/2401.06104"
     graph_safe = True
     summary = """At every decode step, once the budget is full, evicts the entry with the lowest
-    attention from the current query. As in the paper the score is averaged over all the
-    layer's heads, so every KV head keeps the same tokens (with `per_kv_head` each KV head
-    instead ranks by the mean of its own group of query heads). No history is kept: only the
-    current query decides. kvviz compresses the prompt at once at the end of prefill, scored
-    by the last prompt query, where the paper evicts token by token while reading the prompt."""
+    attention from the current query. As in the paper and the authors' code the score is
+    averaged over all the layer's query heads, so every KV head keeps the same tokens (with
+    `per_kv_head`, not the authors' rule, each KV head instead ranks by the mean of its own
+    group of query heads). No history is kept: only the current query decides. As the authors'
+    `TOVACache` (schwartz-lab-NLP/TOVA, src/tova_cache.py) does, kvviz compresses the prompt at
+    once at the end of prefill, ranked by the attention of the last prompt query, then evicts
+    one entry per decode step."""
     needs_queries = True
 
     per_kv_head: bool = param(False, "Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer.")
