@@ -23,9 +23,10 @@ class H2O(ScoredSelector):
     split of the budget, as the authors' code sets its heavy and recent sizes independently.
     Once the budget is full it evicts one entry at every decode step. For GQA the score of a KV
     head is the mean over its query heads. kvviz compresses the prompt to the budget once,
-    right after prefill, with the attention of every prompt query; the paper evicts token by
-    token while reading the prompt, so that evicted entries stop collecting attention and later
-    queries spread theirs over the kept ones only: its kept set differs (not only in ties)."""
+    right after prefill, with the attention of every prompt query, as the authors' released
+    cache (`H2OKVCache_LayerWise`) does: the same kept entries at every step. The paper's
+    algorithm evicts token by token while reading the prompt, so that evicted entries stop
+    collecting attention; that reading keeps a different set (not only in ties)."""
     needs_queries = True
     protection_params = {"recent": "recent"}
     others = "with the highest accumulated attention (heavy hitters)"
