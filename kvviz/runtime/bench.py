@@ -44,6 +44,7 @@ class BenchRow:
     kv_bytes_full: int | None = None
     floor_ms: float | None = None  # bytes read per step / bandwidth
     speedup: float | None = None  # generate's median step / this row's
+    speedup_static: float | None = None  # the compiled static-cache generate's median step / this row's (CUDA only)
     graph_failure: str | None = None  # why a CUDA graph could not be captured (the run went on eagerly)
 
 
@@ -124,15 +125,18 @@ class _StepClock:
         return scores
 
 
-def time_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float]:
-    """(whole call s, median decode step s) of greedy ``generate`` with the full cache."""
+def time_generate(model, ids: list[int], new_tokens: int, static: bool = False) -> tuple[float, float]:
+    """(whole call s, median decode step s) of greedy ``generate`` with the full cache: dynamic,
+    or ``static`` (transformers' static cache, whose decode step torch compiles on CUDA: the
+    fastest path transformers offers, and the bar kvviz is measured against)."""
     from transformers import LogitsProcessorList
 
     clock = _StepClock(model)
     x = torch.tensor([ids], device=devices.input_device(model))
+    cache = {"cache_implementation": "static"} if static else {}
     call, _ = timed(model, lambda: model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0,
+        do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0, **cache,
     ))
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
     return call, statistics.median(steps) if steps else float("nan")
@@ -171,6 +175,17 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
     result.rows.append(BenchRow("transformers generate", "", 1e3 * base_step, statistics.median(r[0] for r in runs),
                                 floor_ms=floor_ms(weight_bytes, full_bytes, bw), speedup=1.0))
     progress(f"generate: {1e3 * base_step:.2f} ms/step")
+    static_step = None
+    if device.type == "cuda" and not devices.is_split(devices.layer_devices(model)):
+        t0 = time.perf_counter()
+        time_generate(model, ids, new_tokens, static=True)  # warm-up: torch compiles the step here
+        progress(f"generate, static cache: compiled in {time.perf_counter() - t0:.1f} s (first call)")
+        runs = [time_generate(model, ids, new_tokens, static=True) for _ in range(repeats)]
+        static_step = statistics.median(r[1] for r in runs)
+        result.rows.append(BenchRow("transformers generate, static cache (compiled)", "", 1e3 * static_step, statistics.median(r[0] for r in runs),
+                                    decode_path="compiled", floor_ms=floor_ms(weight_bytes, full_bytes, bw), speedup=base_step / static_step,
+                                    speedup_static=1.0))
+        progress(f"generate, static cache (compiled): {1e3 * static_step:.2f} ms/step")
 
     for spec in specs:
         time_policy(model, tok, ids[:256], spec.with_budget(min(spec.budget, 128)) if spec.budget else spec, 8, graphs)
@@ -183,6 +198,7 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
             decode_path=str(trace.timings.get("decode_path", "eager")),
             kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_full=int(trace.kv_bytes_full[-1]),
             floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw), speedup=base_step / step,
+            speedup_static=static_step / step if static_step else None,
             graph_failure=trace.timings.get("graph_failure"),
         )
         if live:
@@ -197,9 +213,10 @@ def table(result: BenchResult) -> str:
     from kvviz.record.metrics import format_bytes
 
     live = any(r.live_s is not None for r in result.rows)
-    head = ["configuration", "decode", "ms/step", "× generate", "whole call s", "prefill ms", "KV held", "floor ms", "× floor"]
+    static = any(r.speedup_static is not None for r in result.rows)
+    head = ["configuration", "decode", "ms/step", "× generate"] + (["× static"] if static else []) + ["whole call s", "prefill ms", "KV held", "floor ms", "× floor"]
     if live:
-        head.insert(5, "Live run s")
+        head.insert(head.index("prefill ms"), "Live run s")
     lines = [
         f"{result.card} · {result.model} · {result.dtype} · prompt {result.prompt_tokens} tokens + {result.new_tokens} new"
         f" · median of {result.repeats} · torch {result.torch}, transformers {result.transformers}, commit {result.commit}",
@@ -210,11 +227,11 @@ def table(result: BenchResult) -> str:
     for r in result.rows:
         cells = [
             r.config, r.decode_path or "eager", f"{r.step_ms:.2f}", f"{r.speedup:.2f}" if r.speedup else "",
-            f"{r.call_s:.2f}", _num(r.prefill_ms, "{:.1f}"), format_bytes(r.kv_bytes) if r.kv_bytes is not None else "",
+            *([_num(r.speedup_static, "{:.2f}")] if static else []), f"{r.call_s:.2f}", _num(r.prefill_ms, "{:.1f}"), format_bytes(r.kv_bytes) if r.kv_bytes is not None else "",
             _num(r.floor_ms, "{:.3f}"), _num(r.step_ms / r.floor_ms if r.floor_ms else None, "{:.0f}"),
         ]
         if live:
-            cells.insert(5, _num(r.live_s, "{:.2f}"))
+            cells.insert(head.index("Live run s"), _num(r.live_s, "{:.2f}"))
         lines.append("| " + " | ".join(cells) + " |")
     failures = [f"- {r.config}: graph capture failed ({r.graph_failure}); decoded eagerly" for r in result.rows if r.graph_failure]
     return "\n".join(lines + ([""] + failures if failures else []))
