@@ -29,18 +29,18 @@ class AttentionCall:
 
     module: torch.nn.Module
     hidden: torch.Tensor  # (1, q_len, hidden_size), the layer input after its norm
-    cos: torch.Tensor  # (1, q_len, rotary_dim)
-    sin: torch.Tensor
+    cos: torch.Tensor | None  # (1, q_len, rotary_dim); None in a layer without RoPE
+    sin: torch.Tensor | None
     position_ids: torch.Tensor | None  # (1, q_len) the tokens' true positions, when the caller passes them
 
     @classmethod
     def read(cls, module, args: tuple, kwargs: dict) -> "AttentionCall":
-        """From a pre-hook's ``(args, kwargs)``; raises CaptureError without a rotary embedding."""
+        """From a pre-hook's ``(args, kwargs)``; a layer without RoPE (SmolLM-3) has no cos/sin."""
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         embeddings = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
-        if embeddings is None:
+        if embeddings is None and uses_rope(module):
             raise CaptureError("The attention module got no position_embeddings; cannot apply RoPE.")
-        cos, sin = embeddings
+        cos, sin = embeddings if embeddings is not None else (None, None)
         return cls(module, hidden, cos, sin, kwargs.get("position_ids"))
 
     def queries(self) -> torch.Tensor:
@@ -49,58 +49,125 @@ class AttentionCall:
 
     def batch_queries(self) -> torch.Tensor:
         """(batch, q_heads, q_len, head_dim), RoPE applied: every row of a batched forward."""
-        q = project(self.module, self.hidden, "q_proj", "q_norm")
+        q, _ = projections(self.module, self.hidden)
         return rope(self.module, q, self.cos, self.sin)
 
     def queries_and_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(q_heads, q_len, head_dim) and (kv_heads, q_len, head_dim), RoPE applied."""
-        q = project(self.module, self.hidden, "q_proj", "q_norm")
-        k = project(self.module, self.hidden, "k_proj", "k_norm")
-        q, k = _rope_function(self.module)(q, k, self.cos, self.sin)
-        return q[0], k[0]
+        q, k = projections(self.module, self.hidden)
+        return rope(self.module, q, self.cos, self.sin)[0], rope(self.module, k, self.cos, self.sin)[0]
+
+
+# ------------------------------------------------------------------------------ decoder layers
+
+LAYER_PATHS = ("model.layers", "model.language_model.layers", "gpt_neox.layers", "transformer.h", "layers")
+ATTENTION_NAMES = ("self_attn", "attention", "attn")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers, wherever the family keeps them (model.model.layers, model.gpt_neox.layers, ...)."""
+    for path in LAYER_PATHS:
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, torch.nn.ModuleList):
+            return node
+    raise CaptureError(f"{type(model).__name__}: no decoder layers found (looked for {', '.join(LAYER_PATHS)}).")
 
 
 def decoder_attention(model) -> list[torch.nn.Module]:
     """The self-attention module of every decoder layer, in order (not checked for projections)."""
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise CaptureError(f"{type(model).__name__}: no decoder layers found (expected model.model.layers).")
-    return [getattr(layer, "self_attn", None) for layer in layers]
+    return [next((getattr(layer, n) for n in ATTENTION_NAMES if hasattr(layer, n)), None) for layer in decoder_layers(model)]
 
 
 def attention_modules(model) -> list[torch.nn.Module]:
-    """The self-attention module of every decoder layer, in order; each must have separate
-    ``q_proj`` and ``k_proj`` projections (what this module can read)."""
+    """The self-attention module of every decoder layer, in order; each must be one whose queries
+    and keys this module can compute (``unreadable`` says why not)."""
     mods = decoder_attention(model)
     for m in mods:
-        if not readable(m):
-            raise CaptureError(
-                f"{type(model).__name__}: attention without q_proj/k_proj; kvviz can only read separate projections."
-            )
+        why = unreadable(m)
+        if why:
+            raise CaptureError(f"{type(model).__name__}: {why}")
     return mods
 
 
+def unreadable(module) -> str | None:
+    """Why kvviz cannot compute this attention's queries and keys, or None when it can."""
+    if module is None:
+        return "a decoder layer without a self-attention module kvviz knows."
+    if hasattr(module, "kv_a_proj_with_mqa"):
+        return MLA_REFUSAL
+    if not any(hasattr(module, names[0]) for names in FUSED + (("q_proj", "k_proj"),)):
+        return f"{type(module).__name__} has none of q_proj/k_proj, qkv_proj or query_key_value; kvviz cannot read its queries."
+    return None
+
+
 def readable(module) -> bool:
-    return module is not None and hasattr(module, "q_proj") and hasattr(module, "k_proj")
+    return unreadable(module) is None
+
+
+MLA_REFUSAL = ("multi-head latent attention (MLA) caches a compressed latent per token; "
+               "kvviz's policies act on per-head keys and values.")
+FUSED = (("qkv_proj",), ("query_key_value",))  # Phi-3: [q | k | v]; GPT-NeoX: per head [q | k | v]
+
+
+# ------------------------------------------------------------------------------ per family
+
+
+def _heads(module) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of an attention module."""
+    cfg = module.config
+    n_q = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_q
+    head_dim = getattr(module, "head_dim", None) or getattr(module, "head_size", None) or cfg.hidden_size // n_q
+    return n_q, n_kv, head_dim
+
+
+def projections(module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k before RoPE, norms applied: hidden (batch, seq, hidden) -> (batch, heads, seq, head_dim)."""
+    n_q, n_kv, d = _heads(module)
+    shape = (*hidden.shape[:-1], -1, d)
+    if hasattr(module, "query_key_value"):  # GPT-NeoX: heads of [q | k | v] each
+        qkv = module.query_key_value(hidden).view(*hidden.shape[:-1], -1, 3 * d).transpose(1, 2)
+        q, k, _ = qkv.chunk(3, dim=-1)
+        return q, k
+    if hasattr(module, "qkv_proj"):  # Phi-3: [all q | all k | all v]
+        qkv = module.qkv_proj(hidden)
+        q, k = qkv[..., : n_q * d], qkv[..., n_q * d : (n_q + n_kv) * d]
+        return q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2)
+    return project(module, hidden, "q_proj", "q_norm"), project(module, hidden, "k_proj", "k_norm")
 
 
 def project(module, hidden: torch.Tensor, proj: str, norm: str) -> torch.Tensor:
     """q or k of ``module`` from its input. hidden: (batch, seq, hidden) -> (batch, heads, seq, head_dim)."""
-    head_dim = module.head_dim
+    head_dim = _heads(module)[2]
     x = getattr(module, proj)(hidden)  # (1, seq, heads * head_dim)
     normer = getattr(module, norm, None)
-    if normer is not None and getattr(normer, "weight", None) is not None and normer.weight.numel() != head_dim:
+    weight = getattr(normer, "weight", None)
+    if weight is not None and weight.ndim == 1 and weight.numel() != head_dim:
         x = normer(x)  # OLMo-2 style: norm over all heads at once
         normer = None
     x = x.view(*hidden.shape[:-1], -1, head_dim)
     if normer is not None:
-        x = normer(x)  # Qwen-3 style: per-head norm
-    return x.transpose(1, 2)
+        x = normer(x)  # Qwen-3 style: per-head norm (Cohere: one weight row per head)
+    x = x.transpose(1, 2)
+    per_head = getattr(module, proj[0] + "_layernorm", None) if getattr(module, "qk_layernorm", False) else None
+    return per_head(x) if per_head is not None else x  # StableLM: a norm per head, on (batch, heads, seq, d)
 
 
-def rope(module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The model's rotary embedding applied to x (batch, heads, seq, head_dim) alone."""
+def uses_rope(module) -> bool:
+    """False for the layers without RoPE of SmolLM-3 (``use_rope`` 0)."""
+    return bool(getattr(module, "use_rope", True))
+
+
+def rope(module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    """The model's rotary embedding applied to x (batch, heads, seq, head_dim) alone; only on the
+    first ``rotary_ndims`` dims where the module rotates part of a head (StableLM, GPT-NeoX)."""
+    if cos is None or not uses_rope(module):
+        return x
+    rotary_dim = getattr(module, "rotary_ndims", None) or x.shape[-1]
+    if rotary_dim < x.shape[-1]:
+        return torch.cat([rope(module, x[..., :rotary_dim], cos, sin), x[..., rotary_dim:]], dim=-1)
     rotated, _ = _rope_function(module)(x, x[:, :1], cos, sin)
     return rotated
 

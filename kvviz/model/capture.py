@@ -82,15 +82,30 @@ def _layer_qk(call: AttentionCall, layer: int) -> LayerQK:
     q, k = call.queries_and_keys()
     module = call.module
     cfg = getattr(module, "config", None)
-    window = getattr(module, "sliding_window", None)
     return LayerQK(
         layer=layer,
         q=q.contiguous(),
         k=k.contiguous(),
-        scaling=float(getattr(module, "scaling", module.head_dim**-0.5)),
-        sliding_window=int(window) if isinstance(window, int) and window > 0 else None,
+        scaling=float(getattr(module, "scaling", q.shape[-1] ** -0.5)),
+        sliding_window=sliding_window(module, layer),
         softcap=getattr(cfg, "attn_logit_softcapping", None) if cfg is not None else None,
     )
+
+
+def sliding_window(module, layer: int) -> int | None:
+    """The keys a query of this layer sees at most, or None: the module's own ``sliding_window``
+    (Gemma, SmolLM-3, gpt-oss), else the config's for a sliding layer (Mistral, Qwen-2)."""
+    if hasattr(module, "sliding_window"):
+        window = module.sliding_window
+    else:
+        cfg = getattr(module, "config", None)
+        kinds = getattr(cfg, "layer_types", None)
+        window = getattr(cfg, "sliding_window", None)
+        if kinds is not None and kinds[layer] != "sliding_attention":
+            window = None
+        if getattr(cfg, "use_sliding_window", True) is False:
+            window = None
+    return int(window) if isinstance(window, int) and window > 0 else None
 
 
 def _ids_tensor(ids, device) -> torch.Tensor:

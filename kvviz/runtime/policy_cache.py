@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from kvviz.model.attention_inputs import AttentionCall, CaptureError, decoder_attention, readable
+from kvviz.model.attention_inputs import AttentionCall, CaptureError, decoder_attention, unreadable
 from kvviz.runtime.jobs import Stopped
 from kvviz.model.devices import layers_by_device
 from kvviz.storage.fixed_capacity import FixedLayer
@@ -38,7 +38,7 @@ from kvviz.policies.store import Store
 from kvviz.policies.scoring import attention_probs
 from kvviz.record.trace import Protection, StoreError
 
-CACHE_KEYWORDS = ("cache", "past_key_values")  # the attention's cache argument (transformers >= 5.24, before)
+CACHE_KEYWORDS = ("cache", "past_key_values", "layer_past")  # the attention's cache argument (>= 5.24, before; GPT-NeoX)
 
 
 def sized_mask(mask: torch.Tensor, held: int, q_len: int) -> torch.Tensor:
@@ -277,11 +277,9 @@ class PolicyCache(Cache):
                 positions = position_ids[0]  # (q_len,)
             queries = None
             if layer.wants_queries():
-                if not readable(module):
-                    raise CaptureError(
-                        f"{self.pipeline.selector.name} scores with the attention queries, which kvviz cannot read"
-                        f" from {type(module).__name__} (it needs separate q_proj/k_proj)."
-                    )
+                why = unreadable(module)
+                if why:
+                    raise CaptureError(f"{self.pipeline.selector.name} scores with the attention queries: {why}")
                 queries = AttentionCall.read(module, args, kwargs).queries()
             kwargs = {**kwargs, key: LayerCall(self, positions, queries)}
             if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
