@@ -41,6 +41,7 @@ import torch
 
 from kvviz.runtime import cuda_graphs
 from kvviz.model import devices
+from kvviz.model.attention_inputs import MLA_REFUSAL, decoder_attention, unreadable
 from kvviz.storage import fixed_capacity
 from kvviz.record import metrics
 from kvviz.runtime.policy_cache import PolicyCache
@@ -156,6 +157,13 @@ def _cache_keyword(model_class) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def check_attention(model) -> None:
+    """Refuse, before any forward, a model whose cache is not per-head keys and values (MLA)."""
+    for module in decoder_attention(model):
+        if unreadable(module) == MLA_REFUSAL:  # DeepSeek-V2/V3: kvviz's cache cannot hold it, not even ``full``
+            raise PolicyError(f"{type(model).__name__}: {MLA_REFUSAL[:-1]} (kvviz cannot run it, not even with `full`).")
+
+
 def check_prompt(prompt_ids, options: DecodeOptions, shape: ModelShape) -> list[int]:
     prompt_ids = [int(i) for i in prompt_ids]
     check_run(len(prompt_ids), options.n_steps, max_context=shape.max_context)
@@ -197,6 +205,7 @@ def run(
     options = dataclasses.replace(options or DecodeOptions(), **option_values)
     shape = ModelShape.of(model)
     prompt_ids = check_prompt(prompt_ids, options, shape)
+    check_attention(model)
     used = devices.run_devices(model)
     device, layer_devices = used[0], used[1:]  # where the token ids go; a split model's layers are elsewhere too
     generator = torch.Generator(device=device).manual_seed(options.seed)
