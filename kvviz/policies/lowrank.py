@@ -84,9 +84,12 @@ class LowRank(Storage):
     instead of computing attention in the low-rank space. Eviction composes (coefficient rows
     are gathered). No GQA aggregation: the basis is per KV head."""
 
-    rank: int = param(16, "Directions kept per KV head (at most head_dim).", min=1, max=1024)
+    rank: int = param(16, "Directions kept per KV head (below head_dim: at head_dim it holds more than the full cache).", min=1, max=1024)
 
     def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
-        if self.rank > head_dim:
-            raise PolicyError(f"lowrank: rank {self.rank} is larger than the head dimension {head_dim}.")
+        if self.rank >= head_dim:  # n x rank coefficients and a head_dim x rank basis, against n x head_dim
+            raise PolicyError(
+                f"lowrank: rank {self.rank} is not below the head dimension {head_dim}, so it would hold more bytes"
+                f" than the full cache; use a rank of at most {head_dim - 1}."
+            )
         return LowRankStore(kv_heads, head_dim, dtype, device, self.rank)

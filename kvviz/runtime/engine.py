@@ -206,6 +206,8 @@ def run(
     shape = ModelShape.of(model)
     prompt_ids = check_prompt(prompt_ids, options, shape)
     check_attention(model)
+    if pipeline.storage is not None:  # a storage's refusal of this shape (lowrank's rank), before any forward
+        pipeline.storage.make_store(0, shape.n_layers, shape.n_kv_heads, shape.head_dim, model.dtype, torch.device("meta"))
     used = devices.run_devices(model)
     device, layer_devices = used[0], used[1:]  # where the token ids go; a split model's layers are elsewhere too
     generator = torch.Generator(device=device).manual_seed(options.seed)

@@ -136,6 +136,11 @@ def test_kivi_bytes_follow_the_residual_window(tiny_llama):
     assert (trace.store_error.full_precision_values, trace.store_error.full_precision_keys) == (8, (len(PROMPT) + 9) % 8)
 
 
+def test_lowrank_at_the_head_dim_is_refused_before_the_run(tiny_llama):
+    with pytest.raises(PolicyError, match="rank 16 is not below the head dimension 16, so it would hold more bytes"):
+        run(tiny_llama, "lowrank")
+
+
 def test_lowrank_bytes(tiny_llama):
     trace = run(tiny_llama, "lowrank", {"rank": 4})
     bases = LAYERS * 2 * KV_HEADS * HEAD_DIM * 4 * 4
@@ -153,12 +158,13 @@ def test_head_share_halves_the_tiny_cache_and_refuses_eviction(tiny_llama):
 def test_every_registered_policy_runs(tiny_llama):
     for name, cls in registry().items():
         budget = BUDGET if name not in ("full",) and cls.kind == "select" else None
-        trace = run(tiny_llama, name, budget=budget, steps=2)
+        params = {"rank": 8} if name == "lowrank" else None  # its default rank is this head_dim: refused
+        trace = run(tiny_llama, name, params, budget=budget, steps=2)
         assert trace.n_steps == 2 and trace.kv_bytes[0] > 0, name
         if budget is not None:
             assert trace.kv_bytes[0] < trace.kv_bytes_full[0], name
-        # kivi's default residual holds this short prompt in full; lowrank's default rank is this head_dim
-        if cls.kind == "store" and name not in ("kivi", "lowrank"):
+        # kivi's default residual holds this short prompt in full
+        if cls.kind == "store" and name != "kivi":
             assert trace.kv_bytes[0] < trace.kv_bytes_full[0], name
 
 

@@ -201,9 +201,10 @@ def test_lowrank_keep_gathers_coefficients():
     assert torch.allclose(store.materialize()[0], before_k.gather(1, keep.unsqueeze(-1).expand(-1, -1, 8)))
 
 
-def test_lowrank_rank_above_head_dim():
-    with pytest.raises(PolicyError, match="rank 32 is larger than the head dimension 16"):
-        store_of("lowrank", {"rank": 32})
+@pytest.mark.parametrize("rank", [16, 32])
+def test_lowrank_rank_not_below_head_dim(rank):
+    with pytest.raises(PolicyError, match=f"rank {rank} is not below the head dimension 16, so it would hold more bytes than the full cache"):
+        store_of("lowrank", {"rank": rank})
 
 
 # --------------------------------------------------------------------------------- head_share
