@@ -78,9 +78,15 @@ class _StopForward(Exception):
     """Raised by the last hook of a pass: the layers after it are not needed."""
 
 
+SINKS_REFUSAL = ("attention with learned sinks (gpt-oss): each row gives the sink a share that kvviz's attention "
+                 "maps do not draw, so they are not shown for this model.")
+
+
 def _layer_qk(call: AttentionCall, layer: int) -> LayerQK:
-    q, k = call.queries_and_keys()
     module = call.module
+    if getattr(module, "sinks", None) is not None:
+        raise CaptureError(f"Layer {layer}: {SINKS_REFUSAL}")
+    q, k = call.queries_and_keys()
     cfg = getattr(module, "config", None)
     return LayerQK(
         layer=layer,

@@ -1,0 +1,121 @@
+"""Every decoder family kvviz claims, on a tiny random model of each built from its transformers
+config class (tests/model_families.py): ``full`` equals transformers' greedy generate; h2o, snapkv
+and quant hold the bytes their rules give; the attention maps equal transformers' eager attention
+weights; what kvviz cannot do is refused with its one-line reason. README's "Models" table is the
+rendering of the same dict (``FAMILIES``, exported here)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.model_families import FAMILIES, build, render_table
+
+from kvviz.attention import maps
+from kvviz.model import capture
+from kvviz.model.capture import CaptureError
+from kvviz.model.loading import summarize_model
+from kvviz.policies import PolicyError
+from kvviz.runtime import engine
+
+__all__ = ["FAMILIES", "render_table"]
+
+PROMPT = [(7 * i + 3) % 120 + 3 for i in range(20)]
+STEPS, BUDGET = 3, 12
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+class Tok:
+    eos_token_id = None
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+@functools.cache
+def model_of(name):
+    model = build(name)
+    if model is None:
+        pytest.skip(f"transformers {__import__('transformers').__version__} has no {FAMILIES[name].config}")
+    return model
+
+
+def run(model, policy, **kw):
+    return engine.run(model, Tok(), PROMPT, policy, max_new_tokens=STEPS, stop_at_eos=False, **kw)
+
+
+def entry_bytes(model) -> int:
+    """Keys and values of one token, every layer, float32: from the config, by hand."""
+    c = model.config
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * kv * head_dim * 4, kv, head_dim
+
+
+FAMILY_NAMES = list(FAMILIES)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_loader_kernel_and_summary(name):
+    model = model_of(name)
+    assert model.config._attn_implementation == FAMILIES[name].kernel
+    kernel = dict(summarize_model(model, name, "test").as_rows())["Attention kernel"]
+    assert kernel.startswith(FAMILIES[name].kernel)
+    assert ("does not support sdpa" in kernel) == (FAMILIES[name].kernel == "eager")
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_full_equals_transformers_greedy(name):
+    model = model_of(name)
+    if not FAMILIES[name].runs:
+        for policy in ("full", "h2o", "quant"):
+            with pytest.raises(PolicyError, match=r"^DeepseekV3ForCausalLM: multi-head latent attention \(MLA\) caches a compressed latent"):
+                run(model, policy)
+        return
+    ref = model.generate(torch.tensor([PROMPT]), max_new_tokens=STEPS, do_sample=False, pad_token_id=0)
+    assert run(model, "full").generated_ids == ref[0, len(PROMPT):].tolist()
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
+def test_policies_hold_the_bytes_of_their_rules(name):
+    model = model_of(name)
+    per_token, kv, head_dim = entry_bytes(model)
+    n = len(PROMPT)
+    assert run(model, "h2o", budget=BUDGET).kv_bytes == [BUDGET * per_token] * STEPS  # evicts at every step
+    assert run(model, "snapkv", budget=BUDGET).kv_bytes == [(BUDGET + s) * per_token for s in range(STEPS)]  # the prompt, once
+    # 4-bit codes and a float32 scale and zero point per group of min(32, head_dim) channels
+    per_head = head_dim // 2 + (head_dim // min(32, head_dim)) * 2 * 4
+    layers = model.config.num_hidden_layers
+    assert run(model, "quant").kv_bytes == [(n + s) * 2 * layers * kv * per_head for s in range(STEPS)]
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_attention_maps_equal_transformers_eager_weights(name):
+    model = model_of(name)
+    if not FAMILIES[name].maps:
+        with pytest.raises(CaptureError, match="sinks|MLA"):
+            capture.capture_layers(model, PROMPT, [0, 1])
+        return
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = eager(torch.tensor([PROMPT]), output_attentions=True).attentions  # per layer (1, heads, seq, seq)
+    qks = capture.capture_layers(model, PROMPT, [0, 1])
+    for layer in (0, 1):  # Gemma's and gpt-oss's layer 0 slides, layer 1 is global
+        for head in range(qks[layer].n_q_heads):
+            np.testing.assert_allclose(maps.full_attention(qks[layer], head), weights[layer][0, head].numpy(), atol=1e-5, rtol=0)
+
+
+def test_readme_models_table_is_the_rendering():
+    text = README.read_text()
+    section = text[text.index("## Using another model"):]
+    section = section[: section.index("\n## ", 3)]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    assert table == render_table(), "README's Models table: paste tests/model_families.render_table()"
+    assert re.search(r"tests/unit/test_model_families\.py", section)
