@@ -76,6 +76,7 @@ class ModelSummary:
     kv_bytes_per_token: int
     n_params: int
     attention: str  # "GQA (9 query heads share 3 KV heads)" / "MHA" / "MQA"
+    attention_kernel: str = ""  # transformers' attn_implementation the model runs with: "sdpa" or "eager"
     weights_cache: str = ""  # GGUF only: "hit", "built" (first load) or "rebuilt: <why>"
     load_seconds: float = 0.0
     # a model split across GPUs (device_map auto): per device, its decoder layers and weight bytes
@@ -116,6 +117,7 @@ class ModelSummary:
             ("Query heads", str(self.n_q_heads)),
             ("KV heads", str(self.n_kv_heads)),
             ("Attention", self.attention),
+            *([("Attention kernel", self.attention_kernel)] if self.attention_kernel else []),
             ("Head dim", str(self.head_dim)),
             ("dtype", self.dtype),
             ("Device", device),
@@ -318,9 +320,23 @@ def summarize_model(model, name: str, source: str) -> ModelSummary:
         kv_bytes_per_token=2 * n_layers * n_kv * head_dim * dtype_bytes,
         n_params=int(sum(unique.values())),
         attention=attention,
+        attention_kernel=_kernel_description(model),
         layers_by_device={str(d): layers for d, layers in devices.layers_by_device(placement).items()} if split else {},
         weights_by_device=devices.weights_by_device(model) if split else {},
     )
+
+
+def attention_implementation(model_class) -> str:
+    """The attention kvviz asks transformers for: "sdpa" where the model class allows it, else
+    "eager" (Gemma 2 and gpt-oss refuse sdpa: it has no logit softcapping nor attention sinks)."""
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def _kernel_description(model) -> str:
+    impl = getattr(model.config, "_attn_implementation", None) or ""
+    if impl == "eager" and not getattr(type(model), "_supports_sdpa", False):
+        return f"eager ({type(model).__name__} does not support sdpa)"
+    return impl
 
 
 def _device_name(device: torch.device) -> str:
@@ -339,7 +355,8 @@ def load_model(
     progress: ProgressFn | None = None,
     device_map: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer in eval mode with SDPA attention.
+    """Load a causal LM and its tokenizer in eval mode with SDPA attention (eager for a model
+    that does not support SDPA; the summary's "Attention kernel" says which).
 
     spec: a ``.gguf`` file, a local directory or a hub id (default: ``default_model_spec()``).
     device: "auto" / None, "cpu", "cuda", "cuda:N" or "mps". dtype: "auto" / None, "float32",
@@ -427,14 +444,19 @@ def _device_map(placement: str) -> str | None:
 
 def _load_pretrained(source: str, device: str, dtype: torch.dtype, local_only: bool):
     """from_pretrained for a directory or hub id (files already resolved or downloadable)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ModelLoadError(f"'{source}' is not a causal language model (text generation).")
         model = AutoModelForCausalLM.from_pretrained(
             source,
+            config=config,
             dtype=dtype,
-            attn_implementation="sdpa",
+            attn_implementation=attention_implementation(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]),
             local_files_only=local_only,
             device_map=_device_map(device),
         )
