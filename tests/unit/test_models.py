@@ -206,6 +206,22 @@ def test_local_directory_loads_in_eval_mode_with_sdpa(tiny_llama, smollm, tmp_pa
         torch.testing.assert_close(loaded.model(ids).logits, tiny_llama(ids).logits)
 
 
+@pytest.mark.parametrize("family, kernel", [("Gemma 2", "eager (Gemma2ForCausalLM does not support sdpa)"), ("Phi-3", "sdpa")])
+def test_a_directory_loads_with_the_attention_its_model_supports(family, kernel, smollm, tmp_path):
+    from tests.model_families import build
+
+    model, ids = build(family), torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.config._attn_implementation = None  # the saved config names no implementation: the loader picks
+    model.save_pretrained(tmp_path)
+    smollm.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert dict(loaded.summary.as_rows())["Attention kernel"] == kernel
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, expected)
+
+
 # --------------------------------------------------------------------------- weights cache
 
 
