@@ -4,8 +4,12 @@ kvviz never asks transformers for attention weights (``output_attentions`` mater
 layer's full matrix). A forward pre-hook on an attention module sees the call's arguments: the
 layer input ``hidden_states``, the rotary embedding ``position_embeddings = (cos, sin)``, the
 ``position_ids`` and the cache. From them this module computes queries and keys exactly as the
-module does: ``q_proj``/``k_proj``, the norm variants (``q_norm``/``k_norm`` per head as in
-Qwen-3, or over all heads at once as in OLMo-2) and the model's own ``apply_rotary_pos_emb``.
+module does, per family behind two functions: ``projections`` (separate ``q_proj``/``k_proj``;
+fused ``qkv_proj`` as in Phi-3 or ``query_key_value`` per head as in GPT-NeoX; q/k norms per head
+as in Qwen-3 and Cohere, over all heads as in OLMo-2, per-head layernorms as in StableLM) and
+``rope`` (the model's own ``apply_rotary_pos_emb``, on the first ``rotary_ndims`` dims only for
+partial rotary, skipped in SmolLM-3's layers without RoPE). ``decoder_layers`` finds the layers
+wherever the family keeps them; ``unreadable`` says why an attention cannot be read (MLA).
 
 Two users, one implementation: ``kvviz.model.capture`` (attention maps of the layers being viewed)
 and ``kvviz.runtime.policy_cache`` (the queries that attention-scored selectors need at each step).
@@ -100,10 +104,6 @@ def unreadable(module) -> str | None:
     if not any(hasattr(module, names[0]) for names in FUSED + (("q_proj", "k_proj"),)):
         return f"{type(module).__name__} has none of q_proj/k_proj, qkv_proj or query_key_value; kvviz cannot read its queries."
     return None
-
-
-def readable(module) -> bool:
-    return unreadable(module) is None
 
 
 MLA_REFUSAL = ("multi-head latent attention (MLA) caches a compressed latent per token; "

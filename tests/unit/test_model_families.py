@@ -119,3 +119,18 @@ def test_readme_models_table_is_the_rendering():
     table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     assert table == render_table(), "README's Models table: paste tests/model_families.render_table()"
     assert re.search(r"tests/unit/test_model_families\.py", section)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
+def test_every_registered_policy_runs_or_refuses_in_one_line(name):
+    from kvviz.policies import registry
+
+    model = model_of(name)
+    _, _, head_dim = entry_bytes(model)
+    for policy, cls in registry().items():
+        budget = 16 if policy != "full" and cls.kind == "select" else None  # sparse_pattern needs room for its pattern
+        params = {"rank": head_dim // 2} if policy == "lowrank" else None
+        trace = engine.run(model, Tok(), PROMPT, policy, params=params, budget=budget, max_new_tokens=2, stop_at_eos=False)
+        assert trace.n_steps == 2 and 0 < trace.kv_bytes[-1], (name, policy)
+        if budget is not None:
+            assert trace.kv_bytes[0] < trace.kv_bytes_full[0], (name, policy)
