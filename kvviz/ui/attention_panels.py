@@ -16,7 +16,7 @@ from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
 from kvviz.record.trace import Trace
 from kvviz.ui.clicks import clicked
-from kvviz.ui.state import from_url, persisted, to_url
+from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import esc
 
 RESOLUTIONS = [48, 64, 96, 128, 192]
@@ -66,10 +66,10 @@ def selection(ov: Overview, digest: str, n: int) -> None:
         ss["attn.sequence"], ss["attn.token"], ss["attn.window"] = digest, n - 1, (0, n)
     # a shared link reopens the same layer, head, token and window (once per session, like every page's settings)
     for url, key, default, hi in (("layer", "attn.layer", 0, ov.n_layers - 1), ("head", "attn.head", 0, ov.n_q_heads - 1), ("token", "attn.token", 0, n - 1)):
-        found, value = from_url(url, default, check=_within(0, hi))
+        found, value = from_url(url, default, check=within(0, hi))
         if found:
             ss[key] = value
-    found, value = from_url("window", (0, n), check=lambda w: _within(0, n)(w[0]) or _within(w[0] + 1, n)(w[1]))
+    found, value = from_url("window", (0, n), check=lambda w: within(0, n)(w[0]) or within(w[0] + 1, n)(w[1]))
     if found:
         ss["attn.window"] = tuple(value)
     for chart_key in ("attn.overview_chart", "attn.profile_chart"):
@@ -104,13 +104,6 @@ def detail_controls(ov: Overview, tokens: list[str], prompt_len: int, max_cells:
         to_url(url, value, default)
     return int(layer), int(head), int(token), window
 
-
-def _within(lo: int, hi: int):
-    """A check for ``from_url``: ValueError outside [lo, hi]."""
-    def check(value: int) -> None:
-        if not lo <= value <= hi:
-            raise ValueError(f"{value} is outside [{lo}, {hi}]")
-    return check
 
 
 def evictions(trace: Trace, layer: int, kv_head: int) -> tuple[np.ndarray, int]:

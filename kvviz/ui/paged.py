@@ -18,15 +18,23 @@ from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError
 from kvviz.ui.policy_controls import policy_controls
+from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import md_escape
 
 CHOICE, CUSTOM, RUN, STEP, PLAYING = "paged.choice", "paged.custom", "paged.run", "paged.step", "paged.playing"
+FROM_LINK = "paged.custom_from_link"  # a link chose the custom run: build it from the form's (linked) values
+BUDGET = "paged.budget"  # the 'requests that fit' slider
 DEFAULT_PROMPTS = "The capital of France is\nThe capital of France is a city where\nWater boils at a temperature of"
 PLAY_DELAY_S = 0.8
 
 
 def scenario_buttons() -> None:
-    """One button per built-in scenario; a click chooses it (the run follows)."""
+    """One button per built-in scenario; a click chooses it (the run follows). A link's
+    ``scenario`` chooses one the first time this session meets it."""
+    found, key = from_url("scenario", "", options=[sc.key for sc in SCENARIOS] + ["custom"])
+    if found:
+        st.session_state[CHOICE] = key
+        st.session_state[FROM_LINK] = key == "custom"  # the form's values (from the link) make the run
     for col, sc in zip(st.columns(len(SCENARIOS)), SCENARIOS):
         if col.button(sc.button, key=f"paged.scenario.{sc.key}", help=sc.title, width="stretch"):
             st.session_state[CHOICE] = sc.key
@@ -35,41 +43,55 @@ def scenario_buttons() -> None:
 def custom_form() -> None:
     """Prompts and settings of a custom run; Run chooses it."""
     with st.expander("Custom prompts and settings", expanded=st.session_state.get(CHOICE) == "custom"):
-        text = st.text_area("Prompts, one per line", DEFAULT_PROMPTS, key="paged.prompts", height=110)
+        text = persisted(st.text_area, "paged.prompts", DEFAULT_PROMPTS, url="prompts", label="Prompts, one per line", height=110)
         c = st.columns(5)
-        block_size = c[0].number_input("Block size", *LIMITS["block_size"], key="paged.block_size", help="Token slots per block (vLLM's default: 16).")
-        num_blocks = c[1].number_input("Blocks in the pool", *LIMITS["num_blocks"], key="paged.num_blocks")
-        n = c[2].number_input("Samples per prompt (n)", *LIMITS["n"], key="paged.n", help="n > 1 shares the prompt's blocks: copy-on-write.")
-        max_new = c[3].number_input("New tokens", *LIMITS["max_new_tokens"], key="paged.max_new_tokens")
-        seed = c[4].number_input("Seed", *LIMITS["seed"], key="paged.seed")
+
+        def number(col, key: str, url: str, label: str, **kw) -> int:
+            lo, hi, default = LIMITS[key]
+            with col:
+                return int(persisted(st.number_input, f"paged.{key}", default, url=url, label=label, min_value=lo, max_value=hi, **kw))
+
+        block_size = number(c[0], "block_size", "block", "Block size", help="Token slots per block (vLLM's default: 16).")
+        num_blocks = number(c[1], "num_blocks", "blocks", "Blocks in the pool")
+        n = number(c[2], "n", "n", "Samples per prompt (n)", help="n > 1 shares the prompt's blocks: copy-on-write.")
+        max_new = number(c[3], "max_new_tokens", "new", "New tokens")
+        seed = number(c[4], "seed", "seed", "Seed")
         c = st.columns(4)
-        sample = c[0].checkbox("Sample", n > 1, key="paged.sample", help="Each request and sample draws with its own seed.")
-        chat = c[1].checkbox("Chat template", False, key="paged.chat")
-        prefix = c[2].checkbox("Prefix caching", True, key="paged.prefix_caching")
-        eviction = c[3].radio(
-            "Eviction", ["token", "block"], key="paged.eviction", horizontal=True,
-            help="With an eviction policy. token: entry by entry, leaving holes (a block is freed only when no layer or "
-            "head reads it). block: whole blocks go, ranked by the share of their entries the policy would keep.",
-        )
-        spec = policy_controls(key="paged", default="full")
-        if st.button("Run", key="paged.custom_run", type="primary"):
+        with c[0]:
+            sample = persisted(st.checkbox, "paged.sample", False, url="sample", label="Sample", help="Each request and sample draws with its own seed.")
+        with c[1]:
+            chat = persisted(st.checkbox, "paged.chat", False, url="chat_template", label="Chat template")
+        with c[2]:
+            prefix = persisted(st.checkbox, "paged.prefix_caching", True, url="prefix", label="Prefix caching")
+        with c[3]:
+            eviction = persisted(
+                st.radio, "paged.eviction", "token", url="eviction", label="Eviction", options=["token", "block"], horizontal=True,
+                help="With an eviction policy. token: entry by entry, leaving holes (a block is freed only when no layer or "
+                "head reads it). block: whole blocks go, ranked by the share of their entries the policy would keep.",
+            )
+        spec = policy_controls(key="paged", default="full", url="policy")
+        ran = st.button("Run", key="paged.custom_run", type="primary")
+        if ran or st.session_state.pop(FROM_LINK, False):
             if spec is None:
                 st.error("Fix the policy settings first.")
                 return
             st.session_state[CUSTOM] = Scenario(
                 "custom", "Run", "Custom prompts", "Your prompts, decoded together from the pool.",
-                tuple(p for p in text.splitlines() if p.strip()), int(block_size), int(num_blocks), int(max_new),
-                n=int(n), sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
-                eviction=eviction, seed=int(seed),
+                tuple(p for p in text.splitlines() if p.strip()), block_size, num_blocks, max_new,
+                n=n, sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
+                eviction=eviction, seed=seed,
             )
             st.session_state["paged.custom_prefix"] = bool(prefix)
             st.session_state[CHOICE] = "custom"
 
 
 def chosen() -> Scenario | None:
+    """The scenario to show (written into the page's link as ``scenario``)."""
     ss = st.session_state
     key = ss.get(CHOICE)
-    return ss.get(CUSTOM) if key == "custom" else BY_KEY.get(key)
+    sc = ss.get(CUSTOM) if key == "custom" else BY_KEY.get(key)
+    to_url("scenario", key if sc is not None else "", "")
+    return sc
 
 
 def run(loaded: LoadedModel, sc: Scenario) -> PagedRun | None:
@@ -93,6 +115,7 @@ def run(loaded: LoadedModel, sc: Scenario) -> PagedRun | None:
         st.error(md_escape(str(exc)), icon=":material/error:")
         return None
     ss[RUN], ss[STEP], ss[PLAYING] = (key, result), min(1, len(result.frames) - 1), False
+    ss.pop(BUDGET, None)  # a new run's memory budget starts at its own pool's size
     return result
 
 
@@ -108,12 +131,16 @@ def step_player(n_frames: int) -> int:
     ss, last = st.session_state, n_frames - 1
     if ss.get(STEP) is None or ss[STEP] > last:
         ss[STEP] = min(1, last)
+    found, linked = from_url("step", 0, check=within(0, last))
+    if found:
+        ss[STEP] = linked
     if ss.get(PLAYING):
         ss[STEP] = min(ss[STEP] + 1, last)
         ss[PLAYING] = ss[STEP] < last
     left, right = st.columns([8, 1], vertical_alignment="bottom")
     step = left.slider("Step", 0, last, key=STEP, help="0: before anything; each step is one forward of the batch; the last: after every request finished.")
     right.button("⏸ Pause" if ss.get(PLAYING) else "▶ Play", key="paged.play", on_click=_toggle_play, args=(last,), width="stretch")
+    to_url("step", step, min(1, last))
     return step
 
 

@@ -17,6 +17,8 @@ Usage::
 
 from __future__ import annotations
 
+import base64
+import zlib
 from typing import Any, Callable
 
 import streamlit as st
@@ -28,8 +30,37 @@ _PROBLEMS = "kvviz_url_problems"  # url name -> message, for values the URL gave
 _AREA = "kvviz_url_notice_area"  # this run's container for those messages, drawn by the sidebar
 
 
+PLAIN_MAX = 300  # a text value longer than this travels compressed (zlib, base64url, "z:" in front)
+PACKED = "z:"
+UNPACKED_MAX = 200_000  # characters a compressed value may unpack to (the longest prompt kvviz takes)
+
+
+def pack(text: str) -> str:
+    return PACKED + base64.urlsafe_b64encode(zlib.compress(text.encode("utf-8"), 9)).decode("ascii").rstrip("=")
+
+
+def unpack(text: str) -> str:
+    """The text ``pack`` made; ValueError for anything else, or when it would unpack past
+    ``UNPACKED_MAX`` characters (checked while decompressing: a link cannot ask for gigabytes)."""
+    body = text[len(PACKED):]
+    try:
+        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(data, 4 * UNPACKED_MAX + 1)
+        if inflate.unconsumed_tail or len(raw) > 4 * UNPACKED_MAX or not inflate.eof:
+            raise ValueError("too long or cut")
+        out = raw.decode("utf-8")
+    except (ValueError, zlib.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"a compressed value that does not unpack ({exc})") from None
+    if len(out) > UNPACKED_MAX:
+        raise ValueError(f"unpacks to more than {UNPACKED_MAX:,} characters")
+    return out
+
+
 def decode(text: str, default: Any, options=None) -> Any:
     """A query-parameter string as the type of ``default``; ValueError when it cannot be."""
+    if isinstance(default, str) and options is None and text.startswith(PACKED):
+        return unpack(text)
     if options is not None:
         for option in options:
             if str(option) == text:
@@ -58,6 +89,8 @@ def decode(text: str, default: Any, options=None) -> Any:
 
 
 def encode(value: Any) -> str:
+    if isinstance(value, str) and (len(value) > PLAIN_MAX or value.startswith(PACKED)):
+        return pack(value)
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, (tuple, list)):
@@ -111,6 +144,14 @@ def _show(area, message: str) -> None:
     area.warning(md_escape(message), icon=":material/link_off:")
 
 
+def within(lo: float, hi: float) -> Callable[[Any], None]:
+    """A ``check`` for ``from_url``: ValueError for a value outside [lo, hi]."""
+    def check(value) -> None:
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside [{lo}, {hi}]")
+    return check
+
+
 def to_url(url: str, value: Any, default: Any) -> None:
     """Write the current value into the address bar (dropped while it equals the default)."""
     text = encode(value)
@@ -135,11 +176,12 @@ def _among(value: Any, options) -> bool:
 
 
 def persisted(
-    widget: Callable[..., Any], key: str, default: Any, *, url: str | None = None, url_max: int = 300,
+    widget: Callable[..., Any], key: str, default: Any, *, url: str | None = None, url_max: int = 6000,
     widget_key: str | None = None, **kwargs: Any,
 ) -> Any:
     """``widget(key=widget_key or "_" + key, ...)`` whose value survives page switches (and lives
-    in the URL as ``url`` when given, unless its text is longer than ``url_max``). Returns the
+    in the URL as ``url`` when given; a long text compressed, and left out with a caption when even
+that is longer than ``url_max``). Returns the
     widget's value."""
     state = st.session_state
     options = kwargs.get("options")
@@ -164,5 +206,9 @@ def persisted(
     value = widget(key=widget_key, on_change=store, **kwargs)
     state[key] = value
     if url is not None:
-        to_url(url, value if len(encode(value)) <= url_max else default, default)
+        fits = len(encode(value)) <= url_max
+        to_url(url, value if fits else default, default)
+        if not fits:  # never dropped without a word
+            st.caption(f"Too long to travel in this page's link (over {url_max:,} characters even compressed): "
+                       "a copied link opens without it; share a run bundle instead.")
     return value

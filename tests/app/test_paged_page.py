@@ -79,18 +79,44 @@ def test_step_slider_and_play(page):
 
 def test_bad_input_gets_a_message(page):
     at = page
-    at.text_area(key="paged.prompts").set_value("   \n  ")
+    at.text_area(key="_paged.prompts").set_value("   \n  ")
     at.button(key="paged.custom_run").click().run()
     assert any("No prompt given" in e.value for e in at.error) and not at.exception
-    at.text_area(key="paged.prompts").set_value("<script>alert(1)</script> The capital of France is a city where many")
-    at.number_input(key="paged.block_size").set_value(1)
-    at.number_input(key="paged.num_blocks").set_value(3)
+    at.text_area(key="_paged.prompts").set_value("<script>alert(1)</script> The capital of France is a city where many")
+    at.number_input(key="_paged.block_size").set_value(1)
+    at.number_input(key="_paged.num_blocks").set_value(3)
     at.button(key="paged.custom_run").click().run()
     assert any("cannot hold request r0 alone" in e.value for e in at.error) and not at.exception
-    at.number_input(key="paged.block_size").set_value(4)
-    at.number_input(key="paged.num_blocks").set_value(32)
-    at.number_input(key="paged.max_new_tokens").set_value(3)
+    at.number_input(key="_paged.block_size").set_value(4)
+    at.number_input(key="_paged.num_blocks").set_value(32)
+    at.number_input(key="_paged.max_new_tokens").set_value(3)
     at.button(key="paged.custom_run").click().run()
     assert not at.error and not at.exception
     assert metrics(at)["Requests"] == "1"
     assert "<script>" not in markdown(at)  # the prompt only reaches the output table, never raw HTML
+
+
+def test_a_link_reopens_a_custom_run_and_its_step(smollm):
+    """Every choice of the custom form, the scenario and the step live in the page's link: a fresh
+    session on the copied link runs the same requests and shows the same step."""
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    at.text_area(key="_paged.prompts").set_value("The capital of France is\nThe capital of Italy is")
+    at.number_input(key="_paged.block_size").set_value(2)
+    at.number_input(key="_paged.num_blocks").set_value(24)
+    at.number_input(key="_paged.max_new_tokens").set_value(3)
+    at.button(key="paged.custom_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.slider(key="paged.step").set_value(2).run()
+    link = {k: at.query_params[k] for k in at.query_params}
+    assert link["scenario"] == "custom" and link["block"] == "2" and link["blocks"] == "24" and link["step"] == "2"
+
+    fresh = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    for key, value in link.items():
+        fresh.query_params[key] = value
+    fresh.run()
+    assert not fresh.exception and not fresh.error, [e.value for e in fresh.error]
+    a, b = at.session_state["paged.run"][1], fresh.session_state["paged.run"][1]
+    assert [r["generated_token_ids"] for r in a.requests] == [r["generated_token_ids"] for r in b.requests]
+    assert (b.block_size, b.num_blocks, len(b.requests)) == (2, 24, 2)
+    assert fresh.slider(key="paged.step").value == 2

@@ -1,6 +1,8 @@
 """Settings live in the URL: a link opens the page with them, bad values in a link are ignored
 with a message, and the address bar follows the widgets."""
 
+import base64
+import zlib
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -70,3 +72,33 @@ def test_a_link_carries_the_policy_spec(smollm):
     bad.query_params["policy"] = "h2o:recent=<b>x</b>"
     bad.run()
     assert not bad.exception and bad.selectbox(key="live.name").value == "h2o"
+
+
+def test_a_long_prompt_travels_compressed_and_a_bomb_is_refused(smollm):
+    """A custom prompt past 300 characters used to be left out of the link without a word; it now
+    travels compressed, and a compressed value that would unpack past the longest prompt is named
+    in a notice instead of being unpacked."""
+    long_prompt = " ".join(f"Item {i} of the list is a {'red' if i % 3 else 'blue'} box." for i in range(120))
+    assert len(long_prompt) > 3000
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["kvviz_prompt_name"] = "Custom"
+    at.session_state["kvviz_custom_prompt"] = long_prompt
+    at.run()
+    assert not at.exception
+    link = at.query_params["prompt"]
+    assert link.startswith("z:") and len(link) < len(long_prompt) / 3  # compressed (the text repeats itself)
+    assert state.unpack(link) == long_prompt  # by the module's inverse ...
+
+    fresh = AppTest.from_file(APP, default_timeout=300)
+    fresh.query_params["example"] = "Custom"
+    fresh.query_params["prompt"] = link
+    fresh.run()
+    assert not fresh.exception and fresh.session_state["kvviz_custom_prompt"] == long_prompt  # ... and by a new session
+
+    bomb = "z:" + base64.urlsafe_b64encode(zlib.compress(b"a" * 5_000_000)).decode().rstrip("=")
+    hostile = AppTest.from_file(APP, default_timeout=300)
+    hostile.query_params["example"] = "Custom"
+    hostile.query_params["prompt"] = bomb
+    hostile.run()
+    assert not hostile.exception
+    assert "link setting 'prompt' ignored" in " ".join(w.value for w in hostile.sidebar.warning)
