@@ -32,7 +32,7 @@ FAMILIES: dict[str, Family] = {
     "Qwen3-MoE": Family("Qwen3MoeConfig", {**GQA, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
     "Mistral": Family("MistralConfig", {**GQA, "sliding_window": WINDOW}, note="sliding window"),
     "Gemma 2": Family("Gemma2Config", {**GQA, "sliding_window": WINDOW, "query_pre_attn_scalar": 16, "layer_types": TWO_KINDS},
-                      kernel="eager", note="refuses sdpa (logit softcapping)"),
+                      kernel="eager", note="refuses sdpa (logit softcapping) on transformers 5.24; 5.17 takes sdpa"),
     "Gemma 3": Family("Gemma3TextConfig", {**GQA, "sliding_window": WINDOW, "query_pre_attn_scalar": 16, "layer_types": TWO_KINDS},
                       note="sliding and global layers, q/k norm"),
     "Phi-3": Family("Phi3Config", {"num_key_value_heads": 2}, note="fused qkv_proj"),

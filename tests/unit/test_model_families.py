@@ -64,10 +64,12 @@ FAMILY_NAMES = list(FAMILIES)
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_loader_kernel_and_summary(name):
     model = model_of(name)
-    assert model.config._attn_implementation == FAMILIES[name].kernel
+    # what the installed transformers declares (Gemma 2 takes sdpa on 5.17 and refuses it on newer releases)
+    expected = "sdpa" if getattr(type(model), "_supports_sdpa", False) else "eager"
+    assert model.config._attn_implementation == expected
     kernel = dict(summarize_model(model, name, "test").as_rows())["Attention kernel"]
-    assert kernel.startswith(FAMILIES[name].kernel)
-    assert ("does not support sdpa" in kernel) == (FAMILIES[name].kernel == "eager")
+    assert kernel.startswith(expected)
+    assert ("does not support sdpa" in kernel) == (expected == "eager")
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

@@ -206,11 +206,14 @@ def test_local_directory_loads_in_eval_mode_with_sdpa(tiny_llama, smollm, tmp_pa
         torch.testing.assert_close(loaded.model(ids).logits, tiny_llama(ids).logits)
 
 
-@pytest.mark.parametrize("family, kernel", [("Gemma 2", "eager (Gemma2ForCausalLM does not support sdpa)"), ("Phi-3", "sdpa")])
-def test_a_directory_loads_with_the_attention_its_model_supports(family, kernel, smollm, tmp_path):
+@pytest.mark.parametrize("family", ["Gemma 2", "Phi-3"])
+def test_a_directory_loads_with_the_attention_its_model_supports(family, smollm, tmp_path):
     from tests.model_families import build
 
     model, ids = build(family), torch.tensor([[5, 6, 7]])
+    # what the installed transformers declares: Gemma 2 refuses sdpa on newer releases (5.17 takes it)
+    name = type(model).__name__
+    kernel = "sdpa" if getattr(type(model), "_supports_sdpa", False) else f"eager ({name} does not support sdpa)"
     with torch.no_grad():
         expected = model(ids).logits
     model.config._attn_implementation = None  # the saved config names no implementation: the loader picks
