@@ -101,6 +101,8 @@ COVERED = {
     "full", "window", "streaming_llm", "sparse_pattern", "random", "knorm", "tova", "h2o", "merge", "snapkv",
     "pyramidkv", "lru", "lfu", "quant", "kivi", "lowrank", "head_share",
 }
+COVERED |= {"expected_attention", "chunkkv", "adakv"}  # their references: tests/integration/test_kvpress_b.py
+COVERED |= {"keydiff", "observed_attention", "lagkv"}  # their references: tests/integration/test_kvpress_a.py
 
 
 def test_every_registered_policy_is_held_to_a_reference_here():

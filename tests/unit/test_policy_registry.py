@@ -12,6 +12,8 @@ EXPECTED = {
     "full", "window", "streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "knorm", "lru", "lfu", "random",
     "sparse_pattern", "merge", "quant", "kivi", "lowrank", "head_share",
 }
+EXPECTED |= {"expected_attention", "chunkkv", "adakv"}  # kvpress presses, part B
+EXPECTED |= {"keydiff", "observed_attention", "lagkv"}  # kvpress presses, part A
 
 
 def test_every_policy_is_registered():
