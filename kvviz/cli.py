@@ -2,6 +2,9 @@
 
 Errors (unknown policy or parameter, bad budget, empty or too long prompt, a model that does
 not load) end with a one-line message on stderr and exit status 2, never a traceback.
+
+``--policy-file PATH`` (repeatable, before or after the command) loads a policy of your own for any
+command; a plugin that does not load is a one-line warning on stderr, and the command runs on.
 """
 
 from __future__ import annotations
@@ -17,19 +20,43 @@ def command_modules() -> dict:
     return {name: importlib.import_module(f"kvviz.commands.{name}") for name in COMMANDS}
 
 
+POLICY_FILE_HELP = "a .py file defining a cache policy of your own (see docs/policy_template.py); repeatable"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvviz", description="Explore the KV cache of a real language model.")
+    p.add_argument("--policy-file", action="append", default=[], metavar="PATH", help=POLICY_FILE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     for name, module in command_modules().items():
-        module.configure(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        cmd.add_argument("--policy-file", action="append", dest="command_policy_file", default=argparse.SUPPRESS,
+                         metavar="PATH", help=POLICY_FILE_HELP)
+        module.configure(cmd)
     return p
+
+
+def _plugin_warnings() -> None:
+    """One line per policy plugin that did not load, when this command looked at the policies."""
+    policies = sys.modules.get("kvviz.policies")
+    if policies is not None and policies.discovered():  # calc never discovers them (no torch)
+        for problem in policies.plugin_problems():
+            print(f"warning: {problem}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    files = args.policy_file + getattr(args, "command_policy_file", [])
+    if files:
+        from kvviz import policies
+
+        for path in files:
+            policies.add_policy_file(path)
     try:
-        return command_modules()[args.command].main(args)
+        status = command_modules()[args.command].main(args)
+        _plugin_warnings()
+        return status
     except (ValueError, OSError) as e:  # PolicyError and PromptError are ValueErrors
+        _plugin_warnings()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch.OutOfMemoryError is one; anything else is a bug: let it show

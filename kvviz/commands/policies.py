@@ -1,4 +1,6 @@
-"""``python -m kvviz policies``: every cache policy with its family, paper (and its link), parameters and help."""
+"""``python -m kvviz policies``: every cache policy with its family, paper (and its link), parameters and
+help; a plugin (``--policy-file``, ``KVVIZ_POLICY_PATH``, an entry point) also says where it came from,
+and one that did not load is a warning on stderr (``kvviz.cli``)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ def configure(p) -> None:
 
 
 def main(args) -> int:
-    from kvviz.policies import registry
+    from kvviz.policies import plugin_source, registry
 
-    described = [cls.describe() for cls in registry().values()]
+    described = [{**cls.describe(), "plugin": plugin_source(name)} for name, cls in registry().items()]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
@@ -22,6 +24,8 @@ def main(args) -> int:
         print(f"{d['name']}  [{d['family']}]  {d['paper']}")
         if d.get("paper_url"):
             print(f"    {d['paper_url']}")
+        if d["plugin"]:
+            print(f"    plugin: {d['plugin']}")
         print(f"    {d['summary']}")
         for prm in d["params"]:
             rng = f" choices {prm['choices']}" if prm["choices"] else ""

@@ -1,6 +1,10 @@
 """The policy registry. Every module in this package that defines a ``Policy`` subclass with a
 ``name`` registers it: adding a policy is adding one file.
 
+Policies from outside kvviz (files on the server's disk, entry points) join after the built-ins:
+``kvviz/policies/plugins.py`` loads them; ``add_policy_file`` adds a file at run time,
+``plugin_problems`` says which did not load, ``reset_registry`` forgets everything (tests).
+
 A run names one policy or a composition ``selector+store`` (e.g. ``snapkv+quant``). Parameters
 are given flat (``bits=4``) when only one policy of the composition has that name, or prefixed
 (``quant.bits=4``).
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING
 from kvviz.policies.params import Param, Policy, PolicyError  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
+    from kvviz.policies.plugins import PluginProblem
     from kvviz.policies.selector import Selector
     from kvviz.policies.store import Storage
 
@@ -24,7 +30,7 @@ if TYPE_CHECKING:
 # the selector and store classes, which compute on tensors, load when first asked for.
 _LAZY = {name: "selector" for name in ("BudgetSelector", "LayerView", "ScoredSelector", "Selection", "Selector", "StepContext")}
 _LAZY.update({name: "store" for name in ("LayerError", "Storage", "Store")})
-_NOT_POLICIES = {"params", "selector", "store", "spec", "scoring"}
+_NOT_POLICIES = {"params", "selector", "store", "spec", "scoring", "plugins"}
 
 
 def __getattr__(name: str):
@@ -33,24 +39,78 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _REGISTRY: dict[str, type[Policy]] = {}
+_PLUGINS: dict[str, str] = {}  # plugin policy name -> where it came from (a path or an entry point)
+_PROBLEMS: list[PluginProblem] = []
+_LOCK = threading.Lock()  # sessions of the app discover at once
 
 
 def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
         if info.name not in _NOT_POLICIES:
             importlib.import_module(f"{__name__}.{info.name}")
+    found: dict[str, type[Policy]] = {}
     stack = list(Policy.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls.__dict__.get("name"):
-            _REGISTRY[cls.name] = cls
+        if cls.__dict__.get("name") and cls.__module__.startswith(f"{__name__}."):  # plugins come below
+            found[cls.name] = cls
+    from kvviz.policies import plugins
+
+    loaded, problems = plugins.load(set(found))
+    _PLUGINS.clear()
+    _PLUGINS.update({name: where for name, (_, where) in loaded.items()})
+    _PROBLEMS[:] = problems
+    _REGISTRY.update(found | {name: cls for name, (cls, _) in loaded.items()})
+
+
+def _ensure() -> None:
+    with _LOCK:
+        if not _REGISTRY:
+            _discover()
+
+
+def discovered() -> bool:
+    """Whether the policies were looked for (a command that never needed them loads no torch)."""
+    return bool(_REGISTRY)
+
+
+def plugin_source(name: str) -> str | None:
+    """Where a plugin policy came from (its file, or its entry point); None for a built-in."""
+    _ensure()
+    return _PLUGINS.get(name)
+
+
+def plugin_problems() -> list[PluginProblem]:
+    """The plugins that did not load or were refused, each with a one-line message naming it."""
+    _ensure()
+    return list(_PROBLEMS)
+
+
+def add_policy_file(path) -> None:
+    """Load the policies of a ``.py`` file too (the CLI's ``--policy-file``); problems are reported
+    by ``plugin_problems``, never raised."""
+    from kvviz.policies import plugins
+
+    with _LOCK:
+        plugins.add_file(path)
+        _REGISTRY.clear()  # discovered again, with the file, when next asked
+
+
+def reset_registry() -> None:
+    """Forget every policy, plugin, problem and added file (tests): the next call discovers again."""
+    from kvviz.policies import plugins
+
+    with _LOCK:
+        plugins.forget_files()
+        _REGISTRY.clear()
+        _PLUGINS.clear()
+        _PROBLEMS.clear()
 
 
 def registry() -> dict[str, type[Policy]]:
     """Name -> policy class, in a stable order (baseline first, then by family and name)."""
-    if not _REGISTRY:
-        _discover()
+    _ensure()
     order = ["baseline", "eviction", "sparse", "merging", "quantization", "low-rank", "head sharing"]
     rank = {f: i for i, f in enumerate(order)}
     return dict(sorted(_REGISTRY.items(), key=lambda kv: (rank.get(kv[1].family, 99), kv[0] != "full", kv[0])))
@@ -59,7 +119,8 @@ def registry() -> dict[str, type[Policy]]:
 def get(name: str) -> type[Policy]:
     reg = registry()
     if name not in reg:
-        raise PolicyError(f"Unknown policy '{name}'. Known policies: {', '.join(reg)}.")
+        broken = "".join(f" Not loaded: {p.short()}." for p in _PROBLEMS)  # no server paths: pages show this
+        raise PolicyError(f"Unknown policy '{name}'. Known policies: {', '.join(reg)}.{broken}")
     return reg[name]
 
 

@@ -8,6 +8,8 @@ without changes here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from kvviz import policies
@@ -18,11 +20,13 @@ from kvviz.ui import state as ui_state
 from kvviz.ui.token_html import md_escape
 
 KEEP = "kvviz_keep::"  # permanent session_state copies of the widgets' values
+_PLUGINS_WARNED = "kvviz_policy_plugins_warned"
 
 
 def policy_label(name: str) -> str:
     cls = policies.get(name)
-    return f"{name} · {cls.family}" + (" (store)" if cls.kind == "store" else "")
+    plugin = " · plugin" if policies.plugin_source(name) else ""
+    return f"{name} · {cls.family}" + (" (store)" if cls.kind == "store" else "") + plugin
 
 
 def describe_policy(name: str) -> str:
@@ -30,7 +34,17 @@ def describe_policy(name: str) -> str:
     cls = policies.get(name)
     summary = " ".join(cls.summary.split())
     paper = f"[{cls.paper}]({cls.paper_url})" if cls.paper_url else cls.paper
-    return f"**{name}** · {cls.family}. {summary}\n\n*Paper:* {paper}"
+    text = f"**{name}** · {cls.family}. {summary}\n\n*Paper:* {paper}"
+    where = policies.plugin_source(name)  # the file's name only: visitors get no server paths
+    return text + (f"\n\n*Plugin:* `{md_escape(Path(where).name)}`" if where else "")
+
+
+def plugin_warnings() -> None:
+    """Policy plugins that did not load: one warning, the first time this session draws the controls."""
+    problems = policies.plugin_problems()
+    if problems and not st.session_state.get(_PLUGINS_WARNED):
+        st.session_state[_PLUGINS_WARNED] = True
+        st.warning("  \n".join(md_escape(p.short()) for p in problems), icon=":material/extension_off:")
 
 
 def _kept(widget, key: str, default, **kwargs):
@@ -171,6 +185,7 @@ def policy_controls(
     if url is not None:
         _seed_from_url(key, url, default)
     names = list(policies.registry())
+    plugin_warnings()
     if narrow:  # picker, then the explanation's popover, then the parameters
         head, about, body = st.container(), st.container(), st.container()
     else:  # picker and parameters on the left, the explanation on the right
