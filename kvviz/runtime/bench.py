@@ -46,6 +46,7 @@ class BenchRow:
     speedup: float | None = None  # generate's median step / this row's
     speedup_static: float | None = None  # the compiled static-cache generate's median step / this row's (CUDA only)
     graph_failure: str | None = None  # why a CUDA graph could not be captured (the run went on eagerly)
+    agree_tokens: int | None = None  # full-cache rows: leading greedy tokens equal to dynamic generate's
 
 
 @dataclass
@@ -62,9 +63,26 @@ class BenchResult:
     bandwidth_bytes_s: float | None
     weight_bytes: int
     rows: list[BenchRow] = field(default_factory=list)
+    # Each baseline's median step timed before the kvviz rows and again after them (ms); the
+    # ratios divide by the faster of the two, and a drift past DRIFT says the host was busy.
+    baseline_ms: dict[str, list[float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+DRIFT = 0.20  # before/after disagreement of a baseline that marks a busy host
+
+
+def drift_warning(name: str, before_ms: float, after_ms: float) -> str | None:
+    """A warning when a baseline's step before and after the kvviz rows differ by more than DRIFT
+    of the faster one (the host was busy for part of the run), else None."""
+    fast = min(before_ms, after_ms)
+    if abs(after_ms - before_ms) <= DRIFT * fast:
+        return None
+    return (f"{name} took {before_ms:.2f} ms/step before the kvviz rows and {after_ms:.2f} after: the host was busy, "
+            f"so ratios against it are uncertain (they use the faster, {fast:.2f}).")
 
 
 def bandwidth(card: str) -> float | None:
@@ -125,8 +143,8 @@ class _StepClock:
         return scores
 
 
-def time_generate(model, ids: list[int], new_tokens: int, static: bool = False) -> tuple[float, float]:
-    """(whole call s, median decode step s) of greedy ``generate`` with the full cache: dynamic,
+def time_generate(model, ids: list[int], new_tokens: int, static: bool = False) -> tuple[float, float, list[int]]:
+    """(whole call s, median decode step s, new token ids) of greedy ``generate`` with the full cache: dynamic,
     or ``static`` (transformers' static cache, whose decode step torch compiles on CUDA: the
     fastest path transformers offers, and the bar kvviz is measured against)."""
     from transformers import LogitsProcessorList
@@ -134,12 +152,22 @@ def time_generate(model, ids: list[int], new_tokens: int, static: bool = False) 
     clock = _StepClock(model)
     x = torch.tensor([ids], device=devices.input_device(model))
     cache = {"cache_implementation": "static"} if static else {}
-    call, _ = timed(model, lambda: model.generate(
+    call, out = timed(model, lambda: model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
         do_sample=False, logits_processor=LogitsProcessorList([clock]), pad_token_id=0, **cache,
     ))
     steps = [b - a for a, b in zip(clock.times, clock.times[1:])]
-    return call, statistics.median(steps) if steps else float("nan")
+    return call, statistics.median(steps) if steps else float("nan"), out[0, len(ids):].tolist()
+
+
+def leading_agreement(a: list[int], b: list[int]) -> int:
+    """How many leading tokens of ``a`` and ``b`` are equal."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def time_policy(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool):
@@ -156,6 +184,7 @@ def time_live(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: in
 
 def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: int, repeats: int = 3,
               graphs: bool = True, live: bool = False, progress=print) -> BenchResult:
+    """Time each baseline, then every policy, then each baseline again (a busy host shows as drift)."""
     import transformers
 
     model, tok = loaded.model, loaded.tokenizer
@@ -166,26 +195,26 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
     bw = bandwidth(card)
     result = BenchResult(card, str(model.dtype).removeprefix("torch."), torch.__version__, transformers.__version__, commit(),
                          loaded.summary.name, len(ids), new_tokens, repeats, bw, weight_bytes)
+    kv_full = len(ids) + new_tokens - 1  # entries the last step reads (before its own token)
+    full_floor = floor_ms(weight_bytes, engine.ModelShape.of(model).full_bytes_per_token * kv_full, bw)
+    baselines = {"transformers generate": False}
+    if device.type == "cuda" and not devices.is_split(devices.layer_devices(model)):
+        baselines["transformers generate, static cache (compiled)"] = True
 
     time_generate(model, ids[:64], 4)  # warm-up
-    runs = [time_generate(model, ids, new_tokens) for _ in range(repeats)]
-    base_step = statistics.median(r[1] for r in runs)
-    kv_full = len(ids) + new_tokens - 1  # entries the last step reads (before its own token)
-    full_bytes = engine.ModelShape.of(model).full_bytes_per_token * kv_full
-    result.rows.append(BenchRow("transformers generate", "", 1e3 * base_step, statistics.median(r[0] for r in runs),
-                                floor_ms=floor_ms(weight_bytes, full_bytes, bw), speedup=1.0))
-    progress(f"generate: {1e3 * base_step:.2f} ms/step")
-    static_step = None
-    if device.type == "cuda" and not devices.is_split(devices.layer_devices(model)):
-        t0 = time.perf_counter()
-        time_generate(model, ids, new_tokens, static=True)  # warm-up: torch compiles the step here
-        progress(f"generate, static cache: compiled in {time.perf_counter() - t0:.1f} s (first call)")
-        runs = [time_generate(model, ids, new_tokens, static=True) for _ in range(repeats)]
-        static_step = statistics.median(r[1] for r in runs)
-        result.rows.append(BenchRow("transformers generate, static cache (compiled)", "", 1e3 * static_step, statistics.median(r[0] for r in runs),
-                                    decode_path="compiled", floor_ms=floor_ms(weight_bytes, full_bytes, bw), speedup=base_step / static_step,
-                                    speedup_static=1.0))
-        progress(f"generate, static cache (compiled): {1e3 * static_step:.2f} ms/step")
+    reference: list[int] = []  # dynamic generate's tokens: what every full-cache row should produce
+    for name, static in baselines.items():
+        if static:
+            t0 = time.perf_counter()
+            time_generate(model, ids, new_tokens, static=True)  # warm-up: torch compiles the step here
+            progress(f"generate, static cache: compiled in {time.perf_counter() - t0:.1f} s (first call)")
+        runs = [time_generate(model, ids, new_tokens, static=static) for _ in range(repeats)]
+        reference = reference or runs[0][2]
+        result.baseline_ms[name] = [1e3 * statistics.median(r[1] for r in runs)]
+        result.rows.append(BenchRow(name, "", result.baseline_ms[name][0], statistics.median(r[0] for r in runs),
+                                    decode_path="compiled" if static else "", floor_ms=full_floor,
+                                    agree_tokens=leading_agreement(runs[0][2], reference)))
+        progress(f"{name}: {result.baseline_ms[name][0]:.2f} ms/step")
 
     for spec in specs:
         time_policy(model, tok, ids[:256], spec.with_budget(min(spec.budget, 128)) if spec.budget else spec, 8, graphs)
@@ -197,14 +226,30 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
             prefill_ms=1e3 * statistics.median(t.timings["prefill_s"] for _, t in runs),
             decode_path=str(trace.timings.get("decode_path", "eager")),
             kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_full=int(trace.kv_bytes_full[-1]),
-            floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw), speedup=base_step / step,
-            speedup_static=static_step / step if static_step else None,
+            floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw),
             graph_failure=trace.timings.get("graph_failure"),
         )
+        if spec.to_text() == "full":
+            row.agree_tokens = leading_agreement([int(t) for t in trace.generated_ids], reference)
         if live:
             row.live_s = time_live(model, tok, ids, spec, new_tokens, graphs)
         result.rows.append(row)
         progress(f"{row.config}: {row.step_ms:.2f} ms/step ({row.decode_path})")
+
+    for name, static in baselines.items():
+        runs = [time_generate(model, ids, new_tokens, static=static) for _ in range(repeats)]
+        result.baseline_ms[name].append(1e3 * statistics.median(r[1] for r in runs))
+        before, after = result.baseline_ms[name]
+        progress(f"{name} again: {after:.2f} ms/step (before the kvviz rows: {before:.2f})")
+        if warning := drift_warning(name, before, after):
+            result.warnings.append(warning)
+    base = {name: min(v) for name, v in result.baseline_ms.items()}
+    static_name = "transformers generate, static cache (compiled)"
+    for row in result.rows:
+        if row.config in base:  # a baseline row shows its faster timing
+            row.step_ms = base[row.config]
+        row.speedup = base["transformers generate"] / row.step_ms
+        row.speedup_static = base[static_name] / row.step_ms if static_name in base else None
     return result
 
 
@@ -214,7 +259,7 @@ def table(result: BenchResult) -> str:
 
     live = any(r.live_s is not None for r in result.rows)
     static = any(r.speedup_static is not None for r in result.rows)
-    head = ["configuration", "decode", "ms/step", "× generate"] + (["× static"] if static else []) + ["whole call s", "prefill ms", "KV held", "floor ms", "× floor"]
+    head = ["configuration", "decode", "ms/step", "× generate"] + (["× static"] if static else []) + ["whole call s", "prefill ms", "KV held", "floor ms", "× floor", "= generate"]
     if live:
         head.insert(head.index("prefill ms"), "Live run s")
     lines = [
@@ -229,12 +274,17 @@ def table(result: BenchResult) -> str:
             r.config, r.decode_path or "eager", f"{r.step_ms:.2f}", f"{r.speedup:.2f}" if r.speedup else "",
             *([_num(r.speedup_static, "{:.2f}")] if static else []), f"{r.call_s:.2f}", _num(r.prefill_ms, "{:.1f}"), format_bytes(r.kv_bytes) if r.kv_bytes is not None else "",
             _num(r.floor_ms, "{:.3f}"), _num(r.step_ms / r.floor_ms if r.floor_ms else None, "{:.0f}"),
+            "" if r.agree_tokens is None else f"{r.agree_tokens}/{result.new_tokens}",
         ]
         if live:
             cells.insert(head.index("Live run s"), _num(r.live_s, "{:.2f}"))
         lines.append("| " + " | ".join(cells) + " |")
-    failures = [f"- {r.config}: graph capture failed ({r.graph_failure}); decoded eagerly" for r in result.rows if r.graph_failure]
-    return "\n".join(lines + ([""] + failures if failures else []))
+    notes = [f"- {r.config}: graph capture failed ({r.graph_failure}); decoded eagerly" for r in result.rows if r.graph_failure]
+    notes += [f"- {name}: {', '.join(f'{v:.2f}' for v in times)} ms/step before and after the kvviz rows" for name, times in result.baseline_ms.items()]
+    notes += [f"- Warning: {w}" for w in result.warnings]
+    notes.append("- `× generate` and `× static` divide the faster of each baseline's two timings by the row's step; "
+                 "`= generate`: leading greedy tokens equal to dynamic `generate`'s (full-cache rows).")
+    return "\n".join(lines + [""] + notes)
 
 
 def _num(value, fmt: str) -> str:

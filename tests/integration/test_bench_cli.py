@@ -26,6 +26,10 @@ def test_bench_json_and_table(smollm, tmp_path):
     assert result["weight_bytes"] == sum(p.numel() * 4 for p in smollm.model.parameters())
     generate, full, h2o = result["rows"]
     assert generate["config"] == "transformers generate" and generate["speedup"] == 1.0
+    before, after = result["baseline_ms"]["transformers generate"]  # timed before and after the kvviz rows
+    assert generate["step_ms"] == min(before, after)
+    # kvviz's full cache decodes transformers' own greedy tokens (fp32, CPU); generate agrees with itself
+    assert full["agree_tokens"] == generate["agree_tokens"] == 4 and h2o["agree_tokens"] is None
     # the last step reads the prompt and the 3 tokens fed before it: 43 entries
     assert full["kv_bytes"] == full["kv_bytes_full"] == 43 * per_token
     assert h2o["kv_bytes"] == 16 * per_token  # the budget, per layer and head
@@ -34,7 +38,8 @@ def test_bench_json_and_table(smollm, tmp_path):
         assert row["decode_path"] == "eager"  # no CUDA graphs on a CPU
         assert row["speedup"] == pytest.approx(generate["step_ms"] / row["step_ms"])
         assert 0 < row["step_ms"] < 1e3 * row["call_s"]
-    assert "| transformers generate |" in out.stdout and "| full |" in out.stdout
+    assert "| transformers generate |" in out.stdout and "| full |" in out.stdout and "| 4/4 |" in out.stdout
+    assert f"{before:.2f}, {after:.2f} ms/step before and after" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -45,6 +50,14 @@ def test_bad_input_is_one_line(args, message):
     out = kvviz(*args, "--device", "cpu", timeout=120)
     assert out.returncode == 2
     assert out.stderr.startswith("error:") and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_drift_by_hand():
+    # 20% of the faster timing: 10 -> 12 is within, 10 -> 12.1 is not, whichever came first
+    assert bench.drift_warning("g", 10.0, 12.0) is None and bench.drift_warning("g", 12.0, 10.0) is None
+    for before, after in ((10.0, 12.1), (12.1, 10.0)):
+        warning = bench.drift_warning("g", before, after)
+        assert warning and "busy" in warning and "faster, 10.00" in warning
 
 
 def test_floor_by_hand():
