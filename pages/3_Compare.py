@@ -5,6 +5,7 @@ import streamlit as st
 from kvviz.compare import run as comparison
 from kvviz.compare.job import CompareJob
 from kvviz.live import run as live_run
+from kvviz.record.text import cut_character_note
 from kvviz.runtime.inputs import InputError
 from kvviz.charts import compare as charts
 from kvviz.ui import compare_view as view
@@ -101,6 +102,9 @@ to_url("step", step, None)
 st.markdown("**Outputs**")
 render(view.outputs_html(result))
 view.divergence_caption()
+for who, trace in [("The full cache's output", result.full), *((f"{label}'s output", run.trace) for label, run in zip(result.labels, result.runs))]:
+    if cut := cut_character_note(trace.generated_text, who):
+        st.caption(md_escape(cut))
 st.markdown(f"**Token states at step {step}**")
 view.legend()
 for i, column in enumerate(st.columns(len(result.runs))):

@@ -61,6 +61,18 @@ def decode(tokenizer, ids) -> str:
     return tokenizer.decode([int(i) for i in ids])
 
 
+def cut_character_note(text: str, who: str = "The output") -> str | None:
+    """A sentence saying why ``text`` ends in U+FFFD, or None when it does not: the generation
+    stopped after some bytes of a character of several bytes (the token limit fell inside it), so
+    the tokenizer shows the replacement character for the bytes it has. (A model may also write
+    U+FFFD itself; the sentence says so.)"""
+    if not text.endswith(REPLACEMENT):
+        return None
+    return (f"{who} ends in {REPLACEMENT} (U+FFFD): generation stopped partway through a character of several bytes "
+            "(Chinese, an emoji, an accent), so its last bytes never came and the tokenizer shows the replacement "
+            "character in their place. A few more new tokens would complete it (unless the model wrote U+FFFD itself).")
+
+
 def _attaches(text: str) -> bool:
     """True when ``text`` starts with a mark that belongs to the character before it."""
     ch = text[:1]

@@ -16,6 +16,7 @@ import streamlit as st
 from kvviz.live import run as live_run
 from kvviz.runs import store as run_store
 from kvviz.record.metrics import device_memory_rows, format_bytes, memory_saving
+from kvviz.record.text import cut_character_note
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope
 from kvviz.ui.live_controls import JOBS, LOADED_RUN, RESULT, SHOWN
@@ -110,6 +111,8 @@ def header(result: live_run.LiveResult, spec_now: PolicySpec | None) -> None:
         st.caption(f"The controls above now say **{md_escape(spec_now.label())}**: press **Run** to run them.")
     for note in req.notes:
         st.caption(note)
+    if cut := cut_character_note(result.generated_text or trace.generated_text):
+        st.caption(cut)
     if result.stopped:
         st.warning(f"Stopped after {trace.n_steps} generated tokens. " + live_run.STOPPED_IN[result.stopped_in])
 

@@ -138,3 +138,22 @@ def test_the_sidebar_names_the_embedded_model_and_links_with_a_path_still_work(s
     linked.query_params["model"] = str(embedded_gguf_path())
     linked.run()
     assert not linked.exception and not [w for w in linked.sidebar.warning if "model" in w.value]
+
+
+CHINESE = "Translate to Chinese: I love cats."  # SmolLM2 answers "愛...", 愛 spread over several tokens
+
+
+def test_an_output_cut_inside_a_character_says_why(page, smollm):
+    # transformers' tokenizer decides: with one new token the output is part of a character
+    ids = live_run.prepare(smollm.tokenizer, CHINESE, chat=True, spec="full", max_new_tokens=1).prompt_ids
+    out = engine.run(smollm.model, smollm.tokenizer, ids, PolicySpec.of("full"), engine.DecodeOptions(max_new_tokens=16)).generated_ids
+    assert smollm.tokenizer.decode(out[:1]).endswith("\ufffd")
+    whole = next(k for k in range(2, 17) if not smollm.tokenizer.decode(out[:k]).endswith("\ufffd"))  # first complete cut
+    page.sidebar.selectbox(key="_kvviz_prompt_name").set_value("Custom").run()
+    page.sidebar.text_area(key="_kvviz_custom_prompt").set_value(CHINESE).run()
+    page.selectbox(key="live.name").set_value("full").run()
+    at = run(page, new_tokens=1)
+    assert not at.exception and "stopped partway through a character of several bytes" in texts(at)
+    at = run(at, new_tokens=whole)  # the characters complete: no note
+    assert not at.exception and not at.session_state["live.result"].generated_text.endswith("\ufffd")
+    assert "stopped partway through a character" not in texts(at)
