@@ -31,6 +31,9 @@ class CompareJob(BackgroundJob):
         if self.result is None or not self.result.runs:
             self.result, self.notice = None, NOTHING_TO_COMPARE
 
+    def size(self) -> tuple[int, int, int]:
+        return len(self.prompt_ids), self.settings.max_new_tokens, 1
+
     def running_progress(self) -> tuple[float, str]:
         p = self.latest
         return (0.0, "Starting") if p is None else (p.fraction, p.line())

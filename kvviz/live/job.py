@@ -46,9 +46,11 @@ class LiveJob(BackgroundJob):
         self._stopped_in: str | None = None  # the phase Stop ended
         self._started = time.perf_counter()  # reset when the work starts
 
-    def start(self) -> "LiveJob":
+    def on_start(self) -> None:
         run_store.begin(self.request.run_id, self.request.to_dict())
-        return super().start()
+
+    def size(self) -> tuple[int, int, int]:
+        return self.request.prompt_len, self.request.max_new_tokens, 1
 
     def text(self, phase: str) -> str:
         """The output of ``phase`` so far, decoded from its whole id sequence."""

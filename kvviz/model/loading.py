@@ -424,6 +424,9 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
+looks_like_path = _looks_like_path  # public: the operator's allow-list tells paths from hub ids
+
+
 def _is_embedded(path: Path) -> bool:
     try:
         return path.resolve() == embedded_gguf_path().resolve()

@@ -4,6 +4,10 @@ for, the model's context, and a budget (or ratio) that fits the prompt.
 The engine, the Live run, the comparison and the sweep all ask ``check_run`` (and ``prompt_ids``
 for a prompt typed as text); what they refuse is an ``InputError`` whose message is one line, fit
 to show to a person.
+
+``check_limits`` applies the operator's caps on a visitor's run (``kvviz.runtime.settings.Limits``:
+prompt tokens, new tokens, runs of a sweep); the pages apply it to every job they start, the CLI
+never does.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Sequence
 from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError, encode_prompt
+from kvviz.runtime.settings import Limits
 
 
 class InputError(PromptError, PolicyError):
@@ -57,4 +62,24 @@ def check_run(
     if max_context and prompt_len + new_tokens > max_context:
         raise InputError(
             f"The prompt ({prompt_len} tokens) plus {new_tokens} {tokens_name} exceeds the model's context of {max_context}."
+        )
+
+
+def check_limits(limits: Limits, *, prompt_tokens: int, new_tokens: int, runs: int = 1) -> None:
+    """Raise InputError, naming the operator's setting, when a visitor's run is larger than this
+    server allows: a longer prompt, more new (or forced) tokens per run, more runs in a sweep."""
+    if prompt_tokens > limits.max_prompt_tokens:
+        raise InputError(
+            f"The prompt has {prompt_tokens:,} tokens; this server runs prompts of at most {limits.max_prompt_tokens:,} "
+            "(its operator's setting KVVIZ_MAX_PROMPT_TOKENS)."
+        )
+    if new_tokens > limits.max_new_tokens:
+        raise InputError(
+            f"{new_tokens:,} tokens per run asked for; this server runs at most {limits.max_new_tokens:,} "
+            "(its operator's setting KVVIZ_MAX_NEW_TOKENS)."
+        )
+    if runs > limits.max_sweep_runs:
+        raise InputError(
+            f"This sweep has {runs} runs; this server runs at most {limits.max_sweep_runs} in one sweep "
+            "(its operator's setting KVVIZ_MAX_SWEEP_RUNS): pick fewer policies, budgets, depths or lengths."
         )

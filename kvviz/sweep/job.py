@@ -69,6 +69,12 @@ def estimate(the_plan: sweep.Plan, speed: Speed) -> Estimate:
     return Estimate(low, high, len(the_plan.runs), speed)
 
 
+def plan_size(the_plan: sweep.Plan) -> tuple[int, int, int]:
+    """(longest prompt, most forced or generated tokens of one run, runs) of a planned sweep."""
+    runs = the_plan.runs
+    return max((len(r.prompt_ids) for r in runs), default=0), max((r.steps for r in runs), default=0), len(runs)
+
+
 def _plain(spec) -> bool:
     """A policy that neither scores with attention queries nor transforms what it stores."""
     pipeline = spec.pipeline()
@@ -97,6 +103,9 @@ class SweepJob(BackgroundJob):
             self.model, self.tokenizer, self.settings, on_progress=self._on_progress,
             should_stop=self.should_stop, model_name=self.model_name, max_context=self.max_context,
         )
+
+    def size(self) -> tuple[int, int, int]:
+        return plan_size(sweep.plan(self.tokenizer, self.settings, max_context=self.max_context))
 
     def running_progress(self) -> tuple[float, str]:
         """The run going on and the time left at the pace so far."""
