@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from kvviz.runs.bundle import MAX_BYTES, BundleError, RunBundle, load, page_of
+from kvviz.ui.sidebar import operator_settings
 from kvviz.ui.token_html import md_escape
 
 MIB = 1024 * 1024
@@ -56,8 +57,11 @@ def downloads(
 
 def upload_box(key: str, on_open: Callable[[RunBundle], None], kind: str | None = None, label: str = "Open a run bundle") -> None:
     """A file uploader for bundles. A valid one is handed to ``on_open`` (which may raise
-    BundleError when the bundle does not fit the page); problems are shown under the box."""
+    BundleError when the bundle does not fit the page); problems are shown under the box. The
+    operator may allow smaller files than a bundle may be (KVVIZ_MAX_UPLOAD_MB)."""
     ss = st.session_state
+    limit = min(MAX_BYTES, operator_settings().limits.max_upload_bytes)
+    setting = " (this server's setting KVVIZ_MAX_UPLOAD_MB)" if limit < MAX_BYTES else ""
 
     def opened() -> None:
         uploaded = ss.get(key)
@@ -65,8 +69,8 @@ def upload_box(key: str, on_open: Callable[[RunBundle], None], kind: str | None 
         if uploaded is None:
             return
         try:
-            if uploaded.size > MAX_BYTES:
-                raise BundleError(f"The file is {uploaded.size / MIB:.1f} MiB; kvviz opens bundles of at most {MAX_BYTES // MIB} MiB.")
+            if uploaded.size > limit:
+                raise BundleError(f"The file is {uploaded.size / MIB:.1f} MiB; kvviz opens bundles of at most {limit // MIB} MiB{setting}.")
             bundle = load(uploaded.getvalue())
             if kind is not None and bundle.kind != kind:
                 raise BundleError(f"This is a run bundle from the {page_of(bundle.kind)} page: open it there.")
@@ -77,8 +81,8 @@ def upload_box(key: str, on_open: Callable[[RunBundle], None], kind: str | None 
             ss[f"{key}.message"] = ("success", f"Opened {uploaded.name}.")
 
     st.file_uploader(
-        f"{label} (JSON, at most {MAX_BYTES // MIB} MiB)", type=["json"], key=key, on_change=opened, help=UPLOAD_HELP,
-        max_upload_size=MAX_BYTES // MIB,
+        f"{label} (JSON, at most {limit // MIB} MiB)", type=["json"], key=key, on_change=opened, help=UPLOAD_HELP,
+        max_upload_size=limit // MIB,
     )
     level, message = ss.get(f"{key}.message", (None, None))
     if level == "error":

@@ -2,6 +2,11 @@
 comparison, a sweep): Run and Stop, a progress bar while the job runs, then how it ended (its
 error, or the notice of a stop that left nothing to show).
 
+Every job a page starts is checked against the operator's caps (``kvviz.runtime.settings``) and
+waits its turn in the process's run queue (``kvviz.runtime.jobs.process_queue``); while it waits,
+its progress line says how many runs are ahead of it. The job knows whether its browser session
+is still connected: a closed tab frees its place.
+
 A page keeps one ``JobView(prefix)``; its session_state keys are ``<prefix>.job``,
 ``.error``, ``.notice`` and ``.run_requested``, its buttons' keys ``<prefix>.run`` and ``.stop``.
 """
@@ -12,11 +17,16 @@ import time
 from typing import Callable
 
 import streamlit as st
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from kvviz.runtime.jobs import BackgroundJob
+from kvviz.runtime.inputs import InputError, check_limits
+from kvviz.runtime.jobs import BackgroundJob, QueueFull, process_queue
+from kvviz.ui.sidebar import operator_settings
 from kvviz.ui.token_html import md_escape
 
 POLL_S = 0.25
+KEEPALIVE_S = 1.0  # the progress bar is redrawn at least this often: a closed tab's script then stops
 
 
 class JobView:
@@ -34,10 +44,23 @@ class JobView:
         """Whether Run was pressed (asked once per press)."""
         return bool(st.session_state.pop(self.requested_key, False))
 
-    def start(self, job: BackgroundJob) -> BackgroundJob:
-        """Start ``job`` and follow it; the last job's messages go."""
+    def start(self, job: BackgroundJob) -> BackgroundJob | None:
+        """Start ``job`` in the server's run queue and follow it; the last job's messages go.
+        A job larger than the operator's caps, or one the full queue cannot take, is refused with
+        one message on the page (None)."""
         ss = st.session_state
-        ss[self.job_key] = job.start()
+        settings = operator_settings()
+        try:
+            size = job.size()
+            if size is not None:
+                prompt_tokens, new_tokens, runs = size
+                check_limits(settings.limits, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs)
+            job.queue = process_queue(settings.max_concurrent_runs, settings.max_queued_runs, settings.abandon_after_s)
+            job.owner_alive = _session_alive()
+            ss[self.job_key] = job.start()
+        except (InputError, QueueFull) as exc:
+            st.error(md_escape(str(exc)), icon=":material/block:")
+            return None
         ss[self.error_key] = ss[self.notice_key] = None
         return job
 
@@ -63,7 +86,7 @@ class JobView:
         if job is None:
             return None
         bar = (box or st).progress(0.0)
-        shown = None
+        shown, drawn_at = None, 0.0
         while True:
             ended = not job.running
             now = job.progress()
@@ -71,7 +94,10 @@ class JobView:
                 bar.progress(now[0], text=now[1])
                 if draw is not None:
                     draw(job)
-                shown = now
+                shown, drawn_at = now, time.monotonic()
+            elif time.monotonic() - drawn_at > KEEPALIVE_S:  # a page that went away stops here (Streamlit's StopException)
+                bar.progress(now[0], text=now[1])
+                drawn_at = time.monotonic()
             if ended:
                 break
             time.sleep(POLL_S)
@@ -91,3 +117,13 @@ class JobView:
             st.error(md_escape(error))
         if notice:
             st.warning(notice, icon=":material/stop_circle:")
+
+
+def _session_alive() -> Callable[[], bool]:
+    """Whether this browser session is still connected, askable from any thread (always True
+    outside a served app, e.g. under AppTest)."""
+    ctx = get_script_run_ctx()
+    if ctx is None or not Runtime.exists():
+        return lambda: True
+    runtime, session_id = Runtime.instance(), ctx.session_id
+    return lambda: runtime.is_active_session(session_id)

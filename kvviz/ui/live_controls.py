@@ -105,8 +105,8 @@ def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compar
     except InputError as exc:
         st.error(md_escape(str(exc)))
         return
-    JOBS.start(LiveJob(loaded.model, loaded.tokenizer, request))
-    st.query_params["run"] = request.run_id  # a restart finds the run (or says it was interrupted)
+    if JOBS.start(LiveJob(loaded.model, loaded.tokenizer, request)) is not None:
+        st.query_params["run"] = request.run_id  # a restart finds the run (or says it was interrupted)
 
 
 def follow_job() -> None:

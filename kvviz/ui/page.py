@@ -10,7 +10,7 @@ from kvviz.ui.sidebar import SidebarState, sidebar
 
 def start_page(title: str, icon: str, caption: str, no_model: str) -> SidebarState:
     """Set the page up and return the sidebar's state; stops the page with ``no_model`` shown
-    when no model is loaded."""
+    when no model is loaded, and with the operator's cap when the prompt is longer than it."""
     take_over_from_pages_directory()
     st.set_page_config(page_title=f"{title} · kvviz", page_icon=icon, layout="wide")
     state = sidebar()
@@ -18,5 +18,8 @@ def start_page(title: str, icon: str, caption: str, no_model: str) -> SidebarSta
     st.caption(caption)
     if state is None or state.loaded is None:
         st.info(no_model)
+        st.stop()
+    if state.prompt_refusal:
+        st.error(state.prompt_refusal, icon=":material/block:")
         st.stop()
     return state

@@ -22,6 +22,7 @@ from kvviz.model.loading import (
     LoadedModel, ModelLoadError, cuda_device_count, default_model_spec, display_name, embedded_gguf_path, spec_from_display,
 )
 from kvviz.record.text import PromptError, encode_prompt
+from kvviz.runtime import settings as operator
 from kvviz.ui.model_resource import ALL_GPUS, get_model
 from kvviz.ui.state import notice_area, persisted
 
@@ -55,10 +56,23 @@ class SidebarState:
     dtype: str  # as chosen: auto / float32 / bfloat16 / float16
     passkey: str | None = None  # set when the prompt is the passkey example
     model_error: str | None = None  # why the requested model is not the one in use
+    prompt_refusal: str | None = None  # why this server does not run the prompt (the operator's cap)
+
+
+def operator_settings() -> operator.OperatorSettings:
+    """The operator's settings (``kvviz.runtime.settings``); one that cannot be used stops the page
+    with its message."""
+    try:
+        return operator.from_env()
+    except operator.SettingsError as exc:
+        st.error(f"This server's settings are wrong, so it runs nothing: {exc}", icon=":material/settings:")
+        st.stop()
+        raise AssertionError("unreachable") from None
 
 
 def sidebar() -> SidebarState:
     """Draw the shared sidebar and return what it selects."""
+    settings = operator_settings()
     with st.sidebar:
         st.markdown("## kvviz")
         st.caption("What the KV cache of a real model keeps, and what it costs.")
@@ -84,7 +98,7 @@ def sidebar() -> SidebarState:
         model_status = st.container()
 
     # outside the sidebar, so that a first load shows its progress in the page's main area
-    loaded, request, error = _model_with_fallback(spec, device, dtype)
+    loaded, request, error = _model_with_fallback(spec, device, dtype, settings)
 
     with st.sidebar:
         with model_status:
@@ -111,12 +125,19 @@ def sidebar() -> SidebarState:
             label="Use the chat template",
             help="Wrap the prompt as a user turn of the model's chat template, as a chat app would.",
         )
-        _prompt_preview(loaded, text, chat, show_text=name != CUSTOM)
+        n_tokens = _prompt_preview(loaded, text, chat, show_text=name != CUSTOM)
         notice_area()
 
+    cap = settings.limits.max_prompt_tokens
+    refusal = None
+    if n_tokens is not None and n_tokens > cap:
+        refusal = (
+            f"The prompt has {n_tokens:,} tokens; this server runs prompts of at most {cap:,} "
+            "(its operator's setting KVVIZ_MAX_PROMPT_TOKENS). Pick a shorter prompt in the sidebar."
+        )
     return SidebarState(
         loaded=loaded, prompt=text, prompt_name=name, chat=bool(chat),
-        model_spec=request[0], device=device, dtype=dtype, passkey=passkey, model_error=error,
+        model_spec=request[0], device=device, dtype=dtype, passkey=passkey, model_error=error, prompt_refusal=refusal,
     )
 
 
@@ -131,8 +152,11 @@ def _model_help() -> str:
     )
 
 
-def _model_with_fallback(spec: str, device: str, dtype: str) -> tuple[LoadedModel, tuple[str, str, str], str | None]:
-    """(model in use, its request, error of the requested one or None)."""
+def _model_with_fallback(
+    spec: str, device: str, dtype: str, settings: operator.OperatorSettings,
+) -> tuple[LoadedModel, tuple[str, str, str], str | None]:
+    """(model in use, its request, error of the requested one or None). A model the operator
+    does not offer (``settings.check_model``) is refused before anything is loaded."""
     state = st.session_state
     request = ((spec or "").strip() or default_model_spec(), device, dtype)
     failed = state.get(FAILED_REQUEST)
@@ -140,11 +164,12 @@ def _model_with_fallback(spec: str, device: str, dtype: str) -> tuple[LoadedMode
         error = failed[1]  # do not retry the same failing request on every rerun
     else:
         try:
+            settings.check_model(request[0])
             loaded = get_model(*request)
             state[GOOD_REQUEST] = request
             state.pop(FAILED_REQUEST, None)
             return loaded, request, None
-        except ModelLoadError as exc:
+        except (ModelLoadError, operator.ModelNotAllowed) as exc:
             error = str(exc)
             state[FAILED_REQUEST] = (request, error)
 
@@ -189,12 +214,13 @@ def _passkey_controls() -> tuple[str, str]:
     return text, passkey
 
 
-def _prompt_preview(loaded: LoadedModel, text: str, chat: bool, show_text: bool) -> None:
+def _prompt_preview(loaded: LoadedModel, text: str, chat: bool, show_text: bool) -> int | None:
+    """The prompt's token count (None when it cannot be encoded), with a caption saying it."""
     try:
         ids = encode_prompt(loaded.tokenizer, text, chat=chat)
     except PromptError as exc:
         st.warning(str(exc))
-        return
+        return None
     fits = len(ids) <= loaded.summary.max_context
     st.caption(
         f"{len(ids):,} tokens"
@@ -204,4 +230,5 @@ def _prompt_preview(loaded: LoadedModel, text: str, chat: bool, show_text: bool)
     if show_text:
         with st.expander("Prompt text"):
             st.text(text if len(text) <= 3000 else text[:3000] + "\n[...]")
+    return len(ids)
 

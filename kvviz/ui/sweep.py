@@ -13,7 +13,9 @@ from kvviz.sweep import run as sweep
 from kvviz.sweep import job as sweep_job
 from kvviz.record.examples import LONG_EXAMPLE, long_document
 from kvviz.sweep.presets import PRESETS
+from kvviz.runtime.inputs import check_limits
 from kvviz.ui.job_view import JobView
+from kvviz.ui.sidebar import operator_settings
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
@@ -158,6 +160,8 @@ def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.
     ss, key = st.session_state, (model_key, settings)
     try:
         the_plan = sweep.plan(loaded.tokenizer, settings, max_context=loaded.summary.max_context)
+        prompt_tokens, new_tokens, runs = sweep_job.plan_size(the_plan)
+        check_limits(operator_settings().limits, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs)
     except ValueError as exc:  # PolicyError, PromptError, InputError: the message names the problem
         st.error(md_escape(str(exc)))
         return None
@@ -165,10 +169,11 @@ def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.
     c_est, c_run, c_stop = box.columns([6, 1, 1], vertical_alignment="center")
     c_est.caption(sweep_job.estimate(the_plan, _speed(loaded, model_key)).text())
     if JOBS.run_requested() and JOBS.job is None:
-        JOBS.start(sweep_job.SweepJob(
+        started = JOBS.start(sweep_job.SweepJob(
             loaded.model, loaded.tokenizer, settings, model_name=loaded.summary.name, max_context=loaded.summary.max_context,
-        ))
-        ss[K + "job_key"] = key
+        ))  # refused with a message when larger than the operator's caps
+        if started is not None:
+            ss[K + "job_key"] = key
     JOBS.buttons(c_run, c_stop)
     job = JOBS.follow(box)
     if job is not None:

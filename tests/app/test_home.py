@@ -53,7 +53,10 @@ def test_sidebar_defaults(home):
     assert any(c.value == "37 tokens with the chat template" for c in home.sidebar.caption)
 
 
-def test_a_bad_model_spec_shows_an_error_and_the_previous_model_keeps_working(home):
+def test_a_bad_model_spec_shows_an_error_and_the_previous_model_keeps_working(home, monkeypatch):
+    # an operator who lets visitors name any model (tests/app/test_shared_server.py: the default refuses)
+    monkeypatch.setenv("KVVIZ_ALLOWED_MODELS", "*")
+    monkeypatch.setenv("KVVIZ_ALLOW_LOCAL_PATHS", "1")
     home.sidebar.text_input(key="_kvviz_model_spec").set_value("/no/such/model.gguf").run()
     assert not home.exception
     errors = [e.value for e in home.sidebar.error]
