@@ -119,7 +119,7 @@ with st.container(border=True):
 d1, d2 = st.columns([1, 3])
 d1.download_button(
     "Download the matrix in view (CSV)", detail_charts.view_csv(detail, tokens),
-    file_name=f"attention_L{layer}_H{head}_{detail.q_start}-{detail.q_stop}.csv", mime="text/csv",
+    file_name=f"attention_L{layer}_H{head}_{detail.q_start}-{detail.q_stop}.csv", mime="text/csv", on_click="ignore",
 )
 d2.caption("A PNG of any chart: the camera icon in the chart's toolbar.")
 

@@ -86,10 +86,10 @@ table = rows_frame(rows, task)
 st.dataframe(table, hide_index=True, width="stretch", column_config=ui.column_config(), key="tradeoffs.table")
 d_csv, d_html = st.columns(2)
 d_csv.download_button(
-    "Download the table (CSV)", data=rows_csv(rows, task), file_name=f"kvviz-sweep-{task}.csv", mime="text/csv", key="tradeoffs.csv",
+    "Download the table (CSV)", data=rows_csv(rows, task), file_name=f"kvviz-sweep-{task}.csv", mime="text/csv", key="tradeoffs.csv", on_click="ignore",
 )
 result_dict = result.to_dict()
 d_html.download_button(
     "Download the report (HTML)", data=lambda: charts.sweep_report(result_dict).to_html(), file_name=f"kvviz-sweep-{task}.html",
-    mime="text/html", key="tradeoffs.html", help="Charts, table and settings in one file that opens without a server.",
+    mime="text/html", key="tradeoffs.html", on_click="ignore", help="Charts, table and settings in one file that opens without a server.",
 )

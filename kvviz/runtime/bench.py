@@ -259,7 +259,8 @@ def table(result: BenchResult) -> str:
 
     live = any(r.live_s is not None for r in result.rows)
     static = any(r.speedup_static is not None for r in result.rows)
-    head = ["configuration", "decode", "ms/step", "× generate"] + (["× static"] if static else []) + ["whole call s", "prefill ms", "KV held", "floor ms", "× floor", "= generate"]
+    agree = any(r.agree_tokens is not None for r in result.rows)
+    head = ["configuration", "decode", "ms/step", "× generate"] + (["× static"] if static else []) + ["whole call s", "prefill ms", "KV held", "floor ms", "× floor"] + (["= generate"] if agree else [])
     if live:
         head.insert(head.index("prefill ms"), "Live run s")
     lines = [
@@ -274,7 +275,7 @@ def table(result: BenchResult) -> str:
             r.config, r.decode_path or "eager", f"{r.step_ms:.2f}", f"{r.speedup:.2f}" if r.speedup else "",
             *([_num(r.speedup_static, "{:.2f}")] if static else []), f"{r.call_s:.2f}", _num(r.prefill_ms, "{:.1f}"), format_bytes(r.kv_bytes) if r.kv_bytes is not None else "",
             _num(r.floor_ms, "{:.3f}"), _num(r.step_ms / r.floor_ms if r.floor_ms else None, "{:.0f}"),
-            "" if r.agree_tokens is None else f"{r.agree_tokens}/{result.new_tokens}",
+            *([_num(r.agree_tokens, "{}/" + str(result.new_tokens))] if agree else []),
         ]
         if live:
             cells.insert(head.index("Live run s"), _num(r.live_s, "{:.2f}"))
@@ -282,9 +283,11 @@ def table(result: BenchResult) -> str:
     notes = [f"- {r.config}: graph capture failed ({r.graph_failure}); decoded eagerly" for r in result.rows if r.graph_failure]
     notes += [f"- {name}: {', '.join(f'{v:.2f}' for v in times)} ms/step before and after the kvviz rows" for name, times in result.baseline_ms.items()]
     notes += [f"- Warning: {w}" for w in result.warnings]
-    notes.append("- `× generate` and `× static` divide the faster of each baseline's two timings by the row's step; "
-                 "`= generate`: leading greedy tokens equal to dynamic `generate`'s (full-cache rows).")
-    return "\n".join(lines + [""] + notes)
+    if result.baseline_ms:
+        notes.append("- `× generate` and `× static` divide the faster of each baseline's two timings by the row's step.")
+    if agree:
+        notes.append("- `= generate`: how many leading greedy tokens equal dynamic `generate`'s (full-cache rows).")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def _num(value, fmt: str) -> str:

@@ -203,5 +203,5 @@ def details(result: live_run.LiveResult) -> None:
     st.table({"": list(rows), "value": list(rows.values())}, hide_header=True)  # cells are plain text, not markdown
     st.download_button(
         "Download the trace (JSON)", data=live_run.trace_json(trace), file_name=f"kvviz-{trace.policy}.json",
-        mime="application/json", key="live.download",
+        mime="application/json", key="live.download", on_click="ignore",
     )

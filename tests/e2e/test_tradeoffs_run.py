@@ -30,8 +30,23 @@ def test_a_small_sweep_from_a_link(browser, app_url):
         assert chart.count() == 1
         legend = chart.first.locator(".legend").text_content()
         assert "window" in legend and "streaming_llm" in legend and "full cache" in legend
-        assert page.get_by_role("button", name="Download the table (CSV)").is_visible()
-        assert page.get_by_role("button", name="Download the report (HTML)").is_visible()
+        # the two downloads pressed one right after the other both arrive, whole (no rerun between them)
+        downloads = []
+        page.on("download", lambda d: downloads.append(d))
+        page.get_by_role("button", name="Download the table (CSV)").click()
+        page.get_by_role("button", name="Download the report (HTML)").click()
+        page.wait_for_timeout(100)
+        for _ in range(300):
+            if len(downloads) >= 2:
+                break
+            page.wait_for_timeout(100)
+        got = {d.suggested_filename.rsplit(".", 1)[-1]: d for d in downloads}
+        assert sorted(got) == ["csv", "html"], [d.suggested_filename for d in downloads]
+        csv_text = open(got["csv"].path(), encoding="utf-8").read()
+        html_text = open(got["html"].path(), encoding="utf-8").read()
+        assert csv_text.count("\n") >= 5 and "streaming_llm" in csv_text and "window" in csv_text  # header + 5 runs
+        assert html_text.startswith("<!DOCTYPE html>") and html_text.rstrip().endswith("</html>") and "streaming_llm" in html_text
+        assert page.locator('[data-testid="stException"]').count() == 0
         assert page.get_by_role("button", name="▶ Run").is_enabled()
         save_screenshot(page, "tradeoffs_result")
     finally:
