@@ -177,3 +177,16 @@ def test_the_upload_cap(smollm, monkeypatch, mb, shown):
         uploader.set_value(("big.json", b" " * (2 << 20), "application/json")).run()
         (message,) = errors(at)
         assert "big.json: The file is 2.0 MiB; kvviz opens bundles of at most 1 MiB (this server's setting KVVIZ_MAX_UPLOAD_MB)" in message
+
+
+@pytest.mark.parametrize("name, key, data", [
+    ("3_Compare.py", "compare.result.upload", b"this is not json"),
+    ("2_Live_Policy.py", "live.upload", b"this is not json"),
+    ("2_Live_Policy.py", "live.upload", b"\xff\xfe not even UTF-8"),
+])
+def test_a_file_that_is_not_json_gets_one_message(smollm, name, key, data):
+    at = page(name)
+    at.file_uploader(key=key).set_value(("bad.json", data, "application/json")).run()
+    assert not at.exception
+    (message,) = errors(at)  # one cause, one message (also checked in Chromium by hand: one alert)
+    assert message.startswith("bad.json: The file is not") and "JSON" in message
