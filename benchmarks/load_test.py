@@ -113,6 +113,7 @@ async def session(
         async with opened:  # pages open a few at a time (a 2-core host draws 16 at once slowly); the runs start together
             await page.goto(url + "/Live_Policy?" + urllib.parse.urlencode(params), wait_until="domcontentloaded")
             await page.get_by_role("button", name="▶ Run").wait_for(timeout=timeout_s * 1000)
+        previous = None
         for r in range(rounds):
             run_button = page.get_by_role("button", name="▶ Run")
             await run_button.wait_for(timeout=timeout_s * 1000)
@@ -121,18 +122,28 @@ async def session(
             await start.wait()  # every session clicks at the same moment
             clicked = time.time()
             await run_button.click()
-            await page.wait_for_url(re.compile(r"[?&]run=[0-9a-f]{16}"), timeout=timeout_s * 1000)
-            run_id = re.search(r"[?&]run=([0-9a-f]{16})", page.url).group(1)
+            # the URL names the new run (not the one before it)
+            await page.wait_for_url(lambda u, before=previous: _run_id(u) not in (None, before), timeout=timeout_s * 1000)
+            run_id = previous = _run_id(page.url)
             if close_tab and r == rounds - 1:
                 await page.wait_for_timeout(500)
-                runs.append((run_id, clicked, None))  # read at the end: it leaves the queue once its tab is gone
-                return runs  # the tab closes while its run waits (finally below)
-            await expect(page.get_by_role("button", name="▶ Run")).to_be_enabled(timeout=timeout_s * 1000)
-            await expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout_s * 1000)
-            runs.append((run_id, clicked, await asyncio.to_thread(run_store.load, run_id)))
+                await page.close()  # the tab closes while its run waits: the run leaves the queue
+                runs.append((run_id, clicked, None))  # read at the end
+                break
+            stored = None
+            while stored is None or stored.meta.get("state") == "running":  # the run store says when it ended
+                await asyncio.sleep(0.5)
+                stored = await asyncio.to_thread(run_store.load, run_id)
+            runs.append((run_id, clicked, stored))
+        await start.wait()  # every tab stays open until every session is done
         return runs
     finally:
         await context.close()
+
+
+def _run_id(url: str) -> str | None:
+    m = re.search(r"[?&]run=([0-9a-f]{16})", url)
+    return m.group(1) if m else None
 
 
 async def drive(url: str, args) -> list[tuple[int, str, float, object]]:
@@ -211,15 +222,18 @@ def main() -> int:
         wall = time.time() - started
         time.sleep(1.0)
     finally:
+        if rss is not None:
+            rss.done.set()
+            rss.join()
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-        if rss is not None:
-            rss.done.set()
 
     failures, waits, finished, refused, ends = [], [], 0, 0, []
+    if len({run_id for _, run_id, _, _ in clicks}) != len(clicks):
+        failures.append("a run id was counted twice: a session read its previous run")
     for session_i, run_id, _clicked, stored in clicks:
         stored = stored or run_store.load(run_id)
         if stored is None:
