@@ -130,7 +130,7 @@ def sidebar() -> SidebarState:
 
     cap = settings.limits.max_prompt_tokens
     refusal = None
-    if n_tokens is not None and n_tokens > cap:
+    if n_tokens is not None and cap < n_tokens <= loaded.summary.max_context:  # past the context, the pages say that
         refusal = (
             f"The prompt has {n_tokens:,} tokens; this server runs prompts of at most {cap:,} "
             "(its operator's setting KVVIZ_MAX_PROMPT_TOKENS). Pick a shorter prompt in the sidebar."
