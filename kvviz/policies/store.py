@@ -32,6 +32,9 @@ class Store:
     # QuantizedCache, vLLM's fp8 cache quantize what they store after the prompt's attention).
     # False where the compression is part of the model (pooled heads, a projection in the weights).
     full_precision_prefill: ClassVar[bool] = False
+    # True for a store that reads the prompt's queries (``observe_queries``, before the prompt's
+    # keys are appended): ThinK scores key channels with them.
+    needs_prefill_queries: ClassVar[bool] = False
 
     def __init__(self, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, device
@@ -40,6 +43,9 @@ class Store:
 
     def __len__(self) -> int:
         return self.keys.shape[1]
+
+    def observe_queries(self, queries: torch.Tensor) -> None:
+        """The prefill's queries (q_heads, q, head_dim), RoPE applied; only for ``needs_prefill_queries``."""
 
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys, values: (kv_heads, q, head_dim) in the compute dtype."""
@@ -89,6 +95,7 @@ class Storage(Policy):
     """A policy that changes how entries are stored."""
 
     kind: ClassVar[str] = "store"
+    needs_prefill_queries: ClassVar[bool] = False  # whether its stores read the prompt's queries
 
     def make_store(self, layer_idx: int, n_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device) -> Store:
         raise NotImplementedError

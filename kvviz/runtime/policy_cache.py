@@ -100,6 +100,10 @@ class PolicyLayer(CacheLayerMixin):
             self.seen += q_len
             return keys.unsqueeze(0), values.unsqueeze(0)
         prefill = self.seen == 0
+        if prefill and self.store.needs_prefill_queries:
+            if queries is None:
+                raise PolicyError("This store scores with the prompt's attention queries, but none were captured for this model.")
+            self.store.observe_queries(queries)
         self.store.append(key_states[0], value_states[0])
         self.positions = torch.cat([self.positions, positions.expand(kv_heads, -1)], dim=1)
         for name, s in self.stats.items():
@@ -279,7 +283,8 @@ class PolicyCache(Cache):
             if layer.wants_queries():
                 why = unreadable(module)
                 if why:
-                    raise CaptureError(f"{self.pipeline.selector.name} scores with the attention queries: {why}")
+                    user = self.pipeline.selector if self.pipeline.selector is not None else self.pipeline.storage
+                    raise CaptureError(f"{user.name} scores with the attention queries: {why}")
                 queries = AttentionCall.read(module, args, kwargs).queries()
             kwargs = {**kwargs, key: LayerCall(self, positions, queries)}
             if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
@@ -294,6 +299,8 @@ class PolicyCache(Cache):
     def wants_queries(self, prefill: bool) -> bool:
         """Whether a step (the prefill, or a decode step) needs the layers' queries: for a
         selector that scores with them, or to measure the attention mass lost to eviction."""
+        if prefill and self.pipeline.storage is not None and self.pipeline.storage.needs_prefill_queries:
+            return True
         sel = self.pipeline.selector
         if sel is None or not (prefill or sel.acts_at_decode):
             return False

@@ -18,6 +18,8 @@ import os
 import pytest
 import torch
 from benchmarks import faithfulness_table
+from tests.kvpress_rules_b import layer_inputs
+from tests.kvpress_rules_c import THINK_SOURCE, think_pruned_channels
 from tests.references import projections
 from tests.released import (
     H2OReleased,
@@ -29,9 +31,10 @@ from tests.released import (
     start_recent_released,
 )
 
-from kvviz.policies import registry
+from kvviz.policies import build, registry
 from kvviz.record.text import encode_prompt
 from kvviz.runtime import engine
+from kvviz.runtime.policy_cache import PolicyCache
 from kvviz.storage.quantize import unpack
 
 TEXT = (
@@ -85,6 +88,14 @@ ROWS = {
         + " reduces them too, by mean)",
         "differs": "GQA: kvviz takes the mean over a KV head's query heads, the same ranking as the sum",
         "parts": ["56-8", "32-32", "64-0"],
+    },
+    "think": {
+        "released": THINK_SOURCE,
+        "differs": "kvviz stores the keys on the kept channels (bytes freed; kvpress zeroes them in place) and"
+        " prunes generated tokens' keys on the same channels (kvpress keeps them whole); after a selector"
+        " (`snapkv+think`) the channels are scored on every prompt key, where kvpress's"
+        " `ComposedPress([SnapKVPress, ThinKPress])` scores the keys SnapKV kept",
+        "parts": ["0.5", "0.25", "snapkv+think"],
     },
 }
 
@@ -340,3 +351,48 @@ def test_h2o_keeps_what_h2okvcache_layerwise_keeps(smollm, ids, heavy, recent):
            shared=same, total=total, decode_steps=DECODE, closest_cut_margin=closest)
     assert evicted_while_decoding(got)
     assert (same, total) == (LAYERS * KV * (heavy + recent) * (DECODE + 1),) * 2
+
+
+def think_prefilled(smollm, ids, spec, params, budget=None) -> PolicyCache:
+    """A cache after the prompt's forward (float32, CPU), its stores as the decode finds them."""
+    cfg = smollm.model.config
+    cache = PolicyCache(build(spec, params, budget=budget), LAYERS, len(ids), len(ids) + 4, KV, torch.device("cpu"))
+    with torch.inference_mode(), cache.attached(smollm.model):
+        engine.prefill(smollm.model, cache, ids)
+    assert cfg.num_hidden_layers == LAYERS
+    return cache
+
+
+@pytest.mark.parametrize(("spec", "ratio"), [("think", 0.5), ("think", 0.25), ("snapkv+think", 0.5)])
+def test_think_prunes_the_channels_thinkpress_prunes(smollm, ids, spec, ratio):
+    """ThinKPress.compress after the prompt (window 32): the key channels pruned per layer and KV
+    head, against the press re-implemented in float64 (tests/kvpress_rules_c.py); the stored keys
+    really are narrower, and hold the prompt's keys on the kept channels. With snapkv in front the
+    channels are the same (kvviz scores them on every prompt key, before eviction)."""
+    n_pruned = int(D * ratio)
+    budget = BUDGET if "+" in spec else None
+    cache = think_prefilled(smollm, ids, spec, {"think.channel_ratio": ratio, "think.window": WINDOW}, budget=budget)
+    inputs = layer_inputs(smollm.model, ids)
+    rotary = smollm.model.model.rotary_emb
+    same = total = 0
+    margins = []
+    for layer, (h, wq, keys, _) in enumerate(inputs):
+        want, margin = think_pruned_channels(h, wq, keys, rotary, window=WINDOW, ratio=ratio)
+        margins.append(margin)
+        store = cache.layers[layer].store
+        held = len(store)
+        assert store.keys.shape == (KV, held, D - n_pruned)  # bytes freed, not zeros
+        for head in range(KV):
+            kept = set(store.channels[head].tolist())
+            pruned = set(range(D)) - kept
+            same, total = same + len(pruned & want[head]), total + len(want[head])
+            rows = cache.layers[layer].positions[head]
+            ref = keys[head, rows][:, sorted(kept)].float()
+            torch.testing.assert_close(store.keys[head], ref, atol=2e-4, rtol=1e-4)
+    part = spec if "+" in spec else str(ratio)
+    label = f"snapkv (budget {BUDGET}) + ThinK at {ratio}" if "+" in spec else f"channel ratio {ratio}"
+    record(len(ids), "think", part,
+           f"{label}: key channels pruned after the prompt, {LAYERS} layers × {KV} KV heads, window {WINDOW},"
+           f" {same:,} of {total:,} shared ({share(same, total)})",
+           shared=same, total=total, closest_cut_margin=min(margins))
+    assert (same, total) == (LAYERS * KV * n_pruned,) * 2

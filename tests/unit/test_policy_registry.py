@@ -7,13 +7,14 @@ import pytest
 
 from kvviz.policies import BudgetSelector, PolicyError, build, registry
 
-FAMILIES = {"baseline", "eviction", "sparse", "merging", "quantization", "low-rank", "head sharing"}
+FAMILIES = {"baseline", "eviction", "sparse", "merging", "quantization", "low-rank", "head sharing", "channel pruning"}
 EXPECTED = {
     "full", "window", "streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "knorm", "lru", "lfu", "random",
     "sparse_pattern", "merge", "quant", "kivi", "lowrank", "head_share",
 }
 EXPECTED |= {"expected_attention", "chunkkv", "adakv"}  # kvpress presses, part B
 EXPECTED |= {"keydiff", "observed_attention", "lagkv"}  # kvpress presses, part A
+EXPECTED |= {"think"}  # kvpress ThinKPress: key channels, a store
 
 
 def test_every_policy_is_registered():
