@@ -5,7 +5,12 @@ distinguishable with the common forms of colour blindness; no meaning rests on r
 
 - ``COLORS``: strong colours for lines, markers and outlines, by meaning.
 - ``STATE_FILL`` / ``STATE_TEXT``: backgrounds and text of token chips and map cells, per token
-  state (see ``kvviz.record.token_states.STATES``).
+  state (see ``kvviz.record.token_states.STATES``). No state rests on hue alone: the fills step
+  down in lightness (sink darkest, then kept, high score, recent window, evicted lightest;
+  evicted-now dark with white text), and ``STATE_CUE`` adds an outline, a bar, a strike
+  (chips) and ``STATE_SYMBOL`` a marker shape (the token map). Every chip's text reaches 4.5:1
+  on its fill (WCAG AA; tests/unit/test_contrast.py computes it).
+- ``TEXT``: the semantic colours darkened for text on white (4.5:1), where a colour is read as text.
 - ``SERIES``: categorical colours for several policies (or requests) on one chart; the full cache
   is always ``COLORS["full"]``, dashed.
 """
@@ -63,17 +68,49 @@ COLORS: dict[str, str] = {
 }
 
 STATE_FILL: dict[str, str] = {
-    "sink": "#E9B8D5",
-    "recent": "#BFE3F6",
-    "high_score": "#F6D38C",
-    "kept": "#B9D3EA",
-    "partial": "#E2ECF6",
-    "evicted_now": VERMILLION,
-    "evicted": LIGHT_GREY,
+    "sink": "#C98BB3",  # relative luminance 0.34
+    "kept": "#8FB9E0",  # 0.46
+    "high_score": "#F2C45A",  # 0.59
+    "recent": "#CDE8F8",  # 0.78
+    "partial": "#F4F8FC",  # the part of the chip not kept; the kept share is drawn in STATE_FILL["kept"]
+    "evicted_now": "#A84A00",  # dark: white text
+    "evicted": "#F2F2F2",  # 0.89
     "next": "#FFFFFF",
     "pending": "#F7F7F7",
 }
-STATE_TEXT: dict[str, str] = {s: INK for s in STATE_FILL} | {"evicted_now": "#FFFFFF", "evicted": "#6B6B6B", "pending": "#9A9A9A"}
+STATE_TEXT: dict[str, str] = {s: INK for s in STATE_FILL} | {"evicted_now": "#FFFFFF", "evicted": "#595959", "pending": "#666666"}
+# what tells a state without colour, in words (the legend's hover) and as CSS (token chips)
+STATE_CUE: dict[str, tuple[str, str]] = {
+    "sink": ("solid outline", "border: 2px solid #6E2F5C;"),
+    "recent": ("dotted outline", "border: 2px dotted #1F6FA3;"),
+    "high_score": ("bold, a bar underneath", "font-weight: 700; box-shadow: inset 0 -3px 0 #8A5A00;"),
+    "kept": ("plain fill", ""),
+    "partial": ("dashed outline, filled as far as it is kept", "border: 2px dashed #3F6F9F;"),
+    "evicted_now": ("struck through, dark", "text-decoration: line-through; font-weight: 600;"),
+    "evicted": ("struck through, light", "text-decoration: line-through;"),
+    "next": ("black outline", f"border: 2px solid {BLACK}; font-weight: 600;"),
+    "pending": ("italic", "font-style: italic;"),
+}
+# marker of each state on the token map: shape and outline tell states apart in greyscale too
+STATE_SYMBOL: dict[str, dict] = {
+    "sink": dict(symbol="square", line=dict(width=2.5, color="#6E2F5C")),
+    "recent": dict(symbol="square-dot", line=dict(width=1.5, color="#1F6FA3")),
+    "high_score": dict(symbol="square-cross", line=dict(width=1.5, color="#8A5A00")),
+    "kept": dict(symbol="square", line=dict(width=1, color="#9C9C9C")),
+    "partial": dict(symbol="diamond", line=dict(width=1.5, color="#3F6F9F")),
+    "evicted_now": dict(symbol="square-x", line=dict(width=1.5, color=WHITE)),
+    "evicted": dict(symbol="square", line=dict(width=1, color="#8C8C8C")),
+    "next": dict(symbol="square", line=dict(width=2.5, color=BLACK)),
+    "pending": dict(symbol="square-open", line=dict(width=1, color="#BDBDBD")),
+}
+# semantic colours as text on white or the page's light greys (at least 4.5:1)
+TEXT: dict[str, str] = {
+    "generated": "#007A5A",  # COLORS["generated"], darker
+    "muted": "#666666",  # COLORS["muted"], darker
+    "differ": "#A84A00",  # COLORS["differ"], darker
+    "keys": "#005A8C",  # COLORS["keys"], darker
+    "values": "#8A5A00",  # COLORS["values"], darker
+}
 
 SERIES = [BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, "#7F6A00", BLACK]  # policies, requests
 # requests of a paged run (owners of blocks): the series without black, which outlines shared blocks
@@ -89,8 +126,23 @@ PANEL = "#FAFAFA"  # plot background of dense scatter plots
 KEPT_SCALE = [[0.0, LIGHT_GREY], [0.5, "#7FA9D1"], [1.0, BLUE]]
 
 
+# a policy's line differs from the others' by its dash and marker too (not hue alone), and the
+# earlier series are drawn wider, so a line that coincides with a later one shows around it
+SERIES_DASH = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+SERIES_SYMBOL = ["circle", "square", "diamond", "triangle-up", "triangle-down", "cross", "star", "x"]
+
+
 def series_color(i: int) -> str:
     return SERIES[i % len(SERIES)]
+
+
+def series_line(i: int, n: int) -> dict:
+    """Line and marker of the i-th of n series: colour, dash, width (wider for earlier ones), symbol."""
+    width = 2 + 2.5 * (n - 1 - i) / max(n - 1, 1)
+    return dict(
+        line=dict(color=series_color(i), width=round(width, 2), dash=SERIES_DASH[i % len(SERIES_DASH)]),
+        marker=dict(size=5 + 2.5 * (n - 1 - i) / max(n - 1, 1) * 2, symbol=SERIES_SYMBOL[i % len(SERIES_SYMBOL)], color=series_color(i)),
+    )
 
 
 def request_color(i: int) -> str:

@@ -11,7 +11,7 @@ import html
 
 import plotly.graph_objects as go
 
-from kvviz.charts.style import COLORS, STATE_FILL, STATE_TEXT
+from kvviz.charts.style import COLORS, STATE_FILL, STATE_SYMBOL, STATE_TEXT
 from kvviz.record.token_states import STATES, TokenRecord, quoted
 
 # background, text colour per state: the palette of kvviz.charts.style
@@ -49,7 +49,8 @@ def token_states_figure(
     records: list[TokenRecord], step: int, per_row: int = 40, title: str | None = None, marked: list[int] | None = None,
     marked_name: str = "match",
 ) -> go.Figure:
-    """One square per token, coloured by state, one legend entry per state present; positions in
+    """One square per token, coloured by state (and shaped, outlined: ``STATE_SYMBOL``), one legend
+    entry per state present; positions in
     ``marked`` (search matches, the pass key) ringed in the needle colour."""
     fig = go.Figure()
     by_state: dict[str, list[TokenRecord]] = {}
@@ -66,7 +67,7 @@ def token_states_figure(
                 mode="markers",
                 name=f"{state_label(state)} ({len(rs)})",
                 legendgroup=state,
-                marker=dict(symbol="square", size=13, color=STATE_COLORS[state], line=dict(width=1, color=COLORS["outline"])),
+                marker=dict(size=13, color=STATE_COLORS[state], **STATE_SYMBOL[state]),  # shape and outline, not hue alone
                 hovertext=[plotly_text(describe_record(r, step)) for r in rs],
                 hoverinfo="text",
                 meta=state,

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import streamlit as st
 
-from kvviz.charts.style import COLORS, STATE_FILL, STATE_TEXT, tint
+from kvviz.charts.style import COLORS, STATE_CUE, STATE_FILL, STATE_TEXT, TEXT, tint
 from kvviz.charts.token_map import describe_record
 from kvviz.record.text import char_groups
 from kvviz.record.token_states import STATES, TokenRecord, state_counts, visible_text
@@ -27,7 +27,8 @@ BOX = (
     "font-family: ui-sans-serif, system-ui, sans-serif; font-size: 15px; line-height: 2.0;"
     " white-space: pre-wrap; word-break: break-word;"
 )
-TOKEN = "padding: 2px 1px; margin: 0 1px 0 0; border-radius: 4px;"
+# every chip has a 2px border (transparent unless its state draws one), so no state changes its size
+TOKEN = "padding: 0 1px; margin: 0 1px 0 0; border-radius: 4px; border: 2px solid transparent;"
 DIVERGENCE = COLORS["differ"]
 
 
@@ -50,33 +51,37 @@ def title(text: str) -> str:
     return "&#10;".join(esc(line) for line in text.split("\n"))
 
 
-_STATE_EXTRA = {
-    "evicted": "text-decoration: line-through;",
-    "evicted_now": "text-decoration: line-through; font-weight: 600;",
-    "next": f"outline: 2px solid {COLORS['highlight']}; font-weight: 600;",
-    "pending": "opacity: 0.6;",
-}
-
-
 def token_css() -> str:
     """One rule per state (the palette of kvviz.charts.style), scoped to the token views."""
     rules = [
         f".kvviz-tokens {{ {BOX} }}",
         f".kvviz-tokens .tok, .kvviz-legend .tok {{ {TOKEN} }}",
         f".kvviz-tokens .gen {{ border-bottom: 2px solid {COLORS['generated']}; }}",
-        f".kvviz-tokens .out {{ color: {COLORS['generated']}; font-weight: 600; padding: 0 4px; }}",
-        f".kvviz-tokens .muted {{ color: {COLORS['muted']}; }}",
+        f".kvviz-tokens .out {{ color: {TEXT['generated']}; font-weight: 600; padding: 0 4px; }}",
+        f".kvviz-tokens .muted {{ color: {TEXT['muted']}; }}",
         f".kvviz-tokens .mark {{ outline: 3px solid {COLORS['needle']}; outline-offset: 1px; font-weight: 700; }}",
         f".kvviz-tokens .sel {{ outline: 2px solid {COLORS['highlight']}; font-weight: 700; }}",
         f".kvviz-tokens .diverge {{ outline: 2px solid {DIVERGENCE}; background: {tint(DIVERGENCE, 0.25)}; font-weight: 600; }}",
         f".kvviz-tokens .after {{ background: {tint(DIVERGENCE, 0.08)}; }}",
         f".kvviz-box {{ flex: 1; min-width: 260px; border: 1px solid {COLORS['outline']}; border-radius: 8px; padding: 8px 12px; }}",
-        f".kvviz-caret {{ color: {COLORS['generated']}; }}",
+        f".kvviz-caret {{ color: {TEXT['generated']}; }}",
+        f".kvviz-scroll:focus-visible {{ outline: 2px solid {COLORS['highlight']}; outline-offset: 2px; }}",
     ]
     for state in STATES:
-        extra = _STATE_EXTRA.get(state, "")
-        rules.append(f".st-{state} {{ background: {STATE_FILL[state]}; color: {STATE_TEXT[state]}; {extra} }}")
+        # three classes: outranks the two-class .tok rule above (its transparent border)
+        rules.append(
+            f".kvviz-tokens .tok.st-{state}, .kvviz-legend .tok.st-{state} "
+            f"{{ background-color: {STATE_FILL[state]}; color: {STATE_TEXT[state]}; {STATE_CUE[state][1]} }}"
+        )
     return "<style>" + "\n".join(rules) + "</style>"
+
+
+def partial_fill(kept_share: float) -> str:
+    """The inline style of a partly kept chip: the kept colour over ``kept_share`` of its width,
+    then the partial state's light fill (its text stays on light fills: 4.5:1 on both)."""
+    pct = round(100 * min(max(kept_share, 0.0), 1.0))
+    kept, rest = STATE_FILL["kept"], STATE_FILL["partial"]
+    return f"background-image: linear-gradient(to right, {kept} {pct}%, {rest} {pct}%);"
 
 
 def _group_title(pieces: list[TokenRecord], step: int) -> str:
@@ -104,10 +109,11 @@ def tokens_html(records: list[TokenRecord], step: int, show_pending: bool = Fals
         if r.generated and (pieces[0].position == 0 or not records[pieces[0].position - 1].generated):
             parts.append('<span class="out" title="the model&#x27;s output starts here">▌output:</span>')
         classes = f"tok st-{r.state}" + (" gen" if r.generated else "") + (" mark" if marked & set(range(a, b)) else "")
-        opacity = f' style="opacity: {0.45 + 0.55 * r.kept_share:.2f};"' if r.state == "partial" else ""
+        # a partly kept chip is filled from the left as far as the share of layers/heads keeping it
+        share = f' style="{partial_fill(r.kept_share)}"' if r.state == "partial" else ""
         joined = f' data-pieces="{len(pieces)}"' if len(pieces) > 1 else ""
         parts.append(
-            f'<span class="{classes}" data-pos="{r.position}"{joined}{opacity}'
+            f'<span class="{classes}" data-pos="{r.position}"{joined}{share}'
             f' title="{title(_group_title(pieces, step))}">{esc(text)}</span>'
         )
     parts.append("</div>")
@@ -164,15 +170,17 @@ def attention_tokens_html(
 
 
 def legend_html(states: dict[str, int] | None = None) -> str:
-    """A swatch per state (those in ``states`` with their counts, or all)."""
+    """A swatch per state (those in ``states`` with their counts, or all): a sample chip drawn as
+    the tokens are, so its outline, bar or strike reads without colour too."""
     items = []
     for state, (label, meaning) in STATES.items():
         if states is not None and state not in states:
             continue
         count = f" {states[state]}" if states is not None else ""
+        fill = f' style="{partial_fill(0.5)}"' if state == "partial" else ""
         items.append(
-            f'<span title="{esc(meaning)}" style="margin-right: 14px; white-space: nowrap;">'
-            f'<span class="tok st-{state}" style="display: inline-block; min-width: 14px; text-decoration: none;">&nbsp;</span>'
+            f'<span title="{esc(meaning)} ({STATE_CUE[state][0]})" style="margin-right: 14px; white-space: nowrap;">'
+            f'<span class="tok st-{state}" aria-hidden="true"{fill}>Ab</span>'
             f" {html.escape(label)}<b>{count}</b></span>"
         )
     return f'{token_css()}<div class="kvviz-legend" style="font-size: 13px; line-height: 1.9;">{"".join(items)}</div>'
@@ -207,6 +215,15 @@ def comparison_html(full_tokens: list[str], policy_tokens: list[str], divergence
         + column("full cache", full_tokens)
         + column(policy_name, policy_tokens)
         + "</div>"
+    )
+
+
+def scroll_box(inner_html: str, label: str, height: int = 320) -> str:
+    """``inner_html`` in a box at most ``height`` px tall that scrolls, reachable with the
+    keyboard (a focusable region named ``label``: Tab to it, then the arrow keys scroll)."""
+    return (
+        f'<div class="kvviz-scroll" role="region" tabindex="0" aria-label="{esc(label)}"'
+        f' style="max-height: {int(height)}px; overflow-y: auto; padding: 2px 6px 6px 2px;">{inner_html}</div>'
     )
 
 

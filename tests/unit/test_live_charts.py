@@ -54,12 +54,14 @@ def test_every_state_gets_its_colour_in_the_token_map():
 def test_every_state_gets_its_colour_in_the_html():
     t = make_trace()
     html_text = tokens_html(token_records(t, 1, SINGLE), step=1, show_pending=True) + tokens_html(token_records(t, 1), 1)
-    rules = dict(re.findall(r"\.st-(\w+) \{ background: (#[0-9a-fA-F]+);", token_css()))
+    rules = dict(re.findall(r"\.st-(\w+) \{ background-color: (#[0-9a-fA-F]+);", token_css()))
     assert rules == STATE_COLORS
     spans = re.findall(r'class="tok st-(\w+)[^"]*" data-pos="(\d+)"', html_text)
     assert {s for s, _ in spans} == set(STATES)
-    # partly kept tokens are as opaque as the share keeping them
-    assert re.search(r'class="tok st-partial" data-pos="3" style="opacity: 0.59;"', html_text)
+    # partly kept tokens are filled (in the kept colour) as far as the share keeping them, never faded
+    kept = STATE_COLORS["kept"]
+    assert re.search(rf'class="tok st-partial" data-pos="3" style="background-image: linear-gradient\(to right, {kept} 25%, #[0-9A-F]+ 25%\);"', html_text)
+    assert "opacity" not in html_text
     # pending tokens are hidden unless asked for; generated tokens are underlined
     assert "tok st-pending" not in tokens_html(token_records(t, 1, SINGLE), step=1)
     assert 'class="tok st-recent gen" data-pos="6"' in html_text
