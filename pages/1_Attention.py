@@ -12,6 +12,7 @@ from kvviz.model.loading import out_of_memory_message
 from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError, encode_prompt, token_texts
+from kvviz.ui.a11y import chart
 from kvviz.ui import attention_memo as memo
 from kvviz.ui import attention_panels as panels
 from kvviz.ui.page import start_page
@@ -74,7 +75,7 @@ st.caption(
     f"({view.pool} of the tile). Rows are the {ov.n_q_heads} query heads, banded by the {ov.n_kv_heads} KV heads they share "
     f"({ov.n_q_heads // ov.n_kv_heads} query heads read the same keys and values: grouped-query attention). Click a square to open it below."
 )
-st.plotly_chart(
+chart(
     overview_charts.overview_figure(ov, selected=(ss["attn.layer"], ss["attn.head"]), scale=view.scale),
     key="attn.overview_chart", on_select="rerun", selection_mode="points", width="stretch",
 )
@@ -93,7 +94,7 @@ if trace is not None and choice is not None:
     evicted, step = panels.evictions(trace, layer, kv_head)
 
 detail = memo.view(loaded, ids, qk, head, q_range=window, k_range=window, max_cells=view.max_cells, pool=view.pool, evicted=evicted, prompt_len=prompt_len)
-st.plotly_chart(
+chart(
     detail_charts.detail_figure(detail, tokens, selected_token=token, scale=view.scale),
     key="attn.detail_chart", on_select="rerun", selection_mode="points", width="stretch",
 )

@@ -10,6 +10,7 @@ from kvviz.charts.token_map import token_states_figure
 from kvviz.record.metrics import format_bytes, memory_saving
 from kvviz.record.text import match_positions
 from kvviz.record.token_states import token_records
+from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui import live_controls, live_result, token_html
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import policy_controls
@@ -37,6 +38,7 @@ if result is None:
 
 # ------------------------------------------------------------------------------ the result
 trace, full, forced, cmp = result.trace, result.full, result.forced, result.against_full
+bring_into_view("result", result.request.run_id)  # after Run, the result is in view
 live_result.header(result, spec)
 step, scope, play = live_result.step_controls(trace)
 live_result.metrics(result, step)
@@ -59,27 +61,27 @@ with tabs["Tokens"]:
         with token_box.container():
             st.caption(f"Step {s} · {scope.label()} · hover a token for its position, score, eviction step and share of layers/heads keeping it")
             token_html.render_tokens(token_records(trace, s, scope), s, marked=marked)
-        occupancy_box.plotly_chart(retention_charts.occupancy_figure(trace, s), width="stretch", key=f"live.occ.{key}")
+        chart(retention_charts.occupancy_figure(trace, s), width="stretch", key=f"live.occ.{key}", where=occupancy_box.container())
 
     if play:
         live_result.play_steps(show_step, max(trace.n_steps - 1, 0))
     else:
         show_step(step, "step")
     with st.expander("Token map (an overview for long prompts)"):
-        st.plotly_chart(token_states_figure(token_records(trace, step, scope), step, marked=marked), width="stretch", key="live.map")
+        chart(token_states_figure(token_records(trace, step, scope), step, marked=marked), width="stretch", key="live.map")
 
 with tabs["Retention"]:
-    st.plotly_chart(retention_charts.retention_steps_figure(trace, scope, step, marked=marked), width="stretch", key="live.ret_steps")
-    st.plotly_chart(retention_charts.retention_layers_figure(trace, step, scope.head, marked=marked), width="stretch", key="live.ret_layers")
+    chart(retention_charts.retention_steps_figure(trace, scope, step, marked=marked), width="stretch", key="live.ret_steps")
+    chart(retention_charts.retention_layers_figure(trace, step, scope.head, marked=marked), width="stretch", key="live.ret_layers")
 
 with tabs["Output vs full cache"]:
     if cmp is None:
         st.info("No comparison for this run: tick **Compare with full cache** and run again" + (" without stopping." if result.stopped else "."))
     else:
         token_html.render(token_html.comparison_html(full.tokens[full.prompt_len :], trace.tokens[trace.prompt_len :], cmp.first_divergence, trace.policy))
-        st.plotly_chart(compare_charts.output_comparison_figure(full, trace), width="stretch", key="live.cmp_out")
+        chart(compare_charts.output_comparison_figure(full, trace), width="stretch", key="live.cmp_out")
         if forced is not None:
-            st.plotly_chart(compare_charts.agreement_figure(forced, full, cmp.first_divergence), width="stretch", key="live.cmp_kl")
+            chart(compare_charts.agreement_figure(forced, full, cmp.first_divergence), width="stretch", key="live.cmp_kl")
             st.caption(
                 "The policy is teacher-forced on the full cache's output, so each step compares the two next-token "
                 "distributions on the same text: KL(full ‖ policy) in nats, and whether both pick the same top-1 token."
@@ -92,13 +94,13 @@ with tabs["Memory"]:
     c[1].metric("Full cache", format_bytes(at.kv_bytes_full))
     c[2].metric("Saved", format_bytes(at.saved_bytes), f"{at.saved_pct:.1f}%", delta_color="off")
     c[3].metric("Bookkeeping", format_bytes(at.bookkeeping_bytes), help="positions and policy statistics kvviz keeps beside the cache; not counted in K/V held")
-    st.plotly_chart(memory_charts.kv_bytes_figure(trace, step), width="stretch", key="live.mem")
+    chart(memory_charts.kv_bytes_figure(trace, step), width="stretch", key="live.mem")
 
 if "Reconstruction error" in tabs:
     with tabs["Reconstruction error"]:
-        st.plotly_chart(memory_charts.quant_error_figure(trace), width="stretch", key="live.qerr")
+        chart(memory_charts.quant_error_figure(trace), width="stretch", key="live.qerr")
         if trace.store_error.full_precision_values is not None:  # a quantizing store
-            st.plotly_chart(memory_charts.residual_window_figure(trace), width="stretch", key="live.qres")
+            chart(memory_charts.residual_window_figure(trace), width="stretch", key="live.qres")
 
 with tabs["Run details"]:
     live_result.details(result)

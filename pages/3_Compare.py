@@ -8,6 +8,7 @@ from kvviz.live import run as live_run
 from kvviz.record.text import cut_character_note
 from kvviz.runtime.inputs import InputError
 from kvviz.charts import compare as charts
+from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui import compare_view as view
 from kvviz.ui.bundles import downloads, upload_box
 from kvviz.ui.page import start_page
@@ -85,6 +86,7 @@ if result is None:
 
 # ------------------------------------------------------------------------------ the result
 st.divider()
+bring_into_view("result", ss.get("compare.run_id", 0))  # after Run, the result is in view
 st.subheader(f"{len(result.runs)} policies on “{md_escape(result.settings.prompt_name)}”")
 st.caption(f"{result.full.prompt_len} prompt tokens · model {md_escape(result.full.model)} on {result.full.device} ({result.full.dtype})")
 if result.stopped:
@@ -112,8 +114,8 @@ for i, column in enumerate(st.columns(len(result.runs))):
         view.policy_column(result, i, step, key=f"compare.col{i}.{run_id}")
 
 left, right = st.columns(2)
-left.plotly_chart(charts.memory_figure(result, step), width="stretch", key="compare.memory")
-right.plotly_chart(charts.agreement_figure(result, step), width="stretch", key="compare.agreement")
+chart(charts.memory_figure(result, step), width="stretch", key="compare.memory", where=left)
+chart(charts.agreement_figure(result, step), width="stretch", key="compare.agreement", where=right)
 st.dataframe(result.summary_table(step), hide_index=True)
 
 st.markdown("**Export**")

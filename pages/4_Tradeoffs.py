@@ -5,6 +5,7 @@ import streamlit as st
 from kvviz.charts import sweep as charts
 from kvviz.record.metrics import format_bytes
 from kvviz.sweep.rows import rows_csv, rows_frame
+from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui import sweep as ui
 from kvviz.ui.model_resource import model_key
 from kvviz.ui.page import start_page
@@ -41,6 +42,7 @@ if result is None:
 rows = [r.to_dict() for r in result.rows]
 task = result.settings.task
 st.divider()
+bring_into_view("result", id(result))  # after Run, the result is in view
 if result.stopped:
     st.warning(f"Stopped: showing the {len(rows)} runs that finished before the stop.")
 ref = result.reference
@@ -65,7 +67,7 @@ if task == "ppl" and rows:
         c_limit.number_input, "tradeoffs.limit", 25, url="limit", label="Memory limit (% of the full cache)",
         min_value=1, max_value=100, step=5, help="Which policy is best within this much memory?",
     )
-    st.plotly_chart(charts.pareto_figure(rows, metric, memory, ref), width="stretch", key="tradeoffs.pareto")
+    chart(charts.pareto_figure(rows, metric, memory, ref), width="stretch", key="tradeoffs.pareto")
     best = charts.best_within(rows, limit, metric)
     if best is None:
         st.warning(f"No policy in this sweep holds {limit}% of the full cache or less.")
@@ -77,7 +79,7 @@ if task == "ppl" and rows:
         "paper; its peak is in the table."
     )
 elif rows:
-    st.plotly_chart(charts.passkey_figure(rows), width="stretch", key="tradeoffs.passkey")
+    chart(charts.passkey_figure(rows), width="stretch", key="tradeoffs.passkey")
     found = sum(bool(r["found"]) for r in rows)
     st.caption(f"{found} of {len(rows)} answers hold the pass key's digits. Hover a cell for the model's answer.")
 

@@ -5,6 +5,7 @@ import streamlit as st
 from kvviz.charts import paged as charts
 from kvviz.record.metrics import format_bytes
 from kvviz.paged.waste import explain
+from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui import paged as ui
 from kvviz.ui.page import start_page
 from kvviz.ui.token_html import md_escape
@@ -29,6 +30,7 @@ run = ui.run(state.loaded, scenario)
 if run is None:
     st.stop()
 
+bring_into_view("result", id(run))  # after a scenario's run, its result is in view
 st.subheader(scenario.title)  # our own text (a custom run has a fixed title)
 st.markdown(scenario.shows)
 m = st.columns(6)
@@ -46,9 +48,9 @@ st.caption(
 step = ui.step_player(len(run.frames))
 frame = run.frames[step]
 colors = charts.request_colors([r["id"] for r in run.requests])
-st.plotly_chart(charts.pool_grid(frame, run.block_size, colors), width="stretch", key="paged.grid")
+chart(charts.pool_grid(frame, run.block_size, colors), width="stretch", key="paged.grid")
 left, right = st.columns([3, 2])
-left.plotly_chart(charts.block_tables(frame, colors), width="stretch", key="paged.tables")
+chart(charts.block_tables(frame, colors), width="stretch", key="paged.tables", where=left)
 with right:
     st.markdown(f"**What happened in step {step}**")
     lines = charts.event_lines(frame)  # our sentences: request ids and numbers only
@@ -56,7 +58,7 @@ with right:
         lines = ["*before the first step: every block is free*" if step == 0 else
                  "*after the last step: every request finished; full blocks with a hashed prefix stay cached*"]
     st.markdown("\n".join(f"- {line}" for line in lines) if lines else "*nothing changed in the pool*")
-st.plotly_chart(charts.usage_over_steps(run.frames, step), width="stretch", key="paged.usage")
+chart(charts.usage_over_steps(run.frames, step), width="stretch", key="paged.usage")
 
 st.subheader("Outputs")
 st.dataframe(
@@ -73,8 +75,8 @@ budget_mib = st.slider(
 )
 waste = run.waste_for(int(budget_mib * 2**20))
 left, right = st.columns(2)
-left.plotly_chart(charts.waste_bars(waste), width="stretch", key="paged.waste")
-right.plotly_chart(charts.fits_bars(waste), width="stretch", key="paged.fits")
+chart(charts.waste_bars(waste), width="stretch", key="paged.waste", where=left)
+chart(charts.fits_bars(waste), width="stretch", key="paged.fits", where=right)
 mean_tokens = sum(r["prompt_tokens"] + len(r["generated_token_ids"]) for r in run.requests) / len(run.requests)
 st.markdown(explain(waste, mean_tokens))
 st.caption(

@@ -11,6 +11,7 @@ from kvviz.charts import calculator as charts
 from kvviz.calculator.check import check_calculator
 from kvviz.record.metrics import format_bytes
 from kvviz.record.text import PromptError, encode_prompt
+from kvviz.ui.a11y import chart
 from kvviz.ui.calculator_controls import calculator_controls
 from kvviz.ui.token_html import md_escape
 from kvviz.ui.page import start_page
@@ -50,7 +51,7 @@ curves = [
     for a in choice.archs for e in estimates if e.arch == a.name
 ]
 rooms = {e.display: e.kv_budget_bytes for e in estimates} if choice.gpu else {}
-st.plotly_chart(
+chart(
     charts.memory_figure(curves, rooms, choice.scenario.context, estimates[0].gpu, choice.scenario.batch),
     key="calc.chart", width="stretch",
 )
@@ -76,7 +77,7 @@ for column, (kind, name) in zip(columns, calc.ATTENTION_EXAMPLES.items()):
     kinds.append({"kind": kind, "model": arch.display, "bytes_per_token": est.bytes_per_token, "mha_bytes_per_token": mha})
     column.metric(f"{kind} · {arch.display}", format_bytes(est.bytes_per_token), f"{est.bytes_per_token / mha:.1%} of MHA", delta_color="off", delta_arrow="off")
     column.caption(est.formulas["per_token"])
-st.plotly_chart(charts.attention_kinds_figure(kinds), key="calc.kinds", width="stretch")
+chart(charts.attention_kinds_figure(kinds), key="calc.kinds", width="stretch")
 
 # ------------------------------------------------------------------------------ checked against the real cache
 st.subheader("Checked against the real cache")

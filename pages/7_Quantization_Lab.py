@@ -7,6 +7,7 @@ import streamlit as st
 from kvviz.quant_lab import run as lab
 from kvviz.charts import quant_lab as charts
 from kvviz.record.text import PromptError, encode_prompt
+from kvviz.ui.a11y import chart
 from kvviz.ui.page import start_page
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
@@ -54,14 +55,14 @@ lc = ss["qlab.lc"]
 # ------------------------------------------------------------------------------ distributions
 st.subheader("Keys and values, channel by channel")
 stats = lab.channel_stats(lc, head)
-st.plotly_chart(charts.magnitude_figure(stats, layer, head), key="qlab.magnitudes", width="stretch")
+chart(charts.magnitude_figure(stats, layer, head), key="qlab.magnitudes", width="stretch")
 st.caption(
     "Keys are shown after RoPE, exactly as the cache holds them. A few key channels carry values far larger than the "
     "rest, in every token: a per-token scale must stretch to cover them and loses the small channels, while a "
     "per-channel scale (KIVI's choice for keys) gives each channel its own range. Values have no such channels; "
     "KIVI quantizes them per token, since the attention output mixes them token by token."
 )
-st.plotly_chart(charts.token_profile_figure(stats), key="qlab.tokens", width="stretch")
+chart(charts.token_profile_figure(stats), key="qlab.tokens", width="stretch")
 
 # ------------------------------------------------------------------------------ per token against per channel
 st.subheader("Per token against per channel")
@@ -72,7 +73,7 @@ st.caption(
     "zero point per group of G, in the model's dtype): G channels of a token, or G tokens of a channel. The attention KL "
     "uses the layer's real queries (RoPE applied) over the quantized keys, causal, per query head."
 )
-st.plotly_chart(charts.error_grid_figure(rows), key="qlab.grid", width="stretch")
+chart(charts.error_grid_figure(rows), key="qlab.grid", width="stretch")
 pct = st.column_config.NumberColumn(format="percent")
 st.dataframe(
     pd.DataFrame(rows).drop(columns=["axis"]), hide_index=True, width="stretch",
@@ -98,7 +99,7 @@ if c_run.button("Run the model with quantized caches", key="qlab.run", icon=":ma
         ss["qlab.next"] = lab.next_token_kl(loaded.model, loaded.tokenizer, ids, schemes, new_tokens=int(new_tokens))
 if ss.get("qlab.next"):
     next_rows = [r.row() for r in ss["qlab.next"]]
-    st.plotly_chart(charts.next_token_figure(next_rows, ss["qlab.next"][0].kv_bytes_full), key="qlab.next_chart", width="stretch")
+    chart(charts.next_token_figure(next_rows, ss["qlab.next"][0].kv_bytes_full), key="qlab.next_chart", width="stretch")
     st.dataframe(pd.DataFrame(next_rows), hide_index=True, width="stretch",
                  column_config={"top-1 agreement": pct, "of full": pct, "cache bytes": st.column_config.NumberColumn(format="localized")})
 
@@ -106,5 +107,5 @@ if ss.get("qlab.next"):
 st.subheader("KIVI's residual window on these numbers")
 scheme = lab.Scheme("kivi", 2, 32, residual)
 key_err, value_err, keys_full, values_full = lab.token_errors(lc, head, scheme)
-st.plotly_chart(charts.residual_window_figure(key_err, value_err, keys_full, values_full, residual), key="qlab.window", width="stretch")
+chart(charts.residual_window_figure(key_err, value_err, keys_full, values_full, residual), key="qlab.window", width="stretch")
 st.markdown(lab.window_summary(lc, scheme))

@@ -6,11 +6,13 @@ Pure: a result in, a figure or a Report out; no torch."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.charts.style import COLORS, series_color, style
+from kvviz.charts.style import COLORS, series_color, series_line, style
 from kvviz.charts.token_map import plotly_text
 from kvviz.compare.result import DIVERGENCE_NOTE, ComparisonResult
 from kvviz.record.metrics import byte_unit
@@ -34,6 +36,22 @@ def _step_rule(fig: go.Figure, step: int | None, **kw) -> None:
         fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1, dash="dot"), **kw)
 
 
+def coinciding(labels: list[str], series: list) -> str:
+    """A note naming the policies whose series are equal at every step (their lines lie on one
+    another: the earlier one is drawn wider, around the later), or ""."""
+    groups: list[list[int]] = []
+    for i, values in enumerate(series):
+        for group in groups:
+            other = series[group[0]]
+            if len(other) == len(values) and np.array_equal(np.asarray(other, float), np.asarray(values, float)):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    same = [" = ".join(labels[i] for i in g) for g in groups if len(g) > 1]
+    return ("Lines on one another (the same bytes at every step): " + "; ".join(same)) if same else ""
+
+
 def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figure:
     """K/V bytes held per step: the full cache dashed, one line per policy."""
     traces = [result.full] + [r.trace for r in result.runs]
@@ -51,11 +69,13 @@ def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figur
         pct = 100 * held / np.maximum(np.asarray(t.kv_bytes_full, float), 1)
         fig.add_scatter(
             x=np.arange(t.n_steps), y=held / scale, name=plotly_text(label), mode="lines+markers",
-            line=dict(color=series_color(i), width=2), marker=dict(size=5), customdata=pct, meta=f"p{i + 1}",
+            **series_line(i, len(result.runs)), customdata=pct, meta=f"p{i + 1}",
             hovertemplate=plotly_text(label) + f"<br>step %{{x}}: %{{y:.3f}} {unit} (%{{customdata:.0f}}% of full)<extra></extra>",
         )
     _step_rule(fig, step)
-    _layout(fig, 400, "K/V cache held per step")
+    same = coinciding(result.labels, [r.trace.kv_bytes for r in result.runs])
+    note = f"<br><sup>{'<br>'.join(plotly_text(line) for line in textwrap.wrap(same, 70))}</sup>" if same else ""  # half a page wide
+    _layout(fig, 400, "K/V cache held per step" + note)
     fig.update_xaxes(title="decode step", tickformat="d", rangemode="tozero", dtick=1 if result.n_steps <= 20 else None)
     fig.update_yaxes(title=unit, rangemode="tozero")
     return fig
@@ -82,8 +102,8 @@ def agreement_figure(result: ComparisonResult, step: int | None = None) -> go.Fi
         kl = np.asarray(forced.kl_to_reference, float)
         steps = np.arange(len(kl))
         fig.add_scatter(
-            x=steps, y=kl, name=plotly_text(label), mode="lines+markers", line=dict(color=color, width=2),
-            marker=dict(size=5), customdata=tokens[: len(kl)], meta=f"p{i + 1}", legendgroup=f"p{i + 1}",
+            x=steps, y=kl, name=plotly_text(label), mode="lines+markers", **series_line(i, len(labels)),
+            customdata=tokens[: len(kl)], meta=f"p{i + 1}", legendgroup=f"p{i + 1}",
             hovertemplate=plotly_text(label) + "<br>step %{x} (full cache chose %{customdata}): KL %{y:.4f} nats<extra></extra>",
             row=1, col=1,
         )

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kvviz.charts.style import COLORS, SKY, VERMILLION, WHITE, series_color, style, tint
+from kvviz.charts.style import COLORS, SKY, TEXT, VERMILLION, WHITE, series_color, style, tint
 from kvviz.record.metrics import format_bytes
 
 AXIS_COLORS = {"per_token": VERMILLION, "per_channel": COLORS["kept"], "kivi": COLORS["generated"]}
@@ -107,6 +107,13 @@ def next_token_figure(rows: list[dict], full_bytes: int) -> go.Figure:
     return fig
 
 
+def _window_label(color: str, below: bool = False) -> dict:
+    """A full-precision window's label: at the top of the window, where both errors are zero (no
+    line to cross), right-aligned inside the plot, on a white box; the second one under the first."""
+    return dict(annotation_font=dict(size=11, color=color), annotation_bgcolor="rgba(255,255,255,0.9)",
+                annotation_yshift=-18 if below else 0)
+
+
 def residual_window_figure(key_error: np.ndarray, value_error: np.ndarray, keys_full: int, values_full: int, residual: int) -> go.Figure:
     """Per-token error of keys and values under KIVI, with the full-precision stretches shaded:
     the R newest values, and the keys of the group of R still filling."""
@@ -115,10 +122,10 @@ def residual_window_figure(key_error: np.ndarray, value_error: np.ndarray, keys_
     fig = go.Figure()
     if values_full:
         fig.add_vrect(x0=n - values_full - 0.5, x1=n - 0.5, fillcolor=tint(COLORS["values"], 0.12), line_width=0,
-                      annotation_text="values in full precision", annotation_position="top left", annotation_font=dict(size=11, color=COLORS["values"]))
+                      annotation_text="values in full precision", annotation_position="top right", **_window_label(TEXT["values"]))
     if keys_full:
         fig.add_vrect(x0=n - keys_full - 0.5, x1=n - 0.5, fillcolor="rgba(0,0,0,0)", line=dict(color=COLORS["keys"], width=1.5, dash="dash"),
-                      annotation_text="keys in full precision", annotation_position="bottom left", annotation_font=dict(size=11, color=COLORS["keys"]))
+                      annotation_text="keys in full precision", annotation_position="top right", **_window_label(TEXT["keys"], below=bool(values_full)))
     for k in range(residual, n - keys_full + 1, residual):
         fig.add_vline(x=k - 0.5, line=dict(color=SKY, width=1, dash="dot"))
     fig.add_scatter(x=x, y=key_error, mode="lines", name="keys (per channel, groups of R tokens)", line=dict(color=COLORS["keys"]),

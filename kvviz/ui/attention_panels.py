@@ -15,6 +15,7 @@ from kvviz.attention.data import POOLS, Overview
 from kvviz.charts import attention_detail as detail_charts
 from kvviz.charts import attention_overview as overview_charts
 from kvviz.record.trace import Trace
+from kvviz.ui.a11y import chart
 from kvviz.ui.clicks import clicked
 from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import esc
@@ -136,7 +137,7 @@ def eviction_metrics(trace: Trace, evicted: np.ndarray, step: int, layer: int, k
         "the policy evicted at that step, just before they left the cache.",
     )
     if measured:
-        e3.plotly_chart(detail_charts.lost_mass_figure(lost, step), width="stretch", key="attn.lost_chart")
+        chart(detail_charts.lost_mass_figure(lost, step), width="stretch", key="attn.lost_chart", where=e3)
 
 
 PROFILES_TEXT = """Each head, measured over the queries after position {from_query}:
@@ -158,7 +159,7 @@ def head_profiles(ov: Overview, layer: int, head: int) -> None:
     p1, p2 = st.columns([3, 2])
     with p1:
         color_by = persisted(st.radio, "attn.profile_color", "layer", url="color", label="Colour points by", options=["layer", "entropy"], horizontal=True)
-        st.plotly_chart(
+        chart(
             overview_charts.profile_figure(p, selected=(layer, head), color_by=color_by),
             key="attn.profile_chart", on_select="rerun", selection_mode="points", width="stretch",
         )

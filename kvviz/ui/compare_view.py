@@ -13,7 +13,7 @@ import streamlit as st
 from kvviz.model.loading import display_name
 from kvviz.record import examples as data
 from kvviz.runs.bundle import BundleError, RunBundle, RunSettings
-from kvviz.charts.style import COLORS, series_color, tint
+from kvviz.charts.style import COLORS, TEXT, series_color, tint
 from kvviz.compare.result import DIVERGENCE_NOTE, ComparisonResult
 from kvviz.record.metrics import format_bytes, memory_saving
 from kvviz.policies.spec import PolicySpec
@@ -21,7 +21,7 @@ from kvviz.record.token_states import Scope, clamp_step, occupancy, one_line, qu
 from kvviz.ui import sidebar as sb
 from kvviz.ui.job_view import JobView
 from kvviz.ui.policy_controls import seed_budget, seed_controls
-from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, tokens_html
+from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, scroll_box, tokens_html
 from kvviz.record.why_evicted import evicted_positions, most_evicted, why_evicted
 
 # session_state keys (permanent; ``persisted`` widgets use them with a leading underscore)
@@ -143,7 +143,7 @@ def outputs_html(result: ComparisonResult) -> str:
         return (
             f'<div class="kvviz-output" style="flex: 1; min-width: 220px; border: 1px solid {COLORS["outline"]}; border-top: 4px solid {color};'
             f' border-radius: 8px; padding: 8px 12px;"><div style="font-weight: 600;">{esc(title)}</div>'
-            f'<div style="font-size: 13px; color: {COLORS["muted"]}; margin-bottom: 4px;">{html.escape(note)}</div>'
+            f'<div style="font-size: 13px; color: {TEXT["muted"]}; margin-bottom: 4px;">{html.escape(note)}</div>'
             f'<div style="{BOX}">{"".join(spans) or "<i>(nothing generated)</i>"}</div></div>'
         )
 
@@ -187,8 +187,7 @@ def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None
     a.metric("First divergence", "none" if div is None else f"token {div}", help=f"of the free output from the full cache's, {DIVERGENCE_NOTE}")
     b.metric("Top-1 agreement", f"{run.top1_agreement:.0%}" if run.forced is not None else "–",
              help=f"teacher-forced on the full cache's output; mean KL {run.mean_kl:.4f} nats")
-    with st.container(height=320):
-        render(tokens_html(token_records(trace, s, Scope()), s))
+    render(scroll_box(tokens_html(token_records(trace, s, Scope()), s), f"Token states of {label} at step {s}", height=320))
     why_evicted_panel(trace, s, key=f"{key}.why")
 
 

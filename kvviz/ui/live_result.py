@@ -19,6 +19,7 @@ from kvviz.record.metrics import device_memory_rows, format_bytes, memory_saving
 from kvviz.record.text import cut_character_note
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope
+from kvviz.ui.a11y import sr_only
 from kvviz.ui.live_controls import JOBS, LOADED_RUN, RESULT, SHOWN
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
@@ -161,10 +162,13 @@ def metrics(result: live_run.LiveResult, step: int) -> None:
         f"KV cache at step {at.step}", format_bytes(at.kv_bytes), f"{-at.saved_pct:+.0f}% vs full cache", delta_color="inverse",
         chart_data=[b / 1024 for b in trace.kv_bytes], chart_type="area", help="K/V bytes held per step (KiB); the step slider moves it",
     )
+    kib = [b / 1024 for b in trace.kv_bytes]
+    if kib:
+        sr_only(f"The sparkline under the KV cache: K/V held per step, from {kib[0]:.1f} KiB at step 0 to {kib[-1]:.1f} KiB at step {len(kib) - 1}.", m[2])
     if cmp is not None:
         div = cmp.first_divergence
         m[3].metric(
-            "First divergence", "none" if div is None else f"output token {div}",
+            "First divergence", "none" if div is None else f"token {div}",
             help="The first generated token that differs from the full cache's output, counted from 0 = the first "
             "generated token (the prompt is not counted).",
         )
@@ -174,6 +178,8 @@ def metrics(result: live_run.LiveResult, step: int) -> None:
             delta_color="off", delta_arrow="off", chart_data=forced.kl_to_reference.tolist(), chart_type="bar",
             help="share of steps where the policy's top-1 token matches the full cache's (teacher-forced); chart: KL per step",
         )
+        kl = forced.kl_to_reference
+        sr_only(f"The bars under the top-1 agreement: KL to the full cache per step, {len(kl)} steps, largest {kl.max():.3f} nats.", m[4])
 
 
 def play_steps(show_step, last: int, pause_s: float = 0.4) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kvviz.ui.a11y import page_setup
 from kvviz.ui.navigation import take_over_from_pages_directory
 from kvviz.ui.sidebar import SidebarState, sidebar
 
@@ -13,6 +14,7 @@ def start_page(title: str, icon: str, caption: str, no_model: str) -> SidebarSta
     when no model is loaded, and with the operator's cap when the prompt is longer than it."""
     take_over_from_pages_directory()
     st.set_page_config(page_title=f"{title} · kvviz", page_icon=icon, layout="wide")
+    page_setup()
     state = sidebar()
     st.title(title)
     st.caption(caption)

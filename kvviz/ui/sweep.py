@@ -52,8 +52,9 @@ def preset_buttons(device: str) -> None:
         if device == "cpu" else f"larger on {device} than on a CPU"
     )
     st.markdown(f"**Presets**: a story in one click, sized {where}.")
-    for column, preset in zip(st.columns(len(PRESETS)), PRESETS.values()):
-        column.button(preset.title, key=K + "preset." + preset.key, on_click=_apply_preset, args=(preset.key, device), width="stretch")
+    with st.container(horizontal=True):  # buttons as wide as their titles, wrapping to a new row: no title cut
+        for preset in PRESETS.values():
+            st.button(preset.title, key=K + "preset." + preset.key, on_click=_apply_preset, args=(preset.key, device))
 
 
 def preset_story(settings: sweep.SweepSettings, device: str) -> None:
@@ -121,6 +122,8 @@ def column_config() -> dict:
         "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help="mean KL(full ‖ policy), nats"),
         "top1_agree": number("top1_agree", format="percent"), "seconds": number("seconds", format="%.1f"),
         "depth": number("depth", format="%g"),
+        # bytes in compact form (553K): whole numbers pushed the last column out of a 1,400 px page
+        **{k: number(k, format="compact", help=f"{k.replace('_', ' ')}: bytes (the CSV has them whole)") for k in ("kv_bytes", "kv_bytes_peak", "kv_bytes_full")},
     }
 
 
