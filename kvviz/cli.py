@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+import kvviz
 from kvviz.commands import COMMANDS
 
 
@@ -25,10 +26,14 @@ POLICY_FILE_HELP = "a .py file defining a cache policy of your own (see docs/pol
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvviz", description="Explore the KV cache of a real language model.")
+    p.add_argument("--version", action="version", version=f"kvviz {kvviz.__version__}")
     p.add_argument("--policy-file", action="append", default=[], metavar="PATH", help=POLICY_FILE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     for name, module in command_modules().items():
-        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        passes_through = getattr(module, "PASSES_THROUGH", False)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP, add_help=not passes_through)
+        if passes_through:
+            continue  # every argument after its name is for another program
         cmd.add_argument("--policy-file", action="append", dest="command_policy_file", default=argparse.SUPPRESS,
                          metavar="PATH", help=POLICY_FILE_HELP)
         module.configure(cmd)
@@ -44,9 +49,15 @@ def _plugin_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    passes_through = getattr(command_modules()[args.command], "PASSES_THROUGH", False)
+    if passes_through:
+        args.passed_through = rest  # in the order given: argparse leaves what it does not know alone
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     files = args.policy_file + getattr(args, "command_policy_file", [])
-    if files:
+    if files and not passes_through:  # such a command hands them on itself (app: KVVIZ_POLICY_PATH)
         from kvviz import policies
 
         for path in files:

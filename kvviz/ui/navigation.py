@@ -9,7 +9,10 @@ from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[2]
+# The app's files (app.py, pages/, .streamlit/): an installed kvviz carries a copy in kvviz/_app/
+# (setup.py), a checkout has them at its root; kvviz.commands.app.app_root() looks in the same order.
+_KVVIZ = Path(__file__).resolve().parents[1]
+ROOT = _KVVIZ / "_app" if (_KVVIZ / "_app" / "app.py").is_file() else _KVVIZ.parent
 # The browser tab's icon, shipped with kvviz: a Material icon as page_icon is fetched from a font
 # CDN, which fails offline (an emoji is drawn locally, so pages may use one).
 FAVICON = str(Path(__file__).resolve().parents[1] / "data" / "favicon.png")
