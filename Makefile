@@ -17,7 +17,7 @@ COMPAT_SKIP ?= --ignore-glob='*_cli*.py' --ignore-glob='*charts*.py' --ignore=te
 CONSTRAINTS ?= constraints.txt
 SETUP_PIP_ARGS ?=
 
-.PHONY: setup run lint test test-compat test-latest constraints
+.PHONY: setup run lint typecheck test test-compat test-latest constraints
 
 # torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build: the
 # package asks for torch>=2.9 and constraints.txt leaves torch out, so pip keeps the torch it finds.
@@ -33,7 +33,11 @@ run: setup
 lint: setup
 	$(PYTHON) -m ruff check .
 
-test: setup lint
+# pyright (basic mode) on the packages [tool.pyright] in pyproject.toml lists, at zero errors.
+typecheck: setup
+	$(PYTHON) -m pyright --pythonpath "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+
+test: setup lint typecheck
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 	$(MAKE) test-compat
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import overload
 
 HELP = "KV-cache memory of a real architecture from its config (no model is loaded)"
 
@@ -98,7 +99,12 @@ def integer(text, flag: str, shown_as=None) -> int:
     return int(value)
 
 
-def number(text, flag: str) -> float | None:
+@overload
+def number(text: None, flag: str) -> None: ...
+@overload
+def number(text: str, flag: str) -> float: ...
+def number(text: str | None, flag: str) -> float | None:
+    """A finite number from ``text`` (None stays None: an option left out); CalcError naming ``flag`` otherwise."""
     from kvviz.calculator.memory import CalcError, shown
 
     if text is None:

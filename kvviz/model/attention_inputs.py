@@ -79,8 +79,9 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise CaptureError(f"{type(model).__name__}: no decoder layers found (looked for {', '.join(LAYER_PATHS)}).")
 
 
-def decoder_attention(model) -> list[torch.nn.Module]:
-    """The self-attention module of every decoder layer, in order (not checked for projections)."""
+def decoder_attention(model) -> list[torch.nn.Module | None]:
+    """The self-attention module of every decoder layer, in order (not checked for projections);
+    None for a layer that has none under a known name."""
     return [next((getattr(layer, n) for n in ATTENTION_NAMES if hasattr(layer, n)), None) for layer in decoder_layers(model)]
 
 
@@ -92,7 +93,7 @@ def attention_modules(model) -> list[torch.nn.Module]:
         why = unreadable(m)
         if why:
             raise CaptureError(f"{type(model).__name__}: {why}")
-    return mods
+    return [m for m in mods if m is not None]  # unreadable() refused a None above: all of them
 
 
 def unreadable(module) -> str | None:
@@ -144,7 +145,7 @@ def project(module, hidden: torch.Tensor, proj: str, norm: str) -> torch.Tensor:
     x = getattr(module, proj)(hidden)  # (1, seq, heads * head_dim)
     normer = getattr(module, norm, None)
     weight = getattr(normer, "weight", None)
-    if weight is not None and weight.ndim == 1 and weight.numel() != head_dim:
+    if normer is not None and weight is not None and weight.ndim == 1 and weight.numel() != head_dim:
         x = normer(x)  # OLMo-2 style: norm over all heads at once
         normer = None
     x = x.view(*hidden.shape[:-1], -1, head_dim)

@@ -59,7 +59,10 @@ def _hook_device(module) -> torch.device | None:
 def layer_devices(model) -> list[torch.device]:
     """The device of each decoder layer's attention, in layer order: where its keys and values
     are computed, and so where its cache lives."""
-    return [module_device(model, attention) for attention in decoder_attention(model)]
+    attentions = decoder_attention(model)
+    if any(attention is None for attention in attentions):
+        raise ValueError(f"{type(model).__name__}: a decoder layer has no attention module under a name kvviz knows")
+    return [module_device(model, attention) for attention in attentions if attention is not None]
 
 
 def input_device(model) -> torch.device:

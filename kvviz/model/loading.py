@@ -575,7 +575,7 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
         raise ModelLoadError(f"Could not read the GGUF file {path.name}: {_one_line(exc)}") from exc
     report("Saving dequantized weights to the kvviz weights cache", 0.75)
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the cached weights are plain tensors
+        delattr(model.config, "quantization_config")  # the cached weights are plain tensors (set at load: not a declared field)
     save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)
 
 

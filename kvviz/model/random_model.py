@@ -14,6 +14,8 @@ frequencies computed as the config says.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from kvviz.model import devices
@@ -29,11 +31,13 @@ def llama_7b_config(kv_heads: int = 8, layers: int = 32, max_context: int = 4096
     with ``kv_heads`` KV heads (32: Llama-2-7B's MHA; 8: GQA as in Llama-3-8B)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
         num_attention_heads=32, num_key_value_heads=kv_heads, max_position_embeddings=max_context,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, attn_implementation="sdpa",
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
     )
+    config._attn_implementation = "sdpa"  # what attn_implementation= sets (not a declared parameter of LlamaConfig)
+    return config
 
 
 def meta_llama(config, dtype: torch.dtype):
@@ -42,7 +46,8 @@ def meta_llama(config, dtype: torch.dtype):
 
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    return model.to(dtype).eval()
+    # transformers' PreTrainedModel.to is torch's, wrapped (functools.wraps): typed as torch's own
+    return cast(torch.nn.Module, model).to(dtype).eval()
 
 
 def auto_device_map(model, max_memory: dict | None = None) -> dict:
@@ -91,7 +96,9 @@ def random_llama(config, device_map: dict | str = "auto", dtype: torch.dtype = t
     """A random-weight LlamaForCausalLM of ``config``, placed by ``device_map`` ("auto": across the
     visible GPUs as transformers would, within ``max_memory``; or {module name: device})."""
     model = meta_llama(config, dtype)
-    if device_map == "auto":
+    if isinstance(device_map, str):
+        if device_map != "auto":
+            raise ValueError(f'device_map must be "auto" or {{module name: device}}, not {device_map!r}')
         device_map = auto_device_map(model, max_memory)
     return materialize(model, device_map, seed)
 

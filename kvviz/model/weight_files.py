@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -80,9 +81,10 @@ def check_cache_entry(entry: Path, gguf_sha256: str) -> str | None:
 
 
 def load_cache_entry(entry: Path, device_map: str | None, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    model, info = AutoModelForCausalLM.from_pretrained(
+    # output_loading_info=True returns (model, info); transformers types it as the model alone
+    loaded = cast("tuple[PreTrainedModel, dict[str, list]]", AutoModelForCausalLM.from_pretrained(
         str(entry),
         dtype=dtype,
         attn_implementation="sdpa",
@@ -90,7 +92,8 @@ def load_cache_entry(entry: Path, device_map: str | None, dtype: torch.dtype):
         output_loading_info=True,
         device_map=device_map,
         disable_mmap=True,  # a model must not depend on the cache file staying intact
-    )
+    ))
+    model, info = loaded
     bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if bad:
         raise ValueError(f"weights cache entry does not fit the model: {bad}")

@@ -9,6 +9,7 @@ dtype and shape are checked as strictly as a nested list's values.
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ def check_bool(value: Any, where: str) -> bool:
     return expect(value, bool, where)
 
 
-def check_keys(d: dict, allowed: set[str], where: str, optional: set[str] = frozenset()) -> None:
+def check_keys(d: dict, allowed: AbstractSet[str], where: str, optional: AbstractSet[str] = frozenset()) -> None:
     """Unknown fields are refused (never silently dropped); required ones must be there."""
     unknown = sorted(str(k) for k in set(d) - allowed)
     if unknown:
@@ -128,6 +129,8 @@ def check_array(value: Any, shape: tuple[int, ...] | None, kind: str, where: str
     kind "int": whole numbers (int64); "bool": true/false; "float": numbers or null, read as
     float32 (null is NaN)."""
     want_ndim = len(shape) if shape is not None else ndim
+    if want_ndim is None:
+        raise TypeError("check_array needs a shape or ndim")  # a caller's mistake, not the file's
     arr = value if isinstance(value, np.ndarray) else _from_list(value, want_ndim, where)
     if arr.ndim != want_ndim or (shape is not None and arr.shape != shape):
         expected = "x".join(map(str, shape)) if shape is not None else f"{want_ndim} dimensions"

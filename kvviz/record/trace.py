@@ -120,7 +120,7 @@ class Trace:
     def kept_mask(self, step: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Bool over positions: in the cache at ``step``. With layer/head None, the result is kept
         by every layer (resp. head) of the selection; use ``kept_share`` for fractions."""
-        return self._present(step, layer, head).all(axis=0)
+        return np.asarray(self._present(step, layer, head).all(axis=0))
 
     def kept_share(self, step: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Float over positions: share of the selected layers and KV heads that hold the entry at ``step``."""
@@ -158,7 +158,7 @@ class Trace:
             v = getattr(self, f.name)
             if isinstance(v, np.ndarray):
                 v = v.tolist()
-            elif dataclasses.is_dataclass(v):
+            elif dataclasses.is_dataclass(v) and not isinstance(v, type):
                 v = dataclasses.asdict(v)
             out[f.name] = v
         return out
@@ -210,7 +210,9 @@ def _strict(o):
         return _strict(dataclasses.asdict(o))
     if isinstance(o, np.ndarray):
         if o.dtype.kind == "f":
-            o = np.where(np.isfinite(o), o.astype(object), None)
+            finite = np.isfinite(o)
+            o = o.astype(object)
+            o[~finite] = None
         return o.tolist()
     if isinstance(o, np.generic):
         o = o.item()

@@ -228,6 +228,7 @@ class FixedStream:
         self.q.codes.index_copy_(1, rows, q.codes)
         self.q.scale.index_copy_(1, scale_rows, q.scale)
         if q.zero is not None:
+            assert self.q.zero is not None, "asymmetric codes written into a symmetric buffer"
             self.q.zero.index_copy_(1, scale_rows, q.zero)
         error = (x.float() - x_hat).square().sum()
         self.meter.err += torch.where(counted[0], error, torch.zeros_like(error))

@@ -22,6 +22,7 @@ kernel reading these tensors would compute.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 
@@ -85,7 +86,9 @@ class Quantized:
 
     def cat(self, other: "Quantized", dim: int) -> "Quantized":
         """Concatenate along ``dim`` (e.g. new tokens): both must hold whole groups along it."""
-        zero = None if self.zero is None else torch.cat([self.zero, other.zero], dim=dim)
+        if (self.zero is None) != (other.zero is None):
+            raise ValueError("cannot concatenate symmetric codes with asymmetric ones")
+        zero = None if self.zero is None or other.zero is None else torch.cat([self.zero, other.zero], dim=dim)
         return Quantized(
             torch.cat([self.codes, other.codes], dim=dim),
             torch.cat([self.scale, other.scale], dim=dim),
@@ -108,6 +111,12 @@ class Quantized:
         return Quantized(take(self.codes), take(self.scale), zero, self.bits, self.dim, self.group_size)
 
 
+@overload
+def quantize(x: torch.Tensor, bits: int, dim: int = -1, group_size: int | None = None, symmetric: bool = False,
+             scale_dtype: torch.dtype | None = None, return_dequantized: Literal[False] = False) -> Quantized: ...
+@overload
+def quantize(x: torch.Tensor, bits: int, dim: int = -1, group_size: int | None = None, symmetric: bool = False,
+             scale_dtype: torch.dtype | None = None, *, return_dequantized: Literal[True]) -> tuple[Quantized, torch.Tensor]: ...
 def quantize(
     x: torch.Tensor,
     bits: int,
@@ -116,7 +125,7 @@ def quantize(
     symmetric: bool = False,
     scale_dtype: torch.dtype | None = None,
     return_dequantized: bool = False,
-):
+) -> Quantized | tuple[Quantized, torch.Tensor]:
     """Quantize ``x`` with one scale per ``group_size`` consecutive elements along ``dim``.
 
     ``group_size`` None = the whole dimension; it must divide the dimension's size. The last
@@ -150,7 +159,7 @@ def quantize(
         q = ((xg - z) / s).round_().clamp_(0, (1 << bits) - 1)
         x_hat = torch.addcmul(z, q, s) if return_dequantized else None
     quantized = Quantized(pack(q.flatten(dim, dim + 1), bits), scale, zero, bits, dim, group_size)
-    if return_dequantized:
+    if x_hat is not None:  # return_dequantized
         return quantized, x_hat.flatten(dim, dim + 1)
     return quantized
 
