@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 
 class PolicyError(ValueError):
@@ -61,8 +61,11 @@ class Param:
         }
 
 
-def param(default, help: str, *, type=None, min=None, max=None, choices=None, optional=False):
-    """A dataclass field that is a policy parameter."""
+_T = TypeVar("_T")
+
+
+def param(default: _T, help: str, *, type=None, min=None, max=None, choices=None, optional=False) -> _T:
+    """A dataclass field that is a policy parameter (typed as its default, like ``field(default=...)``)."""
     t = type or (builtins_type(default) if default is not None else float)
     spec = Param(t, default, help, min, max, tuple(choices) if choices else None, optional)
     return field(default=default, metadata={"param": spec})
