@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from kvviz.record import examples as data
+from tests.app.escaping import visitor_html
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "1_Attention.py")
 TIMEOUT = 400  # the long prompt's first pass over every layer takes a minute or two on a small CPU
@@ -109,7 +110,7 @@ def test_prompt_text_is_escaped_everywhere():
     hostile = "<img src=x onerror=alert(1)> [x](javascript:alert(1)) <script>alert(2)</script>"
     at = page(kvviz_prompt_name="Custom", kvviz_custom_prompt=hostile, **{"attn.new_tokens": 2})
     no_failure(at)
-    bodies = [el.proto.body for el in at.get("html")]
+    bodies = visitor_html(at)
     shown = [html.unescape(re.sub(r"<[^>]*>", "", b)) for b in bodies]  # what a reader sees
     assert any(hostile in text for text in shown)  # the prompt, as typed
     for body in bodies:

@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from kvviz.record import examples as data
+from tests.app.escaping import visitor_html
 from kvviz.runtime import engine
 from kvviz.record.metrics import format_bytes
 from kvviz.policies.spec import PolicySpec
@@ -54,7 +55,7 @@ def errors(at: AppTest) -> list[str]:
 
 
 def html_bodies(at: AppTest) -> str:
-    return "".join(h.proto.body for h in at.html)
+    return "".join(visitor_html(at))
 
 
 def test_a_link_with_three_policies_and_a_step_opens_that_view(linked):

@@ -5,7 +5,8 @@ differently; benchmarks/paged_bench.py reports how often the tokens still agree)
 import pytest
 
 from kvviz.runtime import engine
-from kvviz.paged.scheduler import Request, Scheduler
+from kvviz.paged.engine import PagedEngine
+from kvviz.paged.scheduler import Request
 from kvviz.record.text import encode_prompt
 
 pytestmark = pytest.mark.gpu
@@ -17,7 +18,7 @@ QUESTIONS = ["Who kept the lights?", "How far could the light be seen?", "Why we
 def test_paged_equals_contiguous_on_cuda(gpu_model_fp32):
     m, tok = gpu_model_fp32.model, gpu_model_fp32.tokenizer
     prompts = [encode_prompt(tok, DOC * 4 + q, chat=True) for q in QUESTIONS]
-    s = Scheduler(m, tok, num_blocks=64, block_size=16)
+    s = PagedEngine(m, tok, num_blocks=64, block_size=16)
     for i, p in enumerate(prompts):
         s.submit(Request(f"r{i}", p, 24))
     s.run()
