@@ -88,6 +88,9 @@ try:
 except (capture.CaptureError, torch.OutOfMemoryError) as exc:
     st.error(out_of_memory_message(exc) if isinstance(exc, torch.OutOfMemoryError) else md_escape(str(exc)))
     st.stop()
+if qk.sliding_window:
+    st.caption(f"Layer {layer} is a sliding-window layer: each query reads only the last {qk.sliding_window:,} keys "
+               "(the model's own window, blank in the map), whatever a cache policy keeps.")
 kv_head = qk.kv_head(head)
 evicted = step = None
 if trace is not None and choice is not None:

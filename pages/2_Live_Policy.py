@@ -40,6 +40,8 @@ if result is None:
 trace, full, forced, cmp = result.trace, result.full, result.forced, result.against_full
 bring_into_view("result", result.request.run_id)  # after Run, the result is in view
 live_result.header(result, spec)
+if state.loaded.summary.sliding_windows and result.trace.model == state.loaded.summary.name:
+    st.caption("Sliding-window layers: " + state.loaded.summary.sliding_note() + ". The token view shows the policy's cache.")
 step, scope, play = live_result.step_controls(trace)
 live_result.metrics(result, step)
 search = persisted(st.text_input, "live.search", "", label="Find in the tokens", placeholder="a word, a number, the pass key ...",

@@ -29,7 +29,8 @@ from typing import Any, Callable
 import torch
 
 from kvviz.model import devices
-from kvviz.model.attention_inputs import CaptureError
+from kvviz.model.attention_inputs import CaptureError, decoder_attention
+from kvviz.model.capture import sliding_window
 from kvviz.record.metrics import device_memory_rows, format_bytes  # format_bytes re-exported
 from kvviz.model.weight_files import (
     CACHE_FORMAT,
@@ -77,6 +78,7 @@ class ModelSummary:
     n_params: int
     attention: str  # "GQA (9 query heads share 3 KV heads)" / "MHA" / "MQA"
     attention_kernel: str = ""  # transformers' attn_implementation the model runs with: "sdpa" or "eager"
+    sliding_windows: dict[int, int] = field(default_factory=dict)  # layer -> the last keys its queries see
     weights_cache: str = ""  # GGUF only: "hit", "built" (first load) or "rebuilt: <why>"
     load_seconds: float = 0.0
     # a model split across GPUs (device_map auto): per device, its decoder layers and weight bytes
@@ -101,6 +103,18 @@ class ModelSummary:
             for name in names
         })
 
+    def sliding_note(self) -> str:
+        """What the model itself leaves unread, apart from any policy ("" without sliding layers)."""
+        if not self.sliding_windows:
+            return ""
+        by_window: dict[int, list[int]] = {}
+        for layer, window in sorted(self.sliding_windows.items()):
+            by_window.setdefault(window, []).append(layer)
+        parts = [f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))} read{'' if len(ls) > 1 else 's'} only the last {w:,} keys"
+                 for w, ls in by_window.items()]
+        return (f"{'; '.join(parts)} (of {self.n_layers} layers): the model's own window, "
+                "a policy's evictions come on top of it")
+
     def as_rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs, in the order a summary table shows them."""
         device = "CPU (no GPU in use)" if self.device == "cpu" else self.device
@@ -118,6 +132,7 @@ class ModelSummary:
             ("KV heads", str(self.n_kv_heads)),
             ("Attention", self.attention),
             *([("Attention kernel", self.attention_kernel)] if self.attention_kernel else []),
+            *([("Sliding-window layers", self.sliding_note())] if self.sliding_windows else []),
             ("Head dim", str(self.head_dim)),
             ("dtype", self.dtype),
             ("Device", device),
@@ -321,9 +336,20 @@ def summarize_model(model, name: str, source: str) -> ModelSummary:
         n_params=int(sum(unique.values())),
         attention=attention,
         attention_kernel=_kernel_description(model),
+        sliding_windows=_sliding_windows(model),
         layers_by_device={str(d): layers for d, layers in devices.layers_by_device(placement).items()} if split else {},
         weights_by_device=devices.weights_by_device(model) if split else {},
     )
+
+
+def _sliding_windows(model) -> dict[int, int]:
+    """Layer -> its sliding window, for the layers that have one."""
+    try:
+        mods = decoder_attention(model)
+    except (CaptureError, ValueError, AttributeError):
+        return {}
+    windows = {i: sliding_window(m, i) for i, m in enumerate(mods) if m is not None}
+    return {i: w for i, w in windows.items() if w}
 
 
 def attention_implementation(model_class) -> str:

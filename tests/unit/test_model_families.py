@@ -73,6 +73,20 @@ def test_loader_kernel_and_summary(name):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_summary_names_the_sliding_layers_the_config_declares(name):
+    model = model_of(name)
+    cfg = model.config
+    kinds = getattr(cfg, "layer_types", None) or ["sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"] * 2
+    if getattr(cfg, "use_sliding_window", True) is False or not getattr(cfg, "sliding_window", None):
+        kinds = ["full_attention"] * 2
+    want = {i: cfg.sliding_window for i, kind in enumerate(kinds) if kind == "sliding_attention"}
+    summary = summarize_model(model, name, "test")
+    assert summary.sliding_windows == want
+    row = dict(summary.as_rows()).get("Sliding-window layers", "")
+    assert bool(row) == bool(want) and all(f"last {w:,} keys" in row for w in want.values())
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_full_equals_transformers_greedy(name):
     model = model_of(name)
     if not FAMILIES[name].runs:
