@@ -15,6 +15,8 @@ EXPECTED = {
 EXPECTED |= {"expected_attention", "chunkkv", "adakv"}  # kvpress presses, part B
 EXPECTED |= {"keydiff", "observed_attention", "lagkv"}  # kvpress presses, part A
 EXPECTED |= {"think"}  # kvpress ThinKPress: key channels, a store
+EXPECTED |= {"minicache"}  # MiniCache: cross-layer merging, a store
+FAMILIES |= {"cross-layer merging"}
 
 
 def test_every_policy_is_registered():
