@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.store import LayerError, Storage, Store
+from kvviz.storage.fixed_capacity import FixedRows
 from kvviz.storage.quantize import ErrorMeter
 
 
@@ -62,7 +64,8 @@ class PairLink:
     """What the two stores of a pair share: the shallower one's prompt, until the deeper one merges it."""
 
     def __init__(self):
-        self.first: MiniCacheStore | None = None
+        # a weak reference: no cycle store -> link -> store (a graph capture walks a store's state)
+        self.first: weakref.ref[MiniCacheStore] | None = None
         self.keys: MergedPair | None = None
         self.values: MergedPair | None = None
 
@@ -80,14 +83,14 @@ class MiniCacheStore(Store):
         self.merged = 0  # prompt tokens held merged
         self.key_error, self.value_error = ErrorMeter(device), ErrorMeter(device)
         if link is not None and which == 0:
-            link.first = self
+            link.first = weakref.ref(self)
 
     def append(self, keys, values):
         if self.link is None or len(self) or self.merged:
             return super().append(keys, values)
         if self.which == 0:  # waits, whole, for the deeper layer's prompt
             return super().append(keys, values)
-        first = self.link.first
+        first = self.link.first() if self.link.first is not None else None
         if first is None or first.merged or len(first) != keys.shape[1]:
             raise PolicyError("minicache: a pair's deeper layer saw a prompt its shallower layer did not hold.")
         ka, va = first.keys.to(keys.device), first.values.to(values.device)
@@ -129,9 +132,12 @@ class MiniCacheStore(Store):
         return own
 
     def row_paths(self):
-        """None: the merged prompt and the growing tail are two parts that a fixed-capacity buffer
-        does not hold; CUDA-graph decoding falls back to eager steps for this store."""
-        return None
+        """The tail grows by a row per token; the merged prompt does not (``hold_fixed``)."""
+        return [("keys",), ("values",)]
+
+    def hold_fixed(self, capacity, n, length):
+        """The tail in buffers of the capacity left after the merged prompt (CUDA-graph decoding)."""
+        return MergedPrefix(self, self.row_paths(), capacity - self.merged, n - self.merged)
 
     def retained(self) -> tuple[int, int]:
         """Prompt tokens x KV heads held unmerged (retained) in this layer's pair: keys, values."""
@@ -142,6 +148,16 @@ class MiniCacheStore(Store):
     def error(self) -> LayerError:
         """Relative Frobenius error of the prompt's keys and values as restored from the merge (0 for a layer left whole)."""
         return LayerError(key=self.key_error.value(), value=self.value_error.value())
+
+
+class MergedPrefix(FixedRows):
+    """A fixed-capacity tail after a merged prompt: the layer's slot i is the tail's row i - merged."""
+
+    def append(self, keys, values, index):
+        super().append(keys, values, index - self.store.merged)
+
+    def nbytes(self, n: int) -> int:
+        return super().nbytes(n - self.store.merged)
 
 
 @dataclass
@@ -178,10 +194,11 @@ class MiniCache(Storage):
         pair = self.pairs(n_layers).get(layer_idx)
         if pair is None:
             return MiniCacheStore(kv_heads, head_dim, dtype, device, None, 0, self.t, self.gamma)
-        links = self.__dict__.setdefault("_links", {})  # the first layer's store makes the link, the second finds it
+        # the first layer's store makes the link, the second finds it; a link lives as long as its stores
+        links = self.__dict__.setdefault("_links", weakref.WeakValueDictionary())
+        link = PairLink() if pair[1] == 0 else links.get(pair[0])
         if pair[1] == 0:
-            links[pair[0]] = PairLink()
-        link = links.get(pair[0])
+            links[pair[0]] = link
         if link is None or (pair[1] == 1 and link.first is None):
             raise PolicyError(f"minicache: layer {layer_idx} was built before its pair's first layer {pair[0]}.")
         return MiniCacheStore(kv_heads, head_dim, dtype, device, link, pair[1], self.t, self.gamma)

@@ -98,6 +98,10 @@ def test_smollm_decodes_from_the_merged_cache(smollm):
     P = len(ids)
     trace = engine.run(model, smollm.tokenizer, ids, "minicache", max_new_tokens=steps, stop_at_eos=False, keep_logprobs=True)
     full = engine.run(model, smollm.tokenizer, ids, "full", max_new_tokens=steps, stop_at_eos=False, keep_logprobs=True)
+    # held at a fixed capacity after the prefill (what CUDA-graph decoding replays): the same run
+    fixed = engine.run(model, smollm.tokenizer, ids, "minicache", max_new_tokens=steps, stop_at_eos=False, keep_logprobs=True, fixed_capacity=True)
+    assert fixed.extra["fixed_capacity"] and fixed.kv_bytes == trace.kv_bytes
+    torch.testing.assert_close(fixed.extra["logprobs"], trace.extra["logprobs"], atol=1e-4, rtol=0)  # masked slots: sdpa sums in another order
     kw = engine.cache_keyword(model)
     n_layers = model.config.num_hidden_layers
     with torch.inference_mode():
