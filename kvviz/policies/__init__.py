@@ -224,6 +224,6 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
         per_policy[budgeted[0].name]["budget"] = budget
         per_policy[budgeted[0].name]["ratio"] = ratio if budget is None else None
     built = {c.name: c.from_params(per_policy[c.name]) for c in classes}
-    selector = built[selectors[0].name] if selectors else None
-    storage = built[stores[0].name] if stores else None
+    selector = next((p for p in built.values() if isinstance(p, Selector)), None)  # at most one of each (checked above)
+    storage = next((p for p in built.values() if isinstance(p, Storage)), None)
     return Pipeline(spec="+".join(names), selector=selector, storage=storage)

@@ -65,6 +65,7 @@ class ChunkKV(ScoredSelector):
             return None
         if self.inner is None:
             self.validate()
+        assert self.inner is not None  # validate() sets it
         scores = folded_scores(self.inner, layer, ctx)  # (kv_heads, n)
         n, c = layer.n, self.chunk_length
         full, rest = divmod(n, c)

@@ -37,10 +37,11 @@ class H2O(ScoredSelector):
         acc = layer.stats.get("acc_attention")  # (kv_heads, n) float32
         if acc is None:
             acc = layer.stats["acc_attention"] = torch.zeros(layer.positions.shape, device=layer.keys.device)
+        queries, query_positions = layer.captured_queries()
         if ctx.is_prefill:
-            acc += accumulated_attention(layer.queries, layer.keys, layer.query_positions, layer.positions)
+            acc += accumulated_attention(queries, layer.keys, query_positions, layer.positions)
         else:
-            acc += attention_probs(layer.queries, layer.keys, layer.query_positions, layer.positions).sum(dim=1)
+            acc += attention_probs(queries, layer.keys, query_positions, layer.positions).sum(dim=1)
 
     def score(self, layer, ctx):
         return layer.stats["acc_attention"]

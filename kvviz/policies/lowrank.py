@@ -15,7 +15,8 @@ class LowRankStore(Store):
     def __init__(self, kv_heads, head_dim, dtype, device, rank: int):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, device
         self.rank = rank
-        self.key_basis = self.value_basis = None  # (kv_heads, head_dim, r), from the first append
+        self.key_basis: torch.Tensor | None = None  # (kv_heads, head_dim, r), from the first append
+        self.value_basis: torch.Tensor | None = None
         self.key_coef = torch.empty(kv_heads, 0, rank, dtype=dtype, device=device)  # (kv_heads, n, r)
         self.value_coef = torch.empty(kv_heads, 0, rank, dtype=dtype, device=device)
         self.key_error, self.value_error = ErrorMeter(device), ErrorMeter(device)
@@ -44,18 +45,26 @@ class LowRankStore(Store):
         self.key_coef = torch.cat([self.key_coef, self.project(keys, self.key_basis, self.key_error)], dim=1)
         self.value_coef = torch.cat([self.value_coef, self.project(values, self.value_basis, self.value_error)], dim=1)
 
+    def bases(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key basis, value basis), set by the first append; RuntimeError before it."""
+        if self.key_basis is None or self.value_basis is None:
+            raise RuntimeError("the low-rank store has no basis before its first append")
+        return self.key_basis, self.value_basis
+
     def materialize(self):
         if self.key_basis is None:
             empty = torch.empty(self.kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device)
             return empty, empty
-        return self.key_coef @ self.key_basis.transpose(1, 2), self.value_coef @ self.value_basis.transpose(1, 2)
+        key_basis, value_basis = self.bases()
+        return self.key_coef @ key_basis.transpose(1, 2), self.value_coef @ value_basis.transpose(1, 2)
 
     def keep(self, keep, keys=None, values=None):
         """Gather the kept coefficient rows (the basis is per head, so eviction composes);
         merged replacements are projected on the basis."""
         idx = keep.unsqueeze(-1).expand(-1, -1, self.rank)
-        self.key_coef = (keys.to(self.dtype) @ self.key_basis) if keys is not None else self.key_coef.gather(1, idx)
-        self.value_coef = (values.to(self.dtype) @ self.value_basis) if values is not None else self.value_coef.gather(1, idx)
+        key_basis, value_basis = self.bases()
+        self.key_coef = (keys.to(self.dtype) @ key_basis) if keys is not None else self.key_coef.gather(1, idx)
+        self.value_coef = (values.to(self.dtype) @ value_basis) if values is not None else self.value_coef.gather(1, idx)
 
     def row_paths(self):
         return [("key_coef",), ("value_coef",)]  # the bases are fixed after the prefill

@@ -33,6 +33,7 @@ class ObservedAttention(ScoredSelector):
     others = "with the highest attention per query that sees them"
 
     def score(self, layer, ctx):
-        total = accumulated_attention(layer.queries, layer.keys, layer.query_positions, layer.positions)  # (kv_heads, n)
+        queries, query_positions = layer.captured_queries()
+        total = accumulated_attention(queries, layer.keys, query_positions, layer.positions)  # (kv_heads, n)
         seen_by = (ctx.prompt_len - layer.positions).clamp(min=1)  # (kv_heads, n): queries at or after each entry
         return total / seen_by

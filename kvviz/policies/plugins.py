@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from kvviz.policies.params import Policy
 
@@ -67,6 +68,8 @@ def _import_file(path: Path) -> ModuleType:
     stem = re.sub(r"\W", "_", path.stem)
     name = f"kvviz_policy_plugin_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file runs
     try:
@@ -82,9 +85,10 @@ def _policies_in(module: ModuleType) -> list[type]:
             and c.__module__ == module.__name__ and c.__dict__.get("name")]
 
 
-def _sources() -> list[tuple[str, object]]:
-    """(where, loader) for every plugin: loader() returns the policy classes it defines."""
-    out: list[tuple[str, object]] = []
+def _sources() -> list[tuple[str, Callable[[], list[type]] | Exception]]:
+    """(where, loader) for every plugin: loader() returns the policy classes it defines; an
+    exception in its place says why there is none."""
+    out: list[tuple[str, Callable[[], list[type]] | Exception]] = []
     for path in _paths():
         if path.is_dir():
             out += [(str(f), (lambda f=f: _policies_in(_import_file(f)))) for f in sorted(path.glob("*.py"))]

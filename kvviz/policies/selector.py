@@ -38,6 +38,13 @@ class LayerView:
     query_positions: torch.Tensor | None  # (q_len,)
     n_new: int  # entries appended by this update (the last n_new of n)
 
+    def captured_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries, query_positions), for a selector that sets ``needs_queries`` (the cache
+        captures them for it); RuntimeError when they were not captured."""
+        if self.queries is None or self.query_positions is None:
+            raise RuntimeError("this selector reads the layer's queries, but none were captured: it must set needs_queries")
+        return self.queries, self.query_positions
+
     @property
     def kv_heads(self) -> int:
         return self.keys.shape[0]

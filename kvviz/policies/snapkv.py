@@ -44,8 +44,9 @@ class SnapKV(ScoredSelector):
 
     def score(self, layer, ctx):
         window = self.protection(ctx.budget).recent
+        queries, query_positions = layer.captured_queries()
         probs = attention_probs(
-            layer.queries[:, -window:], layer.keys, layer.query_positions[-window:], layer.positions
+            queries[:, -window:], layer.keys, query_positions[-window:], layer.positions
         )  # (kv_heads, window, n)
         votes = probs.sum(dim=1)  # (kv_heads, n)
         return torch.cat([self.pool(votes[:, :-window]), votes[:, -window:]], dim=1)

@@ -80,7 +80,10 @@ class Store:
         """Move the ``n`` entries held into buffers of ``capacity`` (``kvviz.storage.fixed_capacity``);
         ``length`` (1,) long on the device counts the entries held, advanced by the layer.
         Returns what appends to the buffers (``FixedRows`` over ``row_paths``)."""
-        return FixedRows(self, self.row_paths(), capacity, n)
+        paths = self.row_paths()
+        if paths is None:
+            raise ValueError(f"{type(self).__name__} cannot be held in fixed-capacity buffers (its can_hold_fixed() is False)")
+        return FixedRows(self, paths, capacity, n)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

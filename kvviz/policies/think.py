@@ -55,10 +55,16 @@ class ChannelStore(Store):
         self.keys = torch.cat([self.keys, kept], dim=1)
         self.values = torch.cat([self.values, values], dim=1)
 
+    def kept_channels(self) -> torch.Tensor:
+        """(kv_heads, head_dim - pruned) the channels kept, chosen by the first append; RuntimeError before it."""
+        if self.channels is None:
+            raise RuntimeError("think has chosen no channels before its first append")
+        return self.channels
+
     def widen(self, kept: torch.Tensor) -> torch.Tensor:
         """(kv_heads, n, kept) -> (kv_heads, n, head_dim) with zeros in the pruned channels."""
         full = kept.new_zeros(self.kv_heads, kept.shape[1], self.head_dim)
-        return full.scatter_(-1, self.channels.unsqueeze(1).expand(-1, kept.shape[1], -1), kept)
+        return full.scatter_(-1, self.kept_channels().unsqueeze(1).expand(-1, kept.shape[1], -1), kept)
 
     def materialize(self):
         if self.channels is None:
@@ -68,7 +74,7 @@ class ChannelStore(Store):
     def keep(self, keep, keys=None, values=None):
         """Gather kept rows; merged replacement keys (full width) lose the pruned channels again."""
         if keys is not None:
-            self.keys = keys.gather(-1, self.channels.unsqueeze(1).expand(-1, keys.shape[1], -1))
+            self.keys = keys.gather(-1, self.kept_channels().unsqueeze(1).expand(-1, keys.shape[1], -1))
         else:
             self.keys = self.keys.gather(1, keep.unsqueeze(-1).expand(-1, -1, self.keys.shape[-1]))
         idx = keep.unsqueeze(-1).expand(-1, -1, self.head_dim)

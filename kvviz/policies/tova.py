@@ -27,8 +27,9 @@ class TOVA(ScoredSelector):
     per_kv_head: bool = param(False, "Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer.")
 
     def score(self, layer, ctx):
+        queries, query_positions = layer.captured_queries()
         probs = attention_probs(
-            layer.queries[:, -1:], layer.keys, layer.query_positions[-1:], layer.positions
+            queries[:, -1:], layer.keys, query_positions[-1:], layer.positions
         )[:, 0]  # (kv_heads, n): the current (or last prompt) query, mean over each group
         if not self.per_kv_head:  # every KV head holds the same entries: average over the layer
             probs = probs.mean(dim=0, keepdim=True).expand_as(probs)

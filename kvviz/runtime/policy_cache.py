@@ -206,6 +206,8 @@ class RunRecords:
 class PolicyCache(Cache):
     """A Cache for one sequence, compressed by a policy pipeline (selector and/or store)."""
 
+    layers: list[PolicyLayer]  # transformers' Cache declares its base layer types; ours are all PolicyLayer
+
     def __init__(
         self,
         pipeline: Pipeline,
