@@ -105,6 +105,7 @@ COVERED |= {"expected_attention", "chunkkv", "adakv"}  # their references: tests
 COVERED |= {"keydiff", "observed_attention", "lagkv"}  # their references: tests/integration/test_kvpress_a.py
 COVERED |= {"think"}  # its reference (ThinKPress's rule): tests/integration/test_authors_code.py
 COVERED |= {"minicache"}  # its reference (MiniCache's merge rule in float64): tests/integration/test_minicache.py
+COVERED |= {"turboquant"}  # its reference (the paper's codebook, distortion, quantizer in float64): tests/integration/test_turboquant.py
 
 
 def test_every_registered_policy_is_held_to_a_reference_here():

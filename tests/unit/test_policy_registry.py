@@ -16,6 +16,7 @@ EXPECTED |= {"expected_attention", "chunkkv", "adakv"}  # kvpress presses, part 
 EXPECTED |= {"keydiff", "observed_attention", "lagkv"}  # kvpress presses, part A
 EXPECTED |= {"think"}  # kvpress ThinKPress: key channels, a store
 EXPECTED |= {"minicache"}  # MiniCache: cross-layer merging, a store
+EXPECTED |= {"turboquant"}  # TurboQuant: rotation + codebook, a store
 FAMILIES |= {"cross-layer merging"}
 
 
