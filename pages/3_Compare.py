@@ -11,6 +11,7 @@ from kvviz.charts import compare as charts
 from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui import compare_view as view
 from kvviz.ui.bundles import downloads, upload_box
+from kvviz.ui.clicks import selected_steps
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import budget_control, policy_controls
 from kvviz.ui.state import from_url, persisted, to_url
@@ -93,9 +94,13 @@ if result.stopped:
     st.warning(f"Stopped: {len(result.runs)} of {len(result.settings.policies)} policies finished; they are shown.")
 last = result.n_steps - 1
 run_id = ss.get("compare.run_id", 0)
+picked = next((s for s in (selected_steps("compare.memory"), selected_steps("compare.agreement")) if s is not None), None)
+if picked is not None and last > 0:  # a click or a box on a per-step chart moves the token view to it
+    ss[f"{view.STEP}.{run_id}"] = min(picked[0], last)
 if last > 0:
     start = min(ss.pop(view.LINK_STEP, last), last)
-    step = st.slider("Decode step, for every policy", 0, last, start, key=f"{view.STEP}.{run_id}",
+    kept = f"{view.STEP}.{run_id}" in ss  # moved by a chart: the slider takes its kept value (no value given with it)
+    step = st.slider("Decode step, for every policy", 0, last, None if kept else start, key=f"{view.STEP}.{run_id}",
                      help="Step 0 is the cache right after the prefill; step s, after the s-th generated token entered it.")
 else:
     step = 0
@@ -114,8 +119,10 @@ for i, column in enumerate(st.columns(len(result.runs))):
         view.policy_column(result, i, step, key=f"compare.col{i}.{run_id}")
 
 left, right = st.columns(2)
-chart(charts.memory_figure(result, step), width="stretch", key="compare.memory", where=left)
-chart(charts.agreement_figure(result, step), width="stretch", key="compare.agreement", where=right)
+select = dict(on_select="rerun", selection_mode=("points", "box"))  # a step or a range moves the token view
+chart(charts.memory_figure(result, step), width="stretch", key="compare.memory", where=left, **select)
+chart(charts.agreement_figure(result, step), width="stretch", key="compare.agreement", where=right, **select)
+st.caption("Click a step on either chart, or drag a box over a range, to show the token states at that step (a range: its first step).")
 st.dataframe(result.summary_table(step), hide_index=True)
 
 st.markdown("**Export**")

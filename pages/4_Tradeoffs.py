@@ -53,6 +53,7 @@ if ref:
     m[2].metric("Full cache perplexity", f"{ref['ppl']:.2f}", help=f"{ref['continuation']} forced tokens after {ref['context']} prompt tokens")
     m[3].metric("Full cache at the end", format_bytes(ref["kv_bytes_full"]))
 
+chosen, chart_key, table_key, draw_choice = ui.chosen_rows(len(rows), id(result))
 if task == "ppl" and rows:
     c_metric, c_memory, c_limit = st.columns([3, 2, 2])
     metric = persisted(
@@ -67,7 +68,11 @@ if task == "ppl" and rows:
         c_limit.number_input, "tradeoffs.limit", 25, url="limit", label="Memory limit (% of the full cache)",
         min_value=1, max_value=100, step=5, help="Which policy is best within this much memory?",
     )
-    chart(charts.pareto_figure(rows, metric, memory, ref), width="stretch", key="tradeoffs.pareto")
+    chart(
+        charts.pareto_figure(rows, metric, memory, ref, selected=chosen if draw_choice else None), width="stretch", key=chart_key,
+        on_select="rerun", selection_mode=("points", "box", "lasso"),
+    )
+    ui.open_runs(rows, chosen, result.settings, loaded.tokenizer)
     best = charts.best_within(rows, limit, metric)
     if best is None:
         st.warning(f"No policy in this sweep holds {limit}% of the full cache or less.")
@@ -82,10 +87,14 @@ elif rows:
     chart(charts.passkey_figure(rows), width="stretch", key="tradeoffs.passkey")
     found = sum(bool(r["found"]) for r in rows)
     st.caption(f"{found} of {len(rows)} answers hold the pass key's digits. Hover a cell for the model's answer.")
+    ui.open_runs(rows, chosen, result.settings, loaded.tokenizer)
 
 st.subheader("Table")
 table = rows_frame(rows, task)
-st.dataframe(table, hide_index=True, width="stretch", column_config=ui.column_config(), key="tradeoffs.table")
+table.insert(0, "chosen", [i in chosen for i in range(len(rows))])  # what the chart shows chosen, whichever chose it
+st.dataframe(
+    table, hide_index=True, width="stretch", column_config=ui.column_config(), key=table_key, on_select="rerun", selection_mode="multi-row",
+)
 d_csv, d_html = st.columns(2)
 d_csv.download_button(
     "Download the table (CSV)", data=rows_csv(rows, task), file_name=f"kvviz-sweep-{task}.csv", mime="text/csv", key="tradeoffs.csv", on_click="ignore",

@@ -45,7 +45,7 @@ st.caption(
     + f" · {md_escape(run.model)} on {run.device} · {run.elapsed_s:.1f} s for {len(run.frames) - 2} steps"
 )
 
-step = ui.step_player(len(run.frames))
+step = ui.step_player(len(run.frames), chart_key="paged.usage")
 frame = run.frames[step]
 colors = charts.request_colors([r["id"] for r in run.requests])
 chart(charts.pool_grid(frame, run.block_size, colors), width="stretch", key="paged.grid")
@@ -58,7 +58,8 @@ with right:
         lines = ["*before the first step: every block is free*" if step == 0 else
                  "*after the last step: every request finished; full blocks with a hashed prefix stay cached*"]
     st.markdown("\n".join(f"- {line}" for line in lines) if lines else "*nothing changed in the pool*")
-chart(charts.usage_over_steps(run.frames, step), width="stretch", key="paged.usage")
+chart(charts.usage_over_steps(run.frames, step), width="stretch", key="paged.usage", on_select="rerun", selection_mode=("points", "box"))
+st.caption("Click a step on this chart (or drag a box over steps) to move the step player there.")
 
 st.subheader("Outputs")
 st.dataframe(

@@ -65,13 +65,27 @@ def _hover(row: Row) -> str:
     )
 
 
-def pareto_figure(rows: Sequence[Row], metric: str = "ppl", memory: str = "pct", reference: Mapping | None = None) -> go.Figure:
+def pareto_figure(
+    rows: Sequence[Row], metric: str = "ppl", memory: str = "pct", reference: Mapping | None = None, selected: Sequence[int] | None = None,
+) -> go.Figure:
     """Memory held (x) against ``metric`` (y): one line per policy through its ratios, stores
     and fixed points as single markers; the full cache a star at 100% (from a ``full`` row, or
-    else from the sweep's ``reference``) with a dashed line at its value."""
+    else from the sweep's ``reference``) with a dashed line at its value.
+
+    Every point of a row carries the row's index in ``rows`` as its customdata (a click or a box
+    on the chart names rows); ``selected`` (indices in ``rows``) draws those points selected and
+    the others faded, as plotly draws its own selection."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}")
     title, lower_better, log_y = METRICS[metric]
+    index = {id(r): i for i, r in enumerate(rows)}
+    chosen = None if selected is None else set(selected)
+
+    def picked(group) -> dict:
+        if chosen is None:
+            return {}
+        return dict(selectedpoints=[k for k, r in enumerate(group) if index[id(r)] in chosen], selected=dict(marker=dict(size=14)))
+
     groups = series_of(rows)
     colors = series_colors(list(groups))
     full_bytes = max([float(r["kv_bytes_full"]) for r in rows] + [float((reference or {}).get("kv_bytes_full", 0))], default=0.0)
@@ -86,13 +100,16 @@ def pareto_figure(rows: Sequence[Row], metric: str = "ppl", memory: str = "pct",
             mode="lines+markers" if len(group) > 1 else "markers", name=plotly_text(name),
             line=dict(color=colors[name], width=2), marker=dict(color=colors[name], size=9),
             hovertext=[_hover(r) for r in group], hovertemplate="%{hovertext}<extra></extra>",
+            customdata=[index[id(r)] for r in group], **picked(group),
         )
     full_point = _full_point(groups.get(FULL), reference, metric, memory, scale)
     if full_point is not None:
         x, y, hover = full_point
+        full_rows = groups.get(FULL, [])[:1]  # the reference is no row: nothing to open
         fig.add_scatter(
             x=[x], y=[y], mode="markers", name="full cache", marker=dict(color=COLORS["full"], size=15, symbol="star"),
             hovertext=[hover], hovertemplate="%{hovertext}<extra></extra>",
+            customdata=[index[id(r)] for r in full_rows] or [None], **(picked(full_rows) if full_rows else {}),
         )
         fig.add_hline(y=y, line=dict(color=COLORS["full"], dash="dash", width=1))
     fig.update_xaxes(title=MEMORY[memory] + ("" if memory == "pct" else f" ({unit})"), rangemode="tozero", ticksuffix="%" if memory == "pct" else "")

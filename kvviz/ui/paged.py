@@ -17,6 +17,7 @@ from kvviz.paged.scenarios import BY_KEY, SCENARIOS, Scenario
 from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError
+from kvviz.ui.clicks import selected_steps
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import md_escape
@@ -126,14 +127,18 @@ def _toggle_play(last: int) -> None:
         ss[STEP] = 0
 
 
-def step_player(n_frames: int) -> int:
-    """A step slider and a Play button that walks it through the run's steps."""
+def step_player(n_frames: int, chart_key: str | None = None) -> int:
+    """A step slider and a Play button that walks it through the run's steps; a click (or a box:
+    its first step) on the chart with key ``chart_key``, whose x axis is the step, moves it there."""
     ss, last = st.session_state, n_frames - 1
     if ss.get(STEP) is None or ss[STEP] > last:
         ss[STEP] = min(1, last)
     found, linked = from_url("step", 0, check=within(0, last))
     if found:
         ss[STEP] = linked
+    picked = selected_steps(chart_key) if chart_key else None
+    if picked is not None:
+        ss[STEP], ss[PLAYING] = min(picked[0], last), False
     if ss.get(PLAYING):
         ss[STEP] = min(ss[STEP] + 1, last)
         ss[PLAYING] = ss[STEP] < last

@@ -14,6 +14,8 @@ from kvviz.sweep import job as sweep_job
 from kvviz.record.examples import LONG_EXAMPLE, long_document
 from kvviz.sweep.presets import PRESETS
 from kvviz.runtime.inputs import check_limits
+from kvviz.ui import run_links
+from kvviz.ui.clicks import new_selection
 from kvviz.ui.job_view import JobView
 from kvviz.ui.sidebar import operator_settings
 from kvviz.ui.policy_controls import policy_controls
@@ -118,6 +120,7 @@ def column_config() -> dict:
     """How the table shows its numbers (the CSV keeps them whole)."""
     number = st.column_config.NumberColumn
     return {
+        "chosen": st.column_config.CheckboxColumn("chosen", help="Chosen on the chart or in this table (tick a row's box at the left)", width="small"),
         "kv_pct": number("kv_pct", format="%.1f%%", help="KV held at the end, % of the full cache"),
         "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help="mean KL(full ‖ policy), nats"),
         "top1_agree": number("top1_agree", format="percent"), "seconds": number("seconds", format="%.1f"),
@@ -189,3 +192,74 @@ def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.
     JOBS.messages(once=True)
     stopped = ss.get(STOPPED)
     return results().get(key) or (stopped[1] if stopped and stopped[0] == key else None)
+
+
+# ------------------------------------------------------------------------------ chosen runs
+
+SELECTION = K + "selection"  # the rows chosen on the Pareto chart or in the table, shared by both
+
+
+def chosen_rows(n_rows: int, token: object) -> tuple[list[int], str, str, bool]:
+    """The rows chosen on the chart (a click, a box, a lasso) or ticked in the table, whichever
+    changed last: (row indices, the chart's key, the table's key, whether the chart must draw the
+    choice itself). The widget that was not used is drawn afresh (a new key) showing the other's
+    choice, so both always show the same rows. ``token``: the result; a new one starts empty."""
+    ss = st.session_state
+    sel = ss.get(SELECTION)
+    if sel is None or sel["token"] != token:
+        sel = ss[SELECTION] = dict(token=token, rows=[], source="chart", chart=0, table=0)
+    chart_key, table_key = f"{K}pareto.{sel['chart']}", f"{K}table.{sel['table']}"
+    picked = new_selection(chart_key)
+    ticked = list(((ss.get(table_key) or {}).get("selection") or {}).get("rows", []))
+    if picked is not None:
+        data = [p.get("customdata") for p in picked.get("points", [])]
+        sel["rows"] = sorted({int(d) for d in data if isinstance(d, (int, float)) and 0 <= d < n_rows})
+        sel["source"], sel["table"] = "chart", sel["table"] + 1
+        table_key = f"{K}table.{sel['table']}"
+    elif ticked != ss.get(table_key + ".seen", []):
+        ss[table_key + ".seen"] = ticked
+        sel["rows"] = sorted(i for i in ticked if 0 <= i < n_rows)
+        sel["source"], sel["chart"] = "table", sel["chart"] + 1
+        chart_key = f"{K}pareto.{sel['chart']}"
+    return list(sel["rows"]), chart_key, table_key, sel["source"] == "table"
+
+
+def _row_line(row: dict) -> str:
+    """A chosen run's numbers in one line of markdown (its answer escaped)."""
+    where = [f"ratio {row['ratio']:g}" if row.get("ratio") is not None else "", f"{row['budget']} per KV head" if row.get("budget") is not None else ""]
+    head = f"**{md_escape(str(row['series']))}** ({', '.join(w for w in where if w) or 'no budget'}): KV held {float(row['kv_pct']):.1f}%"
+    if row["task"] == "ppl":
+        return head + f", perplexity {float(row['ppl']):.3f}, KL {float(row['kl_full']):.4f} nats, top-1 {float(row['top1_agree']):.0%}"
+    found = "found" if row.get("found") else "missed"
+    return head + f", depth {float(row['depth']):g}, filler {row['length']} tokens: key {found}, answer “{md_escape(str(row['answer']))}”"
+
+
+def open_runs(rows: list[dict], chosen: list[int], settings: sweep.SweepSettings, tokenizer) -> None:
+    """The chosen runs' numbers, each with a link to Live, and a link to Compare with them side by
+    side (one chosen: with another policy's point nearest in memory)."""
+    if not chosen:
+        st.caption("Click a point (or drag a box over several) on the chart, or tick rows in the table, to see those runs "
+                   "and open them in Live or Compare with the same model, prompt, policy and budget.")
+        return
+    sidebar = {k: st.query_params[k] for k in run_links.SIDEBAR_KEYS if k in st.query_params}
+    tokens = run_links.new_tokens(settings)
+    box = st.container(border=True)
+    box.markdown(f"**Chosen: {len(chosen)} run{'s' if len(chosen) > 1 else ''}**" + (" (the first 8 shown)" if len(chosen) > 8 else ""))
+    try:
+        for i in chosen[:8]:
+            left, right = box.columns([5, 2], vertical_alignment="center")
+            left.markdown(_row_line(rows[i]))
+            prompt, chat = run_links.row_prompt(tokenizer, settings, rows[i])
+            right.link_button("Open in Live", run_links.live_link(sidebar, prompt, chat, rows[i], tokens), icon=":material/play_circle:", width="stretch")
+        pair = run_links.partners(rows, chosen)
+        if len(pair) >= 2:
+            prompt, chat = run_links.row_prompt(tokenizer, settings, rows[pair[0]])
+            names = " and ".join(run_links.row_spec(rows[j]) for j in pair)
+            box.link_button(f"Compare {names}", run_links.compare_link(sidebar, prompt, chat, [rows[j] for j in pair], tokens), icon=":material/compare:")
+    except ValueError as exc:  # a prompt or spec that no longer builds: said, not raised
+        box.error(md_escape(str(exc)))
+    box.caption(
+        "Each link opens a new tab with the sweep's prompt" + (" (its first context tokens, without the chat template)" if settings.task == "ppl" else "")
+        + f" and {tokens} new tokens. Live and Compare decode greedily, where the perplexity sweep forced the text's continuation, "
+        "so their numbers are of that run, not these."
+    )
