@@ -20,6 +20,13 @@ KVVIZ_ABANDON_AFTER_S    seconds after a tab closes that its run leaves the queu
 
 The CLI is the operator's own and does not read them. A value that is not a number (or out of
 its range) is a ``SettingsError`` naming the variable, which the pages show.
+
+The same settings may live in a config file, section ``[kvviz]``, each named without its
+``KVVIZ_`` prefix in lower case (``max_new_tokens = 128``, ``allowed_models = ["org/name"]``):
+the file ``$KVVIZ_CONFIG``, else ``.streamlit/kvviz.toml`` in the directory the server starts in.
+A variable that is set overrides the file. A bad value in the file (or a file that is not TOML)
+does not stop the server: that setting keeps its default, and the pages say why
+(``OperatorSettings.notes``).
 """
 
 from __future__ import annotations
@@ -27,10 +34,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from kvviz.model.loading import ModelLoadError, default_model_spec, display_name, embedded_gguf_path, looks_like_path
 
+CONFIG_FILE = Path(".streamlit") / "kvviz.toml"  # relative to the directory the server starts in
+VARIABLES = (
+    "KVVIZ_ALLOWED_MODELS", "KVVIZ_ALLOW_LOCAL_PATHS", "KVVIZ_MAX_PROMPT_TOKENS", "KVVIZ_MAX_NEW_TOKENS",
+    "KVVIZ_MAX_SWEEP_RUNS", "KVVIZ_MAX_UPLOAD_MB", "KVVIZ_MAX_CONCURRENT_RUNS", "KVVIZ_MAX_QUEUED_RUNS",
+    "KVVIZ_ABANDON_AFTER_S",
+)
 UPLOAD_MB_CEILING = 50  # the run bundle reader's own limit (and .streamlit/config.toml maxUploadSize)
 
 
@@ -64,6 +77,7 @@ class OperatorSettings:
     max_concurrent_runs: int = 1
     max_queued_runs: int = 64
     abandon_after_s: float = 20.0
+    notes: tuple[str, ...] = ()  # what was wrong in the config file (its defaults kept), for the pages to show
 
     # ------------------------------------------------------------------ models
 
@@ -141,8 +155,65 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 
 
 def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
-    """The operator's settings from ``env`` (the process's environment when None)."""
+    """The operator's settings from ``env`` (the process's environment when None) over those of
+    the config file (``$KVVIZ_CONFIG`` or ``.streamlit/kvviz.toml``). A bad variable raises
+    SettingsError; a bad value in the file is left out, with a note."""
     env = os.environ if env is None else env
+    from_file, notes = config_file_values(Path(env.get("KVVIZ_CONFIG", "").strip() or CONFIG_FILE))
+    merged = {**from_file, **{name: value for name, value in env.items() if value.strip()}}
+    settings = _parse(merged)
+    return OperatorSettings(**{**settings.__dict__, "notes": tuple(notes)})
+
+
+def config_file_values(path: Path) -> tuple[dict[str, str], list[str]]:
+    """({variable: value as text} of the ``[kvviz]`` section of ``path``, notes on what was left
+    out; they name the file, not its folder: visitors read them). A missing file is no settings
+    and no note (unless KVVIZ_CONFIG named it); each value is checked on its own."""
+    if not path.is_file():
+        return {}, [f"The config file {path.name} (KVVIZ_CONFIG) does not exist; its settings are not applied."] if path != CONFIG_FILE else []
+    try:
+        section = _read_toml(path).get("kvviz", {})
+        if not isinstance(section, dict):
+            raise ValueError("[kvviz] is not a section")
+    except (OSError, ValueError) as exc:
+        return {}, [f"The config file {path.name} cannot be read ({' '.join(str(exc).split())[:200]}); this server uses its defaults."]
+    values, notes = {}, []
+    for key, raw in section.items():
+        name = f"KVVIZ_{str(key).upper()}"
+        if name not in VARIABLES:
+            notes.append(f"{path.name}: [kvviz] {key} is not a kvviz setting (ignored). Settings: {', '.join(v[6:].lower() for v in VARIABLES)}.")
+            continue
+        text = _as_text(raw)
+        try:
+            _parse({name: text})
+        except SettingsError as exc:
+            notes.append(f"{path.name}: [kvviz] {str(exc).replace(name, key)} The default is used.")
+            continue
+        values[name] = text
+    return values, notes
+
+
+def _as_text(value: Any) -> str:
+    """A TOML value as the variable would say it (lists joined by commas, booleans as 1/0)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # Python 3.10: the toml package streamlit depends on
+        import toml
+
+        return toml.loads(path.read_text())
+    with open(path, "rb") as handle:
+        return tomllib.load(handle)
+
+
+def _parse(env: Mapping[str, str]) -> OperatorSettings:
     allowed = tuple(m.strip() for m in env.get("KVVIZ_ALLOWED_MODELS", "").split(",") if m.strip())
     limits = Limits(
         max_prompt_tokens=_int(env, "KVVIZ_MAX_PROMPT_TOKENS", Limits.max_prompt_tokens, 1),

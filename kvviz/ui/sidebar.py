@@ -25,6 +25,7 @@ from kvviz.record.text import PromptError, encode_prompt
 from kvviz.runtime import settings as operator
 from kvviz.ui.model_resource import ALL_GPUS, get_model
 from kvviz.ui.state import notice_area, persisted
+from kvviz.ui.token_html import md_escape
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -76,6 +77,8 @@ def sidebar() -> SidebarState:
     with st.sidebar:
         st.markdown("## kvviz")
         st.caption("What the KV cache of a real model keeps, and what it costs.")
+        for note in settings.notes:  # the operator's config file: what was left out
+            st.warning(md_escape(note), icon=":material/settings:")
 
         st.subheader("Model")
         shown = persisted(
