@@ -302,15 +302,20 @@ def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
     if step is not None:
         fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1))
     style(fig, height=300, title="Reserved slots and held tokens per step")
+    fig.update_layout(hovermode="x")  # a click anywhere above a step picks that step (the page moves its player there)
     fig.update_xaxes(title="scheduler step", tickformat="d")
     fig.update_yaxes(title="token slots", rangemode="tozero")
     return fig
 
 
+CONTIGUOUS_PATTERNS = ["", "/", "x"]  # reserve_max, exact, static_batch: one colour, told apart by pattern
+
+
 def scheme_labels(waste: dict) -> list[tuple[str, str, str]]:
     """(key, label, colour) of each allocation scheme, contiguous first."""
     out = [("reserve_max", f"reserve the max context ({waste['max_context']:,})", COLORS["contiguous"]),
-           ("exact", "exact: prompt + max new tokens", COLORS["contiguous"])]
+           ("exact", "exact: prompt + max new tokens", COLORS["contiguous"]),
+           ("static_batch", "static batch: padded to the longest", COLORS["contiguous"])]
     return out + [(bs, f"paged, blocks of {bs}", COLORS["paged"]) for bs in waste["paged"]]
 
 
@@ -320,7 +325,7 @@ def waste_bars(waste: dict) -> go.Figure:
     values = [100 * (waste["paged"][k] if k in waste["paged"] else waste[k]) for k, _, _ in rows]
     fig = go.Figure(go.Bar(
         y=[label for _, label, _ in rows], x=values, orientation="h", marker_color=[c for _, _, c in rows],
-        marker_pattern_shape=["", "/"] + [""] * (len(rows) - 2), text=[f"{v:.1f}%" for v in values], textposition="outside",
+        marker_pattern_shape=CONTIGUOUS_PATTERNS + [""] * (len(rows) - 3), text=[f"{v:.1f}%" for v in values], textposition="outside",
         hovertemplate="%{y}: %{x:.1f}% of reserved KV bytes hold no token<extra></extra>", showlegend=False,
     ))
     bands = ((60, 80, COLORS["contiguous"], "vLLM paper:<br>60–80%<br>before paging", 0.0, "bottom"),
@@ -343,7 +348,7 @@ def fits_bars(waste: dict) -> go.Figure:
     values = [fits["paged"][k] if k in fits["paged"] else fits[k] for k, _, _ in rows]
     fig = go.Figure(go.Bar(
         y=[label for _, label, _ in rows], x=values, orientation="h", marker_color=[c for _, _, c in rows],
-        marker_pattern_shape=["", "/"] + [""] * (len(rows) - 2), text=values, textposition="outside", showlegend=False,
+        marker_pattern_shape=CONTIGUOUS_PATTERNS + [""] * (len(rows) - 3), text=values, textposition="outside", showlegend=False,
         hovertemplate="%{y}: %{x} requests fit<extra></extra>",
     ))
     fig.add_vline(x=fits["requests"], line=dict(color=COLORS["highlight"], dash="dash"),

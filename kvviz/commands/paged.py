@@ -78,7 +78,8 @@ def text_summary(run) -> str:
         f"({format_bytes(run.num_blocks * run.block_bytes)}), policy {run.policy}; {run.elapsed_s:.2f} s on {run.device}",
         f"prefix-hit blocks {run.prefix_hit_blocks}, copy-on-write copies {run.cow_copies}, "
         f"preemptions {run.preemptions}, peak blocks used {run.peak_blocks_used}",
-        f"KV bytes reserved but empty: reserve max context {w['reserve_max']:.1%}, exact {w['exact']:.1%}, paged by block size {paged}",
-        f"requests that fit {format_bytes(w['budget_bytes'])}: reserve max {fits['reserve_max']}, exact {fits['exact']}, "
+        f"KV bytes reserved but empty: reserve max context {w['reserve_max']:.1%}, exact {w['exact']:.1%}, "
+        f"static batch {w['static_batch']:.1%}, paged by block size {paged}",
+        f"requests that fit {format_bytes(w['budget_bytes'])}: reserve max {fits['reserve_max']}, exact {fits['exact']}, static batch {fits['static_batch']}, "
         f"paged {fit_paged} (of {fits['requests']})",
     ])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvviz.record.examples import long_document
+
 DOCUMENT = (
     "The Harbor Museum opened in 1911 in the old customs house by the river. Its collection holds "
     "ship models, sea charts, brass instruments and the great lens of the North Point lighthouse, "
@@ -72,6 +74,14 @@ SCENARIOS = [
         "back to the pool. Reserved slots now follow the budget; the model reads coarser context.",
         (DOCUMENT, "Lighthouses were built on rocks and headlands to guide ships home at night. The keepers"),
         block_size=8, num_blocks=32, max_new_tokens=8, chat=False, policy="h2o:ratio=0.5", eviction="block",
+    ),
+    Scenario(
+        "mixed", "Mixed lengths", "A short question beside a long document",
+        "A one-line chat question and a long document with a question, decoded together. Paged, each request takes "
+        "only the blocks of its own tokens; run as one static batch, the short question is padded to the document's "
+        "length: see what the static batch wastes under Memory, below.",
+        ("What is the capital of France?", "\n\n".join(long_document().split("\n\n")[:4]) + "\n\nQuestion: What did the first sea marks burn?"),
+        block_size=16, num_blocks=40, max_new_tokens=12,
     ),
 ]
 BY_KEY = {s.key: s for s in SCENARIOS}

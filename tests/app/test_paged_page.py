@@ -34,7 +34,7 @@ def markdown(at: AppTest) -> str:
 
 def test_defaults_offer_the_scenarios_and_run_nothing(page):
     assert [b.label for b in page.button if b.key and b.key.startswith("paged.scenario.")] == [
-        "Prefix sharing", "Parallel sampling", "Preemption", "H2O: holes", "H2O: block-aware",
+        "Prefix sharing", "Parallel sampling", "Preemption", "H2O: holes", "H2O: block-aware", "Mixed lengths",
     ]
     assert any("Pick a scenario" in i.value for i in page.info)
     assert not page.metric

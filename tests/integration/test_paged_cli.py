@@ -39,6 +39,8 @@ def test_paged_json(smollm, tmp_path):
     used = sum(r["prompt_tokens"] + len(r["generated_token_ids"]) for r in result["requests"])
     assert waste["reserve_max"] == pytest.approx(1 - used / (4 * 8192))
     assert set(waste["paged"]) == {"4", "8", "16", "32"} and waste["exact"] == 0.0
+    padded = max(r["prompt_tokens"] for r in result["requests"]) + max(len(r["generated_token_ids"]) for r in result["requests"])
+    assert waste["static_batch"] == pytest.approx(1 - used / (4 * padded))  # one static batch of the 4
 
 
 @pytest.mark.parametrize(

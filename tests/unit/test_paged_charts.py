@@ -70,17 +70,20 @@ def test_block_tables_show_physical_ids_sharing_and_drops():
 
 
 WASTE = {
-    "reserve_max": 0.855, "exact": 0.2, "paged": {"8": 0.1, "16": 0.25},
-    "max_context": 100, "budget_bytes": 2048, "fits": {"requests": 3, "reserve_max": 0, "exact": 1, "paged": {"8": 3, "16": 2}},
+    "reserve_max": 0.855, "exact": 0.2, "static_batch": 0.4, "paged": {"8": 0.1, "16": 0.25},
+    "max_context": 100, "budget_bytes": 2048,
+    "fits": {"requests": 3, "reserve_max": 0, "exact": 1, "static_batch": 2, "paged": {"8": 3, "16": 2}},
 }
 
 
 def test_waste_bars_against_vllms_ranges():
     fig = charts.waste_bars(WASTE)
-    assert list(fig.data[0].x) == [85.5, 20.0, 10.0, 25.0]
-    assert list(fig.data[0].y) == ["reserve the max context (100)", "exact: prompt + max new tokens", "paged, blocks of 8", "paged, blocks of 16"]
+    assert list(fig.data[0].x) == [85.5, 20.0, 40.0, 10.0, 25.0]
+    assert list(fig.data[0].y) == ["reserve the max context (100)", "exact: prompt + max new tokens",
+                                   "static batch: padded to the longest", "paged, blocks of 8", "paged, blocks of 16"]
+    assert list(fig.data[0].marker.pattern.shape) == ["", "/", "x", "", ""]  # one grey, told apart by pattern
     assert sorted((s.x0, s.x1) for s in fig.layout.shapes) == [(0, 4), (60, 80)]
-    assert list(charts.fits_bars(WASTE).data[0].x) == [0, 1, 3, 2]
+    assert list(charts.fits_bars(WASTE).data[0].x) == [0, 1, 2, 3, 2]
 
 
 def test_usage_marks_preemptions():
