@@ -101,6 +101,17 @@ class Selector(Policy):
         """What this selector keeps with ``budget``, and warnings when its settings do not fit."""
         return []
 
+    def prepare(self, model, tokenizer, prompt_ids: list[int]) -> None:
+        """Called by the engine before the prefill, with the run's model: a selector that needs
+        more than one layer's tensors (the model's weights, an extra pass over the prompt) reads
+        it here, and leaves nothing on the model. A cache built without the engine never calls
+        it; such a selector says in its help what it does then."""
+
+    def run_details(self) -> dict[str, str]:
+        """What this selector found in its last run that a page shows in the run's details
+        (a label -> a line of plain text): duo_attention's streaming heads. Default: nothing."""
+        return {}
+
     def step(self, layer: LayerView, ctx: StepContext) -> Selection | None:
         """Update running stats and return what to keep, or None to keep everything."""
         raise NotImplementedError

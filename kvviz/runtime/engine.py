@@ -215,6 +215,8 @@ def run(
         pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, layer_devices,
         generator=generator, measure_lost_mass=options.capture_queries,
     )
+    if pipeline.selector is not None:
+        pipeline.selector.prepare(model, tokenizer, prompt_ids)  # kvzip's repeat pass, duo_attention's heads
     eos = eos_ids(tokenizer, model.config)
     records = StepRecords()
     generated: list[int] = []
@@ -252,6 +254,8 @@ def run(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
     trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes())
+    if pipeline.selector is not None and pipeline.selector.run_details():
+        trace.extra["policy_details"] = pipeline.selector.run_details()  # shown in the Live page's run details
     if devices.is_split(used):
         trace.device = devices.describe(layer_devices)
         trace.device_memory = device_memory(model, cache)

@@ -205,6 +205,7 @@ def details(result: live_run.LiveResult) -> None:
         "Policy's pass": f"prefill {trace.timings['prefill_s']:.2f} s, decoding {trace.timings['decode_s']:.2f} s",
         "Wall time": ", ".join(f"{k} {v:.2f} s" for k, v in result.wall_s.items()) or "not measured",
         **dict(device_memory_rows(trace.device_memory)),  # a model split across GPUs: one row per device
+        **trace.extra.get("policy_details", {}),  # what the policy found (duo_attention's streaming heads)
     }
     st.table({"": list(rows), "value": list(rows.values())}, hide_header=True)  # cells are plain text, not markdown
     st.download_button(

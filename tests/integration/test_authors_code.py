@@ -20,6 +20,7 @@ import torch
 from benchmarks import faithfulness_table
 from tests.kvpress_rules_b import layer_inputs
 from tests.kvpress_rules_c import THINK_SOURCE, think_pruned_channels
+from tests.kvpress_rules_d import CRITICALKV_SOURCE, DUO_SOURCE, KVZIP_SOURCE
 from tests.references import projections
 from tests.released import (
     H2OReleased,
@@ -96,6 +97,26 @@ ROWS = {
         " (`snapkv+think`) the channels are scored on every prompt key, where kvpress's"
         " `ComposedPress([SnapKVPress, ThinKPress])` scores the keys SnapKV kept",
         "parts": ["0.5", "0.25", "snapkv+think"],
+    },
+    # measured by tests/integration/test_kvpress_c.py (same prompt), the press re-implemented in tests/kvpress_rules_d.py
+    "criticalkv": {
+        "released": CRITICALKV_SOURCE,
+        "differs": "the budget is kvviz's (one rounding rule); with `adaptive` every head holds the largest head budget"
+        " (rectangular tensors; kvpress masks the pruned entries in attention)",
+        "parts": ["knorm", "adaptive"],
+    },
+    "duo_attention": {
+        "released": DUO_SOURCE,
+        "differs": "heads scored on the run's prompt (kvpress: 50 BookSum texts), sinks + recent from the budget"
+        " (kvpress: 128 + 256); a layer with a retrieval head holds every entry in all its heads (kvpress masks)",
+        "parts": ["heads"],
+    },
+    "kvzip": {
+        "released": KVZIP_SOURCE,
+        "differs": "each layer at its budget, over all its heads (kvpress's `layerwise=True`; its default spreads one"
+        " threshold over all layers); rectangular tensors hold fillers; the whole prompt is repeated, chat template"
+        " included",
+        "parts": ["layerwise"],
     },
 }
 

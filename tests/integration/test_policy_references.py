@@ -104,6 +104,7 @@ COVERED = {
 COVERED |= {"expected_attention", "chunkkv", "adakv"}  # their references: tests/integration/test_kvpress_b.py
 COVERED |= {"keydiff", "observed_attention", "lagkv"}  # their references: tests/integration/test_kvpress_a.py
 COVERED |= {"think"}  # its reference (ThinKPress's rule): tests/integration/test_authors_code.py
+COVERED |= {"criticalkv", "duo_attention", "kvzip"}  # their references: tests/integration/test_kvpress_c.py
 COVERED |= {"minicache"}  # its reference (MiniCache's merge rule in float64): tests/integration/test_minicache.py
 COVERED |= {"turboquant"}  # its reference (the paper's codebook, distortion, quantizer in float64): tests/integration/test_turboquant.py
 

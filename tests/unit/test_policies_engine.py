@@ -160,6 +160,7 @@ def test_every_registered_policy_runs(tiny_llama):
         budget = BUDGET if name not in ("full",) and cls.kind == "select" else None
         params = {"rank": 8} if name == "lowrank" else None  # its default rank is this head_dim: refused
         params = {"start": 0.0} if name == "minicache" else params  # 2 layers: the deep half alone is no pair
+        params = {"head_ratio": 1.0} if name == "duo_attention" else params  # a retrieval head holds its layer whole
         trace = run(tiny_llama, name, params, budget=budget, steps=2)
         assert trace.n_steps == 2 and trace.kv_bytes[0] > 0, name
         if budget is not None:

@@ -17,6 +17,7 @@ EXPECTED |= {"keydiff", "observed_attention", "lagkv"}  # kvpress presses, part 
 EXPECTED |= {"think"}  # kvpress ThinKPress: key channels, a store
 EXPECTED |= {"minicache"}  # MiniCache: cross-layer merging, a store
 EXPECTED |= {"turboquant"}  # TurboQuant: rotation + codebook, a store
+EXPECTED |= {"criticalkv", "duo_attention", "kvzip"}  # kvpress presses, part C
 FAMILIES |= {"cross-layer merging"}
 
 
