@@ -21,6 +21,10 @@ def configure(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     add_model_args(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument(
+        "--question-after", action="store_true",
+        help="query-agnostic: compress the context alone, then append the question (the prompt's last paragraph, after a blank line)",
+    )
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-trace", type=Path, help="save the Trace (.json or .npz)")
@@ -101,12 +105,18 @@ def main(args) -> int:
     spec = policy_spec(args)
     loaded = load(args)
     ids = encode_prompt(loaded.tokenizer, text, chat=args.chat, max_context=loaded.summary.max_context)
-    spec.resolve_budget(len(ids))  # a budget larger than the prompt fails here, before the run
+    question_at = None
+    if args.question_after:
+        from kvviz.record.question import question_start
+
+        question_at = question_start(loaded.tokenizer, ids, text)
+    spec.resolve_budget(question_at or len(ids))  # a budget larger than the prompt (the context) fails here, before the run
     for level, text in budget_notes(spec, len(ids)):
         print(f"{'warning' if level == 'warning' else 'note'}: {text}", file=sys.stderr)
     trace = engine.run(
         loaded.model, loaded.tokenizer, ids, spec,
         max_new_tokens=args.max_new_tokens, sample=args.sample, seed=args.seed, model_name=loaded.summary.name,
+        question_at=question_at,
     )
     generated_text = decode(loaded.tokenizer, trace.generated_ids)  # the whole sequence decoded: any language
     if args.save_trace:

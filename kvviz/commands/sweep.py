@@ -33,6 +33,8 @@ def configure(p) -> None:
     p.add_argument("--lengths", default="500", help="passkey: filler lengths in tokens")
     p.add_argument("--new-tokens", type=int, default=12, help="passkey: greedy tokens of the answer")
     p.add_argument("--seed", type=int, default=0, help="passkey: seed of the key")
+    p.add_argument("--question", choices=["with", "after", "both"], default="with",
+                   help="passkey: compress with the question in the prompt, before it (query-agnostic: the question is appended after), or both")
     add_model_args(p)
     p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (- for stdout)")
     p.add_argument("--html", metavar="FILE", help="write a standalone HTML report (charts, table, settings)")
@@ -70,7 +72,7 @@ def settings_from(args):
         budgets=parse_numbers(args.budgets, int, "--budgets"), task=args.task, text=text,
         context=args.context, continuation=args.continuation,
         depths=depths, lengths=lengths,
-        new_tokens=args.new_tokens, passkey_seed=args.seed,
+        new_tokens=args.new_tokens, passkey_seed=args.seed, question=args.question,
     )
 
 

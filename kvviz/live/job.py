@@ -74,6 +74,7 @@ class LiveJob(BackgroundJob):
             self.model, self.tokenizer, req.prompt_ids, req.spec,
             max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=self.should_stop,
             on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_ids.append(e.token_id),
+            question_at=req.question_at,
         )
         self.phase, t = "policy", time.perf_counter()
         for phase, trace in runs:

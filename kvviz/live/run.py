@@ -42,6 +42,7 @@ class LiveRequest:
     model_name: str = ""
     passkey: str | None = None  # the hidden pass key when the prompt is the passkey example
     notes: list[str] = field(default_factory=list)  # what the policy really protects at this budget
+    question_at: int | None = None  # query-agnostic: the context is compressed alone, then the question (from here) is fed
     run_id: str = field(default_factory=run_store.new_run_id)
     started_at: float = field(default_factory=time.time)
 
@@ -54,6 +55,7 @@ class LiveRequest:
             "spec": self.spec.to_text(), "max_new_tokens": self.max_new_tokens, "prompt_ids": self.prompt_ids,
             "compare": self.compare, "prompt_name": self.prompt_name, "model_name": self.model_name,
             "passkey": self.passkey, "notes": self.notes, "run_id": self.run_id, "started_at": self.started_at,
+            "question_at": self.question_at,
         }
 
     @classmethod
@@ -75,6 +77,7 @@ def prepare(
     prompt_name: str = "",
     model_name: str = "",
     passkey: str | None = None,
+    question_after: bool = False,
 ) -> LiveRequest:
     """Check everything a run needs before it starts; raises InputError with one line."""
     ids = prompt_ids(tokenizer, prompt, chat=chat, max_context=max_context)
@@ -83,10 +86,21 @@ def prepare(
     except ValueError as exc:
         raise InputError(str(exc)) from None
     check_run(len(ids), int(max_new_tokens), max_context=max_context, specs=[spec], max_new_tokens=MAX_REQUEST_TOKENS)
-    notes = [text for _, text in budget_notes(spec, len(ids))]  # shown as captions with the result
+    question_at = None
+    if question_after:
+        from kvviz.record.question import question_start
+
+        try:
+            question_at = question_start(tokenizer, ids, prompt)
+            spec.resolve_budget(question_at)  # a budget larger than the context alone
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    notes = [text for _, text in budget_notes(spec, question_at or len(ids))]  # shown as captions with the result
+    if question_at is not None:
+        notes.append(f"The context (tokens 0-{question_at - 1}) is compressed alone; the question ({len(ids) - question_at} tokens) is appended after.")
     return LiveRequest(
         spec=spec, max_new_tokens=int(max_new_tokens), prompt_ids=ids, compare=compare,
-        prompt_name=prompt_name, model_name=model_name, passkey=passkey, notes=notes,
+        prompt_name=prompt_name, model_name=model_name, passkey=passkey, notes=notes, question_at=question_at,
     )
 
 

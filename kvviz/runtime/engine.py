@@ -77,6 +77,10 @@ class DecodeOptions:
     # hold a growing cache in fixed-capacity buffers after the prefill: None = when graphs are
     # replayed; True also decodes that layout eagerly (on the CPU too); False never
     fixed_capacity: bool | None = None
+    # query-agnostic compression: the prompt's first ``question_at`` tokens (the context) are
+    # prefilled and compressed alone, then the rest (the question) is fed in one more forward,
+    # before the first new token; None: the whole prompt at once (the policy sees the question)
+    question_at: int | None = None
 
     def __post_init__(self):
         if self.forced_ids is not None:
@@ -167,6 +171,8 @@ def check_attention(model) -> None:
 def check_prompt(prompt_ids, options: DecodeOptions, shape: ModelShape) -> list[int]:
     prompt_ids = [int(i) for i in prompt_ids]
     check_run(len(prompt_ids), options.n_steps, max_context=shape.max_context)
+    if options.question_at is not None and not 0 < options.question_at < len(prompt_ids):
+        raise ValueError(f"the question starts at token {options.question_at}: it must leave a context and a question in the {len(prompt_ids)}-token prompt.")
     return prompt_ids
 
 
@@ -213,7 +219,7 @@ def run(
     generator = torch.Generator(device=device).manual_seed(options.seed)
     cache = PolicyCache(
         pipeline, shape.n_layers, len(prompt_ids), len(prompt_ids) + options.n_steps, shape.n_kv_heads, layer_devices,
-        generator=generator, measure_lost_mass=options.capture_queries,
+        generator=generator, measure_lost_mass=options.capture_queries, context_len=options.question_at,
     )
     if pipeline.selector is not None:
         pipeline.selector.prepare(model, tokenizer, prompt_ids)  # kvzip's repeat pass, duo_attention's heads
@@ -224,7 +230,7 @@ def run(
     with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
         cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
-        logits = prefill(model, cache, prompt_ids)
+        logits = prefill(model, cache, prompt_ids, options.question_at)
         cache.interrupt = None
         decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
         t_prefill = _sync_time(used) - t0
@@ -253,7 +259,7 @@ def run(
     trace = build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
-    trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes())
+    trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes(), question_at=options.question_at)
     if pipeline.selector is not None and pipeline.selector.run_details():
         trace.extra["policy_details"] = pipeline.selector.run_details()  # shown in the Live page's run details
     if devices.is_split(used):
@@ -279,11 +285,17 @@ def device_memory(model, cache: PolicyCache) -> dict[str, dict]:
     return out
 
 
-def prefill(model, cache: PolicyCache, prompt_ids: list[int]) -> torch.Tensor:
-    """The prompt in one forward (the policy compresses the cache right after); logits (1, 1, vocab)."""
+def prefill(model, cache: PolicyCache, prompt_ids: list[int], question_at: int | None = None) -> torch.Tensor:
+    """The prompt in one forward (the policy compresses the cache right after); logits (1, 1, vocab).
+    With ``question_at``: the context (the tokens before it) in one forward, compressed, then the
+    question in another, whose tokens attend to the compressed context."""
     device = devices.input_device(model)
     ids = torch.tensor([prompt_ids], device=device)
-    return _forward(model, cache, ids, torch.arange(len(prompt_ids), device=device))
+    positions = torch.arange(len(prompt_ids), device=device)
+    if question_at is None:
+        return _forward(model, cache, ids, positions)
+    _forward(model, cache, ids[:, :question_at], positions[:question_at])
+    return _forward(model, cache, ids[:, question_at:], positions[question_at:])
 
 
 def decode_step(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

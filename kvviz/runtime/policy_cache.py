@@ -45,8 +45,18 @@ def sized_mask(mask: torch.Tensor, held: int, q_len: int) -> torch.Tensor:
     """The model's mask (1, 1, q_len, m) for a layer that holds ``held`` entries before this
     step: transformers sizes it from layer 0, and layers may hold different numbers (PyramidKV),
     which eager attention, adding the mask to the scores, cannot broadcast. Every held entry is
-    in the past of the new queries: visible to all of them; the new ones keep their own mask."""
-    if mask.dim() != 4 or mask.shape[-1] == held + q_len:
+    in the past of the new queries: visible to all of them; the new ones keep their own mask.
+    Several new tokens after the prefill (a question after its compressed context): the model
+    offsets its causal mask by the tokens seen, not by the entries held, so the new tokens'
+    causal mask is made here."""
+    if mask.dim() != 4:
+        return mask
+    if q_len > 1:
+        visible = torch.ones(q_len, held + q_len, dtype=torch.bool, device=mask.device).tril(held)  # (q_len, held + q_len)
+        if mask.dtype == torch.bool:
+            return visible[None, None]
+        return torch.zeros(visible.shape, dtype=mask.dtype, device=mask.device).masked_fill(~visible, torch.finfo(mask.dtype).min)[None, None]
+    if mask.shape[-1] == held + q_len:
         return mask
     visible = mask.new_full((*mask.shape[:-1], held), True if mask.dtype == torch.bool else 0)
     return torch.cat([visible, mask[..., -q_len:]], dim=-1)
@@ -218,19 +228,24 @@ class PolicyCache(Cache):
         device,
         generator: torch.Generator | None = None,
         measure_lost_mass: bool = False,
+        context_len: int | None = None,
     ):
         self._layer_list = [PolicyLayer(self, i) for i in range(n_layers)]
         super().__init__(layers=self._layer_list)
         self.pipeline = pipeline
         self.n_layers = n_layers
         self.prompt_len = prompt_len
+        # query-agnostic runs: the prefill holds the first ``context_len`` prompt tokens alone (the
+        # policy compresses them as if they were the prompt, budget and ratio included), and the
+        # rest of the prompt, the question, follows in one more forward before the first new token
+        self.context_len = prompt_len if context_len is None else context_len
         self.generator = generator
         self.measure_lost_mass = measure_lost_mass
         self.interrupt: Callable[[], bool] | None = None  # asked before each layer while set (the prefill)
         sel = pipeline.selector
-        self.budget = sel.resolve_budget(prompt_len) if sel is not None else None
+        self.budget = sel.resolve_budget(self.context_len) if sel is not None else None
         self.layer_budgets = [
-            sel.layer_budget(self.budget, i, n_layers, prompt_len) if sel is not None else None for i in range(n_layers)
+            sel.layer_budget(self.budget, i, n_layers, self.context_len) if sel is not None else None for i in range(n_layers)
         ]
         self.protection = sel.protection(self.budget) if sel is not None else Protection()
         # Trace records, on the device of the layers they describe (a model split across GPUs
@@ -335,7 +350,7 @@ class PolicyCache(Cache):
         )
         ctx = StepContext(
             step=0 if prefill else layer.seen - self.prompt_len,
-            prompt_len=self.prompt_len,
+            prompt_len=self.context_len if prefill else self.prompt_len,
             seq_len=layer.seen,
             budget=self.layer_budgets[layer.layer_idx],
             generator=self.generator,

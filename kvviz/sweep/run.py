@@ -18,7 +18,11 @@ and the benchmarks.
 
 **Passkey task** (``"passkey"``): for each filler length and needle depth, the prompt of
 ``kvviz.record.examples.passkey_prompt`` through the chat template, greedy decoding of a few tokens under
-each policy; found = the key's digits appear in the answer.
+each policy; found = the key's digits appear in the answer. ``question`` says when the policy
+sees the question ("What is the pass key?", the prompt's last paragraph): "with" the prompt
+(compressed whole), "after" the context is compressed alone (query-agnostic: the question is
+appended to the compressed cache; a ratio is of the context), or "both", each policy's series
+twice, the second named "… · question after".
 
 Every point is checked before the first forward (a budget larger than a prompt, a window that
 leaves no room, ...), so a bad sweep fails at once with one message.
@@ -42,6 +46,8 @@ from kvviz.sweep.rows import PASSKEY_COLUMNS, PPL_COLUMNS, SweepRow, rows_csv  #
 from kvviz.record.text import PromptError
 
 TASKS = ("ppl", "passkey")
+QUESTION_MODES = ("with", "after", "both")  # passkey: the policy compresses with the question, before it, or both
+AFTER = " · question after"  # a series compressed before its question was known
 
 
 # ------------------------------------------------------------------------------ settings
@@ -62,6 +68,7 @@ class SweepSettings:
     lengths: tuple[int, ...] = (500,)  # passkey: filler tokens
     new_tokens: int = 12  # passkey: greedy tokens of the answer
     passkey_seed: int = 0
+    question: str = "with"  # passkey: one of QUESTION_MODES
 
     def describe(self) -> dict:
         """The settings as plain values, for reports and JSON (the text by its length only)."""
@@ -69,7 +76,7 @@ class SweepSettings:
         out["policies"], out["ratios"], out["budgets"] = list(self.policies), list(self.ratios), list(self.budgets)
         out["text"] = f"{len(self.text):,} characters"
         if self.task == "ppl":
-            for k in ("depths", "lengths", "new_tokens", "passkey_seed"):
+            for k in ("depths", "lengths", "new_tokens", "passkey_seed", "question"):
                 out.pop(k)
         else:
             for k in ("text", "context", "continuation"):
@@ -162,6 +169,7 @@ class PlannedRun:
     depth: float | None = None
     length: int | None = None
     passkey: str = ""
+    question_at: int | None = None  # passkey, question after: where the question starts
 
     @property
     def label(self) -> str:
@@ -219,6 +227,10 @@ def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
         raise PolicyError("The passkey task needs at least one depth and one filler length.")
     if settings.new_tokens < 1:
         raise PolicyError("new_tokens must be at least 1.")
+    if settings.question not in QUESTION_MODES:
+        raise PolicyError(f"question must be one of {', '.join(QUESTION_MODES)}, not {settings.question!r}.")
+    from kvviz.record.question import question_start
+
     runs = []
     for length in settings.lengths:
         for depth in settings.depths:
@@ -227,9 +239,14 @@ def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
             except ValueError as exc:
                 raise PromptError(str(exc)) from None
             ids = prompt_ids(tokenizer, text, chat=True, max_context=max_context)
+            q = question_start(tokenizer, ids, text) if settings.question != "with" else None
             for spec, series in points:
                 check_run(len(ids), settings.new_tokens, max_context=max_context, specs=[spec])
-                runs.append(PlannedRun(spec, ids, settings.new_tokens, series, float(depth), int(length), key))
+                if settings.question != "after":
+                    runs.append(PlannedRun(spec, ids, settings.new_tokens, series, float(depth), int(length), key))
+                if settings.question != "with":
+                    spec.resolve_budget(q)  # a budget larger than the context fails before the first forward
+                    runs.append(PlannedRun(spec, ids, settings.new_tokens, series + AFTER, float(depth), int(length), key, q))
     return Plan(settings, runs)
 
 
@@ -308,7 +325,9 @@ def run(
                 _check_complete(trace)
                 result.rows.append(ppl_row(planned, trace, time.perf_counter() - t))
             else:
-                trace = engine.run(model, tokenizer, planned.prompt_ids, planned.spec, max_new_tokens=planned.steps, **common)
+                trace = engine.run(
+                    model, tokenizer, planned.prompt_ids, planned.spec, max_new_tokens=planned.steps, question_at=planned.question_at, **common
+                )
                 _check_complete(trace)
                 result.rows.append(passkey_row(planned, trace, time.perf_counter() - t))
             done += 1

@@ -69,6 +69,11 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
             help="Also run the full cache, and the policy teacher-forced on the full cache's output (per-step KL, "
             "top-1). Three runs instead of one.",
         )
+        question_after = persisted(
+            st.checkbox, "live.question_after", False, url="qafter", label="Question after the context",
+            help="Query-agnostic: the policy compresses the context alone, then the question (the prompt's last "
+            "paragraph, after a blank line, as in the passkey example) is appended to the compressed cache.",
+        )
     summary = state.loaded.summary
     row.caption(
         f"Prompt: **{md_escape(state.prompt_name or 'custom')}**, "
@@ -84,11 +89,11 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
             icon=":material/hourglass_top:",
         )
     if JOBS.run_requested():  # before the buttons: Stop is live while this run follows the job
-        _start(state, spec, int(new_tokens), bool(compare))
+        _start(state, spec, int(new_tokens), bool(compare), bool(question_after))
     JOBS.buttons(c_run, c_stop)
 
 
-def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compare: bool) -> None:
+def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compare: bool, question_after: bool = False) -> None:
     if JOBS.job is not None:
         st.warning("A run is still going; stop it first.")
         return
@@ -100,7 +105,7 @@ def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compar
         request = live_run.prepare(
             loaded.tokenizer, state.prompt, chat=state.chat, spec=spec, max_new_tokens=new_tokens,
             max_context=loaded.summary.max_context, compare=compare, prompt_name=state.prompt_name,
-            model_name=loaded.summary.name, passkey=state.passkey,
+            model_name=loaded.summary.name, passkey=state.passkey, question_after=question_after,
         )
     except InputError as exc:
         st.error(md_escape(str(exc)))
