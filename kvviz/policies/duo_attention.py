@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvviz.policies.params import PolicyError, param
+from kvviz.policies.params import Note, PolicyError, param
 from kvviz.policies.selector import ScoredSelector, Selection
 from kvviz.policies.scoring import attention_probs, first_mask, recent_mask
 from kvviz.record.trace import Protection
@@ -114,6 +114,17 @@ class DuoAttention(ScoredSelector):
 
     def protection(self, budget):
         return Protection(n_sink=self.n_sink, recent=budget - self.n_sink if budget else 0)
+
+    def budget_notes(self, budget):
+        notes = super().budget_notes(budget)
+        if budget is None:
+            return notes
+        share = f"{self.head_ratio:.0%}"
+        return [Note(n.level, n.text.replace("duo_attention keeps", f"duo_attention's streaming heads ({share} of all KV heads) keep"))
+                for n in notes] + [Note("info", (
+                    "Retrieval heads keep every prompt entry, and a layer that has one holds every entry in all its"
+                    " heads (rectangular tensors): only layers of streaming heads free memory. The run's details say"
+                    " which heads stream."))]
 
     def prepare(self, model, tokenizer, prompt_ids):
         rotary = rotary_embedding(model)
