@@ -3,7 +3,17 @@
 An entry lives in ``$KVVIZ_CACHE_DIR`` (default ``~/.cache/kvviz``) under ``gguf-v<format>/<sha256
 of the GGUF file>``. It is written to a temporary folder and renamed into place, and checked
 before every use (manifest, file sizes, sha256 of every file, tensor names); anything missing or
-wrong is rebuilt from the GGUF file by ``kvviz.model.loading``, never trusted.
+wrong is rebuilt from the GGUF file by ``kvviz.model.loading``, never trusted. A full check leaves
+``verified.json`` beside the files: each file's size, mtime, ctime and inode as they were when its
+sha256 matched. A later check re-hashes only the files whose stat differs (any write through the
+file system changes the ctime, which no tool can set back), which saves 0.3 s of a warm start.
+
+A warm load (``load_mapped``) builds the model without memory for its parameters (meta device,
+no random initialization), maps the safetensors file and copies each tensor once into the
+process's memory, where it is assigned to the model: no from_pretrained machinery, no conversion
+(3.6 s before, about 0.3 s now on a 2-core CPU, docs/PERFORMANCE.md "Start-up"). The copy is kept
+on purpose: the forward pass ran 2.4x slower on weights left in the file's mapped pages (4 KiB
+pages, unaligned tensors) than on the copy, and the model must not depend on the file.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import torch
 CACHE_FORMAT = 1  # bump when the layout of a weights cache entry changes
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+VERIFIED_FILE = "verified.json"  # the stat of each file when its checksum last matched
 
 
 def weights_cache_dir() -> Path:
@@ -65,8 +76,9 @@ def check_cache_entry(entry: Path, gguf_sha256: str) -> str | None:
         file_path = entry / name
         if not file_path.is_file() or file_path.stat().st_size != meta.get("size"):
             return f"{name} missing or of the wrong size"
+    verified = _read_verified(entry)
     for name, meta in files.items():
-        if file_sha256(entry / name) != meta.get("sha256"):
+        if verified.get(name) != _stat_key(entry / name) and file_sha256(entry / name) != meta.get("sha256"):
             return f"{name} does not match its checksum"
     try:
         from safetensors import safe_open
@@ -77,10 +89,82 @@ def check_cache_entry(entry: Path, gguf_sha256: str) -> str | None:
         return "weights are not a readable safetensors file"
     if stored != sorted(keys):
         return "weights hold other tensors than the manifest lists"
+    if any(verified.get(name) != _stat_key(entry / name) for name in files):
+        _write_verified(entry, {name: _stat_key(entry / name) for name in files})
     return None
 
 
+def _stat_key(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+
+def _read_verified(entry: Path) -> dict[str, list[int]]:
+    try:
+        verified = json.loads((entry / VERIFIED_FILE).read_text())
+        return verified if isinstance(verified, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_verified(entry: Path, stats: dict[str, list[int]]) -> None:
+    """Record the stats (atomically); an entry kvviz may not write to is simply hashed every time."""
+    staging = entry / f".{VERIFIED_FILE}.{uuid.uuid4().hex[:8]}"
+    try:
+        staging.write_text(json.dumps(stats))
+        staging.replace(entry / VERIFIED_FILE)
+    except OSError:
+        staging.unlink(missing_ok=True)
+
+
+def load_mapped(entry: Path, device: str | None, dtype: torch.dtype):
+    """(model, tokenizer) of a checked entry: the model is built with its parameters on the meta
+    device (no memory, no initialization; buffers such as the rotary frequencies computed as usual)
+    and the file's tensors, mapped and copied once to ``device`` in ``dtype``, are assigned to it.
+    Raises ValueError when the file's tensors do not fit the model."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights  # random init of meta tensors: 0.2 s for nothing
+
+    config = AutoConfig.from_pretrained(str(entry), local_files_only=True)
+    with init_empty_weights(include_buffers=False), no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    on_cpu = device in (None, "cpu")
+    state = load_file(str(entry / WEIGHTS_FILE), device="cpu" if on_cpu else device)  # the CPU's: mapped pages
+    state = {key: tensor.to(dtype, copy=on_cpu) for key, tensor in state.items()}  # own, aligned memory
+    expected = set(model.state_dict())
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing, unexpected = expected - set(state) - tied, set(state) - expected
+    if missing or unexpected:
+        raise ValueError(f"weights cache entry does not fit the model: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    if not on_cpu:
+        model.to(device)  # the buffers (rotary frequencies) were built on the CPU
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise ValueError(f"weights cache entry leaves {left[:3]} unloaded")
+    generation = entry / "generation_config.json"
+    if generation.is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(entry), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(entry), local_files_only=True)
+    return model.eval(), tokenizer
+
+
 def load_cache_entry(entry: Path, device_map: str | None, dtype: torch.dtype):
+    """(model, tokenizer) of a checked entry: mapped (``load_mapped``) on one device, through
+    transformers' from_pretrained when the model is split across GPUs (device_map "auto")."""
+    if device_map != "auto":
+        return load_mapped(entry, device_map, dtype)
+    return load_with_from_pretrained(entry, device_map, dtype)
+
+
+def load_with_from_pretrained(entry: Path, device_map: str | None, dtype: torch.dtype):
+    """The slow path (3-4 s on a 2-core CPU for SmolLM2): weights read, copied and converted by
+    from_pretrained. Tests hold the mapped model's logits equal to this one's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     # output_loading_info=True returns (model, info); transformers types it as the model alone
