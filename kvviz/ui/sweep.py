@@ -27,6 +27,7 @@ JOBS = JobView("tradeoffs")  # tradeoffs.job, tradeoffs.error, ...
 STOPPED = K + "stopped_result"
 TASKS = {"ppl": "Perplexity, KL, top-1", "passkey": "Passkey retrieval"}
 MODES = {"ratios": "Ratios (kept fraction of the prompt)", "budgets": "Budgets (entries per KV head)"}
+QUESTION = {"with": "with the question", "after": "before the question", "both": "both"}  # sweep.QUESTION_MODES
 TEXTS = [LONG_EXAMPLE, "the sidebar's prompt"]
 MAX_RESULTS = 16
 
@@ -103,6 +104,12 @@ def controls(device: str, sidebar_prompt: str) -> sweep.SweepSettings | None:
         else:
             depths = persisted(a.text_input, K + "depths", _numbers(d.depths), url="depths", label="Needle depths (0 = start, 1 = end)")
             lengths = persisted(b.text_input, K + "lengths", _numbers(d.lengths), url="lengths", label="Filler lengths (tokens)")
+            question = persisted(
+                st.radio, K + "question", "with", url="question", label="The policy compresses", options=list(QUESTION),
+                format_func=QUESTION.get, horizontal=True,
+                help="Query-agnostic: with the question after, the context is compressed alone and the question is "
+                "appended to the compressed cache; 'both' draws each policy twice (its second series: '· question after').",
+            )
     try:
         numbers = sweep.parse_numbers(grid, float if mode == "ratios" else int, mode.capitalize())
         common = dict(policies=tuple(ln.strip() for ln in policies.splitlines() if ln.strip()), task=task,
@@ -110,7 +117,10 @@ def controls(device: str, sidebar_prompt: str) -> sweep.SweepSettings | None:
         if task == "ppl":
             text = long_document() if text_name == TEXTS[0] else sidebar_prompt
             return sweep.SweepSettings(**common, text=text, context=int(context), continuation=int(continuation))
-        return sweep.SweepSettings(**common, depths=sweep.parse_numbers(depths, float, "Depths"), lengths=sweep.parse_numbers(lengths, int, "Filler lengths"))
+        return sweep.SweepSettings(
+            **common, depths=sweep.parse_numbers(depths, float, "Depths"), lengths=sweep.parse_numbers(lengths, int, "Filler lengths"),
+            question=question,
+        )
     except ValueError as exc:
         st.error(md_escape(str(exc)))
         return None
