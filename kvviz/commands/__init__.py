@@ -8,4 +8,4 @@ Heavy imports (torch, transformers) go inside ``main`` so ``--help`` stays fast.
 ``--help`` included, arrives untouched in ``args.passed_through``.
 """
 
-COMMANDS = ["app", "policies", "run", "sweep", "calc", "paged", "bench"]  # module names in this package, in the order --help lists them
+COMMANDS = ["app", "policies", "run", "sweep", "calc", "paged", "dedup", "bench"]  # module names in this package, in the order --help lists them

@@ -9,10 +9,16 @@ from pathlib import Path
 HELP = "run a prompt under a cache policy"
 
 
-def configure(p) -> None:
+def prompt_source(p):
+    """--prompt or --prompt-file (one of them required); the group, for a command to add a source."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
+    return src
+
+
+def configure(p) -> None:
+    prompt_source(p)
     p.add_argument("--policy", default="full", help="policy name or composition, e.g. h2o or snapkv+quant (also name:key=value,...)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter (repeatable)")
     size = p.add_mutually_exclusive_group()

@@ -58,6 +58,17 @@ def test_moving_average():
     assert moving_average([1, 2], 5) == []
 '''
 
+# A retrieved passage that appears twice (as in a RAG prompt that fetched it for two queries),
+# with a question after it: the Dedup page's one-click example.
+REPEATED_PASSAGE = (
+    "The Harbor Museum opened in 1911 in the old customs house by the river. Its collection holds ship models, "
+    "sea charts, brass instruments and the great lens of the North Point lighthouse, taken down in 1962."
+)
+REPEATED_PASSAGE_EXAMPLE = (
+    f"Document 1: {REPEATED_PASSAGE}\n\nDocument 2: {REPEATED_PASSAGE}\n\n"
+    "Question: In which year was the lens of the North Point lighthouse taken down?\nAnswer:"
+)
+
 LONG_DOCUMENT_PATH = Path(__file__).resolve().parents[1] / "data" / "long_document.txt"
 
 CHAT_EXAMPLE = "Chat: capital of France"
