@@ -222,7 +222,8 @@ def run(
         generator=generator, measure_lost_mass=options.capture_queries, context_len=options.question_at,
     )
     if pipeline.selector is not None:
-        pipeline.selector.prepare(model, tokenizer, prompt_ids)  # kvzip's repeat pass, duo_attention's heads
+        # kvzip's repeat pass, duo_attention's heads: of what is compressed (the context, without the question)
+        pipeline.selector.prepare(model, tokenizer, prompt_ids[: options.question_at] if options.question_at else prompt_ids)
     eos = eos_ids(tokenizer, model.config)
     records = StepRecords()
     generated: list[int] = []

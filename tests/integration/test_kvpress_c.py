@@ -134,3 +134,8 @@ def test_kvzip_keeps_what_the_press_keeps(smollm, ids):
     top = [[sorted(r.tolist()) for r in want[layer].topk(budget, dim=-1).indices] for layer in range(LAYERS)]
     assert agreement(plain, top)[:2] == (LAYERS * KV * budget,) * 2
     assert plain.kv_bytes[0] == LAYERS * KV * budget * 2 * 64 * 4 < trace.kv_bytes[0]
+    # query-agnostic: the repeat pass reads the context alone; the question is appended after compression
+    pipeline = build("kvzip", {}, ratio=RATIO)
+    later = engine.run(smollm.model, smollm.tokenizer, ids, pipeline, max_new_tokens=1, stop_at_eos=False, question_at=150)
+    assert pipeline.selector.scores_by_layer[0].shape == (KV, 150)
+    assert later.kept_positions(0, 0, 0).tolist()[-(len(ids) - 150):] == list(range(150, len(ids)))
