@@ -96,6 +96,8 @@ def finish(run_id: str, result, error: str | None, notice: str | None = None) ->
             stopped_in=None if result is None else result.stopped_in,
             generated_text="" if result is None else result.generated_text,
             full_text="" if result is None else result.full_text,
+            # what the policy found (duo_attention's streaming heads): a Trace's extras are not saved
+            policy_details={} if result is None else result.trace.extra.get("policy_details", {}),
         )
         _write_json(folder / "run.json", meta)
     except (OSError, ValueError):
@@ -135,6 +137,9 @@ def load(run_id: str) -> StoredRun | None:
                 traces[name] = read_trace(path, path.name, max_bytes=None)
             except (OSError, TraceError):
                 continue  # a damaged file: the run reopens without this phase
+    details = meta.get("policy_details")
+    if "policy" in traces and isinstance(details, dict):  # the run's details, as the run showed them
+        traces["policy"].extra["policy_details"] = {str(k): str(v) for k, v in details.items()}
     return StoredRun(run_id, state, meta, traces)
 
 

@@ -35,6 +35,16 @@ def test_a_finished_run_reopens_with_its_trace():
     assert (stored.traces["policy"].evicted_at_step == trace.evicted_at_step).all()
 
 
+def test_a_reopened_run_keeps_what_the_policy_found():
+    """duo_attention's streaming heads (a Trace's extras are not saved) come back with the run."""
+    rid = run_store.new_run_id()
+    run_store.begin(rid, {"spec": "duo_attention"})
+    trace = make_trace()
+    trace.extra["policy_details"] = {"Streaming heads": "1 of 2 KV heads · 0: SR"}
+    run_store.finish(rid, Result(trace), None)
+    assert run_store.load(rid).traces["policy"].extra["policy_details"] == {"Streaming heads": "1 of 2 KV heads · 0: SR"}
+
+
 def test_a_run_no_job_is_running_was_interrupted():
     rid = run_store.new_run_id()
     run_store.begin(rid, {"spec": "h2o"})
