@@ -24,6 +24,10 @@ SPECS = [
     ("quant", {"bits": 8, "symmetric": True}, None),
     ("lowrank", {"rank": 8}, None),
     ("head_share", {"groups": 1}, None),
+    # selectors that read the model before the prefill, here without it (a bare cache)
+    ("criticalkv", {"scorer": "knorm", "adaptive": True}, 16),
+    ("duo_attention", {"head_ratio": 1.0}, 16),
+    ("kvzip", {"adaptive": True}, 16),
 ]
 
 
