@@ -67,10 +67,11 @@ def selection(ov: Overview, digest: str, n: int) -> None:
         ss["attn.sequence"], ss["attn.token"], ss["attn.window"] = digest, n - 1, (0, n)
     # a shared link reopens the same layer, head, token and window (once per session, like every page's settings)
     for url, key, default, hi in (("layer", "attn.layer", 0, ov.n_layers - 1), ("head", "attn.head", 0, ov.n_q_heads - 1), ("token", "attn.token", 0, n - 1)):
-        found, value = from_url(url, default, check=within(0, hi))
+        found, value = from_url(url, default, check=within(0, hi), instead=lambda k=key: ss[k])
         if found:
             ss[key] = value
-    found, value = from_url("window", (0, n), check=lambda w: within(0, n)(w[0]) or within(w[0] + 1, n)(w[1]))
+    found, value = from_url("window", (0, n), check=lambda w: within(0, n)(w[0]) or within(w[0] + 1, n)(w[1]),
+                            instead=lambda: ss["attn.window"])
     if found:
         ss["attn.window"] = tuple(value)
     for chart_key in ("attn.overview_chart", "attn.profile_chart"):

@@ -18,6 +18,7 @@ from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError
 from kvviz.ui.clicks import selected_steps
+from kvviz.ui.job_view import page_work
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import md_escape
@@ -32,7 +33,8 @@ PLAY_DELAY_S = 0.8
 def scenario_buttons() -> None:
     """One button per built-in scenario; a click chooses it (the run follows). A link's
     ``scenario`` chooses one the first time this session meets it."""
-    found, key = from_url("scenario", "", options=[sc.key for sc in SCENARIOS] + ["custom"])
+    found, key = from_url("scenario", "", options=[sc.key for sc in SCENARIOS] + ["custom"],
+                          instead=lambda: st.session_state.get(CHOICE) or "no scenario (press one)")
     if found:
         st.session_state[CHOICE] = key
         st.session_state[FROM_LINK] = key == "custom"  # the form's values (from the link) make the run
@@ -110,7 +112,7 @@ def run(loaded: LoadedModel, sc: Scenario) -> PagedRun | None:
             block_size=sc.block_size, num_blocks=sc.num_blocks, n=sc.n, max_new_tokens=sc.max_new_tokens,
             sample=sc.sample, seed=sc.seed, chat=sc.chat, policy=policy, eviction=sc.eviction, prefix_caching=prefix,
         )
-        with st.spinner(f"Decoding {len(sc.prompts)} prompt(s) from the paged pool on {loaded.summary.device}..."):
+        with st.spinner(f"Decoding {len(sc.prompts)} prompt(s) from the paged pool on {loaded.summary.device}..."), page_work("The paged run"):
             result = run_paged(loaded.model, loaded.tokenizer, list(sc.prompts), settings, model_name=loaded.summary.name)
     except (PoolTooSmall, PromptError, PolicyError, ValueError) as exc:
         st.error(md_escape(str(exc)), icon=":material/error:")
@@ -133,7 +135,7 @@ def step_player(n_frames: int, chart_key: str | None = None) -> int:
     ss, last = st.session_state, n_frames - 1
     if ss.get(STEP) is None or ss[STEP] > last:
         ss[STEP] = min(1, last)
-    found, linked = from_url("step", 0, check=within(0, last))
+    found, linked = from_url("step", 0, check=within(0, last), instead=lambda: ss[STEP])
     if found:
         ss[STEP] = linked
     picked = selected_steps(chart_key) if chart_key else None

@@ -142,7 +142,9 @@ def _seed_from_url(key: str, url: str, default: str) -> None:
         found, text = ui_state.from_url(url, "")
         spec = PolicySpec.parse(text) if found else None
     except PolicyError as exc:
-        ui_state.report_problem(url, f"link setting '{url}' ignored: {exc}")
+        kept = st.session_state.get(KEEP + f"{key}.name", default)
+        ui_state.report_problem(url, f"link setting '{url}' ignored: {str(exc).rstrip('.')}; the page uses {kept} "
+                                     "with its own settings instead.")
         return
     if spec is not None:
         seed_controls(key, spec)

@@ -7,8 +7,9 @@ leading underscore) and re-seeds the widget from it on every run.
 With ``url="name"`` the value is also a query parameter: when a session first meets the
 parameter (a link was opened), the URL's value wins over the default; afterwards every run writes
 the current value back (and drops it while it equals the default, so links stay short). A value
-in the URL that cannot be used is ignored and reported by ``url_problems()``: a link never breaks
-a page.
+in the URL that cannot be used is ignored and named in a notice in the sidebar, with what the page
+uses instead; the notice stays while the visitor is on that page (a run that reruns at once, as a
+link to a result does, does not hide it): a link never breaks a page.
 
 Usage::
 
@@ -22,11 +23,12 @@ import zlib
 from typing import Any, Callable
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from kvviz.ui.token_html import md_escape  # a link's text is untrusted
 
 _SEEN = "kvviz_url_seen"  # url names this session has already taken from the URL
-_PROBLEMS = "kvviz_url_problems"  # url name -> message, for values the URL gave that could not be used
+_PROBLEMS = "kvviz_url_problems"  # url name -> (page, message), for values the URL gave that could not be used
 _AREA = "kvviz_url_notice_area"  # this run's container for those messages, drawn by the sidebar
 
 
@@ -100,10 +102,14 @@ def encode(value: Any) -> str:
     return str(value)
 
 
-def from_url(url: str, default: Any, *, options=None, check: Callable[[Any], None] | None = None) -> tuple[bool, Any]:
+def from_url(
+    url: str, default: Any, *, options=None, check: Callable[[Any], None] | None = None, instead: Callable[[], Any] | None = None,
+) -> tuple[bool, Any]:
     """(found, value) of query parameter ``url`` the first time this session meets it.
 
-    ``check`` may raise ValueError for a value of the right type that cannot be used (out of range)."""
+    ``check`` may raise ValueError for a value of the right type that cannot be used (out of range).
+    ``instead`` gives the value the page uses when the link's cannot be (``default`` when not given):
+    the notice names it."""
     state = st.session_state
     seen = state.setdefault(_SEEN, set())
     if url in seen:
@@ -117,24 +123,30 @@ def from_url(url: str, default: Any, *, options=None, check: Callable[[Any], Non
         if check is not None:
             check(value)
     except (ValueError, TypeError) as exc:
-        report_problem(url, f"link setting '{url}' ignored: {exc}")
+        used = instead() if instead is not None else default
+        report_problem(url, f"link setting '{url}' ignored: {str(exc).rstrip('.')}; the page uses {encode(used) or 'nothing'} instead.")
         return False, None
     return True, value
 
 
 def report_problem(url: str, message: str) -> None:
     """A link setting that could not be used: shown in the sidebar's notice area when this run
-    has drawn it (a setting read further down the page), else kept for the sidebar to show."""
+    has drawn it (a setting read further down the page), and kept to be shown again on this page's
+    next runs."""
+    st.session_state.setdefault(_PROBLEMS, {})[url] = (_page(), message)
     area = st.session_state.get(_AREA)
     if area is not None:
         _show(area, message)
-    else:
-        st.session_state.setdefault(_PROBLEMS, {})[url] = message
+
+
+def _page() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.page_script_hash if ctx is not None else ""
 
 
 def notice_area() -> None:
     """Draw the place for link notices (the sidebar calls this once per run) and show those found
-    so far; settings read later in the run report there at once, not one run late."""
+    so far on this page; settings read later in the run report there at once, not one run late."""
     st.session_state[_AREA] = area = st.container()
     for message in url_problems():
         _show(area, message)
@@ -163,8 +175,12 @@ def to_url(url: str, value: Any, default: Any) -> None:
 
 
 def url_problems() -> list[str]:
-    """Messages for link settings that could not be used (each shown once)."""
-    return list(st.session_state.pop(_PROBLEMS, {}).values())
+    """Messages for link settings of this page that could not be used; those of another page
+    are dropped (they were shown while the visitor was there)."""
+    here = _page()
+    kept = {url: (page, message) for url, (page, message) in st.session_state.get(_PROBLEMS, {}).items() if page == here}
+    st.session_state[_PROBLEMS] = kept
+    return [message for _, message in kept.values()]
 
 
 def _among(value: Any, options) -> bool:
@@ -192,7 +208,8 @@ that is longer than ``url_max``). Returns the
             if lo is not None and value < lo or hi is not None and value > hi:
                 raise ValueError(f"{value} is outside [{lo}, {hi}]")
 
-        found, value = from_url(url, default, options=options, check=check if lo is not None or hi is not None else None)
+        found, value = from_url(url, default, options=options, check=check if lo is not None or hi is not None else None,
+                                instead=lambda: state.get(key, default))
         if found:
             state[key] = value
     if key not in state or (options is not None and not _among(state[key], options)):
