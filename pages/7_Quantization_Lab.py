@@ -8,6 +8,7 @@ from kvviz.quant_lab import run as lab
 from kvviz.charts import quant_lab as charts
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.a11y import chart
+from kvviz.ui.job_view import page_work
 from kvviz.ui.page import start_page
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
@@ -42,7 +43,7 @@ st.caption(f"{len(ids)} prompt tokens" + (f" (the first {lab.MAX_TOKENS})" if le
 key = (state.model_spec, loaded.summary.dtype, tuple(ids), layer)
 if ss.get("qlab.key") != key:
     try:
-        with st.spinner(f"Reading layer {layer}'s cache and quantizing it..."):
+        with st.spinner(f"Reading layer {layer}'s cache and quantizing it..."), page_work("Reading the cache"):
             lc = lab.read_layer(loaded.model, ids, layer)
             ss["qlab.grid"] = lab.error_grid(lc)
     except ValueError as exc:
@@ -95,7 +96,7 @@ with c_new:
                            help="Steps of teacher forcing, each compared with the full cache.")
 if c_run.button("Run the model with quantized caches", key="qlab.run", icon=":material/play_arrow:"):
     schemes = lab.next_token_schemes(residual)
-    with st.spinner(f"{len(schemes) + 1} runs of the model..."):
+    with st.spinner(f"{len(schemes) + 1} runs of the model..."), page_work("The quantized runs"):
         ss["qlab.next"] = lab.next_token_kl(loaded.model, loaded.tokenizer, ids, schemes, new_tokens=int(new_tokens))
 if ss.get("qlab.next"):
     next_rows = [r.row() for r in ss["qlab.next"]]

@@ -11,7 +11,8 @@ Visitors' runs wait their turn in a ``RunQueue`` (the server's is ``process_queu
 and a waiting job says where it stands ("2 runs ahead of yours"). Stop leaves the queue; a job
 whose owner is gone (``owner_alive`` returns False, e.g. the browser tab was closed) for
 ``abandon_after_s`` seconds leaves it too, or stops if it runs. A job without a queue runs at once
-(the CLI, tests).
+(the CLI, tests). Model work a page does in its own script thread (the Attention explorer's
+maps, a paged run, the Quantization lab) takes a slot too, through ``queue_slot``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -124,6 +126,33 @@ def process_queue(slots: int | None = None, max_waiting: int | None = None, aban
             q.abandon_after_s if abandon_after_s is None else abandon_after_s,
         )
     return q
+
+
+class Ticket:
+    """A place in a RunQueue for work run in the caller's own thread (not a BackgroundJob): it is
+    never stopped nor abandoned while it waits; the caller's thread ends the wait."""
+
+    stopped = False
+
+    def owner_gone(self, grace_s: float) -> bool:
+        return False
+
+
+@contextmanager
+def queue_slot(queue: RunQueue | None) -> Iterator[None]:
+    """Hold a slot of ``queue`` around synchronous model work: join the end of the line
+    (QueueFull when it is full), wait for the turn in this thread, leave when the work ends,
+    however it ends. ``None``: no queue, the work runs at once."""
+    if queue is None:
+        yield
+        return
+    ticket = Ticket()
+    queue.join(ticket)
+    try:
+        queue.wait_turn(ticket)  # type: ignore[arg-type]  (a Ticket waits as a job does)
+        yield
+    finally:
+        queue.leave(ticket)  # type: ignore[arg-type]
 
 
 def waiting_line(ahead: int) -> str:

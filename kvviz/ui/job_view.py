@@ -14,14 +14,15 @@ A page keeps one ``JobView(prefix)``; its session_state keys are ``<prefix>.job`
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import streamlit as st
 from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from kvviz.runtime.inputs import InputError, check_limits
-from kvviz.runtime.jobs import BackgroundJob, QueueFull, process_queue
+from kvviz.runtime.jobs import BackgroundJob, QueueFull, RunQueue, process_queue, queue_slot, waiting_line
 from kvviz.ui.sidebar import operator_settings
 from kvviz.ui.token_html import md_escape
 
@@ -127,3 +128,37 @@ def _session_alive() -> Callable[[], bool]:
         return lambda: True
     runtime, session_id = Runtime.instance(), ctx.session_id
     return lambda: runtime.is_active_session(session_id)
+
+
+def server_queue() -> RunQueue:
+    """The process's run queue, set to the operator's settings."""
+    settings = operator_settings()
+    return process_queue(settings.max_concurrent_runs, settings.max_queued_runs, settings.abandon_after_s)
+
+
+@contextmanager
+def queue_note(what: str) -> Iterator[RunQueue]:
+    """Around a page's synchronous model work that takes a slot of the run queue (``queue_slot``,
+    in the work itself or around it): a line saying where it stands while the queue is busy, gone
+    once the work is done; a full queue stops the page with its message."""
+    queue = server_queue()
+    running, waiting = queue.counts()
+    note = st.empty()
+    if running >= queue.slots or waiting:
+        note.caption(f"{what}: {waiting_line(running + waiting)}.")
+    try:
+        yield queue
+    except QueueFull as exc:
+        note.empty()
+        st.error(str(exc), icon=":material/hourglass_top:")
+        st.stop()
+    note.empty()
+
+
+@contextmanager
+def page_work(what: str) -> Iterator[None]:
+    """A page's synchronous model work (a paged run, the Quantization lab) counted in the run
+    queue: it waits its turn, the page saying so, and holds a slot while it runs."""
+    with queue_note(what) as queue, queue_slot(queue):
+        yield
+

@@ -21,6 +21,7 @@ from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope
 from kvviz.ui.a11y import sr_only
 from kvviz.ui.live_controls import JOBS, LOADED_RUN, RESULT, SHOWN
+from kvviz.ui.sidebar import operator_settings
 from kvviz.ui.state import persisted
 from kvviz.ui.token_html import md_escape
 
@@ -77,16 +78,21 @@ def current_result() -> live_run.LiveResult | None:
 
 
 def open_trace_file() -> None:
-    """Open a trace file downloaded earlier (JSON or npz), up to run_store.MAX_TRACE_FILE_BYTES."""
+    """Open a trace file downloaded earlier (JSON or npz), up to run_store.MAX_TRACE_FILE_BYTES or
+    the operator's KVVIZ_MAX_UPLOAD_MB, whichever is smaller."""
+    limit = min(run_store.MAX_TRACE_FILE_BYTES, operator_settings().limits.max_upload_bytes)
     with st.expander("Open a saved trace", icon=":material/upload_file:"):
         upload = st.file_uploader(
-            f"A trace downloaded from this page (.json or .npz, at most {run_store.MAX_TRACE_FILE_BYTES >> 20} MiB)",
-            type=["json", "npz"], key="live.upload", max_upload_size=run_store.MAX_TRACE_FILE_BYTES >> 20,
+            f"A trace downloaded from this page (.json or .npz, at most {limit >> 20} MiB)",
+            type=["json", "npz"], key="live.upload", max_upload_size=limit >> 20,
         )
         if upload is None or st.session_state.get("live.upload_seen") == upload.file_id:
             return
         st.session_state["live.upload_seen"] = upload.file_id
         try:
+            if upload.size > limit:  # the browser refuses it first; a client that does not is refused here
+                setting = " (this server's setting KVVIZ_MAX_UPLOAD_MB)" if limit < run_store.MAX_TRACE_FILE_BYTES else ""
+                raise run_store.TraceFileError(f"{upload.name}: the file is {upload.size / (1 << 20):.1f} MiB; this page opens traces of at most {limit >> 20} MiB{setting}.")
             trace = run_store.read_trace_file(upload.name, upload.getvalue())
         except run_store.TraceFileError as exc:
             st.error(md_escape(str(exc)))
