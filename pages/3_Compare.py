@@ -38,6 +38,9 @@ c_n, c_new, c_budget = st.columns([1, 2, 3], vertical_alignment="top")
 n = persisted(c_n.radio, view.N_POLICIES, 3, url="n", label="Policies", options=[2, 3, 4], horizontal=True)
 new_tokens = persisted(c_new.slider, view.NEW_TOKENS, 16, url="new", label="New tokens", min_value=1, max_value=view.MAX_NEW_TOKENS,
                        help="Greedy decoding; a run stops early at the end of sequence.")
+question_after = persisted(c_new.checkbox, view.QUESTION_AFTER, False, url="qafter", label="Question after the context",
+                           help="Query-agnostic: each policy compresses the context alone, then the question (the prompt's last "
+                           "paragraph, after a blank line, as in the passkey example) is appended to the compressed cache.")
 with c_budget:
     same = persisted(st.toggle, view.SAME_BUDGET, True, url="same", label="Same budget for every policy")
     shared = budget_control(view.SHARED_BUDGET, prompt_len, url=True) if same else None
@@ -62,7 +65,7 @@ if jobs.run_requested() or (ss.pop("compare.autorun", False) and ss.get(view.RES
     if None in specs:
         st.error("Fix the policy settings above first.")
     elif jobs.job is None:
-        settings = view.current_settings(state, specs, new_tokens)
+        settings = view.current_settings(state, specs, new_tokens, question_after=bool(question_after))
         try:
             ids = comparison.prepare(loaded.tokenizer, settings, loaded.summary.max_context)
         except InputError as exc:

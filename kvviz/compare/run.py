@@ -66,7 +66,23 @@ def prepare(tokenizer, settings: RunSettings, max_context: int | None = None) ->
         len(ids), settings.max_new_tokens, max_context=max_context, specs=settings.policies,
         max_new_tokens=MAX_NEW_TOKENS, number_specs=True,
     )
+    question_at(tokenizer, settings, ids)  # a prompt without a question, a budget larger than the context
     return ids
+
+
+def question_at(tokenizer, settings: RunSettings, ids: list[int]) -> int | None:
+    """Where the question starts when the policies compress the context before it; None otherwise."""
+    if not settings.question_after:
+        return None
+    from kvviz.record.question import question_start
+
+    try:
+        q = question_start(tokenizer, ids, settings.prompt_text)
+        for spec in settings.policies:
+            spec.resolve_budget(q)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return q
 
 
 # ------------------------------------------------------------------------------ the cut
@@ -134,6 +150,7 @@ def compare(
     holds the policies whose runs finished, ``stopped`` set; None when the full cache itself did
     not finish."""
     specs, n_new = settings.policies, settings.max_new_tokens
+    q = question_at(tokenizer, settings, prompt_ids)
     names = run_names(len(specs))
     stop = should_stop or (lambda: False)
     walls: dict[str, float] = {}
@@ -172,14 +189,14 @@ def compare(
         if stop():
             break
         pipeline, cuts = record_cuts(spec, n_layers, n_kv, n_new)
-        trace = one(f"p{i}", spec.label(), n_new, policy=pipeline, max_new_tokens=n_new, cuda_graphs=False)
+        trace = one(f"p{i}", spec.label(), n_new, policy=pipeline, max_new_tokens=n_new, cuda_graphs=False, question_at=q)
         if trace is None or trace.stopped_by == "user":
             break
         trace.spec = spec.to_dict()  # a ready-made pipeline leaves it unset
         trace.extra["score_cut"] = cuts[: trace.n_steps]
         forced = one(
             f"p{i}.forced", f"{spec.label()}, teacher-forced on the full cache's output", full.n_steps,
-            policy=spec, forced_ids=full.generated_ids, reference_logprobs=reference,
+            policy=spec, forced_ids=full.generated_ids, reference_logprobs=reference, question_at=q,
         )
         if forced is None or forced.stopped_by == "user":
             break

@@ -71,6 +71,7 @@ class RunSettings:
     max_new_tokens: int
     prompt_params: dict[str, Any] = field(default_factory=dict)  # e.g. the passkey's filler, depth, seed
     step: int = 0  # the decode step in view
+    question_after: bool = False  # query-agnostic: the context compressed alone, then the question appended
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -80,7 +81,7 @@ class RunSettings:
     @classmethod
     def from_dict(cls, d: Any) -> "RunSettings":
         d = check_object(d, "settings")
-        check_keys(d, {f.name for f in fields(cls)}, "settings", optional={"prompt_params", "step"})
+        check_keys(d, {f.name for f in fields(cls)}, "settings", optional={"prompt_params", "step", "question_after"})
         policies = check_list(d["policies"], "settings.policies")
         if not 1 <= len(policies) <= MAX_POLICIES:
             raise BundleError(f"settings.policies: between 1 and {MAX_POLICIES} policies, not {len(policies)}.")
@@ -96,6 +97,7 @@ class RunSettings:
             max_new_tokens=check_int(d["max_new_tokens"], "settings.max_new_tokens", lo=1, hi=100_000),
             prompt_params=dict(params),
             step=check_int(d.get("step", 0), "settings.step", lo=0, hi=100_000),
+            question_after=check_bool(d.get("question_after", False), "settings.question_after"),
         )
 
 

@@ -28,6 +28,7 @@ from kvviz.record.why_evicted import evicted_positions, most_evicted, why_evicte
 N_POLICIES = "compare.n"
 SAME_BUDGET = "compare.same_budget"
 NEW_TOKENS = "compare.new_tokens"
+QUESTION_AFTER = "compare.question_after"
 SHARED_BUDGET = "compare.all"  # budget_control's key for the shared budget
 STEP = "compare.step"
 LINK_STEP = "compare.link_step"  # a step asked for by a link or a bundle, applied to the next result
@@ -73,13 +74,13 @@ def presets() -> list[Preset]:
 # ------------------------------------------------------------------------------ settings
 
 
-def current_settings(state: sb.SidebarState, specs: list[PolicySpec], new_tokens: int, step: int = 0) -> RunSettings:
+def current_settings(state: sb.SidebarState, specs: list[PolicySpec], new_tokens: int, step: int = 0, question_after: bool = False) -> RunSettings:
     params = {}
     if state.prompt_name == data.PASSKEY_EXAMPLE:
         ss = st.session_state
         params = {"filler": ss.get(sb.PASSKEY_FILLER), "depth_pct": ss.get(sb.PASSKEY_DEPTH), "seed": ss.get(sb.PASSKEY_SEED)}
     # the model's name, never the server's path to it: a bundle and its HTML report leave this host
-    return RunSettings(display_name(state.model_spec), state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step)
+    return RunSettings(display_name(state.model_spec), state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step, question_after)
 
 
 def apply_settings(settings: RunSettings, with_step: bool = False) -> None:
@@ -95,6 +96,7 @@ def apply_settings(settings: RunSettings, with_step: bool = False) -> None:
     if len(budgets) == 1:
         seed_budget(SHARED_BUDGET, *budgets.pop())
     ss[NEW_TOKENS] = min(max(settings.max_new_tokens, 1), MAX_NEW_TOKENS)
+    ss[QUESTION_AFTER] = settings.question_after
     if with_step:
         ss[LINK_STEP] = settings.step
     name = settings.prompt_name

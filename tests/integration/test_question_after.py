@@ -70,3 +70,22 @@ def test_a_question_must_leave_a_context(smollm, prompt):
     _, ids, _ = prompt
     with pytest.raises(ValueError, match="question starts"):
         engine.run(smollm.model, smollm.tokenizer, ids, "full", question_at=len(ids), max_new_tokens=1)
+
+
+def test_compare_runs_each_policy_before_its_question(smollm, prompt):
+    from kvviz.compare import run as comparison
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.runs.bundle import RunSettings
+
+    text, ids, q = prompt
+    specs = [PolicySpec.parse(f"snapkv:budget={B}"), PolicySpec.parse(f"window:budget={B}")]
+    settings = RunSettings("SmolLM2", "passkey", text, True, specs, 1, question_after=True)
+    assert comparison.prepare(smollm.tokenizer, settings) == ids
+    result = comparison.compare(smollm.model, smollm.tokenizer, ids, settings)
+    for run in result.runs:
+        assert run.trace.extra["question_at"] == q and run.forced.extra["question_at"] == q
+        assert set(range(q, len(ids))) <= set(run.trace.kept_positions(0, 0, 0).tolist()) or run.spec.name == "window"
+    assert RunSettings.from_dict(settings.to_dict()).question_after
+    no_question = RunSettings("SmolLM2", "custom", "no blank line here, " * 20, False, specs, 1, question_after=True)
+    with pytest.raises(PromptError, match="last paragraph"):
+        comparison.prepare(smollm.tokenizer, no_question)
