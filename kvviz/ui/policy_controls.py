@@ -93,6 +93,15 @@ def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
 BUDGET_MODES = ["fraction of the prompt", "entries per KV head"]
 
 
+def budget_caption(budget: int, prompt_len: int) -> str:
+    """What a budget of entries keeps of the prompt: a share only when it is one (a budget past the
+    prompt keeps all of it and leaves the rest to generated tokens)."""
+    if budget < prompt_len:
+        return f"Keeps {budget:,} of {prompt_len:,} prompt tokens ({100 * budget / prompt_len:.0f}%) per layer and KV head."
+    room = f"; the other {budget - prompt_len:,} entries are for generated tokens" if budget > prompt_len else ""
+    return f"Keeps all {prompt_len:,} prompt tokens (budget {budget:,}){room}: nothing is evicted until the cache passes {budget:,} entries."
+
+
 def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple[int | None, float | None]:
     """Kept entries per layer and KV head, as a number or as a fraction of the prompt. With
     ``url`` the choice also lives in the URL (``budget_mode``, ``ratio``, ``budget``): one such
@@ -110,7 +119,7 @@ def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple
             help="Must not exceed the prompt's length.", url=urls["budget"],
         )
         if prompt_len:
-            st.caption(f"Keeps {budget} of {prompt_len} prompt tokens ({100 * budget / prompt_len:.0f}%) per layer and KV head.")
+            st.caption(budget_caption(int(budget), prompt_len))
         return int(budget), None
     ratio = _kept(
         st.slider, f"{key}.ratio", float(ratio_spec.default), label="ratio (kept fraction of the prompt)",
