@@ -3,16 +3,27 @@
 ``st.cache_resource`` holds a small store of loaded models; ``get_model()`` loads into it with a
 progress bar the first time a (spec, device, dtype) is asked for, and returns the stored one after.
 Loading happens outside the cached function so that the progress bar is not replayed on hits.
+
+``warm_start()`` loads the default model on a background thread, once per process: the home page
+calls it before it draws anything and imports nothing heavy (torch, transformers) until the model
+is there, so that it is on the screen within a second or two of a server start while the model
+loads behind it. This module imports torch only when a model is asked for.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from kvviz.model.loading import LoadedModel, load_model, pick_device, pick_device_map, pick_dtype
+if TYPE_CHECKING:
+    from kvviz.model.loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 MAX_MODELS = 2  # the current model and the previous one (kept so that a switch back is instant)
 
@@ -24,6 +35,7 @@ class _ModelStore:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # one load at a time, across sessions
         self.models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+        self.warm_start: threading.Thread | None = None  # the background load of the default model
 
     def get(self, key: ModelKey) -> LoadedModel | None:
         loaded = self.models.get(key)
@@ -43,8 +55,50 @@ def _model_store() -> _ModelStore:
     return _ModelStore()
 
 
+def warm_start() -> threading.Thread:
+    """The background load of the default model (auto device and dtype), started on the first
+    call in the process; a failure is left for the sidebar to meet and explain."""
+    store = _model_store()
+    with _WARM_START_LOCK:
+        if store.warm_start is None:
+            store.warm_start = threading.Thread(target=_load_default, args=(store,), name="kvviz-warm-start", daemon=True)
+            store.warm_start.start()
+    return store.warm_start
+
+
+def wait_for_warm_start(note: str, poll_s: float = 0.25) -> None:
+    """Wait for ``warm_start()``, showing ``note`` with the seconds waited. The wait calls
+    Streamlit every ``poll_s``, so that a click elsewhere on the page (a page link) interrupts it."""
+    thread = warm_start()
+    if not thread.is_alive():
+        return
+    started = time.monotonic()
+    with st.empty():
+        while thread.is_alive():
+            st.caption(f"{note} ({time.monotonic() - started:.0f} s)")
+            thread.join(poll_s)
+        st.empty()
+
+
+_WARM_START_LOCK = threading.Lock()
+
+
+def _load_default(store: _ModelStore) -> None:
+    from kvviz.model.loading import default_model_spec, load_model
+
+    try:
+        key = model_key(default_model_spec())
+        with store.lock:
+            if store.get(key) is None:
+                store.put(key, load_model(*key))
+    except Exception as exc:  # the sidebar loads it again in the page, and shows why it fails
+        log.info("warm start: the default model did not load: %s", exc)
+
+
 def model_key(spec: str, device: str = "auto", dtype: str = "auto") -> ModelKey:
     """Normalize a request, so that "auto" and the device it picks share one loaded model."""
+    from kvviz.model.loading import pick_device, pick_device_map, pick_dtype
+
     if device == ALL_GPUS:
         pick_device_map("auto")  # refused here without CUDA or accelerate
         return (spec.strip(), ALL_GPUS, str(pick_dtype("cuda", dtype)).replace("torch.", ""))
@@ -73,6 +127,8 @@ def get_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
 
 
 def _load_with_progress(key: ModelKey) -> LoadedModel:
+    from kvviz.model.loading import load_model
+
     spec, device, dtype = key
     bar = st.progress(0.0, text=f"Loading {spec} ...")
 
