@@ -51,6 +51,7 @@ EXTRA_ARRAYS = {
 EXTRA_SCALARS = {
     "fixed_capacity": lambda v, where: check_bool(v, where),  # held in buffers of fixed capacity after the prefill
     "kv_bytes_reserved": lambda v, where: check_int(v, where, lo=0, hi=MAX_BYTES_VALUE),  # what those buffers take
+    "question_at": lambda v, where: check_int(v, where, lo=1, hi=10_000_000),  # the question's first token (context compressed before it)
     # what the selector found (Selector.run_details: duo_attention's streaming heads), plain text
     "policy_details": lambda v, where: {
         check_str(k, where, 200): check_str(t, f"{where}.{k}", 20_000) for k, t in check_object(v, where).items()

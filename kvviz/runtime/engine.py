@@ -260,7 +260,9 @@ def run(
     trace = build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
-    trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes(), question_at=options.question_at)
+    trace.extra.update(fixed_capacity=cache.is_fixed, kv_bytes_reserved=cache.reserved_kv_bytes())
+    if options.question_at is not None:
+        trace.extra["question_at"] = options.question_at  # the context was compressed before the question
     if pipeline.selector is not None and pipeline.selector.run_details():
         trace.extra["policy_details"] = pipeline.selector.run_details()  # shown in the Live page's run details
     if devices.is_split(used):
