@@ -147,13 +147,13 @@ class DuoAttention(ScoredSelector):
     def layer_streaming(self, layer, window: torch.Tensor) -> torch.Tensor:
         """(kv_heads,) bool: this layer's streaming heads, from the pass over the prompt, or ranked
         within the layer by the attention the last query puts outside ``window`` (kv_heads, n)."""
-        if layer.layer_idx in self.streaming_heads:
+        if self.head_scores:  # classified by the engine's pass over this prompt
             return torch.tensor(self.streaming_heads[layer.layer_idx], device=layer.keys.device)
         last = attention_probs(layer.queries[:, -1:], layer.keys, layer.query_positions[-1:], layer.positions)[:, 0]
         outside = (last * ~window).sum(dim=-1)  # (kv_heads,)
         flags = torch.zeros(layer.kv_heads, dtype=torch.bool, device=layer.keys.device)
         flags[outside.argsort()[: round(layer.kv_heads * self.head_ratio)]] = True
-        self.streaming_heads[layer.layer_idx] = flags.tolist()
+        self.streaming_heads[layer.layer_idx] = flags.tolist()  # this prompt's (the paged engine: the last request's)
         return flags
 
     def step(self, layer, ctx):

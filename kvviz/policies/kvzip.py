@@ -109,6 +109,7 @@ class KVzip(ScoredSelector):
         from kvviz.model.attention_inputs import AttentionCall, attention_modules
         from kvviz.model.devices import input_device
 
+        self.scores_by_layer = []
         if not callable(getattr(tokenizer, "encode", None)):
             return  # no repeat prompt to write: scored by the prompt's own queries
         n, device = len(prompt_ids), input_device(model)
