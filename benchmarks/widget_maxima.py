@@ -156,6 +156,28 @@ def measure(case: Case, repeats: int = 2) -> dict:
     }
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "widget_maxima_cpu.json"
+SUMMARY_MARK = "<!-- widget_maxima: rendered from benchmarks/results/widget_maxima_cpu.json -->"
+
+
+def summary(results: dict) -> str:
+    """The sentence docs/PERFORMANCE.md carries under SUMMARY_MARK (a test re-renders it)."""
+    rows = results["rows"]
+    slowest = max(rows, key=lambda r: r["chart_s"])
+    pages = sorted({r["page"] for r in rows})
+    runs = max(r["run_s"] for r in rows)
+    return (f"{results['date']}, {results['machine']} (`{results['command']}`): {len(rows)} charts of "
+            f"{', '.join(pages)} at the widgets' maxima, the slowest {slowest['chart']} in {slowest['chart_s']:.3f} s "
+            f"({slowest['setting']}), {sum(r['chart_s'] > results['limit_s'] for r in rows)} over the {results['limit_s']:g} s "
+            f"limit; the runs behind them took up to {runs:.0f} s (not chart time).")
+
+
+def machine() -> str:
+    import os
+    import platform
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--page", choices=sorted(PAGES), action="append", help="pages to measure (default: all)")
@@ -171,8 +193,12 @@ def main() -> int:
             slow += over
             print(f"{name:6} {row['chart']:17} {row['chart_s']:7.3f} s {'OVER ' if over else ''}"
                   f"(traces {row['traces']}, shapes {row['shapes']}, run {row['run_s']:.1f} s)  {row['setting']}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    if args.json:  # with when, where and how it was measured (docs/PERFORMANCE.md cites the file)
+        args.json.write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "limit_s": args.limit,
+            "slowest_s": max(r["chart_s"] for r in rows), "rows": rows,
+        }, indent=1))
     print(f"{len(rows)} charts, {slow} over {args.limit} s", file=sys.stderr)
     return 1 if slow else 0
 
