@@ -289,8 +289,8 @@ def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
     the empty end of last blocks plus eviction holes. Preemptions marked (one trace)."""
     steps = [f["step"] for f in frames]
     fig = go.Figure()
-    fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name="reserved slots (blocks in use)", mode="lines",
-                    line=dict(color=COLORS["paged"], shape="hv"))
+    fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name="reserved slots (blocks in use)", mode="lines+markers",
+                    line=dict(color=COLORS["paged"], shape="hv"), marker=dict(size=5))  # markers: a click selects a step
     fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name="tokens held (mean over layers and heads)", mode="lines",
                     line=dict(color=COLORS["generated"], shape="hv"), fill="tonexty", fillcolor=tint(COLORS["paged"], 0.12))
     preempted = [f["step"] for f in frames if any(e["kind"] == "preempt" for e in f["events"])]
@@ -302,7 +302,6 @@ def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
     if step is not None:
         fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1))
     style(fig, height=300, title="Reserved slots and held tokens per step")
-    fig.update_layout(hovermode="x")  # a click anywhere above a step picks that step (the page moves its player there)
     fig.update_xaxes(title="scheduler step", tickformat="d")
     fig.update_yaxes(title="token slots", rangemode="tozero")
     return fig

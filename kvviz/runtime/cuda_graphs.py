@@ -102,6 +102,7 @@ class DecodeGraph:
                 return logits
             if not self._capture():
                 return None
+        assert self.graph is not None  # captured above (_capture() returned True)
         self.graph.replay()
         for layer in self.cache.layers:
             layer.seen += 1

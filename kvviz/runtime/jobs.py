@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -40,6 +40,15 @@ ABANDONED = "The page that started this run went away, so it left the queue (or 
 
 class QueueFull(ValueError):
     """The queue holds as many waiting runs as it may; the message is one line for a person."""
+
+
+class Waiter(Protocol):
+    """What waits in a RunQueue: a BackgroundJob, or a Ticket for work in the caller's thread."""
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def owner_gone(self, grace_s: float) -> bool: ...
 
 
 class RunQueue:
@@ -61,7 +70,7 @@ class RunQueue:
             self.slots, self.max_waiting, self.abandon_after_s = max(int(slots), 1), max(int(max_waiting), 0), float(abandon_after_s)
             self._cond.notify_all()  # more slots may admit someone now
 
-    def join(self, job: "BackgroundJob") -> None:
+    def join(self, job: Waiter) -> None:
         with self._cond:
             if len(self._waiting) >= self.max_waiting and len(self._running) >= self.slots:
                 raise QueueFull(
@@ -70,7 +79,7 @@ class RunQueue:
                 )
             self._waiting.append(job)
 
-    def wait_turn(self, job: "BackgroundJob") -> bool:
+    def wait_turn(self, job: Waiter) -> bool:
         with self._cond:
             while True:
                 if job.stopped or job.owner_gone(self.abandon_after_s):
@@ -83,7 +92,7 @@ class RunQueue:
                     return True
                 self._cond.wait(timeout=0.25)  # also wakes to check the owner and Stop
 
-    def leave(self, job: "BackgroundJob") -> None:
+    def leave(self, job: Waiter) -> None:
         with self._cond:
             self._remove(job)
 
@@ -92,14 +101,14 @@ class RunQueue:
         with self._cond:
             self._cond.notify_all()
 
-    def _remove(self, job) -> None:
+    def _remove(self, job: Waiter) -> None:
         if job in self._running:
             self._running.remove(job)
         if job in self._waiting:
             self._waiting.remove(job)
         self._cond.notify_all()
 
-    def ahead_of(self, job: "BackgroundJob") -> int | None:
+    def ahead_of(self, job: Waiter) -> int | None:
         """How many runs go before ``job``: those running and those ahead of it in line; None when
         it no longer waits."""
         with self._cond:
@@ -149,7 +158,7 @@ def queue_slot(queue: RunQueue | None) -> Iterator[None]:
     ticket = Ticket()
     queue.join(ticket)
     try:
-        queue.wait_turn(ticket)  # type: ignore[arg-type]  (a Ticket waits as a job does)
+        queue.wait_turn(ticket)
         yield
     finally:
         queue.leave(ticket)  # type: ignore[arg-type]
@@ -238,10 +247,11 @@ class BackgroundJob:
         return self
 
     def _run(self) -> None:
-        admitted = self.queue is None
+        queue = self.queue
+        admitted = queue is None
         try:
-            if not admitted:
-                admitted = self.queue.wait_turn(self)
+            if queue is not None:
+                admitted = queue.wait_turn(self)
                 if admitted:
                     self.waited_s = time.monotonic() - self._queued_at
                 else:

@@ -23,7 +23,7 @@ step's last query put on the entries evicted at that step.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -78,6 +78,12 @@ class PolicyLayer(CacheLayerMixin):
         self.seen = 0  # tokens this layer has processed (the length of a full cache)
         self.fixed: FixedLayer | None = None  # set by hold_fixed: the entries in preallocated buffers
 
+    def held(self) -> tuple[Store, torch.Tensor]:
+        """(store, positions) of a layer that has seen its first tokens; RuntimeError before."""
+        if self.store is None or self.positions is None:
+            raise RuntimeError(f"layer {self.layer_idx} holds nothing before its first update")
+        return self.store, self.positions
+
     # transformers' CacheLayerMixin API --------------------------------------------------------
 
     def lazy_initialization(self, key_states, value_states):
@@ -110,19 +116,20 @@ class PolicyLayer(CacheLayerMixin):
             self.seen += q_len
             return keys.unsqueeze(0), values.unsqueeze(0)
         prefill = self.seen == 0
-        if prefill and self.store.needs_prefill_queries:
+        store, held = self.held()
+        if prefill and store.needs_prefill_queries:
             if queries is None:
                 raise PolicyError("This store scores with the prompt's attention queries, but none were captured for this model.")
-            self.store.observe_queries(queries)
-        self.store.append(key_states[0], value_states[0])
-        self.positions = torch.cat([self.positions, positions.expand(kv_heads, -1)], dim=1)
+            store.observe_queries(queries)
+        store.append(key_states[0], value_states[0])
+        self.positions = torch.cat([held, positions.expand(kv_heads, -1)], dim=1)
         for name, s in self.stats.items():
             self.stats[name] = torch.cat([s, s.new_zeros(kv_heads, q_len)], dim=1)
         self.seen += q_len
-        if prefill and self.store.full_precision_prefill:
+        if prefill and store.full_precision_prefill:
             keys, values = key_states[0], value_states[0]  # what the store now holds, before compression
         else:
-            keys, values = self.store.materialize()
+            keys, values = store.materialize()
         self.owner.select(self, keys, values, positions, queries, prefill)
         return keys.unsqueeze(0), values.unsqueeze(0)
 
@@ -176,11 +183,12 @@ class PolicyLayer(CacheLayerMixin):
 
     def apply(self, sel: Selection) -> torch.Tensor:
         """Keep ``sel.keep``; returns the (kv_heads, n) bool mask of evicted entries."""
-        n = self.positions.shape[1]
-        kept = torch.zeros(self.positions.shape, dtype=torch.bool, device=self.device)
+        store, positions = self.held()
+        n = positions.shape[1]
+        kept = torch.zeros(positions.shape, dtype=torch.bool, device=self.device)
         kept.scatter_(1, sel.keep, True)
-        self.store.keep(sel.keep, sel.keys, sel.values)
-        self.positions = self.positions.gather(1, sel.keep)
+        store.keep(sel.keep, sel.keys, sel.values)
+        self.positions = positions.gather(1, sel.keep)
         for name, s in self.stats.items():
             if s.shape[-1] == n:
                 self.stats[name] = s.gather(1, sel.keep)
@@ -231,7 +239,9 @@ class PolicyCache(Cache):
         context_len: int | None = None,
     ):
         self._layer_list = [PolicyLayer(self, i) for i in range(n_layers)]
-        super().__init__(layers=self._layer_list)
+        # the one cast of this module: transformers' Cache takes a list of its own layer types
+        # (lists are invariant), and PolicyLayer is a CacheLayerMixin
+        super().__init__(layers=cast(list, self._layer_list))
         self.pipeline = pipeline
         self.n_layers = n_layers
         self.prompt_len = prompt_len
@@ -256,10 +266,8 @@ class PolicyCache(Cache):
         self.records = [
             RunRecords(d, layers, n_kv_heads, capacity) for d, layers in layers_by_device(self.layer_devices).items()
         ]
-        self.record_slot = [None] * n_layers  # layer -> (its device's RunRecords, its row there)
-        for rec in self.records:
-            for row, li in enumerate(rec.layers):
-                self.record_slot[li] = (rec, row)
+        slots = {li: (rec, row) for rec in self.records for row, li in enumerate(rec.layers)}
+        self.record_slot = [slots[li] for li in range(n_layers)]  # layer -> (its device's RunRecords, its row there)
 
     # attached to a model for one run ----------------------------------------------------------
 
@@ -269,9 +277,11 @@ class PolicyCache(Cache):
         exit): each call that carries this cache gets a ``LayerCall`` with the tokens' positions
         and, when the selector needs them, the layer's queries. Calls of other runs sharing the
         model carry their own cache and are left alone."""
-        handles = [
-            m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(decoder_attention(model))
-        ]
+        modules = decoder_attention(model)
+        missing = [i for i, m in enumerate(modules) if m is None]
+        if missing:
+            raise CaptureError(f"no attention module found in decoder layer(s) {missing}: a PolicyCache cannot follow this model")
+        handles = [m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(modules) if m is not None]
         try:
             yield self
         finally:
@@ -300,8 +310,7 @@ class PolicyCache(Cache):
             if layer.wants_queries():
                 why = unreadable(module)
                 if why:
-                    user = self.pipeline.selector if self.pipeline.selector is not None else self.pipeline.storage
-                    raise CaptureError(f"{user.name} scores with the attention queries: {why}")
+                    raise CaptureError(f"{self.pipeline.spec} scores with the attention queries: {why}")
                 queries = AttentionCall.read(module, args, kwargs).queries()
             kwargs = {**kwargs, key: LayerCall(self, positions, queries)}
             if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
@@ -342,7 +351,7 @@ class PolicyCache(Cache):
             n_layers=self.n_layers,
             keys=keys,
             values=values,
-            positions=layer.positions,
+            positions=layer.held()[1],
             stats=layer.stats,
             queries=queries,
             query_positions=new_positions if queries is not None else None,
@@ -365,7 +374,7 @@ class PolicyCache(Cache):
         which each evicted entry left (computed on the device from the new tokens' positions:
         a step's last new token sits at ``prompt_len + step - 1``, the prompt's at
         ``prompt_len - 1``, so a replayed CUDA graph writes the right step) and the lost mass."""
-        positions = layer.positions
+        positions = layer.held()[1]
         rec, row = self.record_slot[layer.layer_idx]
         if decision.scores is not None:
             rec.scores[row].scatter_(1, positions, decision.scores.float())
@@ -388,7 +397,7 @@ class PolicyCache(Cache):
         """(layers, kv_heads, capacity) float32: the last score that decided each entry, NaN = never scored."""
         return self._gathered("scores")
 
-    def _gathered(self, name: str, device="cpu") -> torch.Tensor:
+    def _gathered(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         """The records called ``name`` of every layer, in layer order: the one device's own
         tensor, or, for a split model, the devices' parts copied into one on ``device``."""
         if len(self.records) == 1:
@@ -444,8 +453,9 @@ class PolicyCache(Cache):
     def store_error(self) -> StoreError | None:
         """The reconstruction error of a lossy store, per layer; None for a store that holds the
         entries as they are. Reads the device once (at the end of a run)."""
-        errors = [layer.store.error() for layer in self.layers if layer.store is not None]
-        if not errors or any(e is None for e in errors):
+        found = [layer.store.error() for layer in self.layers if layer.store is not None]
+        errors = [e for e in found if e is not None]
+        if not errors or len(errors) < len(found):
             return None
 
         def most(values):  # every layer sees the same tokens, so the layers agree
