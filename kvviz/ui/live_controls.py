@@ -114,10 +114,21 @@ def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compar
         st.query_params["run"] = request.run_id  # a restart finds the run (or says it was interrupted)
 
 
+def keep_run_in_url() -> None:
+    """The result this session shows came from a run of the store (run here or reopened): its id
+    stays in the URL, also after a visit to another page (which empties the URL)."""
+    ss = st.session_state
+    result = ss.get(RESULT)
+    run_id = ss.get(LOADED_RUN)
+    if result is not None and run_id and result.request.run_id == run_id and st.query_params.get("run") != run_id:
+        st.query_params["run"] = run_id
+
+
 def follow_job() -> None:
     """While a job runs: its progress and outputs as they stream; then keep its result and rerun."""
     job: LiveJob | None = JOBS.job
     if job is None:
+        keep_run_in_url()
         return
     bar_box = st.container()
     left, right = st.columns(2)
