@@ -139,3 +139,19 @@ def test_log_ticks_by_hand():
     assert tradeoffs.log_ticks(80.0, 90.0) == [50.0, 100.0]
     fig = tradeoffs.pareto_figure(ROWS, "ppl")
     assert list(fig.layout.yaxis.tickvals) == [20.0, 50.0, 100.0, 200.0, 500.0] and fig.layout.yaxis.ticktext[-1] == "500"
+
+
+def test_every_point_names_its_row_and_a_choice_is_drawn_selected():
+    """A click on a point hands the page its customdata: the index of the row whose numbers the
+    point shows (checked against the rows themselves); ``selected`` draws exactly those points."""
+    for metric in tradeoffs.METRICS:
+        fig = tradeoffs.pareto_figure(ROWS, metric, "pct")
+        for trace in fig.data:
+            for x, y, i in zip(trace.x, trace.y, trace.customdata):
+                assert (x, y) == (ROWS[i]["kv_pct"], ROWS[i][metric])
+        named = sorted(i for t in fig.data for i in t.customdata)
+        assert named == list(range(len(ROWS)))  # every row once, the full cache's row as its star
+        assert all(t.selectedpoints is None for t in fig.data)
+    fig = tradeoffs.pareto_figure(ROWS, "ppl", "pct", selected=[2, 3])
+    chosen = sorted(t.customdata[k] for t in fig.data for k in (t.selectedpoints or []))
+    assert chosen == [2, 3]
