@@ -84,7 +84,7 @@ def pareto_figure(
     def picked(group) -> dict:
         if chosen is None:
             return {}
-        return dict(selectedpoints=[k for k, r in enumerate(group) if index[id(r)] in chosen], selected=dict(marker=dict(size=14)))
+        return dict(selectedpoints=[k for k, r in enumerate(group) if index[id(r)] in chosen], selected=dict(marker=dict(size=14)), unselected=dict(marker=dict(opacity=0.35)))
 
     groups = series_of(rows)
     colors = series_colors(list(groups))

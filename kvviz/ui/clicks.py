@@ -23,8 +23,8 @@ def new_selection(chart_key: str) -> dict | None:
     saw it (a click, a box or a lasso; an emptied selection too, as ``{}``), else None."""
     ss = st.session_state
     selection = (ss.get(chart_key) or {}).get("selection") or {}
-    marker = repr([(p.get("curve_number"), p.get("point_index"), p.get("x")) for p in selection.get("points", [])]) + repr(selection.get("box"))
-    if ss.get(chart_key + ".seen_selection", "[]None") == marker:
+    marker = repr([(p.get("curve_number"), p.get("point_index"), p.get("x")) for p in selection.get("points", [])]) + repr(selection.get("box") or [])
+    if ss.get(chart_key + ".seen_selection", "[][]") == marker:  # a chart not yet used reads as an empty selection
         return None
     ss[chart_key + ".seen_selection"] = marker
     return dict(selection)
