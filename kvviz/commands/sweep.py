@@ -36,6 +36,10 @@ def configure(p) -> None:
     p.add_argument("--question", choices=["with", "after", "both"], default="with",
                    help="passkey: compress with the question in the prompt, before it (query-agnostic: the question is appended after), or both")
     add_model_args(p)
+    p.add_argument("--workers", type=int, default=1,
+                   help="spread the runs over N local worker processes, each loading the model once (default 1: in this process)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the points as Ray actors (one per GPU, or --workers of them) on a local Ray cluster or the one at ADDRESS (pip install 'kvviz[ray]')")
     p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (- for stdout)")
     p.add_argument("--html", metavar="FILE", help="write a standalone HTML report (charts, table, settings)")
     p.add_argument("--json", action="store_true", help="print one JSON object: settings, reference and rows")
@@ -95,8 +99,6 @@ def main(args) -> int:
     from kvviz.sweep import run as sweep
 
     settings = settings_from(args)
-    sweep.expand(settings)  # bad specs fail before the model loads
-    loaded = load(args)
 
     def progress(p) -> None:
         if p.label:
@@ -104,10 +106,31 @@ def main(args) -> int:
         else:
             print(f"done: {p.done} runs in {p.elapsed_s:.1f} s", file=sys.stderr, flush=True)
 
+    sweep.expand(settings)  # bad specs fail before the model loads
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {args.workers}.")
+    if args.workers > 1 or args.ray is not None:
+        if args.device_map:
+            raise ValueError("--device-map splits one model over this host's GPUs: use it without --workers or --ray.")
+        from kvviz.sweep import spread
+
+        result = spread.run(
+            settings, loader=spread.Loader(args.model, args.device, args.dtype), workers=args.workers if args.ray is None or args.workers > 1 else None,
+            use_ray=args.ray is not None, ray_address=args.ray or None, on_progress=progress,
+        )
+        return report(args, settings, result)
+    loaded = load(args)
     result = sweep.run(
         loaded.model, loaded.tokenizer, settings, on_progress=progress, model_name=loaded.summary.name,
         max_context=loaded.summary.max_context,
     )
+    return report(args, settings, result)
+
+
+def report(args, settings, result) -> int:
+    """The result as --csv, --html, --json or a table."""
+    from kvviz.sweep import run as sweep
+
     csv_text = sweep.rows_csv(result.rows, settings.task)
     if args.csv == "-":
         sys.stdout.write(csv_text)

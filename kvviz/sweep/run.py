@@ -293,43 +293,23 @@ def run(
     """Run every point of the sweep on ``model``; see the module's docstring for what each task
     measures. ``should_stop`` is polled between runs and between tokens: a stopped sweep returns
     the rows finished so far with ``stopped=True``."""
-    from kvviz.runtime import engine
-
     the_plan = plan(tokenizer, settings, max_context=max_context)
     should_stop = should_stop or (lambda: False)
     result = SweepResult(settings, [], model=model_name, device=str(next(model.parameters()).device), dtype=str(model.dtype).replace("torch.", ""))
     t0 = time.perf_counter()
     reference_logprobs = None
-    common = dict(model_name=model_name, should_stop=should_stop, top_k=1)
     done = 0
     try:
-        for planned in the_plan.runs:
+        for index, planned in enumerate(the_plan.runs):
             if should_stop():
                 raise Stopped
             if on_progress is not None:
                 on_progress(Progress(done, len(the_plan.runs), planned.label, time.perf_counter() - t0))
-            t = time.perf_counter()
-            if settings.task == "ppl" and planned.spec is None:  # the full cache, once per text
-                trace = engine.run(model, tokenizer, planned.prompt_ids, "full", forced_ids=the_plan.forced_ids, keep_logprobs=True, **common)
-                _check_complete(trace)
-                reference_logprobs = trace.extra.pop("logprobs")
-                result.reference = {
-                    "ppl": perplexity(trace.chosen_logprob), "kv_bytes_full": int(trace.kv_bytes_full[-1]),
-                    "seconds": time.perf_counter() - t, "context": len(planned.prompt_ids), "continuation": trace.n_steps,
-                }
-            elif settings.task == "ppl":
-                trace = engine.run(
-                    model, tokenizer, planned.prompt_ids, planned.spec, forced_ids=the_plan.forced_ids,
-                    reference_logprobs=reference_logprobs, **common,
-                )
-                _check_complete(trace)
-                result.rows.append(ppl_row(planned, trace, time.perf_counter() - t))
+            outcome, logprobs = run_one(model, tokenizer, the_plan, index, reference_logprobs, should_stop=should_stop, model_name=model_name)
+            if logprobs is not None:
+                result.reference, reference_logprobs = outcome, logprobs
             else:
-                trace = engine.run(
-                    model, tokenizer, planned.prompt_ids, planned.spec, max_new_tokens=planned.steps, question_at=planned.question_at, **common
-                )
-                _check_complete(trace)
-                result.rows.append(passkey_row(planned, trace, time.perf_counter() - t))
+                result.rows.append(outcome)
             done += 1
     except Stopped:
         result.stopped = True
@@ -337,6 +317,37 @@ def run(
     if on_progress is not None:
         on_progress(Progress(done, len(the_plan.runs), "", result.seconds))
     return result
+
+
+def run_one(model, tokenizer, the_plan: Plan, index: int, reference_logprobs=None, *, should_stop=None, model_name: str = ""):
+    """Run point ``index`` of a plan: (its row, None), or for the ppl task's full-cache reference
+    (the reference dict, its log-probabilities), which every later ppl run needs. Raises Stopped."""
+    from kvviz.runtime import engine
+
+    planned, settings = the_plan.runs[index], the_plan.settings
+    common = dict(model_name=model_name, should_stop=should_stop or (lambda: False), top_k=1)
+    t = time.perf_counter()
+    if settings.task == "ppl" and planned.spec is None:  # the full cache, once per text
+        trace = engine.run(model, tokenizer, planned.prompt_ids, "full", forced_ids=the_plan.forced_ids, keep_logprobs=True, **common)
+        _check_complete(trace)
+        logprobs = trace.extra.pop("logprobs")
+        reference = {
+            "ppl": perplexity(trace.chosen_logprob), "kv_bytes_full": int(trace.kv_bytes_full[-1]),
+            "seconds": time.perf_counter() - t, "context": len(planned.prompt_ids), "continuation": trace.n_steps,
+        }
+        return reference, logprobs
+    if settings.task == "ppl":
+        trace = engine.run(
+            model, tokenizer, planned.prompt_ids, planned.spec, forced_ids=the_plan.forced_ids,
+            reference_logprobs=reference_logprobs, **common,
+        )
+        _check_complete(trace)
+        return ppl_row(planned, trace, time.perf_counter() - t), None
+    trace = engine.run(
+        model, tokenizer, planned.prompt_ids, planned.spec, max_new_tokens=planned.steps, question_at=planned.question_at, **common
+    )
+    _check_complete(trace)
+    return passkey_row(planned, trace, time.perf_counter() - t), None
 
 
 def _check_complete(trace) -> None:
