@@ -11,7 +11,7 @@ from kvviz.record.metrics import format_bytes, memory_saving
 from kvviz.record.text import match_positions
 from kvviz.record.token_states import token_records
 from kvviz.ui.a11y import bring_into_view, chart
-from kvviz.ui import live_controls, live_result, token_html
+from kvviz.ui import live_controls, live_result, token_html, token_window
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import persisted
@@ -39,7 +39,7 @@ if result is None:
 # ------------------------------------------------------------------------------ the result
 trace, full, forced, cmp = result.trace, result.full, result.forced, result.against_full
 bring_into_view("result", result.request.run_id)  # after Run, the result is in view
-live_result.header(result, spec)
+live_result.header(result, spec, (state.prompt_name, prompt_len))
 if state.loaded.summary.sliding_windows and result.trace.model == state.loaded.summary.name:
     st.caption("Sliding-window layers: " + state.loaded.summary.sliding_note() + ". The token view shows the policy's cache.")
 step, scope, play = live_result.step_controls(trace)
@@ -57,12 +57,16 @@ tab_names.append("Run details")
 tabs = dict(zip(tab_names, st.tabs(tab_names)))
 
 with tabs["Tokens"]:
+    page = token_window.page_control(min(trace.n_positions, trace.prompt_len + step), "live.tokens.page")  # long sequences: a window
     token_box, occupancy_box = st.empty(), st.empty()
 
     def show_step(s: int, key: str) -> None:
         with token_box.container():
             st.caption(f"Step {s} · {scope.label()} · hover a token for its position, score, eviction step and share of layers/heads keeping it")
-            token_html.render_tokens(token_records(trace, s, scope), s, marked=marked)
+            records, shown = token_window.window(token_records(trace, s, scope), page)
+            if shown:
+                st.caption(shown)
+            token_html.render_tokens(records, s, marked=marked)
         chart(retention_charts.occupancy_figure(trace, s), width="stretch", key=f"live.occ.{key}", where=occupancy_box.container())
 
     if play:

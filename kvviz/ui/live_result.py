@@ -103,8 +103,25 @@ def open_trace_file() -> None:
         st.session_state[SHOWN] = st.session_state.get(SHOWN, 0) + 1
 
 
-def header(result: live_run.LiveResult, spec_now: PolicySpec | None) -> None:
-    """Which run this is, the settings that produced it, and how it ended."""
+def changed_settings(req: live_run.LiveRequest, spec_now: PolicySpec | None, prompt_now: tuple[str, int | None] | None,
+                     new_tokens_now: int | None, compare_now: bool | None) -> list[str]:
+    """What the controls say now that the run ``req`` did not: one phrase per changed input."""
+    changed = []
+    if spec_now is not None and spec_now != req.spec:
+        changed.append(f"the policy is **{md_escape(spec_now.label())}**")
+    if prompt_now is not None and (prompt_now[0] != req.prompt_name or prompt_now[1] != req.prompt_len):
+        name, length = prompt_now
+        changed.append(f"the prompt is **{md_escape(name or 'custom prompt')}**" + (f" ({length} tokens)" if length else ""))
+    if new_tokens_now is not None and new_tokens_now != req.max_new_tokens:
+        changed.append(f"new tokens {req.max_new_tokens} → {new_tokens_now}")
+    if compare_now is not None and compare_now != req.compare:
+        changed.append("compare with the full cache " + ("on" if compare_now else "off"))
+    return changed
+
+
+def header(result: live_run.LiveResult, spec_now: PolicySpec | None, prompt_now: tuple[str, int | None] | None = None) -> None:
+    """Which run this is, the settings that produced it, and how it ended; marked when the controls
+    have changed since (a run of this page or the store's: an opened trace file has no controls)."""
     req, trace = result.request, result.trace
     st.divider()
     st.subheader(f"{md_escape(req.spec.label())} on “{md_escape(req.prompt_name or 'custom prompt')}”")
@@ -114,8 +131,12 @@ def header(result: live_run.LiveResult, spec_now: PolicySpec | None) -> None:
         + f" · {trace.prompt_len} prompt tokens · {req.max_new_tokens} new tokens asked · "
         + ("compared with the full cache" if req.compare else "no comparison")
     )
-    if spec_now is not None and spec_now != req.spec:
-        st.caption(f"The controls above now say **{md_escape(spec_now.label())}**: press **Run** to run them.")
+    ss = st.session_state
+    if req.run_id == ss.get(LOADED_RUN):
+        changed = changed_settings(req, spec_now, prompt_now, ss.get("live.new_tokens"), ss.get("live.compare"))
+        if changed:
+            st.warning("This result is from earlier settings. The controls above now say: " + "; ".join(changed)
+                       + ". Press **Run** to run them.", icon=":material/history:")
     for note in req.notes:
         st.caption(note)
     if cut := cut_character_note(result.generated_text or trace.generated_text):

@@ -50,8 +50,14 @@ def test_the_result_names_its_settings_and_notices_new_ones(page):
     assert result.request.spec == PolicySpec.parse("h2o:recent=4,ratio=0.25")
     assert "h2o recent=4 · 25%" in texts(at) and "Settings of this run: **h2o:recent=4,ratio=0.25**" in texts(at)
     at.selectbox(key="live.name").set_value("snapkv").run()
-    assert "The controls above now say **snapkv" in texts(at)
+    assert "This result is from earlier settings. The controls above now say: the policy is **snapkv" in texts(at)
     assert at.session_state["live.result"] is result  # nothing reran
+    at.slider(key="_live.new_tokens").set_value(5).run()
+    assert "new tokens 3 → 5" in texts(at)  # every input of the run, not only the policy (issue 24)
+    at.selectbox(key="live.name").set_value("h2o").run()
+    at.number_input(key="live.h2o.recent").set_value(4)
+    at.slider(key="_live.new_tokens").set_value(3).run()
+    assert "earlier settings" not in texts(at)  # back to the run's own settings: no mark
 
 
 def test_a_stored_run_reopens_from_its_link_in_a_new_session(page, smollm):
