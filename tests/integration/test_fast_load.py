@@ -1,5 +1,5 @@
 """The weights cache's fast path (kvviz.model.weight_files.load_mapped): the model built on the
-meta device with the file's tensors (mapped, copied once) assigned to it gives exactly the logits of transformers'
+meta device with the file's tensors (read in one go) assigned to it gives exactly the logits of transformers'
 from_pretrained of the same entry; the checksum is skipped only for a file whose stat is the one
 recorded when its checksum last matched."""
 
