@@ -57,7 +57,7 @@ tab_names.append("Run details")
 tabs = dict(zip(tab_names, st.tabs(tab_names)))
 
 with tabs["Tokens"]:
-    page = token_window.page_control(min(trace.n_positions, trace.prompt_len + step), "live.tokens.page")  # long sequences: a window
+    page = token_window.page_control(min(trace.n_positions, trace.prompt_len + step + 1), "live.tokens.page")  # long sequences: a window (the next token drawn too)
     token_box, occupancy_box = st.empty(), st.empty()
 
     def show_step(s: int, key: str) -> None:

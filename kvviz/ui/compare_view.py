@@ -21,6 +21,7 @@ from kvviz.record.token_states import Scope, clamp_step, occupancy, one_line, qu
 from kvviz.ui import sidebar as sb
 from kvviz.ui.job_view import JobView
 from kvviz.ui.policy_controls import seed_budget, seed_controls
+from kvviz.ui.token_window import windowed
 from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, scroll_box, tokens_html
 from kvviz.record.why_evicted import evicted_positions, most_evicted, why_evicted
 
@@ -189,7 +190,8 @@ def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None
     a.metric("First divergence", "none" if div is None else f"token {div}", help=f"of the free output from the full cache's, {DIVERGENCE_NOTE}")
     b.metric("Top-1 agreement", f"{run.top1_agreement:.0%}" if run.forced is not None else "–",
              help=f"teacher-forced on the full cache's output; mean KL {run.mean_kl:.4f} nats")
-    render(scroll_box(tokens_html(token_records(trace, s, Scope()), s), f"Token states of {label} at step {s}", height=320))
+    records = windowed(token_records(trace, s, Scope()), f"{key}.tokens")  # long sequences: a window
+    render(scroll_box(tokens_html(records, s), f"Token states of {label} at step {s}", height=320))
     why_evicted_panel(trace, s, key=f"{key}.why")
 
 

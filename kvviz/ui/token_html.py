@@ -106,9 +106,9 @@ def tokens_html(records: list[TokenRecord], step: int, show_pending: bool = Fals
             continue
         r = pieces[-1]
         text = records[b - 1].text if pieces[-1] is records[b - 1] else "…"  # a character not complete yet
-        if r.generated and (pieces[0].position == 0 or not records[pieces[0].position - 1].generated):
+        if r.generated and (pieces[0].position == 0 or (a > 0 and not records[a - 1].generated)):  # records may be a window
             parts.append('<span class="out" title="the model&#x27;s output starts here">▌output:</span>')
-        classes = f"tok st-{r.state}" + (" gen" if r.generated else "") + (" mark" if marked & set(range(a, b)) else "")
+        classes = f"tok st-{r.state}" + (" gen" if r.generated else "") + (" mark" if marked & {p.position for p in records[a:b]} else "")
         # a partly kept chip is filled from the left as far as the share of layers/heads keeping it
         share = f' style="{partial_fill(r.kept_share)}"' if r.state == "partial" else ""
         joined = f' data-pieces="{len(pieces)}"' if len(pieces) > 1 else ""
