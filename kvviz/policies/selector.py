@@ -116,6 +116,11 @@ class Selector(Policy):
         """Update running stats and return what to keep, or None to keep everything."""
         raise NotImplementedError
 
+    def read(self, layer: LayerView, ctx: StepContext) -> torch.Tensor | None:
+        """(kv_heads, k) long, ascending: the held entries this decode step's attention reads
+        (a ``Retriever``); None = all of them. Nothing leaves the cache."""
+        return None
+
     def protection(self, budget: int | None) -> Protection:
         """What this selector always keeps with a layer budget of ``budget`` entries per KV head
         (sinks, a recent window); recorded on the Trace so views can tell protected entries apart."""
@@ -251,3 +256,42 @@ class ScoredSelector(BudgetSelector):
             return None
         scores = self.score(layer, ctx)  # (kv_heads, n)
         return Selection(keep=self.choose(scores, ctx.budget, self.protected(layer.positions, ctx.budget)), scores=scores)
+
+
+@dataclass
+class Retriever(Selector):
+    """A selector that evicts nothing and, at each decode step of one new token, picks the
+    entries the attention reads (Quest, SparQ, a hashed key summary): the cache keeps every entry
+    and its summary, the attention reads ``read_budget`` of them per KV head, gathered.
+
+    A subclass only ranks the held entries for the step's query (``rank``, higher is read); this
+    base always reads the newest entry (the token itself) and the top of the rest. With a read
+    budget of at least the entries held it reads all of them, in order: the same as ``full``.
+    The prefill, and a step of several new tokens, read everything.
+    """
+
+    family = "retrieval"
+    needs_queries = True
+
+    read_budget: int = param(64, "Entries each decode step reads per layer and KV head (the cache keeps them all).", min=1, max=1_000_000)
+
+    def step(self, layer, ctx):
+        return None  # nothing is evicted
+
+    def rank(self, layer: LayerView, ctx: StepContext) -> torch.Tensor:
+        """(kv_heads, n) float: how much each held entry matters to this step's query."""
+        raise NotImplementedError
+
+    def read(self, layer, ctx):
+        if ctx.is_prefill or layer.n_new != 1 or layer.queries is None:
+            return None
+        n = layer.n
+        if self.read_budget >= n:
+            return torch.arange(n, device=layer.keys.device).expand(layer.kv_heads, n)
+        rank = self.rank(layer, ctx).float().clone()  # (kv_heads, n)
+        rank[:, -1] = float("inf")  # the new token reads itself
+        return rank.topk(self.read_budget, dim=-1).indices.sort(dim=-1).values
+
+    def summary_bytes(self, kv_heads: int, n: int, head_dim: int) -> int:
+        """Bytes of the key summary beside ``n`` entries of one layer (0 when none is kept)."""
+        return 0

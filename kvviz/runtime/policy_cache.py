@@ -33,7 +33,7 @@ from kvviz.runtime.jobs import Stopped
 from kvviz.model.devices import layers_by_device
 from kvviz.storage.fixed_capacity import FixedLayer
 from kvviz.policies import Pipeline, PolicyError
-from kvviz.policies.selector import LayerView, Selection, StepContext
+from kvviz.policies.selector import LayerView, Retriever, Selection, StepContext
 from kvviz.policies.store import Store
 from kvviz.policies.scoring import attention_probs
 from kvviz.record.trace import Protection, StoreError
@@ -130,7 +130,10 @@ class PolicyLayer(CacheLayerMixin):
             keys, values = key_states[0], value_states[0]  # what the store now holds, before compression
         else:
             keys, values = store.materialize()
-        self.owner.select(self, keys, values, positions, queries, prefill)
+        read = self.owner.select(self, keys, values, positions, queries, prefill)
+        if read is not None:  # a retriever: the attention reads only these entries; the cache keeps all
+            keys = keys.gather(1, read[..., None].expand(-1, -1, keys.shape[-1]))
+            values = values.gather(1, read[..., None].expand(-1, -1, values.shape[-1]))
         return keys.unsqueeze(0), values.unsqueeze(0)
 
     def wants_queries(self) -> bool:
@@ -219,6 +222,8 @@ class RunRecords:
         self.evicted_at = torch.full((n, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)
         self.scores = torch.full((n, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
         self.lost_mass = torch.zeros(n, dtype=torch.float32, device=device)  # this step's, per layer
+        self.read_at = torch.full((n, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)  # last step read
+        self.read_entries = torch.zeros(n, dtype=torch.int64, device=device)  # entries read per KV head, this step
 
 
 class PolicyCache(Cache):
@@ -316,6 +321,8 @@ class PolicyCache(Cache):
             if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                 kwargs["attention_mask"] = layer.fixed.attention_mask(hidden.dtype)
+            elif layer.seen and positions.shape[0] == 1 and self.retrieves:
+                kwargs["attention_mask"] = None  # one query reads a gathered set of its past: nothing to hide
             elif layer.seen and isinstance(kwargs.get("attention_mask"), torch.Tensor):
                 kwargs["attention_mask"] = sized_mask(kwargs["attention_mask"], len(layer), positions.shape[0])
             return args, kwargs
@@ -339,11 +346,17 @@ class PolicyCache(Cache):
             return Store(kv_heads, head_dim, dtype, device)
         return self.pipeline.storage.make_store(layer_idx, self.n_layers, kv_heads, head_dim, dtype, device)
 
-    def select(self, layer: PolicyLayer, keys, values, new_positions, queries, prefill: bool) -> None:
-        """Let the selector decide what the layer keeps, and record the decision."""
+    @property
+    def retrieves(self) -> bool:
+        """Whether the selector picks, at each decode step, the entries the attention reads."""
+        return isinstance(self.pipeline.selector, Retriever)
+
+    def select(self, layer: PolicyLayer, keys, values, new_positions, queries, prefill: bool) -> torch.Tensor | None:
+        """Let the selector decide what the layer keeps, and record the decision. Returns the
+        (kv_heads, k) entries this step's attention reads, for a retriever; None = all."""
         sel = self.pipeline.selector
         if sel is None or not (prefill or sel.acts_at_decode):
-            return
+            return None
         if sel.needs_queries and queries is None:
             raise PolicyError(f"{sel.name} needs the attention queries, but none were captured for this model.")
         view = LayerView(
@@ -364,10 +377,16 @@ class PolicyCache(Cache):
             budget=self.layer_budgets[layer.layer_idx],
             generator=self.generator,
         )
+        read = sel.read(view, ctx)
+        if read is not None:
+            rec, row = self.record_slot[layer.layer_idx]
+            step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
+            rec.read_at[row].scatter_(1, view.positions.gather(1, read), step.expand(read.shape).contiguous())
+            rec.read_entries[row] = read.shape[1]
         decision = sel.step(view, ctx)
-        if decision is None:
-            return
-        self.record(layer, decision, keys, new_positions, queries)
+        if decision is not None:
+            self.record(layer, decision, keys, new_positions, queries)
+        return read
 
     def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:
         """Apply the decision to the layer and write the trace's records: scores, the step at

@@ -107,6 +107,7 @@ COVERED |= {"think"}  # its reference (ThinKPress's rule): tests/integration/tes
 COVERED |= {"criticalkv", "duo_attention", "kvzip"}  # their references: tests/integration/test_kvpress_c.py
 COVERED |= {"minicache"}  # its reference (MiniCache's merge rule in float64): tests/integration/test_minicache.py
 COVERED |= {"turboquant"}  # its reference (the paper's codebook, distortion, quantizer in float64): tests/integration/test_turboquant.py
+COVERED |= {"quest", "sparq", "simhash"}  # their references (page bounds, SparQ's scores, a plain SimHash in float64): tests/integration/test_retrieval.py
 
 
 def test_every_registered_policy_is_held_to_a_reference_here():

@@ -19,6 +19,8 @@ EXPECTED |= {"minicache"}  # MiniCache: cross-layer merging, a store
 EXPECTED |= {"turboquant"}  # TurboQuant: rotation + codebook, a store
 EXPECTED |= {"criticalkv", "duo_attention", "kvzip"}  # kvpress presses, part C
 FAMILIES |= {"cross-layer merging"}
+EXPECTED |= {"quest", "sparq", "simhash"}  # retrieval: every entry kept, each step reads a chosen set
+FAMILIES |= {"retrieval"}
 
 
 def test_every_policy_is_registered():

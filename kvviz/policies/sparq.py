@@ -1,0 +1,42 @@
+"""SparQ: approximate scores from the query's largest components pick the entries each step reads."""
+
+from dataclasses import dataclass
+
+import torch
+
+from kvviz.policies.params import param
+from kvviz.policies.selector import Retriever
+
+
+def approximate_scores(queries: torch.Tensor, keys: torch.Tensor, r: int) -> torch.Tensor:
+    """SparQ's step 1: per query head, the r largest |q_i|, and softmax(q[i] . K[:, i] / tau) with
+    tau = sqrt(d * |q[i]|_1 / |q|_1). queries (kv_heads, group, d); keys (kv_heads, n, d).
+    Returns (kv_heads, group, n) float32."""
+    q, k = queries.float(), keys.float()
+    d = q.shape[-1]
+    idx = q.abs().topk(min(r, d), dim=-1).indices  # (kv_heads, group, r)
+    q_r = q.gather(-1, idx)
+    k_r = k[:, None].expand(-1, q.shape[1], -1, -1).gather(-1, idx[:, :, None, :].expand(-1, -1, k.shape[1], -1))
+    tau = (d * q_r.abs().sum(-1) / q.abs().sum(-1)).sqrt()  # (kv_heads, group)
+    return (torch.einsum("hgr,hgnr->hgn", q_r, k_r) / tau[..., None]).softmax(dim=-1)
+
+
+@dataclass
+class SparQ(Retriever):
+    name = "sparq"
+    paper = "Ribar et al., 2024. SparQ Attention: Bandwidth-Efficient LLM Inference"
+    paper_url = "https://arxiv.org/abs/2312.04985"
+    summary = """Retrieval, not eviction: the cache keeps every entry. At each decode step the
+    query's `r` largest components (by magnitude) give approximate scores of every key, read
+    from those `r` dimensions only, with the paper's temperature sqrt(d x |q_r|_1 / |q|_1); the
+    attention reads the read_budget entries with the highest approximate scores. Differs from
+    SparQ: the paper mixes the read attention with the mean of all values, weighted by the
+    approximate mass not read (its mean-value correction); kvviz reads the chosen entries only,
+    with no correction. For GQA a KV head ranks its entries by the sum of its query heads'
+    approximate scores (the paper ran one query per KV head)."""
+
+    r: int = param(16, "Query components used for the approximate scores (of the head dimension).", min=1, max=4096)
+
+    def rank(self, layer, ctx):
+        q = layer.queries[:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
+        return approximate_scores(q, layer.keys, self.r).sum(dim=1)

@@ -1,0 +1,134 @@
+"""Retrieval policies (quest, sparq, simhash) on the embedded SmolLM2, held to references written
+here in float64 from transformers' own projections (tests/references.py): Quest's page bounds and
+chosen pages, SparQ's approximate scores and top-k, and a plain SimHash's Hamming similarities.
+
+The prefill reads every entry (its logits equal full's); the first decode step's query in the first
+layer that retrieves depends only on layers that read everything, so its read set can be recomputed
+from the full sequence's projections. With the whole cache as read budget each policy equals full.
+One 30-token prompt, 2-3 steps each: a few seconds on the CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.references import projections
+
+from kvviz.policies import build
+from kvviz.record.text import encode_prompt
+from kvviz.runtime import engine
+from kvviz.runtime.policy_cache import PolicyCache
+
+TEXT = (
+    "The lighthouse keeper climbed the stairs every evening to light the lamp. "
+    "One night he found a bottle on the rocks, and inside it was a letter."
+)
+LAYERS, KV, D = 30, 3, 64
+
+
+@pytest.fixture(scope="module")
+def ids(smollm):
+    return encode_prompt(smollm.tokenizer, TEXT)
+
+
+@pytest.fixture(scope="module")
+def full(smollm, ids):
+    return engine.run(smollm.model, smollm.tokenizer, ids, "full", max_new_tokens=3, stop_at_eos=False, keep_logprobs=True)
+
+
+@pytest.fixture(scope="module")
+def qk(smollm, ids, full):
+    """Queries and keys of the prompt and the first generated token, float64, every layer."""
+    return projections(smollm.model, ids + full.generated_ids[:1])
+
+
+def first_decode(smollm, ids, token, spec, params):
+    """Prefill and one decode step of ``token``; returns (cache, prefill logits, step logits)."""
+    pipeline = build(spec, params)
+    P = len(ids)
+    cache = PolicyCache(pipeline, LAYERS, P, P + 2, KV, "cpu")
+    with torch.inference_mode(), cache.attached(smollm.model):
+        first = engine.prefill(smollm.model, cache, ids)
+        second = engine.decode_step(smollm.model, cache, torch.tensor([[token]]), torch.tensor([P]))
+    return cache, first, second
+
+
+def read_set(cache, layer):
+    """(kv_heads, k) positions the decode step (step 1) read in ``layer``."""
+    read_at = cache.records[0].read_at[layer]
+    return [torch.nonzero(row == 1).flatten().tolist() for row in read_at]
+
+
+@pytest.mark.parametrize("spec", ["quest", "sparq", "simhash"])
+def test_whole_cache_as_read_budget_equals_full(smollm, ids, full, spec):
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, spec, params={"read_budget": 10_000}, max_new_tokens=3,
+                       stop_at_eos=False, keep_logprobs=True)
+    assert trace.generated_ids == full.generated_ids
+    torch.testing.assert_close(trace.extra["logprobs"], full.extra["logprobs"], atol=1e-5, rtol=0)
+    assert (trace.evicted_at_step == -1).all()  # retrieval keeps every entry
+
+
+def clear_top(scores, k):
+    """Indices of the k highest per row (plus the last, always read), sorted; asserts a clear cut."""
+    out = []
+    for row in scores:
+        row = row.clone()
+        row[-1] = float("inf")
+        order = row.argsort(descending=True)
+        assert row[order[k - 1]] - row[order[k]] > 1e-6 * max(1.0, abs(float(row[order[k]])))
+        out.append(sorted(order[:k].tolist()))
+    return out
+
+
+def test_quest_reads_the_pages_with_the_highest_bound(smollm, ids, full, qk):
+    page, budget, layer = 4, 12, 2  # Quest reads every entry in layers 0 and 1
+    cache, first, _ = first_decode(smollm, ids, full.generated_ids[0], "quest", {"read_budget": budget, "page_size": page})
+    assert first.argmax().item() == full.generated_ids[0]  # the prefill reads everything
+    assert all(read_set(cache, li) == [[]] * KV for li in range(2))  # and so do the first two layers
+    q, k = qk[0][layer][:, -1], qk[1][layer]  # (9, d), (3, n, d) float64, n = P + 1
+    n = k.shape[1]
+    bounds = []
+    for h in range(KV):
+        pages = [k[h, s:s + page] for s in range(0, n, page)]
+        bounds.append(torch.stack([
+            sum(torch.maximum(q[3 * h + g] * p.max(0).values, q[3 * h + g] * p.min(0).values).sum() for g in range(3))
+            for p in pages]))
+    chosen = clear_top(torch.stack(bounds), budget // page)
+    want = [sorted(i for pg in pages for i in range(pg * page, min(pg * page + page, n))) for pages in chosen]
+    assert read_set(cache, layer) == want
+    assert len(want[0]) == budget - (-(-n // page) * page - n)  # the partial newest page
+
+
+def test_sparq_reads_the_top_approximate_scores(smollm, ids, full, qk):
+    r, budget = 8, 10
+    cache, first, _ = first_decode(smollm, ids, full.generated_ids[0], "sparq", {"read_budget": budget, "r": r})
+    assert first.argmax().item() == full.generated_ids[0]
+    q, k = qk[0][0][:, -1], qk[1][0]  # layer 0: its query does not depend on what was read
+    scores = []
+    for h in range(KV):
+        total = 0
+        for g in range(3):
+            qh = q[3 * h + g]
+            i = qh.abs().argsort(descending=True)[:r]
+            tau = (D * qh[i].abs().sum() / qh.abs().sum()).sqrt()
+            total = total + (k[h][:, i] @ qh[i] / tau).softmax(0)
+        scores.append(total)
+    assert read_set(cache, 0) == clear_top(torch.stack(scores), budget)
+
+
+def test_simhash_reads_the_most_similar_signatures(smollm, ids, full, qk):
+    bits, tables, budget, seed = 6, 3, 10, 5
+    cache, first, _ = first_decode(smollm, ids, full.generated_ids[0], "simhash",
+                                   {"read_budget": budget, "bits": bits, "tables": tables, "seed": seed})
+    assert first.argmax().item() == full.generated_ids[0]
+    planes = torch.randn(tables * bits, D, generator=torch.Generator().manual_seed(seed)).double()  # the hash's hyperplanes
+    q, k = qk[0][0][:, -1], qk[1][0]
+    got = read_set(cache, 0)
+    for h in range(KV):
+        key_sig = (k[h] @ planes.T) > 0  # (n, bits * tables): plain SimHash
+        sim = sum(((q[3 * h + g] @ planes.T) > 0)[None].eq(key_sig).sum(-1) for g in range(3))  # (n,)
+        sim[-1] = 10**6
+        read = torch.tensor(got[h])
+        assert len(read) == budget
+        unread = torch.tensor([i for i in range(len(sim)) if i not in got[h]])
+        assert sim[read].min() >= sim[unread].max()  # ties at the cut may go either way
