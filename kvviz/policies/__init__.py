@@ -169,15 +169,17 @@ def tunable_params(name: str) -> dict[str, Param]:
 
 @dataclass
 class Pipeline:
-    """A parsed policy spec: at most one selector and at most one store."""
+    """A parsed policy spec: at most one selector and at most one store, and a retriever after
+    an evicting selector (``snapkv+quest``: evict first, then read)."""
 
     spec: str
     selector: Selector | None
     storage: Storage | None
+    reader: Selector | None = None  # a Retriever composed after ``selector``
 
     @property
     def policies(self) -> list[Policy]:
-        return [p for p in (self.selector, self.storage) if p is not None]
+        return [p for p in (self.selector, self.reader, self.storage) if p is not None]
 
     def params(self) -> dict[str, dict]:
         return {p.name: p.values() for p in self.policies}
@@ -189,7 +191,7 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
     ``params`` is flat ({"bits": 4}), prefixed ({"quant.bits": 4}) or nested ({"quant": {"bits": 4}}).
     ``budget``/``ratio`` go to the selector.
     """
-    from kvviz.policies.selector import BudgetSelector, Selector
+    from kvviz.policies.selector import BudgetSelector, Retriever, Selector
     from kvviz.policies.store import Storage
 
     names = [n.strip() for n in (spec or "").split("+") if n.strip()]
@@ -198,8 +200,11 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
     classes = [get(n) for n in names]
     selectors = [c for c in classes if issubclass(c, Selector)]
     stores = [c for c in classes if issubclass(c, Storage)]
+    readers = [c for c in selectors if issubclass(c, Retriever)] if len(selectors) == 2 else []
+    if len(readers) == 1:
+        selectors = [c for c in selectors if c is not readers[0]]  # snapkv+quest: evict, then read
     if len(selectors) > 1 or len(stores) > 1:
-        raise PolicyError(f"'{spec}': compose at most one selector and one store (e.g. snapkv+quant).")
+        raise PolicyError(f"'{spec}': compose at most one selector and one store (e.g. snapkv+quant), and a retriever (snapkv+quest).")
     per_policy: dict[str, dict] = {c.name: {} for c in classes}
     for key, value in (params or {}).items():
         if isinstance(value, dict) and key in per_policy:
@@ -224,6 +229,7 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
         per_policy[budgeted[0].name]["budget"] = budget
         per_policy[budgeted[0].name]["ratio"] = ratio if budget is None else None
     built = {c.name: c.from_params(per_policy[c.name]) for c in classes}
-    selector = next((p for p in built.values() if isinstance(p, Selector)), None)  # at most one of each (checked above)
+    selector = next((built[c.name] for c in selectors), None)  # at most one of each (checked above)
     storage = next((p for p in built.values() if isinstance(p, Storage)), None)
-    return Pipeline(spec="+".join(names), selector=selector, storage=storage)
+    reader = built[readers[0].name] if len(readers) == 1 else None
+    return Pipeline(spec="+".join(names), selector=selector, storage=storage, reader=reader)

@@ -334,6 +334,8 @@ class PolicyCache(Cache):
         selector that scores with them, or to measure the attention mass lost to eviction."""
         if prefill and self.pipeline.storage is not None and self.pipeline.storage.needs_prefill_queries:
             return True
+        if self.reader is not None and not prefill:
+            return True
         sel = self.pipeline.selector
         if sel is None or not (prefill or sel.acts_at_decode):
             return False
@@ -349,15 +351,22 @@ class PolicyCache(Cache):
     @property
     def retrieves(self) -> bool:
         """Whether the selector picks, at each decode step, the entries the attention reads."""
-        return isinstance(self.pipeline.selector, Retriever)
+        return self.reader is not None
+
+    @property
+    def reader(self) -> Retriever | None:
+        """The policy that picks what each decode step reads: a retriever alone or composed after a selector."""
+        sel = self.pipeline.reader or self.pipeline.selector
+        return sel if isinstance(sel, Retriever) else None
 
     def select(self, layer: PolicyLayer, keys, values, new_positions, queries, prefill: bool) -> torch.Tensor | None:
         """Let the selector decide what the layer keeps, and record the decision. Returns the
         (kv_heads, k) entries this step's attention reads, for a retriever; None = all."""
-        sel = self.pipeline.selector
-        if sel is None or not (prefill or sel.acts_at_decode):
+        sel, reader = self.pipeline.selector, self.reader
+        acting = sel is not None and (prefill or sel.acts_at_decode)
+        if not acting and reader is None:
             return None
-        if sel.needs_queries and queries is None:
+        if acting and sel.needs_queries and queries is None:
             raise PolicyError(f"{sel.name} needs the attention queries, but none were captured for this model.")
         view = LayerView(
             layer_idx=layer.layer_idx,
@@ -377,13 +386,13 @@ class PolicyCache(Cache):
             budget=self.layer_budgets[layer.layer_idx],
             generator=self.generator,
         )
-        read = sel.read(view, ctx)
+        read = reader.read(view, ctx) if reader is not None else None
         if read is not None:
             rec, row = self.record_slot[layer.layer_idx]
             step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
             rec.read_at[row].scatter_(1, view.positions.gather(1, read), step.expand(read.shape).contiguous())
             rec.read_entries[row] = read.shape[1]
-        decision = sel.step(view, ctx)
+        decision = sel.step(view, ctx) if acting else None
         if decision is not None:
             self.record(layer, decision, keys, new_positions, queries)
         return read
@@ -488,9 +497,10 @@ class PolicyCache(Cache):
         )
 
     def grows(self) -> bool:
-        """True when no selector acts at decode: every layer grows by one entry per step."""
+        """True when no selector acts at decode: every layer grows by one entry per step (and no
+        retriever gathers what each step reads: fixed buffers are read whole)."""
         sel = self.pipeline.selector
-        return sel is None or not sel.acts_at_decode
+        return (sel is None or not sel.acts_at_decode) and self.reader is None
 
     def can_hold_fixed(self) -> bool:
         """Whether every layer's store can be held at a fixed capacity (after the prefill)."""

@@ -42,9 +42,9 @@ def qk(smollm, ids, full):
     return projections(smollm.model, ids + full.generated_ids[:1])
 
 
-def first_decode(smollm, ids, token, spec, params):
+def first_decode(smollm, ids, token, spec, params, budget=None):
     """Prefill and one decode step of ``token``; returns (cache, prefill logits, step logits)."""
-    pipeline = build(spec, params)
+    pipeline = build(spec, params, budget=budget)
     P = len(ids)
     cache = PolicyCache(pipeline, LAYERS, P, P + 2, KV, "cpu")
     with torch.inference_mode(), cache.attached(smollm.model):
@@ -132,3 +132,21 @@ def test_simhash_reads_the_most_similar_signatures(smollm, ids, full, qk):
         assert len(read) == budget
         unread = torch.tensor([i for i in range(len(sim)) if i not in got[h]])
         assert sim[read].min() >= sim[unread].max()  # ties at the cut may go either way
+
+
+def test_snapkv_then_quest_evicts_first_then_reads_among_the_kept(smollm, ids, full):
+    """snapkv+quest: SnapKV compresses the prompt to its budget at prefill (as snapkv alone does),
+    then each decode step reads Quest's pages among the entries SnapKV kept, never an evicted one."""
+    budget, read = 16, 8
+    cache, _, _ = first_decode(smollm, ids, full.generated_ids[0], "snapkv+quest", {"read_budget": read, "page_size": 4}, budget)
+    rec = cache.records[0]
+    for layer in (2, 15, 29):
+        evicted = rec.evicted_at[layer] == 0  # (kv_heads, capacity): evicted at prefill
+        held = cache.layers[layer].positions  # (kv_heads, budget + 1)
+        assert held.shape[1] == budget + 1
+        read_pos = [torch.nonzero(row == 1).flatten() for row in rec.read_at[layer]]
+        for h in range(KV):
+            # two pages of 4 of the 17 held: a full one and the newest, which holds only the new token
+            assert len(read_pos[h]) == read - 3 and not evicted[h, read_pos[h]].any()
+            assert (P := len(ids)) in read_pos[h].tolist() and evicted[h, :P].sum() == P - budget
+            assert set(read_pos[h].tolist()) <= set(held[h].tolist())
