@@ -93,6 +93,26 @@ _HIDE_SPARKLINES = """<script>(() => {
 })();</script>"""
 
 
+# A number typed outside its input's range stays in the browser, red: Streamlit keeps the previous
+# value, so a Run pressed then would run that one without a word. A primary button (Run) pressed
+# while a number input shows its range error is held back and the input takes the focus, its error
+# read out (issue 24).
+_HOLD_RUN_ON_RED = """<script>(() => {
+  if (window.kvvizHoldRun) return;
+  window.kvvizHoldRun = true;
+  document.addEventListener('click', (event) => {
+    const button = event.target.closest && event.target.closest('button[data-testid="stBaseButton-primary"]');
+    if (!button) return;
+    const red = document.querySelector('input[data-testid="stNumberInputField"][aria-describedby]');
+    if (!red) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    red.focus();
+    button.setAttribute('title', 'A number above is out of its range: fix it first (the run would use its previous value).');
+  }, true);
+})();</script>"""
+
+
 def page_setup() -> None:
     """What every page needs once (``start_page`` calls it)."""
-    st.html(f'{SR_CSS}<span class="kvviz-sr" aria-hidden="true"></span>{_HIDE_SPARKLINES}', unsafe_allow_javascript=True)
+    st.html(f'{SR_CSS}<span class="kvviz-sr" aria-hidden="true"></span>{_HIDE_SPARKLINES}{_HOLD_RUN_ON_RED}', unsafe_allow_javascript=True)
