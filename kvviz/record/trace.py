@@ -92,6 +92,10 @@ class Trace:
     # a model split across GPUs: per device, {"layers": [...], "weights_bytes", "kv_bytes", "allocated_bytes"}
     # at the end of the run; empty for a model on one device
     device_memory: dict = field(default_factory=dict)
+    # retrieval (quest, sparq, simhash): per step, K/V bytes the attention read (every held entry
+    # at the prefill) and bytes of the key summaries kept beside the cache; None for other policies
+    read_bytes: list[int] | None = None
+    summary_bytes: list[int] | None = None
     extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views

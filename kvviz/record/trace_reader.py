@@ -39,7 +39,7 @@ MAX_BYTES_VALUE = 2**62
 STOPPED_BY = ("eos", "max_new_tokens", "user")
 OPTIONAL = {
     "kl_to_reference", "top1_agreement", "teacher_forced", "stopped_by", "store_error", "protection", "spec",
-    "device_memory", "extra",
+    "device_memory", "extra", "read_bytes", "summary_bytes",
 }
 ARRAY_NDIM = {"evicted_at_step": 3, "scores": 3, "lost_mass": 2, "topk_ids": 2, "topk_probs": 2}  # others 1
 
@@ -124,6 +124,8 @@ def trace_from_dict(d: Any, where: str = "trace", check_spec: SpecCheck | None =
         spec=optional(d.get("spec"), lambda v: (check_spec or _spec)(v, w("spec"))),
         device_memory=_device_memory(d.get("device_memory", {}), w("device_memory")),
         extra=_extra(d.get("extra", {}), n_steps, n_layers, n_kv, w("extra")),
+        read_bytes=optional(d.get("read_bytes"), lambda v: steps_ints("read_bytes")),
+        summary_bytes=optional(d.get("summary_bytes"), lambda v: steps_ints("summary_bytes")),
     )
 
 

@@ -140,6 +140,8 @@ class StepRecords:
     kv_bytes: list[int] = field(default_factory=list)
     kv_bytes_full: list[int] = field(default_factory=list)
     bookkeeping_bytes: list[int] = field(default_factory=list)
+    read_bytes: list[int] = field(default_factory=list)  # a retriever's: K/V bytes each step read
+    summary_bytes: list[int] = field(default_factory=list)  # a retriever's: bytes of its key summaries
     step_s: list[float] = field(default_factory=list)
 
     def add(self, logprobs: torch.Tensor, cache: PolicyCache, shape: ModelShape) -> None:
@@ -148,6 +150,9 @@ class StepRecords:
         self.kv_bytes.append(cache.kv_bytes())
         self.kv_bytes_full.append(cache.layers[0].seen * shape.full_bytes_per_token)
         self.bookkeeping_bytes.append(cache.bookkeeping_bytes())
+        if cache.reader is not None:
+            self.read_bytes.append(cache.read_bytes())
+            self.summary_bytes.append(cache.summary_bytes())
 
 
 def cache_keyword(model) -> str:
@@ -437,6 +442,8 @@ def build_trace(
         stopped_by=stopped_by,
         store_error=cache.store_error(),
         protection=cache.protection,
+        read_bytes=records.read_bytes or None,
+        summary_bytes=records.summary_bytes or None,
     )
     if options.keep_logprobs:
         trace.extra["logprobs"] = logprobs

@@ -77,6 +77,7 @@ class PolicyLayer(CacheLayerMixin):
         self.stats: dict[str, torch.Tensor] = {}
         self.seen = 0  # tokens this layer has processed (the length of a full cache)
         self.fixed: FixedLayer | None = None  # set by hold_fixed: the entries in preallocated buffers
+        self.last_read_bytes = 0  # K/V bytes the last step's attention read (kept for a retriever)
 
     def held(self) -> tuple[Store, torch.Tensor]:
         """(store, positions) of a layer that has seen its first tokens; RuntimeError before."""
@@ -130,7 +131,10 @@ class PolicyLayer(CacheLayerMixin):
             keys, values = key_states[0], value_states[0]  # what the store now holds, before compression
         else:
             keys, values = store.materialize()
+        held_bytes = store.nbytes() if self.owner.reader is not None else 0  # before the selector evicts
         read = self.owner.select(self, keys, values, positions, queries, prefill)
+        if self.owner.reader is not None:  # bytes this step's attention read: its share of the held bytes
+            self.last_read_bytes = held_bytes * (keys.shape[1] if read is None else read.shape[1]) // max(keys.shape[1], 1)
         if read is not None:  # a retriever: the attention reads only these entries; the cache keeps all
             keys = keys.gather(1, read[..., None].expand(-1, -1, keys.shape[-1]))
             values = values.gather(1, read[..., None].expand(-1, -1, values.shape[-1]))
@@ -223,7 +227,6 @@ class RunRecords:
         self.scores = torch.full((n, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
         self.lost_mass = torch.zeros(n, dtype=torch.float32, device=device)  # this step's, per layer
         self.read_at = torch.full((n, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)  # last step read
-        self.read_entries = torch.zeros(n, dtype=torch.int64, device=device)  # entries read per KV head, this step
 
 
 class PolicyCache(Cache):
@@ -391,7 +394,6 @@ class PolicyCache(Cache):
             rec, row = self.record_slot[layer.layer_idx]
             step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
             rec.read_at[row].scatter_(1, view.positions.gather(1, read), step.expand(read.shape).contiguous())
-            rec.read_entries[row] = read.shape[1]
         decision = sel.step(view, ctx) if acting else None
         if decision is not None:
             self.record(layer, decision, keys, new_positions, queries)
@@ -470,6 +472,17 @@ class PolicyCache(Cache):
         for rec in self.records:
             rec.lost_mass.zero_()
         return out
+
+    def read_bytes(self) -> int:
+        """K/V bytes the last step's attention read, all layers (a retriever's read sets)."""
+        return sum(layer.last_read_bytes for layer in self.layers)
+
+    def summary_bytes(self) -> int:
+        """Bytes of the retriever's key summaries beside the held entries, all layers."""
+        reader = self.reader
+        if reader is None:
+            return 0
+        return sum(reader.summary_bytes(*layer.held()[1].shape, layer.store.head_dim) for layer in self.layers if layer.store is not None)
 
     def kv_bytes_by_device(self) -> dict[str, int]:
         """Bytes of K/V tensors held on each device (``kv_bytes`` split by where the layers live)."""

@@ -150,3 +150,19 @@ def test_snapkv_then_quest_evicts_first_then_reads_among_the_kept(smollm, ids, f
             assert len(read_pos[h]) == read - 3 and not evicted[h, read_pos[h]].any()
             assert (P := len(ids)) in read_pos[h].tolist() and evicted[h, :P].sum() == P - budget
             assert set(read_pos[h].tolist()) <= set(held[h].tolist())
+
+
+def test_quest_bytes_resident_read_and_summary_by_hand(smollm, ids):
+    """Every entry stays resident; the prefill reads all P; a decode step with n = P + s held reads,
+    in each of the 28 retrieving layers, one full page of 4 and the newest (partial) page; Quest's
+    summary is a min and a max key per page, 16-bit. Saved and loaded, the trace keeps them."""
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, "quest", params={"read_budget": 8, "page_size": 4},
+                       max_new_tokens=3, stop_at_eos=False)
+    P, entry = len(ids), 2 * D * 4  # a key and a value of one KV head, float32
+    assert trace.kv_bytes == [(P + s) * LAYERS * KV * entry for s in range(3)] == trace.kv_bytes_full
+    newest = [(P + s) - 4 * ((P + s - 1) // 4) for s in range(3)]  # entries on the newest page
+    assert trace.read_bytes == [P * LAYERS * KV * entry] + [
+        (2 * (P + s) + 28 * (4 + newest[s])) * KV * entry for s in (1, 2)]
+    assert trace.summary_bytes == [LAYERS * 2 * KV * -(-(P + s) // 4) * D * 2 for s in range(3)]
+    again = type(trace).from_dict(trace.to_dict())
+    assert (again.read_bytes, again.summary_bytes) == (trace.read_bytes, trace.summary_bytes)

@@ -41,6 +41,8 @@ def every_field_set() -> Trace:
         protection=Protection(n_sink=1, recent=2, anchored_at_prompt=True),
         spec={"policy": "snapkv+quant", "params": {"snapkv": {"window": 4}, "quant": {"bits": 4}}, "budget": 5, "ratio": None},
         timings={"prefill_s": 0.1, "decode_s": 0.3, "step_s": [0.1, 0.1, 0.1, 0.0], "total_s": 0.4},
+        read_bytes=[4096, 1024, 1024, 1024],
+        summary_bytes=[256, 256, 320, 320],
     )
 
 
