@@ -142,11 +142,11 @@ class PolicySpec:
 
     def to_text(self) -> str:
         """The short text form: name, changed parameters, budget or ratio."""
-        items = [f"{k}={_fmt(v)}" for k, v in self.changed_params().items()]
+        items = [f"{k}={_fmt(v, exact=True)}" for k, v in self.changed_params().items()]
         if self.budget is not None:
             items.append(f"budget={self.budget}")
         elif self.ratio is not None:
-            items.append(f"ratio={_fmt(self.ratio)}")
+            items.append(f"ratio={_fmt(self.ratio, exact=True)}")
         return self.name + (":" + ",".join(items) if items else "")
 
     def label(self) -> str:
@@ -180,9 +180,12 @@ class PolicySpec:
         return self.to_text()
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, exact: bool = False) -> str:
+    """A value for people (6 digits) or, ``exact``, for a link or bundle: 12 digits, so a ratio
+    like 0.9921875 reads back as itself (6 digits made it 0.992188, another spec) while a slider's
+    0.35000000000000003 still reads 0.35."""
     if isinstance(v, float):
-        return f"{v:g}"
+        return f"{v:.12g}" if exact else f"{v:g}"
     return str(v)
 
 
