@@ -14,7 +14,7 @@ from kvviz.ui.bundles import downloads, upload_box
 from kvviz.ui.clicks import selected_steps
 from kvviz.ui.page import start_page
 from kvviz.ui.policy_controls import budget_control, policy_controls
-from kvviz.ui.state import from_url, persisted, to_url
+from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import md_escape, render
 
 state = start_page(
@@ -26,7 +26,8 @@ state = start_page(
 ss = st.session_state
 loaded = state.loaded
 prompt_len = live_run.prompt_length(loaded.tokenizer, state.prompt, state.chat)
-found, link_step = from_url("step", 0)
+found, link_step = from_url("step", 0, check=within(0, view.MAX_NEW_TOKENS),
+                             instead=lambda: "no step (a run opens at its last)")  # a step of the result: 0 (the prompt) to the new tokens
 if found:  # a link to a view of a result: run it once and show that step
     ss[view.LINK_STEP], ss["compare.autorun"] = link_step, True
 

@@ -42,8 +42,10 @@ def test_policy_link_values_on_paged_and_compare(smollm):
     assert "link setting 'n' ignored: 9 is outside [1, 8]; the page uses 1 instead." in text
     assert "link setting 'scenario' ignored: 'nosuch' is not one of the choices; the page uses no scenario" in text
 
-    compare = opened("3_Compare.py", p2="nosuch", n="9")
+    compare = opened("3_Compare.py", p2="nosuch", n="9", step="-3")
     text = notices(compare)
+    assert "link setting 'step' ignored: -3 is outside [0, 128]; the page uses no step (a run opens at its last) instead." in text
+    assert "compare.autorun" not in compare.session_state or not compare.session_state["compare.autorun"]  # no run for it
     assert compare.radio(key="_compare.n").value == 3
     assert "link setting 'n' ignored: '9' is not one of the choices; the page uses 3 instead." in text
     assert "link setting 'p2' ignored: Unknown policy 'nosuch'" in text
