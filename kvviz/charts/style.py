@@ -34,6 +34,7 @@ COLORS: dict[str, str] = {
     "recent": SKY,
     "high_score": ORANGE,
     "partial": "#7FA9D1",  # kept by some layers/heads only
+    "read": GREEN,  # kept and read by the step's attention (retrieval)
     # the sequence
     "prompt": INK,
     "generated": GREEN,  # model output, and the prompt/generated boundary
@@ -72,6 +73,7 @@ STATE_FILL: dict[str, str] = {
     "kept": "#8FB9E0",  # 0.46
     "high_score": "#F2C45A",  # 0.59
     "recent": "#CDE8F8",  # 0.78
+    "read": "#7FD1B9",  # kept and read at this step (retrieval)
     "partial": "#F4F8FC",  # the part of the chip not kept; the kept share is drawn in STATE_FILL["kept"]
     "evicted_now": "#A84A00",  # dark: white text
     "evicted": "#F2F2F2",  # 0.89
@@ -85,6 +87,7 @@ STATE_CUE: dict[str, tuple[str, str]] = {
     "recent": ("dotted outline", "border: 2px dotted #1F6FA3;"),
     "high_score": ("bold, a bar underneath", "font-weight: 700; box-shadow: inset 0 -3px 0 #8A5A00;"),
     "kept": ("plain fill", ""),
+    "read": ("double underline, green", "border-bottom: 4px double #00573F;"),
     "partial": ("dashed outline, filled as far as it is kept", "border: 2px dashed #3F6F9F;"),
     "evicted_now": ("struck through, dark", "text-decoration: line-through; font-weight: 600;"),
     "evicted": ("struck through, light", "text-decoration: line-through;"),
@@ -97,6 +100,7 @@ STATE_SYMBOL: dict[str, dict] = {
     "recent": dict(symbol="square-dot", line=dict(width=1.5, color="#1F6FA3")),
     "high_score": dict(symbol="square-cross", line=dict(width=1.5, color="#8A5A00")),
     "kept": dict(symbol="square", line=dict(width=1, color="#9C9C9C")),
+    "read": dict(symbol="circle", line=dict(width=2, color="#00573F")),
     "partial": dict(symbol="diamond", line=dict(width=1.5, color="#3F6F9F")),
     "evicted_now": dict(symbol="square-x", line=dict(width=1.5, color=WHITE)),
     "evicted": dict(symbol="square", line=dict(width=1, color="#8C8C8C")),

@@ -42,10 +42,10 @@ class Quest(Retriever):
     full_layers: int = param(2, "First layers that read every entry (Quest skips the first two).", min=0, max=1000)
 
     def read(self, layer, ctx):
-        if layer.layer_idx < self.full_layers:
+        if not self.chooses(layer, ctx):
             return None
-        if ctx.is_prefill or layer.n_new != 1 or layer.queries is None or self.read_budget >= layer.n:
-            return super().read(layer, ctx)
+        if layer.layer_idx < self.full_layers or self.read_budget >= layer.n:
+            return self.read_all(layer)
         n, size = layer.n, self.page_size
         q = layer.queries[:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
         bound = page_bounds(q, layer.keys, size).sum(dim=1)  # (kv_heads, pages)

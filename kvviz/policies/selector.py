@@ -282,12 +282,21 @@ class Retriever(Selector):
         """(kv_heads, n) float: how much each held entry matters to this step's query."""
         raise NotImplementedError
 
+    @staticmethod
+    def chooses(layer: LayerView, ctx: StepContext) -> bool:
+        """Whether this step picks a read set: a decode step of one new token, its query captured."""
+        return not ctx.is_prefill and layer.n_new == 1 and layer.queries is not None
+
+    @staticmethod
+    def read_all(layer: LayerView) -> torch.Tensor:
+        """(kv_heads, n): every held entry, in order (the gather then changes nothing)."""
+        return torch.arange(layer.n, device=layer.keys.device).expand(layer.kv_heads, layer.n)
+
     def read(self, layer, ctx):
-        if ctx.is_prefill or layer.n_new != 1 or layer.queries is None:
+        if not self.chooses(layer, ctx):
             return None
-        n = layer.n
-        if self.read_budget >= n:
-            return torch.arange(n, device=layer.keys.device).expand(layer.kv_heads, n)
+        if self.read_budget >= layer.n:
+            return self.read_all(layer)
         rank = self.rank(layer, ctx).float().clone()  # (kv_heads, n)
         rank[:, -1] = float("inf")  # the new token reads itself
         return rank.topk(self.read_budget, dim=-1).indices.sort(dim=-1).values

@@ -10,6 +10,8 @@ States, in the order a legend lists them:
   recent        kept; inside the policy's window of most recent tokens
   high_score    kept; among the highest-scoring entries the policy kept (top ``HIGH_SCORE_SHARE``)
   kept          kept, for any other reason (or the policy keeps everything)
+  read          kept, and read by this step's attention in every layer/KV head of the scope that
+                holds it (a retrieval policy picks what each step reads; the others are kept unread)
   partial       only with a scope of several layers/heads: kept by some, evicted by others
   evicted_now   evicted at exactly this step
   evicted       evicted at an earlier step
@@ -36,6 +38,7 @@ STATES: dict[str, tuple[str, str]] = {
     "recent": ("recent window", "kept: inside the policy's window of most recent tokens"),
     "high_score": ("high score", "kept: among the highest-scoring entries the policy kept"),
     "kept": ("kept", "in the cache at this step"),
+    "read": ("read this step", "kept, and read by this step's attention (a retrieval policy's choice)"),
     "partial": ("partly kept", "kept by some of the layers/KV heads, evicted by the others"),
     "evicted_now": ("evicted at this step", "left the cache at this step"),
     "evicted": ("evicted", "left the cache at an earlier step"),
@@ -122,10 +125,17 @@ def token_records(trace: Trace, step: int, scope: Scope = Scope()) -> list[Token
         k = max(1, int(round(HIGH_SCORE_SHARE * idx.size)))
         high[idx[np.argsort(-score[idx], kind="stable")[:k]]] = True
 
+    read = np.zeros(n, bool)
+    if trace.read_mask is not None and step > 0:  # a retriever's choice (the prefill reads everything)
+        read_cells = _scoped(trace, trace.read_mask[step], scope)  # (cells, positions)
+        read = np.where(present, read_cells, True).all(axis=0) & present.any(axis=0)
+
     records = []
     for p in range(n):
         if entered[p] > step:
             state = "next" if p == trace.prompt_len + step else "pending"
+        elif kept_all[p] and read[p]:
+            state = "read"
         elif kept_all[p]:
             state = "sink" if sink[p] else "recent" if recent[p] else "high_score" if high[p] else "kept"
         elif share[p] > 0:

@@ -23,7 +23,7 @@ import numpy as np
 
 from kvviz.record.checks import TraceError  # noqa: F401  (what from_dict and load raise)
 
-ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob")
+ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob", "read_mask")
 ARRAY_DTYPES = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}  # others float32
 UNSAVED_FIELDS = ("extra",)
 
@@ -96,6 +96,7 @@ class Trace:
     # at the prefill) and bytes of the key summaries kept beside the cache; None for other policies
     read_bytes: list[int] | None = None
     summary_bytes: list[int] | None = None
+    read_mask: np.ndarray | None = None  # (steps, layers, kv_heads, positions) bool: what each step's attention read (a retriever's choice; none at the prefill)
     extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views

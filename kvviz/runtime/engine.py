@@ -142,6 +142,7 @@ class StepRecords:
     bookkeeping_bytes: list[int] = field(default_factory=list)
     read_bytes: list[int] = field(default_factory=list)  # a retriever's: K/V bytes each step read
     summary_bytes: list[int] = field(default_factory=list)  # a retriever's: bytes of its key summaries
+    read: list[torch.Tensor] = field(default_factory=list)  # a retriever's: (layers, kv_heads, capacity) bool per step
     step_s: list[float] = field(default_factory=list)
 
     def add(self, logprobs: torch.Tensor, cache: PolicyCache, shape: ModelShape) -> None:
@@ -153,6 +154,7 @@ class StepRecords:
         if cache.reader is not None:
             self.read_bytes.append(cache.read_bytes())
             self.summary_bytes.append(cache.summary_bytes())
+            self.read.append(cache.read_now(len(self.kv_bytes) - 1))
 
 
 def cache_keyword(model) -> str:
@@ -443,6 +445,7 @@ def build_trace(
         store_error=cache.store_error(),
         protection=cache.protection,
         read_bytes=records.read_bytes or None,
+        read_mask=torch.stack(records.read)[..., :n_pos].cpu().numpy() if records.read else None,
         summary_bytes=records.summary_bytes or None,
     )
     if options.keep_logprobs:

@@ -477,6 +477,11 @@ class PolicyCache(Cache):
         """K/V bytes the last step's attention read, all layers (a retriever's read sets)."""
         return sum(layer.last_read_bytes for layer in self.layers)
 
+    def read_now(self, step: int) -> torch.Tensor:
+        """(layers, kv_heads, capacity) bool: the entries step ``step``'s attention read, chosen
+        by a retriever (none at the prefill, which reads everything)."""
+        return self._gathered("read_at") == step
+
     def summary_bytes(self) -> int:
         """Bytes of the retriever's key summaries beside the held entries, all layers."""
         reader = self.reader

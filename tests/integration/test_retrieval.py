@@ -10,12 +10,14 @@ One 30-token prompt, 2-3 steps each: a few seconds on the CPU.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tests.references import projections
 
 from kvviz.policies import build
 from kvviz.record.text import encode_prompt
+from kvviz.record.token_states import Scope, token_records
 from kvviz.runtime import engine
 from kvviz.runtime.policy_cache import PolicyCache
 
@@ -84,7 +86,7 @@ def test_quest_reads_the_pages_with_the_highest_bound(smollm, ids, full, qk):
     page, budget, layer = 4, 12, 2  # Quest reads every entry in layers 0 and 1
     cache, first, _ = first_decode(smollm, ids, full.generated_ids[0], "quest", {"read_budget": budget, "page_size": page})
     assert first.argmax().item() == full.generated_ids[0]  # the prefill reads everything
-    assert all(read_set(cache, li) == [[]] * KV for li in range(2))  # and so do the first two layers
+    assert all(read_set(cache, li) == [list(range(len(ids) + 1))] * KV for li in range(2))  # and so do layers 0, 1
     q, k = qk[0][layer][:, -1], qk[1][layer]  # (9, d), (3, n, d) float64, n = P + 1
     n = k.shape[1]
     bounds = []
@@ -164,5 +166,17 @@ def test_quest_bytes_resident_read_and_summary_by_hand(smollm, ids):
     assert trace.read_bytes == [P * LAYERS * KV * entry] + [
         (2 * (P + s) + 28 * (4 + newest[s])) * KV * entry for s in (1, 2)]
     assert trace.summary_bytes == [LAYERS * 2 * KV * -(-(P + s) // 4) * D * 2 for s in range(3)]
+    # what each step read: nothing chosen at the prefill; at step s, every entry in layers 0-1 and
+    # a page of 4 + the newest page elsewhere, as many bytes as read_bytes says
+    mask = trace.read_mask  # (steps, layers, kv_heads, positions)
+    assert mask.shape == (3, LAYERS, KV, P + 3) and not mask[0].any()
+    for s in (1, 2):
+        assert (mask[s, :2].sum(-1) == P + s).all() and (mask[s, 2:].sum(-1) == 4 + newest[s]).all()
+        assert mask[s, :, :, P + s - 1].all() and not mask[s, :, :, P + s:].any()  # the token itself, nothing later
+        assert trace.read_bytes[s] == mask[s].sum() * entry
+    states = [r.state for r in token_records(trace, 2, Scope(2, 0))]
+    assert [p for p, st in enumerate(states) if st == "read"] == np.flatnonzero(mask[2, 2, 0]).tolist()
+    assert set(states[:P + 2]) == {"read", "kept"}  # nothing evicted, nothing else protected
     again = type(trace).from_dict(trace.to_dict())
     assert (again.read_bytes, again.summary_bytes) == (trace.read_bytes, trace.summary_bytes)
+    assert (again.read_mask == mask).all()

@@ -20,6 +20,16 @@ from kvviz.ui.token_html import comparison_html, token_css, tokens_html
 SINGLE = Scope(0, 0)
 
 
+def read_records():
+    """Step 1 of the synthetic trace with a retriever's read set: position 1 (kept) read there."""
+    t = make_trace()
+    mask = np.zeros((t.n_steps, t.n_layers, t.n_kv_heads, t.n_positions), dtype=bool)
+    mask[1, :, :, 1] = True
+    records = token_records(make_trace(read_mask=mask), 1, SINGLE)
+    assert [r.state for r in records][:2] == ["sink", "read"]
+    return records
+
+
 def states(trace, step, scope=SINGLE):
     return [r.state for r in token_records(trace, step, scope)]
 
@@ -40,7 +50,7 @@ def test_token_states_at_step_1():
 
 def test_every_state_gets_its_colour_in_the_token_map():
     t = make_trace()
-    records = token_records(t, 1, SINGLE) + token_records(t, 1)  # single scope, plus "partial" from all
+    records = token_records(t, 1, SINGLE) + token_records(t, 1) + read_records()  # single scope, "partial" from all, "read"
     fig = token_states_figure(records, step=1)
     seen = {}
     for tr in fig.data:
@@ -54,6 +64,7 @@ def test_every_state_gets_its_colour_in_the_token_map():
 def test_every_state_gets_its_colour_in_the_html():
     t = make_trace()
     html_text = tokens_html(token_records(t, 1, SINGLE), step=1, show_pending=True) + tokens_html(token_records(t, 1), 1)
+    html_text += tokens_html(read_records(), 1)
     rules = dict(re.findall(r"\.st-(\w+) \{ background-color: (#[0-9a-fA-F]+);", token_css()))
     assert rules == STATE_COLORS
     spans = re.findall(r'class="tok st-(\w+)[^"]*" data-pos="(\d+)"', html_text)

@@ -43,6 +43,8 @@ def every_field_set() -> Trace:
         timings={"prefill_s": 0.1, "decode_s": 0.3, "step_s": [0.1, 0.1, 0.1, 0.0], "total_s": 0.4},
         read_bytes=[4096, 1024, 1024, 1024],
         summary_bytes=[256, 256, 320, 320],
+        read_mask=np.arange(t.n_steps * t.n_layers * t.n_kv_heads * t.n_positions).reshape(
+            t.n_steps, t.n_layers, t.n_kv_heads, t.n_positions) % 3 == 1,
     )
 
 
