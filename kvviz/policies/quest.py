@@ -31,11 +31,12 @@ class Quest(Retriever):
     `page_size` consecutive entries, the element-wise minimum and maximum of its keys (the
     summary). At each decode step the query bounds every page's score from above,
     sum over dims of max(q x max, q x min), as in the authors' code (mit-han-lab/Quest), and the
-    attention reads the highest-bound pages, read_budget // page_size of them, the newest page
-    (the token itself) always among them. As in the paper, the first `full_layers` layers read
-    everything. Differs from Quest: kvviz's model shares KV heads between query heads (GQA), so
-    a KV head's page bound is the sum of its query heads' bounds (Quest ran on MHA models, one
-    bound per head); and pages are counted over the entries held, which after an eviction
+    attention reads the highest-bound pages, read_budget // page_size of them and at least 3 (as
+    the authors' evaluation code). As in the paper, the first `full_layers` layers read
+    everything. Differs from Quest: the newest page (the token itself) is always read; kvviz's
+    model shares KV heads between query heads (GQA), so a KV head reads one set of pages, chosen
+    by the sum of its query heads' bounds (the authors' code repeats the KV heads and lets every
+    query head choose its own pages); and pages are counted over the entries held, which after an eviction
     policy are no longer consecutive tokens."""
 
     page_size: int = param(16, "Entries per page; each page keeps the min and max of its keys.", min=1, max=4096)
@@ -50,7 +51,8 @@ class Quest(Retriever):
         q = layer.queries[:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
         bound = page_bounds(q, layer.keys, size).sum(dim=1)  # (kv_heads, pages)
         bound[:, -1] = float("inf")  # the newest page holds the token itself
-        pages = bound.topk(min(max(self.read_budget // size, 1), bound.shape[1]), dim=-1).indices  # (kv_heads, p)
+        # at least 3 pages, as the authors' evaluation code (evaluation/quest_attention.py)
+        pages = bound.topk(min(max(self.read_budget // size, 3), bound.shape[1]), dim=-1).indices  # (kv_heads, p)
         entries = (pages[..., None] * size + torch.arange(size, device=pages.device)).flatten(1).sort(dim=-1).values
         # the newest page is always read, and only it can run past n: every head reads as many
         return entries[:, : entries.shape[1] - (-(-n // size) * size - n)]
