@@ -139,6 +139,33 @@ def paged_cases() -> Iterator[Case]:
         yield Case("block_tables", setting, lambda f=frame, c=colors: charts.block_tables(f, c))
 
 
+# -- the Memory calculator page ----------------------------------------------------------------------
+
+
+@page("calculator")
+def calculator_cases() -> Iterator[Case]:
+    """Every bundled architecture x every cache dtype (the multiselects at their most), the context
+    select slider and the batch slider at their tops, a GPU chosen (its room drawn per curve)."""
+    from dataclasses import replace
+
+    from kvviz.calculator import memory as calc
+    from kvviz.charts import calculator as charts
+    from kvviz.ui.calculator_controls import CONTEXTS
+
+    archs, dtypes = list(calc.bundled().values()), list(calc.CACHE_DTYPES)
+    scenario = calc.Scenario(context=CONTEXTS[-1], batch=256)
+    setting = f"{len(archs)} architectures x {len(dtypes)} cache dtypes, context {CONTEXTS[-1]:,}, batch 256, h100"
+
+    def memory_chart():
+        estimates, _ = calc.estimate_many(archs, scenario, dtypes, gpu="h100")
+        contexts = charts.context_axis(max(scenario.context * 4, 32768))
+        curves = [charts.Curve(e.display, e.dtype, contexts, calc.memory_curve(a, replace(scenario, dtype=e.dtype), contexts))
+                  for a in archs for e in estimates if e.arch == a.name]
+        return charts.memory_figure(curves, {e.display: e.kv_budget_bytes for e in estimates}, scenario.context, estimates[0].gpu, scenario.batch)
+
+    yield Case("memory_figure", setting + " (the estimates and curves included)", memory_chart)
+
+
 # -- measuring --------------------------------------------------------------------------------------
 
 

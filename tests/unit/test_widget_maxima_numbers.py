@@ -26,4 +26,6 @@ def test_performance_text_is_rendered_from_the_results():
     after = text.split(bench.SUMMARY_MARK, 1)[1].lstrip("\n").split("\n\n", 1)[0].strip()
     assert after == bench.summary(results)
     # every chart the paged page draws is in the walk (its builders, by name)
-    assert {r["chart"] for r in results["rows"]} >= {"pool_grid", "block_tables", "usage_over_steps", "event_lines", "waste_bars", "fits_bars"}
+    assert {r["chart"] for r in results["rows"]} >= {"pool_grid", "block_tables", "usage_over_steps", "event_lines", "waste_bars", "fits_bars",
+                                                    "memory_figure"}
+    assert {r["page"] for r in results["rows"]} == set(bench.PAGES)  # every page the benchmark walks is in the file
