@@ -397,6 +397,11 @@ class PolicyCache(Cache):
         decision = sel.step(view, ctx) if acting else None
         if decision is not None:
             self.record(layer, decision, keys, new_positions, queries)
+        if read is not None and self.measure_lost_mass and queries is not None:
+            # the attention mass the step's query would put on the entries it did not read
+            probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], view.positions)[:, 0]  # (kv_heads, n)
+            unread = (probs.sum(-1) - probs.gather(1, read).sum(-1)).mean()
+            rec.lost_mass[row] = unread + (rec.lost_mass[row] if decision is not None else 0)
         return read
 
     def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:

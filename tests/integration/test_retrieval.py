@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.references import projections
+from tests.references import grouped_softmax, projections
 
 from kvviz.policies import build
 from kvviz.record.text import encode_prompt
@@ -181,3 +181,18 @@ def test_quest_bytes_resident_read_and_summary_by_hand(smollm, ids):
     again = type(trace).from_dict(trace.to_dict())
     assert (again.read_bytes, again.summary_bytes) == (trace.read_bytes, trace.summary_bytes)
     assert (again.read_mask == mask).all()
+
+
+def test_sparq_lost_mass_is_the_attention_on_what_it_did_not_read(smollm, ids, full, qk):
+    """With capture_queries, a retriever's lost mass at a decode step is the attention the step's
+    query puts on the entries it did not read (mean over query heads), here recomputed in float64
+    in layer 0 at step 1 from transformers' projections; nothing is lost at the prefill."""
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, "sparq", params={"read_budget": 10}, max_new_tokens=2,
+                       stop_at_eos=False, capture_queries=True)
+    assert trace.generated_ids[0] == full.generated_ids[0] and (trace.lost_mass[0] == 0).all()
+    q, k = qk[0][0][:, -1:], qk[1][0]  # (9, 1, d), (3, P + 1, d)
+    probs = grouped_softmax(q, k)[:, :, 0]  # (3, 3, P + 1)
+    read = torch.from_numpy(trace.read_mask[1, 0, :, : k.shape[1]])  # (3, P + 1)
+    want = (probs * ~read[:, None]).sum(-1).mean()
+    assert 0.01 < want < 0.99
+    assert abs(trace.lost_mass[1, 0] - want.item()) < 1e-5
