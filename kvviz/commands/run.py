@@ -68,7 +68,7 @@ def policy_spec(args):
 
 def load(args):
     """The model of --model/--device/--dtype/--device-map, with transformers kept quiet."""
-    from kvviz.model.loading import load_model, pick_device_map
+    from kvviz.model.loading import load_model, pick_device_map, quiet_transformers
 
     pick_device_map(args.device_map)  # refused before anything loads (no CUDA, no accelerate)
     quiet_transformers()
@@ -140,13 +140,6 @@ def main(args) -> int:
         )
     return 0
 
-
-def quiet_transformers() -> None:
-    """Keep stderr for kvviz's own one-line messages: no progress bars or advice from transformers."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def run_summary(trace) -> dict:

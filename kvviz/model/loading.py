@@ -605,3 +605,9 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
     save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)
 
 
+def quiet_transformers() -> None:
+    """Keep stderr for kvviz's own one-line messages: no progress bars or advice from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

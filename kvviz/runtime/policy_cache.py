@@ -366,11 +366,11 @@ class PolicyCache(Cache):
         """Let the selector decide what the layer keeps, and record the decision. Returns the
         (kv_heads, k) entries this step's attention reads, for a retriever; None = all."""
         sel, reader = self.pipeline.selector, self.reader
-        acting = sel is not None and (prefill or sel.acts_at_decode)
-        if not acting and reader is None:
+        acting = sel if sel is not None and (prefill or sel.acts_at_decode) else None
+        if acting is None and reader is None:
             return None
-        if acting and sel.needs_queries and queries is None:
-            raise PolicyError(f"{sel.name} needs the attention queries, but none were captured for this model.")
+        if acting is not None and acting.needs_queries and queries is None:
+            raise PolicyError(f"{acting.name} needs the attention queries, but none were captured for this model.")
         view = LayerView(
             layer_idx=layer.layer_idx,
             n_layers=self.n_layers,
@@ -394,7 +394,7 @@ class PolicyCache(Cache):
             rec, row = self.record_slot[layer.layer_idx]
             step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
             rec.read_at[row].scatter_(1, view.positions.gather(1, read), step.expand(read.shape).contiguous())
-        decision = sel.step(view, ctx) if acting else None
+        decision = acting.step(view, ctx) if acting is not None else None
         if decision is not None:
             self.record(layer, decision, keys, new_positions, queries)
         if read is not None and self.measure_lost_mass and queries is not None:
@@ -492,7 +492,8 @@ class PolicyCache(Cache):
         reader = self.reader
         if reader is None:
             return 0
-        return sum(reader.summary_bytes(*layer.held()[1].shape, layer.store.head_dim) for layer in self.layers if layer.store is not None)
+        shapes = [(layer.held()[1].shape, layer.store.head_dim) for layer in self.layers if layer.store is not None]
+        return sum(reader.summary_bytes(int(s[0]), int(s[1]), head_dim) for s, head_dim in shapes)
 
     def kv_bytes_by_device(self) -> dict[str, int]:
         """Bytes of K/V tensors held on each device (``kv_bytes`` split by where the layers live)."""

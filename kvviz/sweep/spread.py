@@ -30,7 +30,7 @@ class Loader:
     dtype: str | None = None
 
     def __call__(self):
-        from kvviz.commands.run import quiet_transformers
+        from kvviz.model.loading import quiet_transformers
         from kvviz.model.loading import load_model
 
         quiet_transformers()
@@ -163,7 +163,7 @@ def run(
     settings: sweep.SweepSettings,
     *,
     loader: Callable,
-    workers: int = 2,
+    workers: int | None = 2,
     ray_address: str | None = None,
     use_ray: bool = False,
     on_progress: Callable[[sweep.Progress], None] | None = None,
@@ -171,9 +171,9 @@ def run(
     max_context: int | None = None,
 ) -> sweep.SweepResult:
     """``sweep.run`` over ``workers`` local processes (or Ray actors with ``use_ray``); the
-    same rows in the same order."""
+    same rows in the same order. ``workers=None`` with Ray: one actor per GPU of the cluster."""
     should_stop = should_stop or (lambda: False)
-    pool = _RayPool(loader, workers, ray_address) if use_ray else _LocalPool(loader, workers)
+    pool = _RayPool(loader, workers, ray_address) if use_ray else _LocalPool(loader, workers or 2)
     t0 = time.perf_counter()
     try:
         return _drive(pool, settings, on_progress, should_stop, max_context, t0)

@@ -19,11 +19,11 @@ KVVIZ = REPO / "kvviz"
 LAYERS = {
     "record": 0,  # torch-free: Trace, token states, metrics, text, examples, report
     "storage": 1,  # how tensors are held: quantization kernels, fixed-capacity buffers
+    "model": 1.5,  # loading, devices, query capture (a policy may read the model before the prefill)
     "policies": 2,  # the policies, their spec and scoring
-    "model": 2,  # loading, devices, query capture
     "runtime": 3,  # engine, PolicyCache, CUDA graphs, background jobs, bench
     "runs": 3,  # run bundles and the run store
-    "live": 4, "compare": 4, "sweep": 4, "attention": 4, "quant_lab": 4, "paged": 4, "calculator": 4,  # experiments
+    "live": 4, "compare": 4, "sweep": 4, "attention": 4, "quant_lab": 4, "paged": 4, "calculator": 4, "dedup": 4,  # experiments
     "charts": 5,  # pure figure builders
     "ui": 6, "commands": 6,  # the only streamlit code; the CLI's subcommands
     "cli": 7, "__main__": 8,
@@ -104,18 +104,18 @@ def test_imports_point_down():
 
 def test_the_checker_sees_upward_and_sideways_imports(tmp_path):
     """The checker is not blind: the Trace's module reaching up to the engine inside a function, a
-    chart importing the ui, and a policy importing the model package (same layer) are all caught;
+    chart importing the ui, and the run store importing the runtime package (same layer) are all caught;
     a chart reading the Trace is not."""
-    for pkg in ("record", "charts", "policies"):
+    for pkg in ("record", "charts", "runs"):
         (tmp_path / "kvviz" / pkg).mkdir(parents=True)
     (tmp_path / "kvviz" / "record" / "bad.py").write_text("def f():\n    from kvviz.runtime import engine\n")
     (tmp_path / "kvviz" / "charts" / "bad.py").write_text("from kvviz.ui.state import persisted\n")
     (tmp_path / "kvviz" / "charts" / "good.py").write_text("from kvviz.record.trace import Trace\n")
-    (tmp_path / "kvviz" / "policies" / "odd.py").write_text("import kvviz.model.devices\n")
+    (tmp_path / "kvviz" / "runs" / "odd.py").write_text("import kvviz.runtime.jobs\n")
     assert upward_imports(tmp_path / "kvviz") == [
         "kvviz.charts.bad -> kvviz.ui.state.persisted",
-        "kvviz.policies.odd -> kvviz.model.devices",
         "kvviz.record.bad -> kvviz.runtime.engine",
+        "kvviz.runs.odd -> kvviz.runtime.jobs",
     ]
 
 
