@@ -1,6 +1,7 @@
 """A hashed key summary: SimHash signatures of the keys; the query's signature picks what each step reads."""
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -11,6 +12,13 @@ from kvviz.policies.selector import Retriever
 def hyperplanes(tables: int, bits: int, head_dim: int, seed: int) -> torch.Tensor:
     """(tables, bits, head_dim) float32 standard normal hyperplanes, the same for a seed on any device."""
     return torch.randn(tables, bits, head_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@lru_cache(maxsize=32)
+def _planes_on(tables: int, bits: int, head_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The hyperplanes, copied to ``device`` once (at the prefill): a decode step copies nothing
+    from the host, so it does not wait on the GPU."""
+    return hyperplanes(tables, bits, head_dim, seed).to(device)
 
 
 def hamming_similarity(queries: torch.Tensor, keys: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
@@ -45,7 +53,8 @@ class SimHash(Retriever):
     def rank(self, layer, ctx):
         d = layer.keys.shape[-1]
         q = layer.queries[:, -1].reshape(layer.kv_heads, -1, d)  # (kv_heads, group, d)
-        return hamming_similarity(q, layer.keys, hyperplanes(self.tables, self.bits, d, self.seed)).sum(dim=1)
+        planes = _planes_on(self.tables, self.bits, d, self.seed, layer.keys.device)
+        return hamming_similarity(q, layer.keys, planes).sum(dim=1)
 
     def summary_bytes(self, kv_heads, n, head_dim):
         return kv_heads * n * -(-self.bits * self.tables // 8)

@@ -37,6 +37,8 @@ def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -
     (a store's layout is known once it has been built)."""
     if device.type != "cuda" or sample:
         return False
+    if cache.reader is not None:  # a retriever's read set is gathered eagerly (not captured yet)
+        return False
     if cache.grows():
         return (model is None or fixed_capacity.supported(model)) and cache.can_hold_fixed()
     sel = cache.pipeline.selector

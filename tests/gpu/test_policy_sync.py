@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kvviz.runtime.policy_cache import PolicyCache
-from kvviz.policies import build, registry
+from kvviz.policies import build, registry, takes_budget
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +21,7 @@ SPECS = [n for n in registry()] + ["snapkv+quant", "h2o+kivi", "merge+quant", "t
 
 def budget_for(spec):
     sel = build(spec).selector
-    return 128 if sel is not None and sel.name != "full" else None
+    return 128 if sel is not None and sel.name != "full" and takes_budget(spec) else None  # retrievers: no budget
 
 
 def run_steps(spec, device="cuda", dtype=torch.bfloat16, prompt=PROMPT, steps=STEPS, check=True, fixed=False):
