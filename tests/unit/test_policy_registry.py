@@ -109,3 +109,12 @@ def test_the_paper_link_is_optional_and_listed_by_the_cli(capsys):
     assert command.main(argparse.Namespace(json=True)) == 0
     by_name = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     assert by_name["streaming_llm"]["paper_url"] == "https://arxiv.org/abs/2309.17453"
+
+
+def test_readme_counts_the_registered_policies():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    said = re.search(r"(\d+) policies from the literature", text)
+    assert said and int(said.group(1)) == len(registry())
