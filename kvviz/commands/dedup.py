@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from kvviz.commands.run import add_model_args, load, prompt_source, read_prompt
 
@@ -42,7 +43,7 @@ def main(args) -> int:
     loaded = load(args)
     ids = encode_prompt(loaded.tokenizer, text, chat=args.chat, max_context=loaded.summary.max_context)
     run = run_dedup(loaded.model, ids, min_len=args.min_len, shares=tuple(args.share or SHARES), new_tokens=args.new_tokens)
-    summary = run.summary(loaded.tokenizer) | {"model": loaded.summary.name}
+    summary: dict[str, Any] = {**run.summary(loaded.tokenizer), "model": loaded.summary.name}
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -23,6 +23,7 @@ cache's KV, so share 1.0 is the full cache.
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -144,7 +145,7 @@ class ShareResult:
         self.kl = (full_logprobs.exp() * (full_logprobs - self.logprobs)).sum(-1).clamp_min(0).tolist()
         self.top1 = (full_logprobs.argmax(-1) == self.logprobs.argmax(-1)).tolist()
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {"share": self.share, "recomputed_tokens_per_layer": self.recomputed_tokens, "kv_bytes": self.kv_bytes,
                 "index_bytes": self.index_bytes, "kl_mean": sum(self.kl) / len(self.kl), "kl": self.kl,
                 "top1_agreement": sum(self.top1) / len(self.top1)}
@@ -163,8 +164,8 @@ class DedupRun:
     full_logprobs: torch.Tensor = field(repr=False)  # (steps, vocab)
     shares: list[ShareResult] = field(default_factory=list)
 
-    def summary(self, tokenizer=None) -> dict:
-        spans = groups(self.prompt_ids, self.repeats)
+    def summary(self, tokenizer=None) -> dict[str, Any]:
+        spans: list[dict[str, Any]] = groups(self.prompt_ids, self.repeats)
         if tokenizer is not None:
             for s in spans:
                 s["text"] = tokenizer.decode(s["tokens"])
