@@ -232,4 +232,5 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
     selector = next((built[c.name] for c in selectors), None)  # at most one of each (checked above)
     storage = next((p for p in built.values() if isinstance(p, Storage)), None)
     reader = built[readers[0].name] if len(readers) == 1 else None
+    assert (selector is None or isinstance(selector, Selector)) and (reader is None or isinstance(reader, Selector))
     return Pipeline(spec="+".join(names), selector=selector, storage=storage, reader=reader)

@@ -48,7 +48,9 @@ def projected_value_norms(values: torch.Tensor, w_o: torch.Tensor | None) -> tor
 def raise_top(scores: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """scores (kv_heads, n) with each head's top ``counts[h]`` raised to the float maximum."""
     out = scores.clone()
-    top = scores.topk(max(counts), dim=-1).indices if max(counts) else None
+    if not max(counts):
+        return out
+    top = scores.topk(max(counts), dim=-1).indices
     for h, c in enumerate(counts):
         if c:
             out[h, top[h, :c]] = TOP
@@ -102,6 +104,7 @@ class CriticalKV(ScoredSelector):
             return None
         if self.inner is None:
             self.validate()
+        assert self.inner is not None  # validate() builds it
         scores = folded_scores(self.inner, layer, ctx)  # (kv_heads, n)
         w_o = self.w_o[layer.layer_idx] if layer.layer_idx < len(self.w_o) else None
         if w_o is not None and w_o.shape[1] % layer.values.shape[-1]:

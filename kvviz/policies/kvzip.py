@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -117,29 +118,34 @@ class KVzip(ScoredSelector):
         keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         mods = attention_modules(model)
         cache = DynamicCache(config=model.config)
-        scores = [None] * len(mods)
+        scores: list[Any] = [None] * len(mods)  # per layer (kv_heads, n), filled below
+
+        def held(i: int) -> Any:  # transformers' DynamicLayer: keys/values (1, kv_heads, n, d)
+            return cache.layers[i]
+
         chunk: tuple[int, int] = (0, n)
 
         def hook(i):
             def after(module, args, kwargs, output):
                 start, end = chunk
                 queries = AttentionCall.read(module, args, kwargs).queries()  # (q_heads, r, d)
-                part = repeat_scores(queries, cache.layers[i].keys[0], start, end, self.n_sink)
+                part = repeat_scores(queries, held(i).keys[0], start, end, self.n_sink)
                 scores[i][:, start:end] = part.to(scores[i].device)
             return after
 
         with torch.inference_mode():
             model(input_ids=torch.tensor([prompt_ids], device=device), **{keyword: cache}, use_cache=True, logits_to_keep=1)
             for i in range(len(mods)):
-                scores[i] = torch.zeros(cache.layers[i].keys.shape[1], n, device=cache.layers[i].keys.device)
+                scores[i] = torch.zeros(held(i).keys.shape[1], n, device=held(i).keys.device)
                 scores[i][:, : self.n_sink] = 1.0  # the press's start; the first chunk's scores replace it
             handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in enumerate(mods)]
             try:
                 for start, end, ids in repeat_inputs(tokenizer, prompt_ids, self.chunk_size):
                     chunk = (start, end)
                     model(input_ids=torch.tensor([ids], device=device), **{keyword: cache}, use_cache=True, logits_to_keep=1)
-                    for held in cache.layers:  # the context alone again for the next chunk
-                        held.keys, held.values = held.keys[:, :, :n], held.values[:, :, :n]
+                    for i in range(len(cache.layers)):  # the context alone again for the next chunk
+                        layer = held(i)
+                        layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
             finally:
                 for h in handles:
                     h.remove()
@@ -152,8 +158,9 @@ class KVzip(ScoredSelector):
                 raise PolicyError("kvzip: the repeat pass scored another prompt than the one prefilled.")
             return scores.to(layer.keys.device)
         best = torch.zeros(layer.positions.shape, device=layer.keys.device)  # the prompt's own queries, without the pass
-        for a in range(0, layer.queries.shape[1], QUERY_CHUNK):
-            q, at = layer.queries[:, a : a + QUERY_CHUNK], layer.query_positions[a : a + QUERY_CHUNK]
+        queries, query_positions = layer.captured_queries()
+        for a in range(0, queries.shape[1], QUERY_CHUNK):
+            q, at = queries[:, a : a + QUERY_CHUNK], query_positions[a : a + QUERY_CHUNK]
             best = torch.maximum(best, attention_probs(q, layer.keys, at, layer.positions, reduce="max").amax(dim=1))
         return best
 

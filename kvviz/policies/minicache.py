@@ -102,10 +102,17 @@ class MiniCacheStore(Store):
             store.key_error.add(k, self.link.keys.restore(store.which).float())
             store.value_error.add(v, self.link.values.restore(store.which).float())
 
+    def pair(self) -> tuple[MergedPair, MergedPair]:
+        """The merged keys and values of this layer's pair (once the prompt is merged)."""
+        if self.link is None or self.link.keys is None or self.link.values is None:
+            raise RuntimeError("minicache: this layer's pair is not merged")
+        return self.link.keys, self.link.values
+
     def prompt(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.merged:
             return None
-        k, v = self.link.keys.restore(self.which), self.link.values.restore(self.which)
+        keys, values = self.pair()
+        k, v = keys.restore(self.which), values.restore(self.which)
         return k.to(self.keys.device), v.to(self.values.device)
 
     def materialize(self):
@@ -128,7 +135,8 @@ class MiniCacheStore(Store):
     def tensors(self):
         own = [self.keys, self.values]
         if self.merged:
-            own += self.link.keys.tensors(self.which) + self.link.values.tensors(self.which)
+            keys, values = self.pair()
+            own += keys.tensors(self.which) + values.tensors(self.which)
         return own
 
     def row_paths(self):
@@ -143,7 +151,8 @@ class MiniCacheStore(Store):
         """Prompt tokens x KV heads held unmerged (retained) in this layer's pair: keys, values."""
         if not self.merged:
             return 0, 0
-        return self.link.keys.retained.numel(), self.link.values.retained.numel()
+        keys, values = self.pair()
+        return keys.retained.numel(), values.retained.numel()
 
     def error(self) -> LayerError:
         """Relative Frobenius error of the prompt's keys and values as restored from the merge (0 for a layer left whole)."""

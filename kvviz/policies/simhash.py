@@ -52,7 +52,7 @@ class SimHash(Retriever):
 
     def rank(self, layer, ctx):
         d = layer.keys.shape[-1]
-        q = layer.queries[:, -1].reshape(layer.kv_heads, -1, d)  # (kv_heads, group, d)
+        q = layer.captured_queries()[0][:, -1].reshape(layer.kv_heads, -1, d)  # (kv_heads, group, d)
         planes = _planes_on(self.tables, self.bits, d, self.seed, layer.keys.device)
         return hamming_similarity(q, layer.keys, planes).sum(dim=1)
 

@@ -38,5 +38,5 @@ class SparQ(Retriever):
     r: int = param(16, "Query components used for the approximate scores (of the head dimension).", min=1, max=4096)
 
     def rank(self, layer, ctx):
-        q = layer.queries[:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
+        q = layer.captured_queries()[0][:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
         return approximate_scores(q, layer.keys, self.r).sum(dim=1)
