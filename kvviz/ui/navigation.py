@@ -75,6 +75,11 @@ PAGES: list[PageInfo] = [
         "The real keys and values of your prompt, layer by layer: the outlier key channels, and what per-token "
         "or per-channel quantization at 8, 4 and 2 bits (and KIVI) costs in error, attention and the next token.",
     ),
+    PageInfo(
+        "pages/8_Dedup.py", "Dedup", ":material/content_copy:",
+        "A repeated span held once in the KV cache: how far the copy is from the full cache per layer, what the "
+        "next tokens pay, and recomputing the tokens that deviate most (CacheBlend).",
+    ),
 ]
 
 
