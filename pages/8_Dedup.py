@@ -58,8 +58,9 @@ st.dataframe([{"tokens": s["length"], "at positions": ", ".join(map(str, s["occu
 zero = result["recompute"][0]
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Copied tokens", f"{result['copied_tokens']} of {result['prompt_tokens']}")
-m2.metric(f"Bytes held, no recompute (full: {format_bytes(result['full_bytes'])})", format_bytes(zero["kv_bytes"]),
-          help=f"{zero['kv_bytes'] / result['full_bytes']:.1%} of the full cache's keys and values")
+m2.metric("Bytes held", format_bytes(zero["kv_bytes"]),
+          delta=f"{zero['kv_bytes'] / result['full_bytes'] - 1:.1%} against the full cache", delta_color="off",
+          help=f"No token recomputed; the full cache holds {format_bytes(result['full_bytes'])}.")
 m3.metric("KL to the full cache", f"{zero['kl_mean']:.4f} nats", help="Mean over the next tokens, recompute share 0.")
 m4.metric("Top-1 agreement", f"{zero['top1_agreement']:.0%}", help="The next tokens, teacher-forced on the full cache's output.")
 st.caption(f"Next tokens from the full cache: {md_escape(repr(result['full_text']))}")
