@@ -14,7 +14,7 @@ from test_browser import wait_until_idle
 from kvviz.paged.scenarios import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[2]
-SHOW_STEP = {"prefix": 1, "sampling": 2, "preemption": 5, "holes": 3, "blocks": 1}  # where each mechanism shows
+SHOW_STEP = {"prefix": 1, "sampling": 2, "preemption": 5, "holes": 3, "blocks": 1, "mixed": 1}  # where each mechanism shows
 
 
 def open_page(browser, app_url: str, height: int):
@@ -48,7 +48,7 @@ def test_scenario_in_one_click(browser, app_url, scenario):
         assert any(t.startswith(f"Pool after step {SHOW_STEP[scenario.key]}:") for t in titles), titles
         assert any(t.startswith("KV memory reserved but holding no token") for t in titles)
         expected = {"prefix": "prefix hits", "sampling": "copy-on-write", "preemption": "preempted", "holes": "h2o evicted",
-                    "blocks": "released"}[scenario.key]
+                    "blocks": "released", "mixed": "static batch"}[scenario.key]
         assert expected in body
         if os.environ.get("KVVIZ_SCREENSHOTS") == "1":
             out = REPO / "docs" / "screenshots" / f"paged_{scenario.key}.png"
