@@ -17,6 +17,8 @@ SWEEP = {"policies": "window\nstreaming_llm", "ratios": "0.5", "context": "24", 
 
 def _click_point(page, points, k: int) -> None:
     """A mouse click on the k-th plotted point (plotly takes it on the drag layer above)."""
+    points.nth(k).evaluate("e => e.scrollIntoView({block: 'center'})")  # a click past the viewport's edge goes nowhere
+    page.wait_for_timeout(200)
     box = points.nth(k).bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_timeout(300)

@@ -25,12 +25,20 @@ def open_page(browser, app_url: str, height: int):
 
 
 def set_step(page, step: int) -> None:
-    slider = page.get_by_role("slider", name="Step")
-    slider.focus()
-    slider.press("Home")
-    for _ in range(step):
-        slider.press("ArrowRight")
-    wait_until_idle(page)
+    """Move the step slider by keyboard until the page has rerun at ``step``: a key pressed while
+    the rerun of the one before redraws the slider can be lost, so check and press again."""
+    for _ in range(4):
+        slider = page.get_by_role("slider", name="Step")
+        slider.evaluate("e => e.scrollIntoView({block: 'center'})")
+        slider.focus()
+        now = int(slider.input_value() or 0)
+        for _ in range(abs(step - now)):
+            slider.press("ArrowRight" if step > now else "ArrowLeft")
+            page.wait_for_timeout(150)
+        wait_until_idle(page)
+        if int(page.get_by_role("slider", name="Step").input_value() or -1) == step:
+            return
+    raise AssertionError(f"the step slider did not reach {step}")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.key for s in SCENARIOS])

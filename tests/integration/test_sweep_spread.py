@@ -3,6 +3,9 @@ of the in-process sweep: same order, same numbers (each run's wall time aside)."
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 
 from kvviz.record import examples as data
@@ -23,6 +26,14 @@ def numbers(result) -> list[dict]:
         {k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in r.to_dict().items() if k != "seconds"}
         for r in result.rows
     ]
+
+
+@pytest.fixture(autouse=True)
+def plain_main(monkeypatch):
+    """A spawned worker re-runs the parent's ``__main__`` file (multiprocessing's rule). A Streamlit
+    AppTest earlier in this process leaves its page script there, which must not run in a worker:
+    give the workers pytest's plain main back, as the CLI gives them ``kvviz.__main__``."""
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
 
 @pytest.fixture(scope="module")
