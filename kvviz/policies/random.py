@@ -14,8 +14,10 @@ class Random(ScoredSelector):
     paper_url = "https://arxiv.org/abs/2306.14048"
     summary = """Once the budget is full, keeps a uniformly random subset of the entries, drawn
     independently for every layer and KV head, at prefill and at every decode step. The draws
-    come from the run's seeded generator, so a run is reproducible. Uses no scores, so no GQA
-    aggregation; any scored policy should do better than this."""
+    come from the run's seeded generator, so a run is reproducible (on a GPU also when its
+    decode steps replay from a CUDA graph: the generator is registered with the graph). Uses no
+    scores, so no GQA aggregation; any scored policy should do better than this."""
+    graph_safe = True
 
     def score(self, layer, ctx):
         return random_draw(layer.positions.shape, ctx.generator, layer.keys.device)  # (kv_heads, n)

@@ -15,9 +15,13 @@ What makes the replay right:
 - the layers' state (every tensor of the store, found by walking its attributes, the positions,
   the policy stats) is copied back, inside the graph, into the tensors the step read, so the next
   replay reads the new state (fixed-capacity buffers are written in place: nothing to copy);
-- Python counters that the capture advanced are put back, and advanced by hand per replay.
+- Python counters that the capture advanced are put back, and advanced by hand per replay;
+- the run's seeded CUDA generator is registered with the graph: each replay advances its
+  Philox offset by what the captured draws take, as the same draws do eagerly, so a policy that
+  draws at decode (``random``) draws what the eager steps draw.
 Selectors opt in with ``graph_safe = True`` (no host reads, no per-step Python numbers in
-tensor math, no random draws at decode). Stores keep no Python counters that a step advances.
+tensor math; random draws only from the run's generator). Stores keep no Python counters that a
+step advances.
 """
 
 from __future__ import annotations
@@ -119,6 +123,9 @@ class DecodeGraph:
         seen = [layer.seen for layer in layers]
         graph = torch.cuda.CUDAGraph()
         try:
+            generator = self.cache.generator
+            if generator is not None and generator.device.type == "cuda":
+                graph.register_generator_state(generator)  # draws at decode advance it per replay
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.logits = self.forward(self.ids, self.positions)
                 for layer, old in zip(layers, before):

@@ -34,9 +34,9 @@ def test_full_matches_generate_on_cuda(gpu_model, ids):
 
 COMPOSITIONS = ["snapkv+quant", "snapkv+kivi", "pyramidkv+lowrank", "h2o+quant", "h2o+kivi", "tova+lowrank", "merge+quant", "streaming_llm+quant"]
 SPECS = [*registry(), *COMPOSITIONS, "quant:axis=per_channel"]
-# what still decodes eagerly: random draws from the run's generator at every step; retrievers
+# what still decodes eagerly: retrievers
 # (quest, sparq, simhash) gather a read set whose choice the graph path does not take yet
-EAGER = {"random", *(n for n in registry() if issubclass(get(n), Retriever))}
+EAGER = {n for n in registry() if issubclass(get(n), Retriever)}
 
 
 def spec_kw(spec):
