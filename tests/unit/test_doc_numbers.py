@@ -111,6 +111,12 @@ def paged_waste(key: str) -> dict:
     return next(s for s in load("paged_scenarios_cpu.json")["scenarios"] if s["scenario"] == key)
 
 
+def found(d: dict, *series: str) -> list[str]:
+    """How many of the passkey grid's runs of these series found the key, of how many."""
+    runs = [r for r in d["rows"] if r["series"] in series]
+    return [str(sum(r["found"] for r in runs)), str(len(runs) // len(series))]
+
+
 def key_error(d: dict, axis: str, bits: int, group: int = 32) -> float:
     return next(r["key error"] for r in d["grid"][0]["rows"] if (r["axis"], r["bits"], r["group"]) == (axis, bits, group))
 
@@ -143,6 +149,13 @@ NUMBERS = [
                            f"{100 * dedup(0.5)['kv_bytes'] / r['full_bytes']:.1f}", f"{dedup(0.5)['kl_mean']:.2g}",
                            f"{100 * dedup(1.0)['kv_bytes'] / r['full_bytes']:.0f}", f"{dedup(1.0)['kl_mean']:.0e}",
                            str(round(min(x["top1_agreement"] for x in r["recompute"]) * len(r["next_tokens"]))), str(len(r["next_tokens"]))])(d["result"])),
+    # README: query-agnostic runs
+    ("README.md", "On the {}-token passkey grid ({} filler tokens, depths {}, ratio {}, SmolLM2 on the CPU), `snapkv:window=8` finds the key at {} of {} depths with the question in view and at {} of {} before it (\"{}\" twice): its window votes with the question; `snapkv`, `h2o` and `keydiff` find it {} of {} either way",
+     "passkey_question_after_cpu.json",
+     lambda d: [str(d["rows"][0]["prompt_tokens"]), str(d["rows"][0]["length"]), "/".join(sorted({str(r["depth"]) for r in d["rows"]})), str(d["rows"][0]["ratio"]),
+                *found(d, "snapkv:window=8"), *found(d, "snapkv:window=8 · question after"),
+                "6049" if sum("6049." in r["answer"] for r in d["rows"] if r["series"] == "snapkv:window=8 · question after") == 2 else "not twice",
+                *found(d, "snapkv", "h2o", "keydiff", "snapkv · question after", "h2o · question after", "keydiff · question after")]),
     # README: known results (the perplexities themselves: tests/unit/test_readme_known_numbers.py)
     ("README.md", "plain window {} ({}×)", "known_results_h100.json",
      lambda d: [f"{ppl('known_results_h100.json', 'window'):.1f}", f"{ppl('known_results_h100.json', 'window') / ppl('known_results_h100.json', 'full'):.1f}"]),
