@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = {"README.md": ROOT / "README.md", "PERFORMANCE.md": ROOT / "docs" / "PERFORMANCE.md"}
+DOCS = {"README.md": ROOT / "README.md"} | {p.name: p for p in sorted((ROOT / "docs").glob("*.md"))}  # a new doc is guarded too
 MiB, GiB = 2**20, 2**30
 
 # Files written before results carried their date, machine and command: the date the file was
