@@ -1,4 +1,4 @@
-"""Every measured number in README.md and docs/PERFORMANCE.md is its committed results file's
+"""Every measured number in README.md and docs/*.md is its committed results file's
 (issue 24: 'Every number in the README and the docs comes from a committed results file (with its
 date, machine and command), and a test checks that the text and the files agree').
 
@@ -7,7 +7,9 @@ stands, the results file, and the numbers read from the file and formatted as th
 The guard then takes the rendered blocks (speed tables, the widget-maxima paragraph, the
 faithfulness table: each checked by its own test) and every sentence of NUMBERS out of the text,
 and fails on any number with a unit left over (``12 ms``, ``3.4 s``, ``7 MiB``, ``55%``, ``2×``...)
-that ALLOWED does not explain: a hand-typed measurement has no place to hide. No model, no torch.
+that ALLOWED does not explain: a hand-typed measurement has no place to hide. UNSOURCED names the
+two sections measured before results files were kept (and the README bullet quoting one), until
+their benchmarks are rerun into benchmarks/results/. No model, no torch.
 """
 
 from __future__ import annotations
