@@ -14,6 +14,7 @@ from kvviz.record.trace import Trace
 # 0 = evicted (grey), partly kept (light blue), 1 = kept (blue); blank = not in the run yet
 RETENTION_SCALE = KEPT_SCALE
 MAX_TEXT_CELLS = 60_000
+MAX_RINGS = 400  # marked columns drawn at most (wider than a screen shows apart); nearby ones merge past that
 
 
 def _token_labels(trace: Trace) -> list[str]:
@@ -38,10 +39,34 @@ def runs(positions) -> list[tuple[int, int]]:
     return out
 
 
-def _mark_positions(fig: go.Figure, marked) -> None:
-    """Ring the columns of ``marked`` positions (search matches, the pass key) in the needle colour."""
-    for a, b in runs(marked or ()):
-        fig.add_vrect(x0=a - 0.5, x1=b - 0.5, line=dict(color=COLORS["needle"], width=3), fillcolor="rgba(0,0,0,0)", layer="above", name="marked")
+def ring_runs(positions, limit: int = MAX_RINGS) -> tuple[list[tuple[int, int]], int]:
+    """``runs`` of the positions, at most ``limit`` of them: past that, runs less than ``gap``
+    positions apart are merged into one ring (gap doubling until they fit; 0 when none merged).
+    Linear in the positions for each doubling."""
+    out, gap = runs(positions), 0
+    while len(out) > limit:
+        gap = max(1, 2 * gap)
+        merged: list[tuple[int, int]] = []
+        for a, b in out:
+            if merged and a - merged[-1][1] < gap:
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        out = merged
+    return out, gap
+
+
+def _mark_positions(fig: go.Figure, marked) -> str:
+    """Ring the columns of ``marked`` positions (search matches, the pass key) in the needle colour,
+    all rings added at once (one ``add_vrect`` each is quadratic: minutes for a thousand matches);
+    at most ``MAX_RINGS``, nearby matches sharing one past that. Returns a note for the title."""
+    rings, gap = ring_runs(marked or ())
+    line = dict(color=COLORS["needle"], width=3)
+    shapes = [dict(type="rect", xref="x", yref="y domain", x0=a - 0.5, x1=b - 0.5, y0=0, y1=1, line=line,
+                   fillcolor="rgba(0,0,0,0)", layer="above", name="marked") for a, b in rings]
+    if shapes:
+        fig.update_layout(shapes=[*fig.layout.shapes, *shapes])
+    return f" · {len(set(marked))} matches, those under {gap} tokens apart ringed together" if gap else ""
 
 
 def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str, marked=None) -> go.Figure:
@@ -65,7 +90,7 @@ def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str, mar
         )
     )
     _mark_prompt_end(fig, trace)
-    _mark_positions(fig, marked)
+    title += _mark_positions(fig, marked)
     fig.update_layout(title=title, height=min(max(260, 10 * z.shape[0] + 130), 600), margin=dict(l=10, r=10, t=50, b=10))
     fig.update_xaxes(title="token position")
     fig.update_yaxes(title=y_name, autorange="reversed")
