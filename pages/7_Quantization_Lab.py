@@ -36,7 +36,7 @@ with c_layer:
 with c_head:
     head = persisted(st.selectbox, "qlab.head", 0, url="kv_head", label="KV head", options=list(range(n_kv)))
 with c_residual:
-    residual = persisted(st.select_slider, "qlab.residual", 32, url="residual", label="KIVI residual R (tokens)", options=[8, 16, 32, 64, 128],
+    residual = persisted(st.select_slider, "qlab.residual", 32, url="residual", label="KIVI residual R (tokens)", options=list(lab.RESIDUALS),
                          help="KIVI keeps the R newest values and the keys of the unfinished group of R tokens in full precision.")
 st.caption(f"{len(ids)} prompt tokens" + (f" (the first {lab.MAX_TOKENS})" if len(ids) == lab.MAX_TOKENS else "") + f" · {loaded.summary.name} · {loaded.summary.dtype}")
 
@@ -92,7 +92,7 @@ st.caption(
 )
 c_new, c_run = st.columns([1, 3], vertical_alignment="bottom")
 with c_new:
-    new_tokens = persisted(st.number_input, "qlab.new_tokens", 8, url="new", label="New tokens", min_value=1, max_value=32,
+    new_tokens = persisted(st.number_input, "qlab.new_tokens", 8, url="new", label="New tokens", min_value=1, max_value=lab.MAX_NEW_TOKENS,
                            help="Steps of teacher forcing, each compared with the full cache.")
 if c_run.button("Run the model with quantized caches", key="qlab.run", icon=":material/play_arrow:"):
     schemes = lab.next_token_schemes(residual)

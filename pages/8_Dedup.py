@@ -4,7 +4,7 @@ and in the next tokens, and what recomputing a share of its tokens buys back (Ca
 import streamlit as st
 
 from kvviz.charts import dedup as charts
-from kvviz.dedup.run import MAX_NEW_TOKENS, run_dedup
+from kvviz.dedup.run import MAX_COMPARED, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS as MAX_TOKENS, MIN_SPAN, run_dedup
 from kvviz.record.examples import REPEATED_PASSAGE_EXAMPLE
 from kvviz.record.metrics import format_bytes
 from kvviz.record.text import PromptError, encode_prompt
@@ -12,8 +12,6 @@ from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui.job_view import page_work
 from kvviz.ui.page import start_page
 from kvviz.ui.token_html import md_escape
-
-MAX_TOKENS = 512  # the page runs the model once per recompute share: bounded on a CPU
 
 state = start_page(
     "Dedup",
@@ -30,8 +28,8 @@ if st.button("Example: a passage twice, then a question", key="dedup.example"):
     ss["dedup.text"] = REPEATED_PASSAGE_EXAMPLE
 text = st.text_area("Prompt", key="dedup.text", height=140, placeholder="A prompt with a span that appears more than once")
 c_len, c_new, c_chat = st.columns(3)
-min_len = c_len.slider("Shortest repeated span (tokens)", 2, 64, 8, key="dedup.min_len")
-new_tokens = c_new.slider("Next tokens compared", 1, min(16, MAX_NEW_TOKENS), 8, key="dedup.new_tokens")
+min_len = c_len.slider("Shortest repeated span (tokens)", *MIN_SPAN, 8, key="dedup.min_len")
+new_tokens = c_new.slider("Next tokens compared", 1, min(MAX_COMPARED, MAX_NEW_TOKENS), 8, key="dedup.new_tokens")
 chat = c_chat.toggle("Chat template", False, key="dedup.chat")
 
 if st.button("Run", type="primary", key="dedup.run"):

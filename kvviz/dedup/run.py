@@ -36,6 +36,9 @@ from kvviz.runtime.engine import cache_keyword
 
 SHARES = (0.0, 0.1, 0.2, 0.5, 1.0)
 MAX_NEW_TOKENS = 64
+MAX_PROMPT_TOKENS = 512  # the page runs the model once per recompute share: bounded on a CPU
+MAX_COMPARED = 16  # next tokens the page compares (its slider's top)
+MIN_SPAN = (2, 64)  # the page's slider of the shortest repeated span, in tokens
 INDEX_BYTES = 8  # an int64 position per held entry, and per linked span (source, start, length)
 
 

@@ -37,6 +37,8 @@ from kvviz.record.metrics import format_bytes
 from kvviz.storage.quantize import QuantizedStream
 
 MAX_TOKENS = 1024  # the lab reads at most this many prompt tokens (CPU-friendly)
+MAX_NEW_TOKENS = 32  # steps of teacher forcing the page's next-token run may ask for
+RESIDUALS = (8, 16, 32, 64, 128)  # the page's choices of KIVI's residual window, in tokens
 OUTLIER_FACTOR = 3.0  # a channel is an outlier when its largest |value| is this many times the median channel's
 
 
