@@ -5,6 +5,7 @@ and how many sequences fit on a GPU. No model is loaded: the numbers come from t
   python -m kvviz calc --arch llama-3.1-70b --context 32k --gpu h100 --weights-dtype int4 --dtype kivi-2
   python -m kvviz calc --config path/to/config.json --context 4096 --json
   python -m kvviz calc --list
+  python -m kvviz calc --arch llama-3.1-8b --context 32k --gpu h100 --offload quest --read-budget 2048 --page-size 16
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ HELP = "KV-cache memory of a real architecture from its config (no model is load
 
 def configure(p) -> None:
     from kvviz.calculator.memory import CACHE_DTYPES, DEFAULT_UTILIZATION, GPUS, WEIGHT_DTYPES
+    from kvviz.calculator.offload import DEFAULT_LINK_GBPS
 
     p.error = _one_line_error  # bad flags too: one line and exit status 2, no usage block
     p.add_argument("--arch", metavar="NAME", help="a bundled architecture (see --list) or a Hugging Face id (owner/name, needs the network)")
@@ -37,6 +39,16 @@ def configure(p) -> None:
     p.add_argument("--params", metavar="N", help="parameter count to use instead of the one derived from the config (e.g. 7.2e9)")
     p.add_argument("--utilization", metavar="U", default=str(DEFAULT_UTILIZATION), help=f"usable share of GPU memory (default {DEFAULT_UTILIZATION}, vLLM's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    o = p.add_argument_group("offload mode: the cache in host memory, a retrieval summary and the read set on the device")
+    o.add_argument("--offload", metavar="METHOD", help="quest, simhash or sparq: size the offloaded cache instead of the plain one")
+    o.add_argument("--read-budget", metavar="K", default="2048", help="entries each decode step reads per layer and KV head (default 2048)")
+    o.add_argument("--page-size", metavar="P", help="Quest: entries per page (default the policy's, 16)")
+    o.add_argument("--full-layers", metavar="N", help="Quest: first layers that read everything, kept on the device (default the policy's, 2)")
+    o.add_argument("--bits", metavar="B", help="SimHash: signature bits per key and table (default 8)")
+    o.add_argument("--tables", metavar="T", help="SimHash: hash tables (default 4)")
+    o.add_argument("--r", metavar="R", help="SparQ: query components read of every key each step (default 16)")
+    o.add_argument("--link-gbps", metavar="GBPS", default=str(DEFAULT_LINK_GBPS),
+                   help=f"host-device bandwidth per direction, GB/s (default {DEFAULT_LINK_GBPS:g}: PCIe 5.0 x16; PCIe 4.0 x16 ~32, NVLink-C2C ~450)")
 
 
 def _one_line_error(message: str):
@@ -67,6 +79,8 @@ def main(args) -> int:
         window=tokens(args.window, "--window") if args.window is not None else None,
     )
     params = integer(args.params, "--params") if args.params is not None else None
+    if args.offload is not None:
+        return offload_main(args, arch, scenario, params)
     est = calc.estimate(
         arch, scenario, gpu=args.gpu, weights_dtype=args.weights_dtype.lower(),
         utilization=number(args.utilization, "--utilization"), params=params,
@@ -76,6 +90,62 @@ def main(args) -> int:
     else:
         print(report(est, arch))
     return 0
+
+
+def offload_main(args, arch, scenario, params) -> int:
+    from kvviz.calculator.offload import METHOD_PARAMS, Offload, offload_estimate
+
+    method = args.offload.strip().lower()
+    given = {name: getattr(args, name) for names in METHOD_PARAMS.values() for name in names if getattr(args, name) is not None}
+    stray = sorted(set(given) - set(METHOD_PARAMS.get(method, ())))
+    if stray and method in METHOD_PARAMS:
+        raise calc_error(f"--{stray[0].replace('_', '-')} is not a parameter of {method} (it takes {', '.join('--' + n.replace('_', '-') for n in METHOD_PARAMS[method])}).")
+    offload = Offload(
+        method=method, read_budget=integer(args.read_budget, "--read-budget"),
+        params={name: integer(value, "--" + name.replace("_", "-")) for name, value in given.items()},
+        link_gbps=number(args.link_gbps, "--link-gbps"),
+    )
+    est = offload_estimate(
+        arch, scenario, offload, gpu=args.gpu, weights_dtype=args.weights_dtype.lower(),
+        utilization=number(args.utilization, "--utilization"), params=params,
+    )
+    if args.json:
+        print(json.dumps(est.to_dict() | {"source": arch.source}))
+    else:
+        print(offload_report(est, arch))
+    return 0
+
+
+def calc_error(message: str):
+    from kvviz.calculator.memory import CalcError
+
+    return CalcError(message)
+
+
+def offload_report(est, arch) -> str:
+    from kvviz.record.metrics import format_bytes
+
+    setting = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in est.params.items())
+    lines = [
+        f"{est.display} ({est.attention}) · {est.context:,} tokens · batch {est.batch} · {est.dtype} cache offloaded to host · "
+        f"{est.method} ({setting}) reads {est.read_entries:,} entries per layer and KV head · config: {arch.source}"
+    ]
+    f = est.formulas
+    summary = "r key components, moved each step (SparQ keeps none)" if est.method == "sparq" else "summaries, on the device"
+    rows = [
+        ("plain cache on the device", format_bytes(est.full_bytes), "per sequence, for comparison"),
+        ("on the device", format_bytes(est.device_bytes), f["device"]),
+        ("summary" if est.method != "sparq" else "r key components", format_bytes(est.summary_bytes if est.method != "sparq" else est.sparq_key_bytes), summary),
+        ("offloaded to host", format_bytes(est.host_bytes), "per sequence: every entry of the offloaded layers"),
+        ("moved per step", format_bytes(est.moved_bytes), f["moved"]),
+        (f"over {est.link_gbps:g} GB/s", f"{est.link_ms:.3f} ms", f["link"]),
+    ]
+    if est.gpu:
+        rows.append(("HBM read", f"{est.hbm_ms:.3f} ms", f["hbm"]))
+        rows.append((est.gpu, f"{est.max_sequences_offload:,} fit", f["fit"]))
+    width = max(len(r[0]) for r in rows)
+    lines += [f"  {name:<{width}}  {value:>10}  {formula}" for name, value, formula in rows]
+    return "\n".join(lines)
 
 
 def tokens(text: str, flag: str) -> int:
