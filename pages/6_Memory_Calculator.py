@@ -9,6 +9,7 @@ import streamlit as st
 from kvviz.calculator import memory as calc
 from kvviz.charts import calculator as charts
 from kvviz.calculator.check import check_calculator
+from kvviz.calculator.offload import offload_many
 from kvviz.record.metrics import format_bytes
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.ui.a11y import chart
@@ -32,34 +33,73 @@ if not choice.archs or not choice.dtypes:
     st.stop()
 
 fit = dict(gpu=choice.gpu, weights_dtype=choice.weights_dtype, utilization=choice.utilization)
-estimates, problems = calc.estimate_many(choice.archs, choice.scenario, choice.dtypes, **fit)
-for problem in problems:
-    st.warning(md_escape(problem), icon=":material/warning:")
-if not estimates:
-    st.stop()
 
-# ------------------------------------------------------------------------------ the answer
-answer = calc.fit_answer(estimates)
-if answer:
-    st.success(answer, icon=":material/memory:")
-for note in dict.fromkeys(n for e in estimates for n in e.notes):
-    st.caption(md_escape(note))
 
-contexts = charts.context_axis(max(choice.scenario.context * 4, 32768))
-curves = [
-    charts.Curve(e.display, e.dtype, contexts, calc.memory_curve(a, replace(choice.scenario, dtype=e.dtype), contexts))
-    for a in choice.archs for e in estimates if e.arch == a.name
-]
-rooms = {e.display: e.kv_budget_bytes for e in estimates} if choice.gpu else {}
-chart(
-    charts.memory_figure(curves, rooms, choice.scenario.context, estimates[0].gpu, choice.scenario.batch),
-    key="calc.chart", width="stretch",
-)
-st.dataframe(pd.DataFrame(charts.estimate_rows(estimates)), hide_index=True, width="stretch")
-with st.expander("The formulas behind each number", expanded=False):
-    for e in estimates:
-        st.markdown(f"**{e.display} · {e.dtype}**")
-        st.text("\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in e.formulas.items()))
+def offload_section(offload) -> None:
+    """The offload mode: the cache in host memory, a retrieval summary and the read set on the device."""
+    found, problems = offload_many(choice.archs, choice.scenario, choice.dtypes, offload, **fit)
+    for problem in problems:
+        st.warning(md_escape(problem), icon=":material/warning:")
+    if not found:
+        st.stop()
+    if choice.gpu:
+        lines = [
+            f"- **{e.display}** · {e.dtype}: **{e.max_sequences_offload:,}** offloaded, **{e.max_sequences_full:,}** with the plain cache; "
+            f"each step moves {format_bytes(e.moved_batch_bytes)} for the batch: {e.link_ms:.2f} ms over {e.link_gbps:g} GB/s "
+            f"(from HBM: {e.hbm_ms:.3f} ms; the whole plain cache from HBM: {e.full_hbm_ms:.3f} ms)"
+            for e in found
+        ]
+        st.success(f"Requests of {choice.scenario.context:,} tokens that fit at once on one {found[0].gpu}:\n" + "\n".join(lines), icon=":material/memory:")
+    sparq = " SparQ keeps no summary: each step it reads r components of every key, which live on the host, so they move too." if offload.method == "sparq" else ""
+    st.caption(
+        "On the device: the method's summary of every entry (its own summary_bytes), a buffer for the read set and any layer that "
+        "reads everything (Quest's first layers; a layer holding no more than the read set). On the host: every other entry. "
+        f"Each decode step moves the read set from the host (the newest entry is made on the device: one entry per layer and KV head over-counted).{sparq} "
+        "Host memory is not bounded here; a step's moves may overlap the attention of earlier layers."
+    )
+    chart(charts.offload_figure(found), key="calc.offload_chart", width="stretch")
+    st.dataframe(pd.DataFrame(charts.offload_rows(found)), hide_index=True, width="stretch")
+    with st.expander("The formulas behind each number", expanded=False):
+        for e in found:
+            st.markdown(f"**{e.display} · {e.dtype}**")
+            st.text("\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in e.formulas.items()))
+
+
+def device_section() -> None:
+    estimates, problems = calc.estimate_many(choice.archs, choice.scenario, choice.dtypes, **fit)
+    for problem in problems:
+        st.warning(md_escape(problem), icon=":material/warning:")
+    if not estimates:
+        st.stop()
+
+    # ------------------------------------------------------------------------------ the answer
+    answer = calc.fit_answer(estimates)
+    if answer:
+        st.success(answer, icon=":material/memory:")
+    for note in dict.fromkeys(n for e in estimates for n in e.notes):
+        st.caption(md_escape(note))
+
+    contexts = charts.context_axis(max(choice.scenario.context * 4, 32768))
+    curves = [
+        charts.Curve(e.display, e.dtype, contexts, calc.memory_curve(a, replace(choice.scenario, dtype=e.dtype), contexts))
+        for a in choice.archs for e in estimates if e.arch == a.name
+    ]
+    rooms = {e.display: e.kv_budget_bytes for e in estimates} if choice.gpu else {}
+    chart(
+        charts.memory_figure(curves, rooms, choice.scenario.context, estimates[0].gpu, choice.scenario.batch),
+        key="calc.chart", width="stretch",
+    )
+    st.dataframe(pd.DataFrame(charts.estimate_rows(estimates)), hide_index=True, width="stretch")
+    with st.expander("The formulas behind each number", expanded=False):
+        for e in estimates:
+            st.markdown(f"**{e.display} · {e.dtype}**")
+            st.text("\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in e.formulas.items()))
+
+
+if choice.offload:
+    offload_section(choice.offload)
+else:
+    device_section()
 
 # ------------------------------------------------------------------------------ kinds of attention
 st.subheader("MHA, GQA, MQA and MLA side by side")

@@ -110,3 +110,69 @@ def estimate_rows(estimates) -> list[dict]:
             row[f"sequences on one {e.gpu}"] = e.max_sequences
         rows.append(row)
     return rows
+
+
+# the offload mode's parts, bottom to top: (label, colour, {bar: the estimate's field})
+OFFLOAD_PARTS = [
+    ("keys and values on the device", COLORS["full"], {"plain cache on the device": "full_bytes", "offload: on the device": "whole_layer_bytes"}),
+    ("summaries", COLORS["bookkeeping"], {"offload: on the device": "summary_bytes"}),
+    ("read-set buffers", COLORS["read"], {"offload: on the device": "read_buffer_bytes"}),
+    ("offloaded to host memory", tint(COLORS["full"], 0.35), {"offload: on the host": "host_bytes"}),
+    ("read set moved per step", COLORS["values"], {"offload: moved per step": "read_buffer_moved"}),
+    ("SparQ's r key components moved per step", COLORS["keys"], {"offload: moved per step": "sparq_key_bytes"}),
+]
+OFFLOAD_BARS = ["plain cache on the device", "offload: on the device", "offload: on the host", "offload: moved per step"]
+
+
+def _offload_value(e, name: str) -> int:
+    return e.moved_bytes - e.sparq_key_bytes if name == "read_buffer_moved" else getattr(e, name)
+
+
+def offload_figure(estimates) -> go.Figure:
+    """Per architecture and dtype (OffloadEstimates), stacked bars of one sequence's bytes: the
+    plain cache on the device; the offload mode's device part (summaries, read-set buffers, layers
+    kept whole), its host part and what each decode step moves."""
+    models = [f"{e.display} · {e.dtype}" for e in estimates]
+    top = max([max(e.full_bytes, e.device_bytes, e.host_bytes, e.moved_bytes) for e in estimates] + [1])
+    scale, unit = byte_unit(top)
+    x = [[m for m in models for _ in OFFLOAD_BARS], [b.replace(": ", ":<br>") for _ in models for b in OFFLOAD_BARS]]
+    fig = go.Figure()
+    for label, color, fields in OFFLOAD_PARTS:
+        values = [_offload_value(e, fields[b]) if b in fields else 0 for e in estimates for b in OFFLOAD_BARS]
+        if not any(values):
+            continue
+        fig.add_bar(
+            x=x, y=[v / scale for v in values], name=label, marker_color=color,
+            customdata=[format_bytes(v) for v in values],
+            hovertemplate=f"%{{x}}<br>{label}: %{{customdata}}<extra></extra>",
+        )
+    totals = [v for e in estimates for v in (e.full_bytes, e.device_bytes, e.host_bytes, e.moved_bytes)]  # OFFLOAD_BARS' order
+    fig.add_scatter(
+        x=x, y=[t / scale for t in totals], mode="text", text=[format_bytes(t) for t in totals],
+        textposition="top center", showlegend=False, hoverinfo="skip",
+    )
+    fig.update_yaxes(title=f"one sequence ({unit})", rangemode="tozero")
+    fig.update_layout(barmode="stack", bargap=0.3, legend=dict(orientation="h", y=-0.25))
+    e0 = estimates[0] if estimates else None
+    what = f"{e0.method}, {e0.read_entries:,} entries read per layer and KV head, {e0.context:,} tokens" if e0 else ""
+    return style(fig, height=440, title=f"Cache offloaded to host memory with a retrieval summary ({what})")
+
+
+def offload_rows(estimates) -> list[dict]:
+    """Table rows for a list of OffloadEstimates."""
+    rows = []
+    for e in estimates:
+        row = {
+            "model": e.display, "attention": e.attention, "cache": e.dtype,
+            "plain cache (device)": format_bytes(e.full_bytes), "offload: device": format_bytes(e.device_bytes),
+            "summaries": format_bytes(e.summary_bytes) if e.method != "sparq" else f"none ({format_bytes(e.sparq_key_bytes)} of r components moved)",
+            "host": format_bytes(e.host_bytes), "moved per step": format_bytes(e.moved_bytes),
+            f"batch of {e.batch} over {e.link_gbps:g} GB/s": f"{e.link_ms:.3f} ms",
+        }
+        if e.gpu:
+            row["same bytes from HBM"] = f"{e.hbm_ms:.3f} ms"
+            row["plain cache from HBM"] = f"{e.full_hbm_ms:.3f} ms"
+            row[f"sequences on one {e.gpu}: plain"] = e.max_sequences_full
+            row["offloaded"] = e.max_sequences_offload
+        rows.append(row)
+    return rows

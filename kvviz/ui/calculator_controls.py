@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from kvviz.calculator import memory as calc
+from kvviz.calculator.offload import DEFAULT_LINK_GBPS, MAX_LINK_GBPS, METHOD_PARAMS, METHODS, Offload
 from kvviz.charts.calculator import context_label
 from kvviz.ui.calculator_link import CONFIG_URL_MAX, LinkSetting, choice, choices, compact_config, config_text, listed, number, read_link, write_link
 from kvviz.ui.state import persisted
@@ -19,6 +20,7 @@ PASTED = "pasted config"
 NO_GPU = "none"
 DEFAULT_ARCHS = ["llama-2-7b", "llama-3.1-8b", "llama-3.1-70b", "deepseek-v2"]
 GROUPS, SCALE_BYTES = [16, 32, 64, 128], [2, 4]
+MODES = {"device": "Cache on the device", "offload": "Offloaded with a retrieval summary"}
 # "How many 32k-token requests fit on one H100 with Llama-3.1-70B, and what does KIVI-2 buy us?"
 QUESTION = {
     "calc.archs": ["llama-3.1-70b"], "calc.dtypes": ["bf16", "kivi-2"], "calc.context": 32768, "calc.batch": 1,
@@ -49,7 +51,24 @@ LINK = [
     LinkSetting("residual", "calc.residual", 128, number(1, 4096, 1), lambda r: f"{r} tokens"),
     LinkSetting("scalebytes", "calc.scale_bytes", 2, choice(SCALE_BYTES, int), lambda b: f"{b} bytes"),
     LinkSetting("config", "calc.config", "", config_text, lambda t: "no pasted config" if not t else "the pasted config"),
+    LinkSetting("mode", "calc.mode", "device", choice(list(MODES)), lambda m: MODES[m]),
+    LinkSetting("method", "calc.method", "quest", choice(list(METHODS))),
+    LinkSetting("readbudget", "calc.read_budget", 2048, number(1, 1_000_000, 1), lambda k: f"{k:,} entries"),
+    LinkSetting("pagesize", "calc.page_size", 16, number(1, 4096, 1)),
+    LinkSetting("fulllayers", "calc.full_layers", 2, number(0, 1000, 1)),
+    LinkSetting("bits", "calc.bits", 8, number(1, 64, 1)),
+    LinkSetting("tables", "calc.tables", 4, number(1, 64, 1)),
+    LinkSetting("r", "calc.r", 16, number(1, 4096, 1)),
+    LinkSetting("link", "calc.link_gbps", DEFAULT_LINK_GBPS, number(1, MAX_LINK_GBPS, 1, float), lambda g: f"{g:g} GB/s"),
 ]
+# the offload widgets: (url, session key, label, help), shown for the methods that take them
+OFFLOAD_PARAMS = {
+    "page_size": ("pagesize", "calc.page_size", "Page size (entries)", "Quest: entries per page; each page keeps the min and max of its keys."),
+    "full_layers": ("fulllayers", "calc.full_layers", "Layers read whole", "Quest: the first layers read every entry (the paper's 2): they stay on the device."),
+    "bits": ("bits", "calc.bits", "Signature bits", "SimHash: signature bits per key in each table."),
+    "tables": ("tables", "calc.tables", "Hash tables", "SimHash: independent sets of hyperplanes."),
+    "r": ("r", "calc.r", "Query components r", "SparQ: components of the query, and of every key, read each step."),
+}
 
 
 @dataclass
@@ -61,6 +80,7 @@ class CalcChoice:
     weights_dtype: str
     utilization: float
     messages: list[str] = field(default_factory=list)  # escaped, for st.error
+    offload: Offload | None = None  # the offload mode's settings; None: the cache on the device
 
 
 def _ask_the_question() -> None:
@@ -135,7 +155,12 @@ def calculator_controls() -> CalcChoice:
                              help="KIVI's full-precision window and key group length; the paper uses 128.")
         scale_bytes = persisted(c_s.selectbox, "calc.scale_bytes", 2, label="Scale and residual bytes", options=SCALE_BYTES,
                                 help="2: fp16/bf16 (a GPU); 4: fp32 (kvviz on a CPU).")
+    offload = _offload_controls()
+    ss = st.session_state
     write_link(LINK, {
+        "mode": "offload" if offload else "device", "method": ss.get("calc.method", "quest"),
+        "readbudget": ss.get("calc.read_budget", 2048), "link": ss.get("calc.link_gbps", DEFAULT_LINK_GBPS),
+        **{url: ss.get(key, default) for url, key, default in _offload_link_values()},
         "archs": [n for n in names if n != PASTED], "dtypes": list(dtypes), "ctx": context, "batch": batch, "keep": keep,
         "window": window, "gpu": gpu, "weights": weights, "util": util, "group": group, "residual": residual,
         "scalebytes": scale_bytes, "config": compact_config(pasted_text) if pasted_text.strip() else None,
@@ -145,4 +170,35 @@ def calculator_controls() -> CalcChoice:
         context=int(context), batch=int(batch), group_size=int(group), residual=int(residual), full_bytes=int(scale_bytes),
         keep_ratio=None if keep >= 100 else keep / 100, window=int(window) or None,
     )
-    return CalcChoice(archs, list(dtypes), scenario, None if gpu == NO_GPU else gpu, weights, float(util), messages)
+    return CalcChoice(archs, list(dtypes), scenario, None if gpu == NO_GPU else gpu, weights, float(util), messages, offload)
+
+
+def _offload_link_values():
+    defaults = {s.url: s.default for s in LINK}
+    return [(url, key, defaults[url]) for url, key, _, _ in OFFLOAD_PARAMS.values()]
+
+
+def _offload_controls() -> Offload | None:
+    """The mode switch and, in the offload mode, its method, read budget, parameters and link."""
+    mode = persisted(
+        st.radio, "calc.mode", "device", label="Where the cache lives", options=list(MODES), format_func=MODES.get, horizontal=True,
+        help="Offloaded: every entry in host (CPU) memory; on the device a retrieval method's summary of every entry "
+        "and the read set of each decode step, moved from the host each step.",
+    )
+    if mode != "offload":
+        return None
+    c_method, c_budget, c_link = st.columns(3)
+    method = persisted(c_method.selectbox, "calc.method", "quest", label="Retrieval method", options=list(METHODS), format_func=METHODS.get)
+    budget = persisted(c_budget.number_input, "calc.read_budget", 2048, label="Read budget (entries per layer and KV head)",
+                       min_value=1, max_value=1_000_000, step=256, help="Entries each decode step reads, and moves from the host.")
+    link = persisted(c_link.number_input, "calc.link_gbps", DEFAULT_LINK_GBPS, label="Host link (GB/s per direction)",
+                     min_value=1.0, max_value=MAX_LINK_GBPS, step=1.0,
+                     help="Assumed 64: PCIe 5.0 x16 (32 GT/s × 16 lanes). PCIe 4.0 x16: about 32; NVLink-C2C (Grace Hopper): about 450.")
+    names = METHOD_PARAMS[method]
+    values = {}
+    for column, name in zip(st.columns(max(len(names), 2)), names):
+        _, key, label, help_text = OFFLOAD_PARAMS[name]
+        default = next(s.default for s in LINK if s.key == key)
+        lo, hi = (0, 1000) if name == "full_layers" else (1, 64 if name in ("bits", "tables") else 4096)
+        values[name] = int(persisted(column.number_input, key, default, label=label, min_value=lo, max_value=hi, step=1, help=help_text))
+    return Offload(method=method, read_budget=int(budget), params=values, link_gbps=float(link))
