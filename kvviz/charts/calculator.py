@@ -122,6 +122,7 @@ OFFLOAD_PARTS = [
     ("SparQ's r key components moved per step", COLORS["keys"], {"offload: moved per step": "sparq_key_bytes"}),
 ]
 OFFLOAD_BARS = ["plain cache on the device", "offload: on the device", "offload: on the host", "offload: moved per step"]
+OFFLOAD_TICKS = dict(zip(OFFLOAD_BARS, ["plain", "device", "host", "moved"]))
 
 
 def _offload_value(e, name: str) -> int:
@@ -135,7 +136,7 @@ def offload_figure(estimates) -> go.Figure:
     models = [f"{e.display} · {e.dtype}" for e in estimates]
     top = max([max(e.full_bytes, e.device_bytes, e.host_bytes, e.moved_bytes) for e in estimates] + [1])
     scale, unit = byte_unit(top)
-    x = [[m for m in models for _ in OFFLOAD_BARS], [b.replace(": ", ":<br>") for _ in models for b in OFFLOAD_BARS]]
+    x = [[m for m in models for _ in OFFLOAD_BARS], [OFFLOAD_TICKS[b] for _ in models for b in OFFLOAD_BARS]]
     fig = go.Figure()
     for label, color, fields in OFFLOAD_PARTS:
         values = [_offload_value(e, fields[b]) if b in fields else 0 for e in estimates for b in OFFLOAD_BARS]
@@ -151,11 +152,12 @@ def offload_figure(estimates) -> go.Figure:
         x=x, y=[t / scale for t in totals], mode="text", text=[format_bytes(t) for t in totals],
         textposition="top center", showlegend=False, hoverinfo="skip",
     )
-    fig.update_yaxes(title=f"one sequence ({unit})", rangemode="tozero")
-    fig.update_layout(barmode="stack", bargap=0.3, legend=dict(orientation="h", y=-0.25))
+    fig.update_yaxes(title=f"one sequence ({unit})", range=[0, top / scale * 1.12])
+    fig.update_xaxes(tickangle=0, title="plain: the whole cache on the device · offloaded: on the device, on the host, moved per decode step")
+    fig.update_layout(barmode="stack", bargap=0.3, legend=dict(traceorder="normal"))
     e0 = estimates[0] if estimates else None
     what = f"{e0.method}, {e0.read_entries:,} entries read per layer and KV head, {e0.context:,} tokens" if e0 else ""
-    return style(fig, height=440, title=f"Cache offloaded to host memory with a retrieval summary ({what})")
+    return style(fig, height=460, title=f"Cache offloaded to host memory with a retrieval summary ({what})")
 
 
 def offload_rows(estimates) -> list[dict]:

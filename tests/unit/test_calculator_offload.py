@@ -86,3 +86,14 @@ def test_cli_json(capsys):
     assert out["link_ms"] == pytest.approx(256 * 2**20 / 32e9 * 1e3)
     assert cli.main(["calc", "--arch", "llama-3.1-8b", "--context", "32k", "--offload", "sparq", "--r", "8"]) == 0
     assert "moved per step" in capsys.readouterr().out
+
+
+def test_the_offload_sentence_in_the_readme():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    e = offload_estimate(calc.get_architecture("llama-3.1-8b"), calc.Scenario(context=131072),
+                         Offload("quest", 2048, {"page_size": 16}), gpu="h100", weights_dtype="fp8")
+    assert (e.max_sequences_offload, e.max_sequences_full) == (29, 4)
+    assert (f"{e.max_sequences_offload} requests of 131,072 tokens to Llama-3.1-8B fit on one H100 instead of "
+            f"{e.max_sequences_full}; each step then moves its read set over a host link of 64 (GB/s) against the 3,350 of the H100's HBM") in text
