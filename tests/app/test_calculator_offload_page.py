@@ -53,3 +53,11 @@ def test_a_bad_read_budget_in_a_link_is_named(smollm):
     assert not at.exception
     assert "link setting 'readbudget' ignored" in " ".join(w.value for w in at.sidebar.warning)
     assert at.number_input(key="_calc.read_budget").value == 2048
+
+
+def test_no_gpu_and_a_quantized_cache_in_the_offload_mode(smollm):
+    at = opened(LINK | {"gpu": "none", "dtypes": "bf16,kivi-2"})
+    assert not at.exception
+    assert "offload mode sizes a float cache" in " ".join(w.value for w in at.warning)
+    rows = at.dataframe[0].value.to_dict("records")
+    assert [r["cache"] for r in rows] == ["bf16", "bf16"] and "offloaded" not in rows[0]
