@@ -10,6 +10,7 @@ from kvviz.runtime.inputs import InputError
 from kvviz.charts import compare as charts
 from kvviz.ui.a11y import bring_into_view, chart
 from kvviz.ui import compare_view as view
+from kvviz.ui import stale
 from kvviz.ui.bundles import downloads, upload_box
 from kvviz.ui.clicks import selected_steps
 from kvviz.ui.page import start_page
@@ -94,6 +95,7 @@ st.divider()
 bring_into_view("result", ss.get("compare.run_id", 0))  # after Run, the result is in view
 st.subheader(f"{len(result.runs)} policies on “{md_escape(result.settings.prompt_name)}”")
 st.caption(f"{result.full.prompt_len} prompt tokens · model {md_escape(result.full.model)} on {result.full.device} ({result.full.dtype})")
+stale.warn(view.changed_settings(result.settings, view.current_settings(state, specs, new_tokens, question_after=bool(question_after))))
 if result.stopped:
     st.warning(f"Stopped: {len(result.runs)} of {len(result.settings.policies)} policies finished; they are shown.")
 last = result.n_steps - 1

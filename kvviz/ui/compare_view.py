@@ -19,6 +19,7 @@ from kvviz.record.metrics import format_bytes, memory_saving
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope, clamp_step, occupancy, one_line, quoted, token_records
 from kvviz.ui import sidebar as sb
+from kvviz.ui import stale
 from kvviz.ui.job_view import JobView
 from kvviz.ui.policy_controls import seed_budget, seed_controls
 from kvviz.ui.token_window import windowed
@@ -82,6 +83,24 @@ def current_settings(state: sb.SidebarState, specs: list[PolicySpec], new_tokens
         params = {"filler": ss.get(sb.PASSKEY_FILLER), "depth_pct": ss.get(sb.PASSKEY_DEPTH), "seed": ss.get(sb.PASSKEY_SEED)}
     # the model's name, never the server's path to it: a bundle and its HTML report leave this host
     return RunSettings(display_name(state.model_spec), state.prompt_name, state.prompt, state.chat, specs, new_tokens, params, step, question_after)
+
+
+def changed_settings(ran: RunSettings, now: RunSettings) -> list[str]:
+    """What the controls say now (``now``, its policies None where a column's settings do not build)
+    that the comparison on screen (``ran``) did not, named as the controls name them."""
+    changed = []
+    if now.model != ran.model:
+        changed.append(f"the model is **{md_escape(now.model)}**")
+    if (now.prompt_name, now.prompt_text) != (ran.prompt_name, ran.prompt_text):
+        changed.append(f"the prompt is **{md_escape(now.prompt_name or 'custom prompt')}**")
+    changed += stale.switch_change("Use the chat template", ran.chat, now.chat)
+    changed += stale.count_change("Policies", len(ran.policies), len(now.policies))
+    for i, spec in enumerate(now.policies):
+        if spec is not None and (i >= len(ran.policies) or spec != ran.policies[i]):
+            changed.append(f"p{i + 1} is **{md_escape(spec.label())}**")
+    changed += stale.count_change("New tokens", ran.max_new_tokens, now.max_new_tokens)
+    changed += stale.switch_change("Question after the context", ran.question_after, now.question_after)
+    return changed
 
 
 def apply_settings(settings: RunSettings, with_step: bool = False) -> None:

@@ -19,6 +19,7 @@ from kvviz.record.metrics import device_memory_rows, format_bytes, memory_saving
 from kvviz.record.text import cut_character_note
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope
+from kvviz.ui import stale
 from kvviz.ui.a11y import sr_only
 from kvviz.ui.live_controls import JOBS, LOADED_RUN, RESULT, SHOWN
 from kvviz.ui.sidebar import operator_settings
@@ -112,10 +113,8 @@ def changed_settings(req: live_run.LiveRequest, spec_now: PolicySpec | None, pro
     if prompt_now is not None and (prompt_now[0] != req.prompt_name or prompt_now[1] != req.prompt_len):
         name, length = prompt_now
         changed.append(f"the prompt is **{md_escape(name or 'custom prompt')}**" + (f" ({length} tokens)" if length else ""))
-    if new_tokens_now is not None and new_tokens_now != req.max_new_tokens:
-        changed.append(f"new tokens {req.max_new_tokens} → {new_tokens_now}")
-    if compare_now is not None and compare_now != req.compare:
-        changed.append("compare with the full cache " + ("on" if compare_now else "off"))
+    changed += stale.count_change("new tokens", req.max_new_tokens, new_tokens_now)
+    changed += stale.switch_change("compare with the full cache", req.compare, compare_now)
     return changed
 
 
@@ -134,9 +133,7 @@ def header(result: live_run.LiveResult, spec_now: PolicySpec | None, prompt_now:
     ss = st.session_state
     if req.run_id == ss.get(LOADED_RUN):
         changed = changed_settings(req, spec_now, prompt_now, ss.get("live.new_tokens"), ss.get("live.compare"))
-        if changed:
-            st.warning("This result is from earlier settings. The controls above now say: " + "; ".join(changed)
-                       + ". Press **Run** to run them.", icon=":material/history:")
+        stale.warn(changed)
     for note in req.notes:
         st.caption(note)
     if cut := cut_character_note(result.generated_text or trace.generated_text):

@@ -1,0 +1,62 @@
+"""Issue 24: a finished result whose settings differ from the controls now is marked stale, with
+the same warning on Live, Compare and the Paged cache (kvviz.ui.stale), naming exactly what changed;
+changing it back, or running the new settings, removes the mark. AppTest on the real SmolLM2 with
+tiny runs (a few new tokens)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from kvviz.ui import stale
+
+PAGES = Path(__file__).resolve().parents[2] / "pages"
+TIMEOUT = 600
+STALE_HEAD = "This result is from earlier settings. The controls above now say: "
+
+
+def stale_marks(at: AppTest) -> list[str]:
+    """The stale warnings' texts, markdown escapes removed (what a person reads)."""
+    return [re.sub(r"\\(.)", r"\1", w.value) for w in at.warning if w.value.startswith(STALE_HEAD)]
+
+
+def changed_part(at: AppTest) -> str:
+    (mark,) = stale_marks(at)
+    assert mark.endswith(". Press **Run** to run them.")
+    return mark[len(STALE_HEAD) : -len(". Press **Run** to run them.")]
+
+
+def test_the_message_is_lives_wording():
+    assert stale.message(["new tokens 4 → 5"]) == (
+        "This result is from earlier settings. The controls above now say: new tokens 4 → 5. Press **Run** to run them."
+    )
+    assert stale.count_change("New tokens", 4, 4) == [] and stale.count_change("New tokens", 4, None) == []
+    assert stale.switch_change("Sample", False, True) == ["Sample on"] and stale.switch_change("Sample", True, True) == []
+
+
+def test_compare_marks_a_changed_control_and_unmarks_it(smollm):
+    at = AppTest.from_file(str(PAGES / "3_Compare.py"), default_timeout=TIMEOUT)
+    for key, value in {"n": "2", "p1": "h2o:recent=2,budget=8", "p2": "window:budget=8", "same": "0", "new": "2", "step": "1"}.items():
+        at.query_params[key] = value
+    at.run()  # a link to a view (a step): it runs once with the controls it set
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    assert at.session_state["compare.result"].settings.max_new_tokens == 2
+    assert stale_marks(at) == []  # opened from a link whose settings are the controls: not stale
+
+    new_tokens = at.slider(key="_compare.new_tokens")
+    new_tokens.set_value(3).run()
+    assert changed_part(at) == "New tokens 2 → 3"
+    at.checkbox(key="_compare.question_after").check().run()
+    assert changed_part(at) == "New tokens 2 → 3; Question after the context on"
+    at.checkbox(key="_compare.question_after").uncheck().run()
+    at.slider(key="_compare.new_tokens").set_value(2).run()
+    assert stale_marks(at) == []  # back to the settings of the result
+
+    at.number_input(key="cmp2.budget").set_value(9).run()
+    assert changed_part(at) == "p2 is **" + at.session_state["compare.result"].settings.policies[1].__class__.parse("window:budget=9").label() + "**"
+    at.button(key="compare.run").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["compare.result"].settings.policies[1].budget == 9
+    assert stale_marks(at) == []  # a fresh run of the new setting
