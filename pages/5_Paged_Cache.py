@@ -32,6 +32,7 @@ if run is None:
 
 bring_into_view("result", id(run))  # after a scenario's run, its result is in view
 st.subheader(scenario.title)  # our own text (a custom run has a fixed title)
+ui.stale_mark(scenario)
 st.markdown(scenario.shows)
 m = st.columns(6)
 m[0].metric("Requests", len(run.requests))

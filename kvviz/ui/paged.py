@@ -17,6 +17,7 @@ from kvviz.paged.scenarios import BY_KEY, SCENARIOS, Scenario
 from kvviz.policies import PolicyError
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import PromptError
+from kvviz.ui import stale
 from kvviz.ui.clicks import selected_steps
 from kvviz.ui.job_view import page_work
 from kvviz.ui.policy_controls import policy_controls
@@ -25,6 +26,7 @@ from kvviz.ui.token_html import md_escape
 
 CHOICE, CUSTOM, RUN, STEP, PLAYING = "paged.choice", "paged.custom", "paged.run", "paged.step", "paged.playing"
 FROM_LINK = "paged.custom_from_link"  # a link chose the custom run: build it from the form's (linked) values
+FORM = "paged.form"  # (the custom form's scenario, prefix caching) as its fields say now; None when they do not build
 BUDGET = "paged.budget"  # the 'requests that fit' slider
 DEFAULT_PROMPTS = "The capital of France is\nThe capital of France is a city where\nWater boils at a temperature of"
 PLAY_DELAY_S = 0.8
@@ -73,19 +75,51 @@ def custom_form() -> None:
                 "head reads it). block: whole blocks go, ranked by the share of their entries the policy would keep.",
             )
         spec = policy_controls(key="paged", default="full", url="policy")
+        form = None if spec is None else Scenario(
+            "custom", "Run", "Custom prompts", "Your prompts, decoded together from the pool.",
+            tuple(p for p in text.splitlines() if p.strip()), block_size, num_blocks, max_new,
+            n=n, sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
+            eviction=eviction, seed=seed,
+        )
+        st.session_state[FORM] = None if form is None else (form, bool(prefix))  # what Run would run now
         ran = st.button("Run", key="paged.custom_run", type="primary")
         if ran or st.session_state.pop(FROM_LINK, False):
-            if spec is None:
+            if form is None:
                 st.error("Fix the policy settings first.")
                 return
-            st.session_state[CUSTOM] = Scenario(
-                "custom", "Run", "Custom prompts", "Your prompts, decoded together from the pool.",
-                tuple(p for p in text.splitlines() if p.strip()), block_size, num_blocks, max_new,
-                n=n, sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
-                eviction=eviction, seed=seed,
-            )
+            st.session_state[CUSTOM] = form
             st.session_state["paged.custom_prefix"] = bool(prefix)
             st.session_state[CHOICE] = "custom"
+
+
+_NUMBERS = (("block_size", "Block size"), ("num_blocks", "Blocks in the pool"), ("n", "Samples per prompt (n)"),
+            ("max_new_tokens", "New tokens"), ("seed", "Seed"))  # the form's labels
+_SWITCHES = (("sample", "Sample"), ("chat", "Chat template"))
+
+
+def changed_settings(ran: Scenario, ran_prefix: bool, now: Scenario, now_prefix: bool) -> list[str]:
+    """What the custom form says now that the custom run on screen did not, named as the form names it."""
+    changed = []
+    if now.prompts != ran.prompts:
+        changed.append(f"the prompts are **{len(now.prompts)} other line{'s' if len(now.prompts) != 1 else ''}**")
+    for field, label in _NUMBERS:
+        changed += stale.count_change(label, getattr(ran, field), getattr(now, field))
+    for field, label in _SWITCHES:
+        changed += stale.switch_change(label, getattr(ran, field), getattr(now, field))
+    changed += stale.switch_change("Prefix caching", ran_prefix, now_prefix)
+    if now.eviction != ran.eviction:
+        changed.append(f"Eviction is **{now.eviction}**")
+    if now.policy != ran.policy:
+        changed.append(f"the policy is **{md_escape(PolicySpec.parse(now.policy).label() if now.policy else 'full')}**")
+    return changed
+
+
+def stale_mark(sc: Scenario) -> None:
+    """Marks the custom run on screen when the form's fields no longer say it (a scenario button
+    sets the settings of the run it starts: never stale)."""
+    ss, form = st.session_state, st.session_state.get(FORM)
+    if sc.key == "custom" and form is not None:
+        stale.warn(changed_settings(sc, ss.get("paged.custom_prefix", True), *form))
 
 
 def chosen() -> Scenario | None:

@@ -60,3 +60,36 @@ def test_compare_marks_a_changed_control_and_unmarks_it(smollm):
     assert not at.exception and not at.error
     assert at.session_state["compare.result"].settings.policies[1].budget == 9
     assert stale_marks(at) == []  # a fresh run of the new setting
+
+
+def test_paged_marks_a_custom_run_when_the_form_changes(smollm):
+    page = str(PAGES / "5_Paged_Cache.py")
+    at = AppTest.from_file(page, default_timeout=TIMEOUT).run()
+    at.text_area(key="_paged.prompts").set_value("The capital of France is\nWater boils at")
+    at.number_input(key="_paged.block_size").set_value(2)
+    at.number_input(key="_paged.max_new_tokens").set_value(2)
+    at.button(key="paged.custom_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert stale_marks(at) == []
+
+    at.number_input(key="_paged.block_size").set_value(4).run()
+    assert changed_part(at) == "Block size 2 → 4"
+    at.checkbox(key="_paged.prefix_caching").uncheck().run()
+    assert changed_part(at) == "Block size 2 → 4; Prefix caching off"
+    at.checkbox(key="_paged.prefix_caching").check()
+    at.number_input(key="_paged.block_size").set_value(2).run()
+    assert stale_marks(at) == []  # back to the run's settings
+
+    fresh = AppTest.from_file(page, default_timeout=TIMEOUT)  # the run's link in a new session: the form is the run's
+    for key in at.query_params:
+        fresh.query_params[key] = at.query_params[key]
+    fresh.run()
+    assert not fresh.exception and fresh.session_state["paged.run"][1].block_size == 2
+    assert stale_marks(fresh) == []
+
+    at.number_input(key="_paged.max_new_tokens").set_value(3).run()
+    assert changed_part(at) == "New tokens 2 → 3"
+    at.button(key="paged.custom_run").click().run()
+    assert not at.exception and not at.error
+    assert max(len(r["generated_token_ids"]) for r in at.session_state["paged.run"][1].requests) == 3
+    assert stale_marks(at) == []  # a fresh run of the new setting
