@@ -6,6 +6,7 @@ from kvviz.charts import sweep as charts
 from kvviz.record.metrics import format_bytes
 from kvviz.sweep.rows import rows_csv, rows_frame
 from kvviz.ui.a11y import bring_into_view, chart
+from kvviz.ui import stale
 from kvviz.ui import sweep as ui
 from kvviz.ui.model_resource import model_key
 from kvviz.ui.page import start_page
@@ -43,6 +44,7 @@ rows = [r.to_dict() for r in result.rows]
 task = result.settings.task
 st.divider()
 bring_into_view("result", id(result))  # after Run, the result is in view
+stale.warn(ui.changed_settings(result.settings, settings))
 if result.stopped:
     st.warning(f"Stopped: showing the {len(rows)} runs that finished before the stop.")
 ref = result.reference

@@ -14,7 +14,7 @@ from kvviz.sweep import job as sweep_job
 from kvviz.record.examples import LONG_EXAMPLE, long_document
 from kvviz.sweep.presets import PRESETS
 from kvviz.runtime.inputs import check_limits
-from kvviz.ui import run_links
+from kvviz.ui import run_links, stale
 from kvviz.ui.clicks import new_selection
 from kvviz.ui.job_view import JobView
 from kvviz.ui.sidebar import operator_settings
@@ -25,6 +25,7 @@ from kvviz.ui.token_html import md_escape
 K = "tradeoffs."  # session_state keys
 JOBS = JobView("tradeoffs")  # tradeoffs.job, tradeoffs.error, ...
 STOPPED = K + "stopped_result"
+SHOWN = K + "shown"  # (model key, result): this session's last result, kept on screen (marked stale) when the controls change
 TASKS = {"ppl": "Perplexity, KL, top-1", "passkey": "Passkey retrieval"}
 MODES = {"ratios": "Ratios (kept fraction of the prompt)", "budgets": "Budgets (entries per KV head)"}
 QUESTION = {"with": "with the question", "after": "before the question", "both": "both"}  # sweep.QUESTION_MODES
@@ -172,7 +173,8 @@ def results() -> _Results:
 
 def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.SweepResult | None:
     """The estimate, Run and Stop, the progress of a running sweep; the result of these settings
-    when there is one (a finished sweep, or this session's stopped one)."""
+    when there is one (a finished sweep, or this session's stopped one), else this session's last
+    result on this model (its settings differ: the page marks it stale)."""
     ss, key = st.session_state, (model_key, settings)
     try:
         the_plan = sweep.plan(loaded.tokenizer, settings, max_context=loaded.summary.max_context)
@@ -201,7 +203,36 @@ def run_panel(loaded, settings: sweep.SweepSettings, model_key: tuple) -> sweep.
         st.rerun()
     JOBS.messages(once=True)
     stopped = ss.get(STOPPED)
-    return results().get(key) or (stopped[1] if stopped and stopped[0] == key else None)
+    result = results().get(key) or (stopped[1] if stopped and stopped[0] == key else None)
+    if result is not None:
+        ss[SHOWN] = (model_key, result)
+        return result
+    shown = ss.get(SHOWN)  # this session's last result on this model stays, marked stale by the page
+    return shown[1] if shown and shown[0] == model_key else None
+
+
+def changed_settings(ran: sweep.SweepSettings, now: sweep.SweepSettings) -> list[str]:
+    """What the controls say now that the sweep on screen (``ran``) did not, named as they name it."""
+    changed = []
+    if now.policies != ran.policies:
+        changed.append(f"the policies are **{md_escape(', '.join(now.policies))}**")
+    if now.task != ran.task:
+        changed.append(f"Task is **{TASKS[now.task]}**")
+    for name, before, after in (("Ratios", ran.ratios, now.ratios), ("Budgets", ran.budgets, now.budgets)):
+        if before != after and after:
+            changed.append(f"{name} {_numbers(before) or 'none'} → {_numbers(after)}")
+    if now.task == "ppl":
+        if now.text != ran.text:
+            changed.append(f"the text is **{TEXTS[0] if now.text == long_document() else TEXTS[1]}**")
+        changed += stale.count_change("Context (prompt tokens)", ran.context, now.context)
+        changed += stale.count_change("Continuation (forced tokens)", ran.continuation, now.continuation)
+    else:
+        for name, before, after in (("Needle depths", ran.depths, now.depths), ("Filler lengths", ran.lengths, now.lengths)):
+            if before != after:
+                changed.append(f"{name} {_numbers(before)} → {_numbers(after)}")
+        if now.question != ran.question:
+            changed.append(f"The policy compresses **{QUESTION[now.question]}**")
+    return changed
 
 
 # ------------------------------------------------------------------------------ chosen runs

@@ -93,3 +93,29 @@ def test_paged_marks_a_custom_run_when_the_form_changes(smollm):
     assert not at.exception and not at.error
     assert max(len(r["generated_token_ids"]) for r in at.session_state["paged.run"][1].requests) == 3
     assert stale_marks(at) == []  # a fresh run of the new setting
+
+
+def test_tradeoffs_keeps_its_sweep_marked_when_a_control_changes(smollm):
+    at = AppTest.from_file(str(PAGES / "4_Tradeoffs.py"), default_timeout=TIMEOUT).run()
+    at.text_area(key="_tradeoffs.policies").set_value("window")
+    at.text_input(key="_tradeoffs.ratios").set_value("0.5")
+    at.number_input(key="_tradeoffs.context").set_value(16)
+    at.number_input(key="_tradeoffs.continuation").set_value(4).run()
+    at.button(key="tradeoffs.run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.dataframe[0].value) == 1 and stale_marks(at) == []
+
+    at.number_input(key="_tradeoffs.continuation").set_value(5).run()
+    assert changed_part(at) == "Continuation (forced tokens) 4 → 5"
+    assert len(at.dataframe[0].value) == 1  # the earlier sweep stays on screen, marked
+    at.text_input(key="_tradeoffs.ratios").set_value("0.25").run()
+    assert changed_part(at) == "Ratios 0.5 → 0.25; Continuation (forced tokens) 4 → 5"
+    at.text_input(key="_tradeoffs.ratios").set_value("0.5")
+    at.number_input(key="_tradeoffs.continuation").set_value(4).run()
+    assert stale_marks(at) == []  # back to the sweep's settings
+
+    at.number_input(key="_tradeoffs.continuation").set_value(5).run()
+    at.button(key="tradeoffs.run").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["tradeoffs.shown"][1].settings.continuation == 5
+    assert stale_marks(at) == []  # a fresh sweep of the new setting
