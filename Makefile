@@ -17,7 +17,7 @@ COMPAT_SKIP ?= --ignore-glob='*_cli*.py' --ignore-glob='*charts*.py' --ignore=te
 CONSTRAINTS ?= constraints.txt
 SETUP_PIP_ARGS ?=
 
-.PHONY: setup run lint typecheck test test-compat test-latest constraints
+.PHONY: setup run lint typecheck test test-compat test-latest constraints messages
 
 # torch is installed only where it is missing, so a GPU machine keeps its own (CUDA) build: the
 # package asks for torch>=2.9 and constraints.txt leaves torch out, so pip keeps the torch it finds.
@@ -63,3 +63,11 @@ constraints:
 	{ echo "# pip constraints for \`make setup\` (CI): regenerate with \`make constraints\` in a venv where \`make test\` passed."; \
 	  echo "# torch is left out on purpose: a machine keeps the torch it has (pyproject.toml: torch>=2.9)."; \
 	  $(PIP) freeze --exclude-editable | grep -viE '^(kvviz|torch|triton|nvidia-[a-z0-9_.-]+|llm[-_]smollm2)(==| @ )'; } > constraints.txt
+
+# The app's translations (kvviz/i18n.py): every string marked with _() into kvviz/locale/kvviz.pot,
+# then merged into each catalog (kvviz/locale/<locale>/LC_MESSAGES/kvviz.po); translate what is new
+# there (tests/unit/test_i18n.py fails on an empty one). No .mo is kept: kvviz compiles the .po itself.
+messages:
+	$(PYTHON) -m babel.messages.frontend extract -F babel.cfg -k N_ --sort-by-file --no-wrap --project kvviz -o kvviz/locale/kvviz.pot .
+	@test -f kvviz/locale/zh_CN/LC_MESSAGES/kvviz.po || $(PYTHON) -m babel.messages.frontend init -i kvviz/locale/kvviz.pot -d kvviz/locale -D kvviz -l zh_CN --no-wrap
+	$(PYTHON) -m babel.messages.frontend update -i kvviz/locale/kvviz.pot -d kvviz/locale -D kvviz -l zh_CN --no-wrap

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from kvviz.i18n import N_  # marks the names and descriptions the sidebar shows translated
+
 CHAT_QUESTION = "What is the capital of France?"
 
 # Filler for the passkey prompt: plain sentences with nothing worth remembering. One pass over
@@ -71,19 +73,19 @@ REPEATED_PASSAGE_EXAMPLE = (
 
 LONG_DOCUMENT_PATH = Path(__file__).resolve().parents[1] / "data" / "long_document.txt"
 
-CHAT_EXAMPLE = "Chat: capital of France"
-PASSKEY_EXAMPLE = "Passkey retrieval"
-LONG_EXAMPLE = "Long document: history of lighthouses"
-CODE_EXAMPLE = "Code: moving average"
+CHAT_EXAMPLE = N_("Chat: capital of France")
+PASSKEY_EXAMPLE = N_("Passkey retrieval")
+LONG_EXAMPLE = N_("Long document: history of lighthouses")
+CODE_EXAMPLE = N_("Code: moving average")
 
 # Which examples read best through the model's chat template.
 CHAT_BY_DEFAULT = {CHAT_EXAMPLE: True, PASSKEY_EXAMPLE: True, LONG_EXAMPLE: False, CODE_EXAMPLE: False}
 
 DESCRIPTIONS = {
-    CHAT_EXAMPLE: "A short question; SmolLM2 answers it in one sentence.",
-    PASSKEY_EXAMPLE: "A pass key hidden in filler text; can the model still find it with a compressed cache?",
-    LONG_EXAMPLE: "An original essay of about 4,300 tokens, for perplexity over a long context.",
-    CODE_EXAMPLE: "A small Python function with its tests.",
+    CHAT_EXAMPLE: N_("A short question; SmolLM2 answers it in one sentence."),
+    PASSKEY_EXAMPLE: N_("A pass key hidden in filler text; can the model still find it with a compressed cache?"),
+    LONG_EXAMPLE: N_("An original essay of about 4,300 tokens, for perplexity over a long context."),
+    CODE_EXAMPLE: N_("A small Python function with its tests."),
 }
 
 

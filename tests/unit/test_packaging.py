@@ -65,6 +65,7 @@ def test_the_wheel_carries_the_app_byte_for_byte(wheel):
             assert f"kvviz/_app/{name}" in names, name
             assert z.read(f"kvviz/_app/{name}") == (REPO / name).read_bytes(), name
         assert "kvviz/data/favicon.png" in names and "kvviz/commands/app.py" in names
+        assert "kvviz/locale/zh_CN/LC_MESSAGES/kvviz.po" in names and not [n for n in names if n.endswith(".mo")]  # kvviz.i18n
         assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "docs/", "pages/")) or n == "app.py"]
 
 
