@@ -304,3 +304,10 @@ class Retriever(Selector):
     def summary_bytes(self, kv_heads: int, n: int, head_dim: int) -> int:
         """Bytes of the key summary beside ``n`` entries of one layer (0 when none is kept)."""
         return 0
+
+    def mix(self, layer: LayerView, ctx: StepContext, read: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What the step's attention output is mixed with, for a retriever that corrects for the
+        entries it did not read: ``(alpha, v)`` with alpha (heads,) float and v (kv_heads, d), so
+        query head h's output becomes ``alpha[h] * out[h] + (1 - alpha[h]) * v[h // group]``.
+        None (the default) leaves the output as the read entries give it."""
+        return None

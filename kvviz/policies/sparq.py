@@ -29,14 +29,27 @@ class SparQ(Retriever):
     summary = """Retrieval, not eviction: the cache keeps every entry. At each decode step the
     query's `r` largest components (by magnitude) give approximate scores of every key, read
     from those `r` dimensions only, with the paper's temperature sqrt(d x |q_r|_1 / |q|_1); the
-    attention reads the read_budget entries with the highest approximate scores. Differs from
-    SparQ: the paper mixes the read attention with the mean of all values, weighted by the
-    approximate mass not read (its mean-value correction); kvviz reads the chosen entries only,
-    with no correction. For GQA a KV head ranks its entries by the sum of its query heads'
-    approximate scores (the paper ran one query per KV head)."""
+    attention reads the read_budget entries with the highest approximate scores. With
+    mean_value (the paper's mean-value correction, on by default) each query head's output is
+    alpha x the read attention + (1 - alpha) x the mean of all the KV head's held values, alpha
+    being the approximate mass of the entries read (1 when all are read: the same as full).
+    For GQA a KV head ranks its entries by the sum of its query heads' approximate scores (the
+    paper ran one query per KV head); alpha is each query head's own."""
 
     r: int = param(16, "Query components used for the approximate scores (of the head dimension).", min=1, max=4096)
+    mean_value: bool = param(True, "The paper's mean-value correction: mix the mean of all held values in by the approximate mass not read.")
+
+    def scores(self, layer) -> torch.Tensor:
+        """(kv_heads, group, n) float32: the step's approximate scores per query head."""
+        q = layer.captured_queries()[0][:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
+        return approximate_scores(q, layer.keys, self.r)
 
     def rank(self, layer, ctx):
-        q = layer.captured_queries()[0][:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
-        return approximate_scores(q, layer.keys, self.r).sum(dim=1)
+        return self.scores(layer).sum(dim=1)
+
+    def mix(self, layer, ctx, read):
+        if not self.mean_value or read.shape[1] >= layer.n:
+            return None  # everything read: alpha = 1, nothing to mix
+        s = self.scores(layer)
+        alpha = s.gather(-1, read[:, None].expand(-1, s.shape[1], -1)).sum(-1).reshape(-1)  # (heads,)
+        return alpha, layer.values.float().mean(dim=1)

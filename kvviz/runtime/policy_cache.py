@@ -78,6 +78,7 @@ class PolicyLayer(CacheLayerMixin):
         self.seen = 0  # tokens this layer has processed (the length of a full cache)
         self.fixed: FixedLayer | None = None  # set by hold_fixed: the entries in preallocated buffers
         self.last_read_bytes = 0  # K/V bytes the last step's attention read (kept for a retriever)
+        self.mix: tuple[torch.Tensor, torch.Tensor] | None = None  # a retriever's (alpha, v) for this step's output
 
     def held(self) -> tuple[Store, torch.Tensor]:
         """(store, positions) of a layer that has seen its first tokens; RuntimeError before."""
@@ -290,11 +291,33 @@ class PolicyCache(Cache):
         if missing:
             raise CaptureError(f"no attention module found in decoder layer(s) {missing}: a PolicyCache cannot follow this model")
         handles = [m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(modules) if m is not None]
+        if self.reader is not None:  # a retriever may mix each head's output (SparQ's mean-value correction)
+            outs = [getattr(m, "o_proj", None) for m in modules]
+            handles += [o.register_forward_pre_hook(self._mix_hook(i)) for i, o in enumerate(outs) if o is not None]
         try:
             yield self
         finally:
             for h in handles:
                 h.remove()
+
+    def _mix_hook(self, layer_idx: int):
+        """A pre-hook on the layer's output projection: query head h's attention output (one new
+        token) becomes ``alpha[h] * out[h] + (1 - alpha[h]) * v[h // group]`` when the step's
+        retriever asked for it (``PolicyLayer.mix``, used once)."""
+
+        def hook(module, args):
+            layer = self.layers[layer_idx]
+            if layer.mix is None or args[0].shape[1] != 1:
+                return None
+            (alpha, v), layer.mix = layer.mix, None
+            x = args[0]
+            heads = alpha.shape[0]
+            out = x.float().reshape(*x.shape[:-1], heads, -1)  # (batch, 1, heads, d)
+            v = v.repeat_interleave(heads // v.shape[0], dim=0)  # (heads, d)
+            mixed = alpha[:, None] * out + (1 - alpha[:, None]) * v
+            return (mixed.reshape(x.shape).to(x.dtype), *args[1:])
+
+        return hook
 
     def _hook(self, layer_idx: int):
         def hook(module, args, kwargs=None):
@@ -366,6 +389,7 @@ class PolicyCache(Cache):
         """Let the selector decide what the layer keeps, and record the decision. Returns the
         (kv_heads, k) entries this step's attention reads, for a retriever; None = all."""
         sel, reader = self.pipeline.selector, self.reader
+        layer.mix = None
         acting = sel if sel is not None and (prefill or sel.acts_at_decode) else None
         if acting is None and reader is None:
             return None
@@ -391,6 +415,7 @@ class PolicyCache(Cache):
         )
         read = reader.read(view, ctx) if reader is not None else None
         if read is not None:
+            layer.mix = reader.mix(view, ctx, read) if reader is not None else None
             rec, row = self.record_slot[layer.layer_idx]
             step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
             rec.read_at[row].scatter_(1, view.positions.gather(1, read), step.expand(read.shape).contiguous())
