@@ -45,6 +45,15 @@ def test_compare_marks_a_changed_control_and_unmarks_it(smollm):
     assert at.session_state["compare.result"].settings.max_new_tokens == 2
     assert stale_marks(at) == []  # opened from a link whose settings are the controls: not stale
 
+    bundle = at.session_state["compare.result"].to_bundle(step=1).to_json()
+    fresh = AppTest.from_file(str(PAGES / "3_Compare.py"), default_timeout=TIMEOUT).run()  # default controls: 3 other policies
+    fresh.file_uploader(key="compare.result.upload").set_value(("run.json", bundle.encode(), "application/json")).run()
+    assert not fresh.exception and not fresh.error, [e.value for e in fresh.error]
+    assert fresh.session_state["compare.result"].settings.policies[1].to_text() == "window:budget=8"
+    assert stale_marks(fresh) == []  # the bundle set the controls to its settings
+    fresh.radio(key="_compare.n").set_value(3).run()
+    assert changed_part(fresh).startswith("Policies 2 → 3; p3 is **")
+
     new_tokens = at.slider(key="_compare.new_tokens")
     new_tokens.set_value(3).run()
     assert changed_part(at) == "New tokens 2 → 3"
@@ -119,3 +128,4 @@ def test_tradeoffs_keeps_its_sweep_marked_when_a_control_changes(smollm):
     assert not at.exception and not at.error
     assert at.session_state["tradeoffs.shown"][1].settings.continuation == 5
     assert stale_marks(at) == []  # a fresh sweep of the new setting
+
