@@ -23,7 +23,7 @@ import numpy as np
 
 from kvviz.record.checks import TraceError  # noqa: F401  (what from_dict and load raise)
 
-ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob", "read_mask")
+ARRAY_FIELDS = ("evicted_at_step", "scores", "lost_mass", "topk_ids", "topk_probs", "entropy", "kl_to_reference", "top1_agreement", "chosen_logprob", "read_mask", "recall")
 ARRAY_DTYPES = {"evicted_at_step": np.int32, "topk_ids": np.int64, "top1_agreement": bool}  # others float32
 UNSAVED_FIELDS = ("extra",)
 
@@ -97,6 +97,7 @@ class Trace:
     read_bytes: list[int] | None = None
     summary_bytes: list[int] | None = None
     read_mask: np.ndarray | None = None  # (steps, layers, kv_heads, positions) bool: what each step's attention read (a retriever's choice; none at the prefill)
+    recall: np.ndarray | None = None  # (steps, layers) share of the true top-k (by the step query's full attention, k = entries read) each read set held, mean over KV heads; NaN = not chosen/measured
     extra: dict = field(default_factory=dict)  # in-memory extras of a run (the log-probs tensor); not saved
 
     # ------------------------------------------------------------------ derived views

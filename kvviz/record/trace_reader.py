@@ -39,9 +39,9 @@ MAX_BYTES_VALUE = 2**62
 STOPPED_BY = ("eos", "max_new_tokens", "user")
 OPTIONAL = {
     "kl_to_reference", "top1_agreement", "teacher_forced", "stopped_by", "store_error", "protection", "spec",
-    "device_memory", "extra", "read_bytes", "summary_bytes", "read_mask",
+    "device_memory", "extra", "read_bytes", "summary_bytes", "read_mask", "recall",
 }
-ARRAY_NDIM = {"evicted_at_step": 3, "scores": 3, "lost_mass": 2, "topk_ids": 2, "topk_probs": 2, "read_mask": 4}  # others 1
+ARRAY_NDIM = {"evicted_at_step": 3, "scores": 3, "lost_mass": 2, "topk_ids": 2, "topk_probs": 2, "read_mask": 4, "recall": 2}  # others 1
 
 # Arrays a Trace may carry in ``extra``: name -> its shape from (steps, layers, kv_heads)
 EXTRA_ARRAYS = {
@@ -127,6 +127,7 @@ def trace_from_dict(d: Any, where: str = "trace", check_spec: SpecCheck | None =
         read_bytes=optional(d.get("read_bytes"), lambda v: steps_ints("read_bytes")),
         summary_bytes=optional(d.get("summary_bytes"), lambda v: steps_ints("summary_bytes")),
         read_mask=optional(d.get("read_mask"), lambda v: check_array(v, (n_steps, n_layers, n_kv, n_pos), "bool", w("read_mask"))),
+        recall=optional(d.get("recall"), lambda v: check_array(v, (n_steps, n_layers), "float", w("recall"))),
     )
 
 

@@ -143,11 +143,14 @@ class StepRecords:
     read_bytes: list[int] = field(default_factory=list)  # a retriever's: K/V bytes each step read
     summary_bytes: list[int] = field(default_factory=list)  # a retriever's: bytes of its key summaries
     read: list[torch.Tensor] = field(default_factory=list)  # a retriever's: (layers, kv_heads, capacity) bool per step
+    recall: list[torch.Tensor] = field(default_factory=list)  # a retriever's: (layers,) top-k recall per step
     step_s: list[float] = field(default_factory=list)
 
     def add(self, logprobs: torch.Tensor, cache: PolicyCache, shape: ModelShape) -> None:
         self.logprobs.append(logprobs)
         self.lost_mass.append(cache.take_lost_mass())
+        if cache.reader is not None:
+            self.recall.append(cache.take_recall())
         self.kv_bytes.append(cache.kv_bytes())
         self.kv_bytes_full.append(cache.layers[0].seen * shape.full_bytes_per_token)
         self.bookkeeping_bytes.append(cache.bookkeeping_bytes())
@@ -446,6 +449,7 @@ def build_trace(
         protection=cache.protection,
         read_bytes=records.read_bytes or None,
         read_mask=torch.stack(records.read)[..., :n_pos].cpu().numpy() if records.read else None,
+        recall=torch.stack(records.recall).cpu().numpy() if records.recall else None,
         summary_bytes=records.summary_bytes or None,
     )
     if options.keep_logprobs:

@@ -33,6 +33,7 @@ from kvviz.runtime.jobs import Stopped
 from kvviz.model.devices import layers_by_device
 from kvviz.storage.fixed_capacity import FixedLayer
 from kvviz.policies import Pipeline, PolicyError
+from kvviz.policies.recall import topk_recall
 from kvviz.policies.selector import LayerView, Retriever, Selection, StepContext
 from kvviz.policies.store import Store
 from kvviz.policies.scoring import attention_probs
@@ -228,6 +229,7 @@ class RunRecords:
         self.scores = torch.full((n, n_kv_heads, capacity), float("nan"), dtype=torch.float32, device=device)
         self.lost_mass = torch.zeros(n, dtype=torch.float32, device=device)  # this step's, per layer
         self.read_at = torch.full((n, n_kv_heads, capacity), -1, dtype=torch.int32, device=device)  # last step read
+        self.recall = torch.full((n,), float("nan"), dtype=torch.float32, device=device)  # this step's top-k recall
 
 
 class PolicyCache(Cache):
@@ -427,6 +429,7 @@ class PolicyCache(Cache):
             probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], view.positions)[:, 0]  # (kv_heads, n)
             unread = (probs.sum(-1) - probs.gather(1, read).sum(-1)).mean()
             rec.lost_mass[row] = unread + (rec.lost_mass[row] if decision is not None else 0)
+            rec.recall[row] = topk_recall(probs, read)  # of the true top-k (k = the entries read)
         return read
 
     def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:
@@ -501,6 +504,14 @@ class PolicyCache(Cache):
         out = self._gathered("lost_mass", self.records[0].device).clone()
         for rec in self.records:
             rec.lost_mass.zero_()
+        return out
+
+    def take_recall(self) -> torch.Tensor:
+        """(layers,) the share of the true top-k this step's read sets held (NaN where nothing was
+        chosen or measured); the record starts again at NaN."""
+        out = self._gathered("recall", self.records[0].device).clone()
+        for rec in self.records:
+            rec.recall.fill_(float("nan"))
         return out
 
     def read_bytes(self) -> int:

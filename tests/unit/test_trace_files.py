@@ -45,6 +45,7 @@ def every_field_set() -> Trace:
         summary_bytes=[256, 256, 320, 320],
         read_mask=np.arange(t.n_steps * t.n_layers * t.n_kv_heads * t.n_positions).reshape(
             t.n_steps, t.n_layers, t.n_kv_heads, t.n_positions) % 3 == 1,
+        recall=np.linspace(0, 1, t.n_steps * t.n_layers, dtype=np.float32).reshape(t.n_steps, t.n_layers),
     )
 
 
