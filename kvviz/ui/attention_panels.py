@@ -137,6 +137,13 @@ def eviction_metrics(trace: Trace, evicted: np.ndarray, step: int, layer: int, k
         help=f"Layer {layer}, mean over its KV heads: the attention the query of step {step} put on the entries "
         "the policy evicted at that step, just before they left the cache.",
     )
+    recall = trace.recall[step, layer] if trace.recall is not None else np.nan
+    if np.isfinite(recall):  # a retriever's read set, measured (the prefill reads everything)
+        e2.metric(
+            f"Top-k recall at step {step}", f"{recall:.0%}",
+            help=f"Layer {layer}, mean over its KV heads: the share of the k entries the query of step {step} "
+            "weighs most under full attention (k = the entries read) that the read set held.",
+        )
     if measured:
         chart(detail_charts.lost_mass_figure(lost, step), width="stretch", key="attn.lost_chart", where=e3)
 
