@@ -65,5 +65,21 @@ PRESETS: dict[str, Preset] = {
             SweepSettings(policies=("h2o", "kivi:bits=2", "quant:bits=4", "quant:bits=2"), ratios=(0.125, 0.25, 0.5), context=128, continuation=32),
             {"context": 1024, "continuation": 256, "ratios": (0.1, 0.2, 0.3, 0.5)},
         ),
+        Preset(
+            "retrieval",
+            "Retrieval vs eviction at the same read budget",
+            "Eviction (**snapkv**, **h2o**, **streaming_llm**) holds 32 entries per layer and KV head and the "
+            "attention reads those; retrieval (**quest**, **sparq**, **simhash**) holds every entry and each "
+            "decode step reads 32 of them, chosen for that step's query. The rows read the same bytes per step, "
+            "but retrieval's resident memory is the whole cache (plus its key summaries): its KV bytes column is "
+            "the full cache's, its read bytes the budget's. Retrieval can find what an eviction dropped at the "
+            "prefill, when a later query asks for it: here the pass key, asked at the end of the prompt.",
+            SweepSettings(
+                policies=("full", "snapkv", "h2o", "streaming_llm", "quest:read_budget=32",
+                          "sparq:read_budget=32", "simhash:read_budget=32"),
+                budgets=(32,), task="passkey", depths=(0.1, 0.5, 0.9), lengths=(500,),
+            ),
+            {"lengths": (1800,), "depths": (0.1, 0.3, 0.5, 0.7, 0.9)},
+        ),
     ]
 }
