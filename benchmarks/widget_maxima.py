@@ -4,8 +4,12 @@
 
 A chart a visitor can ask for must not stall the server: each should build in under ``--limit``
 seconds (default 1) on a small CPU; the command exits 1 when one does not. The limits are read
-from the code that draws the widgets (``kvviz.paged.run.FORM_LIMITS`` for the Paged cache page),
-not copied here, so raising a limit there is measured here.
+from the code that draws the widgets (``kvviz.paged.run.FORM_LIMITS`` for the Paged cache page,
+``kvviz.live.run.MAX_NEW_TOKENS``, ``kvviz.ui.compare_view.MAX_NEW_TOKENS``, the attention panels'
+``RESOLUTIONS``, ``kvviz.quant_lab.run.MAX_TOKENS``/``RESIDUALS``/``MAX_NEW_TOKENS``, the dedup
+page's ``MAX_PROMPT_TOKENS``/``MIN_SPAN``/``MAX_COMPARED``, the operator's ``max_sweep_runs``), not
+copied here, so raising a limit there is measured here. ``--page`` with ``--json`` re-measures
+those pages and keeps the file's others (``measured`` says when each page was).
 
 The runs behind the charts are real: the scheduler decodes with a tiny random-weight Llama (the
 chart time depends on the sizes, not on the weights) and a byte tokenizer (one token per
@@ -166,6 +170,218 @@ def calculator_cases() -> Iterator[Case]:
     yield Case("memory_figure", setting + " (the estimates and curves included)", memory_chart)
 
 
+# -- the pages that run the model -------------------------------------------------------------------
+# Their charts are sized by the run: the prompt (up to the model's context), the new tokens (each
+# page's cap), the layers and heads. The runs use a random Llama shaped like SmolLM2-135M (30
+# layers, 9 query heads over 3 KV heads, an 8,192-token context) with narrow heads: the charts see
+# the same counts, the run is cheaper.
+
+SMOL_SHAPE = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192}
+
+
+def smol_shaped():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=72, intermediate_size=128, head_dim=8, attn_implementation="sdpa", **SMOL_SHAPE)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def text_of(n: int) -> str:
+    return ("the quick brown fox jumps over the lazy dog; " * (n // 40 + 1))[:n]
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+@page("live")
+def live_cases() -> Iterator[Case]:
+    """A prompt filling the context but for the slider's most new tokens, a lossy evicting store
+    (every tab drawn, the reconstruction error's too), compared with the full cache; a search that
+    rings a third of the tokens."""
+    from collections import Counter
+
+    from kvviz.charts import against_full as compare_charts
+    from kvviz.charts import memory as memory_charts
+    from kvviz.charts import retention as retention_charts
+    from kvviz.charts.token_map import token_states_figure
+    from kvviz.live.run import MAX_NEW_TOKENS
+    from kvviz.record.text import match_positions
+    from kvviz.record.token_states import Scope, token_records
+    from kvviz.runtime import engine
+    from kvviz.ui import token_html, token_window
+
+    model, tokenizer = smol_shaped(), ByteTokenizer(128)
+    context = SMOL_SHAPE["max_position_embeddings"]
+    ids = tokenizer(text_of(context - MAX_NEW_TOKENS)).input_ids
+    spec = "h2o+kivi:ratio=0.5"
+    cmp, run_s = timed(lambda: engine.against_full(model, tokenizer, ids, spec, max_new_tokens=MAX_NEW_TOKENS, model_name="tiny"))
+    trace, full, forced = cmp.policy, cmp.full, cmp.forced
+    step, n_pos = trace.n_steps - 1, trace.n_positions
+    common = Counter(trace.tokens).most_common(1)[0][0]  # a search for the commonest token: the most rings
+    marked = sorted(set(match_positions(trace.tokens, common)))
+    setting = f"{len(ids):,}-token prompt + {MAX_NEW_TOKENS} new tokens, {spec}, {trace.n_layers} layers x {trace.n_kv_heads} KV heads, step {step}"
+    for scope in (Scope(), Scope(layer=trace.n_layers - 1, head=0)):
+        where = f"{setting}, {scope.label()}, {len(marked):,} tokens ringed"
+
+        def tokens_view(s=scope):
+            records, _ = token_window.window(token_records(trace, step, s), 0)
+            return token_html.legend_html() + token_html.tokens_html(records, step, marked=marked)
+
+        yield Case("tokens_html", where + f" (the newest {token_window.WINDOW:,} of {n_pos:,})", tokens_view, run_s)
+        yield Case("token_states_figure", where, lambda s=scope: token_states_figure(token_records(trace, step, s), step, marked=marked), run_s)
+        yield Case("retention_steps_figure", where, lambda s=scope: retention_charts.retention_steps_figure(trace, s, step, marked=marked), run_s)
+    yield Case("retention_layers_figure", setting, lambda: retention_charts.retention_layers_figure(trace, step, None, marked=marked), run_s)
+    yield Case("occupancy_figure", setting, lambda: retention_charts.occupancy_figure(trace, step), run_s)
+    pl = trace.prompt_len
+    yield Case("comparison_html", setting, lambda: token_html.comparison_html(full.tokens[pl:], trace.tokens[pl:], cmp.first_divergence, trace.policy), run_s)
+    yield Case("output_comparison_figure", setting, lambda: compare_charts.output_comparison_figure(full, trace), run_s)
+    yield Case("agreement_figure", setting, lambda: compare_charts.agreement_figure(forced, full, cmp.first_divergence), run_s)
+    yield Case("kv_bytes_figure", setting, lambda: memory_charts.kv_bytes_figure(trace, step), run_s)
+    yield Case("quant_error_figure", setting, lambda: memory_charts.quant_error_figure(trace), run_s)
+    yield Case("residual_window_figure", setting, lambda: memory_charts.residual_window_figure(trace), run_s)
+
+
+@page("attention")
+def attention_cases() -> Iterator[Case]:
+    """The whole context: a prompt leaving room for the most new tokens the page allows (64), a
+    policy (its evictions greyed), the finest detail resolution over the whole sequence."""
+    import numpy as np
+
+    from kvviz.attention import maps as attention_maps
+    from kvviz.charts import attention_detail as detail_charts
+    from kvviz.charts import attention_overview as overview_charts
+    from kvviz.runtime import engine
+    from kvviz.ui import attention_memo as memo
+    from kvviz.ui.attention_panels import RESOLUTIONS
+    from kvviz.ui.token_html import attention_tokens_html
+
+    model, tokenizer = smol_shaped(), ByteTokenizer(128)
+    context, new = SMOL_SHAPE["max_position_embeddings"], 64  # the page's room: min(64, context - prompt)
+    ids = tokenizer(text_of(context - new)).input_ids
+    trace, gen_s = timed(lambda: engine.run(model, tokenizer, ids, "h2o:ratio=0.5", max_new_tokens=new, model_name="tiny", capture_queries=True))
+    all_ids, tokens, prompt_len, n = trace.all_ids, trace.tokens, len(ids), len(trace.all_ids)
+    ov, ov_s = timed(lambda: attention_maps.overview(
+        model, all_ids, cells=memo.THUMB_CELLS, pool="max", sink_tokens=memo.SINK_TOKENS, local_tokens=memo.LOCAL_TOKENS,
+        prompt_len=prompt_len, keep_qk_bytes=memo.KEEP_QK_BYTES))
+    layer, head, token, cells = ov.n_layers - 1, ov.n_q_heads - 1, n - 1, RESOLUTIONS[-1]
+    qk = ov.qk[layer] if layer in ov.qk else memo.capture.capture_layers(model, all_ids, [layer], prompt_len=prompt_len)[layer]
+    kv_head = qk.kv_head(head)
+    evicted = (trace.entered_at_step() <= trace.n_steps - 1) & ~trace.kept_mask(trace.n_steps - 1, layer, kv_head)
+    detail, view_s = timed(lambda: attention_maps.attention_view(qk, head, q_range=(0, n), k_range=(0, n), max_cells=cells, pool="max",
+                                                                  evicted=evicted, prompt_len=prompt_len))
+    run_s = gen_s + ov_s + view_s
+    setting = f"{n:,} tokens ({prompt_len:,} prompt + {new} new, h2o:ratio=0.5), {ov.n_layers} layers x {ov.n_q_heads} heads"
+    yield Case("overview_figure", setting, lambda: overview_charts.overview_figure(ov, selected=(layer, head), scale="log"), run_s)
+    for scale in ("log", "linear"):
+        yield Case("detail_figure", f"{setting}, whole sequence at {cells} tiles, {scale}, {int(evicted.sum()):,} keys evicted",
+                   lambda s=scale: detail_charts.detail_figure(detail, tokens, selected_token=token, scale=s), run_s)
+    yield Case("view_csv", f"{setting}, {cells} tiles", lambda: detail_charts.view_csv(detail, tokens), run_s)
+    row = attention_maps.attention_rows(qk, head, [token])[0]
+    yield Case("attention_tokens_html", setting + ", 240 tokens before the selected one",
+               lambda: attention_tokens_html(tokens, prompt_len=prompt_len, weights=row, selected=token, evicted=evicted, start=max(0, token - 240), stop=token + 40), run_s)
+    lost = np.asarray(trace.lost_mass, dtype=np.float64)[:, layer]
+    yield Case("lost_mass_figure", setting, lambda: detail_charts.lost_mass_figure(lost, trace.n_steps - 1), run_s)
+    for color_by in ("layer", "entropy"):
+        yield Case("profile_figure", f"{setting}, coloured by {color_by}",
+                   lambda c=color_by: overview_charts.profile_figure(ov.profiles, selected=(layer, head), color_by=c), run_s)
+    yield Case("profiles_frame", setting, lambda: overview_charts.profiles_frame(ov.profiles), run_s)
+
+
+@page("compare")
+def compare_cases() -> Iterator[Case]:
+    """Four policies (the most columns), the slider's most new tokens, a prompt filling the context."""
+    from kvviz.charts import compare as charts
+    from kvviz.compare.run import MAX_POLICIES, compare
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.runs.bundle import RunSettings
+    from kvviz.ui import compare_view as view
+
+    model, tokenizer = smol_shaped(), ByteTokenizer(128)
+    new = view.MAX_NEW_TOKENS
+    text = text_of(SMOL_SHAPE["max_position_embeddings"] - new)
+    specs = [PolicySpec.parse(s) for s in ("h2o:ratio=0.5", "streaming_llm:ratio=0.25", "snapkv:ratio=0.25", "h2o+kivi:ratio=0.5")][:MAX_POLICIES]
+    settings = RunSettings(model="tiny", prompt_name="Custom", prompt_text=text, chat=False, policies=specs, max_new_tokens=new)
+    result, run_s = timed(lambda: compare(model, tokenizer, tokenizer(text).input_ids, settings, model_name="tiny"))
+    step = result.n_steps - 1
+    setting = f"{len(specs)} policies, {result.full.prompt_len:,}-token prompt + {new} new tokens, step {step}"
+    yield Case("outputs_html", setting, lambda: view.outputs_html(result), run_s)
+    yield Case("memory_figure", setting, lambda: charts.memory_figure(result, step), run_s)
+    yield Case("agreement_figure", setting, lambda: charts.agreement_figure(result, step), run_s)
+    yield Case("report", setting + " (charts and tables, to HTML)", lambda: charts.report(result, step).to_html(), run_s)
+
+
+@page("tradeoffs")
+def tradeoffs_cases() -> Iterator[Case]:
+    """The most runs a sweep may have (the operator's default limit), as rows made by hand: the
+    charts' size is the number of rows and series."""
+    from kvviz.charts import sweep as charts
+    from kvviz.runtime.settings import Limits
+    from kvviz.sweep.rows import SweepRow
+
+    runs = Limits().max_sweep_runs
+    full = 1_000_000
+    policies = ["h2o", "streaming_llm", "snapkv", "tova", "h2o+kivi", "quant", "kivi", "random"]
+    ppl = [SweepRow("ppl", policies[i % 8], "", r, None, int(full * r), int(full * r), full, 1.0, ppl=10 + 5 * (1 - r) + i % 8,
+                    kl_full=0.1 * (1 - r), top1_agree=r, prompt_tokens=8192).to_dict()
+           for i in range(runs) for r in [((i // 8) + 1) / (runs // 8 + 1)]]
+    ppl.append(SweepRow("ppl", "full", "", None, None, full, full, full, 1.0, ppl=10, kl_full=0, top1_agree=1, prompt_tokens=8192).to_dict())
+    setting = f"{runs} runs ({len(policies)} series x {runs // 8} budgets) and the full cache"
+    for metric in charts.METRICS:
+        for memory in ("pct", "bytes"):
+            yield Case("pareto_figure", f"{setting}, {metric} against {memory}, all chosen",
+                       lambda m=metric, mem=memory: charts.pareto_figure(ppl, m, mem, ppl[-1], selected=list(range(len(ppl)))))
+    passkey = [SweepRow("passkey", policies[i % 8], "", 0.5, None, full // 2, full // 2, full, 1.0, depth=(i // 8) / 8,
+                        length=1000 * (1 + i % 8), found=bool(i % 3), answer="12345", prompt_tokens=8000).to_dict() for i in range(runs)]
+    yield Case("passkey_figure", f"{runs} passkey runs", lambda: charts.passkey_figure(passkey))
+    result = {"settings": {"task": "ppl"}, "rows": ppl}
+    yield Case("sweep_report", setting + " (to HTML)", lambda: charts.sweep_report(result).to_html())
+
+
+@page("quant_lab")
+def quant_lab_cases() -> Iterator[Case]:
+    """The most prompt tokens the lab reads, the widest residual window, the most new tokens."""
+    from kvviz.charts import quant_lab as charts
+    from kvviz.quant_lab import run as lab
+
+    model, tokenizer = smol_shaped(), ByteTokenizer(128)
+    ids = tokenizer(text_of(lab.MAX_TOKENS)).input_ids
+    layer, head, residual, new = SMOL_SHAPE["num_hidden_layers"] - 1, 0, lab.RESIDUALS[-1], lab.MAX_NEW_TOKENS
+    lc, read_s = timed(lambda: lab.read_layer(model, ids, layer))
+    (m, results), grid_s = timed(lambda: lab.error_grid(lc))
+    nxt, next_s = timed(lambda: lab.next_token_kl(model, tokenizer, ids, lab.next_token_schemes(residual), new_tokens=new))
+    run_s = read_s + grid_s + next_s
+    stats = lab.channel_stats(lc, head)
+    setting = f"{len(ids):,} tokens, layer {layer}, KV head {head}, residual {residual}, {new} new tokens"
+    yield Case("magnitude_figure", setting, lambda: charts.magnitude_figure(stats, layer, head), run_s)
+    yield Case("token_profile_figure", setting, lambda: charts.token_profile_figure(stats), run_s)
+    yield Case("error_grid_figure", setting + f", {len(results)} schemes over {m} tokens", lambda: charts.error_grid_figure([r.row() for r in results]), run_s)
+    yield Case("next_token_figure", setting, lambda: charts.next_token_figure([r.row() for r in nxt], nxt[0].kv_bytes_full), run_s)
+    scheme = lab.Scheme("kivi", 2, 32, residual)
+    errors = lab.token_errors(lc, head, scheme)
+    yield Case("residual_window_figure", setting, lambda: charts.residual_window_figure(*errors, residual), run_s)
+
+
+@page("dedup")
+def dedup_cases() -> Iterator[Case]:
+    """The longest prompt the page takes, its shortest span (the most spans), the most next tokens."""
+    from kvviz.charts import dedup as charts
+    from kvviz.dedup import run as dedup
+
+    model, tokenizer = smol_shaped(), ByteTokenizer(128)
+    question = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # characters the passage has not: no repeat at the end
+    ids = tokenizer(text_of(dedup.MAX_PROMPT_TOKENS - len(question)) + question).input_ids
+    run, run_s = timed(lambda: dedup.run_dedup(model, ids, min_len=dedup.MIN_SPAN[0], new_tokens=dedup.MAX_COMPARED))
+    result = run.summary(tokenizer)
+    setting = f"{len(ids)} tokens, spans of {dedup.MIN_SPAN[0]}+ tokens ({len(result['spans'])}), {dedup.MAX_COMPARED} next tokens"
+    yield Case("deviation_figure", setting, lambda: charts.deviation_figure(result["key_deviation"], result["value_deviation"]), run_s)
+    yield Case("recompute_figure", setting, lambda: charts.recompute_figure(result["recompute"], result["full_bytes"]), run_s)
+
+
 # -- measuring --------------------------------------------------------------------------------------
 
 
@@ -196,7 +412,14 @@ def summary(results: dict) -> str:
     return (f"{results['date']}, {results['machine']} (`{results['command']}`): {len(rows)} charts of "
             f"{', '.join(pages)} at the widgets' maxima, the slowest {slowest['chart']} in {slowest['chart_s']:.3f} s "
             f"({slowest['setting']}), {sum(r['chart_s'] > results['limit_s'] for r in rows)} over the {results['limit_s']:g} s "
-            f"limit; the runs behind them took up to {runs:.0f} s (not chart time).")
+            f"limit; the runs behind them took up to {runs:.0f} s (not chart time)." + _when(results.get("measured", {})))
+
+
+def _when(measured: dict) -> str:
+    """Pages measured by separate invocations (``--page``): when each was."""
+    if len(set(measured.values())) <= 1:
+        return ""
+    return " Pages measured in separate runs: " + "; ".join(f"{p} {d}" for p, d in measured.items()) + "."
 
 
 def machine() -> str:
@@ -221,10 +444,17 @@ def main() -> int:
             print(f"{name:6} {row['chart']:17} {row['chart_s']:7.3f} s {'OVER ' if over else ''}"
                   f"(traces {row['traces']}, shapes {row['shapes']}, run {row['run_s']:.1f} s)  {row['setting']}", flush=True)
     if args.json:  # with when, where and how it was measured (docs/PERFORMANCE.md cites the file)
+        now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        measured = {name: now for name in {r["page"] for r in rows}}
+        if args.page and args.json.exists():  # some pages measured again: the file's other pages are kept, with their dates
+            old = json.loads(args.json.read_text())
+            kept = [r for r in old["rows"] if r["page"] not in measured]
+            measured = {p: old.get("measured", {}).get(p, old["date"]) for p in {r["page"] for r in kept}} | measured
+            rows = sorted(kept + rows, key=lambda r: r["page"])
         args.json.write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "date": now, "machine": machine(),
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "limit_s": args.limit,
-            "slowest_s": max(r["chart_s"] for r in rows), "rows": rows,
+            "slowest_s": max(r["chart_s"] for r in rows), "measured": dict(sorted(measured.items())), "rows": rows,
         }, indent=1))
     print(f"{len(rows)} charts, {slow} over {args.limit} s", file=sys.stderr)
     return 1 if slow else 0
