@@ -26,9 +26,10 @@ def open_page(browser, app_url: str, height: int):
 
 def set_step(page, step: int) -> None:
     """Move the step slider by keyboard until the page has rerun at ``step``: a key pressed while
-    the rerun of the one before redraws the slider can be lost, so check and press again."""
+    the rerun of the one before redraws the slider can be lost, so check and press again. While
+    a rerun redraws it, the old slider and the new one can both be on the page for a moment."""
     for _ in range(4):
-        slider = page.get_by_role("slider", name="Step")
+        slider = page.get_by_role("slider", name="Step").first
         slider.evaluate("e => e.scrollIntoView({block: 'center'})")
         slider.focus()
         now = int(slider.input_value() or 0)
@@ -36,7 +37,7 @@ def set_step(page, step: int) -> None:
             slider.press("ArrowRight" if step > now else "ArrowLeft")
             page.wait_for_timeout(150)
         wait_until_idle(page)
-        if int(page.get_by_role("slider", name="Step").input_value() or -1) == step:
+        if int(page.get_by_role("slider", name="Step").first.input_value() or -1) == step:
             return
     raise AssertionError(f"the step slider did not reach {step}")
 
@@ -71,12 +72,12 @@ def test_play_walks_to_the_last_step(browser, app_url):
     try:
         page.get_by_role("button", name="Parallel sampling", exact=True).click()
         wait_until_idle(page)
-        slider = page.get_by_role("slider", name="Step")
+        slider = page.get_by_role("slider", name="Step").first
         last = int(slider.get_attribute("max"))
         page.get_by_role("button", name="▶ Play").click()
         page.get_by_role("button", name="▶ Play").wait_for(timeout=120_000)  # Pause turns back into Play at the end
         wait_until_idle(page)
-        assert int(page.get_by_role("slider", name="Step").evaluate("e => e.value")) == last
+        assert int(page.get_by_role("slider", name="Step").first.evaluate("e => e.value")) == last
         assert page.locator('[data-testid="stException"]').count() == 0
     finally:
         page.close()

@@ -79,6 +79,7 @@ def cli(smollm, monkeypatch, capsys):
     from kvviz import cli as cli_module
     from kvviz.commands import run as run_command
 
+    cli_module.command_modules()  # imported before the patch: a command that imports `load` by name would keep the lambda
     monkeypatch.setattr(run_command, "load", lambda args: smollm)
 
     def call(*argv):

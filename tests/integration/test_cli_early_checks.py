@@ -17,6 +17,7 @@ def call(monkeypatch, capsys):
     def no_load(args):
         raise AssertionError("the model must not load for these arguments")
 
+    cli.command_modules()  # imported before the patch: a command that imports `load` by name would keep no_load
     monkeypatch.setattr(run_command, "load", no_load)
     monkeypatch.setattr(sweep_command, "load", no_load)
 

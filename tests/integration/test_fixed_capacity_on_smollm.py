@@ -103,7 +103,8 @@ def prefilled(smollm, ids, spec, params=None, budget=None) -> PolicyCache:
         ("h2o+kivi", None, 12, True),  # a steady budget: any store keeps its shapes
         ("kivi", None, None, True),  # grows, with a full-precision tail
         ("quant", {"axis": "per_channel"}, None, True),
-        ("random", None, 12, False),  # draws at random at every step
+        ("random", None, 12, True),  # draws from the run's generator, registered with the graph
+        ("quest", {"read_budget": 8}, None, False),  # a retriever's read set is gathered eagerly
     ],
 )
 def test_which_runs_replay_cuda_graphs(smollm, ids, spec, params, budget, graphs):

@@ -5,7 +5,6 @@ another exception, within a second; what is read back equals what was written.""
 
 from __future__ import annotations
 
-import importlib
 import time
 
 from hypothesis import HealthCheck, given, settings
@@ -100,12 +99,12 @@ VALUES = st.one_of(NUMBERS, st.sampled_from(["h2o", "h2o:ratio=5", "nosuch", "pp
 @settings(max_examples=30, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(sorted(OPTIONS)), data=st.data())
 def test_commands_refuse_in_one_line_or_reach_the_model(command, data, monkeypatch, capsys):
+    from kvviz.model import loading
+
     def no_model(*args, **kwargs):
         raise Loaded
 
-    # the module the commands import from (sys.modules): a Streamlit AppTest run earlier in the
-    # process may have replaced it there, leaving the package attribute on the old module
-    monkeypatch.setattr(importlib.import_module("kvviz.model.loading"), "load_model", no_model)
+    monkeypatch.setattr(loading, "load_model", no_model)
     pairs = data.draw(st.lists(st.tuples(st.sampled_from(OPTIONS[command]), VALUES), max_size=4))
     argv = [command, "--prompt", "hi"] + [part for pair in pairs for part in pair]
     t0 = time.perf_counter()
