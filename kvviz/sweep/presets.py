@@ -74,7 +74,7 @@ PRESETS: dict[str, Preset] = {
             "step, but retrieval's resident memory is the whole cache: its KV bytes column is the full cache's, "
             "eviction's a few percent of it. Retrieval can find what an eviction dropped at the prefill, when a "
             "later query asks for it. Measured on a CPU (500 filler tokens, float32): every eviction loses the "
-            "pass key at all three depths, **sparq** (with its mean-value correction) keeps it at all three, "
+            "pass key at all three depths, **sparq** keeps it at all three (with or without its mean-value correction), "
             "**quest** (pages of 16, two pages read) and **simhash** lose it.",
             SweepSettings(
                 policies=("full", "snapkv", "h2o", "streaming_llm", "quest:read_budget=32",
