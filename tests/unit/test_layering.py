@@ -17,6 +17,7 @@ KVVIZ = REPO / "kvviz"
 # The layers, lowest first. A module may import from its own package and from packages of a
 # lower rank; never sideways (same rank, other package) and never up.
 LAYERS = {
+    "i18n": -1,  # the message catalogs: the examples' names and every page's text read them
     "record": 0,  # torch-free: Trace, token states, metrics, text, examples, report
     "storage": 1,  # how tensors are held: quantization kernels, fixed-capacity buffers
     "model": 1.5,  # loading, devices, query capture (a policy may read the model before the prefill)
@@ -122,7 +123,7 @@ def test_the_checker_sees_upward_and_sideways_imports(tmp_path):
 def test_every_favicon_is_drawn_without_the_network():
     """A ':material/...:' page_icon makes the browser fetch the icon from a font CDN (it fails
     offline, at a demo without internet); the app's PNG and emoji icons are served locally."""
-    calls = re.compile(r"(?:set_page_config\([^)]*page_icon=|start_page\(\s*\"[^\"]*\",\s*)(\"[^\"]*\"|[A-Z_]+)")
+    calls = re.compile(r"(?:set_page_config\([^)]*page_icon=|start_page\(\s*(?:_\()?\"[^\"]*\"\)?,\s*)(\"[^\"]*\"|[A-Z_]+)")
     icons = {str(f.relative_to(REPO)): calls.findall(f.read_text()) for f in [REPO / "app.py", *(REPO / "pages").glob("*.py")]}
     assert all(icons.values()), icons  # every page sets one (the scanner is not blind)
     assert {f: i for f, i in icons.items() if any(x.startswith('":material') for x in i)} == {}
