@@ -8,8 +8,9 @@ cannot read those)::
     st.caption(_("{n} tokens").format(n=f"{n:,}"))
 
 The language is the current Streamlit session's (``LANG`` in session_state, set by the sidebar's
-switch; a link's ``lang=`` until the switch has read it). Outside a Streamlit run (the CLI, the
-chart builders in a test) it is always English, and English is the msgid itself, unchanged.
+switch; a link's ``lang=`` until the switch has read it), read by ``kvviz.ui.session_language``.
+Outside a Streamlit run (the CLI, the chart builders in a test) it is always English, and English
+is the msgid itself, unchanged.
 
 Catalogs: ``kvviz/locale/<locale>/LC_MESSAGES/kvviz.po``; ``make messages`` extracts the marked
 strings (babel.cfg) into ``kvviz/locale/kvviz.pot`` and merges them into each ``.po``. No compiled
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import gettext
 import io
-import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 LANG = "kvviz_lang"  # session_state key of the sidebar's language switch (URL: lang=)
 ENGLISH = "en"
@@ -53,19 +54,19 @@ def translations(lang: str) -> gettext.NullTranslations:
     return gettext.GNUTranslations(mo)
 
 
+_language_source: Callable[[], str | None] | None = None  # set by the app's ui (kvviz.ui)
+
+
+def set_language_source(source: Callable[[], str | None]) -> None:
+    """Where ``current_language`` reads the visitor's choice: the Streamlit session, registered by
+    ``kvviz.ui`` (the core imports no Streamlit). ``source`` returns None outside a session."""
+    global _language_source
+    _language_source = source
+
+
 def current_language() -> str:
     """The language of this Streamlit session; English outside a Streamlit run."""
-    if "streamlit" not in sys.modules:  # the CLI never imports Streamlit
-        return ENGLISH
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    if get_script_run_ctx(suppress_warning=True) is None:
-        return ENGLISH
-    import streamlit as st
-
-    lang = st.session_state.get(LANG)
-    if lang is None:  # a link's first run, before the sidebar's switch has taken lang= from it
-        lang = st.query_params.get("lang", ENGLISH)
+    lang = _language_source() if _language_source is not None else None
     return lang if lang in LANGUAGES else ENGLISH
 
 
