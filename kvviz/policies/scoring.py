@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from kvviz.policies import column_sums
+
 NEG_INF = float("-inf")
 
 
@@ -52,14 +54,19 @@ def accumulated_attention(
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
     chunk: int = 256,
+    fused: bool = True,
 ) -> torch.Tensor:
     """Attention each entry received, summed over all queries: (kv_heads, n). Computed in chunks
     of queries so a long prefill never holds the whole q × n matrix.
 
     At prefill the entries are the queries' own tokens in order, so a chunk of queries ending at
-    row ``end`` reads only the first ``end`` entries: the causal triangle above is skipped."""
+    row ``end`` reads only the first ``end`` entries: the causal triangle above is skipped. There,
+    on CUDA in half precision, two calls of the fused attention kernel give the same sums
+    (``kvviz.policies.column_sums``; ``fused=False`` keeps the chunks)."""
     q_len, n = queries.shape[1], keys.shape[1]
     aligned = q_len == n  # prefill: entry i is query i's token
+    if aligned and fused and column_sums.usable(queries, keys):
+        return column_sums.prefill_column_sums(queries, keys)
     total = torch.zeros(keys.shape[0], n, device=keys.device, dtype=torch.float32)
     for start in range(0, q_len, chunk):
         end = min(start + chunk, q_len)
