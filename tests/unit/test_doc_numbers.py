@@ -78,6 +78,14 @@ def live(config: str) -> list[str]:
     return f(".2f", r["call_s"], r["live_s"])
 
 
+def scoring(d: dict, policy: str) -> dict:
+    return next(r for r in d["rows"] if r["policy"] == policy)
+
+
+def long_run(d: dict, policy: str) -> dict:
+    return next(r for r in d["runs"] if r["policy"] == policy)
+
+
 def prefill_added(config: str) -> float:
     r = rows(load("bench_8k_h100.json"))
     return r[config]["prefill_ms"] - r["full"]["prefill_ms"]
@@ -232,9 +240,33 @@ NUMBERS = [
      lambda d: live("h2o · 25%") + live("streaming_llm · 25%") + live("quant") + live("kivi")
      + [span(".0f", [rows(d)[c]["step_ms"] for c in SCORING_STEP]), span(".0f", [rows(d)[c]["step_ms"] / rows(d)["full"]["step_ms"] for c in SCORING_STEP]),
         f"{rows(d)['full']['step_ms']:.0f}"]),
-    ("PERFORMANCE.md", "SnapKV adds {} ms ({} against {} ms), TOVA {} ms: met. H2O adds {} ms", "bench_8k_h100.json",
+    ("PERFORMANCE.md", "SnapKV added {} ms ({} against {} ms), TOVA {} ms, and H2O {} ms", "bench_8k_h100.json",
      lambda d: [f"{prefill_added('snapkv · 1024/head'):.0f}", f"{rows(d)['snapkv · 1024/head']['prefill_ms']:.1f}", f"{rows(d)['full']['prefill_ms']:.1f}",
                 f"{prefill_added('tova · 1024/head'):.0f}", f"{prefill_added('h2o · 1024/head'):.0f}"]),
+    *[("PERFORMANCE.md", words, "prefill_scoring_h200.json", numbers) for words, numbers in [
+        ("| full | {} | | |", lambda d: [f"{scoring(d, 'full')['prefill_ms']:.1f}"]),
+        *[(f"| {p} | {{}} | {{}} | {{}} (+{{}}) |", lambda d, p=p: f(".1f", *(scoring(d, p)[k] for k in ("prefill_ms", "added_ms", "chunked_prefill_ms", "chunked_added_ms"))))
+          for p in ("h2o", "observed_attention")],
+        *[(f"| {p} | {{}} | {{}} | |", lambda d, p=p: f(".1f", scoring(d, p)["prefill_ms"], scoring(d, p)["added_ms"])) for p in ("snapkv", "tova")],
+        ("but for {}% of them for H2O", lambda d: [f"{100 * (1 - scoring(d, 'h2o')['kept_agreement']):.4f}"]),
+        ("SmolLM2 bf16, {} tokens, median of {}", lambda d: [f"{d['tokens']:,}", str(d["repeats"])]),
+    ]],
+    *[("PERFORMANCE.md", words, "long_context_h200.json", numbers) for words, numbers in [
+        *[(f"| {p} | graph | {{}} | {{}} | {{}} | {{}} MiB | {{}} GiB |", lambda d, p=p: [
+            f"{long_run(d, p)['prefill_s']:.2f}", f"{long_run(d, p)['median_step_ms']:.2f}", f"{long_run(d, p)['whole_call_s']:.2f}",
+            f"{long_run(d, p)['kv_bytes'] / MiB:,.0f}", f"{long_run(d, p)['extra_peak_bytes'] / GiB:.2f}"]) for p in ("full", "snapkv", "h2o", "streaming_llm")],
+        ("prefill included, within {} s", lambda d: [f"{max(r['whole_call_s'] for r in d['runs']):.2f}"]),
+        ("scoring (the fused column sums above) costs {} s at 32k", lambda d: [f"{long_run(d, 'h2o')['prefill_s'] - long_run(d, 'full')['prefill_s']:.2f}"]),
+        ("the {} token records in {} s; the token view draws at most {} of them", lambda d: [
+            f"{long_run(d, 'snapkv')['views']['tokens']:,}", f"{long_run(d, 'snapkv')['views']['token_records_s']:.2f}", f"{long_run(d, 'snapkv')['views']['token_view_chips']:,}"]),
+        ("builds in {} s but is {} MiB of JSON for the browser, the retention map {} s and {} MiB, the occupancy chart {} s", lambda d: [
+            f"{long_run(d, 'snapkv')['views']['token_map_s']:.2f}", f"{long_run(d, 'snapkv')['views']['token_map_json_bytes'] / MiB:.1f}",
+            f"{long_run(d, 'snapkv')['views']['retention_steps_s']:.2f}", f"{long_run(d, 'snapkv')['views']['retention_steps_json_bytes'] / MiB:.1f}",
+            f"{long_run(d, 'snapkv')['views']['occupancy_s']:.2f}"]),
+        ("not interactive at this size: {} s and {} GiB of extra GPU memory", lambda d: [f"{d['overview']['seconds']:.1f}", f"{d['overview']['extra_peak_bytes'] / GiB:.1f}"]),
+        ("a prompt of {} random token ids and {} new tokens, a budget of {} entries", lambda d: [f"{d['prompt_tokens']:,}", str(d["new_tokens"]), f"{long_run(d, 'snapkv')['budget']:,}"]),
+        ("its output matrix apart from the embedding: {}B parameters", lambda d: [f"{d['parameters'] / 1e9:.1f}"]),
+    ]],
     ("PERFORMANCE.md", "from every prompt query ({} × {} per head", "bench_8k_h100.json", lambda d: [f"{d['prompt_tokens']:,}"] * 2),
     ("PERFORMANCE.md", "must read {} MB of weights and the cache it holds: {} ms at {} TB/s. `full` replayed is {}× that floor, selectors that evict at every step {}×, `generate` {}×",
      "bench_h100.json",
