@@ -33,6 +33,7 @@ from kvviz.attention.data import window_bounds
 from kvviz.model.capture import CaptureError, LayerQK, _run_with_hooks
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores per chunk (heads x queries x keys): 64 MiB in float32
+CUDA_CHUNK_ELEMENTS = 1 << 28  # the overview's on a GPU: 1 GiB per float32 temporary, a few alive at once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,11 +115,29 @@ def _chunks(bounds: Sequence[tuple[int, int, int]]):
             yield r0, min(r0 + step, stop)
 
 
-def _rows_per_chunk(n_heads: int, n_keys: int, tile: int, budget: int) -> int:
-    """Query rows per chunk: within the budget of scores, a multiple of the tile, and at most
-    256 rows (or one tile) so that the causal triangle wastes little (chunk r1 sees keys 0..r1)."""
+def _rows_per_chunk(n_heads: int, n_keys: int, tile: int, budget: int, whole_tiles: bool = True) -> int:
+    """Query rows per chunk: within the budget of scores, and at most 256 rows (or one tile) so
+    that the causal triangle wastes little (chunk r1 sees keys 0..r1). A multiple of the tile with
+    ``whole_tiles``; else fewer rows than a tile when the budget asks (the overview pools a tile
+    row met in parts: a long sequence's tiles are long)."""
     rows = min(max(1, budget // max(1, n_heads * n_keys)), max(256, tile))
+    if rows < tile and not whole_tiles:
+        return rows
     return max(tile, rows // tile * tile)
+
+
+def _pool_rows(p: torch.Tensor, visible: torch.Tensor, tile: int, pool: str):
+    """Part of one tile row: p (H, C, K) pooled over its C rows and each tile of K columns ->
+    (the tiles' max or sum (H, ceil(K/tile)), their visible cells (ceil(K/tile),))."""
+    H, C, K = p.shape
+    pk = (-K) % tile
+    if pk:
+        p = torch.nn.functional.pad(p, (0, pk))
+        visible = torch.nn.functional.pad(visible, (0, pk))
+    nc = (K + pk) // tile
+    blocks = p.view(H, C, nc, tile)
+    values = blocks.amax((1, 3)) if pool == "max" else blocks.sum((1, 3))
+    return values, visible.view(C, nc, tile).sum((0, 2))
 
 
 @torch.inference_mode()
@@ -215,12 +234,13 @@ def overview(
     local_tokens: int = 16,
     prompt_len: int | None = None,
     keep_qk_bytes: int = 0,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
 ) -> Overview:
     """Thumbnails (``cells`` x ``cells`` tiles) and profiles of every layer and head from one
     forward pass of ``ids``. Each layer's attention is computed inside its hook a chunk of queries
     at a time and dropped; the layer's q/k are kept while their total stays within
-    ``keep_qk_bytes`` (0: keep none)."""
+    ``keep_qk_bytes`` (0: keep none). A chunk holds at most ``chunk_elements`` scores (None: 16M
+    on the CPU, 256M on a GPU); a tile row larger than that is pooled in parts."""
     _check_pool(pool)
     if sink_tokens < 1 or local_tokens < 1:
         raise CaptureError("sink_tokens and local_tokens must be at least 1.")
@@ -244,12 +264,26 @@ def overview(
         q = qk.q.to(torch.float32)  # (H, seq, d)
         layer_thumbs = torch.full((n_heads, grid, grid), float("nan"), device=dev)
         acc = {k: torch.zeros(n_heads, device=dev, dtype=torch.float64) for k in stats}
-        step = _rows_per_chunk(n_heads, n, tile, chunk_elements)
-        for r0, r1 in _chunks([(0, n, step)]):
+        budget = chunk_elements or (CUDA_CHUNK_ELEMENTS if dev.type == "cuda" else DEFAULT_CHUNK_ELEMENTS)
+        step = _rows_per_chunk(n_heads, n, tile, budget, whole_tiles=False)
+        spans = [(0, n, step)] if step >= tile else [(t0, min(t0 + tile, n), step) for t0 in range(0, n, tile)]
+        part = None  # (values, count) of the tile row being met in parts
+        for r0, r1 in _chunks(spans):
             p, visible, ent = _chunk_probs(qk, q, None, r0, r1, entropy=True)  # (H, C, r1), (H, C)
             tr = r0 // tile
-            block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
-            layer_thumbs[:, tr : tr + block.shape[1], : block.shape[2]] = block
+            if step >= tile:
+                block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
+                layer_thumbs[:, tr : tr + block.shape[1], : block.shape[2]] = block
+            else:
+                values, count = _pool_rows(p, visible, tile, pool)
+                if part is not None:  # the same tile row: it has as many tiles of columns
+                    values = torch.maximum(part[0], values) if pool == "max" else part[0] + values
+                    count = part[1] + count
+                part = (values, count)
+                if r1 % tile == 0 or r1 == n:  # the tile row is complete
+                    done = values if pool == "max" else values / count.clamp(min=1)
+                    layer_thumbs[:, tr, : done.shape[1]] = done.masked_fill(count[None] == 0, float("nan"))
+                    part = None
             lo = max(from_query, r0)
             if lo >= r1:
                 continue

@@ -251,3 +251,16 @@ def test_bad_input(tiny_llama, qks, ids):
     with pytest.raises(CaptureError, match="No tokens"):
         capture.capture_layers(tiny_llama, [], [0])
     assert _hook_count(tiny_llama) == 0
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_overview_pools_a_tile_row_met_in_parts(tiny_llama, ids, eager, pool):
+    """A budget of scores smaller than one tile row's: each tile row is computed in parts (a long
+    sequence's tiles are long), and the thumbnails and profiles are what whole tile rows give."""
+    whole = attention_maps.overview(tiny_llama, ids, cells=4, pool=pool)
+    parts = attention_maps.overview(tiny_llama, ids, cells=4, pool=pool, chunk_elements=3 * 4 * SEQ)  # 3 rows of an 11-row tile
+    assert whole.tile == 11 and attention_maps._rows_per_chunk(4, SEQ, 11, 3 * 4 * SEQ, whole_tiles=False) == 3
+    np.testing.assert_allclose(parts.thumbs[1, 2], pool_matrix(eager[1, 2].astype(np.float64), 11, pool), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(parts.thumbs, whole.thumbs, atol=1e-6, equal_nan=True)
+    for name in ("sink_mass", "local_mass", "entropy", "mean_distance"):
+        np.testing.assert_allclose(getattr(parts.profiles, name), getattr(whole.profiles, name), rtol=1e-5, atol=1e-6)
