@@ -406,10 +406,7 @@ def build_trace(
     chosen = logprobs.gather(1, torch.tensor(generated, device=logprobs.device)[:, None])[:, 0]
     kl = top1 = None
     if options.reference_logprobs is not None:
-        ref = options.reference_logprobs[: len(generated)].to(logprobs.device).float()
-        steps = ref.shape[0]
-        kl = (ref.exp() * (ref - logprobs[:steps])).nansum(-1).clamp_min(0).cpu().numpy()
-        top1 = (ref.argmax(-1) == logprobs[:steps].argmax(-1)).cpu().numpy()
+        kl, top1 = against_reference(logprobs, options.reference_logprobs)
     n_pos = len(prompt_ids) + len(generated)
     pipeline = cache.pipeline
     trace = Trace(
@@ -457,6 +454,16 @@ def build_trace(
     return trace
 
 
+def against_reference(logprobs: torch.Tensor, reference: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, KL(reference ‖ run) in nats and whether the two agree on the top token; both
+    (steps, vocab) log-probs, the reference cut to the run's steps."""
+    ref = reference[: logprobs.shape[0]].to(logprobs.device).float()
+    steps = ref.shape[0]
+    kl = (ref.exp() * (ref - logprobs[:steps])).nansum(-1).clamp_min(0).cpu().numpy()
+    top1 = (ref.argmax(-1) == logprobs[:steps].argmax(-1)).cpu().numpy()
+    return kl, top1
+
+
 def _sync_time(used: list[torch.device]) -> float:
     devices.synchronize(used)
     return time.perf_counter()
@@ -499,13 +506,42 @@ def against_full_runs(
     A consumer may stop iterating after any phase (a live view that was stopped). ``kw``: run's
     other keywords (model_name, should_stop, DecodeOptions fields)."""
     spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
-    yield "policy", run(model, tokenizer, prompt_ids, spec, options, on_step=on_policy_step, **kw)
+    free = run(model, tokenizer, prompt_ids, spec, options, keep_logprobs=True, on_step=on_policy_step, **kw)
+    free_logprobs = free.extra.pop("logprobs")
+    yield "policy", free
     full = run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=on_full_step, **kw)
     reference = full.extra.pop("logprobs")
     yield "full", full
+    if forced_is_free(free, full, dataclasses.replace(options or DecodeOptions(), **{k: v for k, v in kw.items() if k in DECODE_FIELDS})):
+        yield "forced", forced_from_free(free, free_logprobs, reference)
+        return
+    del free_logprobs
     yield "forced", run(
         model, tokenizer, prompt_ids, spec, options, forced_ids=full.generated_ids, reference_logprobs=reference, **kw
     )
+
+
+DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeOptions)}
+
+
+def forced_is_free(free: Trace, full: Trace, options: DecodeOptions) -> bool:
+    """Whether teacher-forcing the policy on the full cache's output would replay its free run step
+    for step: greedy decoding that chose exactly the full cache's tokens, to its end (not stopped).
+    The forced run then feeds the same tokens into the same cache: the same steps, evictions and
+    log-probs (a seeded policy draws the same numbers: greedy choice draws none)."""
+    return (not options.sample and free.generated_ids == full.generated_ids
+            and free.stopped_by in ("max_new_tokens", "eos") and full.stopped_by == free.stopped_by)
+
+
+def forced_from_free(free: Trace, logprobs: torch.Tensor, reference: torch.Tensor) -> Trace:
+    """The teacher-forced trace of a run whose free steps it would replay (``forced_is_free``): its
+    record, with KL and top-1 against the reference, marked teacher-forced, its stop reason the
+    forced run's (the forced tokens' end), and ``extra["forced_from_free_run"]``: no third decode."""
+    kl, top1 = against_reference(logprobs, reference)
+    forced = dataclasses.replace(free, kl_to_reference=kl, top1_agreement=top1, teacher_forced=True,
+                                 stopped_by="max_new_tokens", timings=dict(free.timings), extra=dict(free.extra))
+    forced.extra["forced_from_free_run"] = True
+    return forced
 
 
 def against_full(model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, **kw) -> AgainstFull:
