@@ -101,11 +101,16 @@ def floor_ms(weight_bytes: int, kv_bytes: int, bandwidth_bytes_s: float | None) 
 
 
 def commit() -> str:
-    """This checkout's commit, or "unknown" outside a git checkout (e.g. a copied work tree)."""
+    """This checkout's commit, "+changes" when kvviz's tracked files differ from it (a work tree
+    copied over an older checkout, say), or "unknown" outside a git checkout."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        head = out.stdout.strip()
+        if not head:
+            return "unknown"
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, timeout=10, cwd=here.parent)
+        return head + ("+changes" if diff.returncode == 1 else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
