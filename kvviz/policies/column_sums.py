@@ -35,7 +35,7 @@ def usable(queries: torch.Tensor, keys: torch.Tensor) -> bool:
     """Whether the fused path applies: CUDA, half precision, head dim + 2 within the kernel's."""
     d = keys.shape[-1]
     return (keys.is_cuda and queries.is_cuda and keys.dtype in (torch.bfloat16, torch.float16)
-            and queries.dtype == keys.dtype and _padded(d + 2) <= 256
+            and queries.dtype == keys.dtype and queries.shape[-1] == d and _padded(d + 2) <= 256
             and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention"))
 
 
