@@ -4,7 +4,12 @@ and help from the spec) and one budget control. They build one ``PolicySpec``.
 
 Every choice survives page switches, and with ``url="p"`` the whole spec lives in the URL as its
 text form (``?p=h2o:recent=8,ratio=0.25``), so a copied link reopens it. New policies appear
-without changes here."""
+without changes here.
+
+Translation (issue 19): a policy's ``summary``, ``family``, ``others`` and each parameter's help are
+marked with ``N_`` where the policy defines them (``summary = N_('''...''')``, ``param(8, N_("..."))``),
+so the msgid is the raw attribute, indentation and line breaks included; this module looks the raw
+text up with ``_()`` and only then joins its whitespace (``shown``). Paper titles stay as written."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 import streamlit as st
 
 from kvviz import policies
+from kvviz.i18n import N_, _
 from kvviz.policies import Param, PolicyError
 from kvviz.policies.params import ratio_budget
 from kvviz.policies.spec import PolicySpec, budget_notes
@@ -23,20 +29,29 @@ KEEP = "kvviz_keep::"  # permanent session_state copies of the widgets' values
 _PLUGINS_WARNED = "kvviz_policy_plugins_warned"
 
 
+def shown(text: str) -> str:
+    """A policy's N_-marked text (summary, family, parameter help) in the session's language, its
+    whitespace joined: looked up raw, as extracted (an empty text stays empty: gettext("") is the
+    catalog's header)."""
+    return " ".join(_(text).split()) if text else text
+
+
 def policy_label(name: str) -> str:
     cls = policies.get(name)
-    plugin = " · plugin" if policies.plugin_source(name) else ""
-    return f"{name} · {cls.family}" + (" (store)" if cls.kind == "store" else "") + plugin
+    label = f"{name} · {shown(cls.family)}"
+    if cls.kind == "store":
+        label += " " + _("(store)")
+    return label + (" · " + _("plugin") if policies.plugin_source(name) else "")
 
 
 def describe_policy(name: str) -> str:
     """Markdown: what the policy does and its paper, linked when known (our own text, not user input)."""
     cls = policies.get(name)
-    summary = " ".join(cls.summary.split())
     paper = f"[{cls.paper}]({cls.paper_url})" if cls.paper_url else cls.paper
-    text = f"**{name}** · {cls.family}. {summary}\n\n*Paper:* {paper}"
+    text = _("**{name}** · {family}. {summary}").format(name=name, family=shown(cls.family), summary=shown(cls.summary))
+    text += "\n\n" + _("*Paper:* {paper}").format(paper=paper)
     where = policies.plugin_source(name)  # the file's name only: visitors get no server paths
-    return text + (f"\n\n*Plugin:* `{md_escape(Path(where).name)}`" if where else "")
+    return text + ("\n\n" + _("*Plugin:* {file}").format(file=f"`{md_escape(Path(where).name)}`") if where else "")
 
 
 def plugin_warnings() -> None:
@@ -54,12 +69,12 @@ def _kept(widget, key: str, default, **kwargs):
 
 def param_widget(policy: str, name: str, spec: Param, key: str):
     """One widget for one parameter; returns its value (None for an unset optional one)."""
-    label, help_ = name, spec.help
+    label, help_ = name, shown(spec.help)
     if spec.optional:
-        if not _kept(st.checkbox, f"{key}.set", spec.default is not None, label=f"set {name}", help=help_):
+        if not _kept(st.checkbox, f"{key}.set", spec.default is not None, label=_("set {name}").format(name=name), help=help_):
             return None
     if spec.choices:
-        return _kept(st.selectbox, key, spec.default, label=label, options=list(spec.choices), help=help_)
+        return _kept(st.selectbox, key, spec.default, label=label, options=list(spec.choices), help=help_)  # values: not translated
     if spec.type is bool:
         return _kept(st.checkbox, key, bool(spec.default), label=label, help=help_)
     if spec.type is int:
@@ -80,7 +95,7 @@ def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
     """Widgets for every parameter of ``policy`` but budget/ratio; {param: value}."""
     specs = policies.tunable_params(policy)
     if not specs:
-        st.caption(f"{policy} has no parameters to set.")
+        st.caption(_("{policy} has no parameters to set.").format(policy=policy))
         return {}
     values = {}
     cols = st.columns(min(columns, len(specs)))
@@ -90,16 +105,21 @@ def param_widgets(policy: str, key: str, columns: int = 2) -> dict:
     return values
 
 
-BUDGET_MODES = ["fraction of the prompt", "entries per KV head"]
+BUDGET_MODES = [N_("fraction of the prompt"), N_("entries per KV head")]  # widget values: English; shown with _()
 
 
 def budget_caption(budget: int, prompt_len: int) -> str:
     """What a budget of entries keeps of the prompt: a share only when it is one (a budget past the
     prompt keeps all of it and leaves the rest to generated tokens)."""
     if budget < prompt_len:
-        return f"Keeps {budget:,} of {prompt_len:,} prompt tokens ({100 * budget / prompt_len:.0f}%) per layer and KV head."
-    room = f"; the other {budget - prompt_len:,} entries are for generated tokens" if budget > prompt_len else ""
-    return f"Keeps all {prompt_len:,} prompt tokens (budget {budget:,}){room}: nothing is evicted until the cache passes {budget:,} entries."
+        return _("Keeps {budget} of {prompt_len} prompt tokens ({share}%) per layer and KV head.").format(
+            budget=f"{budget:,}", prompt_len=f"{prompt_len:,}", share=f"{100 * budget / prompt_len:.0f}")
+    if budget > prompt_len:
+        return _("Keeps all {prompt_len} prompt tokens (budget {budget}); the other {room} entries are for generated tokens: "
+                 "nothing is evicted until the cache passes {budget} entries.").format(
+            prompt_len=f"{prompt_len:,}", budget=f"{budget:,}", room=f"{budget - prompt_len:,}")
+    return _("Keeps all {prompt_len} prompt tokens (budget {budget}): nothing is evicted until the cache passes {budget} entries.").format(
+        prompt_len=f"{prompt_len:,}", budget=f"{budget:,}")
 
 
 def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple[int | None, float | None]:
@@ -109,24 +129,26 @@ def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple
     ratio_spec = policies.BudgetSelector.params()["ratio"]
     urls = dict(mode="budget_mode", ratio="ratio", budget="budget") if url else dict(mode=None, ratio=None, budget=None)
     mode = _kept(
-        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label="Budget", options=BUDGET_MODES, horizontal=True, url=urls["mode"],
-        help="How many entries each layer and KV head keeps. " + policies.BudgetSelector.params()["budget"].help,
+        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label=_("Budget"), options=BUDGET_MODES, format_func=_,
+        horizontal=True, url=urls["mode"],
+        help=_("How many entries each layer and KV head keeps.") + " " + shown(policies.BudgetSelector.params()["budget"].help),
     )
     if mode == "entries per KV head":
         default = ratio_budget(ratio_spec.default, prompt_len or 64)
         budget = _kept(
-            st.number_input, f"{key}.budget", int(default), label="budget (entries per KV head)", min_value=1, step=1,
-            help="Must not exceed the prompt's length.", url=urls["budget"],
+            st.number_input, f"{key}.budget", int(default), label=_("budget (entries per KV head)"), min_value=1, step=1,
+            help=_("Must not exceed the prompt's length."), url=urls["budget"],
         )
         if prompt_len:
             st.caption(budget_caption(int(budget), prompt_len))
         return int(budget), None
     ratio = _kept(
-        st.slider, f"{key}.ratio", float(ratio_spec.default), label="ratio (kept fraction of the prompt)",
-        min_value=0.01, max_value=1.0, step=0.01, help=ratio_spec.help, url=urls["ratio"],
+        st.slider, f"{key}.ratio", float(ratio_spec.default), label=_("ratio (kept fraction of the prompt)"),
+        min_value=0.01, max_value=1.0, step=0.01, help=shown(ratio_spec.help), url=urls["ratio"],
     )
     if prompt_len:
-        st.caption(f"Keeps {ratio_budget(ratio, prompt_len)} of {prompt_len} prompt tokens per layer and KV head.")
+        st.caption(_("Keeps {kept} of {prompt_len} prompt tokens per layer and KV head.").format(
+            kept=ratio_budget(ratio, prompt_len), prompt_len=prompt_len))
     return None, float(ratio)
 
 
@@ -152,8 +174,8 @@ def _seed_from_url(key: str, url: str, default: str) -> None:
         spec = PolicySpec.parse(text) if found else None
     except PolicyError as exc:
         kept = st.session_state.get(KEEP + f"{key}.name", default)
-        ui_state.report_problem(url, f"link setting '{url}' ignored: {str(exc).rstrip('.')}; the page uses {kept} "
-                                     "with its own settings instead.")
+        ui_state.report_problem(url, _("link setting '{url}' ignored: {error}; the page uses {policy} with its own settings instead.")
+                                .format(url=url, error=str(exc).rstrip("."), policy=kept))
         return
     if spec is not None:
         seed_controls(key, spec)
@@ -203,20 +225,21 @@ def policy_controls(
         head, about = st.columns([1, 1])
         body = head
     with head:
-        name = _kept(st.selectbox, f"{key}.name", default if default in names else names[0], label="Policy", options=names, format_func=policy_label)
+        name = _kept(st.selectbox, f"{key}.name", default if default in names else names[0], label=_("Policy"), options=names, format_func=policy_label)
         others = policies.companions(name)
-        what = "a store (how kept entries are held)" if policies.is_selector(name) else "a selector (which entries stay)"
+        what = _("a store (how kept entries are held)") if policies.is_selector(name) else _("a selector (which entries stay)")
         companion = None
         if others:
             picked = _kept(
-                st.selectbox, f"{key}.{name}.companion", "none", label=f"Compose with {what}", options=["none"] + others,
-                format_func=lambda n: "none" if n == "none" else policy_label(n),
-                help="A selector and a store compose, e.g. snapkv+quant: SnapKV chooses, quant packs what stays.",
+                st.selectbox, f"{key}.{name}.companion", "none", label=_("Compose with {what}").format(what=what),
+                options=["none"] + others, format_func=lambda n: _("none") if n == "none" else policy_label(n),
+                help=_("A selector and a store compose, e.g. snapkv+quant: SnapKV chooses, quant packs what stays."),
             )
             companion = None if picked == "none" else picked
     composed = policies.compose(name, companion)
     with about:
-        with st.popover(f"About {name}" + (f" and {companion}" if companion else ""), width="stretch") if narrow else st.container(border=True):
+        about_label = _("About {name} and {companion}").format(name=name, companion=companion) if companion else _("About {name}").format(name=name)
+        with st.popover(about_label, width="stretch") if narrow else st.container(border=True):
             st.markdown(describe_policy(name))
             if companion:
                 st.markdown(describe_policy(companion))
