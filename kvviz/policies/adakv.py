@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.chunkkv import folded_scores, inner_scorer
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector, Selection
@@ -31,10 +32,10 @@ def adaptive_budgets(scores: torch.Tensor, budget: int, alpha: float) -> tuple[t
 @dataclass
 class AdaKV(ScoredSelector):
     name = "adakv"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Feng et al., 2024. Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget Allocation for Efficient LLM Inference"
     paper_url = "https://arxiv.org/abs/2407.11550"
-    summary = """Head-wise budgets: at the end of prefill, another registered scorer (`scorer`,
+    summary = N_("""Head-wise budgets: at the end of prefill, another registered scorer (`scorer`,
     with its default parameters; its protected entries count with the layer's highest score)
     scores every entry, each KV head's top `alpha_safeguard` × budget entries are guaranteed,
     and the layer's budget × KV heads entries are the highest scores over all heads together, so
@@ -44,13 +45,13 @@ class AdaKV(ScoredSelector):
     its next-best entries up to the largest head budget, and attention reads those too. The
     bytes held are KV heads × the largest head budget, more than the budget (the Live policy
     page's bytes say how much); the adaptive budgets of the last run are in the policy's
-    `head_budgets` (layer -> one count per KV head). Generated tokens are never evicted."""
+    `head_budgets` (layer -> one count per KV head). Generated tokens are never evicted.""")
     needs_queries = True  # the inner scorer may need them
     acts_at_decode = False
     wraps_scorer = True
 
-    scorer: str = param("snapkv", "The registered scored selector whose scores are ranked over all heads (its defaults).", type=str)
-    alpha_safeguard: float = param(0.2, "Share of the budget every KV head is guaranteed.", min=0.0, max=1.0)
+    scorer: str = param("snapkv", N_("The registered scored selector whose scores are ranked over all heads (its defaults)."), type=str)
+    alpha_safeguard: float = param(0.2, N_("Share of the budget every KV head is guaranteed."), min=0.0, max=1.0)
     inner: ScoredSelector | None = field(default=None, repr=False, compare=False)
     head_budgets: dict = field(default_factory=dict, repr=False, compare=False)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.selector import ScoredSelector, Selection
 from kvviz.policies.scoring import keep_top
@@ -19,7 +20,7 @@ def inner_scorer(owner: str, name: str) -> ScoredSelector:
 
     cls = get(name)
     if not issubclass(cls, ScoredSelector) or getattr(cls, "wraps_scorer", False):
-        raise PolicyError(f"{owner}: scorer must be a scored selector (e.g. snapkv, knorm, h2o), not '{name}'.")
+        raise PolicyError(_("{owner}: scorer must be a scored selector (e.g. snapkv, knorm, h2o), not '{name}'.").format(owner=owner, name=name))
     return cls()
 
 
@@ -34,10 +35,10 @@ def folded_scores(inner: ScoredSelector, layer, ctx) -> torch.Tensor:
 @dataclass
 class ChunkKV(ScoredSelector):
     name = "chunkkv"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Liu et al., 2025. ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference"
     paper_url = "https://arxiv.org/abs/2502.00299"
-    summary = """At the end of prefill, another registered scorer (`scorer`, with its default
+    summary = N_("""At the end of prefill, another registered scorer (`scorer`, with its default
     parameters) scores every entry; its protected entries (sinks, windows) count with the
     layer's highest score, as kvpress's scorers pad them. The scores are summed over the KV
     heads and averaged per chunk of `chunk_length` tokens (the last, shorter chunk its own), and
@@ -47,13 +48,13 @@ class ChunkKV(ScoredSelector):
     0.25 of 177 tokens, 2 chunks: 37 entries for a budget of 44). A prompt shorter than one chunk
     is cut to the inner scorer's own top entries per KV head, as the press does; kvviz does so
     too when the budget is smaller than one chunk (the press would keep one whole chunk, more
-    than the budget). Generated tokens are never evicted."""
+    than the budget). Generated tokens are never evicted.""")
     needs_queries = True  # the inner scorer may need them
     acts_at_decode = False
     wraps_scorer = True
 
-    scorer: str = param("snapkv", "The registered scored selector whose scores rank the chunks (its defaults).", type=str)
-    chunk_length: int = param(20, "Tokens per chunk.", min=1, max=4096)
+    scorer: str = param("snapkv", N_("The registered scored selector whose scores rank the chunks (its defaults)."), type=str)
+    chunk_length: int = param(20, N_("Tokens per chunk."), min=1, max=4096)
     inner: ScoredSelector | None = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.adakv import adaptive_budgets
 from kvviz.policies.chunkkv import folded_scores, inner_scorer
 from kvviz.policies.params import PolicyError, param
@@ -60,10 +61,10 @@ def raise_top(scores: torch.Tensor, counts: list[int]) -> torch.Tensor:
 @dataclass
 class CriticalKV(ScoredSelector):
     name = "criticalkv"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Feng et al., 2025. Identify Critical KV Cache in LLM Inference from an Output Perturbation Perspective"
     paper_url = "https://arxiv.org/abs/2502.03805"
-    summary = """Two stages over another registered scorer (`scorer`, with its default
+    summary = N_("""Two stages over another registered scorer (`scorer`, with its default
     parameters; its protected entries count with the layer's highest score, as kvpress's scorers
     pad them). At the end of prefill, stage 1 keeps each KV head's top `first_stage_ratio` ×
     budget entries by the inner scores; stage 2 ranks the others by (inner score + `epsilon`) ×
@@ -77,17 +78,17 @@ class CriticalKV(ScoredSelector):
     W_o is read from the run's model; a cache built without the engine (tests of mechanics, the
     paged engine) has no model, and takes the value's own L1 norm. kvpress warns to turn off
     expected_attention's own value norm inside it; kvviz uses the inner scorer's defaults.
-    Generated tokens are never evicted."""
+    Generated tokens are never evicted.""")
     needs_queries = True  # the inner scorer may need them
     acts_at_decode = False
     wraps_scorer = True
-    others = "by inner score × projected value norm"
+    others = N_("by inner score × projected value norm")
 
-    scorer: str = param("snapkv", "The registered scored selector refined by the projected value norms (its defaults).", type=str)
-    first_stage_ratio: float = param(0.5, "Share of the budget chosen by the inner scores alone (stage 1).", min=0.0, max=1.0)
-    epsilon: float = param(1e-4, "Added to the inner score before it is multiplied by the projected value norm.", min=0.0, max=1.0)
-    adaptive: bool = param(False, "Head-wise budgets first, as CriticalAdaKVPress.")
-    alpha_safeguard: float = param(0.2, "With adaptive: share of the budget every KV head is guaranteed.", min=0.0, max=1.0)
+    scorer: str = param("snapkv", N_("The registered scored selector refined by the projected value norms (its defaults)."), type=str)
+    first_stage_ratio: float = param(0.5, N_("Share of the budget chosen by the inner scores alone (stage 1)."), min=0.0, max=1.0)
+    epsilon: float = param(1e-4, N_("Added to the inner score before it is multiplied by the projected value norm."), min=0.0, max=1.0)
+    adaptive: bool = param(False, N_("Head-wise budgets first, as CriticalAdaKVPress."))
+    alpha_safeguard: float = param(0.2, N_("With adaptive: share of the budget every KV head is guaranteed."), min=0.0, max=1.0)
     inner: ScoredSelector | None = field(default=None, repr=False, compare=False)
     w_o: list = field(default_factory=list, repr=False, compare=False)
     head_budgets: dict = field(default_factory=dict, repr=False, compare=False)
@@ -108,7 +109,7 @@ class CriticalKV(ScoredSelector):
         scores = folded_scores(self.inner, layer, ctx)  # (kv_heads, n)
         w_o = self.w_o[layer.layer_idx] if layer.layer_idx < len(self.w_o) else None
         if w_o is not None and w_o.shape[1] % layer.values.shape[-1]:
-            raise PolicyError("criticalkv: the output projection does not split into heads of the values' size.")
+            raise PolicyError(_("criticalkv: the output projection does not split into heads of the values' size."))
         norms = projected_value_norms(layer.values, w_o)  # (kv_heads, n)
         refined = (scores + self.epsilon) * norms  # stage 2's scores, for the trace
         if not self.adaptive:

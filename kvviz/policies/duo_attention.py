@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.params import Note, PolicyError, param
 from kvviz.policies.selector import ScoredSelector, Selection
 from kvviz.policies.scoring import attention_probs, first_mask, recent_mask
@@ -40,6 +41,15 @@ def attention_pass(model, prompt_ids: list[int], on_call) -> None:
             h.remove()
 
 
+def streaming_subject(text: str, subject: str) -> str:
+    """A selector's note on what duo_attention keeps, said of its streaming heads (``subject``): in
+    English "duo_attention keeps" becomes "<subject> keep"; in another language the policy's first
+    name in the note becomes the subject."""
+    if "duo_attention keeps" in text:
+        return text.replace("duo_attention keeps", subject + " keep")
+    return text.replace("duo_attention", subject, 1)
+
+
 def rotary_embedding(model):
     """The model's shared rotary embedding module (``model.model.rotary_emb`` in most families)."""
     for path in ("model.rotary_emb", "model.language_model.rotary_emb", "gpt_neox.rotary_emb", "rotary_emb"):
@@ -48,7 +58,8 @@ def rotary_embedding(model):
             node = getattr(node, part, None)
         if node is not None:
             return node
-    raise PolicyError(f"duo_attention: {type(model).__name__} has no shared rotary embedding to place the mean query and key.")
+    raise PolicyError(_("duo_attention: {model} has no shared rotary embedding to place the mean query and key.").format(
+        model=type(model).__name__))
 
 
 def head_score(call, rotary, q_len: int) -> torch.Tensor:
@@ -77,10 +88,10 @@ def head_score(call, rotary, q_len: int) -> torch.Tensor:
 @dataclass
 class DuoAttention(ScoredSelector):
     name = "duo_attention"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Xiao et al., 2024. DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads"
     paper_url = "https://arxiv.org/abs/2410.10819"
-    summary = """Two kinds of KV heads: retrieval heads keep every entry of the prompt, streaming
+    summary = N_("""Two kinds of KV heads: retrieval heads keep every entry of the prompt, streaming
     heads keep the `n_sink` first tokens and the most recent ones (n_sink + recent = the budget).
     The heads are classified from the prompt itself, as kvpress's DuoAttentionPress does in its
     on-the-fly mode: before the prefill, one pass over the prompt takes each layer's mean query
@@ -95,22 +106,22 @@ class DuoAttention(ScoredSelector):
     flag per KV head). A cache built without the engine (tests of mechanics, the paged engine)
     has no pass over the prompt: there the heads of each layer are ranked by the share of the last
     prompt query's attention outside the sinks and window, within the layer. Generated tokens are
-    never evicted."""
+    never evicted.""")
     needs_queries = True  # for the fallback without the engine's pass
     acts_at_decode = False
     protection_params = {"n_sink": "n_sink"}
-    others = "in retrieval heads (every entry)"
+    others = N_("in retrieval heads (every entry)")
 
-    head_ratio: float = param(0.5, "Share of all KV heads made streaming (kvpress's head_compression_ratio).", min=0.0, max=1.0)
-    n_sink: int = param(4, "First tokens a streaming head keeps, part of the budget.", min=0, max=1024)
-    q_len: int = param(500, "Positions the mean query and key are repeated over to score the heads.", min=2, max=8192)
+    head_ratio: float = param(0.5, N_("Share of all KV heads made streaming (kvpress's head_compression_ratio)."), min=0.0, max=1.0)
+    n_sink: int = param(4, N_("First tokens a streaming head keeps, part of the budget."), min=0, max=1024)
+    q_len: int = param(500, N_("Positions the mean query and key are repeated over to score the heads."), min=2, max=8192)
     head_scores: list = field(default_factory=list, repr=False, compare=False)
     streaming_heads: dict = field(default_factory=dict, repr=False, compare=False)
 
     def check_budget(self, budget: int) -> None:
         if budget <= self.n_sink:
-            raise PolicyError(f"duo_attention: budget {budget} leaves no recent window after {self.n_sink} sinks;"
-                              " raise the budget or lower n_sink.")
+            raise PolicyError(_("duo_attention: budget {budget} leaves no recent window after {n_sink} sinks; raise the budget or lower n_sink.")
+                              .format(budget=budget, n_sink=self.n_sink))
 
     def protection(self, budget):
         return Protection(n_sink=self.n_sink, recent=budget - self.n_sink if budget else 0)
@@ -119,12 +130,10 @@ class DuoAttention(ScoredSelector):
         notes = super().budget_notes(budget)
         if budget is None:
             return notes
-        share = f"{self.head_ratio:.0%}"
-        return [Note(n.level, n.text.replace("duo_attention keeps", f"duo_attention's streaming heads ({share} of all KV heads) keep"))
-                for n in notes] + [Note("info", (
-                    "Retrieval heads keep every prompt entry, and a layer that has one holds every entry in all its"
-                    " heads (rectangular tensors): only layers of streaming heads free memory. The run's details say"
-                    " which heads stream."))]
+        subject = _("duo_attention's streaming heads ({share} of all KV heads)").format(share=f"{self.head_ratio:.0%}")
+        return [Note(n.level, streaming_subject(n.text, subject) if n.level == "info" else n.text) for n in notes] + [Note("info", _(
+            "Retrieval heads keep every prompt entry, and a layer that has one holds every entry in all its heads (rectangular"
+            " tensors): only layers of streaming heads free memory. The run's details say which heads stream."))]
 
     def prepare(self, model, tokenizer, prompt_ids):
         rotary = rotary_embedding(model)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.selector import ScoredSelector
 from kvviz.record.trace import Protection
@@ -30,10 +31,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class ExpectedAttention(ScoredSelector):
     name = "expected_attention"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Devoto et al., 2025. Expected Attention: KV Cache Compression by Estimating Attention from Future Queries Distribution"
     paper_url = "https://arxiv.org/abs/2510.00636"
-    summary = """At the end of prefill, the prompt's queries (all but the first `n_sink`) are
+    summary = N_("""At the end of prefill, the prompt's queries (all but the first `n_sink`) are
     summarized per query head by their mean and covariance; both are rotated by the RoPE
     rotation averaged over the next `n_future_positions` positions, and each key's expected
     attention logit is mean·k/√d (+ kᵀΣk/2d with `use_covariance`), soft-maxed over the keys
@@ -44,22 +45,22 @@ class ExpectedAttention(ScoredSelector):
     projects the layer's hidden states by W_q; kvviz's selectors see the RoPE-rotated queries,
     so kvviz rotates them back with Llama's RoPE of base `rope_theta` (the model's config is not
     given to a policy: set it to your model's; SmolLM2: 100000). Same mean and covariance; RoPE
-    scaling (Llama 3.1) is not modelled."""
+    scaling (Llama 3.1) is not modelled.""")
     needs_queries = True
     acts_at_decode = False
     protection_params = {"n_sink": "n_sink"}
-    others = "with the highest expected attention"
+    others = N_("with the highest expected attention")
 
-    n_future_positions: int = param(512, "Coming positions whose RoPE rotation is averaged.", min=1, max=65536)
-    n_sink: int = param(4, "First tokens always kept, and left out of the query statistics.", min=0, max=1024)
-    use_covariance: bool = param(True, "Add the queries' covariance term kᵀΣk/2d to the expected logit.")
-    use_vnorm: bool = param(True, "Multiply the score by the value's L2 norm.")
-    epsilon: float = param(0.0, "Added to the expected attention before the value-norm rescaling.", min=0.0, max=1.0)
-    rope_theta: float = param(100000.0, "The model's RoPE base, to rotate queries back and forward (SmolLM2: 100000).", min=1.0)
+    n_future_positions: int = param(512, N_("Coming positions whose RoPE rotation is averaged."), min=1, max=65536)
+    n_sink: int = param(4, N_("First tokens always kept, and left out of the query statistics."), min=0, max=1024)
+    use_covariance: bool = param(True, N_("Add the queries' covariance term kᵀΣk/2d to the expected logit."))
+    use_vnorm: bool = param(True, N_("Multiply the score by the value's L2 norm."))
+    epsilon: float = param(0.0, N_("Added to the expected attention before the value-norm rescaling."), min=0.0, max=1.0)
+    rope_theta: float = param(100000.0, N_("The model's RoPE base, to rotate queries back and forward (SmolLM2: 100000)."), min=1.0)
 
     def check_budget(self, budget: int) -> None:
         if self.n_sink > budget:
-            raise PolicyError(f"expected_attention: n_sink ({self.n_sink}) exceeds the budget {budget}.")
+            raise PolicyError(_("expected_attention: n_sink ({n_sink}) exceeds the budget {budget}.").format(n_sink=self.n_sink, budget=budget))
 
     def query_statistics(self, queries, query_positions, prompt_len):
         """queries (q_heads, q, d) rotated -> mean (q_heads, d) and covariance (q_heads, d, d) of

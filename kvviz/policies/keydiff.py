@@ -9,24 +9,25 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from kvviz.i18n import N_
 from kvviz.policies.selector import ScoredSelector
 
 
 @dataclass
 class KeyDiff(ScoredSelector):
     name = "keydiff"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Park et al., 2025. KeyDiff: Key Similarity-Based KV Cache Eviction for Long-Context LLM Inference in Resource-Constrained Environments"
     paper_url = "https://arxiv.org/abs/2504.15364"
-    summary = """Keys that point the way most keys point carry little that the others do not, so
+    summary = N_("""Keys that point the way most keys point carry little that the others do not, so
     each KV head keeps its most distinctive keys: the anchor is the mean of the head's keys
     scaled to unit length, and an entry's score is minus the cosine similarity of its key
     (RoPE applied, as cached) to the anchor. Needs no attention, so it works with fused attention
     kernels. As kvpress's KeyDiffPress, kvviz compresses the prompt once, after prefill, with no
     protected tokens; generated tokens are never evicted. The paper also evicts block by block
-    while a long prompt is read and during decoding; kvviz does not."""
+    while a long prompt is read and during decoding; kvviz does not.""")
     acts_at_decode = False
-    others = "whose keys are least like the mean key direction"
+    others = N_("whose keys are least like the mean key direction")
 
     def score(self, layer, ctx):
         keys = layer.keys.float()  # (kv_heads, n, d)

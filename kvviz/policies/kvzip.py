@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.adakv import adaptive_budgets
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.selector import ScoredSelector, Selection
@@ -75,10 +76,10 @@ def repeat_scores(queries: torch.Tensor, keys: torch.Tensor, start: int, end: in
 @dataclass
 class KVzip(ScoredSelector):
     name = "kvzip"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Kim et al., 2025. KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction"
     paper_url = "https://arxiv.org/abs/2505.23416"
-    summary = """Query-agnostic: an entry matters as much as the model needs it to repeat its
+    summary = N_("""Query-agnostic: an entry matters as much as the model needs it to repeat its
     context. Before the prefill, kvviz runs the model over the prompt and then, for each chunk of
     `chunk_size` prompt tokens, over "Repeat the previous context exactly." (later chunks: "...
     the part ..., starting with" and the previous chunk's last 8 tokens), the answer's opening of
@@ -94,14 +95,14 @@ class KVzip(ScoredSelector):
     chat template included (kvpress leaves the template's opening out). A cache built without
     the engine (tests of mechanics, the paged engine), or a tokenizer that cannot encode the
     repeat prompt, has no pass: there an entry's score is the
-    highest attention the prompt's own queries pay it. Generated tokens are never evicted."""
+    highest attention the prompt's own queries pay it. Generated tokens are never evicted.""")
     needs_queries = True  # for the fallback without the engine's pass
     acts_at_decode = False
-    others = "that the repeat attends to most"
+    others = N_("that the repeat attends to most")
 
-    n_sink: int = param(4, "First tokens in every chunk's softmax (attention sinks).", min=0, max=1024)
-    chunk_size: int = param(2048, "Prompt tokens repeated per pass (bounds the scoring's memory).", min=16, max=8192)
-    adaptive: bool = param(False, "Rank the layer's entries over all its heads, as kvpress (bytes above the budget); off: each head its own top budget.")
+    n_sink: int = param(4, N_("First tokens in every chunk's softmax (attention sinks)."), min=0, max=1024)
+    chunk_size: int = param(2048, N_("Prompt tokens repeated per pass (bounds the scoring's memory)."), min=16, max=8192)
+    adaptive: bool = param(False, N_("Rank the layer's entries over all its heads, as kvpress (bytes above the budget); off: each head its own top budget."))
     scores_by_layer: list = field(default_factory=list, repr=False, compare=False)
 
     def prepare(self, model, tokenizer, prompt_ids):
@@ -155,7 +156,7 @@ class KVzip(ScoredSelector):
         if layer.layer_idx < len(self.scores_by_layer):
             scores = self.scores_by_layer[layer.layer_idx]
             if scores.shape != layer.positions.shape:
-                raise PolicyError("kvzip: the repeat pass scored another prompt than the one prefilled.")
+                raise PolicyError(_("kvzip: the repeat pass scored another prompt than the one prefilled."))
             return scores.to(layer.keys.device)
         best = torch.zeros(layer.positions.shape, device=layer.keys.device)  # the prompt's own queries, without the pass
         queries, query_positions = layer.captured_queries()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector
 from kvviz.record.trace import Protection
@@ -18,10 +19,10 @@ from kvviz.record.trace import Protection
 @dataclass
 class LagKV(ScoredSelector):
     name = "lagkv"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Liang et al., 2025. LagKV: Lag-Relative Information of the KV Cache Tells Which Tokens Are Important"
     paper_url = "https://arxiv.org/abs/2504.04704"
-    summary = """Needs no attention. After the `n_sink` first tokens, the prompt is cut into
+    summary = N_("""Needs no attention. After the `n_sink` first tokens, the prompt is cut into
     chunks of `lag_size` tokens; each chunk is scored against the chunk after it (its lag
     reference): every key and value is min-max normalised per channel by the next chunk's
     minimum and maximum, the spread (standard deviation) of the normalised channels is turned
@@ -34,14 +35,14 @@ class LagKV(ScoredSelector):
     also compresses chunk by chunk while decoding), and where equal scores straddle the cut
     (equal ranks in different chunks) top-k picks among them, as kvpress's does, maybe not
     the same ones. kvviz always ranks the sinks first; when the budget is smaller than the
-    sinks and the tail, kvpress's top-k picks among them, kvviz keeps the sinks."""
+    sinks and the tail, kvpress's top-k picks among them, kvviz keeps the sinks.""")
     acts_at_decode = False
     protection_params = {"n_sink": "n_sink"}
-    others = "ranked by lag-relative scores (tail first)"
+    others = N_("ranked by lag-relative scores (tail first)")
 
-    n_sink: int = param(4, "First tokens always kept (attention sinks), part of the budget.", min=0, max=1024)
-    lag_size: int = param(128, "Chunk length: each chunk is scored against the next one.", min=2, max=4096)
-    cross_scoring: bool = param(False, "Let raw scores compete across chunks instead of ranks within each chunk.")
+    n_sink: int = param(4, N_("First tokens always kept (attention sinks), part of the budget."), min=0, max=1024)
+    lag_size: int = param(128, N_("Chunk length: each chunk is scored against the next one."), min=2, max=4096)
+    cross_scoring: bool = param(False, N_("Let raw scores compete across chunks instead of ranks within each chunk."))
 
     def score(self, layer, ctx):
         keys, values = layer.keys.float(), layer.values.float()  # (kv_heads, n, d)

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.store import LayerError, Storage, Store
 from kvviz.storage.quantize import ErrorMeter
@@ -81,24 +82,24 @@ class LowRankStore(Store):
 @dataclass
 class LowRank(Storage):
     name = "lowrank"
-    family = "low-rank"
+    family = N_("low-rank")
     paper = "Saxena et al., 2024. Eigen Attention: Attention in Low-Rank Space for KV Cache Compression (cf. Palu, Chang et al., 2024)"
     paper_url = "https://arxiv.org/abs/2408.05646"
-    summary = """Projects each KV head's keys and values on a rank-`rank` basis: the top right
+    summary = N_("""Projects each KV head's keys and values on a rank-`rank` basis: the top right
     singular vectors of that head's prompt keys (and, separately, values), computed by an SVD
     right after prefill. Generated tokens are projected on the same basis. The cache holds the
     coefficients (n x rank per head) and the bases (head_dim x rank per head); attention reads
     coefficients x basis. Papers calibrate the basis offline on a dataset and fold it into the
     projection weights; kvviz fits it to the prompt itself, without centering, and reconstructs
     instead of computing attention in the low-rank space. Eviction composes (coefficient rows
-    are gathered). No GQA aggregation: the basis is per KV head."""
+    are gathered). No GQA aggregation: the basis is per KV head.""")
 
-    rank: int = param(16, "Directions kept per KV head (below head_dim: at head_dim it holds more than the full cache).", min=1, max=1024)
+    rank: int = param(16, N_("Directions kept per KV head (below head_dim: at head_dim it holds more than the full cache)."), min=1, max=1024)
 
     def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
         if self.rank >= head_dim:  # n x rank coefficients and a head_dim x rank basis, against n x head_dim
-            raise PolicyError(
-                f"lowrank: rank {self.rank} is not below the head dimension {head_dim}, so it would hold more bytes"
-                f" than the full cache; use a rank of at most {head_dim - 1}."
+            raise PolicyError(_(
+                "lowrank: rank {rank} is not below the head dimension {head_dim}, so it would hold more bytes"
+                " than the full cache; use a rank of at most {most}.").format(rank=self.rank, head_dim=head_dim, most=head_dim - 1)
             )
         return LowRankStore(kv_heads, head_dim, dtype, device, self.rank)

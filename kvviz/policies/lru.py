@@ -5,6 +5,7 @@ from typing import ClassVar
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector
 from kvviz.policies.scoring import attention_probs
@@ -30,8 +31,8 @@ class UsageSelector(ScoredSelector):
     graph_safe = True
     protection_params = {"recent": "recent"}
 
-    threshold: float = param(0.02, "Attention probability above which a query counts as a use of an entry.", min=0.0, max=1.0)
-    recent: int = param(0, "Most recent tokens always kept, part of the budget (capped at the budget).", min=0, max=4096)
+    threshold: float = param(0.02, N_("Attention probability above which a query counts as a use of an entry."), min=0.0, max=1.0)
+    recent: int = param(0, N_("Most recent tokens always kept, part of the budget (capped at the budget)."), min=0, max=4096)
 
     def uses(self, layer, chunk: int = 256):
         """Yields (used (kv_heads, q, n) bool, query positions (q,)) for chunks of the step's queries."""
@@ -62,17 +63,17 @@ class UsageSelector(ScoredSelector):
 @dataclass
 class LRU(UsageSelector):
     name = "lru"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Least Recently Used page replacement (Mattson et al., 1970); for KV caches cf. Liu et al., 2023, Scissorhands"
     paper_url = "https://arxiv.org/abs/2305.17118"
-    summary = """Operating-system page replacement applied to the cache: an entry is "used" when
+    summary = N_("""Operating-system page replacement applied to the cache: an entry is "used" when
     a query's attention to it is above `threshold`, and entering the cache counts as a use.
     Each entry remembers the position of the query that last used it; once the budget is full
     the least recently used entry is evicted (ties: the oldest entry first). For GQA a KV head's
     attention is the mean over its query heads. At prefill every prompt query counts, and the
-    prompt is compressed to the budget at once."""
+    prompt is compressed to the budget at once.""")
     stat = "last_use"
-    others = "used most recently"
+    others = N_("used most recently")
 
     def update(self, layer, stat):
         torch.maximum(stat, layer.positions, out=stat)  # entering the cache is a use

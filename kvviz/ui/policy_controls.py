@@ -40,7 +40,7 @@ def policy_label(name: str) -> str:
     cls = policies.get(name)
     label = f"{name} · {shown(cls.family)}"
     if cls.kind == "store":
-        label += " " + _("(store)")
+        label = _("{label} (store)").format(label=label)
     return label + (" · " + _("plugin") if policies.plugin_source(name) else "")
 
 
