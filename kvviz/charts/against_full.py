@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 from kvviz.record import metrics
 from kvviz.charts.style import COLORS, tint
 from kvviz.charts.token_map import plotly_text
+from kvviz.i18n import _
 from kvviz.record.token_states import one_line, quoted
 from kvviz.record.trace import Trace
 
@@ -48,20 +49,20 @@ def output_comparison_figure(full: Trace, policy: Trace) -> go.Figure:
             z[row, i] = SAME if i < len(fa) and i < len(pb) and fa[i] == pb[i] else DIFFERENT
             text[row, i] = plotly_text(one_line(t))
     div = first_divergence(full, policy)
-    names = ["full cache", policy.policy]
+    names = [_("full cache"), policy.policy]
     fig = go.Figure(
         go.Heatmap(
             z=z, x=np.arange(n), y=names, text=text, texttemplate="%{text}", textfont=dict(size=11),
             zmin=0, zmax=1, colorscale=[[0, tint(COLORS["differ"], 0.3)], [1, tint(COLORS["agree"], 0.25)]], showscale=False, xgap=2, ygap=4,
-            hovertemplate="%{y}<br>token %{x}: %{text}<extra></extra>",
+            hovertemplate="%{y}<br>" + _("token {index}: {text}").format(index="%{x}", text="%{text}") + "<extra></extra>",
         )
     )
-    label = "outputs agree" if div is None else f"first divergence at token {div}"
+    label = _("outputs agree") if div is None else _("first divergence at token {index}").format(index=div)
     _mark_divergence(fig, None if div is None else div - 0.5, label)
     fig.update_layout(
-        title=f"Output, token by token: {label}", height=200, margin=dict(l=10, r=10, t=50, b=10),
+        title=_("Output, token by token: {label}").format(label=label), height=200, margin=dict(l=10, r=10, t=50, b=10),
     )
-    fig.update_xaxes(title="generated token", dtick=1 if n <= 40 else None)
+    fig.update_xaxes(title=_("generated token"), dtick=1 if n <= 40 else None)
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -76,25 +77,28 @@ def agreement_figure(forced: Trace, full: Trace | None = None, divergence: int |
     labels = [plotly_text(quoted(tokens[i])) if i < len(tokens) else "" for i in steps]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_bar(
-        x=steps, y=kl, name="KL (nats)", marker_color=COLORS["measure"], customdata=labels,
-        hovertemplate="step %{x} (full cache chose %{customdata})<br>KL %{y:.4f} nats<extra></extra>", row=1, col=1,
+        x=steps, y=kl, name=_("KL (nats)"), marker_color=COLORS["measure"], customdata=labels,
+        hovertemplate=_("step {step} (full cache chose {token})<br>KL {kl} nats").format(step="%{x}", token="%{customdata}", kl="%{y:.4f}")
+        + "<extra></extra>", row=1, col=1,
     )
-    for agree, name, color, symbol in ((True, "top-1 agrees", COLORS["agree"], "circle"), (False, "top-1 differs", DIVERGENCE_COLOR, "x")):
+    for agree, name, color, symbol in ((True, _("top-1 agrees"), COLORS["agree"], "circle"), (False, _("top-1 differs"), DIVERGENCE_COLOR, "x")):
         mask = top1 == agree
         fig.add_scatter(
             x=steps[mask], y=np.zeros(int(mask.sum())), mode="markers", name=name,
             marker=dict(color=color, symbol=symbol, size=11), customdata=np.array(labels, dtype=object)[mask] if len(labels) else None,
-            hovertemplate="step %{x}: " + name + " (full cache chose %{customdata})<extra></extra>", row=2, col=1,
+            hovertemplate=_("step {step}: {what} (full cache chose {token})").format(step="%{x}", what=name, token="%{customdata}")
+            + "<extra></extra>", row=2, col=1,
         )
     agree_share = float(top1.mean()) if top1.size else float("nan")
     mean_kl = float(kl.mean()) if kl.size else float("nan")
     if divergence is not None:
-        _mark_divergence(fig, divergence, f"outputs diverge at step {divergence}")
+        _mark_divergence(fig, divergence, _("outputs diverge at step {step}").format(step=divergence))
     fig.update_layout(
-        title=f"Against the full cache, teacher-forced: mean KL {mean_kl:.4f} nats, top-1 agreement {agree_share:.0%}",
+        title=_("Against the full cache, teacher-forced: mean KL {kl} nats, top-1 agreement {share}").format(
+            kl=f"{mean_kl:.4f}", share=f"{agree_share:.0%}"),
         height=360, margin=dict(l=10, r=10, t=60, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
     )
-    fig.update_yaxes(title="KL (nats)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title=_("KL (nats)"), rangemode="tozero", row=1, col=1)
     fig.update_yaxes(visible=False, range=[-1, 1], row=2, col=1)
-    fig.update_xaxes(title="decode step", row=2, col=1)
+    fig.update_xaxes(title=_("decode step"), row=2, col=1)
     return fig

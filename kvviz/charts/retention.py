@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, KEPT_SCALE
 from kvviz.charts.token_map import plotly_text
+from kvviz.i18n import _
 from kvviz.record.token_states import Scope, clamp_step, occupancy, quoted, retention, retention_by_layer
 from kvviz.record.trace import Trace
 
@@ -25,7 +26,7 @@ def _mark_prompt_end(fig: go.Figure, trace: Trace, axis: str = "x") -> None:
     if trace.n_positions > trace.prompt_len:
         kw = dict(line=dict(color=COLORS["generated"], width=2, dash="dot"))
         if axis == "x":
-            fig.add_vline(x=trace.prompt_len - 0.5, annotation_text="generated →", annotation_position="top right", **kw)
+            fig.add_vline(x=trace.prompt_len - 0.5, annotation_text=_("generated →"), annotation_position="top right", **kw)
 
 
 def runs(positions) -> list[tuple[int, int]]:
@@ -66,7 +67,7 @@ def _mark_positions(fig: go.Figure, marked) -> str:
                    fillcolor="rgba(0,0,0,0)", layer="above", name="marked") for a, b in rings]
     if shapes:
         fig.update_layout(shapes=[*fig.layout.shapes, *shapes])
-    return f" · {len(set(marked))} matches, those under {gap} tokens apart ringed together" if gap else ""
+    return _(" · {n} matches, those under {gap} tokens apart ringed together").format(n=len(set(marked)), gap=gap) if gap else ""
 
 
 def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str, marked=None) -> go.Figure:
@@ -83,8 +84,9 @@ def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str, mar
             zmax=1,
             colorscale=RETENTION_SCALE,
             customdata=text,
-            hovertemplate=("%{customdata}" if with_text else "#%{x}") + "<br>" + y_name + " %{y}<br>kept by %{z:.0%}<extra></extra>",
-            colorbar=dict(title="kept", tickformat=".0%", len=0.8),
+            hovertemplate=("%{customdata}" if with_text else "#%{x}") + "<br>" + y_name + " %{y}<br>"
+            + _("kept by {share}").format(share="%{z:.0%}") + "<extra></extra>",
+            colorbar=dict(title=_("kept"), tickformat=".0%", len=0.8),
             xgap=0.5 if z.shape[1] <= 200 else 0,
             ygap=0.5 if z.shape[0] <= 100 else 0,
         )
@@ -92,7 +94,7 @@ def _retention_heatmap(trace: Trace, z: np.ndarray, y_name: str, title: str, mar
     _mark_prompt_end(fig, trace)
     title += _mark_positions(fig, marked)
     fig.update_layout(title=title, height=min(max(260, 10 * z.shape[0] + 130), 600), margin=dict(l=10, r=10, t=50, b=10))
-    fig.update_xaxes(title="token position")
+    fig.update_xaxes(title=_("token position"))
     fig.update_yaxes(title=y_name, autorange="reversed")
     return fig
 
@@ -101,10 +103,10 @@ def retention_steps_figure(trace: Trace, scope: Scope = Scope(), step: int | Non
     """Heatmap tokens × steps: the share of the scope holding each token after each step;
     ``marked`` positions ringed."""
     z = retention(trace, scope)  # (steps, positions)
-    fig = _retention_heatmap(trace, z, "step", f"Kept over time: tokens × decode steps ({scope.label()})", marked)
+    fig = _retention_heatmap(trace, z, _("step"), _("Kept over time: tokens × decode steps ({scope})").format(scope=scope.label()), marked)
     if step is not None:
         s = clamp_step(trace, step)
-        fig.add_hline(y=s, line=dict(color=COLORS["highlight"], width=2, dash="dash"), annotation_text=f"step {s}", annotation_position="right")
+        fig.add_hline(y=s, line=dict(color=COLORS["highlight"], width=2, dash="dash"), annotation_text=_("step {step}").format(step=s), annotation_position="right")
     return fig
 
 
@@ -112,8 +114,8 @@ def retention_layers_figure(trace: Trace, step: int, head: int | None = None, ma
     """Heatmap layers × tokens at ``step``: kept (one KV head) or share of the KV heads keeping it."""
     s = clamp_step(trace, step)
     z = retention_by_layer(trace, s, head)  # (layers, positions)
-    what = f"KV head {head}" if head is not None else f"share of the {trace.n_kv_heads} KV heads"
-    return _retention_heatmap(trace, z, "layer", f"Kept at step {s}: layers × tokens ({what})", marked)
+    what = _("KV head {head}").format(head=head) if head is not None else _("share of the {n} KV heads").format(n=trace.n_kv_heads)
+    return _retention_heatmap(trace, z, _("layer"), _("Kept at step {step}: layers × tokens ({what})").format(step=s, what=what), marked)
 
 
 def occupancy_figure(trace: Trace, step: int) -> go.Figure:
@@ -125,17 +127,17 @@ def occupancy_figure(trace: Trace, step: int) -> go.Figure:
     fig.add_bar(
         x=layers,
         y=held,
-        name="held (mean over KV heads)",
+        name=_("held (mean over KV heads)"),
         marker_color=COLORS["kept"],
-        hovertemplate="layer %{x}<br>%{y:.1f} entries held<extra></extra>",
+        hovertemplate=_("layer {layer}<br>{n} entries held").format(layer="%{x}", n="%{y:.1f}") + "<extra></extra>",
     )
     fig.add_scatter(
         x=layers,
         y=np.full(trace.n_layers, full),
         mode="lines",
-        name="full cache",
+        name=_("full cache"),
         line=dict(color=COLORS["full"], dash="dash"),
-        hovertemplate=f"full cache: {full} entries<extra></extra>",
+        hovertemplate=_("full cache: {n} entries").format(n=full) + "<extra></extra>",
     )
     budgets = [b for b in (trace.layer_budgets or []) if b is not None]
     if budgets and len(set(budgets)) > 1:
@@ -143,18 +145,19 @@ def occupancy_figure(trace: Trace, step: int) -> go.Figure:
             x=layers,
             y=trace.layer_budgets,
             mode="markers",
-            name="layer budget",
+            name=_("layer budget"),
             marker=dict(symbol="line-ew-open", size=14, color=COLORS["highlight"]),
         )
     mean_held = float(held.mean()) if held.size else 0.0
     pct = 100 * mean_held / full if full else 0.0
     fig.update_layout(
-        title=f"Cache occupancy at step {s}: {mean_held:.1f} of {full} entries per KV head ({pct:.0f}%)",
+        title=_("Cache occupancy at step {step}: {held} of {full} entries per KV head ({pct}%)").format(
+            step=s, held=f"{mean_held:.1f}", full=full, pct=f"{pct:.0f}"),
         height=300,
         margin=dict(l=10, r=10, t=50, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
         bargap=0.15,
     )
-    fig.update_xaxes(title="layer", dtick=1 if trace.n_layers <= 32 else None)
-    fig.update_yaxes(title="entries", range=[0, full * 1.08 if full else 1])
+    fig.update_xaxes(title=_("layer"), dtick=1 if trace.n_layers <= 32 else None)
+    fig.update_yaxes(title=_("entries"), range=[0, full * 1.08 if full else 1])
     return fig

@@ -11,9 +11,12 @@ import re
 
 import plotly.graph_objects as go
 
+from kvviz.i18n import N_, _
+
 _TAG = re.compile(r"<[^>]+>")
-_KINDS = {"scatter": "line chart", "scattergl": "scatter plot", "bar": "bar chart", "heatmap": "heatmap", "box": "box plot",
-          "histogram": "histogram", "table": "table", "pie": "pie chart"}
+_KINDS = {"scatter": N_("line chart"), "scattergl": N_("scatter plot"), "bar": N_("bar chart"), "heatmap": N_("heatmap"),
+          "box": N_("box plot"), "histogram": N_("histogram"), "table": N_("table"), "pie": N_("pie chart")}
+CHART, SCATTER = N_("chart"), N_("scatter plot")
 MAX_SERIES = 8  # named series listed; more are counted
 
 
@@ -27,12 +30,14 @@ def plain(text: object) -> str:
 def _kind(fig: go.Figure) -> str:
     kinds = []
     for trace in fig.data:
-        kind = _KINDS.get(trace.type, "chart")
+        kind = _KINDS.get(trace.type, CHART)
         if trace.type == "scatter" and (trace.mode or "").startswith("markers"):
-            kind = "scatter plot"
+            kind = SCATTER
         if kind not in kinds:
             kinds.append(kind)
-    return " and ".join(kinds[:2]) or "chart"
+    if len(kinds) > 1:
+        return _("{one} and {other}").format(one=_(kinds[0]), other=_(kinds[1]))
+    return _(kinds[0]) if kinds else _(CHART)
 
 
 def _axes(fig: go.Figure) -> str:
@@ -45,7 +50,7 @@ def _axes(fig: go.Figure) -> str:
         text = plain(obj.title.text) if obj.title is not None else ""
         if text:
             names.append(f"{axis[0]}: {text}")
-    return "; ".join(names)
+    return _("; ").join(names)
 
 
 def _series(fig: go.Figure) -> str:
@@ -56,16 +61,17 @@ def _series(fig: go.Figure) -> str:
             names.append(name)
     if not names:
         return ""
-    more = f" and {len(names) - MAX_SERIES} more" if len(names) > MAX_SERIES else ""
-    return "series: " + ", ".join(names[:MAX_SERIES]) + more
+    more = _(" and {n} more").format(n=len(names) - MAX_SERIES) if len(names) > MAX_SERIES else ""
+    return _("series: {names}").format(names=_(", ").join(names[:MAX_SERIES]) + more)
 
 
 def describe(fig: go.Figure, what: str | None = None) -> str:
     """``"<kind>: <what or the title>. x: ...; y: .... series: a, b."``, one line of plain text
     (escape it before it goes into HTML)."""
     title = plain(what) if what else plain(fig.layout.title.text if fig.layout.title is not None else "")
-    parts = [f"{_kind(fig).capitalize()}" + (f": {title}" if title else "")]
+    kind = _kind(fig)
+    parts = [kind[:1].upper() + kind[1:] + (_(": {title}").format(title=title) if title else "")]
     for part in (_axes(fig), _series(fig)):
         if part:
             parts.append(part)
-    return ". ".join(parts) + "."
+    return _(". ").join(parts) + _(".")

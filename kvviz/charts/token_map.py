@@ -12,6 +12,7 @@ import html
 import plotly.graph_objects as go
 
 from kvviz.charts.style import COLORS, STATE_FILL, STATE_SYMBOL, STATE_TEXT
+from kvviz.i18n import _
 from kvviz.record.token_states import STATES, TokenRecord, quoted
 
 # background, text colour per state: the palette of kvviz.charts.style
@@ -26,28 +27,29 @@ def plotly_text(text: str) -> str:
 
 
 def state_label(state: str) -> str:
-    return STATES[state][0]
+    return _(STATES[state][0])  # N_-marked in kvviz.record.token_states
 
 
 def describe_record(r: TokenRecord, step: int) -> str:
     """The hover text of one token, plain text (escape it before it goes into HTML)."""
-    text = quoted(r.text) if r.text else "(a byte piece of the character the next token completes)"
-    lines = [f"#{r.position} {text}" + ("  (generated)" if r.generated else "  (prompt)")]
-    lines.append(f"state: {state_label(r.state)}")
-    lines.append("score: " + ("not scored" if r.score is None else f"{r.score:.4g}"))
+    text = quoted(r.text) if r.text else _("(a byte piece of the character the next token completes)")
+    lines = [f"#{r.position} {text}" + (_("  (generated)") if r.generated else _("  (prompt)"))]
+    lines.append(_("state: {state}").format(state=state_label(r.state)))
+    lines.append(_("score: {score}").format(score=_("not scored") if r.score is None else f"{r.score:.4g}"))
     if r.evicted_at_step is None:
-        lines.append("never evicted")
+        lines.append(_("never evicted"))
+    elif r.evicted_at_step > step:
+        lines.append(_("first evicted at step {step} (later)").format(step=r.evicted_at_step))
     else:
-        when = "later" if r.evicted_at_step > step else "at or before this step"
-        lines.append(f"first evicted at step {r.evicted_at_step} ({when})")
+        lines.append(_("first evicted at step {step} (at or before this step)").format(step=r.evicted_at_step))
     if r.state not in ("next", "pending"):
-        lines.append(f"kept by {r.kept_share:.0%} of the layers × KV heads in view at step {step}")
+        lines.append(_("kept by {share} of the layers × KV heads in view at step {step}").format(share=f"{r.kept_share:.0%}", step=step))
     return "\n".join(lines)
 
 
 def token_states_figure(
     records: list[TokenRecord], step: int, per_row: int = 40, title: str | None = None, marked: list[int] | None = None,
-    marked_name: str = "match",
+    marked_name: str | None = None,
 ) -> go.Figure:
     """One square per token, coloured by state (and shaped, outlined: ``STATE_SYMBOL``), one legend
     entry per state present; positions in
@@ -76,7 +78,7 @@ def token_states_figure(
     if marked:
         fig.add_trace(
             go.Scatter(
-                x=[p % per_row for p in marked], y=[p // per_row for p in marked], mode="markers", name=f"{marked_name} ({len(marked)})",
+                x=[p % per_row for p in marked], y=[p // per_row for p in marked], mode="markers", name=(marked_name or _("match")) + f" ({len(marked)})",
                 marker=dict(symbol="square-open", size=19, color=COLORS["needle"], line=dict(width=3)), hoverinfo="skip", meta="marked",
             )
         )

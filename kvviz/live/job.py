@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from kvviz.i18n import N_, _
 from kvviz.live.run import STOPPED_IN_PREFILL, LiveRequest, LiveResult
 from kvviz.record.text import decode
 from kvviz.runs import store as run_store
@@ -18,11 +19,11 @@ from kvviz.runtime.engine import StepEvent
 from kvviz.runtime.jobs import BackgroundJob
 
 PHASES = {
-    "queued": "Starting",
-    "policy": "Generating with the policy",
-    "full": "Generating with the full cache, for the comparison",
-    "forced": "Scoring the policy on the full cache's output (KL, top-1)",
-}  # once it ended, progress() says "Done", "Stopped" or "Failed"
+    "queued": N_("Starting"),
+    "policy": N_("Generating with the policy"),
+    "full": N_("Generating with the full cache, for the comparison"),
+    "forced": N_("Scoring the policy on the full cache's output (KL, top-1)"),
+}  # shown translated (progress is read in the page's script run); once it ended, progress() says "Done", "Stopped" or "Failed"
 NEXT_PHASE = {"policy": "full", "full": "forced"}
 
 
@@ -60,13 +61,14 @@ class LiveJob(BackgroundJob):
         n = self.request.max_new_tokens
         phases = ["policy", "full", "forced"] if self.request.compare else ["policy"]
         if self.phase not in phases:
-            return 0.0, PHASES["queued"]
+            return 0.0, _(PHASES["queued"])
         current = {"policy": len(self.policy_ids), "full": len(self.full_ids)}.get(self.phase, 0)
         frac = (phases.index(self.phase) + min(current, n) / n) / len(phases)
         count = ""
         if self.phase in ("policy", "full"):
-            count = f": {current} / {n} tokens" if current else f": reading the prompt ({self.request.prompt_len} tokens)"
-        return min(frac, 1.0), PHASES[self.phase] + count
+            count = (_(": {current} / {n} tokens").format(current=current, n=n) if current
+                     else _(": reading the prompt ({n} tokens)").format(n=self.request.prompt_len))
+        return min(frac, 1.0), _(PHASES[self.phase]) + count
 
     def work(self) -> None:
         req, self._started = self.request, time.perf_counter()

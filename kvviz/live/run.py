@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from kvviz.i18n import N_
 from kvviz.policies.spec import PolicySpec, budget_notes
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.record.trace import Trace
@@ -16,13 +17,13 @@ from kvviz.runs import store as run_store
 from kvviz.runtime.engine import AgainstFull
 from kvviz.runtime.inputs import InputError, check_run, prompt_ids
 
-STOPPED_IN = {
-    "policy": "Stopped during the policy's own run: the output below is partial, and there is no comparison.",
-    "full": "The policy's run finished; Stop came during the full cache's run, so there is no comparison with it.",
-    "forced": "The policy's and the full cache's runs finished (the outputs compare below); Stop came while "
-    "scoring the policy on the full cache's output, so there is no per-step KL or top-1 agreement.",
+STOPPED_IN = {  # N_-marked: the page shows them translated
+    "policy": N_("Stopped during the policy's own run: the output below is partial, and there is no comparison."),
+    "full": N_("The policy's run finished; Stop came during the full cache's run, so there is no comparison with it."),
+    "forced": N_("The policy's and the full cache's runs finished (the outputs compare below); Stop came while "
+                 "scoring the policy on the full cache's output, so there is no per-step KL or top-1 agreement."),
 }
-STOPPED_IN_PREFILL = "Stopped while the model read the prompt (the prefill), before the policy's first token: nothing was generated."
+STOPPED_IN_PREFILL = N_("Stopped while the model read the prompt (the prefill), before the policy's first token: nothing was generated.")
 
 LONG_PROMPT_CPU = 1500  # tokens: beyond this a CPU prefill takes long enough to warn about
 MAX_NEW_TOKENS = 256

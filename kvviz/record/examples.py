@@ -145,7 +145,7 @@ class Preset:
     spec: str  # a PolicySpec in text form
     new_tokens: int
     chat: bool
-    story: str  # what to look at, for the page
+    story: str  # what to look at, for the page (N_-marked: the page shows it translated)
 
 
 # Checked on SmolLM2-135M-Instruct (CPU, float32, greedy) by tests/integration/test_presets.py:
@@ -153,15 +153,15 @@ class Preset:
 # pass that is used for passing over" and snapkv with its default 32-token window "604."; snapkv with an
 # 8-token window answers the full key, 60494.
 PRESETS: dict[str, Preset] = {
-    "Pass key: h2o at 25% loses it": Preset(
+    N_("Pass key: h2o at 25% loses it"): Preset(
         PASSKEY_EXAMPLE, "h2o:ratio=0.25", 12, True,
-        "H2O keeps the tokens that received the most attention so far; the pass key, read once in the middle "
-        "of the filler, is not among them, and the answer comes out wrong.",
+        N_("H2O keeps the tokens that received the most attention so far; the pass key, read once in the middle "
+           "of the filler, is not among them, and the answer comes out wrong."),
     ),
-    "Pass key: snapkv (window 8) at 25% keeps it": Preset(
+    N_("Pass key: snapkv (window 8) at 25% keeps it"): Preset(
         PASSKEY_EXAMPLE, "snapkv:window=8,ratio=0.25", 12, True,
-        "SnapKV lets the last 8 prompt tokens (the question) vote for what to keep: they look at the pass key, "
-        "so it stays, and the answer is right. With its default 32-token window the votes are spread over "
-        "filler and the key is lost.",
+        N_("SnapKV lets the last 8 prompt tokens (the question) vote for what to keep: they look at the pass key, "
+           "so it stays, and the answer is right. With its default 32-token window the votes are spread over "
+           "filler and the key is lost."),
     ),
 }

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from kvviz.i18n import _
+
 MAX_PROMPT_CHARS = 200_000  # longer text is refused before it is tokenized (the context is 8k tokens)
 PIECE = ""  # the text of a token whose bytes the next token completes
 REPLACEMENT = "\ufffd"
@@ -61,16 +63,17 @@ def decode(tokenizer, ids) -> str:
     return tokenizer.decode([int(i) for i in ids])
 
 
-def cut_character_note(text: str, who: str = "The output") -> str | None:
+def cut_character_note(text: str, who: str | None = None) -> str | None:
     """A sentence saying why ``text`` ends in U+FFFD, or None when it does not: the generation
     stopped after some bytes of a character of several bytes (the token limit fell inside it), so
     the tokenizer shows the replacement character for the bytes it has. (A model may also write
     U+FFFD itself; the sentence says so.)"""
     if not text.endswith(REPLACEMENT):
         return None
-    return (f"{who} ends in {REPLACEMENT} (U+FFFD): generation stopped partway through a character of several bytes "
-            "(Chinese, an emoji, an accent), so its last bytes never came and the tokenizer shows the replacement "
-            "character in their place. A few more new tokens would complete it (unless the model wrote U+FFFD itself).")
+    return _("{who} ends in {char} (U+FFFD): generation stopped partway through a character of several bytes "
+             "(Chinese, an emoji, an accent), so its last bytes never came and the tokenizer shows the replacement "
+             "character in their place. A few more new tokens would complete it (unless the model wrote U+FFFD itself).").format(
+        who=who or _("The output"), char=REPLACEMENT)
 
 
 def _attaches(text: str) -> bool:

@@ -31,19 +31,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvviz.i18n import N_, _
 from kvviz.record.trace import Trace
 
 STATES: dict[str, tuple[str, str]] = {
-    "sink": ("sink", "kept: one of the first tokens the policy always keeps (attention sinks)"),
-    "recent": ("recent window", "kept: inside the policy's window of most recent tokens"),
-    "high_score": ("high score", "kept: among the highest-scoring entries the policy kept"),
-    "kept": ("kept", "in the cache at this step"),
-    "read": ("read this step", "kept, and read by this step's attention (a retrieval policy's choice)"),
-    "partial": ("partly kept", "kept by some of the layers/KV heads, evicted by the others"),
-    "evicted_now": ("evicted at this step", "left the cache at this step"),
-    "evicted": ("evicted", "left the cache at an earlier step"),
-    "next": ("next token", "generated at this step; enters the cache at the next step"),
-    "pending": ("not yet generated", "generated after this step"),
+    "sink": (N_("sink"), N_("kept: one of the first tokens the policy always keeps (attention sinks)")),
+    "recent": (N_("recent window"), N_("kept: inside the policy's window of most recent tokens")),
+    "high_score": (N_("high score"), N_("kept: among the highest-scoring entries the policy kept")),
+    "kept": (N_("kept"), N_("in the cache at this step")),
+    "read": (N_("read this step"), N_("kept, and read by this step's attention (a retrieval policy's choice)")),
+    "partial": (N_("partly kept"), N_("kept by some of the layers/KV heads, evicted by the others")),
+    "evicted_now": (N_("evicted at this step"), N_("left the cache at this step")),
+    "evicted": (N_("evicted"), N_("left the cache at an earlier step")),
+    "next": (N_("next token"), N_("generated at this step; enters the cache at the next step")),
+    "pending": (N_("not yet generated"), N_("generated after this step")),
 }
 
 HIGH_SCORE_SHARE = 0.2  # the top fifth of the scored, unprotected kept entries are "high score"
@@ -58,10 +59,10 @@ class Scope:
 
     def label(self) -> str:
         if self.layer is None and self.head is None:
-            return "all layers and KV heads"
-        layer = "all layers" if self.layer is None else f"layer {self.layer}"
-        head = "all KV heads" if self.head is None else f"KV head {self.head}"
-        return f"{layer}, {head}"
+            return _("all layers and KV heads")
+        layer = _("all layers") if self.layer is None else _("layer {layer}").format(layer=self.layer)
+        head = _("all KV heads") if self.head is None else _("KV head {head}").format(head=self.head)
+        return _("{layer}, {head}").format(layer=layer, head=head)
 
 
 @dataclass(frozen=True)

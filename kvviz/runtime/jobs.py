@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from kvviz.i18n import _
 from kvviz.model.loading import out_of_memory_message
 from kvviz.policies import PolicyError
 from kvviz.record.text import PromptError
@@ -73,10 +74,10 @@ class RunQueue:
     def join(self, job: Waiter) -> None:
         with self._cond:
             if len(self._waiting) >= self.max_waiting and len(self._running) >= self.slots:
-                raise QueueFull(
-                    f"The server is busy: {len(self._running)} runs are running and {len(self._waiting)} are waiting, "
+                raise QueueFull(_(
+                    "The server is busy: {running} runs are running and {waiting} are waiting, "
                     "as many as it queues (KVVIZ_MAX_QUEUED_RUNS). Try again in a minute."
-                )
+                ).format(running=len(self._running), waiting=len(self._waiting)))
             self._waiting.append(job)
 
     def wait_turn(self, job: Waiter) -> bool:
@@ -165,7 +166,12 @@ def queue_slot(queue: RunQueue | None) -> Iterator[None]:
 
 
 def waiting_line(ahead: int) -> str:
-    return f"Waiting in the queue: {ahead} run{'s' if ahead != 1 else ''} ahead of yours" if ahead else "Waiting in the queue: yours is next"
+    """Where a run stands in the queue (in the session's language: pages read it in their script run)."""
+    if not ahead:
+        return _("Waiting in the queue: yours is next")
+    if ahead == 1:
+        return _("Waiting in the queue: 1 run ahead of yours")
+    return _("Waiting in the queue: {n} runs ahead of yours").format(n=ahead)
 
 
 class Stopped(Exception):
@@ -323,7 +329,7 @@ class BackgroundJob:
     def progress(self) -> tuple[float, str]:
         """(fraction done, a line a person reads): what runs now, or how the run ended."""
         if not self.running:
-            return 1.0, "Failed" if self.error else "Stopped" if self.stopped or self.stop_raised else "Done"
+            return 1.0, _("Failed") if self.error else _("Stopped") if self.stopped or self.stop_raised else _("Done")
         ahead = self.queue.ahead_of(self) if self.queue is not None else None
         if ahead is not None:
             return 0.0, waiting_line(ahead)

@@ -16,11 +16,13 @@ The two scripts here are our own text with no visitor text in them (``st.html`` 
 from __future__ import annotations
 
 import html
+import json
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from kvviz.charts.summary import describe
+from kvviz.i18n import _
 
 # the usual "visually hidden" rule: out of sight, still in the accessibility tree; its element
 # container taken out of the page's flow, so a hidden line adds no gap to the page
@@ -41,7 +43,7 @@ def chart(fig: go.Figure, key: str, where=None, what: str | None = None, **kwarg
     container; default the page), after a hidden line saying what it shows (``what``, or the
     figure's title). Returns what ``plotly_chart`` returns (a selection with ``on_select``)."""
     where = where or st
-    sr_only("Chart. " + describe(fig, what), where)
+    sr_only(_("Chart. {description}").format(description=describe(fig, what)), where)
     kwargs.setdefault("width", "stretch")
     return where.plotly_chart(fig, key=key, **kwargs)
 
@@ -56,8 +58,9 @@ def bring_into_view(name: str, token: object) -> None:
     not the top of the page. Later reruns with the same token (a slider moved) leave the scroll
     alone."""
     name, stamp = _safe(name), _safe(token, "-_.")
+    label = html.escape(_("The result"))
     st.html(
-        f'{SR_CSS}<p class="kvviz-sr" tabindex="-1" id="kvviz-anchor-{name}">The result</p>'
+        f'{SR_CSS}<p class="kvviz-sr" tabindex="-1" id="kvviz-anchor-{name}">{label}</p>'
         "<script>(() => {"
         f" const key = 'kvviz-in-view-{name}';"
         f" if (sessionStorage.getItem(key) === '{stamp}') return;"
@@ -108,11 +111,13 @@ _HOLD_RUN_ON_RED = """<script>(() => {
     event.preventDefault();
     event.stopImmediatePropagation();
     red.focus();
-    button.setAttribute('title', 'A number above is out of its range: fix it first (the run would use its previous value).');
+    button.setAttribute('title', %s);
   }, true);
 })();</script>"""
 
 
 def page_setup() -> None:
     """What every page needs once (``start_page`` calls it)."""
-    st.html(f'{SR_CSS}<span class="kvviz-sr" aria-hidden="true"></span>{_HIDE_SPARKLINES}{_HOLD_RUN_ON_RED}', unsafe_allow_javascript=True)
+    out_of_range = _("A number above is out of its range: fix it first (the run would use its previous value).")
+    hold_run = _HOLD_RUN_ON_RED % json.dumps(out_of_range).replace("<", "\\u003c")
+    st.html(f'{SR_CSS}<span class="kvviz-sr" aria-hidden="true"></span>{_HIDE_SPARKLINES}{hold_run}', unsafe_allow_javascript=True)

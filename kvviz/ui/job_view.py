@@ -21,6 +21,7 @@ import streamlit as st
 from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from kvviz.i18n import _
 from kvviz.runtime.inputs import InputError, check_limits
 from kvviz.runtime.jobs import BackgroundJob, QueueFull, RunQueue, process_queue, queue_slot, waiting_line
 from kvviz.ui.sidebar import operator_settings
@@ -68,8 +69,8 @@ class JobView:
     def buttons(self, run_column, stop_column) -> None:
         """▶ Run (off while a job is on) and ■ Stop (on only then)."""
         busy = self.job is not None
-        run_column.button("▶ Run", type="primary", on_click=self._request, disabled=busy, key=f"{self.prefix}.run", width="stretch")
-        stop_column.button("■ Stop", on_click=self._stop, disabled=not busy, key=f"{self.prefix}.stop", width="stretch")
+        run_column.button(_("▶ Run"), type="primary", on_click=self._request, disabled=busy, key=f"{self.prefix}.run", width="stretch")
+        stop_column.button(_("■ Stop"), on_click=self._stop, disabled=not busy, key=f"{self.prefix}.stop", width="stretch")
 
     def _request(self) -> None:
         st.session_state[self.requested_key] = True
@@ -117,7 +118,7 @@ class JobView:
         if error:
             st.error(md_escape(error))
         if notice:
-            st.warning(notice, icon=":material/stop_circle:")
+            st.warning(_(notice), icon=":material/stop_circle:")  # kvviz's own text, N_-marked where a job sets it
 
 
 def _session_alive() -> Callable[[], bool]:
@@ -145,7 +146,7 @@ def queue_note(what: str) -> Iterator[RunQueue]:
     running, waiting = queue.counts()
     note = st.empty()
     if running >= queue.slots or waiting:
-        note.caption(f"{what}: {waiting_line(running + waiting)}.")
+        note.caption(_("{what}: {waiting}.").format(what=what, waiting=waiting_line(running + waiting)))
     try:
         yield queue
     except QueueFull as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kvviz.i18n import _
 from kvviz.record import examples as data
 from kvviz.live import run as live_run
 from kvviz.live.job import LiveJob
@@ -43,14 +44,14 @@ def _apply_preset(name: str) -> None:
 
 def presets() -> None:
     """One-click demos: each sets the prompt, the policy and the run settings."""
-    with st.expander("Demos in one click", icon=":material/science:", expanded=False):
+    with st.expander(_("Demos in one click"), icon=":material/science:", expanded=False):
         cols = st.columns(len(data.PRESETS))
         for col, name in zip(cols, data.PRESETS):
-            col.button(name, on_click=_apply_preset, args=(name,), width="stretch", key=f"live.preset.{name}")
-        st.caption("Each sets the prompt in the sidebar and the policy above; then press **Run**.")
+            col.button(_(name), on_click=_apply_preset, args=(name,), width="stretch", key=f"live.preset.{name}")
+        st.caption(_("Each sets the prompt in the sidebar and the policy above; then press **Run**."))
     story = st.session_state.get("live.preset_story")
     if story:
-        st.info(story, icon=":material/science:")
+        st.info(_(story), icon=":material/science:")  # N_-marked in kvviz.record.examples
 
 
 def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec | None):
@@ -60,32 +61,30 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
     c_tokens, c_compare, c_run, c_stop = row.columns([3, 2, 1, 1], vertical_alignment="bottom")
     with c_tokens:
         new_tokens = persisted(
-            st.slider, "live.new_tokens", 32, url="new", label="New tokens", min_value=1, max_value=live_run.MAX_NEW_TOKENS,
-            help="Greedy decoding; stops early at end of sequence.",
+            st.slider, "live.new_tokens", 32, url="new", label=_("New tokens"), min_value=1, max_value=live_run.MAX_NEW_TOKENS,
+            help=_("Greedy decoding; stops early at end of sequence."),
         )
     with c_compare:
         compare = persisted(
-            st.checkbox, "live.compare", True, url="compare", label="Compare with full cache",
-            help="Also run the full cache, and the policy teacher-forced on the full cache's output (per-step KL, "
-            "top-1). Three runs instead of one.",
+            st.checkbox, "live.compare", True, url="compare", label=_("Compare with full cache"),
+            help=_("Also run the full cache, and the policy teacher-forced on the full cache's output (per-step KL, "
+                   "top-1). Three runs instead of one."),
         )
         question_after = persisted(
-            st.checkbox, "live.question_after", False, url="qafter", label="Question after the context",
-            help="Query-agnostic: the policy compresses the context alone, then the question (the prompt's last "
-            "paragraph, after a blank line, as in the passkey example) is appended to the compressed cache.",
+            st.checkbox, "live.question_after", False, url="qafter", label=_("Question after the context"),
+            help=_("Query-agnostic: the policy compresses the context alone, then the question (the prompt's last "
+                   "paragraph, after a blank line, as in the passkey example) is appended to the compressed cache."),
         )
     summary = state.loaded.summary
-    row.caption(
-        f"Prompt: **{md_escape(state.prompt_name or 'custom')}**, "
-        + (f"{prompt_len} tokens" if prompt_len else "empty")
-        + (" with the chat template" if state.chat else "")
-        + f" · model {md_escape(summary.name)} on {summary.device}"
-    )
+    name = md_escape(_(state.prompt_name)) if state.prompt_name else _("custom")  # an example's name is N_-marked
+    length = _("{n} tokens").format(n=prompt_len) if prompt_len else _("empty")
+    line = (_("Prompt: **{name}**, {length} with the chat template") if state.chat else _("Prompt: **{name}**, {length}"))
+    row.caption(line.format(name=name, length=length) + _(" · model {model} on {device}").format(model=md_escape(summary.name), device=summary.device))
     show_budget_notes(row, spec, prompt_len)
     if prompt_len and prompt_len > live_run.LONG_PROMPT_CPU and summary.device == "cpu":
         row.warning(
-            f"A {prompt_len}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
-            "attention compute it over the whole prompt); Stop ends it at the next layer.",
+            _("A {n}-token prompt on the CPU: the prefill alone can take minutes (policies that score with "
+              "attention compute it over the whole prompt); Stop ends it at the next layer.").format(n=prompt_len),
             icon=":material/hourglass_top:",
         )
     if JOBS.run_requested():  # before the buttons: Stop is live while this run follows the job
@@ -95,10 +94,10 @@ def run_settings(state: SidebarState, prompt_len: int | None, spec: PolicySpec |
 
 def _start(state: SidebarState, spec: PolicySpec | None, new_tokens: int, compare: bool, question_after: bool = False) -> None:
     if JOBS.job is not None:
-        st.warning("A run is still going; stop it first.")
+        st.warning(_("A run is still going; stop it first."))
         return
     if spec is None:
-        st.error("Fix the policy settings above first.")
+        st.error(_("Fix the policy settings above first."))
         return
     loaded = state.loaded
     try:
@@ -132,8 +131,8 @@ def follow_job() -> None:
         return
     bar_box = st.container()
     left, right = st.columns(2)
-    left.markdown(f"**{md_escape(job.request.spec.label())}** output")
-    right.markdown("**full cache** output" if job.request.compare else " ")
+    left.markdown(_("**{policy}** output").format(policy=md_escape(job.request.spec.label())))
+    right.markdown(_("**full cache** output") if job.request.compare else " ")
     policy_box, full_box, bytes_box = left.empty(), right.empty(), st.empty()
 
     def draw(job: LiveJob) -> None:
@@ -142,7 +141,7 @@ def follow_job() -> None:
             full_box.html(stream_html(job.text("full"), cursor=job.phase == "full"))
         if job.kv_bytes:
             held, full = job.kv_bytes
-            bytes_box.caption(f"KV cache now: {format_bytes(held)} held, {format_bytes(full)} for the full cache")
+            bytes_box.caption(_("KV cache now: {held} held, {full} for the full cache").format(held=format_bytes(held), full=format_bytes(full)))
 
     JOBS.follow(bar_box, draw)
     ss = st.session_state

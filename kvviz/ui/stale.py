@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kvviz.i18n import _
+
 ICON = ":material/history:"
 
 
 def message(changed: list[str]) -> str:
     """The warning's markdown for the phrases of ``changed`` (each already escaped by its caller)."""
-    return "This result is from earlier settings. The controls above now say: " + "; ".join(changed) + ". Press **Run** to run them."
+    return _("This result is from earlier settings. The controls above now say: {changes}. Press **Run** to run them.").format(
+        changes=_("; ").join(changed))
 
 
 def warn(changed: list[str]) -> bool:
@@ -27,4 +30,4 @@ def count_change(name: str, before, now) -> list[str]:
 
 def switch_change(name: str, before: bool, now: bool | None) -> list[str]:
     """``name on`` / ``name off`` when a switch differs, else nothing."""
-    return [] if now is None or bool(now) == bool(before) else [f"{name} " + ("on" if now else "off")]
+    return [] if now is None or bool(now) == bool(before) else [(_("{name} on") if now else _("{name} off")).format(name=name)]

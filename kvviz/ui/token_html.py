@@ -19,7 +19,8 @@ import numpy as np
 import streamlit as st
 
 from kvviz.charts.style import COLORS, STATE_CUE, STATE_FILL, STATE_TEXT, TEXT, tint
-from kvviz.charts.token_map import describe_record
+from kvviz.charts.token_map import describe_record, state_label
+from kvviz.i18n import _
 from kvviz.record.text import char_groups
 from kvviz.record.token_states import STATES, TokenRecord, state_counts, visible_text
 
@@ -89,7 +90,8 @@ def _group_title(pieces: list[TokenRecord], step: int) -> str:
     if len(pieces) == 1:
         return describe_record(pieces[0], step)
     first, last = pieces[0].position, pieces[-1].position
-    lines = [f"one character from {len(pieces)} byte-level tokens (#{first}–#{last}): the tokenizer split its UTF-8 bytes"]
+    lines = [_("one character from {n} byte-level tokens (#{first}–#{last}): the tokenizer split its UTF-8 bytes").format(
+        n=len(pieces), first=first, last=last)]
     lines += [describe_record(r, step) for r in pieces]
     return "\n".join(lines)
 
@@ -107,7 +109,8 @@ def tokens_html(records: list[TokenRecord], step: int, show_pending: bool = Fals
         r = pieces[-1]
         text = records[b - 1].text if pieces[-1] is records[b - 1] else "…"  # a character not complete yet
         if r.generated and (pieces[0].position == 0 or (a > 0 and not records[a - 1].generated)):  # records may be a window
-            parts.append('<span class="out" title="the model&#x27;s output starts here">▌output:</span>')
+            starts, output = esc(_("the model's output starts here")), esc(_("output:"))
+            parts.append(f'<span class="out" title="{starts}">▌{output}</span>')
         classes = f"tok st-{r.state}" + (" gen" if r.generated else "") + (" mark" if marked & {p.position for p in records[a:b]} else "")
         # a partly kept chip is filled from the left as far as the share of layers/heads keeping it
         share = f' style="{partial_fill(r.kept_share)}"' if r.state == "partial" else ""
@@ -143,7 +146,7 @@ def attention_tokens_html(
         w = w / top if top > 0 else np.zeros_like(w)
     parts = [token_css(), '<div class="kvviz-tokens">']
     if start > 0:
-        parts.append(f'<span class="muted">… {start} tokens before …</span> ')
+        parts.append('<span class="muted">' + esc(_("… {n} tokens before …").format(n=start)) + "</span> ")
     for a, b in char_groups(list(tokens)):
         if b <= start or a >= stop:
             continue
@@ -154,17 +157,18 @@ def attention_tokens_html(
         classes = "tok" + (" st-evicted" if is_evicted else "") + (" gen" if pos >= prompt_len else "")
         classes += (" sel" if selected is not None and selected in positions else "") + (" mark" if marked & set(positions) else "")
         style = ""
-        label = f"#{positions[0]}" + (f"–#{pos} (one character from {len(positions)} byte-level tokens)" if len(positions) > 1 else "")
+        label = f"#{positions[0]}" + (_("–#{last} (one character from {n} byte-level tokens)").format(last=pos, n=len(positions))
+                                      if len(positions) > 1 else "")
         if w is not None:
             share = float(np.clip(max(w[p] for p in positions), 0, 1))
             if share > 0.005 and not is_evicted:
                 style = f' style="background: {tint(COLORS["attention"], 0.08 + 0.85 * share)};"'
-            label += f" · attention {max(float(weights[p]) for p in positions):.3g}"
-        label += (" · evicted" if is_evicted else "") + (" · generated" if pos >= prompt_len else "")
-        label += " · selected" if selected is not None and selected in positions else ""
+            label += _(" · attention {weight}").format(weight=f"{max(float(weights[p]) for p in positions):.3g}")
+        label += (_(" · evicted") if is_evicted else "") + (_(" · generated") if pos >= prompt_len else "")
+        label += _(" · selected") if selected is not None and selected in positions else ""
         parts.append(f'<span class="{classes}" data-pos="{pos}"{style} title="{html.escape(label, quote=True)}">{esc(text)}</span>')
     if stop < len(tokens):
-        parts.append(f' <span class="muted">… {len(tokens) - stop} tokens after …</span>')
+        parts.append(' <span class="muted">' + esc(_("… {n} tokens after …").format(n=len(tokens) - stop)) + "</span>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -173,15 +177,16 @@ def legend_html(states: dict[str, int] | None = None) -> str:
     """A swatch per state (those in ``states`` with their counts, or all): a sample chip drawn as
     the tokens are, so its outline, bar or strike reads without colour too."""
     items = []
-    for state, (label, meaning) in STATES.items():
+    for state, (_label, meaning) in STATES.items():
         if states is not None and state not in states:
             continue
         count = f" {states[state]}" if states is not None else ""
         fill = f' style="{partial_fill(0.5)}"' if state == "partial" else ""
+        tip = _("{meaning} ({cue})").format(meaning=_(meaning), cue=_(STATE_CUE[state][0]))  # both N_-marked where defined
         items.append(
-            f'<span title="{esc(meaning)} ({STATE_CUE[state][0]})" style="margin-right: 14px; white-space: nowrap;">'
+            f'<span title="{esc(tip)}" style="margin-right: 14px; white-space: nowrap;">'
             f'<span class="tok st-{state}" aria-hidden="true"{fill}>Ab</span>'
-            f" {html.escape(label)}<b>{count}</b></span>"
+            f" {html.escape(state_label(state))}<b>{count}</b></span>"
         )
     return f'{token_css()}<div class="kvviz-legend" style="font-size: 13px; line-height: 1.9;">{"".join(items)}</div>'
 
@@ -200,19 +205,20 @@ def comparison_html(full_tokens: list[str], policy_tokens: list[str], divergence
 
     def classes_of(a: int, b: int) -> tuple[str, str]:
         if divergence is not None and a <= divergence < b:
-            return " diverge", f' title="first divergence: generated token {divergence} (counted from 0, the first generated token)"'
+            tip = _("first divergence: generated token {index} (counted from 0, the first generated token)").format(index=divergence)
+            return " diverge", f' title="{esc(tip)}"'
         if divergence is not None and a > divergence:
             return " after", ""
         return "", ""
 
     def column(name: str, tokens: list[str]) -> str:
-        body = _chips(tokens, classes_of) or "<i>(nothing generated)</i>"
+        body = _chips(tokens, classes_of) or "<i>" + esc(_("(nothing generated)")) + "</i>"
         return f'<div class="kvviz-box"><div style="font-weight: 600; margin-bottom: 4px;">{esc(name)}</div><div>{body}</div></div>'
 
     return (
         token_css()
         + '<div class="kvviz-tokens" style="display: flex; gap: 12px; flex-wrap: wrap;">'
-        + column("full cache", full_tokens)
+        + column(_("full cache"), full_tokens)
         + column(policy_name, policy_tokens)
         + "</div>"
     )

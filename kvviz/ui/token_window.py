@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kvviz.i18n import _
 from kvviz.record.token_states import TokenRecord
 
 WINDOW = 2048  # tokens drawn at once
@@ -29,9 +30,9 @@ def page_control(n: int, key: str, size: int = WINDOW, where=None) -> int:
         return 0
     pages = -(-n // size)
     return (where or st).select_slider(
-        "Tokens shown", options=list(range(pages - 1, -1, -1)), value=0, key=f"{key}.{pages}",
+        _("Tokens shown"), options=list(range(pages - 1, -1, -1)), value=0, key=f"{key}.{pages}",
         format_func=lambda k: "{:,}–{:,}".format(_bounds(n, k, size)[0] + 1, _bounds(n, k, size)[1]),
-        help=f"A long sequence is drawn {size:,} tokens at a time; the rightmost page holds the newest tokens.",
+        help=_("A long sequence is drawn {size} tokens at a time; the rightmost page holds the newest tokens.").format(size=f"{size:,}"),
     )
 
 
@@ -41,7 +42,8 @@ def window(records: list[TokenRecord], page: int, size: int = WINDOW) -> tuple[l
     if n <= size:
         return records, ""
     start, end = _bounds(n, min(page, -(-n // size) - 1), size)
-    return records[start:end], f"Showing tokens {start + 1:,}–{end:,} of {n:,} (at most {size:,} at a time; move the slider for the others)."
+    return records[start:end], _("Showing tokens {first}–{last} of {n} (at most {size} at a time; move the slider for the others).").format(
+        first=f"{start + 1:,}", last=f"{end:,}", n=f"{n:,}", size=f"{size:,}")
 
 
 def windowed(records: list[TokenRecord], key: str, size: int = WINDOW) -> list[TokenRecord]:
