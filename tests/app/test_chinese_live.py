@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from kvviz import i18n
 from kvviz.live import run as live_run
 from kvviz.live.job import LiveJob
+from kvviz.record.examples import PRESETS
+from kvviz.record.text import cut_character_note
+from kvviz.runtime.jobs import waiting_line
 from tests.app.test_chinese_pages import english_runs, page_text
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_Live_Policy.py")
@@ -93,3 +97,18 @@ def test_the_same_run_in_english_is_unchanged(stored_run):
     assert at.metric[0].label == "Generated" and at.metric[0].value == f"{NEW_TOKENS} tokens"
     assert any(t.startswith(f"Cache occupancy at step {NEW_TOKENS - 1}: {BUDGET:.1f} of ")
                for t in (json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")))
+
+
+def test_messages_the_page_reads_from_elsewhere_follow_the_session(monkeypatch):
+    """Written outside the page (the run queue, the U+FFFD note, a Stop's notice, the demos), shown
+    by it: Chinese in a zh session, the English they always had outside one (the CLI, JSON)."""
+    monkeypatch.setattr(i18n, "_language_source", lambda: "zh")
+    assert [waiting_line(n) for n in (0, 1, 3)] == ["排队中：下一个就是你的", "排队中：你前面还有 1 个运行", "排队中：你前面还有 3 个运行"]
+    assert cut_character_note("巴黎\ufffd").startswith("输出以 \ufffd（U+FFFD）结尾：")
+    assert i18n._(live_run.STOPPED_IN_PREFILL).startswith("在模型读取提示词（prefill）时")
+    assert all(i18n._(name).startswith("Pass key：") for name in PRESETS)
+    monkeypatch.setattr(i18n, "_language_source", lambda: None)
+    assert [waiting_line(n) for n in (0, 1, 3)] == ["Waiting in the queue: yours is next", "Waiting in the queue: 1 run ahead of yours",
+                                                  "Waiting in the queue: 3 runs ahead of yours"]
+    assert cut_character_note("Paris\ufffd").startswith("The output ends in \ufffd (U+FFFD): generation stopped partway")
+    assert cut_character_note("Paris") is None
