@@ -8,15 +8,19 @@ from kvviz.policies.params import param
 from kvviz.policies.selector import Retriever
 
 
-def page_bounds(queries: torch.Tensor, keys: torch.Tensor, page_size: int) -> torch.Tensor:
+def page_bounds(queries: torch.Tensor, keys: torch.Tensor, page_size: int, length: torch.Tensor | int | None = None) -> torch.Tensor:
     """Quest's upper bound of each page's attention logit: sum over dims of max(q*kmax, q*kmin).
 
-    queries (kv_heads, group, d) the step's query heads; keys (kv_heads, n, d). Returns
-    (kv_heads, group, pages) float32; the last page may be partial."""
+    queries (kv_heads, group, d) the step's query heads; keys (kv_heads, n, d), of which the first
+    ``length`` are entries (all n when None; a device tensor for a fixed-capacity layer). Returns
+    (kv_heads, group, pages) float32, pages = ceil(n / page_size); the last page holding entries
+    may be partial, and pages past it are bounded by the last entry alone (the caller drops them)."""
     kv_heads, n, d = keys.shape
     n_pages = -(-n // page_size)
-    pad = n_pages * page_size - n  # a partial last page repeats its last key: its min and max stay
-    k = torch.cat([keys, keys[:, -1:].expand(-1, pad, -1)], dim=1).float().view(kv_heads, n_pages, page_size, d)
+    last = (n if length is None else length) - 1
+    # slots past the last entry repeat it: a partial page's min and max stay its entries'
+    slots = torch.arange(n_pages * page_size, device=keys.device).clamp_max(last)
+    k = keys.index_select(1, slots).float().view(kv_heads, n_pages, page_size, d)
     kmax, kmin = k.amax(dim=2), k.amin(dim=2)  # (kv_heads, pages, d)
     q = queries.float()[:, :, None, :]  # (kv_heads, group, 1, d)
     return torch.maximum(q * kmax[:, None], q * kmin[:, None]).sum(dim=-1)
@@ -25,6 +29,7 @@ def page_bounds(queries: torch.Tensor, keys: torch.Tensor, page_size: int) -> to
 @dataclass
 class Quest(Retriever):
     name = "quest"
+    graph_safe = True  # static shapes at a fixed capacity (Retriever.read_fixed), no host reads
     paper = "Tang et al., 2024. Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference"
     paper_url = "https://arxiv.org/abs/2406.10774"
     summary = """Retrieval, not eviction: the cache keeps every entry and, per page of
@@ -42,20 +47,38 @@ class Quest(Retriever):
     page_size: int = param(16, "Entries per page; each page keeps the min and max of its keys.", min=1, max=4096)
     full_layers: int = param(2, "First layers that read every entry (Quest skips the first two).", min=0, max=1000)
 
-    def read(self, layer, ctx):
-        if not self.chooses(layer, ctx):
-            return None
-        if layer.layer_idx < self.full_layers or self.read_budget >= layer.n:
-            return self.read_all(layer)
+    def pages(self, n: int) -> int:
+        """Pages read with n entries held, when the read budget does not cover them: read_budget //
+        page_size, at least 3 as the authors' evaluation code (evaluation/quest_attention.py)."""
+        return min(max(self.read_budget // self.page_size, 3), -(-n // self.page_size))
+
+    def read_count(self, layer_idx, n):
+        if layer_idx < self.full_layers or self.read_budget >= n:
+            return n
+        size, pages = self.page_size, -(-n // self.page_size)
+        return (self.pages(n) - 1) * size + n - (pages - 1) * size  # full pages and the newest, partial
+
+    def read_width(self, layer_idx, capacity):
+        if layer_idx < self.full_layers:
+            return capacity
+        return min(capacity, max(self.read_budget, max(self.read_budget // self.page_size, 3) * self.page_size))
+
+    def chosen(self, layer, ctx):
+        valid = layer.valid()  # (n,)
+        if layer.layer_idx < self.full_layers:
+            return valid.expand(layer.kv_heads, -1)
         n, size = layer.n, self.page_size
-        q = layer.queries[:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
-        bound = page_bounds(q, layer.keys, size).sum(dim=1)  # (kv_heads, pages)
-        bound[:, -1] = float("inf")  # the newest page holds the token itself
-        # at least 3 pages, as the authors' evaluation code (evaluation/quest_attention.py)
-        pages = bound.topk(min(max(self.read_budget // size, 3), bound.shape[1]), dim=-1).indices  # (kv_heads, p)
-        entries = (pages[..., None] * size + torch.arange(size, device=pages.device)).flatten(1).sort(dim=-1).values
-        # the newest page is always read, and only it can run past n: every head reads as many
-        return entries[:, : entries.shape[1] - (-(-n // size) * size - n)]
+        q = layer.captured_queries()[0][:, -1].reshape(layer.kv_heads, -1, layer.keys.shape[-1])  # (kv_heads, group, d)
+        bound = page_bounds(q, layer.keys, size, layer.length).sum(dim=1)  # (kv_heads, pages)
+        page_of = torch.arange(bound.shape[1], device=bound.device) * size  # first slot of each page
+        bound = bound.masked_fill(page_of > layer.newest(), float("-inf"))  # pages past the entries
+        bound.index_fill_(1, layer.newest() // size, float("inf"))  # the newest page holds the token itself
+        top = bound.argsort(dim=-1, descending=True, stable=True)[:, : self.pages(n)]  # (kv_heads, p)
+        pages = torch.zeros(bound.shape, dtype=torch.bool, device=bound.device).scatter_(1, top, True)
+        read = pages.repeat_interleave(size, dim=1)[:, :n] & valid  # (kv_heads, n)
+        if layer.length is not None:  # a read budget that covers every entry held reads them all
+            read |= valid & (layer.length <= self.read_budget)
+        return read
 
     def summary_bytes(self, kv_heads, n, head_dim):
         return 2 * kv_heads * -(-n // self.page_size) * head_dim * 2  # min and max per page, 16-bit

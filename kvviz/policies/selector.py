@@ -14,7 +14,7 @@ Shapes (batch is always 1 and squeezed away):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -37,6 +37,11 @@ class LayerView:
     queries: torch.Tensor | None  # (q_heads, q_len, head_dim), RoPE applied; None if not captured
     query_positions: torch.Tensor | None  # (q_len,)
     n_new: int  # entries appended by this update (the last n_new of n)
+    # a fixed-capacity layer (kvviz.storage.fixed_capacity): (1,) long on the device, how many of
+    # the n slots hold entries (the first ones; the others are zeros); None = all n are entries
+    length: torch.Tensor | None = None
+    # what a selector derives from this view once and reuses within the step (SparQ's scores)
+    scratch: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def captured_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(queries, query_positions), for a selector that sets ``needs_queries`` (the cache
@@ -52,6 +57,17 @@ class LayerView:
     @property
     def n(self) -> int:
         return self.keys.shape[1]
+
+    def valid(self) -> torch.Tensor:
+        """(n,) bool: the slots that hold entries (all n outside a fixed-capacity layer)."""
+        slots = torch.arange(self.n, device=self.keys.device)
+        return slots < (self.n if self.length is None else self.length)
+
+    def newest(self) -> torch.Tensor:
+        """(1,) long on the device: the slot of the entry this step appended last."""
+        if self.length is None:
+            return torch.full((1,), self.n - 1, dtype=torch.long, device=self.keys.device)
+        return self.length - 1
 
 
 @dataclass
@@ -267,7 +283,8 @@ class Retriever(Selector):
     A subclass only ranks the held entries for the step's query (``rank``, higher is read); this
     base always reads the newest entry (the token itself) and the top of the rest. With a read
     budget of at least the entries held it reads all of them, in order: the same as ``full``.
-    The prefill, and a step of several new tokens, read everything.
+    The prefill, and a step of several new tokens, read everything. In a fixed-capacity layer
+    (the CUDA graph path) ``read_fixed`` picks the same entries in shapes that never change.
     """
 
     family = "retrieval"
@@ -295,19 +312,61 @@ class Retriever(Selector):
     def read(self, layer, ctx):
         if not self.chooses(layer, ctx):
             return None
-        if self.read_budget >= layer.n:
+        if layer.length is not None:
+            raise ValueError("a fixed-capacity layer reads through read_fixed")
+        count = self.read_count(layer.layer_idx, layer.n)
+        if count >= layer.n:
             return self.read_all(layer)
-        rank = self.rank(layer, ctx).float().clone()  # (kv_heads, n)
-        rank[:, -1] = float("inf")  # the new token reads itself
-        return rank.topk(self.read_budget, dim=-1).indices.sort(dim=-1).values
+        return first_true(self.chosen(layer, ctx), count)
+
+    def read_fixed(self, layer: LayerView, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The read set of a decode step over a fixed-capacity layer (``layer.length`` set), in
+        shapes that do not depend on how many entries it holds, so a CUDA graph can replay it:
+        (slots, reading), each (kv_heads, w) with w = ``read_width(layer_idx, capacity)``: the
+        slots read, ascending, in the first columns, then slots that are not read
+        (``reading`` False), which the attention masks. The slots read are those ``read`` picks
+        from the same entries held in the growing layout."""
+        chosen = self.chosen(layer, ctx)  # (kv_heads, capacity) bool
+        slots = first_true(chosen, self.read_width(layer.layer_idx, layer.n))
+        return slots, chosen.gather(1, slots)
+
+    def chosen(self, layer: LayerView, ctx: StepContext) -> torch.Tensor:
+        """(kv_heads, n) bool: the entries this step reads, ``read_count`` of them per KV head
+        (slots past ``layer.length`` never): the newest, then the highest ranks (ties read the
+        older entry), or every entry held when the read budget covers them."""
+        valid = layer.valid()  # (n,)
+        rank = self.rank(layer, ctx).float().masked_fill(~valid, float("-inf"))  # (kv_heads, n)
+        rank.index_fill_(1, layer.newest(), float("inf"))  # the new token reads itself
+        top = rank.argsort(dim=-1, descending=True, stable=True)[:, : min(self.read_budget, layer.n)]
+        # with fewer entries than the budget every entry is read: their ranks are above -inf
+        return torch.zeros(rank.shape, dtype=torch.bool, device=rank.device).scatter_(1, top, True) & valid
+
+    def read_count(self, layer_idx: int, n: int) -> int:
+        """Entries a decode step reads per KV head when the layer holds ``n`` (the new one included)."""
+        return min(self.read_budget, n)
+
+    def read_width(self, layer_idx: int, capacity: int) -> int:
+        """Columns of ``read_fixed``: the most ``read_count`` gives for any n up to ``capacity``."""
+        return min(self.read_budget, capacity)
 
     def summary_bytes(self, kv_heads: int, n: int, head_dim: int) -> int:
         """Bytes of the key summary beside ``n`` entries of one layer (0 when none is kept)."""
         return 0
 
-    def mix(self, layer: LayerView, ctx: StepContext, read: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def mix(
+        self, layer: LayerView, ctx: StepContext, read: torch.Tensor, reading: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """What the step's attention output is mixed with, for a retriever that corrects for the
         entries it did not read: ``(alpha, v)`` with alpha (heads,) float and v (kv_heads, d), so
         query head h's output becomes ``alpha[h] * out[h] + (1 - alpha[h]) * v[h // group]``.
-        None (the default) leaves the output as the read entries give it."""
+        ``read`` (kv_heads, k) as ``read`` gives it, or the slots of ``read_fixed`` with
+        ``reading`` (kv_heads, k) bool, the columns read. None (the default) leaves the output as
+        the read entries give it."""
         return None
+
+
+def first_true(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """(rows, k) long: per row of ``mask`` (rows, n) bool, the indices of its True entries in
+    ascending order, then of its False ones (ascending too), the first k of them (a sort: no
+    data-dependent shape)."""
+    return (~mask).to(torch.uint8).argsort(dim=-1, stable=True)[:, :k]

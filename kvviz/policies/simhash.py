@@ -33,6 +33,7 @@ def hamming_similarity(queries: torch.Tensor, keys: torch.Tensor, planes: torch.
 @dataclass
 class SimHash(Retriever):
     name = "simhash"
+    graph_safe = True  # static shapes at a fixed capacity (Retriever.read_fixed), no host reads
     paper = "Chen et al., 2024. MagicPIG: LSH Sampling for Efficient LLM Generation; Desai et al., 2024. HashAttention"
     paper_url = "https://arxiv.org/abs/2410.16179"
     summary = """Retrieval, not eviction: the cache keeps every entry and, beside it, a SimHash

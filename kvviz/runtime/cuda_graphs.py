@@ -6,8 +6,11 @@ shape in two cases, and the whole step (model forward, the policy's scoring and 
 store's quantization or projection, the trace records) is then captured once and replayed:
 - a selector that evicts at decode, once every layer holds exactly its budget: each step
   appends one entry and evicts one (any store composed with it keeps its shapes too);
-- a cache that grows (full, SnapKV/PyramidKV after the prompt, a store on its own), once its
-  layers are held in fixed-capacity buffers (``kvviz.storage.fixed_capacity``), for stores that allow it.
+- a cache that grows (full, SnapKV/PyramidKV after the prompt, a store on its own, a retriever,
+  which evicts nothing), once its layers are held in fixed-capacity buffers
+  (``kvviz.storage.fixed_capacity``), for stores that allow it. A retriever then chooses its read
+  set among the buffers' slots in static shapes (``Retriever.read_fixed``: a fixed number of
+  columns, those not read masked in an attention mask the step rewrites in place).
 
 What makes the replay right:
 - inputs are static device buffers (token, position) that are filled before each replay; the
@@ -41,8 +44,8 @@ def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -
     (a store's layout is known once it has been built)."""
     if device.type != "cuda" or sample:
         return False
-    if cache.reader is not None:  # a retriever's read set is gathered eagerly (not captured yet)
-        return False
+    if cache.reader is not None and not cache.reader.graph_safe:
+        return False  # a retriever's read set, chosen and gathered in static shapes when graph safe
     if cache.grows():
         return (model is None or fixed_capacity.supported(model)) and cache.can_hold_fixed()
     sel = cache.pipeline.selector

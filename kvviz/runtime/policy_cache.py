@@ -112,11 +112,13 @@ class PolicyLayer(CacheLayerMixin):
         if key_states.shape[0] != 1:
             raise ValueError("PolicyCache runs one sequence at a time (batch size 1).")
         q_len, kv_heads = key_states.shape[2], key_states.shape[1]
-        if self.fixed is not None:  # buffers of fixed capacity; no selector acts at decode
+        if self.fixed is not None:  # buffers of fixed capacity; no selector evicts at decode
             if len(self) + q_len > self.fixed.capacity:
                 raise ValueError(f"layer {self.layer_idx}: more tokens than its fixed capacity of {self.fixed.capacity}.")
             keys, values = self.fixed.step(key_states[0], value_states[0], positions)
             self.seen += q_len
+            if self.owner.reader is not None:  # a retriever: the read set, gathered in static shapes
+                keys, values = self.owner.read_fixed(self, keys, values, positions, queries)
             return keys.unsqueeze(0), values.unsqueeze(0)
         prefill = self.seen == 0
         store, held = self.held()
@@ -346,7 +348,11 @@ class PolicyCache(Cache):
                     raise CaptureError(f"{self.pipeline.spec} scores with the attention queries: {why}")
                 queries = AttentionCall.read(module, args, kwargs).queries()
             kwargs = {**kwargs, key: LayerCall(self, positions, queries)}
-            if layer.fixed is not None:  # the attention reads every slot: hide those not written yet
+            if layer.fixed is not None and self.reader is not None:  # a read set: its buffer, rewritten by the step
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                width = self.reader.read_width(layer_idx, layer.fixed.capacity)
+                kwargs["attention_mask"] = layer.fixed.read_mask(width, hidden.dtype)
+            elif layer.fixed is not None:  # the attention reads every slot: hide those not written yet
                 hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                 kwargs["attention_mask"] = layer.fixed.attention_mask(hidden.dtype)
             elif layer.seen and positions.shape[0] == 1 and self.retrieves:
@@ -416,21 +422,62 @@ class PolicyCache(Cache):
             generator=self.generator,
         )
         read = reader.read(view, ctx) if reader is not None else None
-        if read is not None:
-            layer.mix = reader.mix(view, ctx, read) if reader is not None else None
-            rec, row = self.record_slot[layer.layer_idx]
-            step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
-            rec.read_at[row].scatter_(1, view.positions.gather(1, read), step.expand(read.shape).contiguous())
+        if read is not None and reader is not None:
+            layer.mix = reader.mix(view, ctx, read)
+            self.record_read(layer, view, read, None, new_positions)
         decision = acting.step(view, ctx) if acting is not None else None
         if decision is not None:
             self.record(layer, decision, keys, new_positions, queries)
         if read is not None and self.measure_lost_mass and queries is not None:
-            # the attention mass the step's query would put on the entries it did not read
-            probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], view.positions)[:, 0]  # (kv_heads, n)
-            unread = (probs.sum(-1) - probs.gather(1, read).sum(-1)).mean()
-            rec.lost_mass[row] = unread + (rec.lost_mass[row] if decision is not None else 0)
-            rec.recall[row] = topk_recall(probs, read)  # of the true top-k (k = the entries read)
+            self.record_unread(layer, view, read, None, queries, new_positions, add=decision is not None)
         return read
+
+    def read_fixed(self, layer: PolicyLayer, keys, values, new_positions, queries):
+        """A decode step of a retriever over a fixed-capacity layer: its read set in static shapes
+        (``Retriever.read_fixed``), recorded as ``select`` records the growing layout's, the
+        attention's read mask rewritten in place; returns the keys and values read,
+        (kv_heads, width, head_dim) each, where columns not read are masked."""
+        reader, fixed = self.reader, layer.fixed
+        assert reader is not None and fixed is not None
+        if queries is None:
+            raise PolicyError(f"{reader.name} reads the layer's queries, but none were captured for this model.")
+        layer.mix = None
+        view = LayerView(
+            layer_idx=layer.layer_idx, n_layers=self.n_layers, keys=keys, values=values, positions=layer.held()[1],
+            stats=layer.stats, queries=queries, query_positions=new_positions, n_new=new_positions.shape[0], length=fixed.length,
+        )
+        ctx = StepContext(step=layer.seen - self.prompt_len, prompt_len=self.prompt_len, seq_len=layer.seen,
+                          budget=self.layer_budgets[layer.layer_idx], generator=self.generator)
+        slots, reading = reader.read_fixed(view, ctx)  # (kv_heads, width) each
+        fixed.mask_reads(reading)
+        layer.mix = reader.mix(view, ctx, slots, reading)
+        self.record_read(layer, view, slots, reading, new_positions)
+        if self.measure_lost_mass:
+            self.record_unread(layer, view, slots, reading, queries, new_positions)
+        index = slots[..., None].expand(-1, -1, keys.shape[-1])
+        return keys.gather(1, index), values.gather(1, index)
+
+    def record_read(self, layer: PolicyLayer, view: LayerView, read, reading, new_positions) -> None:
+        """Write the step into ``read_at`` for the entries read: read (kv_heads, k) indices into the
+        view, reading (kv_heads, k) bool the columns read (None = all). A step's number only
+        grows, so the largest is the last step that read an entry (columns not read leave it)."""
+        rec, row = self.record_slot[layer.layer_idx]
+        step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
+        values = step.expand(read.shape) if reading is None else torch.where(reading, step, -1).to(torch.int32)
+        rec.read_at[row].scatter_reduce_(1, view.positions.gather(1, read), values.contiguous(), reduce="amax")
+
+    def record_unread(self, layer: PolicyLayer, view: LayerView, read, reading, queries, new_positions, add=False) -> None:
+        """The attention mass the step's query would put on the entries it did not read, and the
+        share of the true top-k it read (k = the entries read); slots holding no entry weigh 0."""
+        rec, row = self.record_slot[layer.layer_idx]
+        key_positions = view.positions
+        if view.length is not None:  # slots not written yet: in the future of every query
+            key_positions = torch.where(view.valid(), key_positions, torch.iinfo(key_positions.dtype).max)
+        probs = attention_probs(queries[:, -1:], view.keys, new_positions[-1:], key_positions)[:, 0]  # (kv_heads, n)
+        got = probs.gather(1, read)
+        unread = (probs.sum(-1) - (got if reading is None else got * reading).sum(-1)).mean()
+        rec.lost_mass[row] = unread + (rec.lost_mass[row] if add else 0)
+        rec.recall[row] = topk_recall(probs, read, reading)
 
     def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:
         """Apply the decision to the layer and write the trace's records: scores, the step at
@@ -515,8 +562,16 @@ class PolicyCache(Cache):
         return out
 
     def read_bytes(self) -> int:
-        """K/V bytes the last step's attention read, all layers (a retriever's read sets)."""
-        return sum(layer.last_read_bytes for layer in self.layers)
+        """K/V bytes the last step's attention read, all layers (a retriever's read sets). A
+        fixed-capacity layer's are host arithmetic (a replayed step runs no Python)."""
+        reader, total = self.reader, 0
+        for layer in self.layers:
+            if reader is not None and layer.fixed is not None and layer.seen > layer.fixed.seen0:
+                n = len(layer)
+                total += layer.nbytes() * reader.read_count(layer.layer_idx, n) // n
+            else:
+                total += layer.last_read_bytes
+        return total
 
     def read_now(self, step: int) -> torch.Tensor:
         """(layers, kv_heads, capacity) bool: the entries step ``step``'s attention read, chosen
@@ -528,8 +583,10 @@ class PolicyCache(Cache):
         reader = self.reader
         if reader is None:
             return 0
-        shapes = [(layer.held()[1].shape, layer.store.head_dim) for layer in self.layers if layer.store is not None]
-        return sum(reader.summary_bytes(int(s[0]), int(s[1]), head_dim) for s, head_dim in shapes)
+        return sum(
+            reader.summary_bytes(layer.held()[1].shape[0], len(layer), layer.store.head_dim)
+            for layer in self.layers if layer.store is not None
+        )
 
     def kv_bytes_by_device(self) -> dict[str, int]:
         """Bytes of K/V tensors held on each device (``kv_bytes`` split by where the layers live)."""
@@ -557,10 +614,10 @@ class PolicyCache(Cache):
         )
 
     def grows(self) -> bool:
-        """True when no selector acts at decode: every layer grows by one entry per step (and no
-        retriever gathers what each step reads: fixed buffers are read whole)."""
+        """True when no selector evicts at decode: every layer grows by one entry per step (a
+        retriever evicts nothing: it reads a gathered part of what is held)."""
         sel = self.pipeline.selector
-        return (sel is None or not sel.acts_at_decode) and self.reader is None
+        return sel is None or not sel.acts_at_decode or isinstance(sel, Retriever)
 
     def can_hold_fixed(self) -> bool:
         """Whether every layer's store can be held at a fixed capacity (after the prefill)."""

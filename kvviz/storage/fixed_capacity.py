@@ -102,6 +102,7 @@ class FixedLayer:
         device = layer.positions.device
         self.length = torch.full((1,), n, dtype=torch.long, device=device)  # valid slots
         self.slots = torch.arange(capacity, device=device)  # (capacity,)
+        self.reads: torch.Tensor | None = None  # a retriever's read mask (read_mask)
         self.rows = store.hold_fixed(capacity, n, self.length)  # FixedRows or FixedStreams
         kv_heads = layer.positions.shape[0]
         # positions of slots not written yet are 0 (nothing reads them: no selector acts at decode)
@@ -113,6 +114,20 @@ class FixedLayer:
             buffer = s.new_zeros(kv_heads, capacity)
             buffer[:, :n] = s
             self.stats[name] = layer.stats[name] = buffer
+
+    def read_mask(self, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """(1, 1, 1, width) additive mask of a retriever's read set (``Retriever.read_fixed``): one
+        buffer, made at the first call, that the attention reads and each step rewrites in place
+        (``mask_reads``) before the attention runs, so a replayed graph reads the step's own."""
+        if self.reads is None or self.reads.shape[-1] != width:
+            self.reads = torch.zeros(1, 1, 1, width, dtype=dtype, device=self.slots.device)
+        return self.reads
+
+    def mask_reads(self, reading: torch.Tensor) -> None:
+        """reading (kv_heads, width) bool: the columns of the read set that are entries read; every
+        KV head reads as many, first (``Retriever.read_fixed``), so KV head 0's row masks them all."""
+        mask = self.read_mask(reading.shape[1], torch.float32)  # the dtype of the attention's, once it exists
+        mask.copy_(torch.where(reading[0], 0.0, torch.finfo(mask.dtype).min).view(mask.shape))
 
     def held(self, seen: int) -> int:
         """Entries held after ``seen`` tokens (host arithmetic, no device read)."""

@@ -104,7 +104,8 @@ def prefilled(smollm, ids, spec, params=None, budget=None) -> PolicyCache:
         ("kivi", None, None, True),  # grows, with a full-precision tail
         ("quant", {"axis": "per_channel"}, None, True),
         ("random", None, 12, True),  # draws from the run's generator, registered with the graph
-        ("quest", {"read_budget": 8}, None, False),  # a retriever's read set is gathered eagerly
+        ("quest", {"read_budget": 8}, None, True),  # a retriever: its read set in static shapes
+        ("snapkv+quest", {"read_budget": 8}, 12, True),
     ],
 )
 def test_which_runs_replay_cuda_graphs(smollm, ids, spec, params, budget, graphs):
