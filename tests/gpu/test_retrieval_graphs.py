@@ -47,6 +47,19 @@ def test_graph_replay_of_a_retriever_equals_eager_steps(gpu_model, spec, params,
     torch.testing.assert_close(graphed.extra["logprobs"], eager.extra["logprobs"], rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("spec", ["h2o+quest", "h2o+sparq"])
+def test_graph_replay_of_a_retriever_after_an_evicting_selector_equals_eager_steps(gpu_model, spec):
+    """A selector that evicts at decode holds its budget (every step keeps its shapes) and the
+    retriever reads among the entries held: the steady path's graph, no fixed capacity."""
+    graphed = run(gpu_model, spec, {"read_budget": 32}, 96, cuda_graphs=True)
+    assert graphed.timings["decode_path"] == "graph" and not graphed.extra["fixed_capacity"], graphed.timings.get("graph_failure")
+    eager = run(gpu_model, spec, {"read_budget": 32}, 96, cuda_graphs=False)
+    assert graphed.generated_ids == eager.generated_ids
+    np.testing.assert_array_equal(graphed.read_mask, eager.read_mask)
+    np.testing.assert_array_equal(graphed.evicted_at_step, eager.evicted_at_step)
+    assert (graphed.kv_bytes, graphed.read_bytes) == (eager.kv_bytes, eager.read_bytes)
+
+
 @pytest.mark.parametrize(("spec", "params", "budget"), SPECS, ids=lambda v: str(v))
 def test_graph_replay_of_a_retriever_equals_the_growing_cache_in_float32(gpu_model_fp32, spec, params, budget):
     graphed = run(gpu_model_fp32, spec, params, budget, cuda_graphs=True, capture_queries=True)
