@@ -25,10 +25,13 @@ ref = m.generate(torch.tensor([ids], device=m.device), max_new_tokens=32, do_sam
 matches = trace.generated_ids == ref[0, len(ids):].tolist()
 print("full == generate:", matches, repr(trace.generated_text))
 failures = [] if matches else ["full != generate"]
-for name in registry():
+# every registered policy (the retrievers quest, sparq, simhash among them) and a retriever after
+# an eviction selector; the decode path says whether the steps replayed from a CUDA graph
+for name in [*registry(), "snapkv+quest"]:
     try:
         t = engine.run(m, tok, ids, name, max_new_tokens=16, budget=None)
-        print(f"{name:16s} ok  kv {t.kv_bytes[-1]:>9d} / {t.kv_bytes_full[-1]:>9d}  {t.generated_text[:60]!r}")
+        path = t.timings.get("decode_path", "eager")
+        print(f"{name:16s} ok  {path:5s} kv {t.kv_bytes[-1]:>9d} / {t.kv_bytes_full[-1]:>9d}  {t.generated_text[:60]!r}")
     except Exception as e:  # report every failure, keep going
         print(f"{name:16s} FAIL {type(e).__name__}: {e}")
         failures.append(name)
