@@ -106,7 +106,8 @@ def residual_window_figure(trace: Trace) -> go.Figure:
     parts = [_("the newest {n} {row}").format(n=t, row=row) for row, t in rows.items() if t]
     fig.update_layout(
         title=_("At step {step}: {parts} held in full precision (orange); the rest quantized (sky blue)").format(
-            step=last, parts=_(" and ").join(parts)) if parts else _("Every entry is quantized"),
+            step=last, parts=_("{one} and {other}").format(one=parts[0], other=parts[1]) if len(parts) == 2 else parts[0])
+        if parts else _("Every entry is quantized"),
         height=190, margin=dict(l=10, r=10, t=50, b=10),
     )
     fig.update_xaxes(title=_("token position (blank: evicted)"), range=[-0.5, max(n, 1) - 0.5])
