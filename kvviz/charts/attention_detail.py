@@ -18,8 +18,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kvviz.attention.data import AttentionView
-from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
+from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values, pool_name
 from kvviz.charts.style import COLORS, EVICTED_SCALE
+from kvviz.i18n import _
 from kvviz.record.token_states import one_line
 
 EVICTED_COLORSCALE = EVICTED_SCALE
@@ -110,12 +111,14 @@ def detail_figure(
         rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, column_widths=[0.86, 0.14],
         row_heights=[0.82, 0.18], horizontal_spacing=0.012, vertical_spacing=0.02,
     )
-    hover = "query %{y}<br>key %{x}<br>" + ("attention" if view.tile == 1 else f"{view.pool} attention") + " %{customdata:.4g}"
+    what = _("attention") if view.tile == 1 else _("{pool} attention").format(pool=pool_name(view.pool))
+    hover = _("query {query}<br>key {key}<br>{what} {value}").format(query="%{y}", key="%{x}", what=what, value="%{customdata:.4g}")
     fig.add_trace(
         go.Heatmap(
             x=xl, y=yl, z=color_values(shown, scale), customdata=shown, zmin=zmin, zmax=zmax,
-            colorscale=COLORSCALE, colorbar=_colorbar(scale, "attention" if view.tile == 1 else f"{view.pool}<br>attention") | dict(len=0.8, y=0.6),
-            hovertemplate=hover + "<extra></extra>", name="attention",
+            colorscale=COLORSCALE, colorbar=_colorbar(scale, _("attention") if view.tile == 1 else _("{pool}<br>attention").format(pool=pool_name(view.pool)))
+            | dict(len=0.8, y=0.6),
+            hovertemplate=hover + "<extra></extra>", name=_("attention"),
         ),
         row=1, col=1,
     )
@@ -123,8 +126,8 @@ def detail_figure(
         fig.add_trace(
             go.Heatmap(
                 x=xl, y=yl, z=color_values(greyed, scale), customdata=greyed, zmin=zmin, zmax=zmax,
-                colorscale=EVICTED_COLORSCALE, showscale=False, name="evicted keys",
-                hovertemplate=hover + "<br><b>evicted by the policy</b><extra></extra>",
+                colorscale=EVICTED_COLORSCALE, showscale=False, name=_("evicted keys"),
+                hovertemplate=hover + _("<br><b>evicted by the policy</b>") + "<extra></extra>",
             ),
             row=1, col=1,
         )
@@ -132,7 +135,9 @@ def detail_figure(
         fig.add_trace(
             go.Heatmap(
                 x=xl, y=yl, z=np.where(mask, 1.0, np.nan), colorscale=[[0, MASK_COLOR], [1, MASK_COLOR]],
-                showscale=False, name="causal mask", hovertemplate="query %{y}<br>key %{x}<br>masked: the key comes after the query<extra></extra>",
+                showscale=False, name=_("causal mask"),
+                hovertemplate=_("query {query}<br>key {key}<br>masked: the key comes after the query").format(query="%{y}", key="%{x}")
+                + "<extra></extra>",
             ),
             row=1, col=1,
         )
@@ -143,8 +148,9 @@ def detail_figure(
     fig.add_trace(
         go.Bar(
             x=xl, y=key_score, marker=dict(color=bar_colors, pattern=dict(shape=["/" if e else "" for e in evicted_cols])),
-            customdata=view.col_starts.tolist(), name="key score",
-            hovertemplate="key %{x}<br>attention received %{y:.3g}<extra></extra>", showlegend=False,
+            customdata=view.col_starts.tolist(), name=_("key score"),
+            hovertemplate=_("key {key}<br>attention received {value}").format(key="%{x}", value="%{y:.3g}") + "<extra></extra>",
+            showlegend=False,
         ),
         row=2, col=1,
     )
@@ -152,7 +158,8 @@ def detail_figure(
     fig.add_trace(
         go.Bar(
             y=yl, x=entropy, orientation="h", marker=dict(color=COLORS["measure"]), customdata=view.row_starts.tolist(),
-            name="row entropy", hovertemplate="query %{y}<br>entropy %{x:.3g} nats<extra></extra>", showlegend=False,
+            name=_("row entropy"), hovertemplate=_("query {query}<br>entropy {value} nats").format(query="%{y}", value="%{x:.3g}")
+            + "<extra></extra>", showlegend=False,
         ),
         row=1, col=2,
     )
@@ -166,7 +173,7 @@ def detail_figure(
         y = (p - view.q_start) / view.tile - 0.5
         fig.add_hline(y=y, line=dict(color=COLORS["generated"], dash="dash", width=1.5), row=1, col=1)
         fig.add_annotation(
-            x=0, y=y, xref="x", yref="y", text="generated ↓", showarrow=False, xanchor="left", yanchor="top",
+            x=0, y=y, xref="x", yref="y", text=_("generated ↓"), showarrow=False, xanchor="left", yanchor="top",
             font=dict(color=COLORS["generated"], size=11),
         )
 
@@ -187,16 +194,16 @@ def detail_figure(
             )
 
     n_ticks = 40
-    fig.update_xaxes(type="category", showgrid=False, tickangle=-60, nticks=n_ticks, row=2, col=1, title="key")
+    fig.update_xaxes(type="category", showgrid=False, tickangle=-60, nticks=n_ticks, row=2, col=1, title=_("key"))
     fig.update_xaxes(type="category", showgrid=False, row=1, col=1)
-    fig.update_xaxes(showgrid=True, row=1, col=2, title="entropy", side="top")
-    fig.update_yaxes(type="category", autorange="reversed", showgrid=False, nticks=n_ticks, row=1, col=1, title="query")
-    fig.update_yaxes(title="received", type="log" if scale == "log" else "linear", row=2, col=1)
+    fig.update_xaxes(showgrid=True, row=1, col=2, title=_("entropy"), side="top")
+    fig.update_yaxes(type="category", autorange="reversed", showgrid=False, nticks=n_ticks, row=1, col=1, title=_("query"))
+    fig.update_yaxes(title=_("received"), type="log" if scale == "log" else "linear", row=2, col=1)
     if title is None:
-        res = "full resolution" if view.tile == 1 else f"{view.tile}×{view.tile} tokens per tile, {view.pool}"
-        title = (
-            f"layer {view.layer} · head {view.head} (KV head {view.kv_head}) · queries "
-            f"{view.q_start}–{view.q_stop - 1} × keys {view.k_start}–{view.k_stop - 1} · {res}"
+        res = _("full resolution") if view.tile == 1 else _("{tile}×{tile} tokens per tile, {pool}").format(tile=view.tile, pool=pool_name(view.pool))
+        title = _("layer {layer} · head {head} (KV head {kv_head}) · queries {q_first}–{q_last} × keys {k_first}–{k_last} · {resolution}").format(
+            layer=view.layer, head=view.head, kv_head=view.kv_head, q_first=view.q_start, q_last=view.q_stop - 1,
+            k_first=view.k_start, k_last=view.k_stop - 1, resolution=res,
         )
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white", bargap=0.05,
@@ -233,11 +240,12 @@ def lost_mass_figure(lost: np.ndarray, step: int | None = None) -> go.Figure:
     colors = [COLORS["highlight"] if s == step else COLORS["evicted_now"] for s in range(len(lost))]
     fig = go.Figure(
         go.Bar(
-            x=list(range(len(lost))), y=lost, marker=dict(color=colors), name="attention lost to eviction",
-            hovertemplate="step %{x}<br>%{y:.1%} of the step's attention was on the entries evicted at that step<extra></extra>",
+            x=list(range(len(lost))), y=lost, marker=dict(color=colors), name=_("attention lost to eviction"),
+            hovertemplate=_("step {step}<br>{share} of the step's attention was on the entries evicted at that step").format(
+                step="%{x}", share="%{y:.1%}") + "<extra></extra>",
         )
     )
-    fig.update_xaxes(title="step")
-    fig.update_yaxes(title="lost", tickformat=".0%", rangemode="tozero")
+    fig.update_xaxes(title=_("step"))
+    fig.update_yaxes(title=_("lost"), tickformat=".0%", rangemode="tozero")
     fig.update_layout(height=170, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white", bargap=0.15)
     return fig

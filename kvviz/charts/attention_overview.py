@@ -11,14 +11,21 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from kvviz.attention.data import HeadProfiles, Overview
-from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values
+from kvviz.charts._attention_common import COLORSCALE, HIGHLIGHT, MASK_COLOR, _color_range, _colorbar, color_values, pool_name
 from kvviz.charts.style import BANDS, PANEL
+from kvviz.i18n import N_, _
 
 GROUP_COLORS = BANDS  # bands of query heads sharing a KV head
 
 
 # ---------------------------------------------------------------------------------------------
 # overview
+
+
+def per_cell(tile: int) -> str:
+    """``"1 token per cell"``, ``"8 tokens per cell"``, in the session's language (two messages, not
+    ngettext: tests/unit/test_i18n.py looks a plural msgid up as a message of its own)."""
+    return (_("{n} token per cell") if tile == 1 else _("{n} tokens per cell")).format(n=tile)
 
 
 def overview_layout(n_heads: int, n_kv_heads: int, cells: int, gap: int = 2, group_gap: int = 4):
@@ -43,7 +50,7 @@ def overview_figure(
     """Every layer (columns) and query head (rows, grouped by the KV head they share) as a small
     pooled heatmap. Each thumbnail has a clickable marker at its centre (customdata = [layer,
     head]): with ``st.plotly_chart(on_select="rerun")`` a click selects that head."""
-    L, H, g, _ = ov.thumbs.shape
+    L, H, g = ov.thumbs.shape[:3]
     step_x, y0 = overview_layout(H, ov.n_kv_heads, g)
     width = L * step_x
     height_cells = int(y0[-1] + g) if H else 0
@@ -59,18 +66,20 @@ def overview_figure(
     fig = go.Figure()
     fig.add_trace(
         go.Heatmap(
-            z=masked, colorscale=[[0, MASK_COLOR], [1, MASK_COLOR]], showscale=False, hoverinfo="skip", name="causal mask",
+            z=masked, colorscale=[[0, MASK_COLOR], [1, MASK_COLOR]], showscale=False, hoverinfo="skip", name=_("causal mask"),
         )
     )
     fig.add_trace(
         go.Heatmap(
-            z=z, colorscale=COLORSCALE, zmin=zmin, zmax=zmax, hoverinfo="skip", name="attention",
-            colorbar=_colorbar(scale, "attention<br>(" + ov.pool + " per tile)"),
+            z=z, colorscale=COLORSCALE, zmin=zmin, zmax=zmax, hoverinfo="skip", name=_("attention"),
+            colorbar=_colorbar(scale, _("attention<br>({pool} per tile)").format(pool=pool_name(ov.pool))),
         )
     )
     group = max(1, H // max(1, ov.n_kv_heads))
     p = ov.profiles
     cx, cy, custom, hover = [], [], [], []
+    head_line, shared_line = _("<b>layer {layer} · head {head}</b><br>KV head {kv}"), _(" (shared with heads {mates})")
+    profile_lines = _("<br>sink mass {sink} · local {local}<br>entropy {entropy} nats")
     for layer in range(L):
         for head in range(H):
             cx.append(layer * step_x + (g - 1) / 2)
@@ -79,14 +88,14 @@ def overview_figure(
             kv = head // group
             mates = ", ".join(str(m) for m in range(kv * group, (kv + 1) * group) if m != head)
             hover.append(
-                f"<b>layer {layer} · head {head}</b><br>KV head {kv}"
-                + (f" (shared with heads {mates})" if mates else "")
-                + f"<br>sink mass {p.sink_mass[layer, head]:.2f} · local {p.local_mass[layer, head]:.2f}"
-                + f"<br>entropy {p.entropy[layer, head]:.2f} nats"
+                head_line.format(layer=layer, head=head, kv=kv)
+                + (shared_line.format(mates=mates) if mates else "")
+                + profile_lines.format(sink=f"{p.sink_mass[layer, head]:.2f}", local=f"{p.local_mass[layer, head]:.2f}",
+                                       entropy=f"{p.entropy[layer, head]:.2f}")
             )
     fig.add_trace(
         go.Scatter(
-            x=cx, y=cy, mode="markers", name="heads", customdata=custom, hovertext=hover, hoverinfo="text",
+            x=cx, y=cy, mode="markers", name=_("heads"), customdata=custom, hovertext=hover, hoverinfo="text",
             marker=dict(symbol="square", size=max(6, min(40, g)), color="rgba(0,0,0,0.01)"),
             selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=1)), showlegend=False,
         )
@@ -107,16 +116,16 @@ def overview_figure(
             )
     fig.update_xaxes(
         tickvals=[l * step_x + (g - 1) / 2 for l in range(L)], ticktext=[str(l) for l in range(L)],
-        title="layer", showgrid=False, zeroline=False, range=[-2.5, width],
+        title=_("layer"), showgrid=False, zeroline=False, range=[-2.5, width],
     )
     fig.update_yaxes(
         tickvals=[y0[h] + (g - 1) / 2 for h in range(H)], ticktext=[f"q{h} · kv{h // group}" for h in range(H)],
-        title="query head · KV head", autorange="reversed", showgrid=False, zeroline=False,
+        title=_("query head · KV head"), autorange="reversed", showgrid=False, zeroline=False,
     )
     fig.update_layout(
         height=height or max(260, 34 * H + 90), margin=dict(l=50, r=10, t=30, b=40),
         plot_bgcolor="white", clickmode="event+select", dragmode=False, hovermode="closest",
-        title=dict(text=f"{ov.seq_len} tokens · {ov.tile} token{'s' if ov.tile > 1 else ''} per cell", font=dict(size=13)),
+        title=dict(text=_("{n} tokens · {per_cell}").format(n=ov.seq_len, per_cell=per_cell(ov.tile)), font=dict(size=13)),
     )
     return fig
 
@@ -125,22 +134,27 @@ def overview_figure(
 # head profiles
 
 
-PROFILE_COLUMNS = {
-    "layer": "layer",
-    "head": "head",
-    "kv_head": "KV head",
-    "sink_mass": "sink mass",
-    "local_mass": "locality",
-    "entropy": "entropy (nats)",
-    "norm_entropy": "entropy / max",
-    "mean_distance": "mean distance",
+PROFILE_COLUMNS = {  # English; profiles_frame shows them in the session's language
+    "layer": N_("layer"),
+    "head": N_("head"),
+    "kv_head": N_("KV head"),
+    "sink_mass": N_("sink mass"),
+    "local_mass": N_("locality"),
+    "entropy": N_("entropy (nats)"),
+    "norm_entropy": N_("entropy / max"),
+    "mean_distance": N_("mean distance"),
 }
+
+
+def profile_column(field: str) -> str:
+    """The shown name of a ``HeadProfiles.rows()`` field, in the session's language."""
+    return _(PROFILE_COLUMNS[field])
 
 
 def profiles_frame(profiles: HeadProfiles) -> pd.DataFrame:
     """One row per head with readable column names, for a sortable table."""
     df = pd.DataFrame(profiles.rows())
-    return df.rename(columns=PROFILE_COLUMNS)
+    return df.rename(columns={field: profile_column(field) for field in PROFILE_COLUMNS})
 
 
 def profile_figure(profiles: HeadProfiles, selected: tuple[int, int] | None = None, color_by: str = "layer") -> go.Figure:
@@ -150,18 +164,20 @@ def profile_figure(profiles: HeadProfiles, selected: tuple[int, int] | None = No
     x = [r["sink_mass"] for r in rows]
     y = [r["local_mass"] for r in rows]
     color = [r["layer"] if color_by == "layer" else r["entropy"] for r in rows]
+    line = _("<b>layer {layer} · head {head}</b> (KV {kv_head})<br>sink mass {sink}<br>locality {local}<br>entropy {entropy} nats"
+             "<br>mean distance {distance} tokens")
     hover = [
-        f"<b>layer {r['layer']} · head {r['head']}</b> (KV {r['kv_head']})<br>sink mass {r['sink_mass']:.3f}"
-        f"<br>locality {r['local_mass']:.3f}<br>entropy {r['entropy']:.2f} nats<br>mean distance {r['mean_distance']:.1f} tokens"
+        line.format(layer=r["layer"], head=r["head"], kv_head=r["kv_head"], sink=f"{r['sink_mass']:.3f}", local=f"{r['local_mass']:.3f}",
+                    entropy=f"{r['entropy']:.2f}", distance=f"{r['mean_distance']:.1f}")
         for r in rows
     ]
     fig = go.Figure(
         go.Scatter(
             x=x, y=y, mode="markers", customdata=[[r["layer"], r["head"]] for r in rows], hovertext=hover,
-            hoverinfo="text", name="heads",
+            hoverinfo="text", name=_("heads"),
             marker=dict(
                 size=9, color=color, colorscale="Plasma" if color_by == "layer" else "Viridis", opacity=0.85,
-                colorbar=dict(title=color_by if color_by == "layer" else "entropy", thickness=12),
+                colorbar=dict(title=_("layer") if color_by == "layer" else _("entropy"), thickness=12),
                 line=dict(width=0.5, color="white"),
             ),
         )
@@ -172,13 +188,13 @@ def profile_figure(profiles: HeadProfiles, selected: tuple[int, int] | None = No
             if r["layer"] == layer and r["head"] == head:
                 fig.add_trace(
                     go.Scatter(
-                        x=[r["sink_mass"]], y=[r["local_mass"]], mode="markers", name="selected head",
+                        x=[r["sink_mass"]], y=[r["local_mass"]], mode="markers", name=_("selected head"),
                         marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(color=HIGHLIGHT, width=3)),
                         hoverinfo="skip", showlegend=False,
                     )
                 )
     fig.update_layout(showlegend=False)
-    fig.update_xaxes(title=f"sink mass: attention on the first {profiles.sink_tokens} tokens", range=[-0.03, 1.03])
-    fig.update_yaxes(title=f"locality: attention on the last {profiles.local_tokens} tokens", range=[-0.03, 1.03])
+    fig.update_xaxes(title=_("sink mass: attention on the first {n} tokens").format(n=profiles.sink_tokens), range=[-0.03, 1.03])
+    fig.update_yaxes(title=_("locality: attention on the last {n} tokens").format(n=profiles.local_tokens), range=[-0.03, 1.03])
     fig.update_layout(height=430, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor=PANEL, clickmode="event+select", dragmode="zoom")
     return fig

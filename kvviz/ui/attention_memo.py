@@ -21,6 +21,7 @@ from kvviz.attention import maps as attention_maps
 from kvviz.model import capture
 from kvviz.runtime import engine
 from kvviz.attention.data import AttentionView, Overview
+from kvviz.i18n import _
 from kvviz.model.loading import LoadedModel
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.trace import Trace
@@ -54,7 +55,7 @@ def _generate(_loaded, key, prompt_ids: tuple, max_new_tokens: int, spec_text: s
 def generate(loaded: LoadedModel, prompt_ids, max_new_tokens: int, spec: PolicySpec) -> Trace:
     """Greedy generation of ``max_new_tokens`` under ``spec`` (the engine's Trace), measuring the
     attention lost to eviction at each step (``Trace.lost_mass``)."""
-    with queue_note("Generating"):
+    with queue_note(_("Generating")):
         return _generate(loaded, model_key(loaded), tuple(int(i) for i in prompt_ids), int(max_new_tokens), spec.to_text())
 
 
@@ -68,7 +69,7 @@ def _overview(_loaded, key, digest: str, _ids, prompt_len: int, pool: str) -> Ov
 
 
 def overview(loaded: LoadedModel, ids, prompt_len: int, pool: str) -> Overview:
-    with queue_note("Attention maps"):
+    with queue_note(_("Attention maps")):
         return _overview(loaded, model_key(loaded), ids_digest(ids), list(ids), prompt_len, pool)
 
 
@@ -82,7 +83,7 @@ def layer_qk(loaded: LoadedModel, ids, layer: int, prompt_len: int, ov: Overview
     """The layer's queries and keys: from the overview when it kept them, else one more pass."""
     if ov is not None and layer in ov.qk:
         return ov.qk[layer]
-    with queue_note(f"Layer {layer}'s attention"):
+    with queue_note(_("Layer {layer}'s attention").format(layer=layer)):
         return _layer_qk(loaded, model_key(loaded), ids_digest(ids), list(ids), layer, prompt_len)
 
 
