@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gettext
 import io
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -64,10 +65,29 @@ def set_language_source(source: Callable[[], str | None]) -> None:
     _language_source = source
 
 
+_pinned = threading.local()  # a language fixed for a call of ``bound``'s function
+
+
 def current_language() -> str:
     """The language of this Streamlit session; English outside a Streamlit run."""
-    lang = _language_source() if _language_source is not None else None
+    lang = getattr(_pinned, "lang", None) or (_language_source() if _language_source is not None else None)
     return lang if lang in LANGUAGES else ENGLISH
+
+
+def bound(fn: Callable[..., str]) -> Callable[..., str]:
+    """``fn`` that always speaks the language current now: a widget's ``format_func``, which
+    Streamlit's AppTest calls again after the script run, where the session is out of reach."""
+    lang = current_language()
+
+    def call(*args):
+        before = getattr(_pinned, "lang", None)
+        _pinned.lang = lang
+        try:
+            return fn(*args)
+        finally:
+            _pinned.lang = before
+
+    return call
 
 
 def _(message: str) -> str:

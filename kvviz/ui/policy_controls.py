@@ -18,7 +18,7 @@ from pathlib import Path
 import streamlit as st
 
 from kvviz import policies
-from kvviz.i18n import N_, _
+from kvviz.i18n import N_, _, bound
 from kvviz.policies import Param, PolicyError
 from kvviz.policies.params import ratio_budget
 from kvviz.policies.spec import PolicySpec, budget_notes
@@ -129,7 +129,7 @@ def budget_control(key: str, prompt_len: int | None, url: bool = False) -> tuple
     ratio_spec = policies.BudgetSelector.params()["ratio"]
     urls = dict(mode="budget_mode", ratio="ratio", budget="budget") if url else dict(mode=None, ratio=None, budget=None)
     mode = _kept(
-        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label=_("Budget"), options=BUDGET_MODES, format_func=_,
+        st.radio, f"{key}.budget_mode", BUDGET_MODES[0], label=_("Budget"), options=BUDGET_MODES, format_func=bound(_),
         horizontal=True, url=urls["mode"],
         help=_("How many entries each layer and KV head keeps.") + " " + shown(policies.BudgetSelector.params()["budget"].help),
     )
@@ -225,14 +225,14 @@ def policy_controls(
         head, about = st.columns([1, 1])
         body = head
     with head:
-        name = _kept(st.selectbox, f"{key}.name", default if default in names else names[0], label=_("Policy"), options=names, format_func=policy_label)
+        name = _kept(st.selectbox, f"{key}.name", default if default in names else names[0], label=_("Policy"), options=names, format_func=bound(policy_label))
         others = policies.companions(name)
         what = _("a store (how kept entries are held)") if policies.is_selector(name) else _("a selector (which entries stay)")
         companion = None
         if others:
             picked = _kept(
                 st.selectbox, f"{key}.{name}.companion", "none", label=_("Compose with {what}").format(what=what),
-                options=["none"] + others, format_func=lambda n: _("none") if n == "none" else policy_label(n),
+                options=["none"] + others, format_func=bound(lambda n: _("none") if n == "none" else policy_label(n)),
                 help=_("A selector and a store compose, e.g. snapkv+quant: SnapKV chooses, quant packs what stays."),
             )
             companion = None if picked == "none" else picked

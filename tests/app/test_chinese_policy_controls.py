@@ -55,3 +55,14 @@ def test_policy_controls_in_chinese_and_in_english():
     assert english.selectbox(key="p.name").label == "Policy" and "h2o · eviction" in english.selectbox(key="p.name").options
     assert english.radio(key="p.budget_mode").options == ["fraction of the prompt", "entries per KV head"]
     assert "Keeps 10 of 40 prompt tokens per layer and KV head." in [c.value for c in english.caption]
+
+
+def test_picking_a_policy_and_a_budget_mode_in_chinese():
+    """AppTest formats a picked option after the script run, outside the session: the controls'
+    format functions are bound to the run's language (kvviz.i18n.bound), so picking works in Chinese."""
+    at = opened("zh")
+    at.selectbox(key="p.name").set_value("snapkv").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.radio(key="p.budget_mode").set_value("entries per KV head").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="p.name").value == "snapkv" and at.text[0].value.startswith("spec: snapkv:budget=")

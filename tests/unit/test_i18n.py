@@ -82,3 +82,12 @@ def test_english_is_the_marked_string_and_the_default_outside_streamlit():
 
 def test_no_compiled_catalog_is_kept():
     assert not list((REPO / "kvviz" / "locale").rglob("*.mo"))
+
+
+def test_a_bound_function_keeps_the_language_it_was_made_in(monkeypatch):
+    monkeypatch.setattr(i18n, "_language_source", lambda: "zh")
+    label = i18n.bound(lambda word: i18n._(word))
+    assert label("Dedup") == "去重"
+    monkeypatch.setattr(i18n, "_language_source", None)  # after the script run: no session
+    assert i18n._("Dedup") == "Dedup" and label("Dedup") == "去重"
+    assert i18n.current_language() == "en"  # the pin is only for the call
