@@ -24,6 +24,14 @@ sees the question ("What is the pass key?", the prompt's last paragraph): "with"
 appended to the compressed cache; a ratio is of the context), or "both", each policy's series
 twice, the second named "… · question after".
 
+**Retrievers** (quest, sparq, simhash, and one composed after a selector, ``snapkv+quest``):
+a point's budget or ratio is the retriever's read budget, the entries each decode step reads per
+layer and KV head, so the budget axis means what the attention reads for eviction and retrieval
+alike. A budget b reads b; a ratio r reads ``ratio_budget(r, prompt tokens)`` of each run's
+prompt (the rounding of an eviction's ratio). A composed selector keeps what its spec says (its
+own budget or ratio, else its default ratio); a spec that names ``read_budget`` runs at that read
+budget only. Their rows' ``budget`` is the read budget.
+
 Every point is checked before the first forward (a budget larger than a prompt, a window that
 leaves no room, ...), so a bad sweep fails at once with one message.
 """
@@ -41,6 +49,8 @@ from kvviz.runtime.inputs import check_run, prompt_ids
 from kvviz.runtime.jobs import Stopped
 from kvviz.record.metrics import mean_or_nan, perplexity
 from kvviz.policies import PolicyError
+from kvviz.policies.params import ratio_budget
+from kvviz.policies.selector import Retriever
 from kvviz.policies.spec import BUDGET_KEYS, PolicySpec
 from kvviz.sweep.rows import PASSKEY_COLUMNS, PPL_COLUMNS, SweepRow, rows_csv  # noqa: F401  (re-exported)
 from kvviz.record.text import PromptError
@@ -105,10 +115,37 @@ def names_budget(text: str) -> bool:
     return any(item.partition("=")[0].strip() in BUDGET_KEYS for item in rest.split(","))
 
 
-def points(settings: SweepSettings) -> list[tuple[PolicySpec, str]]:
+def names_read_budget(text: str) -> bool:
+    """Whether a spec text sets its retriever's read budget (``quest:read_budget=32``,
+    ``snapkv+quest:quest.read_budget=32``): then the sweep runs it at that read budget only."""
+    _, _, rest = text.partition(":")
+    return any(item.partition("=")[0].strip().rpartition(".")[2] == "read_budget" for item in rest.split(","))
+
+
+def reader_of(spec: PolicySpec) -> Retriever | None:
+    """The spec's retriever (alone, or composed after a selector), or None."""
+    pipeline = spec.pipeline()
+    policy = pipeline.reader or pipeline.selector
+    return policy if isinstance(policy, Retriever) else None
+
+
+def reading(spec: PolicySpec, read_budget: int) -> PolicySpec:
+    """``spec`` with its retriever reading ``read_budget`` entries per step; its other
+    parameters, and a composed selector's budget or ratio, as they are."""
+    reader = reader_of(spec)
+    if reader is None:
+        raise PolicyError(f"{spec.name} reads no read set: it has no read budget.")
+    params = spec.params_dict()
+    params[reader.name] = {**params.get(reader.name, {}), "read_budget": int(read_budget)}
+    return PolicySpec.create(spec.name, params, budget=spec.budget, ratio=spec.ratio)
+
+
+def points(settings: SweepSettings, prompt_len: int | None = None) -> list[tuple[PolicySpec, str]]:
     """Every point of the sweep with its series name: each policy at each ratio (or budget); a
-    policy that takes no budget (``full``, a store alone) or names its own runs once. Raises
-    PolicyError."""
+    policy that takes no budget (``full``, a store alone) or names its own runs once. A
+    retriever's point sets its read budget (the module's docstring); a ratio needs the prompt's
+    ``prompt_len`` tokens to become one (without it, the retriever's spec as written stands for
+    its ratio points, for checking and counting). Raises PolicyError."""
     if settings.task not in TASKS:
         raise PolicyError(f"task must be one of {', '.join(TASKS)}, not {settings.task!r}.")
     if not settings.policies:
@@ -118,7 +155,14 @@ def points(settings: SweepSettings) -> list[tuple[PolicySpec, str]]:
     out: list[tuple[PolicySpec, str]] = []
     for text in settings.policies:
         spec = PolicySpec.parse(text)
-        if not spec.takes_budget or names_budget(text):
+        retriever = reader_of(spec) is not None
+        if retriever and names_read_budget(text):
+            grid = [spec]  # its own read budget (a composed selector keeps its spec's or default ratio)
+        elif retriever and settings.budgets and not settings.ratios:
+            grid = [reading(spec, int(b)) for b in settings.budgets]
+        elif retriever and settings.ratios and not settings.budgets:
+            grid = [spec] if prompt_len is None else [reading(spec, ratio_budget(float(r), prompt_len)) for r in settings.ratios]
+        elif not spec.takes_budget or names_budget(text):
             grid = [spec]
         elif settings.budgets:
             grid = [spec.with_budget(budget=int(b)) for b in settings.budgets]
@@ -192,10 +236,10 @@ class Plan:
 
 def plan(tokenizer, settings: SweepSettings, max_context: int | None = None) -> Plan:
     """Every run of the sweep, in order, checked; raises PolicyError or PromptError."""
-    grid = points(settings)
+    points(settings)  # bad specs fail before any text is read
     if settings.task == "ppl":
-        return _plan_ppl(tokenizer, settings, grid, max_context)
-    return _plan_passkey(tokenizer, settings, grid, max_context)
+        return _plan_ppl(tokenizer, settings, max_context)
+    return _plan_passkey(tokenizer, settings, max_context)
 
 
 def ppl_tokens(tokenizer, text: str, context: int, continuation: int) -> tuple[list[int], list[int]]:
@@ -213,16 +257,16 @@ def ppl_tokens(tokenizer, text: str, context: int, continuation: int) -> tuple[l
     return ids[:context], ids[context : context + continuation]
 
 
-def _plan_ppl(tokenizer, settings, points, max_context) -> Plan:
+def _plan_ppl(tokenizer, settings, max_context) -> Plan:
     prompt, forced = ppl_tokens(tokenizer, settings.text, settings.context, settings.continuation)
     runs = [PlannedRun(None, prompt, len(forced), "full")]
-    for spec, series in points:
+    for spec, series in points(settings, len(prompt)):
         check_run(len(prompt), len(forced), max_context=max_context, specs=[spec], tokens_name="continuation tokens")
         runs.append(PlannedRun(spec, prompt, len(forced), series))
     return Plan(settings, runs, forced)
 
 
-def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
+def _plan_passkey(tokenizer, settings, max_context) -> Plan:
     if not settings.depths or not settings.lengths:
         raise PolicyError("The passkey task needs at least one depth and one filler length.")
     if settings.new_tokens < 1:
@@ -240,11 +284,11 @@ def _plan_passkey(tokenizer, settings, points, max_context) -> Plan:
                 raise PromptError(str(exc)) from None
             ids = prompt_ids(tokenizer, text, chat=True, max_context=max_context)
             q = question_start(tokenizer, ids, text) if settings.question != "with" else None
-            for spec, series in points:
+            for spec, series in points(settings, len(ids)):
                 check_run(len(ids), settings.new_tokens, max_context=max_context, specs=[spec])
                 if settings.question != "after":
                     runs.append(PlannedRun(spec, ids, settings.new_tokens, series, float(depth), int(length), key))
-                if settings.question != "with":
+                if q is not None:  # settings.question is "after" or "both"
                     spec.resolve_budget(q)  # a budget larger than the context fails before the first forward
                     runs.append(PlannedRun(spec, ids, settings.new_tokens, series + AFTER, float(depth), int(length), key, q))
     return Plan(settings, runs)
@@ -357,8 +401,10 @@ def _check_complete(trace) -> None:
 
 def _row_basics(planned: PlannedRun, trace, seconds: float) -> dict:
     spec = planned.spec
+    reader = None if spec is None else reader_of(spec)  # a retriever's budget is what each step reads
     return dict(
-        series=planned.series, policy=spec.name, params=params_text(spec), ratio=spec.ratio, budget=trace.budget,
+        series=planned.series, policy=spec.name, params=params_text(spec), ratio=spec.ratio if reader is None else None,
+        budget=trace.budget if reader is None else reader.read_budget,
         kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_peak=int(max(trace.kv_bytes)), kv_bytes_full=int(trace.kv_bytes_full[-1]),
         seconds=float(seconds), prompt_tokens=trace.prompt_len,
     )
