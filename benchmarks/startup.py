@@ -1,7 +1,7 @@
 """Start-up times of kvviz, measured from outside the process: whole-process wall seconds, the
 median of several fresh processes (one slow or one lucky run does not move a median).
 
-    python benchmarks/startup.py [--runs 5] [--root CHECKOUT] [--vs CHECKOUT] [--only import,load,home] [--json FILE]
+    python benchmarks/startup.py [--runs 5] [--root CHECKOUT] [--vs CHECKOUT [--vs-commit SHA]] [--only import,load,home] [--json FILE]
 
 - import: ``python -c`` that imports what loading the model needs (kvviz.model.loading, torch,
   transformers' Llama classes and tokenizer, safetensors) and exits;
@@ -14,7 +14,10 @@ median of several fresh processes (one slow or one lucky run does not move a med
 
 ``--root`` runs another checkout (e.g. ``git archive <commit> | tar -x -C /tmp/before``) with this
 interpreter; ``--vs`` a second one in turn with it (A B A B ...), for before/after numbers on a
-machine whose speed drifts. The weights cache must be warm (load the model once first).
+machine whose speed drifts (``--vs-commit`` names the second checkout's commit when it is not a
+git checkout). The weights cache must be warm (load the model once first). ``--json`` writes the
+medians with the date, the machine, the command, each checkout's commit and the load average
+read before every run.
 Numbers for this repository are in docs/PERFORMANCE.md, section "Start-up".
 """
 
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -48,14 +52,21 @@ HOME_TITLE = "kvviz: inside the KV cache"
 MODEL_SUMMARY = "KV cache per token"  # a metric of the Home page's model section
 
 
-def timed_process(code: str, root: Path) -> tuple[float, dict]:
-    started = time.perf_counter()
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_process(code: str, root: Path) -> tuple[float, float, dict]:
+    """Wall and CPU seconds (user + system) of a fresh ``python -c code`` in ``root``, and the
+    JSON its last line prints."""
+    cpu, started = children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, children_cpu() - cpu
     if done.returncode:
         raise SystemExit(f"the child failed:\n{done.stderr[-2000:]}")
     last = done.stdout.strip().splitlines()[-1:] or ["{}"]
-    return wall, json.loads(last[0]) if last[0].startswith("{") else {}
+    return wall, cpu, json.loads(last[0]) if last[0].startswith("{") else {}
 
 
 def free_port() -> int:
@@ -96,6 +107,21 @@ def timed_home(root: Path, browser) -> dict:
     return {"server_up_s": up, "home_interactive_s": interactive, "home_model_shown_s": model}
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def commit_of(root: Path) -> str | None:
+    """The checkout's commit, ``+changes`` when its files differ from it; None outside git."""
+    done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty=+changes", "--abbrev=7"], capture_output=True, text=True)
+    if done.returncode or not (root / ".git").exists():
+        return None
+    return done.stdout.strip() or None
+
+
 def medians(rows: list[dict]) -> dict:
     return {key: {"median": round(statistics.median(r[key] for r in rows), 3),
                   "min": round(min(r[key] for r in rows), 3), "max": round(max(r[key] for r in rows), 3)}
@@ -109,6 +135,7 @@ def main() -> None:
     parser.add_argument("--vs", type=Path, help="a second checkout, run in turn with --root (A B A B ...), "
                         "so that both see the same machine; medians of each and of the ratio A/B per pair")
     parser.add_argument("--only", default="import,load,home")
+    parser.add_argument("--vs-commit", help="the commit --vs holds, when it is not a git checkout (git archive)")
     parser.add_argument("--json", type=Path, help="write the results here as well")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -116,21 +143,28 @@ def main() -> None:
     for root in roots.values():
         timed_process(LOAD, root)  # warm: the weights cache and the OS's file cache
     results: dict = {"roots": {k: str(v) for k, v in roots.items()}, "runs": args.runs,
-                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                     "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                     "commits": {"A": commit_of(roots["A"]), **({"B": args.vs_commit or commit_of(roots["B"])} if "B" in roots else {})}}
     rows: dict[str, dict[str, list[dict]]] = {k: {} for k in roots}
+    loads: list[float] = []  # the 1-minute load average before each run: the machine is shared
 
     def measure(kind: str, run) -> None:
         for _ in range(args.runs):
             for name, root in roots.items():
+                loads.append(os.getloadavg()[0])
                 rows[name].setdefault(kind, []).append(run(root))
 
     if "import" in wanted:
-        measure("import", lambda root: {"wall_s": timed_process(IMPORTS, root)[0]})
+        def imports(root):
+            wall, cpu, _ = timed_process(IMPORTS, root)
+            return {"wall_s": wall, "cpu_s": cpu}
+        measure("import", imports)
     if "load" in wanted:
         def load(root):
-            wall, inside = timed_process(LOAD, root)
-            return {"wall_s": wall, **{k: v for k, v in inside.items() if isinstance(v, float)}}
+            wall, cpu, inside = timed_process(LOAD, root)
+            return {"wall_s": wall, "cpu_s": cpu, **{k: v for k, v in inside.items() if isinstance(v, float)}}
         measure("load", load)
     if "home" in wanted:
         from playwright.sync_api import sync_playwright
@@ -142,6 +176,7 @@ def main() -> None:
                 timed_home(root, browser)  # warm-up run, not counted
             measure("home", lambda root: timed_home(root, browser))
             browser.close()
+    results["load_avg_1m"] = {"median": round(statistics.median(loads), 2), "min": round(min(loads), 2), "max": round(max(loads), 2)}
     for name in roots:
         results[name] = {kind: medians(r) for kind, r in rows[name].items()}
     if "B" in roots:

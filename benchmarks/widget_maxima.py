@@ -201,16 +201,17 @@ def timed(fn):
 @page("live")
 def live_cases() -> Iterator[Case]:
     """A prompt filling the context but for the slider's most new tokens, a lossy evicting store
-    (every tab drawn, the reconstruction error's too), compared with the full cache; a search that
-    rings a third of the tokens."""
+    (every tab drawn, the reconstruction error's too), compared with the full cache; a search for
+    the prompt's commonest token, whose matches (the search's most) pass the rings a map draws."""
     from collections import Counter
 
     from kvviz.charts import against_full as compare_charts
     from kvviz.charts import memory as memory_charts
     from kvviz.charts import retention as retention_charts
+    from kvviz.charts.retention import MAX_RINGS, ring_runs
     from kvviz.charts.token_map import token_states_figure
     from kvviz.live.run import MAX_NEW_TOKENS
-    from kvviz.record.text import match_positions
+    from kvviz.record.text import match_positions, token_texts
     from kvviz.record.token_states import Scope, token_records
     from kvviz.runtime import engine
     from kvviz.ui import token_html, token_window
@@ -219,14 +220,19 @@ def live_cases() -> Iterator[Case]:
     context = SMOL_SHAPE["max_position_embeddings"]
     ids = tokenizer(text_of(context - MAX_NEW_TOKENS)).input_ids
     spec = "h2o+kivi:ratio=0.5"
+    # a search for the prompt's commonest token (random weights may write one blank token over and
+    # over, which a search strips to nothing), past MAX_RINGS matches so that the rings merge
+    prompt_texts = token_texts(tokenizer, ids)
+    common = Counter(t for t in prompt_texts if t.strip()).most_common(1)[0][0]
+    if len(match_positions(prompt_texts, common)) <= MAX_RINGS:
+        raise SystemExit(f"a search for {common!r} rings too few tokens to pass {MAX_RINGS}: the merge would not be exercised")
     cmp, run_s = timed(lambda: engine.against_full(model, tokenizer, ids, spec, max_new_tokens=MAX_NEW_TOKENS, model_name="tiny"))
     trace, full, forced = cmp.policy, cmp.full, cmp.forced
     step, n_pos = trace.n_steps - 1, trace.n_positions
-    common = Counter(trace.tokens).most_common(1)[0][0]  # a search for the commonest token: the most rings
     marked = sorted(set(match_positions(trace.tokens, common)))
     setting = f"{len(ids):,}-token prompt + {MAX_NEW_TOKENS} new tokens, {spec}, {trace.n_layers} layers x {trace.n_kv_heads} KV heads, step {step}"
     for scope in (Scope(), Scope(layer=trace.n_layers - 1, head=0)):
-        where = f"{setting}, {scope.label()}, {len(marked):,} tokens ringed"
+        where = f"{setting}, {scope.label()}, {len(marked):,} tokens ringed ({len(ring_runs(marked)[0])} rings drawn)"
 
         def tokens_view(s=scope):
             records, _ = token_window.window(token_records(trace, step, s), 0)
