@@ -68,6 +68,12 @@ def same_rows(a: dict, b: dict, tol: float = 1e-5) -> bool:
         for (ka, x), (kb, y) in zip(va, vb))
 
 
+def commit() -> str | None:
+    """The checkout's commit, ``+changes`` when its files differ from it."""
+    done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty=+changes"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def spread(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
 
@@ -88,7 +94,7 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "commit": commit(),
         "sweep_command": "python " + " ".join(SWEEP), "configs": {k: " ".join(v[0]) or f"env {v[1]}" for k, v in CONFIGS.items()},
         "policies": list(POLICIES), "ratios": [0.25, 0.5], "context": 256, "continuation": 32, "repeats": args.repeats,
         "load_avg_1m": spread([r["load_avg_1_5_15"][0] for r in runs]),
