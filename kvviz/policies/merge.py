@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kvviz.i18n import N_
 from kvviz.policies.selector import Selection
 from kvviz.policies.h2o import H2O
 
@@ -37,17 +38,17 @@ def merge_into(kept: torch.Tensor, gone: torch.Tensor, target: torch.Tensor, w_k
 @dataclass
 class Merge(H2O):
     name = "merge"
-    family = "merging"
+    family = N_("merging")
     paper = "Zhang et al., 2024. CaM: Cache Merging for Memory-efficient LLMs Inference; Wan et al., 2024. D2O: Dynamic Discriminative Operations"
     paper_url = "https://proceedings.mlr.press/v235/zhang24n.html"
-    summary = """Chooses what leaves like H2O (accumulated attention, plus the `recent` newest
+    summary = N_("""Chooses what leaves like H2O (accumulated attention, plus the `recent` newest
     tokens), but instead of dropping an evicted entry it merges it into the kept entry of the
     same KV head whose key is most similar (cosine): k' = (a_k k + a_e e) / (a_k + a_e), the
     same for the value, where a is the attention each has accumulated, and the kept entry's
     score becomes a_k + a_e. Several evicted entries may merge into one (a weighted average of
     all of them). The merged entry keeps the kept token's position for RoPE. For GQA the
     attention of a KV head is the mean over its query heads. CaM merges values only and D2O
-    merges only above a similarity threshold; kvviz always merges both keys and values."""
+    merges only above a similarity threshold; kvviz always merges both keys and values.""")
 
     def step(self, layer, ctx):
         sel = super().step(layer, ctx)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.store import LayerError, Storage, Store
 from kvviz.storage.fixed_capacity import FixedRows
@@ -126,10 +127,9 @@ class MiniCacheStore(Store):
 
     def keep(self, keep, keys=None, values=None):
         if self.link is not None:
-            raise PolicyError(
+            raise PolicyError(_(
                 "minicache holds a merged pair of layers per prompt token, so it cannot follow a selector that"
-                " evicts per layer; run minicache on its own (or with full)."
-            )
+                " evicts per layer; run minicache on its own (or with full)."))
         super().keep(keep, keys, values)
 
     def tensors(self):
@@ -172,10 +172,10 @@ class MergedPrefix(FixedRows):
 @dataclass
 class MiniCache(Storage):
     name = "minicache"
-    family = "cross-layer merging"
+    family = N_("cross-layer merging")
     paper = "Liu et al., 2024. MiniCache: KV Cache Compression in Depth Dimension for Large Language Models"
     paper_url = "https://arxiv.org/abs/2405.14366"
-    summary = """Merges the prompt's keys and values of adjacent layers in the deep part of the
+    summary = N_("""Merges the prompt's keys and values of adjacent layers in the deep part of the
     model (layers from `start` x the depth on, in pairs (l, l+1); a last odd layer stays whole).
     Per token and KV head, each layer's vector is split into its norm and its direction; the pair
     stores one direction, the SLERP of the two directions at `t` (toward the deeper layer), and
@@ -185,11 +185,11 @@ class MiniCache(Storage):
     bytes counted are what is held: the shared direction, the retained tokens' indices (int32)
     and originals in the pair's first layer, each layer's norms and its own retained originals.
     The prompt's own attention reads the originals (the merge follows the prefill, as in the
-    authors' code); generated tokens are appended unmerged. Cannot follow per-layer eviction."""
+    authors' code); generated tokens are appended unmerged. Cannot follow per-layer eviction.""")
 
-    t: float = param(0.6, "SLERP interpolation toward the deeper layer's direction (the paper's default 0.6).", min=0.0, max=1.0)
-    gamma: float = param(0.05, "Retention threshold: tokens in the top gamma of their head's angular-distance range stay unmerged.", min=0.0, max=1.0)
-    start: float = param(0.5, "Where merging starts, as a fraction of the depth (0.5: the deep half).", min=0.0, max=1.0)
+    t: float = param(0.6, N_("SLERP interpolation toward the deeper layer's direction (the paper's default 0.6)."), min=0.0, max=1.0)
+    gamma: float = param(0.05, N_("Retention threshold: tokens in the top gamma of their head's angular-distance range stay unmerged."), min=0.0, max=1.0)
+    start: float = param(0.5, N_("Where merging starts, as a fraction of the depth (0.5: the deep half)."), min=0.0, max=1.0)
 
     def pairs(self, n_layers: int) -> dict[int, tuple[int, int]]:
         """layer -> (pair's first layer, 0 or 1 for shallower or deeper), for the merged layers."""

@@ -8,6 +8,7 @@ queries that can see it (n - i for entry i: causal), and the query heads of a KV
 
 from dataclasses import dataclass
 
+from kvviz.i18n import N_
 from kvviz.policies.scoring import accumulated_attention
 from kvviz.policies.selector import ScoredSelector
 
@@ -15,10 +16,10 @@ from kvviz.policies.selector import ScoredSelector
 @dataclass
 class ObservedAttention(ScoredSelector):
     name = "observed_attention"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Zhang et al., 2023. H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LLMs (kvpress's ObservedAttentionPress)"
     paper_url = "https://arxiv.org/abs/2306.14048"
-    summary = """At the end of prefill, every entry's score is the attention it received from
+    summary = N_("""At the end of prefill, every entry's score is the attention it received from
     every prompt query, averaged over the queries that can see it: entry i of an n-token prompt
     is seen by the n - i queries from i on, so the sum is divided by n - i (a plain sum would
     favour the first tokens, which every query sees). For GQA a KV head's score is the mean over
@@ -27,10 +28,10 @@ class ObservedAttention(ScoredSelector):
     rule applied to the prompt only; kvviz computes the attention from the captured queries
     instead of asking the model for eager attention weights. Unlike `h2o` it keeps no recent
     window, and it divides by the number of queries, so the last tokens (seen by few queries,
-    each giving them a large weight) rank high."""
+    each giving them a large weight) rank high.""")
     needs_queries = True
     acts_at_decode = False
-    others = "with the highest attention per query that sees them"
+    others = N_("with the highest attention per query that sees them")
 
     def score(self, layer, ctx):
         queries, query_positions = layer.captured_queries()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from kvviz.i18n import _
+
 
 class PolicyError(ValueError):
     """A policy name, parameter or budget that cannot be used; the message names the problem."""
@@ -107,10 +109,8 @@ class Policy:
         specs = cls.params()
         unknown = sorted(set(values) - set(specs))
         if unknown:
-            raise PolicyError(
-                f"Policy '{cls.name}' has no parameter {', '.join(map(repr, unknown))}"
-                f" (it has: {', '.join(specs) or 'none'})."
-            )
+            raise PolicyError(_("Policy '{policy}' has no parameter {unknown} (it has: {known}).").format(
+                policy=cls.name, unknown=", ".join(map(repr, unknown)), known=", ".join(specs) or _("none")))
         kwargs = {k: coerce(cls.name, k, specs[k], v) for k, v in values.items()}
         policy = cls(**kwargs)
         policy.validate()
@@ -121,16 +121,17 @@ class Policy:
             value = getattr(self, name)
             if value is None:
                 if not spec.optional:
-                    raise PolicyError(f"{self.name}: parameter '{name}' needs a value.")
+                    raise PolicyError(_("{policy}: parameter '{name}' needs a value.").format(policy=self.name, name=name))
                 continue
             if spec.choices and value not in spec.choices:
-                raise PolicyError(
-                    f"{self.name}: {name} must be one of {', '.join(map(str, spec.choices))}, not {value!r}."
-                )
+                raise PolicyError(_("{policy}: {name} must be one of {choices}, not {value}.").format(
+                    policy=self.name, name=name, choices=", ".join(map(str, spec.choices)), value=repr(value)))
             if spec.min is not None and value < spec.min:
-                raise PolicyError(f"{self.name}: {name} must be at least {spec.min}, not {value}.")
+                raise PolicyError(_("{policy}: {name} must be at least {min}, not {value}.").format(
+                    policy=self.name, name=name, min=spec.min, value=value))
             if spec.max is not None and value > spec.max:
-                raise PolicyError(f"{self.name}: {name} must be at most {spec.max}, not {value}.")
+                raise PolicyError(_("{policy}: {name} must be at most {max}, not {value}.").format(
+                    policy=self.name, name=name, max=spec.max, value=value))
 
     def values(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in self.params()}
@@ -163,4 +164,5 @@ def coerce(policy: str, name: str, spec: Param, value):
             return f
         return str(value)
     except (TypeError, ValueError):
-        raise PolicyError(f"{policy}: {name} must be a {spec.type.__name__}, not {value!r}.") from None
+        raise PolicyError(_("{policy}: {name} must be a {type}, not {value}.").format(
+            policy=policy, name=name, type=spec.type.__name__, value=repr(value))) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from kvviz.i18n import _
 from kvviz.policies.params import Policy
 
 ENV = "KVVIZ_POLICY_PATH"  # os.pathsep-separated .py files or folders of them
@@ -39,7 +40,7 @@ class PluginProblem:
     def short(self) -> str:
         """The same with the file's name only (what a page shows: visitors get no server paths)."""
         where = Path(self.where).name if not self.where.startswith("entry point") else self.where
-        return f"policy plugin {where}: {self.error}"
+        return _("policy plugin {file}: {error}").format(file=where, error=self.error)
 
 
 def add_file(path: str | os.PathLike) -> None:

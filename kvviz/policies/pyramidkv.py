@@ -8,6 +8,7 @@ on top of its share.
 
 from dataclasses import dataclass
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.snapkv import SnapKV
 
@@ -15,10 +16,10 @@ from kvviz.policies.snapkv import SnapKV
 @dataclass
 class PyramidKV(SnapKV):
     name = "pyramidkv"
-    family = "eviction"
+    family = N_("eviction")
     paper_url = "https://arxiv.org/abs/2406.02069"
     paper = "Cai et al., 2024. PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling"
-    summary = """Lower layers spread their attention widely, higher layers focus on a few tokens,
+    summary = N_("""Lower layers spread their attention widely, higher layers focus on a few tokens,
     so PyramidKV gives lower layers more of the cache. As in the authors' code (KVCache-Factory's
     PyramidKVCluster), `budget` is the average kept per layer and KV head, observation window
     included; the room outside the window (budget - window) is shaped into a pyramid: the last
@@ -31,9 +32,9 @@ class PyramidKV(SnapKV):
     selects like SnapKV (window votes, pooled before the window, top-k per KV head; mean over
     the group's query heads for GQA). Differs from the released code on purpose: a budget at or
     below `window` keeps the newest `budget` tokens in every layer (the released code refuses
-    it)."""
+    it).""")
 
-    beta: float = param(20.0, "The last layer selects (budget - window) // beta entries besides the window; larger = steeper pyramid.", min=1.0, max=1000.0)
+    beta: float = param(20.0, N_("The last layer selects (budget - window) // beta entries besides the window; larger = steeper pyramid."), min=1.0, max=1000.0)
 
     def layer_budget(self, budget, layer_idx, n_layers, prompt_len=None):
         """Entries kept per KV head in ``layer_idx``: the released schedule (line numbers above);

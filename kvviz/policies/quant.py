@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from kvviz.i18n import N_, _
 from kvviz.storage.fixed_capacity import FixedStreams
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.store import LayerError, Storage, Store
@@ -67,13 +68,13 @@ class QuantStore(Store):
 @dataclass
 class Quant(Storage):
     name = "quant"
-    family = "quantization"
+    family = N_("quantization")
     paper = (
         "Jacob et al., 2018. Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only"
         " Inference (uniform affine quantization); Sheng et al., 2023. FlexGen (group-wise 4-bit KV cache)"
     )
     paper_url = "https://arxiv.org/abs/2303.06865"  # FlexGen, for the KV cache; Jacob et al.: arXiv 1712.05877
-    summary = """Stores keys and values as `bits`-bit integer codes (8, 4 or 2 bits) packed into
+    summary = N_("""Stores keys and values as `bits`-bit integer codes (8, 4 or 2 bits) packed into
     bytes (4-bit: two codes per byte, 2-bit: four), plus a scale and, unless symmetric, a zero
     point per group of `group_size` elements, in the model's dtype. `per_token` gives each token
     its own scales, one per `group_size` channels; `per_channel` gives each channel one scale
@@ -84,18 +85,18 @@ class Quant(Storage):
     prefill from the same attention as without quantization;
     per-token rows are gathered as they are; per-channel groups are re-formed from the
     dequantized kept tokens, which adds error that the reported quantization error does not
-    count. Quantization applies the same way to every KV head; no GQA aggregation is involved."""
+    count. Quantization applies the same way to every KV head; no GQA aggregation is involved.""")
 
-    bits: int = param(4, "Bits per code: 8, 4 or 2.", choices=(8, 4, 2))
-    axis: str = param("per_token", "What shares a scale: the channels of a token, or the tokens of a channel.", choices=("per_token", "per_channel"))
-    symmetric: bool = param(False, "Symmetric (scale only, codes centred on 0) instead of asymmetric (scale and zero point).")
-    group_size: int = param(32, "Elements per scale: channels of a token (per_token; capped at head_dim, must divide it) or tokens of a channel (per_channel).", min=1, max=4096)
+    bits: int = param(4, N_("Bits per code: 8, 4 or 2."), choices=(8, 4, 2))
+    axis: str = param("per_token", N_("What shares a scale: the channels of a token, or the tokens of a channel."), choices=("per_token", "per_channel"))
+    symmetric: bool = param(False, N_("Symmetric (scale only, codes centred on 0) instead of asymmetric (scale and zero point)."))
+    group_size: int = param(32, N_("Elements per scale: channels of a token (per_token; capped at head_dim, must divide it) or tokens of a channel (per_channel)."), min=1, max=4096)
 
     def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
         per_channel = self.axis == "per_channel"
         group = self.group_size if per_channel else min(self.group_size, head_dim)
         if not per_channel and head_dim % group:
-            raise PolicyError(f"quant: group_size {group} does not divide the head dimension {head_dim}.")
+            raise PolicyError(_("quant: group_size {group} does not divide the head dimension {head_dim}.").format(group=group, head_dim=head_dim))
 
         def stream():
             return QuantizedStream(kv_heads, head_dim, dtype, device, bits=self.bits, per_channel=per_channel, group_size=group, symmetric=self.symmetric)

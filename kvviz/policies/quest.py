@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import Retriever
 
@@ -32,7 +33,7 @@ class Quest(Retriever):
     graph_safe = True  # static shapes at a fixed capacity (Retriever.read_fixed), no host reads
     paper = "Tang et al., 2024. Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference"
     paper_url = "https://arxiv.org/abs/2406.10774"
-    summary = """Retrieval, not eviction: the cache keeps every entry and, per page of
+    summary = N_("""Retrieval, not eviction: the cache keeps every entry and, per page of
     `page_size` consecutive entries, the element-wise minimum and maximum of its keys (the
     summary). At each decode step the query bounds every page's score from above,
     sum over dims of max(q x max, q x min), as in the authors' code (mit-han-lab/Quest), and the
@@ -42,10 +43,10 @@ class Quest(Retriever):
     model shares KV heads between query heads (GQA), so a KV head reads one set of pages, chosen
     by the sum of its query heads' bounds (the authors' code repeats the KV heads and lets every
     query head choose its own pages); and pages are counted over the entries held, which after an eviction
-    policy are no longer consecutive tokens."""
+    policy are no longer consecutive tokens.""")
 
-    page_size: int = param(16, "Entries per page; each page keeps the min and max of its keys.", min=1, max=4096)
-    full_layers: int = param(2, "First layers that read every entry (Quest skips the first two).", min=0, max=1000)
+    page_size: int = param(16, N_("Entries per page; each page keeps the min and max of its keys."), min=1, max=4096)
+    full_layers: int = param(2, N_("First layers that read every entry (Quest skips the first two)."), min=0, max=1000)
 
     def pages(self, n: int) -> int:
         """Pages read with n entries held, when the read budget does not cover them: read_budget //

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from kvviz.i18n import N_, _, ngettext
 from kvviz.policies.params import Note, Policy, PolicyError, param, ratio_budget
 from kvviz.policies.scoring import first_mask, keep_top, recent_mask
 from kvviz.record.trace import Protection
@@ -151,10 +152,10 @@ class BudgetSelector(Selector):
     # field of Protection -> a parameter name); a part that grows with the budget is no setting
     protection_params: ClassVar[dict[str, str]] = {}
     # the entries the budget holds beyond the protected ones, for the notes: "the other 16 ..."
-    others: ClassVar[str] = "chosen by its scores"
+    others: ClassVar[str] = N_("chosen by its scores")
 
-    budget: int | None = param(None, "Kept entries per layer and KV head (or give a ratio).", type=int, min=1, optional=True)
-    ratio: float | None = param(0.25, "Kept fraction of the prompt, when no budget is given.", type=float, min=0.001, max=1.0, optional=True)
+    budget: int | None = param(None, N_("Kept entries per layer and KV head (or give a ratio)."), type=int, min=1, optional=True)
+    ratio: float | None = param(0.25, N_("Kept fraction of the prompt, when no budget is given."), type=float, min=0.001, max=1.0, optional=True)
 
     def resolve_budget(self, prompt_len: int) -> int:
         """Kept entries per layer and KV head: the one place a budget or ratio becomes entries
@@ -162,16 +163,15 @@ class BudgetSelector(Selector):
         this prompt (``check_budget``)."""
         if self.budget is not None:
             if self.budget <= 0:
-                raise PolicyError(f"{self.name}: budget must be positive, not {self.budget}.")
+                raise PolicyError(_("{policy}: budget must be positive, not {budget}.").format(policy=self.name, budget=self.budget))
             if self.budget > prompt_len:
-                raise PolicyError(
-                    f"{self.name}: budget {self.budget} is larger than the prompt ({prompt_len} tokens)."
-                )
+                raise PolicyError(_("{policy}: budget {budget} is larger than the prompt ({prompt_len} tokens).").format(
+                    policy=self.name, budget=self.budget, prompt_len=prompt_len))
             budget = int(self.budget)
         elif self.ratio is None:
-            raise PolicyError(f"{self.name}: give a budget or a ratio.")
+            raise PolicyError(_("{policy}: give a budget or a ratio.").format(policy=self.name))
         elif not 0 < self.ratio <= 1:
-            raise PolicyError(f"{self.name}: ratio must be in (0, 1], not {self.ratio}.")
+            raise PolicyError(_("{policy}: ratio must be in (0, 1], not {ratio}.").format(policy=self.name, ratio=self.ratio))
         else:
             budget = ratio_budget(self.ratio, prompt_len)
         self.check_budget(budget)
@@ -197,28 +197,34 @@ class BudgetSelector(Selector):
             if setting and getattr(big, part):
                 asked.append((name, getattr(big, part)))
             if n:
-                what = f"the first {n} tokens" if part == "n_sink" else (
-                    f"the {n} " + ("last tokens of the prompt" if real.anchored_at_prompt else "most recent tokens"))
-                why = name if setting else "the whole budget" if n == budget else "the rest of the budget"
-                kept.append(f"{what} ({why})")
+                what = _("the first {n} tokens") if part == "n_sink" else (
+                    _("the {n} last tokens of the prompt") if real.anchored_at_prompt else _("the {n} most recent tokens"))
+                why = name if setting else _("the whole budget") if n == budget else _("the rest of the budget")
+                kept.append(_("{what} ({why})").format(what=what.format(n=n), why=why))
         if not kept:
             return []
         rest = budget - real.n_sink - real.recent
-        text = f"With {budget} entries per layer and KV head, {self.name} keeps " + " and ".join(kept)
-        others = f"the {rest} other {'entry' if rest == 1 else 'entries'} {self.others}"
-        notes = [Note("info", text + (f", and {others}." if rest > 0 else "."))]
-        names, total = " + ".join(n for n, _ in asked), sum(a for _, a in asked)
-        said = f"{names} = " + " + ".join(str(a) for _, a in asked)
+        said_kept = kept[0] if len(kept) == 1 else _("{one} and {other}").format(one=kept[0], other=kept[1])
+        others = _(self.others)
+        values = dict(budget=budget, policy=self.name, kept=said_kept, rest=rest, others=others)
+        if rest > 0:
+            text = ngettext("With {budget} entries per layer and KV head, {policy} keeps {kept}, and the {rest} other entry {others}.",
+                            "With {budget} entries per layer and KV head, {policy} keeps {kept}, and the {rest} other entries {others}.",
+                            rest).format(**values)
+        else:
+            text = _("With {budget} entries per layer and KV head, {policy} keeps {kept}.").format(**values)
+        notes = [Note("info", text)]
+        names, total = " + ".join(n for n, _a in asked), sum(a for _n, a in asked)
+        said = f"{names} = " + " + ".join(str(a) for _n, a in asked)
+        values.update(said=said, names=names, protected=real.n_sink + real.recent)
         if total > budget:
-            notes.append(Note("warning", (
-                f"{said} asks to protect more entries than the budget holds ({budget} per layer and KV head): {self.name}"
-                f" protects only {real.n_sink + real.recent} and keeps no entries {self.others}. Raise the budget or lower {names}."
-            )))
+            notes.append(Note("warning", _(
+                "{said} asks to protect more entries than the budget holds ({budget} per layer and KV head): {policy}"
+                " protects only {protected} and keeps no entries {others}. Raise the budget or lower {names}.").format(**values)))
         elif asked and total == budget == real.n_sink + real.recent:
-            notes.append(Note("warning", (
-                f"{said} fills the whole budget ({budget} entries per layer and KV head): no room is left for entries "
-                f"{self.others}. Raise the budget or lower {names}."
-            )))
+            notes.append(Note("warning", _(
+                "{said} fills the whole budget ({budget} entries per layer and KV head): no room is left for entries "
+                "{others}. Raise the budget or lower {names}.").format(**values)))
         return notes
 
     def _setting_name(self, part: str, value: int) -> str:
@@ -227,7 +233,7 @@ class BudgetSelector(Selector):
         if part in self.protection_params:
             return self.protection_params[part]
         same = [n for n, v in self.values().items() if n not in ("budget", "ratio") and v == value and not isinstance(v, bool)]
-        return same[0] if len(same) == 1 else "its settings"
+        return same[0] if len(same) == 1 else _("its settings")
 
 
 @dataclass
@@ -287,10 +293,10 @@ class Retriever(Selector):
     (the CUDA graph path) ``read_fixed`` picks the same entries in shapes that never change.
     """
 
-    family = "retrieval"
+    family = N_("retrieval")
     needs_queries = True
 
-    read_budget: int = param(64, "Entries each decode step reads per layer and KV head (the cache keeps them all).", min=1, max=1_000_000)
+    read_budget: int = param(64, N_("Entries each decode step reads per layer and KV head (the cache keeps them all)."), min=1, max=1_000_000)
 
     def step(self, layer, ctx):
         return None  # nothing is evicted

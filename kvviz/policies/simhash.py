@@ -5,6 +5,7 @@ from functools import lru_cache
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import Retriever
 
@@ -36,7 +37,7 @@ class SimHash(Retriever):
     graph_safe = True  # static shapes at a fixed capacity (Retriever.read_fixed), no host reads
     paper = "Chen et al., 2024. MagicPIG: LSH Sampling for Efficient LLM Generation; Desai et al., 2024. HashAttention"
     paper_url = "https://arxiv.org/abs/2410.16179"
-    summary = """Retrieval, not eviction: the cache keeps every entry and, beside it, a SimHash
+    summary = N_("""Retrieval, not eviction: the cache keeps every entry and, beside it, a SimHash
     signature of its key: `bits` signs of random projections in each of `tables` tables
     (bits x tables bits per key, the summary). At each decode step the query's signature ranks
     the entries by Hamming similarity (matching bits, summed over the tables and over the KV
@@ -45,11 +46,11 @@ class SimHash(Retriever):
     Hamming similarity). Differs from both: MagicPIG takes the entries that collide in enough
     tables and samples them with importance weights, on the CPU; HashAttention learns its hash
     functions; kvviz uses fixed random hyperplanes (seeded) and a plain top-k, and recomputes
-    the signatures each step instead of storing them."""
+    the signatures each step instead of storing them.""")
 
-    bits: int = param(8, "Signature bits per key in each table.", min=1, max=64)
-    tables: int = param(4, "Hash tables (independent sets of hyperplanes).", min=1, max=64)
-    seed: int = param(0, "Seed of the random hyperplanes.", min=0, max=2**31 - 1)
+    bits: int = param(8, N_("Signature bits per key in each table."), min=1, max=64)
+    tables: int = param(4, N_("Hash tables (independent sets of hyperplanes)."), min=1, max=64)
+    seed: int = param(0, N_("Seed of the random hyperplanes."), min=0, max=2**31 - 1)
 
     def rank(self, layer, ctx):
         d = layer.keys.shape[-1]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector
 from kvviz.policies.scoring import attention_probs
@@ -22,10 +23,10 @@ from kvviz.record.trace import Protection
 @dataclass
 class SnapKV(ScoredSelector):
     name = "snapkv"
-    family = "eviction"
+    family = N_("eviction")
     paper_url = "https://arxiv.org/abs/2404.14469"
     paper = "Li et al., 2024. SnapKV: LLM Knows What You are Looking for Before Generation"
-    summary = """At the end of prefill, the last `window` queries of the prompt (the observation
+    summary = N_("""At the end of prefill, the last `window` queries of the prompt (the observation
     window) score every earlier entry by the attention they give it, summed over the window;
     the scores of the entries before the window are pooled along the sequence (`kernel`, avg or
     max, zero padding) so neighbours of important tokens survive too. Each KV head keeps its own
@@ -34,13 +35,13 @@ class SnapKV(ScoredSelector):
     in KVCache-Factory's KV-head path. As in the authors' code, only the entries before the
     window are pooled (the window's own votes never reach its neighbours). Differs from the
     released code on purpose in one place: a budget at or below `window` keeps the newest
-    `budget` tokens (the released code refuses it)."""
+    `budget` tokens (the released code refuses it).""")
     needs_queries = True
     acts_at_decode = False
 
-    window: int = param(32, "Observation window: the last prompt tokens whose queries vote (always kept).", min=1)
-    kernel: int = param(7, "Pooling kernel size along the sequence (1 = no pooling).", min=1, max=63)
-    pooling: str = param("avg", "How votes are pooled along the sequence.", choices=("avg", "max"))
+    window: int = param(32, N_("Observation window: the last prompt tokens whose queries vote (always kept)."), min=1)
+    kernel: int = param(7, N_("Pooling kernel size along the sequence (1 = no pooling)."), min=1, max=63)
+    pooling: str = param("avg", N_("How votes are pooled along the sequence."), choices=("avg", "max"))
 
     def score(self, layer, ctx):
         window = self.protection(ctx.budget).recent

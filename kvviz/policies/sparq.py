@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import Retriever
 
@@ -31,7 +32,7 @@ class SparQ(Retriever):
     graph_safe = True  # static shapes at a fixed capacity (Retriever.read_fixed), no host reads
     paper = "Ribar et al., 2024. SparQ Attention: Bandwidth-Efficient LLM Inference"
     paper_url = "https://arxiv.org/abs/2312.04985"
-    summary = """Retrieval, not eviction: the cache keeps every entry. At each decode step the
+    summary = N_("""Retrieval, not eviction: the cache keeps every entry. At each decode step the
     query's `r` largest components (by magnitude) give approximate scores of every key, read
     from those `r` dimensions only, with the paper's temperature sqrt(d x |q_r|_1 / |q|_1); the
     attention reads the read_budget entries with the highest approximate scores. With
@@ -39,10 +40,10 @@ class SparQ(Retriever):
     alpha x the read attention + (1 - alpha) x the mean of all the KV head's held values, alpha
     being the approximate mass of the entries read (1 when all are read: the same as full).
     For GQA a KV head ranks its entries by the sum of its query heads' approximate scores (the
-    paper ran one query per KV head); alpha is each query head's own."""
+    paper ran one query per KV head); alpha is each query head's own.""")
 
-    r: int = param(16, "Query components used for the approximate scores (of the head dimension).", min=1, max=4096)
-    mean_value: bool = param(True, "The paper's mean-value correction: mix the mean of all held values in by the approximate mass not read.")
+    r: int = param(16, N_("Query components used for the approximate scores (of the head dimension)."), min=1, max=4096)
+    mean_value: bool = param(True, N_("The paper's mean-value correction: mix the mean of all held values in by the approximate mass not read."))
 
     def scores(self, layer) -> torch.Tensor:
         """(kv_heads, group, n) float32: the step's approximate scores per query head (0 on

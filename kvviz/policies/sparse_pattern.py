@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.policies.params import PolicyError, param
 from kvviz.policies.selector import ScoredSelector
 from kvviz.policies.scoring import first_mask, random_draw, recent_mask
@@ -15,11 +16,11 @@ GLOBAL, RANDOM_BLOCK, LOCAL = 3.0, 2.0, 1.0  # scores recorded in the trace: whi
 @dataclass
 class SparsePattern(ScoredSelector):
     name = "sparse_pattern"
-    family = "sparse"
+    family = N_("sparse")
     paper = "Beltagy et al., 2020. Longformer; Zaheer et al., 2020. Big Bird: Transformers for Longer Sequences"
     paper_url = "https://arxiv.org/abs/2007.14062"
     graph_safe = True
-    summary = """The attention pattern of Longformer and BigBird turned into a cache: the
+    summary = N_("""The attention pattern of Longformer and BigBird turned into a cache: the
     `n_global` first tokens (global tokens), `random_blocks` blocks of `block_size` consecutive
     prompt tokens drawn at random per KV head at the end of prefill (BigBird's random
     attention), and a local window of the newest tokens, which takes the rest of the budget:
@@ -27,21 +28,20 @@ class SparsePattern(ScoredSelector):
     after the global tokens, drawn among the complete blocks before the window, from the run's
     seeded generator. In the papers each query block draws its own random blocks; a cache serves
     every later query, so kvviz draws once per KV head. Uses no scores (no GQA aggregation).
-    The trace's score says which part holds an entry: 3 global, 2 random block, 1 local."""
+    The trace's score says which part holds an entry: 3 global, 2 random block, 1 local.""")
 
-    n_global: int = param(4, "First tokens always kept (global tokens).", min=0, max=1024)
-    block_size: int = param(4, "Tokens per random block.", min=1, max=256)
-    random_blocks: int = param(2, "Random blocks of prompt tokens kept per KV head.", min=0, max=256)
+    n_global: int = param(4, N_("First tokens always kept (global tokens)."), min=0, max=1024)
+    block_size: int = param(4, N_("Tokens per random block."), min=1, max=256)
+    random_blocks: int = param(2, N_("Random blocks of prompt tokens kept per KV head."), min=0, max=256)
 
     protection_params = {"n_sink": "n_global"}  # the window is what the budget leaves
-    others = "in its random blocks (random_blocks x block_size)"
+    others = N_("in its random blocks (random_blocks x block_size)")
 
     def check_budget(self, budget: int) -> None:
         if budget <= self.n_global + self.random_blocks * self.block_size:
-            raise PolicyError(
-                f"sparse_pattern: budget {budget} leaves no local window after {self.n_global} global tokens and"
-                f" {self.random_blocks} random blocks of {self.block_size}; raise the budget or shrink the pattern."
-            )
+            raise PolicyError(_("sparse_pattern: budget {budget} leaves no local window after {n_global} global tokens and"
+                                " {random_blocks} random blocks of {block_size}; raise the budget or shrink the pattern.").format(
+                budget=budget, n_global=self.n_global, random_blocks=self.random_blocks, block_size=self.block_size))
 
     def protection(self, budget):
         window = budget - self.n_global - self.random_blocks * self.block_size if budget else 0

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kvviz.i18n import _
 from kvviz.policies.params import Note
 
 BUDGET_KEYS = ("budget", "ratio")
@@ -68,12 +69,12 @@ class PolicySpec:
         """``"snapkv:window=8,kernel=7"`` -> PolicySpec; ``budget``/``ratio`` apply unless the text sets one."""
         from kvviz.policies import PolicyError
 
-        name, _, rest = (text or "").strip().partition(":")
+        name, _colon, rest = (text or "").strip().partition(":")
         params: dict[str, str] = {}
         for item in filter(None, (p.strip() for p in rest.split(","))):
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise PolicyError(f"'{text}': parameters are key=value, separated by commas (got '{item}').")
+                raise PolicyError(_("'{text}': parameters are key=value, separated by commas (got '{item}').").format(text=text, item=item))
             params[key.strip()] = value.strip()
         if any(k in params for k in BUDGET_KEYS):
             budget = ratio = None
@@ -170,10 +171,10 @@ class PolicySpec:
         from kvviz.policies import PolicyError
 
         if not isinstance(d, dict) or not isinstance(d.get("policy"), str):
-            raise PolicyError("A policy spec needs a 'policy' name.")
+            raise PolicyError(_("A policy spec needs a 'policy' name."))
         params = d.get("params") or {}
         if not isinstance(params, dict):
-            raise PolicyError("A policy spec's 'params' must be an object.")
+            raise PolicyError(_("A policy spec's 'params' must be an object."))
         return cls.create(d["policy"], params, budget=d.get("budget"), ratio=d.get("ratio"))
 
     def __str__(self) -> str:
@@ -198,7 +199,7 @@ def _int(value, what: str) -> int:
             raise ValueError
         return int(f)
     except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a whole number, not {value!r}.") from None
+        raise PolicyError(_("{what} must be a whole number, not {value}.").format(what=what, value=repr(value))) from None
 
 
 def _float(value, what: str) -> float:
@@ -210,7 +211,7 @@ def _float(value, what: str) -> float:
             raise ValueError
         return f
     except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a number, not {value!r}.") from None
+        raise PolicyError(_("{what} must be a number, not {value}.").format(what=what, value=repr(value))) from None
 
 
 def budget_notes(spec: PolicySpec, prompt_len: int) -> list[Note]:

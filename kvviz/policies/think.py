@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.store import LayerError, Storage, Store
 from kvviz.storage.quantize import ErrorMeter
@@ -91,11 +92,11 @@ class ChannelStore(Store):
 @dataclass
 class ThinK(Storage):
     name = "think"
-    family = "channel pruning"
+    family = N_("channel pruning")
     needs_prefill_queries = True
     paper = "Xu et al., 2024. ThinK: Thinner Key Cache by Query-Driven Pruning"
     paper_url = "https://arxiv.org/abs/2407.21018"
-    summary = """Drops key channels instead of tokens, as kvpress's ThinKPress: per layer and KV
+    summary = N_("""Drops key channels instead of tokens, as kvpress's ThinKPress: per layer and KV
     head, each channel is scored by the mean over the prompt's last `window` queries of q²
     (averaged over the query heads sharing the KV head) times the mean over the prompt's keys of
     k², and the int(head_dim x `channel_ratio`) lowest are pruned. The prompt's own attention
@@ -104,10 +105,10 @@ class ThinK(Storage):
     touched. Departures from kvpress: kvpress zeroes the pruned channels in a full-width tensor
     (no bytes saved) and keeps generated tokens' keys whole; kvviz really stores the narrower
     keys and prunes generated tokens' keys on the same channels (the channels are fixed at
-    prefill). Composes with a token selector (`snapkv+think`)."""
+    prefill). Composes with a token selector (`snapkv+think`).""")
 
-    channel_ratio: float = param(0.5, "Fraction of key channels pruned per KV head (int(head_dim x ratio)).", min=0.0, max=0.95)
-    window: int = param(32, "Last prompt queries that score the channels.", min=1, max=4096)
+    channel_ratio: float = param(0.5, N_("Fraction of key channels pruned per KV head (int(head_dim x ratio))."), min=0.0, max=0.95)
+    window: int = param(32, N_("Last prompt queries that score the channels."), min=1, max=4096)
 
     def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
         return ChannelStore(kv_heads, head_dim, dtype, device, int(head_dim * self.channel_ratio), self.window)

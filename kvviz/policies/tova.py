@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector
 from kvviz.policies.scoring import attention_probs
@@ -10,21 +11,21 @@ from kvviz.policies.scoring import attention_probs
 @dataclass
 class TOVA(ScoredSelector):
     name = "tova"
-    family = "eviction"
+    family = N_("eviction")
     paper = "Oren et al., 2024. Transformers are Multi-State RNNs (TOVA: Token Omission Via Attention)"
     paper_url = "https://arxiv.org/abs/2401.06104"
     graph_safe = True
-    summary = """At every decode step, once the budget is full, evicts the entry with the lowest
+    summary = N_("""At every decode step, once the budget is full, evicts the entry with the lowest
     attention from the current query. As in the paper and the authors' code the score is
     averaged over all the layer's query heads, so every KV head keeps the same tokens (with
     `per_kv_head`, not the authors' rule, each KV head instead ranks by the mean of its own
     group of query heads). No history is kept: only the current query decides. As the authors'
     `TOVACache` (schwartz-lab-NLP/TOVA, src/tova_cache.py) does, kvviz compresses the prompt at
     once at the end of prefill, ranked by the attention of the last prompt query, then evicts
-    one entry per decode step."""
+    one entry per decode step.""")
     needs_queries = True
 
-    per_kv_head: bool = param(False, "Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer.")
+    per_kv_head: bool = param(False, N_("Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer."))
 
     def score(self, layer, ctx):
         queries, query_positions = layer.captured_queries()

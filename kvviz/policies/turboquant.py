@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.store import LayerError, Storage, Store
 from kvviz.storage.quantize import ErrorMeter, pack, unpack
@@ -107,10 +108,10 @@ class TurboQuantStore(Store):
 @dataclass
 class TurboQuant(Storage):
     name = "turboquant"
-    family = "quantization"
+    family = N_("quantization")
     paper = "Zandieh et al., 2025. TurboQuant: Online Vector Quantization with Near-optimal Distortion Rate"
     paper_url = "https://arxiv.org/abs/2504.19874"
-    summary = """TurboQuant's MSE quantizer on every key and value: the vector's norm is stored in
+    summary = N_("""TurboQuant's MSE quantizer on every key and value: the vector's norm is stored in
     the model's dtype, its unit vector is rotated by a random orthogonal matrix (one for the
     model, from `seed`), after which each coordinate follows the same known distribution (that
     of a coordinate of a random point on the sphere), and each coordinate is replaced by the
@@ -120,10 +121,10 @@ class TurboQuant(Storage):
     layer 0. The prompt's own attention at prefill reads the originals (as KIVI and quantized
     caches); from then on attention reads the decoded vectors. Composes with eviction
     (`snapkv+turboquant`). The paper's inner-product variant (a 1-bit QJL sketch of the
-    residual) is not included."""
+    residual) is not included.""")
 
-    bits: int = param(4, "Bits per coordinate: 4 or 2 (packed two or four to a byte).", choices=(4, 2))
-    seed: int = param(0, "Seed of the random rotation.", min=0, max=2**31 - 1)
+    bits: int = param(4, N_("Bits per coordinate: 4 or 2 (packed two or four to a byte)."), choices=(4, 2))
+    seed: int = param(0, N_("Seed of the random rotation."), min=0, max=2**31 - 1)
 
     def make_store(self, layer_idx, n_layers, kv_heads, head_dim, dtype, device) -> Store:
         return TurboQuantStore(kv_heads, head_dim, dtype, device, self.bits, rotation(head_dim, self.seed, device), layer_idx == 0)
