@@ -14,10 +14,11 @@ from plotly.subplots import make_subplots
 
 from kvviz.charts.style import COLORS, series_color, series_line, style
 from kvviz.charts.token_map import plotly_text
-from kvviz.compare.result import DIVERGENCE_NOTE, ComparisonResult
+from kvviz.compare.result import ComparisonResult
 from kvviz.record.metrics import byte_unit
 from kvviz.record.report import Report
 from kvviz.record.token_states import quoted
+from kvviz.i18n import _
 
 FULL_LINE = dict(color=COLORS["full"], dash="dash", width=2)
 LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, x=0)  # up to four long labels: under the plot
@@ -49,7 +50,7 @@ def coinciding(labels: list[str], series: list) -> str:
         else:
             groups.append([i])
     same = [" = ".join(labels[i] for i in g) for g in groups if len(g) > 1]
-    return ("Lines on one another (the same bytes at every step): " + "; ".join(same)) if same else ""
+    return _("Lines on one another (the same bytes at every step): {groups}").format(groups=_("; ").join(same)) if same else ""
 
 
 def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figure:
@@ -60,8 +61,9 @@ def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figur
     fig = go.Figure()
     full = result.full
     fig.add_scatter(
-        x=np.arange(full.n_steps), y=np.asarray(full.kv_bytes_full, float) / scale, name="full cache", mode="lines",
-        line=FULL_LINE, meta="full", hovertemplate=f"full cache<br>step %{{x}}: %{{y:.3f}} {unit}<extra></extra>",
+        x=np.arange(full.n_steps), y=np.asarray(full.kv_bytes_full, float) / scale, name=_("full cache"), mode="lines",
+        line=FULL_LINE, meta="full",
+        hovertemplate=_("full cache") + "<br>" + _("step {step}: {value} {unit}").format(step="%{x}", value="%{y:.3f}", unit=unit) + "<extra></extra>",
     )
     for i, (label, run) in enumerate(zip(result.labels, result.runs)):
         t = run.trace
@@ -70,13 +72,14 @@ def memory_figure(result: ComparisonResult, step: int | None = None) -> go.Figur
         fig.add_scatter(
             x=np.arange(t.n_steps), y=held / scale, name=plotly_text(label), mode="lines+markers",
             **series_line(i, len(result.runs)), customdata=pct, meta=f"p{i + 1}",
-            hovertemplate=plotly_text(label) + f"<br>step %{{x}}: %{{y:.3f}} {unit} (%{{customdata:.0f}}% of full)<extra></extra>",
+            hovertemplate=plotly_text(label) + "<br>" + _("step {step}: {value} {unit} ({pct}% of full)").format(
+                step="%{x}", value="%{y:.3f}", unit=unit, pct="%{customdata:.0f}") + "<extra></extra>",
         )
     _step_rule(fig, step)
     same = coinciding(result.labels, [r.trace.kv_bytes for r in result.runs])
     note = f"<br><sup>{'<br>'.join(plotly_text(line) for line in textwrap.wrap(same, 70))}</sup>" if same else ""  # half a page wide
-    _layout(fig, 400, "K/V cache held per step" + note)
-    fig.update_xaxes(title="decode step", tickformat="d", rangemode="tozero", dtick=1 if result.n_steps <= 20 else None)
+    _layout(fig, 400, _("K/V cache held per step") + note)
+    fig.update_xaxes(title=_("decode step"), tickformat="d", rangemode="tozero", dtick=1 if result.n_steps <= 20 else None)
     fig.update_yaxes(title=unit, rangemode="tozero")
     return fig
 
@@ -90,7 +93,7 @@ def agreement_figure(result: ComparisonResult, step: int | None = None) -> go.Fi
     n = result.full.n_steps
     tokens = [plotly_text(quoted(t)) for t in result.full.tokens[result.full.prompt_len :]]
     fig.add_scatter(
-        x=np.arange(n), y=np.zeros(n), name="full cache (KL 0)", mode="lines", line=FULL_LINE, meta="full",
+        x=np.arange(n), y=np.zeros(n), name=_("full cache (KL 0)"), mode="lines", line=FULL_LINE, meta="full",
         hoverinfo="skip", row=1, col=1,
     )
     labels = result.labels
@@ -104,36 +107,39 @@ def agreement_figure(result: ComparisonResult, step: int | None = None) -> go.Fi
         fig.add_scatter(
             x=steps, y=kl, name=plotly_text(label), mode="lines+markers", **series_line(i, len(labels)),
             customdata=tokens[: len(kl)], meta=f"p{i + 1}", legendgroup=f"p{i + 1}",
-            hovertemplate=plotly_text(label) + "<br>step %{x} (full cache chose %{customdata}): KL %{y:.4f} nats<extra></extra>",
+            hovertemplate=plotly_text(label) + "<br>" + _("step {step} (full cache chose {token}): KL {kl} nats").format(
+                step="%{x}", token="%{customdata}", kl="%{y:.4f}") + "<extra></extra>",
             row=1, col=1,
         )
         div = run.first_divergence(result.full)
         if div is not None and div < len(kl):
             fig.add_scatter(
-                x=[div], y=[kl[div]], mode="markers", name=f"first divergence: {plotly_text(label)}",
+                x=[div], y=[kl[div]], mode="markers", name=_("first divergence: {policy}").format(policy=plotly_text(label)),
                 marker=dict(symbol="diamond", size=13, color=color, line=dict(color=COLORS["differ"], width=2)),
                 meta=f"p{i + 1}.divergence", legendgroup=f"p{i + 1}", showlegend=False,
-                hovertemplate=plotly_text(label) + f"<br>output first differs at token {div} ({DIVERGENCE_NOTE})<extra></extra>",
+                hovertemplate=plotly_text(label) + "<br>" + _("output first differs at token {i} (counted from 0 = the first generated token)").format(
+                    i=div) + "<extra></extra>",
                 row=1, col=1,
             )
         agree = np.asarray(forced.top1_agreement, bool)
         row_name = [plotly_text(label)] * len(agree)
         fig.add_scatter(
-            x=steps, y=row_name, mode="markers", name=f"top-1: {plotly_text(label)}", showlegend=False,
+            x=steps, y=row_name, mode="markers", name=_("top-1: {policy}").format(policy=plotly_text(label)), showlegend=False,
             marker=dict(symbol=np.where(agree, "circle", "x-thin-open").tolist(), size=11, color=color, line=dict(color=color, width=2)),
-            customdata=np.where(agree, "same top-1 as the full cache", "top-1 differs from the full cache"),
+            customdata=np.where(agree, _("same top-1 as the full cache"), _("top-1 differs from the full cache")),
             meta=f"p{i + 1}.top1", legendgroup=f"p{i + 1}",
-            hovertemplate=plotly_text(label) + "<br>step %{x}: %{customdata}<extra></extra>", row=2, col=1,
+            hovertemplate=plotly_text(label) + "<br>" + _("step {step}: {what}").format(step="%{x}", what="%{customdata}") + "<extra></extra>",
+            row=2, col=1,
         )
     _step_rule(fig, step, row="all", col=1)
     _layout(
         fig, 360 + 30 * len(labels),
-        "KL and top-1 against the full cache, teacher-forced on its output"
-        "<br><sup>◆ where the free output first differs · ● same top-1 token · ✕ another top-1 token</sup>",
+        _("KL and top-1 against the full cache, teacher-forced on its output")
+        + "<br><sup>" + _("◆ where the free output first differs · ● same top-1 token · ✕ another top-1 token") + "</sup>",
     )
-    fig.update_yaxes(title="KL (nats)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title="top-1", autorange="reversed", row=2, col=1)
-    fig.update_xaxes(title="decode step", tickformat="d", dtick=1 if n <= 20 else None, row=2, col=1)
+    fig.update_yaxes(title=_("KL (nats)"), rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title=_("top-1"), autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title=_("decode step"), tickformat="d", dtick=1 if n <= 20 else None, row=2, col=1)
     return fig
 
 

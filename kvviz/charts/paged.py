@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from kvviz.charts.style import COLORS, request_color, style, tint
 from kvviz.record.metrics import format_bytes
 from kvviz.paged.result import describe
+from kvviz.i18n import N_, _
 
 PARTIAL = 0.45  # opacity of a slot some layers or heads no longer read
 RESERVED = 0.13  # opacity of a reserved slot not written yet
@@ -60,9 +61,15 @@ def slot_fill(state: str, owner_color: str | None, filled: bool, live: float) ->
     return tint(owner_color, PARTIAL) if live > 0 else COLORS["hole"]
 
 
+STATE_NAMES = {"free": N_("free"), "cached": N_("cached free"), "used": N_("used")}
+
+
 def _who(pool: dict, b: int) -> str:
     owners = pool["owners"][b]
-    return f"{', '.join(owners)} (ref {pool['ref_count'][b]})" if owners else pool["state"][b].replace("cached", "cached free")
+    state = pool["state"][b]
+    if owners:
+        return _("{owners} (ref {ref})").format(owners=", ".join(owners), ref=pool["ref_count"][b])
+    return _(STATE_NAMES[state]) if state in STATE_NAMES else state
 
 
 def _outline(state: str, ref: int, color: str | None) -> tuple[str, float, str]:
@@ -109,19 +116,19 @@ def pool_grid(frame: dict, block_size: int, colors: dict[str, str], per_row: int
     fig = go.Figure()
     if -(-n_blocks // per_row) <= MAX_GRID_ROWS:
         rows, note = _slot_cells(fig, pool, live, block_size, colors, per_row), ""
-        ticks = [f"blocks {r * per_row}–{min(n_blocks, (r + 1) * per_row) - 1}" for r in range(rows)]
+        ticks = [_("blocks {first}–{last}").format(first=r * per_row, last=min(n_blocks, (r + 1) * per_row) - 1) for r in range(rows)]
         height = 60 + 30 * rows
     else:
         group, cols, rows = _block_cells(fig, pool, live, block_size, colors)
         span = group * cols
-        ticks = [f"blocks {r * span}–{min(n_blocks, (r + 1) * span) - 1}" for r in range(rows)]
-        note = (f" · one cell per block ({n_blocks:,} blocks: too many to draw slot by slot)" if group == 1 else
-                f" · one cell per {group} blocks ({n_blocks:,} blocks: too many to draw one by one)")
+        ticks = [_("blocks {first}–{last}").format(first=r * span, last=min(n_blocks, (r + 1) * span) - 1) for r in range(rows)]
+        note = (_(" · one cell per block ({n} blocks: too many to draw slot by slot)").format(n=f"{n_blocks:,}") if group == 1 else
+                _(" · one cell per {group} blocks ({n} blocks: too many to draw one by one)").format(group=group, n=f"{n_blocks:,}"))
         height = 60 + 16 * rows
     _pool_legend(fig, pool, live, colors)
     used = sum(s == "used" for s in pool["state"])
-    title = (f"Pool after step {frame['step']}: {used} of {n_blocks} blocks in use · "
-             f"{frame['held_tokens']:.0f} tokens held in {frame['reserved_slots']} reserved slots{note}")
+    title = _("Pool after step {step}: {used} of {n} blocks in use · {held} tokens held in {reserved} reserved slots").format(
+        step=frame["step"], used=used, n=n_blocks, held=f"{frame['held_tokens']:.0f}", reserved=frame["reserved_slots"]) + note
     legend_rows = -(-(len(colors) + 5) // 8)
     style(fig, height=height + 28 * legend_rows, title=title)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, x=0), margin=dict(b=10 + 28 * legend_rows))
@@ -147,8 +154,8 @@ def _slot_cells(fig, pool, live, block_size, colors, per_row) -> int:
         for slot in range(block_size):
             filled = slot < pool["filled"][b]
             fills[row][x0 + slot] = slot_fill(state, color, filled, live[b][slot])
-            held = f" · read by {live[b][slot]:.0%} of layer-heads" if state == "used" and filled else ""
-            hover[row][x0 + slot] = f"block {b} · slot {slot} · {who}{held}"
+            held = _(" · read by {share} of layer-heads").format(share=f"{live[b][slot]:.0%}") if state == "used" and filled else ""
+            hover[row][x0 + slot] = _("block {b} · slot {slot} · {who}").format(b=b, slot=slot, who=who) + held
         boxes.setdefault(_outline(state, ref, color), []).append((x0 - 0.5, x0 + block_size - 0.5, row - 0.45, row + 0.45))
         if ref > 1:
             for values, v in zip(shared, (x0 + (block_size - 1) / 2, row, ref)):
@@ -203,14 +210,16 @@ def _block_hover(pool: dict, live: list, blocks: range, block_size: int) -> str:
     if len(blocks) == 1:
         b = blocks[0]
         filled = pool["filled"][b]
-        held = f" · read by {sum(live[b][:filled]) / filled:.0%} of layer-heads" if pool["state"][b] == "used" and filled else ""
-        return f"block {b} · {_who(pool, b)} · {filled} of {block_size} slots written{held}"
+        held = (_(" · read by {share} of layer-heads").format(share=f"{sum(live[b][:filled]) / filled:.0%}")
+                if pool["state"][b] == "used" and filled else "")
+        return _("block {b} · {who} · {filled} of {size} slots written").format(b=b, who=_who(pool, b), filled=filled, size=block_size) + held
     states = [pool["state"][b] for b in blocks]
     owners = sorted({o for b in blocks for o in pool["owners"][b]})
-    counts = ", ".join(f"{states.count(s)} {s.replace('cached', 'cached free')}" for s in ("used", "cached", "free") if s in states)
+    counts = ", ".join(f"{states.count(s)} {_(STATE_NAMES[s])}" for s in ("used", "cached", "free") if s in states)
     shared = sum(pool["ref_count"][b] > 1 for b in blocks)
-    return (f"blocks {blocks[0]}–{blocks[-1]} · {counts}" + (f" · held by {', '.join(owners)}" if owners else "")
-            + (f" · {shared} shared" if shared else ""))
+    return (_("blocks {first}–{last}").format(first=blocks[0], last=blocks[-1]) + f" · {counts}"
+            + (_(" · held by {owners}").format(owners=", ".join(owners)) if owners else "")
+            + (_(" · {n} shared").format(n=shared) if shared else ""))
 
 
 def _legend_square(fig: go.Figure, name: str, color: str, outline: str | None = None) -> None:
@@ -223,10 +232,10 @@ def _pool_legend(fig: go.Figure, pool: dict, live: list, colors: dict[str, str])
         _legend_square(fig, name, c)
     pale = tint(next(iter(colors.values()), COLORS["full"]), PARTIAL)
     evicted = any(x < 0.999 for b, s in enumerate(pool["state"]) if s == "used" for x in live[b][: pool["filled"][b]])
-    states = [("free", COLORS["free"], COLORS["block_outline"]), ("cached free", COLORS["cached_free"], COLORS["block_outline"])]
+    states = [(_("free"), COLORS["free"], COLORS["block_outline"]), (_("cached free"), COLORS["cached_free"], COLORS["block_outline"])]
     if evicted:
-        states += [("read by some layer-heads", pale, pale), ("hole (evicted)", COLORS["hole"], COLORS["block_outline"])]
-    for name, c, outline in states + [("shared (×refs)", COLORS["hole"], COLORS["shared"])]:
+        states += [(_("read by some layer-heads"), pale, pale), (_("hole (evicted)"), COLORS["hole"], COLORS["block_outline"])]
+    for name, c, outline in states + [(_("shared (×refs)"), COLORS["hole"], COLORS["shared"])]:
         _legend_square(fig, name, c, outline)
 
 
@@ -254,14 +263,14 @@ def block_tables(frame: dict, colors: dict[str, str]) -> go.Figure:
             cell = table[c * group : (c + 1) * group]
             fills[i][c], text[i][c], hover[i][c] = _table_cell(pool, colors, rid, c * group, cell)
     fig = go.Figure(_discrete_heatmap(fills, hover, text) if rids else None)
-    note = "" if len(rids) == len(held) else f" · the first {len(rids)} of {len(held)} requests"
-    note += "" if group == 1 else f" · one cell per {group} logical blocks"
-    style(fig, height=90 + 32 * max(len(rids), 1), title=f"Block tables after step {frame['step']} (logical → physical){note}")
-    fig.update_xaxes(title="logical block" if group == 1 else f"logical blocks (×{group})", dtick=1 if cols <= 32 else None,
+    note = "" if len(rids) == len(held) else _(" · the first {shown} of {n} requests").format(shown=len(rids), n=len(held))
+    note += "" if group == 1 else _(" · one cell per {group} logical blocks").format(group=group)
+    style(fig, height=90 + 32 * max(len(rids), 1), title=_("Block tables after step {step} (logical → physical)").format(step=frame["step"]) + note)
+    fig.update_xaxes(title=_("logical block") if group == 1 else _("logical blocks (×{group})").format(group=group), dtick=1 if cols <= 32 else None,
                      showgrid=False, zeroline=False)
     fig.update_yaxes(autorange="reversed", tickvals=list(range(len(rids))), ticktext=rids, showgrid=False, zeroline=False)
     if not rids:
-        fig.add_annotation(text="no request holds blocks at this step", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.add_annotation(text=_("no request holds blocks at this step"), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return fig
 
 
@@ -269,18 +278,21 @@ def _table_cell(pool: dict, colors: dict[str, str], rid: str, first: int, cell: 
     """(fill, text, hover) of a cell holding the logical blocks ``first``... of ``rid``'s table."""
     present = [b for b in cell if b is not None]
     if not present:
-        span = f"logical {first}" if len(cell) == 1 else f"logical {first}–{first + len(cell) - 1}"
-        return COLORS["hole"], "—", f"{rid} · {span}: dropped (every entry evicted)"
+        span = _("logical {first}").format(first=first) if len(cell) == 1 else _("logical {first}–{last}").format(first=first, last=first + len(cell) - 1)
+        return COLORS["hole"], "—", _("{request} · {span}: dropped (every entry evicted)").format(request=rid, span=span)
     owners = pool["owners"][present[0]]
     fill = tint(colors.get(owners[0], COLORS["full"]), 0.55)
     if len(cell) == 1:
         b = present[0]
         text = f"{b}" + (f" ×{len(owners)}" if len(owners) > 1 else "")
-        return fill, text, f"{rid} · logical {first} → block {b}" + (f" · shared by {', '.join(owners)}" if len(owners) > 1 else "")
+        return fill, text, (_("{request} · logical {first} → block {b}").format(request=rid, first=first, b=b)
+                            + (_(" · shared by {owners}").format(owners=", ".join(owners)) if len(owners) > 1 else ""))
     shared = sum(len(pool["owners"][b]) > 1 for b in present)
     dropped = len(cell) - len(present)
-    hover = (f"{rid} · logical {first}–{first + len(cell) - 1} → blocks {present[0]}…{present[-1]} ({len(present)} blocks"
-             + (f", {shared} shared" if shared else "") + (f", {dropped} dropped" if dropped else "") + ")")
+    details = [_("{n} blocks").format(n=len(present))] + ([_("{n} shared").format(n=shared)] if shared else []) + (
+        [_("{n} dropped").format(n=dropped)] if dropped else [])
+    hover = _("{request} · logical {first}–{last} → blocks {b0}…{b1} ({details})").format(
+        request=rid, first=first, last=first + len(cell) - 1, b0=present[0], b1=present[-1], details=_(", ").join(details))
     return fill, "", hover
 
 
@@ -289,21 +301,21 @@ def usage_over_steps(frames: list[dict], step: int | None = None) -> go.Figure:
     the empty end of last blocks plus eviction holes. Preemptions marked (one trace)."""
     steps = [f["step"] for f in frames]
     fig = go.Figure()
-    fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name="reserved slots (blocks in use)", mode="lines+markers",
+    fig.add_scatter(x=steps, y=[f["reserved_slots"] for f in frames], name=_("reserved slots (blocks in use)"), mode="lines+markers",
                     line=dict(color=COLORS["paged"], shape="hv"), marker=dict(size=5))  # markers: a click selects a step
-    fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name="tokens held (mean over layers and heads)", mode="lines",
+    fig.add_scatter(x=steps, y=[f["held_tokens"] for f in frames], name=_("tokens held (mean over layers and heads)"), mode="lines",
                     line=dict(color=COLORS["generated"], shape="hv"), fill="tonexty", fillcolor=tint(COLORS["paged"], 0.12))
     preempted = [f["step"] for f in frames if any(e["kind"] == "preempt" for e in f["events"])]
     if preempted:
         top = max([f["reserved_slots"] for f in frames] + [1])
         fig.add_scatter(x=[x for s in preempted for x in (s, s, None)], y=[y for _ in preempted for y in (0, top, None)],
-                        mode="lines", name="preemption", line=dict(color=COLORS["limit"], dash="dot", width=1.5),
-                        hovertemplate="preemption at step %{x}<extra></extra>")
+                        mode="lines", name=_("preemption"), line=dict(color=COLORS["limit"], dash="dot", width=1.5),
+                        hovertemplate=_("preemption at step {step}").format(step="%{x}") + "<extra></extra>")
     if step is not None:
         fig.add_vline(x=step, line=dict(color=COLORS["highlight"], width=1))
-    style(fig, height=300, title="Reserved slots and held tokens per step")
-    fig.update_xaxes(title="scheduler step", tickformat="d")
-    fig.update_yaxes(title="token slots", rangemode="tozero")
+    style(fig, height=300, title=_("Reserved slots and held tokens per step"))
+    fig.update_xaxes(title=_("scheduler step"), tickformat="d")
+    fig.update_yaxes(title=_("token slots"), rangemode="tozero")
     return fig
 
 
@@ -312,10 +324,10 @@ CONTIGUOUS_PATTERNS = ["", "/", "x"]  # reserve_max, exact, static_batch: one co
 
 def scheme_labels(waste: dict) -> list[tuple[str, str, str]]:
     """(key, label, colour) of each allocation scheme, contiguous first."""
-    out = [("reserve_max", f"reserve the max context ({waste['max_context']:,})", COLORS["contiguous"]),
-           ("exact", "exact: prompt + max new tokens", COLORS["contiguous"]),
-           ("static_batch", "static batch: padded to the longest", COLORS["contiguous"])]
-    return out + [(bs, f"paged, blocks of {bs}", COLORS["paged"]) for bs in waste["paged"]]
+    out = [("reserve_max", _("reserve the max context ({n})").format(n=f"{waste['max_context']:,}"), COLORS["contiguous"]),
+           ("exact", _("exact: prompt + max new tokens"), COLORS["contiguous"]),
+           ("static_batch", _("static batch: padded to the longest"), COLORS["contiguous"])]
+    return out + [(bs, _("paged, blocks of {bs}").format(bs=bs), COLORS["paged"]) for bs in waste["paged"]]
 
 
 def waste_bars(waste: dict) -> go.Figure:
@@ -325,17 +337,18 @@ def waste_bars(waste: dict) -> go.Figure:
     fig = go.Figure(go.Bar(
         y=[label for _, label, _ in rows], x=values, orientation="h", marker_color=[c for _, _, c in rows],
         marker_pattern_shape=CONTIGUOUS_PATTERNS + [""] * (len(rows) - 3), text=[f"{v:.1f}%" for v in values], textposition="outside",
-        hovertemplate="%{y}: %{x:.1f}% of reserved KV bytes hold no token<extra></extra>", showlegend=False,
+        hovertemplate=_("{scheme}: {pct}% of reserved KV bytes hold no token").format(scheme="%{y}", pct="%{x:.1f}") + "<extra></extra>",
+        showlegend=False,
     ))
-    bands = ((60, 80, COLORS["contiguous"], "vLLM paper:<br>60–80%<br>before paging", 0.0, "bottom"),
-             (0, 4, COLORS["paged"], "vLLM: under 4%", 1.0, "bottom"))
+    bands = ((60, 80, COLORS["contiguous"], _("vLLM paper:<br>60–80%<br>before paging"), 0.0, "bottom"),
+             (0, 4, COLORS["paged"], _("vLLM: under 4%"), 1.0, "bottom"))
     for x0, x1, color, text, y, anchor in bands:  # the 60-80% label low in its band, where paged bars are short
         fig.add_vrect(x0=x0, x1=x1, fillcolor=tint(color, 0.15), line_width=0)
         fig.add_annotation(x=x0 if x0 == 0 else (x0 + x1) / 2, y=y, xref="x", yref="paper", yanchor=anchor, text=text,
                            showarrow=False, font=dict(size=11, color=color), xanchor="left" if x0 == 0 else "center")
-    style(fig, height=110 + 40 * len(rows), title="KV memory reserved but holding no token")
+    style(fig, height=110 + 40 * len(rows), title=_("KV memory reserved but holding no token"))
     fig.update_layout(margin=dict(t=70))
-    fig.update_xaxes(title="% of reserved KV bytes", range=[0, 125])
+    fig.update_xaxes(title=_("% of reserved KV bytes"), range=[0, 125])
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -348,20 +361,20 @@ def fits_bars(waste: dict) -> go.Figure:
     fig = go.Figure(go.Bar(
         y=[label for _, label, _ in rows], x=values, orientation="h", marker_color=[c for _, _, c in rows],
         marker_pattern_shape=CONTIGUOUS_PATTERNS + [""] * (len(rows) - 3), text=values, textposition="outside", showlegend=False,
-        hovertemplate="%{y}: %{x} requests fit<extra></extra>",
+        hovertemplate=_("{scheme}: {n} requests fit").format(scheme="%{y}", n="%{x}") + "<extra></extra>",
     ))
     fig.add_vline(x=fits["requests"], line=dict(color=COLORS["highlight"], dash="dash"),
-                  annotation_text=f"all {fits['requests']} requests", annotation_position="top")
-    style(fig, height=90 + 40 * len(rows), title=f"Requests that fit in {format_bytes(waste['budget_bytes'])}")
-    fig.update_xaxes(title="requests", range=[0, fits["requests"] * 1.2 + 1], dtick=1 if fits["requests"] <= 12 else None)
+                  annotation_text=_("all {n} requests").format(n=fits["requests"]), annotation_position="top")
+    style(fig, height=90 + 40 * len(rows), title=_("Requests that fit in {bytes}").format(bytes=format_bytes(waste["budget_bytes"])))
+    fig.update_xaxes(title=_("requests"), range=[0, fits["requests"] * 1.2 + 1], dtick=1 if fits["requests"] <= 12 else None)
     fig.update_yaxes(autorange="reversed")
     return fig
 
 
-GROUPED = {  # runs of these, by one request, read as one sentence
-    "allocate": "{request} takes blocks {blocks} for its logical blocks {logicals}",
-    "prefix_hit": "{request} reuses blocks {blocks} for its logical blocks {logicals} (prefix hits)",
-    "drop": "{request} no longer reads any slot of blocks {blocks} (logical {logicals}): released",
+GROUPED = {  # runs of these, by one request, read as one sentence (shown with _())
+    "allocate": N_("{request} takes blocks {blocks} for its logical blocks {logicals}"),
+    "prefix_hit": N_("{request} reuses blocks {blocks} for its logical blocks {logicals} (prefix hits)"),
+    "drop": N_("{request} no longer reads any slot of blocks {blocks} (logical {logicals}): released"),
 }
 
 
@@ -376,7 +389,7 @@ def event_lines(frame: dict) -> list[str]:
             else:
                 blocks = ", ".join(str(x["block"]) for x in run)
                 logicals = ", ".join(str(x["detail"].get("logical")) for x in run)
-                lines.append(GROUPED[run[0]["kind"]].format(request=run[0]["request"], blocks=blocks, logicals=logicals))
+                lines.append(_(GROUPED[run[0]["kind"]]).format(request=run[0]["request"], blocks=blocks, logicals=logicals))
             run = []
         if e is None:
             break

@@ -19,15 +19,21 @@ from kvviz.charts.token_map import plotly_text
 from kvviz.record.metrics import byte_unit, format_bytes
 from kvviz.record.report import Report
 from kvviz.sweep.rows import rows_frame
+from kvviz.i18n import N_, _
 
 Row = Mapping[str, object]
 
-METRICS = {  # name -> (axis title, lower is better, log axis)
-    "ppl": ("perplexity of the continuation", True, True),
-    "kl_full": ("mean KL(full ‖ policy), nats", True, False),
-    "top1_agree": ("top-1 agreement with the full cache", False, False),
+METRICS = {  # name -> (axis title, N_-marked: shown with _(), lower is better, log axis)
+    "ppl": (N_("perplexity of the continuation"), True, True),
+    "kl_full": (N_("mean KL(full ‖ policy), nats"), True, False),
+    "top1_agree": (N_("top-1 agreement with the full cache"), False, False),
 }
-MEMORY = {"pct": "KV cache held at the end, % of the full cache", "bytes": "KV cache held at the end"}
+MEMORY = {"pct": N_("KV cache held at the end, % of the full cache"), "bytes": N_("KV cache held at the end")}
+GOAL = {  # metric -> the chart's title (lower or higher is better)
+    "ppl": N_("Memory against perplexity of the continuation: lower left is better"),
+    "kl_full": N_("Memory against mean KL(full ‖ policy): lower left is better"),
+    "top1_agree": N_("Memory against top-1 agreement with the full cache: upper left is better"),
+}
 FULL = "full"
 
 
@@ -56,12 +62,13 @@ def _x(row: Row, memory: str, scale: float) -> float:
 
 
 def _hover(row: Row) -> str:
-    budget = "no limit" if row.get("budget") is None else f"{row['budget']} entries per head"
-    ratio = "" if row.get("ratio") is None else f" (ratio {row['ratio']:g})"
+    budget = _("no limit") if row.get("budget") is None else _("{n} entries per head").format(n=row["budget"])
+    ratio = "" if row.get("ratio") is None else _(" (ratio {ratio})").format(ratio=f"{row['ratio']:g}")
     return plotly_text(
-        f"{row['series']}\nbudget: {budget}{ratio}\nKV held: {format_bytes(float(row['kv_bytes']))} ({float(row['kv_pct']):.1f}%),"
-        f" peak {format_bytes(float(row['kv_bytes_peak']))}\nppl {float(row['ppl']):.3f} · KL {float(row['kl_full']):.4f}"
-        f" · top-1 {float(row['top1_agree']):.0%}"
+        f"{row['series']}\n" + _("budget: {budget}").format(budget=budget) + ratio + "\n"
+        + _("KV held: {bytes} ({pct}%), peak {peak}").format(
+            bytes=format_bytes(float(row["kv_bytes"])), pct=f"{float(row['kv_pct']):.1f}", peak=format_bytes(float(row["kv_bytes_peak"])))
+        + f"\nppl {float(row['ppl']):.3f} · KL {float(row['kl_full']):.4f} · top-1 {float(row['top1_agree']):.0%}"
     )
 
 
@@ -107,19 +114,18 @@ def pareto_figure(
         x, y, hover = full_point
         full_rows = groups.get(FULL, [])[:1]  # the reference is no row: nothing to open
         fig.add_scatter(
-            x=[x], y=[y], mode="markers", name="full cache", marker=dict(color=COLORS["full"], size=15, symbol="star"),
+            x=[x], y=[y], mode="markers", name=_("full cache"), marker=dict(color=COLORS["full"], size=15, symbol="star"),
             hovertext=[hover], hovertemplate="%{hovertext}<extra></extra>",
             customdata=[index[id(r)] for r in full_rows] or [None], **(picked(full_rows) if full_rows else {}),
         )
         fig.add_hline(y=y, line=dict(color=COLORS["full"], dash="dash", width=1))
-    fig.update_xaxes(title=MEMORY[memory] + ("" if memory == "pct" else f" ({unit})"), rangemode="tozero", ticksuffix="%" if memory == "pct" else "")
-    fig.update_yaxes(title=title, type="log" if log_y else "linear", tickformat=".0%" if metric == "top1_agree" else None)
+    fig.update_xaxes(title=_(MEMORY[memory]) + ("" if memory == "pct" else f" ({unit})"), rangemode="tozero", ticksuffix="%" if memory == "pct" else "")
+    fig.update_yaxes(title=_(title), type="log" if log_y else "linear", tickformat=".0%" if metric == "top1_agree" else None)
     ys = [v for t in fig.data for v in t.y if v is not None and math.isfinite(v) and v > 0]
     if log_y and ys:
         ticks = log_ticks(min(ys), max(ys))
         fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], range=[math.log10(ticks[0]) - 0.02, math.log10(ticks[-1]) + 0.02])
-    corner = "lower left" if lower_better else "upper left"
-    return style(fig, height=460, title=f"Memory against {title.split(',')[0]}: {corner} is better")
+    return style(fig, height=460, title=_(GOAL[metric]))
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:
@@ -140,7 +146,8 @@ def _full_point(full_rows, reference, metric, memory, scale):
     # the reference against itself: KL 0 and top-1 agreement 1 by definition
     y = {"ppl": float(reference["ppl"]), "kl_full": 0.0, "top1_agree": 1.0}[metric]
     x = 100.0 if memory == "pct" else float(reference["kv_bytes_full"]) / scale
-    hover = plotly_text(f"full cache (reference)\nKV held: {format_bytes(float(reference['kv_bytes_full']))} (100%)\nppl {float(reference['ppl']):.3f}")
+    hover = plotly_text(_("full cache (reference)") + "\n" + _("KV held: {bytes} (100%)").format(bytes=format_bytes(float(reference["kv_bytes_full"])))
+                        + f"\nppl {float(reference['ppl']):.3f}")
     return x, y, hover
 
 
@@ -167,7 +174,7 @@ def passkey_grid(rows: Sequence[Row]) -> dict[str, dict]:
             i, j = ys.index(key), depths.index(float(r["depth"]))
             z[i][j] = 1.0 if r["found"] else 0.0
             answers[i][j] = str(r["answer"])
-        labels = [f"{length} tok" + ("" if budget is None else f" · {budget}/head") for length, budget, _ in ys]
+        labels = [_("{n} tok").format(n=length) + ("" if budget is None else _(" · {budget}/head").format(budget=budget)) for length, budget, _r in ys]
         out[name] = {"depths": depths, "labels": labels, "z": z, "answers": answers}
     return out
 
@@ -176,14 +183,16 @@ def passkey_figure(rows: Sequence[Row], columns: int = 3) -> go.Figure:
     """One heatmap per policy: filler length (rows) by needle depth (columns), blue where the
     key was found, vermillion where it was not; the answer on hover."""
     grids = passkey_grid(rows)
-    names = list(grids) or ["(no rows)"]
+    names = list(grids) or [_("(no rows)")]
     n_cols = min(columns, len(names))
     n_rows = math.ceil(len(names) / n_cols)
     fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[plotly_text(n) for n in names], horizontal_spacing=0.08, vertical_spacing=0.25 / n_rows)
     scale = [[0.0, COLORS["differ"]], [0.5, COLORS["differ"]], [0.5, COLORS["agree"]], [1.0, COLORS["agree"]]]
     for k, (name, grid) in enumerate(grids.items()):
-        text = [["found" if v == 1.0 else "missed" if v == 0.0 else "" for v in row] for row in grid["z"]]
-        hover = [[plotly_text(f"{name}\n{label}, depth {d:g}\nanswer: {a}") for d, a in zip(grid["depths"], answers)]
+        found, missed = _("found"), _("missed")
+        text = [[found if v == 1.0 else missed if v == 0.0 else "" for v in row] for row in grid["z"]]
+        hover = [[plotly_text(f"{name}\n" + _("{label}, depth {depth}").format(label=label, depth=f"{d:g}") + "\n"
+                              + _("answer: {answer}").format(answer=a)) for d, a in zip(grid["depths"], answers)]
                  for label, answers in zip(grid["labels"], grid["answers"])]
         fig.add_trace(
             go.Heatmap(
@@ -195,7 +204,7 @@ def passkey_figure(rows: Sequence[Row], columns: int = 3) -> go.Figure:
         )
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
-    fig = style(fig, height=80 + 220 * n_rows, title="Pass key found (blue) or missed (vermillion): filler length by needle depth")
+    fig = style(fig, height=80 + 220 * n_rows, title=_("Pass key found (blue) or missed (vermillion): filler length by needle depth"))
     fig.update_layout(margin=dict(t=90))
     return fig
 
@@ -216,18 +225,22 @@ def best_within(rows: Sequence[Row], max_pct: float, metric: str = "ppl") -> Row
 def describe_best(row: Row, metric: str, reference: Mapping | None, limit: float) -> str:
     """One sentence (plain text) answering: which policy is best within ``limit`` % of the full
     cache's memory, and what does it cost?"""
-    best = {"ppl": "the lowest perplexity", "kl_full": "the lowest KL to the full cache", "top1_agree": "the highest top-1 agreement"}[metric]
-    budget = "" if row.get("budget") is None else f", {row['budget']} entries per KV head"
-    ratio = "" if row.get("ratio") is None else f"ratio {row['ratio']:g}"
-    where = f" ({ratio}{budget})".replace("(, ", "(") if ratio or budget else ""
-    cost = f"perplexity {float(row['ppl']):.2f}"
+    best = {"ppl": _("the lowest perplexity"), "kl_full": _("the lowest KL to the full cache"),
+            "top1_agree": _("the highest top-1 agreement")}[metric]
+    parts = ([_("ratio {ratio}").format(ratio=f"{row['ratio']:g}")] if row.get("ratio") is not None else []) + (
+        [_("{budget} entries per KV head").format(budget=row["budget"])] if row.get("budget") is not None else [])
+    where = _(" ({details})").format(details=_(", ").join(parts)) if parts else ""
+    ppl = f"{float(row['ppl']):.2f}"
     if reference and math.isfinite(float(reference.get("ppl", math.nan))):
         full = float(reference["ppl"])
-        cost += f" against {full:.2f} for the full cache ({100 * (float(row['ppl']) / full - 1):+.1f}%)"
-    return (
-        f"Within {limit:g}% of the full cache's memory, {best} is {row['series']} at {float(row['kv_pct']):.1f}%{where}: "
-        f"{cost}, mean KL {float(row['kl_full']):.3f} nats, top-1 agreement {float(row['top1_agree']):.0%}."
-    )
+        cost = _("perplexity {ppl} against {full} for the full cache ({change}%)").format(
+            ppl=ppl, full=f"{full:.2f}", change=f"{100 * (float(row['ppl']) / full - 1):+.1f}")
+    else:
+        cost = _("perplexity {ppl}").format(ppl=ppl)
+    return _("Within {limit}% of the full cache's memory, {best} is {series} at {pct}%{where}: "
+             "{cost}, mean KL {kl} nats, top-1 agreement {top1}.").format(
+        limit=f"{limit:g}", best=best, series=row["series"], pct=f"{float(row['kv_pct']):.1f}", where=where, cost=cost,
+        kl=f"{float(row['kl_full']):.3f}", top1=f"{float(row['top1_agree']):.0%}")
 
 
 def sweep_report(result: Mapping) -> Report:
@@ -243,7 +256,7 @@ def sweep_report(result: Mapping) -> Report:
     )
     if task == "ppl":
         for metric in METRICS:
-            title = METRICS[metric][0]
+            title = _(METRICS[metric][0])
             report.add(title[0].upper() + title[1:], pareto_figure(rows, metric, "pct", result.get("reference")))
     else:
         report.add("Passkey grid", passkey_figure(rows))

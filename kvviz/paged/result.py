@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvviz.i18n import N_, _
 from kvviz.paged.waste import BLOCK_SIZES, Sized, waste
 
 
@@ -82,29 +83,33 @@ class PagedRun:
         }
 
 
-EVENT_TEXT = {
-    "prefix_hit": "{request} reuses block {block} for its logical block {logical} (prefix hit, {ref_count} readers)",
-    "allocate": "{request} takes block {block} for its logical block {logical}",
-    "cow": "{request} writes to shared block {src}: copied to block {block} first (copy-on-write)",
-    "fork": "{request} forks from {parent}: shares all its blocks",
-    "evict_cached": "cached block {block} is reused for {request}: its prefix leaves the cache (least recently used)",
-    "wait": "{request} waits: needs {needs} blocks, {available} available",
-    "preempt": "{request} preempted: blocks {released} go back; it will be recomputed",
-    "finish": "{request} finished: blocks {released} freed (hashed ones stay cached)",
-    "drop": "{request} no longer reads any slot of block {block} (logical {logical}): released",
-    "evict": "{policy} evicted {entries} entries of {request} over its layers and KV heads ({tokens} tokens' worth); "
-    "their slots stay reserved until a whole block is empty",
+EVENT_TEXT = {  # N_-marked: ``describe`` gives them in the session's language (English outside the app: the CLI, JSON)
+    "prefix_hit": N_("{request} reuses block {block} for its logical block {logical} (prefix hit, {ref_count} readers)"),
+    "allocate": N_("{request} takes block {block} for its logical block {logical}"),
+    "cow": N_("{request} writes to shared block {src}: copied to block {block} first (copy-on-write)"),
+    "fork": N_("{request} forks from {parent}: shares all its blocks"),
+    "evict_cached": N_("cached block {block} is reused for {request}: its prefix leaves the cache (least recently used)"),
+    "wait": N_("{request} waits: needs {needs} blocks, {available} available"),
+    "preempt": N_("{request} preempted: blocks {released} go back; it will be recomputed"),
+    "finish": N_("{request} finished: blocks {released} freed (hashed ones stay cached)"),
+    "drop": N_("{request} no longer reads any slot of block {block} (logical {logical}): released"),
+    "evict": N_("{policy} evicted {entries} entries of {request} over its layers and KV heads ({tokens} tokens' worth); "
+                "their slots stay reserved until a whole block is empty"),
 }
 
 
 def describe(event: dict) -> str:
-    """One sentence for an event of the log."""
+    """One sentence for an event of the log, in the session's language (English outside the app)."""
     d = dict(event.get("detail", {}))
     if "released" in d:
-        d["released"] = ", ".join(map(str, d["released"])) or "none"
+        d["released"] = ", ".join(map(str, d["released"])) or _("none")
     if event["kind"] == "admit":
-        again = " again (recomputed after preemption)" if d.get("resumed") else ""
-        hit = f", {d['hit_tokens']} from the prefix cache" if d.get("hit_tokens") else ""
-        return f"{event['request']} admitted{again}: {d.get('tokens')} tokens{hit}"
-    template = EVENT_TEXT.get(event["kind"], "{kind} {request}")
+        if d.get("resumed"):
+            text = (_("{request} admitted again (recomputed after preemption): {tokens} tokens, {hit} from the prefix cache") if d.get("hit_tokens")
+                    else _("{request} admitted again (recomputed after preemption): {tokens} tokens"))
+        else:
+            text = (_("{request} admitted: {tokens} tokens, {hit} from the prefix cache") if d.get("hit_tokens")
+                    else _("{request} admitted: {tokens} tokens"))
+        return text.format(request=event["request"], tokens=d.get("tokens"), hit=d.get("hit_tokens"))
+    template = _(EVENT_TEXT[event["kind"]]) if event["kind"] in EVENT_TEXT else "{kind} {request}"
     return template.format(kind=event["kind"], request=event.get("request"), block=event.get("block"), **d)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvviz.i18n import _
 from kvviz.paged.block_manager import BlockManager
 
 BLOCK_SIZES = (8, 16, 32)
@@ -123,18 +124,20 @@ def explain(w: dict, mean_tokens: float) -> str:
     bs = "16" if "16" in paged else next(iter(paged))
     half_block = int(bs) / 2 / (mean_tokens + int(bs) / 2)
     r = w["reserve_max"]
-    versus = "more than the paper's range" if r > 0.8 else "within the paper's range" if r >= 0.6 else "less than the paper's range"
-    return (
-        f"vLLM's paper found that serving systems before it kept tokens in only 20–40% of the KV memory they "
-        f"reserved (60–80% wasted), and that paging wastes under 4%. Here, reserving the model's whole context "
-        f"({w['max_context']:,} tokens) for requests of {mean_tokens:.0f} tokens on average wastes "
-        f"**{w['reserve_max']:.1%}**, {versus}: what it wastes is the context the requests leave empty "
-        f"(the paper's systems reserved up to 2,048 tokens for chat requests of a few hundred). "
-        f"Reserving each request's prompt + max new tokens wastes **{w['exact']:.1%}** (tokens it never "
-        f"generated). Running them as one static batch, each padded to the longest prompt and decoded as long as "
-        f"the longest output, wastes **{w['static_batch']:.1%}**: the padding grows with how unequal the lengths are. "
-        f"Paged, the only waste is the unfilled end of each request's last block, about half a block: "
-        f"with blocks of {bs} that is about {half_block:.0%} of a {mean_tokens:.0f}-token request (measured: "
-        f"**{paged[bs]:.1%}**). vLLM's under 4% comes from sequences of several hundred tokens; with short "
-        f"requests the same half block weighs more. Full blocks with the same prefix are stored once."
-    )
+    versus = _("more than the paper's range") if r > 0.8 else _("within the paper's range") if r >= 0.6 else _("less than the paper's range")
+    return _(
+        "vLLM's paper found that serving systems before it kept tokens in only 20–40% of the KV memory they "
+        "reserved (60–80% wasted), and that paging wastes under 4%. Here, reserving the model's whole context "
+        "({context} tokens) for requests of {mean} tokens on average wastes "
+        "**{reserve_max}**, {versus}: what it wastes is the context the requests leave empty "
+        "(the paper's systems reserved up to 2,048 tokens for chat requests of a few hundred). "
+        "Reserving each request's prompt + max new tokens wastes **{exact}** (tokens it never "
+        "generated). Running them as one static batch, each padded to the longest prompt and decoded as long as "
+        "the longest output, wastes **{static_batch}**: the padding grows with how unequal the lengths are. "
+        "Paged, the only waste is the unfilled end of each request's last block, about half a block: "
+        "with blocks of {bs} that is about {half_block} of a {mean}-token request (measured: "
+        "**{paged}**). vLLM's under 4% comes from sequences of several hundred tokens; with short "
+        "requests the same half block weighs more. Full blocks with the same prefix are stored once."
+    ).format(context=f"{w['max_context']:,}", mean=f"{mean_tokens:.0f}", reserve_max=f"{w['reserve_max']:.1%}", versus=versus,
+             exact=f"{w['exact']:.1%}", static_batch=f"{w['static_batch']:.1%}", bs=bs, half_block=f"{half_block:.0%}",
+             paged=f"{paged[bs]:.1%}")

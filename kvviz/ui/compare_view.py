@@ -14,7 +14,7 @@ from kvviz.model.loading import display_name
 from kvviz.record import examples as data
 from kvviz.runs.bundle import BundleError, RunBundle, RunSettings
 from kvviz.charts.style import COLORS, TEXT, series_color, tint
-from kvviz.compare.result import DIVERGENCE_NOTE, ComparisonResult
+from kvviz.compare.result import ComparisonResult
 from kvviz.record.metrics import format_bytes, memory_saving
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope, clamp_step, occupancy, one_line, quoted, token_records
@@ -25,6 +25,7 @@ from kvviz.ui.policy_controls import seed_budget, seed_controls
 from kvviz.ui.token_window import windowed
 from kvviz.ui.token_html import BOX, TOKEN, esc, legend_html, md_escape, render, scroll_box, tokens_html
 from kvviz.record.why_evicted import evicted_positions, most_evicted, why_evicted
+from kvviz.i18n import N_, _
 
 # session_state keys (permanent; ``persisted`` widgets use them with a leading underscore)
 N_POLICIES = "compare.n"
@@ -61,13 +62,13 @@ def _preset(title: str, help: str, example: str, specs: list[str], new_tokens: i
 def presets() -> list[Preset]:
     return [
         _preset(
-            "Passkey: H2O vs SnapKV vs StreamingLLM", "The pass key hidden in ~500 tokens of filler, each policy at 25% of "
-            "the prompt. SnapKV's observation window (8 tokens) sees the question and keeps the key; H2O and StreamingLLM lose it.",
+            N_("Passkey: H2O vs SnapKV vs StreamingLLM"), N_("The pass key hidden in ~500 tokens of filler, each policy at 25% of "
+            "the prompt. SnapKV's observation window (8 tokens) sees the question and keeps the key; H2O and StreamingLLM lose it."),
             data.PASSKEY_EXAMPLE, ["h2o:ratio=0.25", "snapkv:window=8,ratio=0.25", "streaming_llm:ratio=0.25"], 12, True,
         ),
         _preset(
-            "Evict or quantize: H2O 25% vs 4-bit vs KIVI 2-bit", "About a quarter of the memory three ways on the code "
-            "example: keep a quarter of the tokens, or keep them all at 4 or 2 bits.",
+            N_("Evict or quantize: H2O 25% vs 4-bit vs KIVI 2-bit"), N_("About a quarter of the memory three ways on the code "
+            "example: keep a quarter of the tokens, or keep them all at 4 or 2 bits."),
             data.CODE_EXAMPLE, ["h2o:ratio=0.25", "quant:bits=4", "kivi:bits=2"], 16, False,
         ),
     ]
@@ -90,16 +91,16 @@ def changed_settings(ran: RunSettings, now: RunSettings) -> list[str]:
     that the comparison on screen (``ran``) did not, named as the controls name them."""
     changed = []
     if now.model != ran.model:
-        changed.append(f"the model is **{md_escape(now.model)}**")
+        changed.append(_("the model is **{model}**").format(model=md_escape(now.model)))
     if (now.prompt_name, now.prompt_text) != (ran.prompt_name, ran.prompt_text):
-        changed.append(f"the prompt is **{md_escape(now.prompt_name or 'custom prompt')}**")
-    changed += stale.switch_change("Use the chat template", ran.chat, now.chat)
-    changed += stale.count_change("Policies", len(ran.policies), len(now.policies))
+        changed.append(_("the prompt is **{prompt}**").format(prompt=md_escape(now.prompt_name or _("custom prompt"))))
+    changed += stale.switch_change(_("Use the chat template"), ran.chat, now.chat)
+    changed += stale.count_change(_("Policies"), len(ran.policies), len(now.policies))
     for i, spec in enumerate(now.policies):
         if spec is not None and (i >= len(ran.policies) or spec != ran.policies[i]):
-            changed.append(f"p{i + 1} is **{md_escape(spec.label())}**")
-    changed += stale.count_change("New tokens", ran.max_new_tokens, now.max_new_tokens)
-    changed += stale.switch_change("Question after the context", ran.question_after, now.question_after)
+            changed.append(_("p{i} is **{policy}**").format(i=i + 1, policy=md_escape(spec.label())))
+    changed += stale.count_change(_("New tokens"), ran.max_new_tokens, now.max_new_tokens)
+    changed += stale.switch_change(_("Question after the context"), ran.question_after, now.question_after)
     return changed
 
 
@@ -136,7 +137,7 @@ def open_bundle(bundle: RunBundle) -> None:
     """The uploader's callback: show the comparison a bundle holds, with its settings."""
     result = ComparisonResult.from_bundle(bundle)  # BundleError when its traces do not fit together
     if len(bundle.settings.policies) > 4:
-        raise BundleError("A comparison holds at most 4 policies.")
+        raise BundleError(_("A comparison holds at most 4 policies."))
     apply_settings(bundle.settings, with_step=True)
     ss = st.session_state
     ss[RESULT], ss[JOBS.error_key], ss[JOBS.notice_key] = result, None, None
@@ -157,7 +158,7 @@ def outputs_html(result: ComparisonResult) -> str:
             style = TOKEN
             if div is not None and i == div:
                 style += f" outline: 2px solid {COLORS['differ']}; background: {tint(COLORS['differ'], 0.18)}; font-weight: 600;"
-                spans.append(f'<span class="diverge" style="{style}" title="first divergence: generated token {i}">{esc(t)}</span>')
+                spans.append(f'<span class="diverge" style="{style}" title="{esc(_("first divergence: generated token {i}").format(i=i))}">{esc(t)}</span>')
                 continue
             if div is not None and i > div:
                 style += f" background: {tint(COLORS['differ'], 0.07)};"
@@ -166,19 +167,20 @@ def outputs_html(result: ComparisonResult) -> str:
             f'<div class="kvviz-output" style="flex: 1; min-width: 220px; border: 1px solid {COLORS["outline"]}; border-top: 4px solid {color};'
             f' border-radius: 8px; padding: 8px 12px;"><div style="font-weight: 600;">{esc(title)}</div>'
             f'<div style="font-size: 13px; color: {TEXT["muted"]}; margin-bottom: 4px;">{html.escape(note)}</div>'
-            f'<div style="{BOX}">{"".join(spans) or "<i>(nothing generated)</i>"}</div></div>'
+            f'<div style="{BOX}">{"".join(spans) or "<i>" + esc(_("(nothing generated)")) + "</i>"}</div></div>'
         )
 
-    parts = [column("full cache", COLORS["full"], full.tokens[full.prompt_len :], None, "the reference")]
+    parts = [column(_("full cache"), COLORS["full"], full.tokens[full.prompt_len :], None, _("the reference"))]
     for i, (label, run) in enumerate(zip(result.labels, result.runs)):
         div = run.first_divergence(full)
-        note = "same as the full cache" if div is None else f"first divergence at token {div}"
+        note = _("same as the full cache") if div is None else _("first divergence at token {i}").format(i=div)
         parts.append(column(label, series_color(i), run.trace.tokens[run.trace.prompt_len :], div, note))
     return '<div style="display: flex; gap: 12px; flex-wrap: wrap;">' + "".join(parts) + "</div>"
 
 
 def divergence_caption() -> None:
-    st.caption(f"First divergence: the first generated token that differs from the full cache's output, {DIVERGENCE_NOTE}.")
+    st.caption(_("First divergence: the first generated token that differs from the full cache's output, "
+                 "counted from 0 = the first generated token."))
 
 
 # ------------------------------------------------------------------------------ one column per policy
@@ -196,39 +198,55 @@ def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None
     s = clamp_step(trace, step)
     column_header(i, label)
     if s != step:
-        st.caption(f"Its run ended at step {s} ({trace.stopped_by.replace('_', ' ')}): shown at step {s}.")
+        st.caption(_("Its run ended at step {s} ({why}): shown at step {s}.").format(s=s, why=trace.stopped_by.replace("_", " ")))
     saving = memory_saving(trace, s)
     held, full_entries = occupancy(trace, s)
     a, b = st.columns(2)
-    a.metric("K/V held", format_bytes(saving.kv_bytes), f"{saving.held_pct:.0f}% of full", delta_color="off", delta_arrow="off",
-             help=f"{saving.kv_bytes:,} bytes at step {s}; the full cache: {saving.kv_bytes_full:,} bytes")
-    b.metric("Kept per head", f"{held.mean():.4g}", f"of {full_entries}", delta_color="off", delta_arrow="off",
-             help=f"entries held at step {s} per layer and KV head (mean over layers), of the {full_entries} the full cache holds")
+    a.metric(_("K/V held"), format_bytes(saving.kv_bytes), _("{pct}% of full").format(pct=f"{saving.held_pct:.0f}"), delta_color="off",
+             delta_arrow="off", help=_("{bytes} bytes at step {s}; the full cache: {full} bytes").format(
+                 bytes=f"{saving.kv_bytes:,}", s=s, full=f"{saving.kv_bytes_full:,}"))
+    b.metric(_("Kept per head"), f"{held.mean():.4g}", _("of {n}").format(n=full_entries), delta_color="off", delta_arrow="off",
+             help=_("entries held at step {s} per layer and KV head (mean over layers), of the {n} the full cache holds").format(
+                 s=s, n=full_entries))
     a, b = st.columns(2)
     div = run.first_divergence(result.full)
-    a.metric("First divergence", "none" if div is None else f"token {div}", help=f"of the free output from the full cache's, {DIVERGENCE_NOTE}")
-    b.metric("Top-1 agreement", f"{run.top1_agreement:.0%}" if run.forced is not None else "–",
-             help=f"teacher-forced on the full cache's output; mean KL {run.mean_kl:.4f} nats")
+    a.metric(_("First divergence"), _("none") if div is None else _("token {i}").format(i=div),
+             help=_("of the free output from the full cache's, counted from 0 = the first generated token"))
+    b.metric(_("Top-1 agreement"), f"{run.top1_agreement:.0%}" if run.forced is not None else "–",
+             help=_("teacher-forced on the full cache's output; mean KL {kl} nats").format(kl=f"{run.mean_kl:.4f}"))
     records = windowed(token_records(trace, s, Scope()), f"{key}.tokens")  # long sequences: a window
-    render(scroll_box(tokens_html(records, s), f"Token states of {label} at step {s}", height=320))
+    render(scroll_box(tokens_html(records, s), _("Token states of {policy} at step {s}").format(policy=label, s=s), height=320))
     why_evicted_panel(trace, s, key=f"{key}.why")
 
 
 def why_evicted_panel(trace, step: int, key: str) -> None:
     positions = evicted_positions(trace, step)
     if not positions:
-        st.caption(f"Nothing evicted by step {step}.")
+        st.caption(_("Nothing evicted by step {step}.").format(step=step))
         return
     position = st.selectbox(
-        "Why was this token evicted?", positions, index=positions.index(most_evicted(trace, step)), key=key,
+        _("Why was this token evicted?"), positions, index=positions.index(most_evicted(trace, step)), key=key,
         format_func=lambda p: f"#{p} {quoted(one_line(trace.tokens[p]))}",
-        help="Pick a token this policy evicted (by at least one layer and KV head) by the step in view.",
+        help=_("Pick a token this policy evicted (by at least one layer and KV head) by the step in view."),
     )
     reason = why_evicted(trace, position, step)
     st.caption(md_escape(reason.summary()))
     if reason.cells and not reason.by_recency:
-        with st.expander(f"Score against the cut in each of the {len(reason.cells)} layer × KV heads"):
+        with st.expander(_("Score against the cut in each of the {n} layer × KV heads").format(n=len(reason.cells))):
             st.dataframe(pd.DataFrame(reason.rows()), hide_index=True, height=240)
+
+
+SUMMARY_COLUMNS = {  # the summary table's columns (English, as in its CSV) -> what the page shows
+    "policy": N_("policy"), "spec": N_("spec"), "step": N_("step"), "kept entries per layer and KV head": N_("kept entries per layer and KV head"),
+    "entries of the full cache": N_("entries of the full cache"), "kv_bytes": N_("KV bytes"), "kv_bytes_full": N_("full cache's KV bytes"),
+    "held %": N_("held %"), "generated tokens": N_("generated tokens"), "first divergence": N_("first divergence"),
+    "mean KL (nats)": N_("mean KL (nats)"), "top-1 agreement": N_("top-1 agreement"), "output": N_("output"),
+}
+
+
+def summary_columns() -> dict:
+    """Column labels of the summary table in the page's language (the data and the CSV keep English names)."""
+    return {name: _(label) for name, label in SUMMARY_COLUMNS.items()}
 
 
 def legend() -> None:

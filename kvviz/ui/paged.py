@@ -23,6 +23,7 @@ from kvviz.ui.job_view import page_work
 from kvviz.ui.policy_controls import policy_controls
 from kvviz.ui.state import from_url, persisted, to_url, within
 from kvviz.ui.token_html import md_escape
+from kvviz.i18n import N_, _, ngettext
 
 CHOICE, CUSTOM, RUN, STEP, PLAYING = "paged.choice", "paged.custom", "paged.run", "paged.step", "paged.playing"
 FROM_LINK = "paged.custom_from_link"  # a link chose the custom run: build it from the form's (linked) values
@@ -30,87 +31,92 @@ FORM = "paged.form"  # (the custom form's scenario, prefix caching) as its field
 BUDGET = "paged.budget"  # the 'requests that fit' slider
 DEFAULT_PROMPTS = "The capital of France is\nThe capital of France is a city where\nWater boils at a temperature of"
 PLAY_DELAY_S = 0.8
+EVICTIONS = {"token": N_("token"), "block": N_("block")}  # the eviction radio's values -> what it shows
+
+
+def eviction_label(eviction: str) -> str:
+    return _(EVICTIONS[eviction]) if eviction in EVICTIONS else eviction
 
 
 def scenario_buttons() -> None:
     """One button per built-in scenario; a click chooses it (the run follows). A link's
     ``scenario`` chooses one the first time this session meets it."""
     found, key = from_url("scenario", "", options=[sc.key for sc in SCENARIOS] + ["custom"],
-                          instead=lambda: st.session_state.get(CHOICE) or "no scenario (press one)")
+                          instead=lambda: st.session_state.get(CHOICE) or _("no scenario (press one)"))
     if found:
         st.session_state[CHOICE] = key
         st.session_state[FROM_LINK] = key == "custom"  # the form's values (from the link) make the run
     for col, sc in zip(st.columns(len(SCENARIOS)), SCENARIOS):
-        if col.button(sc.button, key=f"paged.scenario.{sc.key}", help=sc.title, width="stretch"):
+        if col.button(_(sc.button), key=f"paged.scenario.{sc.key}", help=_(sc.title), width="stretch"):
             st.session_state[CHOICE] = sc.key
 
 
 def custom_form() -> None:
     """Prompts and settings of a custom run; Run chooses it."""
-    with st.expander("Custom prompts and settings", expanded=st.session_state.get(CHOICE) == "custom"):
-        text = persisted(st.text_area, "paged.prompts", DEFAULT_PROMPTS, url="prompts", label="Prompts, one per line", height=110)
+    with st.expander(_("Custom prompts and settings"), expanded=st.session_state.get(CHOICE) == "custom"):
+        text = persisted(st.text_area, "paged.prompts", DEFAULT_PROMPTS, url="prompts", label=_("Prompts, one per line"), height=110)
         c = st.columns(5)
 
         def number(col, key: str, url: str, label: str, **kw) -> int:
             lo, hi, default = LIMITS[key]
             with col:
-                return int(persisted(st.number_input, f"paged.{key}", default, url=url, label=label, min_value=lo, max_value=hi, **kw))
+                return int(persisted(st.number_input, f"paged.{key}", default, url=url, label=_(label), min_value=lo, max_value=hi, **kw))
 
-        block_size = number(c[0], "block_size", "block", "Block size", help="Token slots per block (vLLM's default: 16).")
-        num_blocks = number(c[1], "num_blocks", "blocks", "Blocks in the pool")
-        n = number(c[2], "n", "n", "Samples per prompt (n)", help="n > 1 shares the prompt's blocks: copy-on-write.")
-        max_new = number(c[3], "max_new_tokens", "new", "New tokens")
-        seed = number(c[4], "seed", "seed", "Seed")
+        block_size = number(c[0], "block_size", "block", N_("Block size"), help=_("Token slots per block (vLLM's default: 16)."))
+        num_blocks = number(c[1], "num_blocks", "blocks", N_("Blocks in the pool"))
+        n = number(c[2], "n", "n", N_("Samples per prompt (n)"), help=_("n > 1 shares the prompt's blocks: copy-on-write."))
+        max_new = number(c[3], "max_new_tokens", "new", N_("New tokens"))
+        seed = number(c[4], "seed", "seed", N_("Seed"))
         c = st.columns(4)
         with c[0]:
-            sample = persisted(st.checkbox, "paged.sample", False, url="sample", label="Sample", help="Each request and sample draws with its own seed.")
+            sample = persisted(st.checkbox, "paged.sample", False, url="sample", label=_("Sample"), help=_("Each request and sample draws with its own seed."))
         with c[1]:
-            chat = persisted(st.checkbox, "paged.chat", False, url="chat_template", label="Chat template")
+            chat = persisted(st.checkbox, "paged.chat", False, url="chat_template", label=_("Chat template"))
         with c[2]:
-            prefix = persisted(st.checkbox, "paged.prefix_caching", True, url="prefix", label="Prefix caching")
+            prefix = persisted(st.checkbox, "paged.prefix_caching", True, url="prefix", label=_("Prefix caching"))
         with c[3]:
             eviction = persisted(
-                st.radio, "paged.eviction", "token", url="eviction", label="Eviction", options=["token", "block"], horizontal=True,
-                help="With an eviction policy. token: entry by entry, leaving holes (a block is freed only when no layer or "
-                "head reads it). block: whole blocks go, ranked by the share of their entries the policy would keep.",
+                st.radio, "paged.eviction", "token", url="eviction", label=_("Eviction"), options=["token", "block"], horizontal=True, format_func=eviction_label,
+                help=_("With an eviction policy. token: entry by entry, leaving holes (a block is freed only when no layer or "
+                       "head reads it). block: whole blocks go, ranked by the share of their entries the policy would keep."),
             )
         spec = policy_controls(key="paged", default="full", url="policy")
         form = None if spec is None else Scenario(
-            "custom", "Run", "Custom prompts", "Your prompts, decoded together from the pool.",
+            "custom", N_("Run"), N_("Custom prompts"), N_("Your prompts, decoded together from the pool."),
             tuple(p for p in text.splitlines() if p.strip()), block_size, num_blocks, max_new,
             n=n, sample=bool(sample), chat=bool(chat), policy=spec.to_text() if spec.takes_budget else None,
             eviction=eviction, seed=seed,
         )
         st.session_state[FORM] = None if form is None else (form, bool(prefix))  # what Run would run now
-        ran = st.button("Run", key="paged.custom_run", type="primary")
+        ran = st.button(_("Run"), key="paged.custom_run", type="primary")
         if ran or st.session_state.pop(FROM_LINK, False):
             if form is None:
-                st.error("Fix the policy settings first.")
+                st.error(_("Fix the policy settings first."))
                 return
             st.session_state[CUSTOM] = form
             st.session_state["paged.custom_prefix"] = bool(prefix)
             st.session_state[CHOICE] = "custom"
 
 
-_NUMBERS = (("block_size", "Block size"), ("num_blocks", "Blocks in the pool"), ("n", "Samples per prompt (n)"),
-            ("max_new_tokens", "New tokens"), ("seed", "Seed"))  # the form's labels
-_SWITCHES = (("sample", "Sample"), ("chat", "Chat template"))
+_NUMBERS = (("block_size", N_("Block size")), ("num_blocks", N_("Blocks in the pool")), ("n", N_("Samples per prompt (n)")),
+            ("max_new_tokens", N_("New tokens")), ("seed", N_("Seed")))  # the form's labels
+_SWITCHES = (("sample", N_("Sample")), ("chat", N_("Chat template")))
 
 
 def changed_settings(ran: Scenario, ran_prefix: bool, now: Scenario, now_prefix: bool) -> list[str]:
     """What the custom form says now that the custom run on screen did not, named as the form names it."""
     changed = []
     if now.prompts != ran.prompts:
-        changed.append(f"the prompts are **{len(now.prompts)} other line{'s' if len(now.prompts) != 1 else ''}**")
+        changed.append(ngettext("the prompts are **{n} other line**", "the prompts are **{n} other lines**", len(now.prompts)).format(n=len(now.prompts)))
     for field, label in _NUMBERS:
-        changed += stale.count_change(label, getattr(ran, field), getattr(now, field))
+        changed += stale.count_change(_(label), getattr(ran, field), getattr(now, field))
     for field, label in _SWITCHES:
-        changed += stale.switch_change(label, getattr(ran, field), getattr(now, field))
-    changed += stale.switch_change("Prefix caching", ran_prefix, now_prefix)
+        changed += stale.switch_change(_(label), getattr(ran, field), getattr(now, field))
+    changed += stale.switch_change(_("Prefix caching"), ran_prefix, now_prefix)
     if now.eviction != ran.eviction:
-        changed.append(f"Eviction is **{now.eviction}**")
+        changed.append(_("Eviction is **{eviction}**").format(eviction=eviction_label(now.eviction)))
     if now.policy != ran.policy:
-        changed.append(f"the policy is **{md_escape(PolicySpec.parse(now.policy).label() if now.policy else 'full')}**")
+        changed.append(_("the policy is **{policy}**").format(policy=md_escape(PolicySpec.parse(now.policy).label() if now.policy else "full")))
     return changed
 
 
@@ -146,7 +152,8 @@ def run(loaded: LoadedModel, sc: Scenario) -> PagedRun | None:
             block_size=sc.block_size, num_blocks=sc.num_blocks, n=sc.n, max_new_tokens=sc.max_new_tokens,
             sample=sc.sample, seed=sc.seed, chat=sc.chat, policy=policy, eviction=sc.eviction, prefix_caching=prefix,
         )
-        with st.spinner(f"Decoding {len(sc.prompts)} prompt(s) from the paged pool on {loaded.summary.device}..."), page_work("The paged run"):
+        with st.spinner(ngettext("Decoding {n} prompt from the paged pool on {device}...", "Decoding {n} prompts from the paged pool on {device}...",
+                                  len(sc.prompts)).format(n=len(sc.prompts), device=loaded.summary.device)), page_work(_("The paged run")):
             result = run_paged(loaded.model, loaded.tokenizer, list(sc.prompts), settings, model_name=loaded.summary.name)
     except (PoolTooSmall, PromptError, PolicyError, ValueError) as exc:
         st.error(md_escape(str(exc)), icon=":material/error:")
@@ -179,8 +186,9 @@ def step_player(n_frames: int, chart_key: str | None = None) -> int:
         ss[STEP] = min(ss[STEP] + 1, last)
         ss[PLAYING] = ss[STEP] < last
     left, right = st.columns([8, 1], vertical_alignment="bottom")
-    step = left.slider("Step", 0, last, key=STEP, help="0: before anything; each step is one forward of the batch; the last: after every request finished.")
-    right.button("⏸ Pause" if ss.get(PLAYING) else "▶ Play", key="paged.play", on_click=_toggle_play, args=(last,), width="stretch")
+    step = left.slider(_("Step"), 0, last, key=STEP,
+                       help=_("0: before anything; each step is one forward of the batch; the last: after every request finished."))
+    right.button(_("⏸ Pause") if ss.get(PLAYING) else _("▶ Play"), key="paged.play", on_click=_toggle_play, args=(last,), width="stretch")
     to_url("step", step, min(1, last))
     return step
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from kvviz.i18n import _
 from kvviz.ui.token_html import md_escape  # a link's text is untrusted
 
 _SEEN = "kvviz_url_seen"  # url names this session has already taken from the URL
@@ -124,7 +125,8 @@ def from_url(
             check(value)
     except (ValueError, TypeError) as exc:
         used = instead() if instead is not None else default
-        report_problem(url, f"link setting '{url}' ignored: {str(exc).rstrip('.')}; the page uses {encode(used) or 'nothing'} instead.")
+        report_problem(url, _("link setting '{url}' ignored: {reason}; the page uses {used} instead.").format(
+            url=url, reason=str(exc).rstrip("."), used=encode(used) or _("nothing")))
         return False, None
     return True, value
 
@@ -226,6 +228,6 @@ that is longer than ``url_max``). Returns the
         fits = len(encode(value)) <= url_max
         to_url(url, value if fits else default, default)
         if not fits:  # never dropped without a word
-            st.caption(f"Too long to travel in this page's link (over {url_max:,} characters even compressed): "
-                       "a copied link opens without it; share a run bundle instead.")
+            st.caption(_("Too long to travel in this page's link (over {n} characters even compressed): "
+                         "a copied link opens without it; share a run bundle instead.").format(n=f"{url_max:,}"))
     return value
