@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+from kvviz.i18n import N_, _
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "architectures.json"
 HUB_URL = "https://huggingface.co/{id}/resolve/main/config.json"
 MAX_CONFIG_BYTES = 2_000_000  # a config.json is a few KB; the largest (long label maps) stay under 1 MB
@@ -40,7 +42,7 @@ def value_text(value) -> str:
     if isinstance(value, str):
         return shown(value)
     if isinstance(value, (list, dict)):
-        return f"a JSON {'list' if isinstance(value, list) else 'object'}"
+        return _("a JSON list") if isinstance(value, list) else _("a JSON object")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1e15:
         return f"{float(value):.3g}"
     return shown(repr(value))[1:-1]
@@ -111,7 +113,8 @@ def whole(value, what: str, most: int, least: int = 1):
         return None
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value == int(value)
     if not ok or not least <= value <= most:
-        raise CalcError(f"{what} must be a whole number from {least:,} to {most:,}, not {value_text(value)}.")
+        raise CalcError(_("{what} must be a whole number from {least} to {most}, not {value}.").format(
+            what=what, least=f"{least:,}", most=f"{most:,}", value=value_text(value)))
     return int(value)
 
 
@@ -119,14 +122,14 @@ def _count(cfg: dict, most: int, *names, required: bool = True, least: int = 1) 
     """The first of ``names`` the config gives, checked to be a whole number in [least, most]."""
     name, value = _first(cfg, *names)
     if value is None and required:
-        raise CalcError(f"the config has no {' / '.join(names)}: it does not look like a decoder language model config.")
-    return whole(value, f"the config's {name}", most, least)
+        raise CalcError(_("the config has no {names}: it does not look like a decoder language model config.").format(names=" / ".join(names)))
+    return whole(value, _("the config's {name}").format(name=name), most, least)
 
 
 def text_config(cfg: dict) -> dict:
     """The language model's part of a config (multimodal configs nest it under text_config)."""
     if not isinstance(cfg, dict):
-        raise CalcError("a config must be a JSON object.")
+        raise CalcError(_("a config must be a JSON object."))
     inner = cfg.get("text_config")
     return {**cfg, **inner} if isinstance(inner, dict) else cfg
 
@@ -153,7 +156,7 @@ def layer_windows(cfg: dict, n_layers: int) -> tuple:
         sliding = [True] * n_layers  # transformers' cache: every layer slides when a window is set
     if not any(sliding):
         return (None,) * n_layers
-    window = whole(window, f"the config's {key}", MAX_CONTEXT)
+    window = whole(window, _("the config's {name}").format(name=key), MAX_CONTEXT)
     return tuple(window if s else None for s in sliding)
 
 
@@ -175,12 +178,13 @@ def layout_from_config(cfg: dict) -> Layout:
     if head_dim is None:
         hidden = _count(cfg, MAX_HIDDEN, "hidden_size", "n_embd", "d_model")
         if hidden % n_heads:
-            raise CalcError(f"hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}; give head_dim.")
+            raise CalcError(_("hidden_size {hidden} is not a multiple of num_attention_heads {heads}; give head_dim.").format(hidden=hidden, heads=n_heads))
         head_dim = hidden // n_heads
         if head_dim > MAX_HEAD_DIM:
-            raise CalcError(f"hidden_size / num_attention_heads = {head_dim:,} dims per head: more than {MAX_HEAD_DIM:,}; give head_dim.")
+            raise CalcError(_("hidden_size / num_attention_heads = {dims} dims per head: more than {most}; give head_dim.").format(
+                dims=f"{head_dim:,}", most=f"{MAX_HEAD_DIM:,}"))
     if n_kv > n_heads or n_heads % n_kv:
-        raise CalcError(f"num_key_value_heads {n_kv} must divide num_attention_heads {n_heads}.")
+        raise CalcError(_("num_key_value_heads {kv} must divide num_attention_heads {heads}.").format(kv=n_kv, heads=n_heads))
     attention = "MHA" if n_kv == n_heads else "MQA" if n_kv == 1 else "GQA"
     return Layout(attention, n_layers, n_heads, n_kv, head_dim, windows=windows)
 
@@ -211,7 +215,7 @@ def count_parameters(cfg: dict) -> int:
     if experts:
         moe_inter = _count(cfg, MAX_INTERMEDIATE, "moe_intermediate_size", required=False) or inter
         if moe_inter is None:
-            raise CalcError("the config has experts but no moe_intermediate_size or intermediate_size.")
+            raise CalcError(_("the config has experts but no moe_intermediate_size or intermediate_size."))
         dense_layers = _count(cfg, L, "first_k_dense_replace", required=False, least=0) or 0
         shared = _count(cfg, MAX_EXPERTS, "n_shared_experts", required=False, least=0) or 0
         moe = (experts + shared) * 3 * H * moe_inter + H * experts
@@ -220,7 +224,7 @@ def count_parameters(cfg: dict) -> int:
         mlp_total = dense_layers * 3 * H * (inter or 0) + (L - dense_layers) * moe
     else:
         if inter is None:
-            raise CalcError("the config has no intermediate_size.")
+            raise CalcError(_("the config has no intermediate_size."))
         mlp_total = L * 3 * H * inter
     tied = cfg.get("tie_word_embeddings", True) is not False
     return vocab * H * (1 if tied else 2) + L * (attn + norms) + mlp_total + H
@@ -258,6 +262,22 @@ class Architecture:
             return None
 
 
+# the notes of kvviz/data/architectures.json, marked for translation (shown with _(); a test keeps them equal)
+NOTES = (
+    N_("v0.1 declares a 4,096-token sliding window on every layer (the paper's rolling buffer cache), and transformers' cache honours it; "
+       "v0.2 and later drop it."),
+    N_("use_sliding_window is false: every layer is full attention."),
+    N_("Layers alternate: even layers (0, 2, ...) attend to the last 4,096 tokens only, odd layers to all of them "
+       "(transformers' Gemma2Config.layer_types)."),
+    N_("Multi-query attention: one KV head shared by all 8 query heads."),
+    N_("MLA: each layer caches one 512-dim compressed latent and one 64-dim RoPE key per token, shared by all 128 heads."),
+    N_("MLA as in V2. The hub checkpoint also holds one multi-token-prediction layer (num_nextn_predict_layers), not counted here: "
+       "671B main-model parameters."),
+    N_("The config declares a 2,047-token sliding window on every layer, and transformers' cache honours it."),
+    N_("The model kvviz embeds and runs."),
+)
+
+
 @lru_cache(maxsize=1)
 def bundled() -> dict[str, Architecture]:
     """The architectures kvviz ships with (kvviz/data/architectures.json), by lowercase name."""
@@ -291,15 +311,15 @@ def architecture_from_config(cfg, name: str = "custom", source: str = "pasted co
 def parse_config_text(text: str) -> dict:
     """The JSON object of a config.json's text, or CalcError."""
     if len(text) > MAX_CONFIG_BYTES:
-        raise CalcError(f"the config is {len(text):,} characters long; a config.json takes at most {MAX_CONFIG_BYTES:,}.")
+        raise CalcError(_("the config is {n} characters long; a config.json takes at most {most}.").format(n=f"{len(text):,}", most=f"{MAX_CONFIG_BYTES:,}"))
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CalcError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from None
+        raise CalcError(_("not valid JSON: {error} at line {line}, column {column}.").format(error=exc.msg, line=exc.lineno, column=exc.colno)) from None
     except RecursionError:
-        raise CalcError("not a config: the JSON is nested too deeply.") from None
+        raise CalcError(_("not a config: the JSON is nested too deeply.")) from None
     if not isinstance(cfg, dict):
-        raise CalcError("a config must be a JSON object.")
+        raise CalcError(_("a config must be a JSON object."))
     return cfg
 
 

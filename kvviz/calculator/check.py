@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvviz.calculator import memory as calculator
+from kvviz.i18n import _
 from kvviz.runtime import engine
 
 TORCH_TO_CACHE_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -33,7 +34,7 @@ def check_calculator(model, tokenizer, ids: list[int], new_tokens: int = 4, max_
     trace = engine.run(model, tokenizer, ids, "full", max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=False)
     dtype = TORCH_TO_CACHE_DTYPE.get(trace.dtype)
     if dtype is None:
-        raise calculator.CalcError(f"the model runs in {trace.dtype}, which the calculator does not know.")
+        raise calculator.CalcError(_("the model runs in {dtype}, which the calculator does not know.").format(dtype=trace.dtype))
     rows = []
     for step, measured in enumerate(trace.kv_bytes):
         held = trace.prompt_len + step  # the prompt, then one more token per step (see Trace)

@@ -37,6 +37,7 @@ from fractions import Fraction
 import numpy as np
 
 # the catalogue and config reading, re-exported: callers use ``memory`` for everything
+from kvviz.i18n import N_, _
 from kvviz.calculator.architectures import (  # noqa: F401
     HUB_URL, MAX_BATCH, MAX_CONTEXT, MAX_PARAMS, Architecture, CalcError, Layout, architecture_from_config,
     architecture_from_file, architecture_from_hub, architecture_from_json_text, bundled, count_parameters,
@@ -126,15 +127,16 @@ class Scenario:
         if kind != "float":
             _check(self.group_size, "the group size", "elements", layout.vector_dim, "the cached vector's length")
             if layout.vector_dim % self.group_size:
-                raise CalcError(f"group size {self.group_size} does not divide the cached vector of {layout.vector_dim} elements.")
+                raise CalcError(_("group size {group} does not divide the cached vector of {d} elements.").format(group=self.group_size, d=layout.vector_dim))
             if self.full_bytes not in (1, 2, 4):
                 raise CalcError(f"scales are stored in 1, 2 or 4 bytes, not {value_text(self.full_bytes)}.")
         if kind == "kivi":
             if layout.attention == "MLA":
-                raise CalcError("KIVI quantizes keys per channel and values per token; MLA caches one latent vector instead: use int4 or int2.")
+                raise CalcError(_("KIVI quantizes keys per channel and values per token; MLA caches one latent vector instead: use int4 or int2."))
             _check(self.residual, "KIVI's residual window", "tokens", MAX_CONTEXT, "the longest context")
             if self.residual > self.group_size and self.residual % self.group_size:
-                raise CalcError(f"KIVI's residual window ({self.residual}) must be a multiple of the group size ({self.group_size}).")
+                raise CalcError(_("KIVI's residual window ({residual}) must be a multiple of the group size ({group}).").format(
+                    residual=self.residual, group=self.group_size))
         ratio = self.keep_ratio
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
             raise CalcError(f"the kept ratio must be in (0, 1], not {value_text(ratio)}.")
@@ -196,11 +198,11 @@ def kivi_vector_bytes(d: int, b: int, G: int, s: int, R: int, tokens: np.ndarray
 def kivi_formula(lead: str, parts: str, sc: "Scenario", seq: int) -> str:
     """The per-sequence formula of ``kivi_vector_bytes`` as text."""
     R = sc.residual
-    return (
-        f"{lead}{parts}; in each, per KV head, keys: ⌊n / {R}⌋ × {R} tokens quantized per channel "
-        f"(a scale and a zero point per channel per {min(sc.group_size, R)} tokens), the rest in full precision; values: n − {R} "
-        f"tokens quantized per token, the {R} newest in full precision ({sc.full_bytes} bytes) = {seq:,} bytes"
-    )
+    return lead + parts + _(
+        "; in each, per KV head, keys: ⌊n / {R}⌋ × {R} tokens quantized per channel (a scale and a zero point per channel per "
+        "{G} tokens), the rest in full precision; values: n − {R} tokens quantized per token, the {R} newest in full precision "
+        "({s} bytes) = {seq} bytes"
+    ).format(R=R, G=min(sc.group_size, R), s=sc.full_bytes, seq=f"{seq:,}")
 
 
 def sequence_bytes(layout: Layout, scenario: Scenario, context) -> np.ndarray:
@@ -217,22 +219,24 @@ def token_formula(layout: Layout, scenario: Scenario) -> tuple[Fraction, str]:
     d, G, s = layout.vector_dim, scenario.group_size, scenario.full_bytes
     L = layout.n_layers
     if dt.kind == "float":
-        size = f"{dt.bits // 8} bytes ({dt.name})"
+        size = _("{n} bytes ({dtype})").format(n=dt.bits // 8, dtype=dt.name)
         if layout.attention == "MLA":
-            text = f"({layout.kv_lora_rank} latent + {layout.qk_rope_head_dim} RoPE key) × {L} layers × {size}"
+            text = _("({rank} latent + {rope} RoPE key) × {L} layers × {size}").format(
+                rank=layout.kv_lora_rank, rope=layout.qk_rope_head_dim, L=L, size=size)
         else:
-            text = f"2 (K, V) × {L} layers × {layout.n_kv_heads} KV heads × {d} dims × {size}"
+            text = _("2 (K, V) × {L} layers × {heads} KV heads × {d} dims × {size}").format(L=L, heads=layout.n_kv_heads, d=d, size=size)
         return Fraction(d * dt.bits, 8), text
     codes, groups = d * dt.bits // 8, d // G
     total = codes + groups * 2 * s
-    vector = (
-        f"{total} bytes per {d}-dim vector ({dt.bits}-bit codes: {codes} bytes, + {groups} group"
-        f"{'s' if groups > 1 else ''} of {G} × a scale and a zero point of {s} bytes)"
-    )
+    in_groups = (_("1 group of {G} × a scale and a zero point of {s} bytes") if groups == 1
+                 else _("{groups} groups of {G} × a scale and a zero point of {s} bytes")).format(groups=groups, G=G, s=s)
+    vector = _("{total} bytes per {d}-dim vector ({bits}-bit codes: {codes} bytes, + {in_groups})").format(
+        total=total, d=d, bits=dt.bits, codes=codes, in_groups=in_groups)
     if layout.attention == "MLA":
-        text = f"{L} layers × {vector} ({layout.kv_lora_rank} latent + {layout.qk_rope_head_dim} RoPE key)"
+        text = _("{L} layers × {vector} ({rank} latent + {rope} RoPE key)").format(
+            L=L, vector=vector, rank=layout.kv_lora_rank, rope=layout.qk_rope_head_dim)
     else:
-        text = f"2 (K, V) × {L} layers × {layout.n_kv_heads} KV heads × {vector}"
+        text = _("2 (K, V) × {L} layers × {heads} KV heads × {vector}").format(L=L, heads=layout.n_kv_heads, vector=vector)
     return Fraction(total), text
 
 
@@ -293,20 +297,20 @@ def estimate(
     seq = int(sequence_bytes(lay, scenario, n)[0])
     total = seq * B
     layer_token = int(per_vector * lay.vectors_per_token_layer)
-    f = {"per_token": f"{token_text} = {_num(per_token)} bytes per token"}
+    f = {"per_token": token_text + " = " + _("{n} bytes per token").format(n=_num(per_token))}
     held = held_tokens(lay, scenario, n)[:, 0]
     f["per_sequence"] = _sequence_formula(lay, scenario, held, layer_token, seq)
-    f["total"] = f"{seq:,} bytes per sequence × batch {B} = {total:,} bytes"
-    notes = [f"{arch.display}: {arch.note}"] if arch.note else []
+    f["total"] = _("{seq} bytes per sequence × batch {batch} = {total} bytes").format(seq=f"{seq:,}", batch=B, total=f"{total:,}")
+    notes = [f"{arch.display}: {_(arch.note)}"] if arch.note else []  # a bundled note is N_-marked (architectures.NOTES)
     if arch.max_context and n > arch.max_context:
-        notes.append(f"{n:,} tokens is more than {arch.display}'s context of {arch.max_context:,}.")
+        notes.append(_("{n} tokens is more than {model}'s context of {most}.").format(n=f"{n:,}", model=arch.display, most=f"{arch.max_context:,}"))
     if params is not None:
         params = whole(params, "the parameter count", MAX_PARAMS)
     else:
         try:
             params = arch.params
         except CalcError as exc:
-            notes.append(f"weights unknown: {exc}")
+            notes.append(_("weights unknown: {error}").format(error=exc))
     wbytes = weights_bytes(params, weights_dtype) if params else None
     est = Estimate(
         arch=arch.name, display=arch.display, attention=lay.attention, dtype=scenario.dtype, context=n, batch=B,
@@ -318,6 +322,10 @@ def estimate(
     return est
 
 
+LAYER_GROUPS = {"sliding": N_("{count} sliding layers × {h} tokens"), "full": N_("{count} full layers × {h} tokens"),
+                "": N_("{count} layers × {h} tokens")}
+
+
 def _sequence_formula(lay: Layout, sc: Scenario, held: np.ndarray, layer_token: int, seq: int) -> str:
     n = sc.context
     kinds = ["sliding" if w is not None else "full" for w in lay.windows] if lay.sliding_layers else [""] * lay.n_layers
@@ -325,20 +333,20 @@ def _sequence_formula(lay: Layout, sc: Scenario, held: np.ndarray, layer_token: 
     for h, kind in zip(held.tolist(), kinds):
         groups[(h, kind)] = groups.get((h, kind), 0) + 1
     parts = " + ".join(
-        f"{count} {kind + ' ' if kind else ''}layers × {h:,} tokens" for (h, kind), count in sorted(groups.items(), reverse=True)
+        _(LAYER_GROUPS[kind]).format(count=count, h=f"{h:,}") for (h, kind), count in sorted(groups.items(), reverse=True)
     )
     why = []
     if sc.keep_ratio is not None:
-        why.append(f"a policy keeping r = {sc.keep_ratio:g} holds max(1, round(r × {n:,})) tokens")
+        why.append(_("a policy keeping r = {r} holds max(1, round(r × {n})) tokens").format(r=f"{sc.keep_ratio:g}", n=f"{n:,}"))
     if lay.sliding_layers:
         w = next(w for w in lay.windows if w is not None)
-        why.append(f"a sliding layer holds at most {w:,} tokens")
+        why.append(_("a sliding layer holds at most {w} tokens").format(w=f"{w:,}"))
     if sc.window is not None:
-        why.append(f"a {sc.window:,}-token window on every layer")
+        why.append(_("a {w}-token window on every layer").format(w=f"{sc.window:,}"))
     lead = f"{'; '.join(why)}: " if why else ""
     if CACHE_DTYPES[sc.dtype].kind == "kivi":
         return kivi_formula(lead, parts, sc, seq)
-    return f"{lead}({parts}) × {layer_token:,} bytes per token and layer = {seq:,} bytes"
+    return lead + _("({parts}) × {bytes} bytes per token and layer = {seq} bytes").format(parts=parts, bytes=f"{layer_token:,}", seq=f"{seq:,}")
 
 
 def _fit(est: Estimate, gpu: str, utilization: float) -> None:
@@ -354,10 +362,10 @@ def _fit(est: Estimate, gpu: str, utilization: float) -> None:
     fits = max(budget, 0) // est.bytes_per_sequence
     est.gpu, est.gpu_bytes, est.utilization, est.kv_budget_bytes, est.max_sequences = g.display, g.bytes, utilization, budget, int(fits)
     est.weights_fit = budget > 0
-    est.formulas["fit"] = (
-        f"⌊({g.mib:,} MiB × {utilization:g} − {weights:,} bytes of {est.weights_dtype} weights) / "
-        f"{est.bytes_per_sequence:,} bytes per sequence⌋ = {int(fits):,} sequences of {est.context:,} tokens"
-    )
+    est.formulas["fit"] = _(
+        "⌊({mib} MiB × {util} − {weights} bytes of {dtype} weights) / {seq} bytes per sequence⌋ = {fits} sequences of {n} tokens"
+    ).format(mib=f"{g.mib:,}", util=f"{utilization:g}", weights=f"{weights:,}", dtype=est.weights_dtype, seq=f"{est.bytes_per_sequence:,}",
+             fits=f"{int(fits):,}", n=f"{est.context:,}")
 
 
 def _num(x: Fraction) -> str:
@@ -414,16 +422,21 @@ def fit_answer(estimates: list[Estimate]) -> str | None:
         e0 = group[0]
         parts = []
         for e in group:
-            gain = f" ({e.max_sequences / e0.max_sequences:.1f}× as many)" if e is not e0 and e0.max_sequences else ""
-            parts.append(f"**{e.max_sequences:,}** with {e.dtype}{gain}")
-        weights = f"{e0.weights_dtype} weights, {e0.weights_bytes / 2**30:.1f} GiB" if e0.weights_bytes else "weights not counted"
+            n = f"{e.max_sequences:,}"
+            if e is not e0 and e0.max_sequences:
+                parts.append(_("**{n}** with {dtype} ({x}× as many)").format(n=n, dtype=e.dtype, x=f"{e.max_sequences / e0.max_sequences:.1f}"))
+            else:
+                parts.append(_("**{n}** with {dtype}").format(n=n, dtype=e.dtype))
+        weights = (_("{dtype} weights, {gib} GiB").format(dtype=e0.weights_dtype, gib=f"{e0.weights_bytes / 2**30:.1f}")
+                   if e0.weights_bytes else _("weights not counted"))
         if e0.params and e0.weights_dtype != "bf16":
-            weights += f"; {weights_bytes(e0.params, 'bf16') / 2**30:.1f} GiB in bf16"
+            weights = _("{weights}; {gib} GiB in bf16").format(weights=weights, gib=f"{weights_bytes(e0.params, 'bf16') / 2**30:.1f}")
         if e0.weights_fit is False:
-            weights += f": more than {e0.utilization:.0%} of the GPU"
-        lines.append(f"- **{e0.display}** ({weights}): " + ", ".join(parts))
+            weights = _("{weights}: more than {share} of the GPU").format(weights=weights, share=f"{e0.utilization:.0%}")
+        lines.append("- " + _("**{model}** ({weights}): {counts}").format(model=e0.display, weights=weights, counts=", ".join(parts)))
     e0 = on_gpu[0]
     return (
-        f"Requests of {e0.context:,} tokens that fit at once on one {e0.gpu} ({e0.utilization:.0%} of its memory usable):\n"
+        _("Requests of {n} tokens that fit at once on one {gpu} ({share} of its memory usable):").format(
+            n=f"{e0.context:,}", gpu=e0.gpu, share=f"{e0.utilization:.0%}") + "\n"
         + "\n".join(lines)
     )

@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kvviz.i18n import N_, _
 from kvviz.calculator.memory import CACHE_DTYPES, DEFAULT_UTILIZATION, GPUS, Architecture, CalcError, Scenario, estimate, held_tokens, shown, vector_bytes, value_text
 
-METHODS = {
-    "quest": "Quest: the min and max key of every page",
-    "simhash": "SimHash: bits × tables signature bits per key",
-    "sparq": "SparQ: no summary kept; r components of every key read each step",
+METHODS = {  # name -> what the page shows (N_-marked: translated where shown)
+    "quest": N_("Quest: the min and max key of every page"),
+    "simhash": N_("SimHash: bits × tables signature bits per key"),
+    "sparq": N_("SparQ: no summary kept; r components of every key read each step"),
 }
 POLICY_CLASSES = {"quest": "kvviz.policies.quest.Quest", "simhash": "kvviz.policies.simhash.SimHash", "sparq": "kvviz.policies.sparq.SparQ"}
 # which of a method's parameters the calculator asks for (the rest keep the policy's defaults)
@@ -62,10 +63,11 @@ class Offload:
         from kvviz.policies.params import PolicyError
 
         if not isinstance(self.method, str) or self.method not in METHODS:
-            raise CalcError(f"unknown offload method {shown(self.method)}. Known: {', '.join(METHODS)}.")
+            raise CalcError(_("unknown offload method {method}. Known: {known}.").format(method=shown(self.method), known=", ".join(METHODS)))
         unknown = sorted(set(self.params) - set(METHOD_PARAMS[self.method]))
         if unknown:
-            raise CalcError(f"{self.method} takes {', '.join(METHOD_PARAMS[self.method])}, not {', '.join(unknown)}.")
+            raise CalcError(_("{method} takes {params}, not {unknown}.").format(
+                method=self.method, params=", ".join(METHOD_PARAMS[self.method]), unknown=", ".join(unknown)))
         try:
             module, name = POLICY_CLASSES[self.method].rsplit(".", 1)
             cls = getattr(importlib.import_module(module), name)  # only this policy's module (torch), not the registry
@@ -76,7 +78,7 @@ class Offload:
     def check_link(self) -> float:
         g = self.link_gbps
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 < g <= MAX_LINK_GBPS:
-            raise CalcError(f"the host link bandwidth must be in (0, {MAX_LINK_GBPS:,.0f}] GB/s, not {value_text(g)}.")
+            raise CalcError(_("the host link bandwidth must be in (0, {most}] GB/s, not {value}.").format(most=f"{MAX_LINK_GBPS:,.0f}", value=value_text(g)))
         return float(g)
 
 
@@ -121,7 +123,7 @@ def offload_estimate(
     weights_dtype: str = "bf16", utilization: float = DEFAULT_UTILIZATION, params: int | None = None,
 ) -> OffloadEstimate:
     if CACHE_DTYPES.get(scenario.dtype) is None or CACHE_DTYPES[scenario.dtype].kind != "float":
-        raise CalcError(f"the offload mode sizes a float cache (fp32, bf16, fp16, fp8), not {shown(scenario.dtype)}.")
+        raise CalcError(_("the offload mode sizes a float cache (fp32, bf16, fp16, fp8), not {dtype}.").format(dtype=shown(scenario.dtype)))
     plain = estimate(arch, scenario, gpu=gpu, weights_dtype=weights_dtype, utilization=utilization, params=params)
     policy = offload.policy()
     link = offload.check_link()
@@ -165,20 +167,22 @@ def offload_estimate(
     )
     f = est.formulas
     L = lay.n_layers
-    f["read_set"] = (
-        f"{k:,} entries per layer and KV head"
-        + (f" (max(⌊{offload.read_budget:,} / {policy.page_size}⌋, 3) pages of {policy.page_size})" if offload.method == "quest" else "")
+    f["read_set"] = _("{k} entries per layer and KV head").format(k=f"{k:,}") + (
+        " " + _("(max(⌊{budget} / {page}⌋, 3) pages of {page})").format(budget=f"{offload.read_budget:,}", page=policy.page_size)
+        if offload.method == "quest" else ""
     )
-    f["device"] = (
-        f"{summary:,} bytes of summaries + {buffer:,} bytes of read-set buffers"
-        f" + {whole:,} bytes of {whole_layers} of {L} layers kept whole = {device:,} bytes per sequence"
-    )
+    f["device"] = _(
+        "{summary} bytes of summaries + {buffer} bytes of read-set buffers + {whole} bytes of {whole_layers} of {layers} layers "
+        "kept whole = {device} bytes per sequence"
+    ).format(summary=f"{summary:,}", buffer=f"{buffer:,}", whole=f"{whole:,}", whole_layers=whole_layers, layers=L, device=f"{device:,}")
     f["moved"] = (
-        f"{L - whole_layers} layers × {heads} KV heads × {k:,} entries' keys and values"
-        + (f" + r = {min(policy.r, d)} components × {elem} bytes of every key ({sparq:,} bytes)" if sparq else "")
-        + f" = {moved:,} bytes per sequence per step"
+        _("{layers} layers × {heads} KV heads × {k} entries' keys and values").format(layers=L - whole_layers, heads=heads, k=f"{k:,}")
+        + (" + " + _("r = {r} components × {elem} bytes of every key ({bytes} bytes)").format(r=min(policy.r, d), elem=elem, bytes=f"{sparq:,}")
+           if sparq else "")
+        + " = " + _("{bytes} bytes per sequence per step").format(bytes=f"{moved:,}")
     )
-    f["link"] = f"{moved_batch:,} bytes for batch {B} / {link:g} GB/s = {est.link_ms:.3f} ms per step"
+    f["link"] = _("{bytes} bytes for batch {batch} / {gbps} GB/s = {ms} ms per step").format(
+        bytes=f"{moved_batch:,}", batch=B, gbps=f"{link:g}", ms=f"{est.link_ms:.3f}")
     if gpu is not None:
         key = str(gpu).strip().lower()
         est.gpu, est.hbm_gbps = plain.gpu, HBM_GBPS[key]
@@ -186,14 +190,14 @@ def offload_estimate(
         est.full_hbm_ms = plain.bytes_total / (est.hbm_gbps * 1e9) * 1e3
         est.kv_budget_bytes, est.max_sequences_full = plain.kv_budget_bytes, plain.max_sequences
         est.max_sequences_offload = int(max(plain.kv_budget_bytes or 0, 0) // device) if device else 0
-        f["hbm"] = (
-            f"the same {moved_batch:,} bytes / {est.hbm_gbps:g} GB/s ({est.gpu} HBM) = {est.hbm_ms:.3f} ms; "
-            f"the whole plain cache of the batch, {plain.bytes_total:,} bytes, = {est.full_hbm_ms:.3f} ms"
-        )
-        f["fit"] = (
-            f"⌊{max(plain.kv_budget_bytes or 0, 0):,} bytes left after the weights / {device:,} bytes per sequence⌋ = "
-            f"{est.max_sequences_offload:,} sequences (plain cache: {plain.max_sequences:,})"
-        )
+        f["hbm"] = _(
+            "the same {bytes} bytes / {gbps} GB/s ({gpu} HBM) = {ms} ms; the whole plain cache of the batch, {full} bytes, = {full_ms} ms"
+        ).format(bytes=f"{moved_batch:,}", gbps=f"{est.hbm_gbps:g}", gpu=est.gpu, ms=f"{est.hbm_ms:.3f}", full=f"{plain.bytes_total:,}",
+                 full_ms=f"{est.full_hbm_ms:.3f}")
+        f["fit"] = _(
+            "⌊{left} bytes left after the weights / {device} bytes per sequence⌋ = {n} sequences (plain cache: {plain})"
+        ).format(left=f"{max(plain.kv_budget_bytes or 0, 0):,}", device=f"{device:,}", n=f"{est.max_sequences_offload:,}",
+                 plain=f"{plain.max_sequences:,}")
     return est
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.model import capture
 from kvviz.model import devices
 from kvviz.runtime import engine
@@ -78,10 +79,10 @@ def read_layer(model, ids, layer: int) -> LayerCache:
 
     ids = [int(i) for i in ids][:MAX_TOKENS]
     if not ids:
-        raise ValueError("The prompt is empty.")
+        raise ValueError(_("The prompt is empty."))
     modules = capture.attention_modules(model)
     if not 0 <= layer < len(modules):
-        raise ValueError(f"Layer {layer} is out of range: the model has layers 0..{len(modules) - 1}.")
+        raise ValueError(_("Layer {layer} is out of range: the model has layers 0..{last}.").format(layer=layer, last=len(modules) - 1))
     device = devices.input_device(model)  # a model split across GPUs takes its ids on the embedding's
     cache = DynamicCache(config=model.config)
     owner = threading.get_ident()
@@ -99,7 +100,8 @@ def read_layer(model, ids, layer: int) -> LayerCache:
         handle.remove()
     keys, values = cache.layers[layer].keys[0], cache.layers[layer].values[0]  # (kv_heads, n, head_dim)
     if keys.shape[1] != len(ids):
-        raise ValueError(f"layer {layer} caches {keys.shape[1]} of {len(ids)} tokens (a sliding window): the lab needs them all.")
+        raise ValueError(_("Layer {layer} caches {held} of {n} tokens (a sliding window): the lab needs them all.").format(
+            layer=layer, held=keys.shape[1], n=len(ids)))
     queries = capture.capture_layers(model, ids, [layer])[layer].q
     return LayerCache(layer, keys.clone(), values.clone(), queries, len(modules))
 
@@ -126,6 +128,9 @@ def channel_stats(lc: LayerCache, head: int) -> dict[str, np.ndarray]:
 # quantizing the layer
 
 
+SCHEME_NAMES = {"per_token": N_("per token, G={group}"), "per_channel": N_("per channel, G={group}")}  # shown with _()
+
+
 @dataclass(frozen=True)
 class Scheme:
     axis: str  # "per_token", "per_channel" or "kivi"
@@ -137,7 +142,7 @@ class Scheme:
     def label(self) -> str:
         if self.axis == "kivi":
             return f"KIVI-{self.bits} (R={self.residual}, G={self.group})"
-        return f"{self.axis.replace('_', ' ')}, G={self.group}"
+        return _(SCHEME_NAMES[self.axis]).format(group=self.group)
 
     def stream(self, role: str, kv_heads: int, head_dim: int, dtype, device) -> QuantizedStream:
         """The store's stream for keys (role "key") or values ("value")."""
@@ -217,7 +222,7 @@ def grid_window(n_tokens: int, channel_groups=(16, 32, 64)) -> tuple[int, tuple[
     cut to a multiple of the largest, so that every scheme quantizes every analysed token."""
     groups = tuple(g for g in channel_groups if g <= n_tokens)
     if not groups:
-        raise ValueError(f"The prompt has {n_tokens} tokens: the lab needs at least {min(channel_groups)}.")
+        raise ValueError(_("The prompt has {n} tokens: the lab needs at least {least}.").format(n=n_tokens, least=min(channel_groups)))
     return n_tokens - n_tokens % max(groups), groups
 
 
@@ -235,8 +240,8 @@ def error_grid(lc: LayerCache, bits=(8, 4, 2), token_groups=(16, 32, 64), channe
 def token_errors(lc: LayerCache, head: int, scheme: Scheme) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Per-token relative error of one KV head's keys and values under ``scheme`` (KIVI's window
     shows as zeros), and how many tokens' keys / values stay in full precision."""
-    k_hat, _, k_fp = quantize_tensor(lc.keys, scheme, "key")
-    v_hat, _, v_fp = quantize_tensor(lc.values, scheme, "value")
+    k_hat, _bytes, k_fp = quantize_tensor(lc.keys, scheme, "key")
+    v_hat, _bytes, v_fp = quantize_tensor(lc.values, scheme, "value")
 
     def per_token(x, x_hat):
         x, x_hat = x[head].float(), x_hat[head].float()  # (n, head_dim)
@@ -259,7 +264,7 @@ class NextTokenResult:
 
     def row(self) -> dict:
         return {
-            "scheme": self.scheme.label, "bits": self.scheme.bits, "mean KL": float(self.kl.mean()),
+            "scheme": self.scheme.label, "axis": self.scheme.axis, "bits": self.scheme.bits, "mean KL": float(self.kl.mean()),
             "max KL": float(self.kl.max()), "top-1 agreement": self.top1_agreement,
             "cache bytes": self.kv_bytes, "of full": self.kv_bytes / self.kv_bytes_full,
         }
@@ -304,27 +309,34 @@ def axis_summary(results: list[SchemeResult], group: int = 32) -> str:
             continue
 
         def cmp(a, b):
-            return "lower" if a < b else "higher" if a > b else "equal"
+            return _("lower") if a < b else _("higher") if a > b else _("equal")
 
-        lines.append(
-            f"- **{bits}-bit, G = {group}** ({format_bytes(tok.bytes)} either way): key error per channel "
-            f"{chan.key_error:.1%} vs per token {tok.key_error:.1%} ({cmp(chan.key_error, tok.key_error)}); value error "
-            f"{chan.value_error:.1%} vs {tok.value_error:.1%}; attention KL {chan.attention_kl:.2g} vs {tok.attention_kl:.2g}."
-        )
-    return "Measured on this layer:\n" + "\n".join(lines) if lines else ""
+        lines.append("- " + _(
+            "**{bits}-bit, G = {group}** ({bytes} either way): key error per channel {chan_key} vs per token {tok_key} "
+            "({compared}); value error {chan_value} vs {tok_value}; attention KL {chan_kl} vs {tok_kl}."
+        ).format(
+            bits=bits, group=group, bytes=format_bytes(tok.bytes), chan_key=f"{chan.key_error:.1%}", tok_key=f"{tok.key_error:.1%}",
+            compared=cmp(chan.key_error, tok.key_error), chan_value=f"{chan.value_error:.1%}", tok_value=f"{tok.value_error:.1%}",
+            chan_kl=f"{chan.attention_kl:.2g}", tok_kl=f"{tok.attention_kl:.2g}",
+        ))
+    return _("Measured on this layer:") + "\n" + "\n".join(lines) if lines else ""
 
 
 def window_summary(lc: LayerCache, scheme: Scheme) -> str:
     """How KIVI holds this layer's cache: what is quantized, what waits in full precision, the bytes."""
     n, R, G = lc.n_tokens, scheme.residual, min(scheme.group, scheme.residual)
     keys_q, values_q = (n // R) * R, max(n - R, 0)
-    _, k_bytes, _ = quantize_tensor(lc.keys, scheme, "key")
-    _, v_bytes, _ = quantize_tensor(lc.values, scheme, "value")
+    _held, k_bytes, _tail = quantize_tensor(lc.keys, scheme, "key")
+    _held, v_bytes, _tail = quantize_tensor(lc.values, scheme, "value")
     full = 2 * lc.keys.numel() * lc.keys.element_size()
-    return (
-        f"Of the {n} tokens, **keys**: {keys_q} quantized per channel in {keys_q // G} group{'s' if keys_q // G != 1 else ''} of {G} "
-        f"tokens, {n - keys_q} in full precision until {R} have accumulated; **values**: {values_q} quantized per token, "
-        f"the {n - values_q} newest in full precision. Layer {lc.layer} holds {format_bytes(k_bytes + v_bytes)} "
-        f"instead of {format_bytes(full)} ({(k_bytes + v_bytes) / full:.0%}). On a long context the window is a "
-        f"fixed {R} tokens, so the share of full precision fades: the paper keeps R = 128 at 2 bits."
+    groups = keys_q // G
+    in_groups = _("1 group of {G} tokens") if groups == 1 else _("{groups} groups of {G} tokens")
+    return _(
+        "Of the {n} tokens, **keys**: {keys_q} quantized per channel in {in_groups}, {keys_fp} in full "
+        "precision until {R} have accumulated; **values**: {values_q} quantized per token, the {values_fp} newest in full "
+        "precision. Layer {layer} holds {held} instead of {full} ({share}). On a long context the window is a fixed {R} "
+        "tokens, so the share of full precision fades: the paper keeps R = 128 at 2 bits."
+    ).format(
+        n=n, keys_q=keys_q, in_groups=in_groups.format(groups=groups, G=G), keys_fp=n - keys_q, R=R, values_q=values_q, values_fp=n - values_q,
+        layer=lc.layer, held=format_bytes(k_bytes + v_bytes), full=format_bytes(full), share=f"{(k_bytes + v_bytes) / full:.0%}",
     )

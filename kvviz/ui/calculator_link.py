@@ -15,6 +15,7 @@ import streamlit as st
 
 from kvviz.calculator import memory as calc
 from kvviz.calculator.architectures import parse_config_text
+from kvviz.i18n import _
 from kvviz.ui.state import from_url, report_problem, to_url
 
 CONFIG_URL_MAX = 4000  # characters of a pasted config a link carries (a compact hub config.json: 700-1,500)
@@ -36,7 +37,7 @@ def choice(options: list, cast=str) -> Callable[[str], Any]:
         except ValueError:
             value = None
         if value not in options:
-            raise ValueError(f"{calc.shown(text)} is not one of {', '.join(map(str, options))}")
+            raise ValueError(_("{value} is not one of {options}").format(value=calc.shown(text), options=", ".join(map(str, options))))
         return value
 
     return parse
@@ -44,12 +45,14 @@ def choice(options: list, cast=str) -> Callable[[str], Any]:
 
 def choices(options: list, ignore=(), what: str = "") -> Callable[[str], list]:
     """A multiselect's value: names separated by commas, each one of ``options`` (``what`` names
-    them in a notice instead of listing them all)."""
+    them in a notice instead of listing them all; an N_-marked constant, translated where shown)."""
     def parse(text: str) -> list:
         names = [n.strip() for n in text.split(",") if n.strip() and n.strip() not in ignore]
         unknown = [n for n in names if n not in options]
         if unknown:
-            raise ValueError(f"{calc.shown(unknown[0])} is not {what or 'one of ' + ', '.join(map(str, options))}")
+            if what:
+                raise ValueError(_("{value} is not {what}").format(value=calc.shown(unknown[0]), what=_(what)))
+            raise ValueError(_("{value} is not one of {options}").format(value=calc.shown(unknown[0]), options=", ".join(map(str, options))))
         return list(dict.fromkeys(names))
 
     return parse
@@ -60,10 +63,10 @@ def number(lo, hi, step, cast=int) -> Callable[[str], Any]:
         try:
             value = cast(float(text)) if cast is float else cast(text)
         except ValueError:
-            raise ValueError(f"{calc.shown(text)} is not a number") from None
+            raise ValueError(_("{value} is not a number").format(value=calc.shown(text))) from None
         steps = (value - lo) / step
         if not lo <= value <= hi or abs(steps - round(steps)) > 1e-9:
-            raise ValueError(f"{value:g} is not from {lo:g} to {hi:g} in steps of {step:g}")
+            raise ValueError(_("{value} is not from {lo} to {hi} in steps of {step}").format(value=f"{value:g}", lo=f"{lo:g}", hi=f"{hi:g}", step=f"{step:g}"))
         return value
 
     return parse
@@ -85,7 +88,8 @@ def read_link(settings: list[LinkSetting]) -> None:
             state[s.key] = s.parse(text)
         except ValueError as exc:
             used = state.get(s.key, s.default)
-            report_problem(s.url, f"link setting '{s.url}' ignored: {str(exc).rstrip('.')}; the page uses {s.show(used)} instead.")
+            report_problem(s.url, _("link setting '{url}' ignored: {reason}; the page uses {used} instead.").format(
+                url=s.url, reason=str(exc).rstrip("."), used=s.show(used)))
 
 
 def compact_config(text: str) -> str | None:
@@ -106,5 +110,5 @@ def write_link(settings: list[LinkSetting], values: dict[str, Any]) -> None:
 
 
 def listed(value) -> str:
-    return ", ".join(map(str, value)) if value else "none"
+    return ", ".join(map(str, value)) if value else _("none")
 

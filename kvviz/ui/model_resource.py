@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from kvviz.i18n import _
+
 if TYPE_CHECKING:
     from kvviz.model.loading import LoadedModel
 
@@ -75,7 +77,7 @@ def wait_for_warm_start(note: str, poll_s: float = 0.25) -> None:
     started = time.monotonic()
     with st.empty():
         while thread.is_alive():
-            st.caption(f"{note} ({time.monotonic() - started:.0f} s)")
+            st.caption(_("{note} ({s} s)").format(note=note, s=f"{time.monotonic() - started:.0f}"))
             thread.join(poll_s)
         st.empty()
 
@@ -114,7 +116,7 @@ def get_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
     if loaded is not None:
         return loaded
     if not store.lock.acquire(blocking=False):
-        with st.spinner("Another session is loading a model; waiting for it..."):
+        with st.spinner(_("Another session is loading a model; waiting for it...")):
             store.lock.acquire()
     try:
         loaded = store.get(key)  # loaded by the session we waited for?
@@ -130,16 +132,16 @@ def _load_with_progress(key: ModelKey) -> LoadedModel:
     from kvviz.model.loading import load_model
 
     spec, device, dtype = key
-    bar = st.progress(0.0, text=f"Loading {spec} ...")
+    bar = st.progress(0.0, text=_("Loading {spec} ...").format(spec=spec))
 
     def progress(message: str, fraction: float) -> None:
         bar.progress(min(max(fraction, 0.0), 1.0), text=message)
 
     try:
-        with st.spinner(
+        with st.spinner(_(
             "Loading the model, once for this process. A GGUF file is dequantized on its first load "
             "(about 20 s for SmolLM2); later starts reuse kvviz's weights cache."
-        ):
+        )):
             if device == ALL_GPUS:
                 return load_model(spec, device="cuda", dtype=dtype, progress=progress, device_map="auto")
             return load_model(spec, device=device, dtype=dtype, progress=progress)
