@@ -168,7 +168,7 @@ def offload_estimate(
     f = est.formulas
     L = lay.n_layers
     f["read_set"] = _("{k} entries per layer and KV head").format(k=f"{k:,}") + (
-        " " + _("(max(⌊{budget} / {page}⌋, 3) pages of {page})").format(budget=f"{offload.read_budget:,}", page=policy.page_size)
+        _(" (max(⌊{budget} / {page}⌋, 3) pages of {page})").format(budget=f"{offload.read_budget:,}", page=policy.page_size)
         if offload.method == "quest" else ""
     )
     f["device"] = _(

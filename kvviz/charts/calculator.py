@@ -137,7 +137,8 @@ CHECK_COLUMNS = {"step": N_("step"), "tokens held": N_("tokens held"), "measured
 
 def formula_lines(formulas: dict[str, str]) -> str:
     """An estimate's formulas, one "name: formula" a line, the names in the session's language."""
-    return "\n".join(f"{_(FORMULAS[k]) if k in FORMULAS else k.replace('_', ' ')}: {v}" for k, v in formulas.items())
+    return "\n".join(_("{name}: {formula}").format(name=_(FORMULAS[k]) if k in FORMULAS else k.replace("_", " "), formula=v)
+                     for k, v in formulas.items())
 
 
 def check_columns() -> dict[str, str]:

@@ -89,7 +89,7 @@ def read_link(settings: list[LinkSetting]) -> None:
         except ValueError as exc:
             used = state.get(s.key, s.default)
             report_problem(s.url, _("link setting '{url}' ignored: {reason}; the page uses {used} instead.").format(
-                url=s.url, reason=str(exc).rstrip("."), used=s.show(used)))
+                url=s.url, reason=str(exc).rstrip(".。"), used=s.show(used)))
 
 
 def compact_config(text: str) -> str | None:
