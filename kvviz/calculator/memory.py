@@ -343,7 +343,7 @@ def _sequence_formula(lay: Layout, sc: Scenario, held: np.ndarray, layer_token: 
         why.append(_("a sliding layer holds at most {w} tokens").format(w=f"{w:,}"))
     if sc.window is not None:
         why.append(_("a {w}-token window on every layer").format(w=f"{sc.window:,}"))
-    lead = f"{'; '.join(why)}: " if why else ""
+    lead = _("{reasons}: ").format(reasons=_("; ").join(why)) if why else ""
     if CACHE_DTYPES[sc.dtype].kind == "kivi":
         return kivi_formula(lead, parts, sc, seq)
     return lead + _("({parts}) × {bytes} bytes per token and layer = {seq} bytes").format(parts=parts, bytes=f"{layer_token:,}", seq=f"{seq:,}")
@@ -433,7 +433,7 @@ def fit_answer(estimates: list[Estimate]) -> str | None:
             weights = _("{weights}; {gib} GiB in bf16").format(weights=weights, gib=f"{weights_bytes(e0.params, 'bf16') / 2**30:.1f}")
         if e0.weights_fit is False:
             weights = _("{weights}: more than {share} of the GPU").format(weights=weights, share=f"{e0.utilization:.0%}")
-        lines.append("- " + _("**{model}** ({weights}): {counts}").format(model=e0.display, weights=weights, counts=", ".join(parts)))
+        lines.append("- " + _("**{model}** ({weights}): {counts}").format(model=e0.display, weights=weights, counts=_(", ").join(parts)))
     e0 = on_gpu[0]
     return (
         _("Requests of {n} tokens that fit at once on one {gpu} ({share} of its memory usable):").format(
