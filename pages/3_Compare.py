@@ -135,7 +135,7 @@ select = dict(on_select="rerun", selection_mode=("points", "box"))  # a step or 
 chart(charts.memory_figure(result, step), width="stretch", key="compare.memory", where=left, **select)
 chart(charts.agreement_figure(result, step), width="stretch", key="compare.agreement", where=right, **select)
 st.caption(_("Click a step on either chart, or drag a box over a range, to show the token states at that step (a range: its first step)."))
-st.dataframe(result.summary_table(step), hide_index=True, column_config=view.summary_columns())
+st.dataframe(view.summary_view(result, step), hide_index=True, column_config=view.summary_columns())
 
 st.markdown("**" + _("Export") + "**")
 downloads(

@@ -53,7 +53,7 @@ ref = result.reference
 m = st.columns(4)
 m[0].metric(_("Runs"), len(rows) + (ref is not None), help=_("{s} s in all on {device} ({dtype})").format(
     s=f"{result.seconds:.1f}", device=result.device, dtype=result.dtype))
-m[1].metric(_("Time"), f"{result.seconds:.0f} s")
+m[1].metric(_("Time"), _("{n} s").format(n=f"{result.seconds:.0f}"))
 if ref:
     m[2].metric(_("Full cache perplexity"), f"{ref['ppl']:.2f}", help=_("{forced} forced tokens after {context} prompt tokens").format(
         forced=ref["continuation"], context=ref["context"]))

@@ -244,6 +244,14 @@ SUMMARY_COLUMNS = {  # the summary table's columns (English, as in its CSV) -> w
 }
 
 
+def summary_view(result: ComparisonResult, step: int) -> pd.DataFrame:
+    """The summary table as the page shows it: the full cache's row named in the page's language
+    (the table itself, its CSV and the report keep "full cache")."""
+    table = result.summary_table(step)
+    table.loc[0, "policy"] = _("full cache")
+    return table
+
+
 def summary_columns() -> dict:
     """Column labels of the summary table in the page's language (the data and the CSV keep English names)."""
     return {name: _(label) for name, label in SUMMARY_COLUMNS.items()}

@@ -135,10 +135,22 @@ def controls(device: str, sidebar_prompt: str) -> sweep.SweepSettings | None:
         return None
 
 
+TABLE_LABELS = {  # the table's columns (English, as in the CSV) -> the header the page shows (English: the name itself)
+    "policy": N_("policy"), "params": N_("params"), "ratio": N_("ratio"), "budget": N_("budget"), "kv_bytes": N_("kv_bytes"),
+    "kv_bytes_peak": N_("kv_bytes_peak"), "kv_bytes_full": N_("kv_bytes_full"), "kv_pct": N_("kv_pct"), "ppl": N_("ppl"),
+    "kl_full": N_("kl_full"), "top1_agree": N_("top1_agree"), "seconds": N_("seconds"), "depth": N_("depth"), "length": N_("length"),
+    "prompt_tokens": N_("prompt_tokens"), "found": N_("found"), "answer": N_("answer"), "series": N_("series"),
+}
+
+
 def column_config() -> dict:
-    """How the table shows its numbers (the CSV keeps them whole)."""
-    number = st.column_config.NumberColumn
-    return {
+    """How the table shows its numbers (the CSV keeps them whole), its headers in the page's language."""
+    plain = {k: st.column_config.Column(_(label)) for k, label in TABLE_LABELS.items()}
+
+    def number(k: str, **kw):
+        return st.column_config.NumberColumn(_(TABLE_LABELS[k]), **kw)
+
+    return plain | {
         "chosen": st.column_config.CheckboxColumn(_("chosen"), help=_("Chosen on the chart or in this table (tick a row's box at the left)"), width="small"),
         "kv_pct": number("kv_pct", format="%.1f%%", help=_("KV held at the end, % of the full cache")),
         "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help=_("mean KL(full ‖ policy), nats")),

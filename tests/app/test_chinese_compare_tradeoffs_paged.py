@@ -16,6 +16,9 @@ from kvviz import i18n
 from kvviz.charts import sweep as sweep_charts
 from kvviz.paged.result import describe
 from kvviz.record.text import encode_prompt
+from kvviz.sweep.rows import PPL_COLUMNS
+from kvviz.ui import compare_view
+from kvviz.ui import sweep as sweep_ui
 from tests.app.test_chinese_pages import english_runs, page_text
 
 PAGES = Path(__file__).resolve().parents[2] / "pages"
@@ -100,7 +103,7 @@ def test_compare_run_in_chinese(smollm):
 
 
 @pytest.fixture()
-def chinese(monkeypatch):
+def chinese(monkeypatch):  # after kvviz.ui registered the session's language source (imported above)
     monkeypatch.setattr(i18n, "_language_source", lambda: "zh")
 
 
@@ -110,3 +113,11 @@ def test_the_best_policy_sentence_in_chinese(chinese):
     text = sweep_charts.describe_best(row, "ppl", {"ppl": 10.0}, 30)
     assert text == ("在完整缓存 30% 的内存以内，困惑度最低的是 h2o，占用 25.0%（比例 0.25）：困惑度 12.00，完整缓存为 10.00（+20.0%），"
                     "平均 KL 0.500 nats，top-1 一致率 75%。")
+
+
+def test_table_headers_in_chinese_data_in_english(chinese):
+    """The Tradeoffs table and Compare's summary show Chinese headers over English columns (the CSV's)."""
+    config = sweep_ui.column_config()
+    assert set(PPL_COLUMNS) <= set(config)
+    assert config["kv_bytes"]["label"] == "KV 字节数" and config["ppl"]["label"] == "困惑度" and config["policy"]["label"] == "策略"
+    assert compare_view.summary_columns()["top-1 agreement"] == "top-1 一致率"
