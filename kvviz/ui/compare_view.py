@@ -191,6 +191,9 @@ def column_header(i: int, label: str) -> None:
     st.html(f'<div style="border-left: 6px solid {series_color(i)}; padding-left: 8px; font-weight: 600;">{esc(label)}</div>')
 
 
+STOPPED_BY = {"eos": N_("eos"), "max_new_tokens": N_("max new tokens"), "user": N_("user")}  # Trace.stopped_by -> shown
+
+
 def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None:
     """Memory and kept entries at ``step``, the token states, and why a picked token was evicted."""
     run, label = result.runs[i], result.labels[i]
@@ -198,7 +201,8 @@ def policy_column(result: ComparisonResult, i: int, step: int, key: str) -> None
     s = clamp_step(trace, step)
     column_header(i, label)
     if s != step:
-        st.caption(_("Its run ended at step {s} ({why}): shown at step {s}.").format(s=s, why=trace.stopped_by.replace("_", " ")))
+        why = _(STOPPED_BY[trace.stopped_by]) if trace.stopped_by in STOPPED_BY else trace.stopped_by
+        st.caption(_("Its run ended at step {s} ({why}): shown at step {s}.").format(s=s, why=why))
     saving = memory_saving(trace, s)
     held, full_entries = occupancy(trace, s)
     a, b = st.columns(2)
