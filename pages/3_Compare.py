@@ -60,7 +60,7 @@ c_run, c_stop, c_info = st.columns([1, 1, 6], vertical_alignment="center")
 prompt_size = ngettext("{n} token", "{n} tokens", prompt_len).format(n=prompt_len) if prompt_len else _("empty")
 c_info.caption(
     (_("Prompt: **{name}**, {size} with the chat template") if state.chat else _("Prompt: **{name}**, {size}")).format(
-        name=md_escape(state.prompt_name), size=prompt_size)
+        name=md_escape(view.prompt_label(state.prompt_name)), size=prompt_size)
     + " · " + _("{runs} runs: the full cache once, then each policy on its own and teacher-forced on the full cache's output").format(
         runs=1 + 2 * n)
 )
@@ -97,7 +97,7 @@ if result is None:
 # ------------------------------------------------------------------------------ the result
 st.divider()
 bring_into_view("result", ss.get("compare.run_id", 0))  # after Run, the result is in view
-st.subheader(_("{n} policies on “{prompt}”").format(n=len(result.runs), prompt=md_escape(result.settings.prompt_name)))
+st.subheader(_("{n} policies on “{prompt}”").format(n=len(result.runs), prompt=md_escape(view.prompt_label(result.settings.prompt_name))))
 st.caption(_("{n} prompt tokens · model {model} on {device} ({dtype})").format(
     n=result.full.prompt_len, model=md_escape(result.full.model), device=result.full.device, dtype=result.full.dtype))
 stale.warn(view.changed_settings(result.settings, view.current_settings(state, specs, new_tokens, question_after=bool(question_after))))

@@ -93,7 +93,7 @@ def changed_settings(ran: RunSettings, now: RunSettings) -> list[str]:
     if now.model != ran.model:
         changed.append(_("the model is **{model}**").format(model=md_escape(now.model)))
     if (now.prompt_name, now.prompt_text) != (ran.prompt_name, ran.prompt_text):
-        changed.append(_("the prompt is **{prompt}**").format(prompt=md_escape(now.prompt_name or _("custom prompt"))))
+        changed.append(_("the prompt is **{prompt}**").format(prompt=md_escape(prompt_label(now.prompt_name) or _("custom prompt"))))
     changed += stale.switch_change(_("Use the chat template"), ran.chat, now.chat)
     changed += stale.count_change(_("Policies"), len(ran.policies), len(now.policies))
     for i, spec in enumerate(now.policies):
@@ -102,6 +102,12 @@ def changed_settings(ran: RunSettings, now: RunSettings) -> list[str]:
     changed += stale.count_change(_("New tokens"), ran.max_new_tokens, now.max_new_tokens)
     changed += stale.switch_change(_("Question after the context"), ran.question_after, now.question_after)
     return changed
+
+
+def prompt_label(name: str) -> str:
+    """A prompt's name as shown: an example's (N_-marked) or "Custom" in the page's language; any
+    other name (a bundle's) as it is ("" stays "": gettext would give the catalog's header)."""
+    return _(name) if name else name
 
 
 def apply_settings(settings: RunSettings, with_step: bool = False) -> None:

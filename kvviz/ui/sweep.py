@@ -31,7 +31,7 @@ TASKS = {"ppl": N_("Perplexity, KL, top-1"), "passkey": N_("Passkey retrieval")}
 MODES = {"ratios": N_("Ratios (kept fraction of the prompt)"), "budgets": N_("Budgets (entries per KV head)")}
 QUESTION = {"with": N_("with the question"), "after": N_("before the question"), "both": N_("both")}  # sweep.QUESTION_MODES
 TEXTS = [LONG_EXAMPLE, "the sidebar's prompt"]  # widget values (in links): shown through text_label
-TEXT_LABELS = {TEXTS[0]: N_("The long example document"), TEXTS[1]: N_("the sidebar's prompt")}
+TEXT_LABELS = {TEXTS[0]: LONG_EXAMPLE, TEXTS[1]: N_("the sidebar's prompt")}  # both N_-marked
 GRID_LABELS = {"ratios": N_("Ratios, comma separated"), "budgets": N_("Budgets, comma separated")}
 
 

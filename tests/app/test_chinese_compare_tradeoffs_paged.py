@@ -91,7 +91,7 @@ def test_compare_run_in_chinese(smollm):
     at = open_page("3_Compare.py", example="Custom", prompt="The capital of France is", n="2", p1="h2o:budget=4", p2="window:budget=4",
                    same="0", new="1", step="1")
     assert at.title[0].value == "策略对比"
-    assert at.subheader[0].value == "2 种策略，提示词“Custom”"
+    assert at.subheader[0].value == "2 种策略，提示词“自定义”"  # the sidebar's "Custom", in Chinese
     labels = [m.label for m in at.metric]
     assert labels.count("K/V 占用") == 2 and labels.count("首次分歧") == 2
     memory, agreement = chart_layouts(at)
