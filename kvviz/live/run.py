@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from kvviz.i18n import N_
+from kvviz.i18n import N_, _
 from kvviz.policies.spec import PolicySpec, budget_notes
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.record.trace import Trace
@@ -24,6 +24,8 @@ STOPPED_IN = {  # N_-marked: the page shows them translated
                  "scoring the policy on the full cache's output, so there is no per-step KL or top-1 agreement."),
 }
 STOPPED_IN_PREFILL = N_("Stopped while the model read the prompt (the prefill), before the policy's first token: nothing was generated.")
+
+QUESTION_NOTE = N_("The context (tokens 0-{last}) is compressed alone; the question ({n} tokens) is appended after.")
 
 LONG_PROMPT_CPU = 1500  # tokens: beyond this a CPU prefill takes long enough to warn about
 MAX_NEW_TOKENS = 256
@@ -98,11 +100,21 @@ def prepare(
             raise InputError(str(exc)) from None
     notes = [text for _, text in budget_notes(spec, question_at or len(ids))]  # shown as captions with the result
     if question_at is not None:
-        notes.append(f"The context (tokens 0-{question_at - 1}) is compressed alone; the question ({len(ids) - question_at} tokens) is appended after.")
+        notes.append(QUESTION_NOTE.format(last=question_at - 1, n=len(ids) - question_at))  # saved in the run's JSON: English
     return LiveRequest(
         spec=spec, max_new_tokens=int(max_new_tokens), prompt_ids=ids, compare=compare,
         prompt_name=prompt_name, model_name=model_name, passkey=passkey, notes=notes, question_at=question_at,
     )
+
+
+def shown_notes(req: LiveRequest) -> list[str]:
+    """The request's notes as the page shows them: the saved question-after-the-context note (English)
+    in the session's language; the others as saved."""
+    if req.question_at is None:
+        return list(req.notes)
+    values = dict(last=req.question_at - 1, n=len(req.prompt_ids) - req.question_at)
+    saved = QUESTION_NOTE.format(**values)
+    return [_(QUESTION_NOTE).format(**values) if note == saved else note for note in req.notes]
 
 
 def prompt_length(tokenizer, prompt: str, chat: bool) -> int | None:

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.model import devices
 from kvviz.model.attention_inputs import AttentionCall, CaptureError, attention_modules  # noqa: F401  (re-exported)
 
@@ -78,14 +79,14 @@ class _StopForward(Exception):
     """Raised by the last hook of a pass: the layers after it are not needed."""
 
 
-SINKS_REFUSAL = ("attention with learned sinks (gpt-oss): each row gives the sink a share that kvviz's attention "
-                 "maps do not draw, so they are not shown for this model.")
+SINKS_REFUSAL = N_("attention with learned sinks (gpt-oss): each row gives the sink a share that kvviz's attention "
+                   "maps do not draw, so they are not shown for this model.")
 
 
 def _layer_qk(call: AttentionCall, layer: int) -> LayerQK:
     module = call.module
     if getattr(module, "sinks", None) is not None:
-        raise CaptureError(f"Layer {layer}: {SINKS_REFUSAL}")
+        raise CaptureError(_("Layer {layer}: {why}").format(layer=layer, why=_(SINKS_REFUSAL)))
     q, k = call.queries_and_keys()
     cfg = getattr(module, "config", None)
     return LayerQK(
@@ -118,7 +119,7 @@ def _ids_tensor(ids, device) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(ids, dtype=np.int64) if not isinstance(ids, torch.Tensor) else ids)
     t = t.reshape(1, -1).to(device)
     if t.shape[1] == 0:
-        raise CaptureError("No tokens to capture.")
+        raise CaptureError(_("No tokens to capture."))
     return t
 
 
@@ -130,7 +131,7 @@ def _run_with_hooks(model, ids, layers: Sequence[int], on_layer) -> None:
     if not wanted:
         return
     if wanted[0] < 0 or wanted[-1] >= len(mods):
-        raise CaptureError(f"Layer out of range: the model has layers 0..{len(mods) - 1}.")
+        raise CaptureError(_("Layer out of range: the model has layers 0..{last}.").format(last=len(mods) - 1))
     owner = threading.get_ident()
     last = wanted[-1]
 

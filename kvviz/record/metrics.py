@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from kvviz.i18n import N_, _
+
 
 def format_bytes(n: float) -> str:
     """1536 -> '1.5 KiB' (binary units; whole bytes below 1 KiB)."""
@@ -97,9 +99,10 @@ def device_memory_rows(memory: dict[str, dict]) -> list[tuple[str, str]]:
     rows = []
     for device, m in memory.items():
         layers = m.get("layers") or []
-        parts = [f"layers {index_ranges(layers)}" if layers else "no decoder layer"]
-        for key, label in (("weights_bytes", "weights"), ("kv_bytes", "KV cache"), ("allocated_bytes", "allocated by torch")):
+        parts = [_("layers {layers}").format(layers=index_ranges(layers)) if layers else _("no decoder layer")]
+        for key, label in (("weights_bytes", N_("weights {size}")), ("kv_bytes", N_("KV cache {size}")),
+                           ("allocated_bytes", N_("allocated by torch {size}"))):
             if m.get(key) is not None:
-                parts.append(f"{label} {format_bytes(m[key])}")
-        rows.append((f"On {device}", " · ".join(parts)))
+                parts.append(_(label).format(size=format_bytes(m[key])))
+        rows.append((_("On {device}").format(device=device), " · ".join(parts)))
     return rows

@@ -33,10 +33,11 @@ class PromptError(ValueError):
 
 def encode_prompt(tokenizer, text: str, chat: bool = False, max_context: int | None = None) -> list[int]:
     if text is None or not text.strip():
-        raise PromptError("The prompt is empty: type some text or pick an example.")
+        raise PromptError(_("The prompt is empty: type some text or pick an example."))
     if len(text) > MAX_PROMPT_CHARS:
         raise PromptError(
-            f"The prompt is {len(text):,} characters long; kvviz takes prompts of at most {MAX_PROMPT_CHARS:,} characters."
+            _("The prompt is {n} characters long; kvviz takes prompts of at most {most} characters.").format(
+                n=f"{len(text):,}", most=f"{MAX_PROMPT_CHARS:,}")
         )
     if chat:
         ids = tokenizer.apply_chat_template(
@@ -50,10 +51,11 @@ def encode_prompt(tokenizer, text: str, chat: bool = False, max_context: int | N
         ids = tokenizer(text).input_ids
     ids = [int(i) for i in ids]
     if not ids:
-        raise PromptError("The prompt produced no tokens.")
+        raise PromptError(_("The prompt produced no tokens."))
     if max_context is not None and len(ids) > max_context:
         raise PromptError(
-            f"The prompt is {len(ids)} tokens long, longer than the model's context of {max_context} tokens."
+            _("The prompt is {n} tokens long, longer than the model's context of {context} tokens.").format(
+                n=len(ids), context=max_context)
         )
     return ids
 

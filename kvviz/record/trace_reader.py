@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kvviz.i18n import N_, _
 from kvviz.record.checks import (
     TraceError, check_array, check_bool, check_choice, check_int, check_ints, check_keys, check_list,
     check_number, check_object, check_scalar, check_str, one_line, optional, show,
@@ -65,7 +66,7 @@ def trace_from_dict(d: Any, where: str = "trace", check_spec: SpecCheck | None =
     """A Trace from its saved form (JSON values, or numpy arrays for the array fields)."""
     d = check_object(d, where)
     if "prompt_ids" not in d and "evicted_at_step" not in d:
-        raise TraceError(f"{where}: not a kvviz trace (it has neither prompt_ids nor evicted_at_step).")
+        raise TraceError(_("{where}: not a kvviz trace (it has neither prompt_ids nor evicted_at_step).").format(where=where))
     check_keys(d, set(Trace.__dataclass_fields__), where, optional=OPTIONAL)
     w = lambda name: f"{where}.{name}"  # noqa: E731
     n_layers = check_int(d["n_layers"], w("n_layers"), lo=1, hi=4096)
@@ -73,19 +74,20 @@ def trace_from_dict(d: Any, where: str = "trace", check_spec: SpecCheck | None =
     prompt_ids = check_ints(d["prompt_ids"], w("prompt_ids"), lo=0, hi=MAX_TOKEN_ID)
     generated_ids = check_ints(d["generated_ids"], w("generated_ids"), lo=0, hi=MAX_TOKEN_ID)
     if not prompt_ids or not generated_ids:
-        raise TraceError(f"{where}: a trace needs prompt tokens and at least one generated token.")
+        raise TraceError(_("{where}: a trace needs prompt tokens and at least one generated token.").format(where=where))
     n_pos, n_steps = len(prompt_ids) + len(generated_ids), len(generated_ids)
     tokens = check_list(d["tokens"], w("tokens"))
     if len(tokens) != n_pos:
-        raise TraceError(f"{w('tokens')}: {len(tokens)} tokens for {n_pos} positions (prompt + generated).")
+        raise TraceError(_("{where}: {n} tokens for {positions} positions (prompt + generated).").format(
+            where=w("tokens"), n=len(tokens), positions=n_pos))
     evicted = check_array(d["evicted_at_step"], (n_layers, n_kv, n_pos), "int", w("evicted_at_step"))
     if evicted.size and (evicted.min() < -1 or evicted.max() >= n_steps):
-        raise TraceError(f"{w('evicted_at_step')}: steps must be -1 (never) or between 0 and {n_steps - 1}.")
+        raise TraceError(_("{where}: steps must be -1 (never) or between 0 and {last}.").format(where=w("evicted_at_step"), last=n_steps - 1))
     topk_ids = check_array(d["topk_ids"], None, "int", w("topk_ids"), ndim=2)
     if topk_ids.shape[0] != n_steps:
-        raise TraceError(f"{w('topk_ids')}: {topk_ids.shape[0]} rows for {n_steps} steps.")
+        raise TraceError(_("{where}: {rows} rows for {steps} steps.").format(where=w("topk_ids"), rows=topk_ids.shape[0], steps=n_steps))
     if topk_ids.size and (topk_ids.min() < 0 or topk_ids.max() > MAX_TOKEN_ID):
-        raise TraceError(f"{w('topk_ids')}: token ids must be between 0 and {MAX_TOKEN_ID}.")
+        raise TraceError(_("{where}: token ids must be between 0 and {most}.").format(where=w("topk_ids"), most=MAX_TOKEN_ID))
     k = topk_ids.shape[1]
     steps_ints = lambda name: check_ints(d[name], w(name), lo=0, hi=MAX_BYTES_VALUE, length=n_steps)  # noqa: E731
     per_step = lambda name, kind="float": check_array(d[name], (n_steps,), kind, w(name))  # noqa: E731
@@ -142,9 +144,13 @@ def read_trace(data: bytes | Path, name: str, check_spec: SpecCheck | None = Non
     return trace_from_dict(parse_json(data.read_bytes() if isinstance(data, Path) else data), check_spec=check_spec)
 
 
-def check_size(size: int, max_bytes: int | None, what: str = "kvviz opens files") -> None:
+OPENS = (N_("kvviz opens files"), N_("kvviz opens bundles"))  # check_size's ``what``, shown with _()
+
+
+def check_size(size: int, max_bytes: int | None, what: str = OPENS[0]) -> None:
     if max_bytes is not None and size > max_bytes:
-        raise TraceError(f"The file is {size / 2**20:.1f} MiB; {what} of at most {max_bytes >> 20} MiB.")
+        raise TraceError(_("The file is {size} MiB; {what} of at most {most} MiB.").format(
+            size=f"{size / 2**20:.1f}", what=_(what), most=max_bytes >> 20))
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -153,17 +159,17 @@ def parse_json(data: bytes | str) -> Any:
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise TraceError("The file is not UTF-8 text, so not JSON.") from None
+            raise TraceError(_("The file is not UTF-8 text, so not JSON.")) from None
     try:
         return json.loads(data, parse_constant=_reject_constant)
     except TraceError:
         raise
     except (ValueError, RecursionError) as exc:
-        raise TraceError(f"The file is not valid JSON ({one_line(exc)}).") from None
+        raise TraceError(_("The file is not valid JSON ({error}).").format(error=one_line(exc))) from None
 
 
 def _reject_constant(name: str):
-    raise TraceError(f"The file holds {name}, which strict JSON does not allow (write null for a missing number).")
+    raise TraceError(_("The file holds {name}, which strict JSON does not allow (write null for a missing number).").format(name=name))
 
 
 def read_npz(data: bytes | Path, where: str = "trace") -> dict:
@@ -176,41 +182,45 @@ def read_npz(data: bytes | Path, where: str = "trace") -> dict:
             meta = check_object(meta, f"{where} (its meta)")
             for name, info in members.items():
                 if name in meta:
-                    raise TraceError(f"{where}.{name} is given twice (in meta and as an array).")
+                    raise TraceError(_("{where} is given twice (in meta and as an array).").format(where=f"{where}.{name}"))
                 meta[name] = _read_member(zf, info, where)
             return meta
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
-        raise TraceError(f"The file is not a readable .npz archive ({one_line(exc)}).") from None
+        raise TraceError(_("The file is not a readable .npz archive ({error}).").format(error=one_line(exc))) from None
 
 
 def _npz_members(zf: zipfile.ZipFile, where: str) -> dict[str, zipfile.ZipInfo]:
     infos = zf.infolist()
     if len(infos) > len(ARRAY_FIELDS) + 1:
-        raise TraceError(f"The .npz file holds {len(infos)} members; a trace has at most {len(ARRAY_FIELDS) + 1}.")
+        raise TraceError(_("The .npz file holds {n} members; a trace has at most {most}.").format(n=len(infos), most=len(ARRAY_FIELDS) + 1))
     members, total = {}, 0
     for info in infos:
         name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         if name not in ARRAY_FIELDS and name != "meta":
-            raise TraceError(f"{where}: unknown field {show(info.filename)} in the .npz file.")
+            raise TraceError(_("{where}: unknown field {name} in the .npz file.").format(where=where, name=show(info.filename)))
         if name in members:
-            raise TraceError(f"{where}.{name} is in the .npz file twice.")
+            raise TraceError(_("{where} is in the .npz file twice.").format(where=f"{where}.{name}"))
         with zf.open(info) as f:
             shape, dtype, offset = _npy_header(f, f"{where}.{name}")
         nbytes = math.prod(shape) * dtype.itemsize
         if name == "meta" and (shape != () or dtype.kind != "U"):
-            raise TraceError(f"{where}: the .npz file's meta must be one string (JSON), not {dtype} {shape}.")
+            raise TraceError(_("{where}: the .npz file's meta must be one string (JSON), not {dtype} {shape}.").format(
+                where=where, dtype=dtype, shape=shape))
         if name != "meta" and dtype.kind not in "biuf":
-            raise TraceError(f"{where}.{name}: {dtype} values; a trace's arrays hold numbers or true/false.")
+            raise TraceError(_("{where}: {dtype} values; a trace's arrays hold numbers or true/false.").format(where=f"{where}.{name}", dtype=dtype))
         if name != "meta" and len(shape) != ARRAY_NDIM.get(name, 1):
-            raise TraceError(f"{where}.{name}: {len(shape)} dimensions, expected {ARRAY_NDIM.get(name, 1)}.")
+            raise TraceError(_("{where}: {n} dimensions, expected {expected}.").format(
+                where=f"{where}.{name}", n=len(shape), expected=ARRAY_NDIM.get(name, 1)))
         if nbytes + offset != info.file_size:
-            raise TraceError(f"{where}.{name}: its header declares {_size(nbytes)} of data, the file holds {_size(info.file_size - offset)}.")
+            raise TraceError(_("{where}: its header declares {declared} of data, the file holds {held}.").format(
+                where=f"{where}.{name}", declared=_size(nbytes), held=_size(info.file_size - offset)))
         total += nbytes
         if total > MAX_ARRAY_BYTES:
-            raise TraceError(f"The .npz file unpacks to more than {MAX_ARRAY_BYTES >> 20} MiB of arrays ({where}.{name} alone {_size(nbytes)}); kvviz reads at most that.")
+            raise TraceError(_("The .npz file unpacks to more than {most} MiB of arrays ({where} alone {size}); kvviz reads at most that.").format(
+                most=MAX_ARRAY_BYTES >> 20, where=f"{where}.{name}", size=_size(nbytes)))
         members[name] = info
     if "meta" not in members:
-        raise TraceError("The .npz file has no meta: it is not a trace saved by kvviz.")
+        raise TraceError(_("The .npz file has no meta: it is not a trace saved by kvviz."))
     return members
 
 
@@ -220,17 +230,17 @@ def _npy_header(f, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     try:
         version = fmt.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(f, max_header_size=MAX_NPY_HEADER)
+            shape, _order, dtype = fmt.read_array_header_1_0(f, max_header_size=MAX_NPY_HEADER)
         elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(f, max_header_size=MAX_NPY_HEADER)
+            shape, _order, dtype = fmt.read_array_header_2_0(f, max_header_size=MAX_NPY_HEADER)
         else:
-            raise TraceError(f"{where}: .npy format {version} is not one kvviz reads.")
+            raise TraceError(_("{where}: .npy format {version} is not one kvviz reads.").format(where=where, version=version))
     except (ValueError, TypeError, SyntaxError) as exc:
         if isinstance(exc, TraceError):
             raise
-        raise TraceError(f"{where}: not a readable .npy array ({one_line(exc)}).") from None
+        raise TraceError(_("{where}: not a readable .npy array ({error}).").format(where=where, error=one_line(exc))) from None
     if dtype.hasobject:
-        raise TraceError(f"{where} holds Python objects; kvviz never reads pickled data.")
+        raise TraceError(_("{where} holds Python objects; kvviz never reads pickled data.").format(where=where))
     return shape, dtype, f.tell()
 
 
@@ -239,11 +249,11 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
         try:
             return np.lib.format.read_array(f, allow_pickle=False, max_header_size=MAX_NPY_HEADER)
         except ValueError as exc:
-            raise TraceError(f"{where}: {info.filename} cannot be read ({one_line(exc)}).") from None
+            raise TraceError(_("{where}: {name} cannot be read ({error}).").format(where=where, name=info.filename, error=one_line(exc))) from None
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else _("{n} bytes").format(n=nbytes)
 
 
 # ---------------------------------------------------------------------------------------- fields
@@ -271,7 +281,7 @@ def _spec(value: Any, where: str) -> dict:
 def _layer_budgets(value: Any, n_layers: int, where: str) -> list[int | None]:
     items = check_list(value, where)
     if len(items) != n_layers:
-        raise TraceError(f"{where}: {len(items)} values for {n_layers} layers.")
+        raise TraceError(_("{where}: {n} values for {layers} layers.").format(where=where, n=len(items), layers=n_layers))
     return [optional(v, lambda x, i=i: check_int(x, f"{where}[{i}]", lo=0, hi=MAX_TOKEN_ID)) for i, v in enumerate(items)]
 
 
@@ -299,7 +309,7 @@ def _store_error(value: Any, n_layers: int, where: str) -> StoreError:
     def per_layer(name):
         items = check_list(d[name], f"{where}.{name}")
         if len(items) != n_layers:
-            raise TraceError(f"{where}.{name}: {len(items)} values for {n_layers} layers.")
+            raise TraceError(_("{where}: {n} values for {layers} layers.").format(where=f"{where}.{name}", n=len(items), layers=n_layers))
         return [check_number(x, f"{where}.{name}[{i}]") for i, x in enumerate(items)]
 
     def count(name):
@@ -323,7 +333,7 @@ def _device_memory(value: Any, where: str) -> dict:
     """Per device of a split model: {"layers": [...], "weights_bytes", "kv_bytes"[, "allocated_bytes"]}."""
     d = check_object(value, where)
     if len(d) > 64:
-        raise TraceError(f"{where}: {len(d)} devices; a trace has at most 64.")
+        raise TraceError(_("{where}: {n} devices; a trace has at most 64.").format(where=where, n=len(d)))
     out = {}
     for device, row in d.items():
         at = f"{where}.{check_str(device, where, max_len=100)}"

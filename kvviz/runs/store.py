@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvviz.i18n import _
 from kvviz.record import trace_reader
 from kvviz.record.checks import TraceError
 from kvviz.record.trace import Trace, _json_default
@@ -168,7 +169,7 @@ def read_trace(source: bytes | Path, name: str, max_bytes: int | None = MAX_TRAC
     trace_reader.check_size(len(data), max_bytes)
     doc = trace_reader.parse_json(data)
     if isinstance(doc, dict) and doc.get("schema") == bundle.SCHEMA:
-        raise TraceError(f"This is a run bundle from the {bundle.page_of(doc.get('kind'))} page: open it there.")
+        raise TraceError(_("This is a run bundle from the {page} page: open it there.").format(page=bundle.page_of(doc.get("kind"))))
     return trace_reader.trace_from_dict(doc, check_spec=bundle.check_spec)
 
 

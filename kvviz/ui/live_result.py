@@ -18,6 +18,7 @@ from kvviz.live import run as live_run
 from kvviz.runs import store as run_store
 from kvviz.record.metrics import device_memory_rows, format_bytes, memory_saving
 from kvviz.record.text import cut_character_note
+from kvviz.policies.duo_attention import shown_run_details
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.token_states import Scope
 from kvviz.ui import stale
@@ -149,7 +150,7 @@ def header(result: live_run.LiveResult, spec_now: PolicySpec | None, prompt_now:
     if req.run_id == ss.get(LOADED_RUN):
         changed = changed_settings(req, spec_now, prompt_now, ss.get("live.new_tokens"), ss.get("live.compare"))
         stale.warn(changed)
-    for note in req.notes:
+    for note in live_run.shown_notes(req):
         st.caption(note)
     if cut := cut_character_note(result.generated_text or trace.generated_text):
         st.caption(cut)
@@ -250,7 +251,7 @@ def details(result: live_run.LiveResult) -> None:
             prefill=f"{trace.timings['prefill_s']:.2f}", decode=f"{trace.timings['decode_s']:.2f}"),
         _("Wall time"): _(", ").join(f"{_pass(k)} {v:.2f} s" for k, v in result.wall_s.items()) or _("not measured"),
         **dict(device_memory_rows(trace.device_memory)),  # a model split across GPUs: one row per device
-        **trace.extra.get("policy_details", {}),  # what the policy found (duo_attention's streaming heads)
+        **shown_run_details(trace.extra.get("policy_details", {})),  # what the policy found (duo_attention's streaming heads)
     }
     st.table({"": list(rows), _("value"): list(rows.values())}, hide_header=True)  # cells are plain text, not markdown
     st.download_button(
