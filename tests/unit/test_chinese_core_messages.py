@@ -11,7 +11,7 @@ import pytest
 from kvviz import i18n
 from kvviz.live import run as live_run
 from kvviz.model.capture import CaptureError, _ids_tensor
-from kvviz.model.loading import ModelSummary, out_of_memory_message
+from kvviz.model.loading import ModelLoadError, ModelSummary, load_model, out_of_memory_message, pick_dtype
 from kvviz.policies.duo_attention import STREAMING_COUNT, STREAMING_HEADS, shown_run_details
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.checks import TraceError
@@ -123,12 +123,13 @@ def _tokenizer(text: str) -> _Ids:  # one token per word
 
 
 def errors() -> list[str]:
-    """The messages of a few refused inputs, in the language of the moment."""
+    """The messages of a few refused inputs (a prompt, a capture, a trace file, a model), in the language of the moment."""
     out = []
     for call in (lambda: encode_prompt(_tokenizer, "  "), lambda: encode_prompt(_tokenizer, "a b c d e", max_context=4),
                  lambda: _ids_tensor([], "cpu"), lambda: parse_json(b"\xff"), lambda: trace_from_dict({"n_layers": 1}),
-                 lambda: check_size(60 << 20, 50 << 20)):
-        with pytest.raises((PromptError, CaptureError, TraceError)) as caught:
+                 lambda: check_size(60 << 20, 50 << 20), lambda: pick_dtype("cpu", "int3"),
+                 lambda: load_model("/no/such/model.gguf", device="cpu")):
+        with pytest.raises((PromptError, CaptureError, TraceError, ModelLoadError)) as caught:
             call()
         out.append(str(caught.value))
     return out
@@ -142,6 +143,8 @@ def test_input_errors_in_both_languages(monkeypatch):
         "The file is not UTF-8 text, so not JSON.",
         "trace: not a kvviz trace (it has neither prompt_ids nor evicted_at_step).",
         "The file is 60.0 MiB; kvviz opens files of at most 50 MiB.",
+        "Unknown dtype 'int3': use auto, float32, bfloat16 or float16.",
+        "No such file or directory: /no/such/model.gguf",
     ]
     monkeypatch.setattr(i18n, "_language_source", lambda: "zh")
     assert errors() == [
@@ -151,6 +154,8 @@ def test_input_errors_in_both_languages(monkeypatch):
         "文件不是 UTF-8 文本，因此不是 JSON。",
         "trace：不是 kvviz trace（既没有 prompt_ids，也没有 evicted_at_step）。",  # the field path stays as written
         "文件大小为 60.0 MiB；kvviz 打开的文件最大为 50 MiB。",
+        "未知 dtype 'int3'：请使用 auto、float32、bfloat16 或 float16。",
+        "没有这个文件或目录：/no/such/model.gguf",
     ]
     assert out_of_memory_message(RuntimeError("CUDA out of memory")) == (
         "设备内存不足，无法完成这次运行（CUDA out of memory）。这次运行没有留下任何结果；请尝试更短的提示词、更少的新 token、更小的预算，或改用 CPU。")
