@@ -325,23 +325,27 @@ NUMBERS = [
      lambda d: f(".0f", multi("split", "full"), multi("split", "h2o"), d["generate_split_step_ms"])),
     ("PERFORMANCE.md", "overview of every layer and head {} s, one head's detail {} s, {} MiB of extra GPU memory", "attention_bench_h100_8k.json",
      lambda d: f(".2f", d["steps"]["overview"]["seconds"], d["steps"]["detail"]["seconds"]) + [f"{d['total_extra_bytes'] / MiB:.0f}"]),
-    # PERFORMANCE: a sweep over workers
-    *[("PERFORMANCE.md", words, "sweep_workers_cpu.json", numbers) for words, numbers in [
+    # PERFORMANCE: a sweep over workers, on a quiet moment and on a busy one
+    *[("PERFORMANCE.md", words, name, numbers) for name, when in (("sweep_workers_cpu.json", "At a quiet moment"), ("sweep_workers_cpu_loaded.json", "Earlier, while other agents' jobs kept the host busy"))
+      for words, numbers in [
         ("ran a small sweep ({} policies × {} ratios and the reference: {} runs, {} prompt + {} forced tokens of the built-in long text, SmolLM2 fp32 on the CPU)",
          lambda d: [str(len(d["policies"])), str(len(d["ratios"])), str(d["runs"][0]["runs"]), str(d["context"]), str(d["continuation"])]),
-        ("in turn, {} times each ({}, commit `{}`, {}; `benchmarks/results/sweep_workers_cpu.json`)",
-         lambda d: [str(d["repeats"]), d["date"], d["commit"], d["machine"]]),
-        ("the 1-minute load average was {} on its 2 cores before the runs", lambda d: [span(".1f", [r["load_avg_1_5_15"][0] for r in d["runs"]])]),
+        (when + ", {} times each ({}, commit `{}`, {}; `benchmarks/results/" + name + "`; the 1-minute load average was {} on its 2 cores before the runs)",
+         lambda d: [str(d["repeats"]), d["date"], d["commit"], d["machine"], span(".1f", [r["load_avg_1_5_15"][0] for r in d["runs"]])]),
         *[(f"| {label} | {{}} | {{}} | {{}} |", lambda d, c=config: [cell(d["summary"][c]["wall_s"]), cell(sweep_runs(d, c, "sweep_s")), cell(d["summary"][c]["cpu_s"])])
           for label, config in (("in process, `OMP_NUM_THREADS=1`", "in process, 1 thread"),
                                 ("`--workers 2` (1 thread each; the workers' start and model loads included)", "--workers 2"))],
-        ("{} of {} runs' rows equal the first in-process run's", lambda d: [str(sum(r["rows_equal_first"] for r in d["runs"])), str(len(d["runs"]))]),
-        ("the same work (CPU {} s in process, {} s over two workers", lambda d: [f"{d['summary']['in process, 1 thread']['cpu_s']['median']:.1f}",
-                                                                            f"{d['summary']['--workers 2']['cpu_s']['median']:.1f}"]),
-        ("each command's wall time was {} times its CPU time", lambda d: [span(".0f", [r["wall_s"] / r["cpu_s"] for r in d["runs"]])]),
-        ("Two workers finished a little sooner ({} s against {} s, medians)", lambda d: [f"{d['summary']['--workers 2']['wall_s']['median']:.1f}",
-                                                                                    f"{d['summary']['in process, 1 thread']['wall_s']['median']:.1f}"]),
     ]],
+    ("PERFORMANCE.md", "In every run the rows equal the first in-process run's ({} of {} quiet, {} of {} busy", "sweep_workers_cpu.json",
+     lambda d: [str(sum(r["rows_equal_first"] for r in d["runs"])), str(len(d["runs"]))]
+     + [str(sum(r["rows_equal_first"] for r in load("sweep_workers_cpu_loaded.json")["runs"])), str(len(load("sweep_workers_cpu_loaded.json")["runs"]))]),
+    ("PERFORMANCE.md", "quiet, two workers finish in {} s against {} s in process, at more CPU ({} s against {} s", "sweep_workers_cpu.json",
+     lambda d: f(".1f", d["summary"]["--workers 2"]["wall_s"]["median"], d["summary"]["in process, 1 thread"]["wall_s"]["median"],
+                 d["summary"]["--workers 2"]["cpu_s"]["median"], d["summary"]["in process, 1 thread"]["cpu_s"]["median"])),
+    ("PERFORMANCE.md", "each command's wall time was {} times its CPU time", "sweep_workers_cpu_loaded.json",
+     lambda d: [span(".0f", [r["wall_s"] / r["cpu_s"] for r in d["runs"]])]),
+    ("PERFORMANCE.md", "two workers finished a little sooner ({} s against {} s, medians)", "sweep_workers_cpu_loaded.json",
+     lambda d: f(".1f", d["summary"]["--workers 2"]["wall_s"]["median"], d["summary"]["in process, 1 thread"]["wall_s"]["median"])),
     # PERFORMANCE: start-up (A is the commit measured, B the one before the change)
     *[("PERFORMANCE.md", words, "startup_cpu.json", numbers) for words, numbers in [
         ("`{}` (issue 21; `benchmarks/results/startup_cpu.json`), {}, on this project's CPU machine ({}, shared with other agents' jobs: a 1-minute load average of {} before the runs",
