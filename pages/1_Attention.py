@@ -29,7 +29,6 @@ state = start_page(
       "Attention is computed on demand from the layer's queries and keys, pooled into tiles for long "
       "prompts, so the whole context of the model stays fast to explore."),
     _("Load a model in the sidebar to see its attention."),
-    translated=True,
 )
 ss = st.session_state
 loaded = state.loaded

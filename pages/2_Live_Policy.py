@@ -23,7 +23,6 @@ state = start_page(
     _("Pick a cache policy, run it on the real model, and watch which tokens it keeps and evicts at "
       "every decode step, next to what the full cache would have produced."),
     _("Load a model in the sidebar to run a policy."),
-    translated=True,
 )
 prompt_len = live_run.prompt_length(state.loaded.tokenizer, state.prompt, state.chat)
 

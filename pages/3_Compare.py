@@ -24,7 +24,6 @@ state = start_page(
     _("Two to four cache policies on the same prompt, each against the full cache: what each keeps, what it costs, "
       "and where its output parts from the full cache's."),
     _("Load a model in the sidebar to compare policies."),
-    translated=True,
 )
 ss = st.session_state
 loaded = state.loaded

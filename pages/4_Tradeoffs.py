@@ -20,7 +20,6 @@ state = start_page(
     _("Run several policies over several memory budgets on the same text and compare what each one "
       "costs: perplexity, divergence from the full cache, and whether a hidden pass key survives."),
     _("Load a model in the sidebar to run a sweep."),
-    translated=True,
 )
 loaded = state.loaded
 device = loaded.summary.device

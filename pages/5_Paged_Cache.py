@@ -19,7 +19,6 @@ state = start_page(
       "(same output as a contiguous cache); pick a scenario to see prefix sharing, copy-on-write, preemption "
       "and what token eviction does to blocks."),
     _("Load a model in the sidebar to run the paged cache."),
-    translated=True,
 )
 ui.scenario_buttons()
 ui.custom_form()

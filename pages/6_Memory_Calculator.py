@@ -24,7 +24,6 @@ state = start_page(
     _("How much memory the KV cache of a real model takes, from its config alone: per token, per sequence, "
       "per batch; with a quantized cache or a cache policy; and how many requests fit on a GPU next to the weights."),
     _("Load a model in the sidebar."),
-    translated=True,
 )
 ss = st.session_state
 choice = calculator_controls()

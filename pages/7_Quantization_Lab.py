@@ -21,7 +21,6 @@ state = start_page(
       "their outliers sit, and what per-token or per-channel quantization at 8, 4 and 2 bits costs in "
       "reconstruction error, in attention, and in the next token, next to the bytes the packed store holds."),
     _("Load a model in the sidebar."),
-    translated=True,
 )
 ss = st.session_state
 loaded = state.loaded

@@ -23,7 +23,6 @@ state = start_page(
     "the copy is not exact: see how far it is, layer by layer, what the next tokens pay, and how much recomputing the "
     "tokens that deviate most closes the gap."),
     _("Load a model in the sidebar."),
-    translated=True,
 )
 ss = st.session_state
 if st.button(_("Example: a passage twice, then a question"), key="dedup.example"):

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kvviz.i18n import ENGLISH, _, current_language
 from kvviz.ui.a11y import page_setup
 from kvviz.ui.navigation import take_over_from_pages_directory
 from kvviz.ui.sidebar import SidebarState, sidebar
 
 
-def start_page(title: str, icon: str, caption: str, no_model: str, translated: bool = False) -> SidebarState:
+def start_page(title: str, icon: str, caption: str, no_model: str) -> SidebarState:
     """Set the page up and return the sidebar's state; stops the page with ``no_model`` shown
-    when no model is loaded, and with the operator's cap when the prompt is longer than it. A page
-    whose own text is not ``translated`` says so when the visitor has chosen another language."""
+    when no model is loaded, and with the operator's cap when the prompt is longer than it."""
     take_over_from_pages_directory()
     st.set_page_config(page_title=f"{title} · kvviz", page_icon=icon, layout="wide")
     page_setup()
     state = sidebar()
     st.title(title)
-    if not translated and current_language() != ENGLISH:
-        st.info(_("This page is not translated yet: its text is in English. The sidebar, the page list, Home and Dedup are."),
-                icon=":material/translate:")
     st.caption(caption)
     if state is None or state.loaded is None:
         st.info(no_model)

@@ -88,16 +88,3 @@ def test_dedup_in_chinese_after_a_run(smollm):
     assert not at.error, [e.value for e in at.error]
     assert_chinese(at)
     assert at.subheader[0].value == "重复片段" and len(at.get("plotly_chart")) == 2
-
-
-def test_a_page_not_yet_translated_says_so_in_chinese_only(smollm):
-    """A Chinese reader of an English page is told, in Chinese, that it is not translated yet."""
-    page = str(REPO / "pages" / "7_Quantization_Lab.py")
-    at = AppTest.from_file(page, default_timeout=300)
-    at.query_params["lang"] = "zh"
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    assert [i.value for i in at.info][:1] == ["本页尚未翻译，页面文字仍为英文。侧边栏、页面列表、首页和去重页已翻译。"]
-    english = AppTest.from_file(page, default_timeout=300)
-    english.run()
-    assert not english.exception and not any("translated" in i.value for i in english.info)
