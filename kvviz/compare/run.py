@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.compare.result import ComparisonResult, PolicyRun
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.trace import Trace
@@ -50,7 +51,18 @@ class Progress:
         return min((self.run + min(self.tokens, self.n_tokens) / max(self.n_tokens, 1)) / self.n_runs, 1.0)
 
     def line(self) -> str:
-        return f"Run {self.run + 1} of {self.n_runs}: {self.label}, {self.tokens} / {self.n_tokens} tokens"
+        """The line a page shows, in the session's language (the label is saved in English)."""
+        label = self.label
+        if label == FULL_LABEL:
+            label = _(FULL_LABEL)
+        elif label.endswith(FORCED_SUFFIX):
+            label = _("{policy}, teacher-forced on the full cache's output").format(policy=label[: -len(FORCED_SUFFIX)])
+        return _("Run {run} of {n_runs}: {label}, {tokens} / {n_tokens} tokens").format(
+            run=self.run + 1, n_runs=self.n_runs, label=label, tokens=self.tokens, n_tokens=self.n_tokens)
+
+
+FULL_LABEL = N_("full cache")
+FORCED_SUFFIX = ", teacher-forced on the full cache's output"
 
 
 # ------------------------------------------------------------------------------ checking input
@@ -60,7 +72,8 @@ def prepare(tokenizer, settings: RunSettings, max_context: int | None = None) ->
     """The prompt's token ids, once everything a comparison needs is checked; raises InputError
     with one line naming the problem (and the policy, p1..p4)."""
     if not MIN_POLICIES <= len(settings.policies) <= MAX_POLICIES:
-        raise InputError(f"Compare {MIN_POLICIES} to {MAX_POLICIES} policies, not {len(settings.policies)}.")
+        raise InputError(_("Compare {low} to {high} policies, not {n}.").format(
+            low=MIN_POLICIES, high=MAX_POLICIES, n=len(settings.policies)))
     ids = prompt_ids(tokenizer, settings.prompt_text, chat=settings.chat, max_context=max_context)
     check_run(
         len(ids), settings.max_new_tokens, max_context=max_context, specs=settings.policies,
@@ -180,7 +193,7 @@ def compare(
             on_trace(name, trace)
         return trace
 
-    full = one("full", "full cache", n_new, policy="full", max_new_tokens=n_new, keep_logprobs=True)
+    full = one("full", FULL_LABEL, n_new, policy="full", max_new_tokens=n_new, keep_logprobs=True)
     if full is None or full.stopped_by == "user":
         return None
     reference = full.extra.pop("logprobs")  # (steps, vocab)
@@ -195,7 +208,7 @@ def compare(
         trace.spec = spec.to_dict()  # a ready-made pipeline leaves it unset
         trace.extra["score_cut"] = cuts[: trace.n_steps]
         forced = one(
-            f"p{i}.forced", f"{spec.label()}, teacher-forced on the full cache's output", full.n_steps,
+            f"p{i}.forced", spec.label() + FORCED_SUFFIX, full.n_steps,
             policy=spec, forced_ids=full.generated_ids, reference_logprobs=reference, question_at=q,
         )
         if forced is None or forced.stopped_by == "user":

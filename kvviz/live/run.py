@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from kvviz.i18n import N_, _
-from kvviz.policies.spec import PolicySpec, budget_notes
+from kvviz.policies.spec import PolicySpec, saved_budget_notes, shown_budget_notes
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.record.trace import Trace
 from kvviz.runs import store as run_store
@@ -98,7 +98,7 @@ def prepare(
             spec.resolve_budget(question_at)  # a budget larger than the context alone
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    notes = [text for _, text in budget_notes(spec, question_at or len(ids))]  # shown as captions with the result
+    notes = saved_budget_notes(spec, question_at or len(ids))  # saved in English; shown as captions with the result
     if question_at is not None:
         notes.append(QUESTION_NOTE.format(last=question_at - 1, n=len(ids) - question_at))  # saved in the run's JSON: English
     return LiveRequest(
@@ -108,13 +108,14 @@ def prepare(
 
 
 def shown_notes(req: LiveRequest) -> list[str]:
-    """The request's notes as the page shows them: the saved question-after-the-context note (English)
-    in the session's language; the others as saved."""
+    """The request's notes as the page shows them: the saved budget notes and question-after-the-context
+    note (English) in the session's language; any other as saved."""
+    notes = shown_budget_notes(req.spec, req.question_at or len(req.prompt_ids), list(req.notes))
     if req.question_at is None:
-        return list(req.notes)
+        return notes
     values = dict(last=req.question_at - 1, n=len(req.prompt_ids) - req.question_at)
     saved = QUESTION_NOTE.format(**values)
-    return [_(QUESTION_NOTE).format(**values) if note == saved else note for note in req.notes]
+    return [_(QUESTION_NOTE).format(**values) if note == saved else note for note in notes]
 
 
 def prompt_length(tokenizer, prompt: str, chat: bool) -> int | None:

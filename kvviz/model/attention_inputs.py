@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kvviz.i18n import N_, _
+
 
 class CaptureError(ValueError):
     """A capture that cannot be done: bad layer/head/window, or an attention this module cannot read."""
@@ -43,7 +45,7 @@ class AttentionCall:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         embeddings = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
         if embeddings is None and uses_rope(module):
-            raise CaptureError("The attention module got no position_embeddings; cannot apply RoPE.")
+            raise CaptureError(_("The attention module got no position_embeddings; cannot apply RoPE."))
         cos, sin = embeddings if embeddings is not None else (None, None)
         return cls(module, hidden, cos, sin, kwargs.get("position_ids"))
 
@@ -76,7 +78,8 @@ def decoder_layers(model) -> torch.nn.ModuleList:
             node = getattr(node, part, None)
         if isinstance(node, torch.nn.ModuleList):
             return node
-    raise CaptureError(f"{type(model).__name__}: no decoder layers found (looked for {', '.join(LAYER_PATHS)}).")
+    raise CaptureError(_("{model}: no decoder layers found (looked for {paths}).").format(
+        model=type(model).__name__, paths=", ".join(LAYER_PATHS)))
 
 
 def decoder_attention(model) -> list[torch.nn.Module | None]:
@@ -92,23 +95,32 @@ def attention_modules(model) -> list[torch.nn.Module]:
     for m in mods:
         why = unreadable(m)
         if why:
-            raise CaptureError(f"{type(model).__name__}: {why}")
+            raise CaptureError(_("{model}: {why}").format(model=type(model).__name__, why=shown_why(m, why)))
     return [m for m in mods if m is not None]  # unreadable() refused a None above: all of them
 
 
 def unreadable(module) -> str | None:
     """Why kvviz cannot compute this attention's queries and keys, or None when it can."""
     if module is None:
-        return "a decoder layer without a self-attention module kvviz knows."
+        return NO_ATTENTION
     if hasattr(module, "kv_a_proj_with_mqa"):
         return MLA_REFUSAL
     if not any(hasattr(module, names[0]) for names in FUSED + (("q_proj", "k_proj"),)):
-        return f"{type(module).__name__} has none of q_proj/k_proj, qkv_proj or query_key_value; kvviz cannot read its queries."
+        return NO_PROJECTIONS.format(name=type(module).__name__)
     return None
 
 
-MLA_REFUSAL = ("multi-head latent attention (MLA) caches a compressed latent per token; "
-               "kvviz's policies act on per-head keys and values.")
+def shown_why(module, why: str) -> str:
+    """``unreadable(module)``'s reason (English: other modules compare it) in the session's language."""
+    if why in (NO_ATTENTION, MLA_REFUSAL):
+        return _(why)
+    return _(NO_PROJECTIONS).format(name=type(module).__name__)
+
+
+MLA_REFUSAL = N_("multi-head latent attention (MLA) caches a compressed latent per token; "
+                 "kvviz's policies act on per-head keys and values.")
+NO_ATTENTION = N_("a decoder layer without a self-attention module kvviz knows.")
+NO_PROJECTIONS = N_("{name} has none of q_proj/k_proj, qkv_proj or query_key_value; kvviz cannot read its queries.")
 FUSED = (("qkv_proj",), ("query_key_value",))  # Phi-3: [q | k | v]; GPT-NeoX: per head [q | k | v]
 
 

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
+from kvviz.i18n import N_, _
 from kvviz.model.attention_inputs import decoder_attention
 
-ACCELERATE_NEEDED = (
+ACCELERATE_NEEDED = N_(
     "Splitting a model across GPUs (device_map auto) needs the accelerate package, which transformers"
     " uses to place layers on several devices: `pip install accelerate`."
 )
@@ -127,7 +128,7 @@ def dispatch(model, device_map: dict[str, int | str | torch.device]):
     as transformers' device_map="auto" computes it) with accelerate's hooks, as ``from_pretrained``
     does for a checkpoint. For tests and benchmarks that build a model in the process."""
     if not accelerate_available():
-        raise RuntimeError(ACCELERATE_NEEDED)
+        raise RuntimeError(_(ACCELERATE_NEEDED))
     from accelerate import dispatch_model
 
     skip = getattr(model, "_skip_keys_device_placement", None)  # the cache argument: never moved

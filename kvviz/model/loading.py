@@ -322,7 +322,7 @@ def pick_device_map(requested: str | None = None) -> str | None:
     if not torch.cuda.is_available():
         raise ModelLoadError(_("Device map 'auto' splits a model across CUDA GPUs, but no CUDA GPU is available here."))
     if not devices.accelerate_available():
-        raise ModelLoadError(devices.ACCELERATE_NEEDED)
+        raise ModelLoadError(_(devices.ACCELERATE_NEEDED))
     return "auto"
 
 

@@ -23,6 +23,7 @@ import hashlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from kvviz.i18n import _
 from kvviz.paged.events import (
     BlockAllocated, BlockCopied, BlockDropped, CachedBlockEvicted, Event, PrefixHit,
 )
@@ -48,9 +49,9 @@ def block_hash(parent: str | None, token_ids: list[int]) -> str:
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True):
         if block_size < 1:
-            raise PoolTooSmall(f"block size must be at least 1, not {block_size}.")
+            raise PoolTooSmall(_("block size must be at least 1, not {n}.").format(n=block_size))
         if num_blocks < 1:
-            raise PoolTooSmall(f"the pool needs at least one block, not {num_blocks}.")
+            raise PoolTooSmall(_("the pool needs at least one block, not {n}.").format(n=num_blocks))
         self.block_size = block_size
         self.prefix_caching = prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -151,7 +152,7 @@ class BlockManager:
         needed; returns the slots. A block that becomes full enters the prefix table."""
         table, tokens = self.tables[rid], self.tokens[rid]
         if self.blocks_to_append(rid, len(token_ids)) > self.available:
-            raise PoolTooSmall(f"no free block left for {rid}.")
+            raise PoolTooSmall(_("no free block left for {rid}.").format(rid=rid))
         slots = []
         for token in token_ids:
             offset = len(tokens) % self.block_size
@@ -237,7 +238,7 @@ class BlockManager:
             del self.hash_to_block[self.blocks[block_id].hash]
             self.log(CachedBlockEvicted, request=rid, block=block_id)
         else:
-            raise PoolTooSmall(f"no free block left for {rid}.")
+            raise PoolTooSmall(_("no free block left for {rid}.").format(rid=rid))
         block = self.blocks[block_id]
         block.ref_count, block.token_ids, block.hash = 1, [], None
         self.log(kind, request=rid, block=block_id, **detail)

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from kvviz.i18n import _
 from kvviz.model import devices
 from kvviz.paged.block_manager import PoolTooSmall
 from kvviz.paged.result import PagedRun
@@ -44,13 +45,13 @@ class PagedSettings:
 
     def validate(self) -> None:
         if self.block_size < 1:
-            raise PoolTooSmall(f"block size must be at least 1, not {self.block_size}.")
+            raise PoolTooSmall(_("block size must be at least 1, not {n}.").format(n=self.block_size))
         if self.num_blocks < 1:
-            raise PoolTooSmall(f"the pool needs at least one block, not {self.num_blocks}.")
+            raise PoolTooSmall(_("the pool needs at least one block, not {n}.").format(n=self.num_blocks))
         if self.n < 1:
-            raise ValueError(f"n (samples per prompt) must be at least 1, not {self.n}.")
+            raise ValueError(_("n (samples per prompt) must be at least 1, not {n}.").format(n=self.n))
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
+            raise ValueError(_("max_new_tokens must be at least 1, not {n}.").format(n=self.max_new_tokens))
 
 
 MAX_PROMPTS = 64  # each request is a row of the block tables and a colour of the pool: more cannot be read
@@ -60,9 +61,9 @@ POOL_SHARE = 0.5  # the pool may take at most this share of the memory free on i
 def encode_all(tokenizer, prompts: list[str], chat: bool, max_context: int | None) -> list[list[int]]:
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
-        raise PromptError("No prompt given: write at least one.")
+        raise PromptError(_("No prompt given: write at least one."))
     if len(prompts) > MAX_PROMPTS:
-        raise PromptError(f"{len(prompts)} prompts: the paged cache takes at most {MAX_PROMPTS} (one per line).")
+        raise PromptError(_("{n} prompts: the paged cache takes at most {most} (one per line).").format(n=len(prompts), most=MAX_PROMPTS))
     return [encode_prompt(tokenizer, p, chat=chat, max_context=max_context) for p in prompts]
 
 
@@ -91,10 +92,10 @@ def check_pool_fits(model, settings: PagedSettings) -> None:
     need = settings.num_blocks * settings.block_size * bytes_per_token(model)
     room = int(POOL_SHARE * free_bytes(devices.input_device(model)))
     if need > room:
-        raise PoolTooSmall(
-            f"A pool of {settings.num_blocks:,} blocks of {settings.block_size} slots holds {format_bytes(need)} of KV, more than "
-            f"half of the {format_bytes(2 * room)} free on this device: choose fewer or smaller blocks."
-        )
+        raise PoolTooSmall(_(
+            "A pool of {blocks} blocks of {size} slots holds {need} of KV, more than "
+            "half of the {free} free on this device: choose fewer or smaller blocks."
+        ).format(blocks=f"{settings.num_blocks:,}", size=settings.block_size, need=format_bytes(need), free=format_bytes(2 * room)))
 
 
 def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, model_name: str = "") -> PagedRun:
@@ -103,10 +104,10 @@ def run_paged(model, tokenizer, prompts: list[str], settings: PagedSettings, mod
     settings.validate()
     check_pool_fits(model, settings)
     if devices.is_split(devices.layer_devices(model)):
-        raise ValueError(
+        raise ValueError(_(
             "The paged cache keeps one block pool for every layer on one device, so it does not run on a model"
             " split across GPUs: load the model on one device (without device map auto)."
-        )
+        ))
     max_context = getattr(model.config, "max_position_embeddings", None) or 0
     ids = encode_all(tokenizer, prompts, settings.chat, max_context or None)
     pipeline = settings.policy.pipeline() if settings.policy is not None else None

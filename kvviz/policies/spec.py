@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kvviz import i18n
 from kvviz.i18n import _
 from kvviz.policies.params import Note
 
@@ -222,3 +223,26 @@ def budget_notes(spec: PolicySpec, prompt_len: int) -> list[Note]:
     budget = spec.resolve_budget(prompt_len)
     selector = spec.pipeline().selector
     return [] if selector is None else selector.budget_notes(budget)
+
+
+def saved_budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
+    """The texts of ``budget_notes`` in English whatever the session's language: what a run saves
+    in its JSON (``shown_budget_notes`` gives them back in the page's language)."""
+    before = getattr(i18n._pinned, "lang", None)
+    i18n._pinned.lang = i18n.ENGLISH
+    try:
+        return [text for _level, text in budget_notes(spec, prompt_len)]
+    finally:
+        i18n._pinned.lang = before
+
+
+def shown_budget_notes(spec: PolicySpec, prompt_len: int, saved: list[str]) -> list[str]:
+    """Saved notes in the session's language: each of ``saved_budget_notes`` becomes the same note
+    in that language; any other note stays as saved."""
+    from kvviz.policies import PolicyError
+
+    try:
+        shown = dict(zip(saved_budget_notes(spec, prompt_len), (text for _level, text in budget_notes(spec, prompt_len))))
+    except PolicyError:
+        return list(saved)
+    return [shown.get(note, note) for note in saved]

@@ -9,6 +9,7 @@ the latest position from which the prompt's remaining tokens still hold the whol
 
 from __future__ import annotations
 
+from kvviz.i18n import _
 from kvviz.record.text import PromptError
 
 
@@ -25,11 +26,11 @@ def question_start(tokenizer, ids: list[int], text: str) -> int:
     PromptError when the prompt has no question or its tokens do not hold it after a context."""
     question = question_text(text)
     if question is None:
-        raise PromptError(
+        raise PromptError(_(
             "To ask the question after compressing the context, end the prompt with its question as the last"
             " paragraph (after a blank line), as the passkey example does."
-        )
+        ))
     for k in range(len(ids) - 1, 0, -1):
         if question in tokenizer.decode(ids[k:]):
             return k
-    raise PromptError("The prompt's last paragraph was not found in its tokens, or nothing comes before it.")
+    raise PromptError(_("The prompt's last paragraph was not found in its tokens, or nothing comes before it."))

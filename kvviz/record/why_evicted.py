@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvviz.i18n import _
 from kvviz.record.token_states import clamp_step, one_line, quoted
 from kvviz.record.trace import Trace
 
@@ -43,29 +44,40 @@ class EvictionReason:
 
     def summary(self) -> str:
         """One or two plain sentences (escape them before they become HTML or markdown)."""
-        who = f"#{self.position} {quoted(self.token)}"
+        who = _("#{position} {token}").format(position=self.position, token=quoted(self.token))
         if not self.cells:
-            return f"{who} is held by every layer and KV head at step {self.step}."
+            return _("{who} is held by every layer and KV head at step {step}.").format(who=who, step=self.step)
         first = min(c.step for c in self.cells)
-        where = "every layer and KV head" if len(self.cells) == self.n_cells else f"{len(self.cells)} of {self.n_cells} layer × KV heads"
-        left = f"{who} left the cache in {where} by step {self.step} (first at step {first})."
+        where = _("every layer and KV head") if len(self.cells) == self.n_cells else _(
+            "{n} of {total} layer × KV heads").format(n=len(self.cells), total=self.n_cells)
+        left = _("{who} left the cache in {where} by step {step} (first at step {first}).").format(
+            who=who, where=where, step=self.step, first=first)
+        values = dict(left=left, policy=self.policy)
         if self.by_recency:
-            window = "" if self.budget is None else (
-                f" The budget holds {self.budget} entries per KV head: "
-                + (f"the first {self.n_sink} tokens (attention sinks) and " if self.n_sink else "")
-                + f"the newest {self.budget - self.n_sink}; this token left when newer tokens filled that window."
-            )
-            return f"{left} {self.policy} evicts by recency, not by a score: there is no score to compare.{window}"
+            if self.budget is None:
+                window = ""
+            elif self.n_sink:
+                window = _(" The budget holds {budget} entries per KV head: the first {n_sink} tokens (attention sinks) and "
+                           "the newest {newest}; this token left when newer tokens filled that window.").format(
+                    budget=self.budget, n_sink=self.n_sink, newest=self.budget - self.n_sink)
+            else:
+                window = _(" The budget holds {budget} entries per KV head: "
+                           "the newest {newest}; this token left when newer tokens filled that window.").format(
+                    budget=self.budget, newest=self.budget - self.n_sink)
+            return _("{left} {policy} evicts by recency, not by a score: there is no score to compare.{window}").format(
+                window=window, **values)
         scores = np.array([np.nan if c.score is None else c.score for c in self.cells], dtype=float)
         cuts = np.array([np.nan if c.cut is None else c.cut for c in self.cells], dtype=float)
         if not np.isfinite(scores).any():
-            return f"{left} {self.policy} recorded no score for it."
+            return _("{left} {policy} recorded no score for it.").format(**values)
+        score = f"{np.nanmedian(scores):.4g}"
         if not np.isfinite(cuts).any():
-            return f"{left} Its score when it left: median {np.nanmedian(scores):.4g} (the cut was not recorded for this run)."
-        return (
-            f"{left} Where it left, its score was below the cut: median {np.nanmedian(scores):.4g} against "
-            f"{np.nanmedian(cuts):.4g}, the lowest score {self.policy} kept on merit at that step in that layer and KV head."
-        )
+            return _("{left} Its score when it left: median {score} (the cut was not recorded for this run).").format(
+                score=score, **values)
+        return _(
+            "{left} Where it left, its score was below the cut: median {score} against "
+            "{cut}, the lowest score {policy} kept on merit at that step in that layer and KV head."
+        ).format(score=score, cut=f"{np.nanmedian(cuts):.4g}", **values)
 
     def rows(self) -> list[dict]:
         """One row per layer and KV head that evicted the token: for a table."""
@@ -111,7 +123,8 @@ def most_evicted(trace: Trace, step: int) -> int | None:
 def why_evicted(trace: Trace, position: int, step: int) -> EvictionReason:
     """The reason ``position`` is gone at ``step``, per layer and KV head that evicted it."""
     if not 0 <= position < trace.n_positions:
-        raise ValueError(f"position {position} is outside the run (0 .. {trace.n_positions - 1}).")
+        raise ValueError(_("position {position} is outside the run (0 .. {last}).").format(
+            position=position, last=trace.n_positions - 1))
     step = clamp_step(trace, step)
     ev = trace.evicted_at_step[:, :, position]  # (layers, kv_heads)
     cuts = trace.extra.get("score_cut")

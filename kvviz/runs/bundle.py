@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from kvviz.i18n import N_, _
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.checks import (
     TraceError, check_bool, check_choice, check_int, check_keys, check_list, check_object, check_scalar, check_str, one_line, show,
@@ -49,7 +50,7 @@ SCHEMA = "kvviz.run_bundle"
 VERSION = 1
 MAX_BYTES = MAX_FILE_BYTES  # the one upload limit (50 MiB); three policies on the 585-token passkey prompt take about 5 MB
 KINDS = ("compare", "live", "sweep")
-KIND_PAGES = {"compare": "Compare policies", "live": "Live policy", "sweep": "Tradeoffs"}  # the page that opens each kind
+KIND_PAGES = {"compare": N_("Compare policies"), "live": N_("Live policy"), "sweep": N_("Tradeoffs")}  # the page that opens each kind
 MAX_TRACES = 16
 MAX_POLICIES = 8
 TRACE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -84,7 +85,7 @@ class RunSettings:
         check_keys(d, {f.name for f in fields(cls)}, "settings", optional={"prompt_params", "step", "question_after"})
         policies = check_list(d["policies"], "settings.policies")
         if not 1 <= len(policies) <= MAX_POLICIES:
-            raise BundleError(f"settings.policies: between 1 and {MAX_POLICIES} policies, not {len(policies)}.")
+            raise BundleError(_("settings.policies: between 1 and {most} policies, not {n}.").format(most=MAX_POLICIES, n=len(policies)))
         params = check_object(d.get("prompt_params", {}), "settings.prompt_params")
         for key, value in params.items():
             check_scalar(value, f"settings.prompt_params.{key}")
@@ -179,29 +180,33 @@ def load(data: bytes | str) -> RunBundle:
 def _bundle(doc: Any) -> RunBundle:
     doc = check_object(doc, "the bundle")
     if "schema" not in doc and {"evicted_at_step", "prompt_ids"} <= set(doc):
-        raise BundleError(f"This is a trace saved on the {KIND_PAGES['live']} page: open it there, under “Open a saved trace”.")
+        raise BundleError(_("This is a trace saved on the {page} page: open it there, under “Open a saved trace”.").format(
+            page=_(KIND_PAGES["live"])))
     if doc.get("schema") != SCHEMA:
-        raise BundleError(f"Not a kvviz run bundle (schema {show(doc.get('schema'))}, expected '{SCHEMA}').")
+        raise BundleError(_("Not a kvviz run bundle (schema {schema}, expected '{expected}').").format(
+            schema=show(doc.get("schema")), expected=SCHEMA))
     version = doc.get("version")
     if version != VERSION or isinstance(version, bool):
-        raise BundleError(f"Bundle version {show(version)} is not supported (this kvviz reads version {VERSION}).")
+        raise BundleError(_("Bundle version {version} is not supported (this kvviz reads version {supported}).").format(
+            version=show(version), supported=VERSION))
     check_keys(doc, {"schema", "version", "kind", "created", "settings", "traces"}, "the bundle", optional={"created"})
     kind = check_choice(doc["kind"], KINDS, "kind")
     settings = RunSettings.from_dict(doc["settings"])
     traces_doc = check_object(doc["traces"], "traces")
     if not 1 <= len(traces_doc) <= MAX_TRACES:
-        raise BundleError(f"traces: between 1 and {MAX_TRACES} traces, not {len(traces_doc)}.")
+        raise BundleError(_("traces: between 1 and {most} traces, not {n}.").format(most=MAX_TRACES, n=len(traces_doc)))
     traces = {}
     for name, trace in traces_doc.items():
         if not TRACE_NAME.match(name):
-            raise BundleError(f"traces: {show(name)} is not a trace name (letters, digits, '.', '_', ':', '-').")
+            raise BundleError(_("traces: {name} is not a trace name (letters, digits, '.', '_', ':', '-').").format(name=show(name)))
         traces[name] = trace_from_json(trace, f"traces.{name}")
     return RunBundle(kind=kind, settings=settings, traces=traces, created=check_str(doc.get("created", ""), "created", max_len=100))
 
 
 def page_of(kind: Any) -> str:
-    """The page that opens a bundle of this kind (the Compare page for one it cannot tell)."""
-    return KIND_PAGES.get(kind, KIND_PAGES["compare"]) if isinstance(kind, str) else KIND_PAGES["compare"]
+    """The page that opens a bundle of this kind (the Compare page for one it cannot tell), in the
+    session's language."""
+    return _(KIND_PAGES.get(kind, KIND_PAGES["compare"]) if isinstance(kind, str) else KIND_PAGES["compare"])
 
 
 def trace_from_json(d: Any, where: str = "trace") -> Trace:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from kvviz.i18n import _
 from kvviz.sweep import run as sweep
 from kvviz.runtime.jobs import BackgroundJob
 from kvviz.record.examples import long_document
@@ -82,7 +83,7 @@ def _plain(spec) -> bool:
 
 
 def _seconds(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+    return _("{n} s").format(n=f"{s:.0f}") if s < 120 else _("{n} min").format(n=f"{s / 60:.1f}")
 
 
 class SweepJob(BackgroundJob):
@@ -111,11 +112,12 @@ class SweepJob(BackgroundJob):
         """The run going on and the time left at the pace so far."""
         p = self.latest
         if p is None:
-            return 0.0, "Starting"
-        left = ""
+            return 0.0, _("Starting")
+        line = _("Run {run} of {total}: {label}").format(run=p.done + 1, total=p.total, label=p.label)
         if p.done:
-            left = f"; about {_seconds(p.elapsed_s / p.done * (p.total - p.done))} left at the pace so far"
-        return p.done / p.total, f"Run {p.done + 1} of {p.total}: {p.label}{left}"
+            line = _("Run {run} of {total}: {label}; about {left} left at the pace so far").format(
+                run=p.done + 1, total=p.total, label=p.label, left=_seconds(p.elapsed_s / p.done * (p.total - p.done)))
+        return p.done / p.total, line
 
     def _on_progress(self, progress: sweep.Progress) -> None:
         self.latest = progress

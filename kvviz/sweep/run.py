@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from kvviz.i18n import N_, _
 from kvviz.record import examples as data
 from kvviz.runtime.inputs import check_run, prompt_ids
 from kvviz.runtime.jobs import Stopped
@@ -94,17 +95,24 @@ class SweepSettings:
         return out
 
 
+NUMBER_FIELDS = (N_("Ratios"), N_("Budgets"), N_("Depths"), N_("Filler lengths"))  # the names Tradeoffs passes
+
+
 def parse_numbers(text: str | None, kind: type, what: str) -> tuple:
-    """'0.1, 0.25' -> (0.1, 0.25); a one-line ValueError naming ``what`` otherwise."""
+    """'0.1, 0.25' -> (0.1, 0.25); a one-line ValueError naming ``what`` otherwise (in the
+    session's language: one of NUMBER_FIELDS translated, any other name as given)."""
     if text is None:
         return ()
     items = [t.strip() for t in str(text).split(",") if t.strip()]
+    shown = _(what) if what in NUMBER_FIELDS else what
     try:
         values = tuple(kind(t) for t in items)
     except ValueError:
-        raise ValueError(f"{what}: expected {'whole numbers' if kind is int else 'numbers'} separated by commas, got '{text}'.") from None
+        message = (_("{what}: expected whole numbers separated by commas, got '{text}'.") if kind is int
+                   else _("{what}: expected numbers separated by commas, got '{text}'."))
+        raise ValueError(message.format(what=shown, text=text)) from None
     if not values or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{what}: give finite numbers separated by commas, got '{text}'.")
+        raise ValueError(_("{what}: give finite numbers separated by commas, got '{text}'.").format(what=shown, text=text))
     return values
 
 
