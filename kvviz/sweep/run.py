@@ -142,7 +142,7 @@ def reading(spec: PolicySpec, read_budget: int) -> PolicySpec:
     parameters, and a composed selector's budget or ratio, as they are."""
     reader = reader_of(spec)
     if reader is None:
-        raise PolicyError(f"{spec.name} reads no read set: it has no read budget.")
+        raise PolicyError(_("{name} reads no read set: it has no read budget.").format(name=spec.name))
     params = spec.params_dict()
     params[reader.name] = {**params.get(reader.name, {}), "read_budget": int(read_budget)}
     return PolicySpec.create(spec.name, params, budget=spec.budget, ratio=spec.ratio)
@@ -155,11 +155,11 @@ def points(settings: SweepSettings, prompt_len: int | None = None) -> list[tuple
     ``prompt_len`` tokens to become one (without it, the retriever's spec as written stands for
     its ratio points, for checking and counting). Raises PolicyError."""
     if settings.task not in TASKS:
-        raise PolicyError(f"task must be one of {', '.join(TASKS)}, not {settings.task!r}.")
+        raise PolicyError(_("task must be one of {choices}, not {value}.").format(choices=", ".join(TASKS), value=repr(settings.task)))
     if not settings.policies:
-        raise PolicyError("Give at least one policy.")
+        raise PolicyError(_("Give at least one policy."))
     if settings.ratios and settings.budgets:
-        raise PolicyError("Give ratios or budgets, not both.")
+        raise PolicyError(_("Give ratios or budgets, not both."))
     out: list[tuple[PolicySpec, str]] = []
     for text in settings.policies:
         spec = PolicySpec.parse(text)
@@ -177,7 +177,8 @@ def points(settings: SweepSettings, prompt_len: int | None = None) -> list[tuple
         elif settings.ratios:
             grid = [spec.with_budget(ratio=float(r)) for r in settings.ratios]
         else:
-            raise PolicyError(f"'{text}' takes a budget: give ratios or budgets (or write it into the spec, e.g. {spec.name}:ratio=0.25).")
+            raise PolicyError(_("'{text}' takes a budget: give ratios or budgets (or write it into the spec, e.g. {name}:ratio=0.25).").format(
+                text=text, name=spec.name))
         seen = {p for p, _ in out}
         out.extend((p, series_text(text)) for p in grid if p not in seen)
     return out
@@ -254,14 +255,14 @@ def ppl_tokens(tokenizer, text: str, context: int, continuation: int) -> tuple[l
     """(prompt, continuation): the first ``context`` tokens of ``text`` and the next
     ``continuation`` (no chat template)."""
     if context < 1 or continuation < 1:
-        raise PromptError(f"context and continuation must be at least 1 token (got {context} and {continuation}).")
+        raise PromptError(_("context and continuation must be at least 1 token (got {context} and {continuation}).").format(
+            context=context, continuation=continuation))
     if not text or not text.strip():
-        raise PromptError("The text is empty.")
+        raise PromptError(_("The text is empty."))
     ids = [int(i) for i in tokenizer(text).input_ids]
     if len(ids) < context + continuation:
-        raise PromptError(
-            f"The text has {len(ids)} tokens; context {context} plus continuation {continuation} needs {context + continuation}."
-        )
+        raise PromptError(_("The text has {n} tokens; context {context} plus continuation {continuation} needs {need}.").format(
+            n=len(ids), context=context, continuation=continuation, need=context + continuation))
     return ids[:context], ids[context : context + continuation]
 
 
@@ -276,11 +277,11 @@ def _plan_ppl(tokenizer, settings, max_context) -> Plan:
 
 def _plan_passkey(tokenizer, settings, max_context) -> Plan:
     if not settings.depths or not settings.lengths:
-        raise PolicyError("The passkey task needs at least one depth and one filler length.")
+        raise PolicyError(_("The passkey task needs at least one depth and one filler length."))
     if settings.new_tokens < 1:
-        raise PolicyError("new_tokens must be at least 1.")
+        raise PolicyError(_("new_tokens must be at least 1."))
     if settings.question not in QUESTION_MODES:
-        raise PolicyError(f"question must be one of {', '.join(QUESTION_MODES)}, not {settings.question!r}.")
+        raise PolicyError(_("question must be one of {choices}, not {value}.").format(choices=", ".join(QUESTION_MODES), value=repr(settings.question)))
     from kvviz.record.question import question_start
 
     runs = []

@@ -87,6 +87,7 @@ def errors() -> list[str]:
     return [
         raised(ValueError, sweep.parse_numbers, "0.1, x", float, "Ratios"),
         raised(ValueError, sweep.parse_numbers, "8, 1.5", int, "Filler lengths"),
+        raised(PromptError, sweep.ppl_tokens, None, "some text", 0, 32),
         raised(PoolTooSmall, PagedSettings(block_size=0).validate),
         raised(PoolTooSmall, BlockManager, 0, 16),
         raised(bundle.BundleError, bundle.load, '{"schema": "other"}'),
@@ -102,6 +103,7 @@ def test_errors_in_chinese(chinese):
     assert errors() == [
         "比例：应为以逗号分隔的数字，实际为「0.1, x」。",
         "填充长度：应为以逗号分隔的整数，实际为「8, 1.5」。",
+        "上下文和续写都至少为 1 个 token（实际为 0 和 32）。",
         "块大小至少为 1，不能是 0。",
         "池中至少需要一个块，不能是 0。",
         "不是 kvviz 的运行包（schema 为 'other'，应为「kvviz.run_bundle」）。",
@@ -117,6 +119,7 @@ def test_errors_in_english_unchanged():
     assert errors() == [
         "Ratios: expected numbers separated by commas, got '0.1, x'.",
         "Filler lengths: expected whole numbers separated by commas, got '8, 1.5'.",
+        "context and continuation must be at least 1 token (got 0 and 32).",
         "block size must be at least 1, not 0.",
         "the pool needs at least one block, not 0.",
         "Not a kvviz run bundle (schema 'other', expected 'kvviz.run_bundle').",
