@@ -113,10 +113,11 @@ class SweepJob(BackgroundJob):
         p = self.latest
         if p is None:
             return 0.0, _("Starting")
-        line = _("Run {run} of {total}: {label}").format(run=p.done + 1, total=p.total, label=p.label)
+        label = sweep.shown_label(p.label)
+        line = _("Run {run} of {total}: {label}").format(run=p.done + 1, total=p.total, label=label)
         if p.done:
             line = _("Run {run} of {total}: {label}; about {left} left at the pace so far").format(
-                run=p.done + 1, total=p.total, label=p.label, left=_seconds(p.elapsed_s / p.done * (p.total - p.done)))
+                run=p.done + 1, total=p.total, label=label, left=_seconds(p.elapsed_s / p.done * (p.total - p.done)))
         return p.done / p.total, line
 
     def _on_progress(self, progress: sweep.Progress) -> None:

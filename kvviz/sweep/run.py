@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -235,6 +236,25 @@ class PlannedRun:
         where = f" · depth {self.depth:g}, {self.length} filler tokens" if self.depth is not None else ""
         return what + where
 
+
+
+_WHERE = re.compile(r" · depth (?P<depth>\S+), (?P<length>\d+) filler tokens$")
+_PER_HEAD = re.compile(r" · (?P<budget>\d+)/head$")
+
+
+def shown_label(label: str) -> str:
+    """A run's ``label`` (English: the rows and the progress keep it) in the session's language:
+    the reference's name, the per-head budget and the needle's place translated, the series as written."""
+    where = ""
+    found = _WHERE.search(label)
+    if found:
+        label, where = label[: found.start()], _(" · depth {depth}, {length} filler tokens").format(**found.groupdict())
+    if label == "full cache (reference)":
+        return _("full cache (reference)") + where
+    found = _PER_HEAD.search(label)
+    if found:
+        label = label[: found.start()] + _(" · {budget}/head").format(**found.groupdict())
+    return label + where
 
 @dataclass
 class Plan:

@@ -69,6 +69,21 @@ def sweep_line() -> str:
     return job.running_progress()[1]
 
 
+def sweep_labels() -> list[str]:
+    """The labels of a passkey sweep's runs (saved in English) as the page shows them."""
+    runs = [sweep.PlannedRun(None, [1], 4, "full", depth=0.5, length=256),
+            sweep.PlannedRun(PolicySpec.parse("h2o:budget=32"), [1], 4, "h2o", depth=0.5, length=256)]
+    return [sweep.shown_label(run.label) for run in runs]
+
+
+def test_sweep_labels_in_chinese(chinese):
+    assert sweep_labels() == ["完整缓存（参照） · 深度 0.5，256 个填充 token", "h2o · 每头 32 · 深度 0.5，256 个填充 token"]
+
+
+def test_sweep_labels_in_english_unchanged():
+    assert sweep_labels() == ["full cache (reference) · depth 0.5, 256 filler tokens", "h2o · 32/head · depth 0.5, 256 filler tokens"]
+
+
 def test_progress_lines_in_chinese(chinese):
     assert Progress(1, 5, "p1.forced", "h2o · 25%" + FORCED_SUFFIX, 3, 32).line() == (
         "第 2 / 5 次运行：h2o · 25%，以完整缓存的输出 teacher forcing，3 / 32 个 token")
