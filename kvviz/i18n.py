@@ -24,7 +24,8 @@ import io
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 LANG = "kvviz_lang"  # session_state key of the sidebar's language switch (URL: lang=)
 ENGLISH = "en"
@@ -74,18 +75,26 @@ def current_language() -> str:
     return lang if lang in LANGUAGES else ENGLISH
 
 
+@contextmanager
+def speaking(lang: str) -> Iterator[None]:
+    """Within the block ``_`` speaks ``lang``, whatever the session's (this thread only): English
+    for what a run saves, the run's language for a function called after it."""
+    before = getattr(_pinned, "lang", None)
+    _pinned.lang = lang
+    try:
+        yield
+    finally:
+        _pinned.lang = before
+
+
 def bound(fn: Callable[..., str]) -> Callable[..., str]:
     """``fn`` that always speaks the language current now: a widget's ``format_func``, which
     Streamlit's AppTest calls again after the script run, where the session is out of reach."""
     lang = current_language()
 
     def call(*args):
-        before = getattr(_pinned, "lang", None)
-        _pinned.lang = lang
-        try:
+        with speaking(lang):
             return fn(*args)
-        finally:
-            _pinned.lang = before
 
     return call
 

@@ -228,12 +228,8 @@ def budget_notes(spec: PolicySpec, prompt_len: int) -> list[Note]:
 def saved_budget_notes(spec: PolicySpec, prompt_len: int) -> list[str]:
     """The texts of ``budget_notes`` in English whatever the session's language: what a run saves
     in its JSON (``shown_budget_notes`` gives them back in the page's language)."""
-    before = getattr(i18n._pinned, "lang", None)
-    i18n._pinned.lang = i18n.ENGLISH
-    try:
+    with i18n.speaking(i18n.ENGLISH):
         return [text for _level, text in budget_notes(spec, prompt_len)]
-    finally:
-        i18n._pinned.lang = before
 
 
 def shown_budget_notes(spec: PolicySpec, prompt_len: int, saved: list[str]) -> list[str]:
