@@ -70,4 +70,4 @@ constraints:
 messages:
 	$(PYTHON) -m babel.messages.frontend extract -F babel.cfg -k N_ --sort-by-file --no-wrap --project kvviz -o kvviz/locale/kvviz.pot .
 	@test -f kvviz/locale/zh_CN/LC_MESSAGES/kvviz.po || $(PYTHON) -m babel.messages.frontend init -i kvviz/locale/kvviz.pot -d kvviz/locale -D kvviz -l zh_CN --no-wrap
-	$(PYTHON) -m babel.messages.frontend update -i kvviz/locale/kvviz.pot -d kvviz/locale -D kvviz -l zh_CN --no-wrap
+	$(PYTHON) -m babel.messages.frontend update -i kvviz/locale/kvviz.pot -d kvviz/locale -D kvviz -l zh_CN --no-wrap --ignore-obsolete
