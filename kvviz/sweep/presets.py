@@ -86,14 +86,14 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "retrieval_ppl",
-            "Retrieval vs eviction: perplexity at the same read budget",
-            "Eviction (**snapkv**, **h2o**, **streaming_llm**) holds a budget of entries per layer and KV head (16 and 32 "
+            N_("Retrieval vs eviction: perplexity at the same read budget"),
+            N_("Eviction (**snapkv**, **h2o**, **streaming_llm**) holds a budget of entries per layer and KV head (16 and 32 "
             "on a CPU); retrieval (**quest** with pages of 4, **sparq**, **simhash**) holds every entry and each decode "
             "step reads as many, chosen for that step's query: the budget is what the attention reads, for both. "
             "Perplexity, KL to the full cache and top-1 agreement of the continuation (switch *Quality*). Measured on a CPU (float32, 32 tokens after 128): reading 32, **sparq** stays closest to the full cache (KL 0.017, "
             "top-1 97%), **quest** (KL 0.089) about as close as **h2o** holding 32 (KL 0.084); **simhash**'s random "
             "hyperplanes choose worse (KL 0.65), and **snapkv**, which compresses the prompt once for its last "
-            "queries, is far off (KL 1.66). Retrieval's memory held stays the full cache's; eviction's is 10-40% of it.",
+            "queries, is far off (KL 1.66). Retrieval's memory held stays the full cache's; eviction's is 10-40% of it."),
             SweepSettings(
                 policies=("full", "snapkv", "h2o", "streaming_llm", "quest:page_size=4", "sparq", "simhash"),
                 budgets=(16, 32), context=128, continuation=32,

@@ -164,16 +164,18 @@ def outputs_html(result: ComparisonResult) -> str:
             style = TOKEN
             if div is not None and i == div:
                 style += f" outline: 2px solid {COLORS['differ']}; background: {tint(COLORS['differ'], 0.18)}; font-weight: 600;"
-                spans.append(f'<span class="diverge" style="{style}" title="{esc(_("first divergence: generated token {i}").format(i=i))}">{esc(t)}</span>')
+                tip = _("first divergence: generated token {i}").format(i=i)  # outside the f-string: Babel reads no f-string
+                spans.append(f'<span class="diverge" style="{style}" title="{esc(tip)}">{esc(t)}</span>')
                 continue
             if div is not None and i > div:
                 style += f" background: {tint(COLORS['differ'], 0.07)};"
             spans.append(f'<span style="{style}">{esc(t)}</span>')
+        nothing = _("(nothing generated)")
         return (
             f'<div class="kvviz-output" style="flex: 1; min-width: 220px; border: 1px solid {COLORS["outline"]}; border-top: 4px solid {color};'
             f' border-radius: 8px; padding: 8px 12px;"><div style="font-weight: 600;">{esc(title)}</div>'
             f'<div style="font-size: 13px; color: {TEXT["muted"]}; margin-bottom: 4px;">{html.escape(note)}</div>'
-            f'<div style="{BOX}">{"".join(spans) or "<i>" + esc(_("(nothing generated)")) + "</i>"}</div></div>'
+            f'<div style="{BOX}">{"".join(spans) or "<i>" + esc(nothing) + "</i>"}</div></div>'
         )
 
     parts = [column(_("full cache"), COLORS["full"], full.tokens[full.prompt_len :], None, _("the reference"))]

@@ -258,7 +258,8 @@ def changed_settings(ran: sweep.SweepSettings, now: sweep.SweepSettings) -> list
         changed.append(_("Task is **{task}**").format(task=_(TASKS[now.task])))
     for name, before, after in ((_("Ratios"), ran.ratios, now.ratios), (_("Budgets"), ran.budgets, now.budgets)):
         if before != after and after:
-            changed.append(f"{name} {_numbers(before) or _('none')} → {_numbers(after)}")
+            none = _("none")
+            changed.append(f"{name} {_numbers(before) or none} → {_numbers(after)}")
     if now.task == "ppl":
         if now.text != ran.text:
             changed.append(_("the text is **{text}**").format(text=text_label(TEXTS[0] if now.text == long_document() else TEXTS[1])))
