@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
+from kvviz.i18n import _
 from kvviz.policies.params import Param, Policy, PolicyError  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -119,8 +120,8 @@ def registry() -> dict[str, type[Policy]]:
 def get(name: str) -> type[Policy]:
     reg = registry()
     if name not in reg:
-        broken = "".join(f" Not loaded: {p.short()}." for p in _PROBLEMS)  # no server paths: pages show this
-        raise PolicyError(f"Unknown policy '{name}'. Known policies: {', '.join(reg)}.{broken}")
+        broken = "".join(_(" Not loaded: {what}.").format(what=p.short()) for p in _PROBLEMS)  # no server paths: pages show this
+        raise PolicyError(_("Unknown policy '{name}'. Known policies: {known}.").format(name=name, known=", ".join(reg)) + broken)
     return reg[name]
 
 
@@ -196,7 +197,7 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
 
     names = [n.strip() for n in (spec or "").split("+") if n.strip()]
     if not names:
-        raise PolicyError("No policy given.")
+        raise PolicyError(_("No policy given."))
     classes = [get(n) for n in names]
     selectors = [c for c in classes if issubclass(c, Selector)]
     stores = [c for c in classes if issubclass(c, Storage)]
@@ -204,28 +205,28 @@ def build(spec: str, params: dict | None = None, budget: int | None = None, rati
     if len(readers) == 1:
         selectors = [c for c in selectors if c is not readers[0]]  # snapkv+quest: evict, then read
     if len(selectors) > 1 or len(stores) > 1:
-        raise PolicyError(f"'{spec}': compose at most one selector and one store (e.g. snapkv+quant), and a retriever (snapkv+quest).")
+        raise PolicyError(_("'{spec}': compose at most one selector and one store (e.g. snapkv+quant), and a retriever (snapkv+quest).").format(spec=spec))
     per_policy: dict[str, dict] = {c.name: {} for c in classes}
     for key, value in (params or {}).items():
         if isinstance(value, dict) and key in per_policy:
             per_policy[key].update(value)
             continue
         if "." in key:
-            owner, _, pname = key.partition(".")
+            owner, _dot, pname = key.partition(".")
             if owner not in per_policy:
-                raise PolicyError(f"'{key}': '{owner}' is not part of '{spec}'.")
+                raise PolicyError(_("'{key}': '{owner}' is not part of '{spec}'.").format(key=key, owner=owner, spec=spec))
             per_policy[owner][pname] = value
             continue
         owners = [c.name for c in classes if key in c.params()]
         if not owners:
-            raise PolicyError(f"Unknown parameter '{key}' for '{spec}'.")
+            raise PolicyError(_("Unknown parameter '{key}' for '{spec}'.").format(key=key, spec=spec))
         if len(owners) > 1:
-            raise PolicyError(f"Parameter '{key}' is ambiguous in '{spec}': write {owners[0]}.{key}.")
+            raise PolicyError(_("Parameter '{key}' is ambiguous in '{spec}': write {owner}.{key}.").format(key=key, spec=spec, owner=owners[0]))
         per_policy[owners[0]][key] = value
     if budget is not None or ratio is not None:
         budgeted = [c for c in selectors if issubclass(c, BudgetSelector)]
         if not budgeted:
-            raise PolicyError(f"'{spec}' takes no budget.")
+            raise PolicyError(_("'{spec}' takes no budget.").format(spec=spec))
         per_policy[budgeted[0].name]["budget"] = budget
         per_policy[budgeted[0].name]["ratio"] = ratio if budget is None else None
     built = {c.name: c.from_params(per_policy[c.name]) for c in classes}

@@ -13,6 +13,7 @@ text up with ``_()`` and only then joins its whitespace (``shown``). Paper title
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -33,7 +34,17 @@ def shown(text: str) -> str:
     """A policy's N_-marked text (summary, family, parameter help) in the session's language, its
     whitespace joined: looked up raw, as extracted (an empty text stays empty: gettext("") is the
     catalog's header)."""
-    return " ".join(_(text).split()) if text else text
+    return _joined(_(text)) if text else text
+
+
+_CJK = "\u3000-\u303f\u4e00-\u9fff\uff00-\uffef"  # CJK punctuation, ideographs, full-width forms
+_CJK_GAP = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+
+
+def _joined(text: str) -> str:
+    """A wrapped text on one line: its lines joined by a space, except between two Chinese
+    characters (Chinese puts no space where a line was broken)."""
+    return _CJK_GAP.sub("", " ".join(text.split()))
 
 
 def policy_label(name: str) -> str:

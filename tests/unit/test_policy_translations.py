@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_file
 
 from kvviz import i18n, policies
@@ -89,3 +91,18 @@ def test_duo_attention_notes_name_its_streaming_heads():
     # another language's note: the policy's first name becomes the subject, once
     assert streaming_subject("每层每个 KV 头 20 个条目时，duo_attention 保留 4 个 sink；duo_attention 其余……", subject) == (
         "每层每个 KV 头 20 个条目时，duo_attention 的流式头（占全部 KV 头的 50%） 保留 4 个 sink；duo_attention 其余……")
+
+
+def test_a_wrapped_chinese_text_is_joined_without_spaces_and_registry_errors_translate(monkeypatch):
+    from kvviz import i18n, policies
+    from kvviz.policies import PolicyError
+    from kvviz.ui.policy_controls import _joined
+
+    assert _joined("每个条目。\n    之后 token 的 KV cache，\n    下一句") == "每个条目。之后 token 的 KV cache，下一句"
+    assert _joined("Each entry's\n    score is") == "Each entry's score is"
+    monkeypatch.setattr(i18n, "_language_source", lambda: "zh")
+    with pytest.raises(PolicyError, match="^“h2o”没有参数“nosuch”。$"):
+        policies.build("h2o", {"nosuch": 1})
+    monkeypatch.setattr(i18n, "_language_source", None)
+    with pytest.raises(PolicyError, match="^Unknown parameter 'nosuch' for 'h2o'.$"):
+        policies.build("h2o", {"nosuch": 1})
