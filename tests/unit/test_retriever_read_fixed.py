@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kvviz.policies import build
+from kvviz.model.random_model import IdTokenizer
 from kvviz.policies.selector import first_true
 from kvviz.runtime import cuda_graphs
 from kvviz.runtime.policy_cache import PolicyCache
@@ -99,13 +100,6 @@ def test_first_true_by_hand():
     assert first_true(mask, 4).tolist() == [[1, 3, 4, 0], [0, 1, 2, 3]]
 
 
-class Tok:
-    eos_token_id = None
-
-    def decode(self, ids):
-        return " ".join(map(str, ids))
-
-
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("spec", ["quest", "sparq"])
 def test_both_attentions_read_the_read_mask_on_a_tiny_llama(tiny_llama, attention, spec):
@@ -119,8 +113,8 @@ def test_both_attentions_read_the_read_mask_on_a_tiny_llama(tiny_llama, attentio
         prompt = [(7 * i + 3) % 120 + 1 for i in range(30)]
         params = {"read_budget": 8, "page_size": 4, "full_layers": 1} if spec == "quest" else {"read_budget": 8}
         kw = dict(params=params, max_new_tokens=6, stop_at_eos=False, keep_logprobs=True)
-        growing = engine.run(tiny_llama, Tok(), prompt, spec, fixed_capacity=False, **kw)
-        fixed = engine.run(tiny_llama, Tok(), prompt, spec, fixed_capacity=True, **kw)
+        growing = engine.run(tiny_llama, IdTokenizer(), prompt, spec, fixed_capacity=False, **kw)
+        fixed = engine.run(tiny_llama, IdTokenizer(), prompt, spec, fixed_capacity=True, **kw)
     finally:
         tiny_llama.config._attn_implementation = "sdpa"
     assert fixed.extra["fixed_capacity"] and fixed.generated_ids == growing.generated_ids
