@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz.runtime import cuda_graphs
+from kvviz.runtime import cuda_graphs, fused
 from kvviz.model import devices
 from kvviz.model.attention_inputs import MLA_REFUSAL, decoder_attention, unreadable
 from kvviz.storage import fixed_capacity
@@ -77,6 +77,11 @@ class DecodeOptions:
     # hold a growing cache in fixed-capacity buffers after the prefill: None = when graphs are
     # replayed; True also decodes that layout eagerly (on the CPU too); False never
     fixed_capacity: bool | None = None
+    # decode with the model's pure blocks (norms, MLPs, rotary embedding) fused by torch.compile,
+    # built in the background (kvviz.runtime.fused): None = on CUDA unless KVVIZ_FUSED=0; True also
+    # on the CPU; False never.
+    # trace.timings["fused"] says how the steps ran ("all", "some", "building", or why not)
+    fused: bool | None = None
     # query-agnostic compression: the prompt's first ``question_at`` tokens (the context) are
     # prefilled and compressed alone, then the rest (the question) is fed in one more forward,
     # before the first new token; None: the whole prompt at once (the policy sees the question)
@@ -245,25 +250,27 @@ def run(
         cache.interrupt = None
         decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
         t_prefill = _sync_time(used) - t0
-        for step in range(options.n_steps):
-            t_step = time.perf_counter()
-            logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
-            records.add(logprobs, cache, shape)
-            token = choose_token(logprobs, options, step, generator)
-            generated.append(token)
-            if on_step is not None:
-                on_step(StepEvent(step, token, tokenizer.decode([token]), records.kv_bytes[-1], records.kv_bytes_full[-1], len(cache.layers[0])))
-            stop = _stop_reason(token, step, options, eos, should_stop)
-            if stop is not None:
-                stopped_by = stop
-                records.step_s.append(time.perf_counter() - t_step)
-                break
-            logits = decoder.step(token, position=len(prompt_ids) + step)
-            records.step_s.append(_sync_time(used) - t_step)
+        with fused.decoding(model, enabled=decoder.fused(options)) as fused_report:
+            for step in range(options.n_steps):
+                t_step = time.perf_counter()
+                logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
+                records.add(logprobs, cache, shape)
+                token = choose_token(logprobs, options, step, generator)
+                generated.append(token)
+                if on_step is not None:
+                    on_step(StepEvent(step, token, tokenizer.decode([token]), records.kv_bytes[-1], records.kv_bytes_full[-1], len(cache.layers[0])))
+                stop = _stop_reason(token, step, options, eos, should_stop)
+                if stop is not None:
+                    stopped_by = stop
+                    records.step_s.append(time.perf_counter() - t_step)
+                    break
+                logits = decoder.step(token, position=len(prompt_ids) + step)
+                records.step_s.append(_sync_time(used) - t_step)
         t_total = time.perf_counter() - t0
     timings = {
         "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
         "decode_path": decoder.path,  # "graph": steps were replayed from a CUDA graph
+        "fused": fused_report["fused"],  # the model's blocks fused: "all", "some", "building", or why not
     }
     if decoder.failure:
         timings["graph_failure"] = decoder.failure
@@ -322,8 +329,9 @@ class Decoder:
     graph once the cache is steady (every step keeps its shapes: every layer holds its budget,
     or a growing cache is held at a fixed capacity)."""
 
-    def __init__(self, model, cache: PolicyCache, use_graphs: bool = False):
+    def __init__(self, model, cache: PolicyCache, use_graphs: bool = False, whole: bool = True):
         self.model, self.cache, self.use_graphs = model, cache, use_graphs
+        self.whole = whole  # the model on one device (False: split across devices, no graphs, no fusing)
         self.device = devices.input_device(model)
         self.graph: cuda_graphs.DecodeGraph | None = None
         self.failure: str | None = None  # why graph capture failed, if it did
@@ -342,7 +350,14 @@ class Decoder:
             if not fixed_capacity.supported(model):
                 raise PolicyError("A fixed-capacity cache needs the model's sdpa or eager attention.")
             cache.hold_fixed(options.n_steps)
-        return cls(model, cache, use_graphs)
+        return cls(model, cache, use_graphs, whole=graphs)
+
+    def fused(self, options: DecodeOptions) -> bool:
+        """Whether the decode steps use the model's fused blocks (``kvviz.runtime.fused``): asked
+        for, or by default on CUDA (unless ``KVVIZ_FUSED=0``); never for a model split across devices."""
+        if options.fused is not None:
+            return options.fused and self.whole
+        return self.device.type == "cuda" and self.whole and fused.by_default()
 
     @property
     def path(self) -> str:
