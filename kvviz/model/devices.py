@@ -123,6 +123,14 @@ def synchronize(devices: Sequence[torch.device]) -> None:
             torch.cuda.synchronize(device)
 
 
+def synchronize_streams(devices: Sequence[torch.device]) -> None:
+    """Wait for the work this thread queued on its current stream of every CUDA device among
+    ``devices`` (work other threads queued on their streams goes on)."""
+    for device in dict.fromkeys(torch.device(d) for d in devices):
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+
+
 def dispatch(model, device_map: dict[str, int | str | torch.device]):
     """Place an in-memory model's modules on the devices of ``device_map`` ({module name: device},
     as transformers' device_map="auto" computes it) with accelerate's hooks, as ``from_pretrained``

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kvviz.model import devices
-from kvviz.runtime import engine
+from kvviz.runtime import engine, fused
 from kvviz.runtime.engine import DecodeOptions
 from kvviz.policies.spec import PolicySpec
 
@@ -38,7 +38,7 @@ class BenchRow:
     step_ms: float  # median decode step
     call_s: float  # the whole call
     prefill_ms: float | None = None
-    decode_path: str = ""  # "graph" or "eager" (kvviz), as the run reports it
+    decode_path: str = ""  # "graph" or "eager" (kvviz), as the run reports it; ", fused": every block call fused
     live_s: float | None = None  # the Live page's run: policy, full and teacher-forced runs (engine.against_full)
     kv_bytes: int | None = None  # held at the last step
     kv_bytes_full: int | None = None
@@ -67,6 +67,7 @@ class BenchResult:
     # ratios divide by the faster of the two, and a drift past DRIFT says the host was busy.
     baseline_ms: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    fused_build_s: float | None = None  # a warm-up run, then the fused blocks' background build (kvviz.runtime.fused)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,6 +222,12 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
                                     agree_tokens=leading_agreement(runs[0][2], reference)))
         progress(f"{name}: {result.baseline_ms[name][0]:.2f} ms/step")
 
+    if device.type == "cuda":  # the fused blocks (kvviz.runtime.fused) are built before any row is timed
+        t0 = time.perf_counter()
+        time_policy(model, tok, ids[:256], PolicySpec.of("h2o").with_budget(max(1, len(ids[:256]) // 4)), 8, graphs)
+        fused.wait()
+        result.fused_build_s = time.perf_counter() - t0
+        progress(f"fused blocks: {fused.blocks_of(model).state()} after {result.fused_build_s:.1f} s")
     for spec in specs:
         time_policy(model, tok, ids[:256], spec.with_budget(min(spec.budget, 128)) if spec.budget else spec, 8, graphs)
         runs = [time_policy(model, tok, ids, spec, new_tokens, graphs) for _ in range(repeats)]
@@ -229,7 +236,7 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
         row = BenchRow(
             spec.label(), spec.to_text(), 1e3 * step, statistics.median(c for c, _ in runs),
             prefill_ms=1e3 * statistics.median(t.timings["prefill_s"] for _, t in runs),
-            decode_path=str(trace.timings.get("decode_path", "eager")),
+            decode_path=str(trace.timings.get("decode_path", "eager")) + (", fused" if trace.timings.get("fused") == "all" else ""),
             kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_full=int(trace.kv_bytes_full[-1]),
             floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw),
             graph_failure=trace.timings.get("graph_failure"),

@@ -29,6 +29,7 @@ step advances.
 
 from __future__ import annotations
 
+import threading
 import traceback
 from pathlib import Path
 
@@ -37,6 +38,12 @@ import torch
 from kvviz.storage import fixed_capacity
 from kvviz.runtime.policy_cache import PolicyCache
 from kvviz.storage.fixed_capacity import set_path
+
+
+# One capture at a time in the process: torch.cuda.graph synchronizes the device and empties the
+# allocator's cache as it begins, which another thread's capture in progress must not see (runs on
+# several lanes, kvviz.runtime.lanes, capture their graphs at about the same time).
+_CAPTURE_LOCK = threading.Lock()
 
 
 def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -> bool:
@@ -129,7 +136,7 @@ class DecodeGraph:
             generator = self.cache.generator
             if generator is not None and generator.device.type == "cuda":
                 graph.register_generator_state(generator)  # draws at decode advance it per replay
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.logits = self.forward(self.ids, self.positions)
                 for layer, old in zip(layers, before):
                     new = layer_state(layer)

@@ -32,14 +32,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from kvviz.runtime import cuda_graphs, fused
+from kvviz.runtime import cuda_graphs, fused, lanes
+from kvviz.runtime.jobs import Stopped
+from kvviz.runtime.lanes import TokenFeed
 from kvviz.model import devices
 from kvviz.model.attention_inputs import MLA_REFUSAL, decoder_attention, unreadable
 from kvviz.storage import fixed_capacity
@@ -64,6 +68,9 @@ class DecodeOptions:
     top_k: int = 5  # alternatives recorded per step (trace.topk_ids / topk_probs)
     # teacher forcing: feed these tokens, one per step, instead of the model's choices
     forced_ids: tuple[int, ...] | None = None
+    # teacher forcing on the tokens of a run in progress on another lane (kvviz.runtime.lanes), read
+    # as they come, up to max_new_tokens; its log-probabilities are the reference unless given
+    forced_feed: TokenFeed | None = None
     # (steps, vocab) log-probabilities of a reference run, for per-step KL and top-1 agreement
     reference_logprobs: torch.Tensor | None = None
     keep_logprobs: bool = False  # keep the (steps, vocab) log-probs as trace.extra["logprobs"] (not saved)
@@ -95,6 +102,11 @@ class DecodeOptions:
     def n_steps(self) -> int:
         """Steps to run: one per new token (the forced tokens, when given)."""
         return len(self.forced_ids) if self.forced_ids is not None else self.max_new_tokens
+
+    @property
+    def forced(self) -> bool:
+        """Teacher-forced: the tokens are given (``forced_ids``) or followed (``forced_feed``)."""
+        return self.forced_ids is not None or self.forced_feed is not None
 
 
 @dataclass
@@ -274,6 +286,8 @@ def run(
     }
     if decoder.failure:
         timings["graph_failure"] = decoder.failure
+    if options.forced_feed is not None and options.reference_logprobs is None:  # the followed run's, once it ended
+        options = dataclasses.replace(options, reference_logprobs=options.forced_feed.logprobs())
     trace = build_trace(
         model, tokenizer, spec, cache, shape, prompt_ids, generated, records, options, timings, stopped_by, model_name
     )
@@ -391,6 +405,11 @@ def choose_token(logprobs: torch.Tensor, options: DecodeOptions, step: int, gene
     seeded generator) or greedy. logprobs: (vocab,)."""
     if options.forced_ids is not None:
         return options.forced_ids[step]
+    if options.forced_feed is not None:
+        token = options.forced_feed.get(step)
+        if token is None:  # the followed run ended before its first token (it failed or was stopped)
+            raise Stopped
+        return token
     if options.sample:
         probs = (logprobs / max(options.temperature, 1e-5)).softmax(-1).to(generator.device)  # a split model's logits come from its last device
         return int(torch.multinomial(probs, 1, generator=generator))
@@ -399,11 +418,11 @@ def choose_token(logprobs: torch.Tensor, options: DecodeOptions, step: int, gene
 
 def _stop_reason(token: int, step: int, options: DecodeOptions, eos: set[int], should_stop) -> str | None:
     """Why the run ends after this token ("eos", "user", "max_new_tokens"), or None to go on."""
-    if options.stop_at_eos and options.forced_ids is None and token in eos:
+    if options.stop_at_eos and not options.forced and token in eos:
         return "eos"
     if should_stop is not None and should_stop():
         return "user"
-    if step == options.n_steps - 1:
+    if step == options.n_steps - 1 or (options.forced_feed is not None and not options.forced_feed.has(step + 1)):
         return "max_new_tokens"
     return None
 
@@ -455,7 +474,7 @@ def build_trace(
         timings=timings,
         kl_to_reference=kl,
         top1_agreement=top1,
-        teacher_forced=options.forced_ids is not None,
+        teacher_forced=options.forced,
         stopped_by=stopped_by,
         store_error=cache.store_error(),
         protection=cache.protection,
@@ -480,7 +499,9 @@ def against_reference(logprobs: torch.Tensor, reference: torch.Tensor) -> tuple[
 
 
 def _sync_time(used: list[torch.device]) -> float:
-    devices.synchronize(used)
+    """The time once this thread's work on ``used`` is done (its own streams: runs on other lanes
+    go on)."""
+    devices.synchronize_streams(used)
     return time.perf_counter()
 
 
@@ -519,8 +540,16 @@ def against_full_runs(
     (free generation), "full" (the full cache, free generation) and "forced" (the policy
     teacher-forced on the full cache's output, with per-step KL and top-1 agreement against it).
     A consumer may stop iterating after any phase (a live view that was stopped). ``kw``: run's
-    other keywords (model_name, should_stop, DecodeOptions fields)."""
+    other keywords (model_name, should_stop, DecodeOptions fields).
+
+    On a GPU with lanes (``kvviz.runtime.lanes``) the three run at once, each on its own thread and
+    stream: the full cache's run beside the policy's, and the teacher-forced run following the full
+    cache's tokens as they come (``DecodeOptions.forced_feed``). Elsewhere one after another, and
+    the forced run is skipped where it would replay the free one (``forced_is_free``)."""
     spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
+    if lanes.count(model) >= 3:
+        yield from _against_full_at_once(model, tokenizer, prompt_ids, spec, options, on_policy_step, on_full_step, kw)
+        return
     free = run(model, tokenizer, prompt_ids, spec, options, keep_logprobs=True, on_step=on_policy_step, **kw)
     free_logprobs = free.extra.pop("logprobs")
     yield "policy", free
@@ -534,6 +563,45 @@ def against_full_runs(
     yield "forced", run(
         model, tokenizer, prompt_ids, spec, options, forced_ids=full.generated_ids, reference_logprobs=reference, **kw
     )
+
+
+def _against_full_at_once(model, tokenizer, prompt_ids, spec: PolicySpec, options, on_policy_step, on_full_step, kw):
+    """``against_full_runs`` on three lanes: the policy's run on this thread, the full cache's and
+    the forced run on two others; phases yielded in the same order. A consumer that stops
+    iterating stops the other two at their next token."""
+    feed = TokenFeed()
+    ended = threading.Event()
+    asked = kw.pop("should_stop", None) or (lambda: False)
+    kw["should_stop"] = lambda: ended.is_set() or asked()
+
+    def full_run():
+        def heard(event: StepEvent):
+            feed.put(event.token_id)
+            if on_full_step is not None:
+                on_full_step(event)
+
+        logprobs = None
+        try:
+            trace = run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=heard, **kw)
+            logprobs = trace.extra.pop("logprobs") if trace.stopped_by != "user" else None
+            return trace
+        finally:
+            feed.close(logprobs)  # a failed or stopped run ends the forced run too
+
+    def forced_run():
+        return run(model, tokenizer, prompt_ids, spec, options, forced_feed=feed, **kw)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvviz-lane") as pool:
+        full = pool.submit(lanes.on_own_stream, model, full_run)
+        forced = pool.submit(lanes.on_own_stream, model, forced_run)
+        try:
+            with lanes.own_stream(model):
+                free = run(model, tokenizer, prompt_ids, spec, options, on_step=on_policy_step, **kw)
+            yield "policy", free
+            yield "full", full.result()
+            yield "forced", forced.result()
+        finally:
+            ended.set()
 
 
 DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeOptions)}

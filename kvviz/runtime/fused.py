@@ -154,7 +154,10 @@ class Blocks:
         if sig is not None and (target, sig) not in self.asked and not _capturing():
             self.asked.add((target, sig))
             copy = lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
-            _ask(self, (target, sig), (tuple(map(copy, args)), {k: copy(v) for k, v in kwargs.items()}))
+            example = (tuple(map(copy, args)), {k: copy(v) for k, v in kwargs.items()})
+            if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+                torch.cuda.current_stream().synchronize()  # the copies exist before the builder's stream reads them
+            _ask(self, (target, sig), example)
         return original(*args, **kwargs)
 
     # the background build ---------------------------------------------------------------------
@@ -165,15 +168,17 @@ class Blocks:
         target, _ = key
         args, kwargs = example
         fn = _compile(target)
-        with torch.inference_mode():
+        cuda = [a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_cuda]
+        stream = torch.cuda.Stream(cuda[0]) if cuda else None  # never the legacy default stream, which waits for every other
+        with torch.inference_mode(), torch.cuda.stream(stream):
             if isinstance(target, type):
                 for module in self.modules:
                     if type(module) is target:
                         fn(module, *args, **kwargs)
             else:
                 fn(*args, **kwargs)
-            if any(isinstance(a, torch.Tensor) and a.is_cuda for a in (*args, *kwargs.values())):
-                torch.cuda.synchronize()
+            if stream is not None:
+                stream.synchronize()
         self.ready.add(key)
 
     def state(self) -> str:

@@ -32,6 +32,11 @@ prompt (the rounding of an eviction's ratio). A composed selector keeps what its
 own budget or ratio, else its default ratio); a spec that names ``read_budget`` runs at that read
 budget only. Their rows' ``budget`` is the read budget.
 
+On a GPU the points run several at once (``kvviz.runtime.lanes``: each on its own thread and CUDA
+stream, ``KVVIZ_LANES`` at a time, default 4), after the full-cache reference; each run gives what
+it gives alone and the rows keep the plan's order, but a row's ``seconds`` is its own wall time
+while others ran beside it. On a CPU one after another.
+
 Every point is checked before the first forward (a budget larger than a prompt, a window that
 leaves no room, ...), so a bad sweep fails at once with one message.
 """
@@ -47,6 +52,7 @@ from typing import Callable
 
 from kvviz.i18n import N_, _
 from kvviz.record import examples as data
+from kvviz.runtime import lanes
 from kvviz.runtime.inputs import check_run, prompt_ids
 from kvviz.runtime.jobs import Stopped
 from kvviz.record.metrics import mean_or_nan, perplexity
@@ -372,18 +378,32 @@ def run(
     t0 = time.perf_counter()
     reference_logprobs = None
     done = 0
+
+    def one(index: int):
+        if should_stop():
+            raise Stopped
+        return run_one(model, tokenizer, the_plan, index, reference_logprobs, should_stop=should_stop, model_name=model_name)
+
+    def progress(label: str) -> None:
+        if on_progress is not None:
+            on_progress(Progress(done, len(the_plan.runs), label, time.perf_counter() - t0))
+
+    first = [i for i, p in enumerate(the_plan.runs) if p.spec is None]  # the full-cache reference every ppl run needs
+    rest = [i for i in range(len(the_plan.runs)) if i not in first]
     try:
-        for index, planned in enumerate(the_plan.runs):
-            if should_stop():
-                raise Stopped
-            if on_progress is not None:
-                on_progress(Progress(done, len(the_plan.runs), planned.label, time.perf_counter() - t0))
-            outcome, logprobs = run_one(model, tokenizer, the_plan, index, reference_logprobs, should_stop=should_stop, model_name=model_name)
-            if logprobs is not None:
-                result.reference, reference_logprobs = outcome, logprobs
-            else:
-                result.rows.append(outcome)
+        for index in first:
+            progress(the_plan.runs[index].label)
+            result.reference, reference_logprobs = one(index)
             done += 1
+        # the points, several at once on a GPU (kvviz.runtime.lanes), rows in the plan's order
+        labels = [the_plan.runs[i].label for i in rest]
+        if rest:
+            progress(labels[0])
+        for k, (row, _) in enumerate(lanes.in_order(model, one, rest, lanes.count(model))):
+            result.rows.append(row)
+            done += 1
+            if k + 1 < len(rest):
+                progress(labels[k + 1])
     except Stopped:
         result.stopped = True
     result.seconds = time.perf_counter() - t0
