@@ -44,6 +44,17 @@ from kvviz.storage.fixed_capacity import set_path
 # allocator's cache as it begins, which another thread's capture in progress must not see (runs on
 # several lanes, kvviz.runtime.lanes, capture their graphs at about the same time).
 _CAPTURE_LOCK = threading.Lock()
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream graphs are captured on: a high-priority one, from another pool than the
+    default-priority streams a lane or a warm-up takes (``torch.cuda.Stream()`` hands those out
+    round robin from a shared pool, and torch.cuda.graph's own default capture stream is one of
+    them: a lane given the same stream would run its work into another run's capture)."""
+    if device not in _capture_streams:
+        _capture_streams[device] = torch.cuda.Stream(device, priority=-1)
+    return _capture_streams[device]
 
 
 def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -> bool:
@@ -136,7 +147,7 @@ class DecodeGraph:
             generator = self.cache.generator
             if generator is not None and generator.device.type == "cuda":
                 graph.register_generator_state(generator)  # draws at decode advance it per replay
-            with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=_capture_stream(self.device), capture_error_mode="thread_local"):
                 self.logits = self.forward(self.ids, self.positions)
                 for layer, old in zip(layers, before):
                     new = layer_state(layer)
