@@ -542,12 +542,13 @@ def against_full_runs(
     A consumer may stop iterating after any phase (a live view that was stopped). ``kw``: run's
     other keywords (model_name, should_stop, DecodeOptions fields).
 
-    On a GPU with lanes (``kvviz.runtime.lanes``) the three run at once, each on its own thread and
-    stream: the full cache's run beside the policy's, and the teacher-forced run following the full
-    cache's tokens as they come (``DecodeOptions.forced_feed``). Elsewhere one after another, and
-    the forced run is skipped where it would replay the free one (``forced_is_free``)."""
+    With ``KVVIZ_LIVE_LANES=1`` on a GPU with lanes (``kvviz.runtime.lanes``) the three run at once,
+    each on its own thread and stream: the full cache's run beside the policy's, and the
+    teacher-forced run following the full cache's tokens as they come (``DecodeOptions.forced_feed``);
+    off by default (``lanes.live_at_once`` says why). Otherwise one after another, and the forced
+    run is skipped where it would replay the free one (``forced_is_free``)."""
     spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
-    if lanes.count(model) >= 3:
+    if lanes.count(model) >= 3 and lanes.live_at_once():
         yield from _against_full_at_once(model, tokenizer, prompt_ids, spec, options, on_policy_step, on_full_step, kw)
         return
     free = run(model, tokenizer, prompt_ids, spec, options, keep_logprobs=True, on_step=on_policy_step, **kw)

@@ -44,6 +44,14 @@ def count(model) -> int:
         return DEFAULT_LANES
 
 
+def live_at_once() -> bool:
+    """Whether the Live comparison's three runs go at once (``KVVIZ_LIVE_LANES=1``; off by default:
+    on an H200 one run in three of them failed with "operation not permitted when stream is
+    capturing", a lane's stream synchronized while another lane captured its graph; the sweep's
+    teacher-forced lanes did not)."""
+    return os.environ.get("KVVIZ_LIVE_LANES", "0") == "1"
+
+
 @contextmanager
 def own_stream(model):
     """Run the block's CUDA work on a stream of its own (the caller's thread); no-op off CUDA."""

@@ -2,7 +2,8 @@
 tokens as they come gives what the same run forced on the finished tokens gives; the Live page's
 three runs at once give the three sequential runs' traces; a sweep's points at once give the
 sequential sweep's rows. On a GPU lanes are threads with their own CUDA streams; here (the CPU)
-the same threads, with ``lanes.count`` patched (a CPU runs one at a time by default)."""
+the same threads, with ``lanes.count`` patched (a CPU runs one at a time by default) and the Live
+comparison's lanes asked for (``KVVIZ_LIVE_LANES=1``, off by default)."""
 
 import dataclasses
 import threading
@@ -93,6 +94,7 @@ def test_the_three_runs_at_once_equal_the_three_in_turn(smollm, ids, monkeypatch
     in_turn = dict(engine.against_full_runs(model, tok, ids, "snapkv:budget=12", **kw))
     heard = []
     monkeypatch.setattr(lanes, "count", lambda model: 3)
+    monkeypatch.setenv("KVVIZ_LIVE_LANES", "1")
     at_once = dict(engine.against_full_runs(model, tok, ids, "snapkv:budget=12", on_full_step=lambda e: heard.append(e.token_id), **kw))
     assert list(at_once) == ["policy", "full", "forced"]
     for phase in at_once:
@@ -105,6 +107,7 @@ def test_the_three_runs_at_once_equal_the_three_in_turn(smollm, ids, monkeypatch
 
 def test_a_consumer_that_stops_after_the_policy_stops_the_other_lanes(smollm, ids, monkeypatch):
     monkeypatch.setattr(lanes, "count", lambda model: 3)
+    monkeypatch.setenv("KVVIZ_LIVE_LANES", "1")
     runs = engine.against_full_runs(smollm.model, smollm.tokenizer, ids, "snapkv:budget=12", max_new_tokens=200, stop_at_eos=False)
     phase, _ = next(runs)
     assert phase == "policy"
