@@ -46,7 +46,7 @@ def count(model) -> int:
 
 def live_at_once() -> bool:
     """Whether the Live comparison's three runs go at once (``KVVIZ_LIVE_LANES=1``; off by default:
-    on an H200 one run in three of them failed with "operation not permitted when stream is
+    on an H200 two attempts in three failed with "operation not permitted when stream is
     capturing", a lane's stream synchronized while another lane captured its graph; the sweep's
     teacher-forced lanes did not)."""
     return os.environ.get("KVVIZ_LIVE_LANES", "0") == "1"
