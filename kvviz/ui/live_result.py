@@ -234,6 +234,19 @@ def play_steps(show_step, last: int, pause_s: float = 0.4) -> None:
         time.sleep(pause_s)
 
 
+def decoding_text(timings: dict) -> str:
+    """How the policy's decode steps ran: replayed from a CUDA graph or eager, and whether the
+    model's norms, MLPs and rotary embedding ran fused (``kvviz.runtime.fused``: built in the
+    background, so a first run on a fresh server decodes unfused)."""
+    path = _("replayed from a CUDA graph") if timings.get("decode_path") == "graph" else _("eager, step by step")
+    fused = {
+        "all": _("the model's blocks fused (torch.compile)"),
+        "some": _("some of the model's blocks fused (their build ended during the run)"),
+        "building": _("the model's blocks not fused yet (being built in the background for the next run)"),
+    }.get(str(timings.get("fused", "off")), _("the model's blocks not fused"))
+    return f"{path} · {fused}"
+
+
 def details(result: live_run.LiveResult) -> None:
     """The run's settings and timings as a readable table, and the trace to download."""
     trace, req = result.trace, result.request
@@ -249,6 +262,7 @@ def details(result: live_run.LiveResult) -> None:
         _("Output"): result.generated_text or trace.generated_text,
         _("Policy's pass"): _("prefill {prefill} s, decoding {decode} s").format(
             prefill=f"{trace.timings['prefill_s']:.2f}", decode=f"{trace.timings['decode_s']:.2f}"),
+        _("Decoding"): decoding_text(trace.timings),
         _("Wall time"): _(", ").join(f"{_pass(k)} {v:.2f} s" for k, v in result.wall_s.items()) or _("not measured"),
         **dict(device_memory_rows(trace.device_memory)),  # a model split across GPUs: one row per device
         **shown_run_details(trace.extra.get("policy_details", {})),  # what the policy found (duo_attention's streaming heads)
