@@ -1,6 +1,6 @@
 """Decoding with the model's pure blocks fused by torch.compile (``kvviz.runtime.fused``), on the
 CPU in float32 (inductor's C++ backend; on CUDA the same blocks become Triton kernels, see
-``tests/gpu/test_fused_blocks.py``): a run never waits for the compiler, the fused steps give the
+``tests/gpu/test_fused_blocks_cuda.py``): a run never waits for the compiler, the fused steps give the
 eager blocks' tokens and evictions, and nothing stays on the shared model."""
 
 import threading
