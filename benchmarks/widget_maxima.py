@@ -213,7 +213,7 @@ def live_cases() -> Iterator[Case]:
     from kvviz.live.run import MAX_NEW_TOKENS
     from kvviz.record.text import match_positions, token_texts
     from kvviz.record.token_states import Scope, token_records
-    from kvviz.runtime import engine
+    from kvviz.runtime import comparison
     from kvviz.ui import token_html, token_window
 
     model, tokenizer = smol_shaped(), ByteTokenizer(128)
@@ -226,7 +226,7 @@ def live_cases() -> Iterator[Case]:
     common = Counter(t for t in prompt_texts if t.strip()).most_common(1)[0][0]
     if len(match_positions(prompt_texts, common)) <= MAX_RINGS:
         raise SystemExit(f"a search for {common!r} rings too few tokens to pass {MAX_RINGS}: the merge would not be exercised")
-    cmp, run_s = timed(lambda: engine.against_full(model, tokenizer, ids, spec, max_new_tokens=MAX_NEW_TOKENS, model_name="tiny"))
+    cmp, run_s = timed(lambda: comparison.against_full(model, tokenizer, ids, spec, max_new_tokens=MAX_NEW_TOKENS, model_name="tiny"))
     trace, full, forced = cmp.policy, cmp.full, cmp.forced
     step, n_pos = trace.n_steps - 1, trace.n_positions
     marked = sorted(set(match_positions(trace.tokens, common)))

@@ -8,7 +8,7 @@ The runs, in order:
 3. for each policy, teacher-forced on the full cache's output, for per-step KL(full ‖ policy) and
    top-1 agreement on the same text.
 
-These are ``engine.against_full_runs``' three runs with the full cache shared: 1 + 2 × policies runs
+These are ``comparison.against_full_runs``' three runs with the full cache shared: 1 + 2 × policies runs
 instead of 3 × policies. ``compare`` runs them in the caller's thread; ``kvviz.compare.job.CompareJob``
 runs them on a background thread for a page (progress, Stop).
 """

@@ -14,7 +14,7 @@ from kvviz.i18n import N_, _
 from kvviz.live.run import STOPPED_IN_PREFILL, LiveRequest, LiveResult
 from kvviz.record.text import decode
 from kvviz.runs import store as run_store
-from kvviz.runtime import engine
+from kvviz.runtime import comparison
 from kvviz.runtime.engine import StepEvent
 from kvviz.runtime.jobs import BackgroundJob
 
@@ -72,7 +72,7 @@ class LiveJob(BackgroundJob):
 
     def work(self) -> None:
         req, self._started = self.request, time.perf_counter()
-        runs = engine.against_full_runs(
+        runs = comparison.against_full_runs(
             self.model, self.tokenizer, req.prompt_ids, req.spec,
             max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=self.should_stop,
             on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_ids.append(e.token_id),

@@ -14,7 +14,7 @@ from kvviz.policies.spec import PolicySpec, saved_budget_notes, shown_budget_not
 from kvviz.record.text import PromptError, encode_prompt
 from kvviz.record.trace import Trace
 from kvviz.runs import store as run_store
-from kvviz.runtime.engine import AgainstFull
+from kvviz.runtime.comparison import AgainstFull
 from kvviz.runtime.inputs import InputError, check_run, prompt_ids
 
 STOPPED_IN = {  # N_-marked: the page shows them translated

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kvviz.model import devices
-from kvviz.runtime import engine, fused
+from kvviz.runtime import comparison, engine, fused
 from kvviz.runtime.engine import DecodeOptions
 from kvviz.policies.spec import PolicySpec
 
@@ -39,7 +39,7 @@ class BenchRow:
     call_s: float  # the whole call
     prefill_ms: float | None = None
     decode_path: str = ""  # "graph" or "eager" (kvviz), as the run reports it; ", fused": every block call fused
-    live_s: float | None = None  # the Live page's run: policy, full and teacher-forced runs (engine.against_full)
+    live_s: float | None = None  # the Live page's run: policy, full and teacher-forced runs (comparison.against_full)
     kv_bytes: int | None = None  # held at the last step
     kv_bytes_full: int | None = None
     floor_ms: float | None = None  # bytes read per step / bandwidth
@@ -185,7 +185,7 @@ def time_policy(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: 
 def time_live(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool) -> float:
     """The Live page's whole run: the policy, the full cache and the policy teacher-forced on it."""
     options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs, capture_queries=True)
-    return timed(model, lambda: engine.against_full(model, tokenizer, ids, spec, options))[0]
+    return timed(model, lambda: comparison.against_full(model, tokenizer, ids, spec, options))[0]
 
 
 def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: int, repeats: int = 3,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from kvviz.runtime import engine
+from kvviz.runtime import comparison, engine
 from kvviz.runtime.jobs import BackgroundJob, process_queue
 
 PAGES = Path(__file__).resolve().parents[2] / "pages"
@@ -144,7 +144,7 @@ def test_a_run_waits_its_turn_and_says_where_it_stands(smollm):
 
 def test_out_of_memory_fails_that_run_only(smollm, monkeypatch):
     at = page("2_Live_Policy.py")
-    real = engine.against_full_runs
+    real = comparison.against_full_runs
     calls = []
 
     def out_of_memory_once(*args, **kwargs):
@@ -153,7 +153,7 @@ def test_out_of_memory_fails_that_run_only(smollm, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "against_full_runs", out_of_memory_once)
+    monkeypatch.setattr(comparison, "against_full_runs", out_of_memory_once)
     at = live_run_click(at, 4)
     assert not at.exception
     (message,) = errors(at)

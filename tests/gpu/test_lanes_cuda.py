@@ -10,7 +10,7 @@ import pytest
 
 from kvviz.record.examples import long_document
 from kvviz.record.text import encode_prompt
-from kvviz.runtime import engine, lanes
+from kvviz.runtime import comparison, lanes
 from kvviz.sweep import run as sweep
 
 pytestmark = pytest.mark.gpu
@@ -22,10 +22,10 @@ def test_the_live_runs_at_once_equal_the_runs_in_turn(gpu_model, monkeypatch):
     ids = encode_prompt(gpu_model.tokenizer, TEXT, chat=True)
     kw = dict(max_new_tokens=48, stop_at_eos=False)
     monkeypatch.setattr(lanes, "count", lambda model: 1)
-    in_turn = dict(engine.against_full_runs(gpu_model.model, gpu_model.tokenizer, ids, "h2o:budget=96", **kw))
+    in_turn = dict(comparison.against_full_runs(gpu_model.model, gpu_model.tokenizer, ids, "h2o:budget=96", **kw))
     monkeypatch.setattr(lanes, "count", lambda model: 4)
     monkeypatch.setenv("KVVIZ_LIVE_LANES", "1")  # off by default: one run in three failed on an H200 (see lanes.live_at_once)
-    at_once = dict(engine.against_full_runs(gpu_model.model, gpu_model.tokenizer, ids, "h2o:budget=96", **kw))
+    at_once = dict(comparison.against_full_runs(gpu_model.model, gpu_model.tokenizer, ids, "h2o:budget=96", **kw))
     for phase in ("policy", "full", "forced"):
         a, b = at_once[phase], in_turn[phase]
         assert a.timings["decode_path"] == "graph", a.timings

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kvviz.runtime import engine
+from kvviz.runtime import comparison, engine
 from kvviz.policies import PolicyError
 from kvviz.record.text import PromptError, encode_prompt
 
@@ -110,7 +110,7 @@ def test_two_threads_on_one_model_match_sequential_runs(smollm, chat_ids):
 
 
 def test_teacher_forced_perplexity_and_kl_against_full(smollm, chat_ids):
-    cmp = engine.against_full(smollm.model, smollm.tokenizer, chat_ids, "window", budget=12, max_new_tokens=10)
+    cmp = comparison.against_full(smollm.model, smollm.tokenizer, chat_ids, "window", budget=12, max_new_tokens=10)
     assert cmp.forced.generated_ids == cmp.full.generated_ids
     assert cmp.forced.kl_to_reference.shape == (cmp.full.n_steps,)
     assert cmp.forced.kl_to_reference.max() > 0.01  # a 12-token window changes the distribution

@@ -11,7 +11,7 @@ import pytest
 
 from kvviz.record.text import encode_prompt
 from kvviz.record.trace import ARRAY_FIELDS
-from kvviz.runtime import engine
+from kvviz.runtime import comparison, engine
 
 NEW = 6
 
@@ -38,7 +38,7 @@ def test_the_forced_trace_built_from_the_free_run_is_the_forced_runs(smollm, ids
     m, tok = smollm.model, smollm.tokenizer
     budget = None if spec == "full" else len(ids) - 2  # tova evicts from the first step and still says what full says (measured)
     calls = counting(monkeypatch)
-    runs = dict(engine.against_full_runs(m, tok, ids, spec, budget=budget, max_new_tokens=NEW))
+    runs = dict(comparison.against_full_runs(m, tok, ids, spec, budget=budget, max_new_tokens=NEW))
     assert runs["policy"].generated_ids == runs["full"].generated_ids  # the case this covers
     assert calls == [False, False] and runs["forced"].extra["forced_from_free_run"]  # no third decode
     if spec != "full":
@@ -61,7 +61,7 @@ def test_the_forced_trace_built_from_the_free_run_is_the_forced_runs(smollm, ids
 
 def test_a_run_that_left_the_full_caches_tokens_is_teacher_forced(smollm, ids, monkeypatch):
     calls = counting(monkeypatch)
-    runs = dict(engine.against_full_runs(smollm.model, smollm.tokenizer, ids, "window", budget=4, max_new_tokens=NEW))
+    runs = dict(comparison.against_full_runs(smollm.model, smollm.tokenizer, ids, "window", budget=4, max_new_tokens=NEW))
     assert runs["policy"].generated_ids != runs["full"].generated_ids
     assert calls == [False, False, True] and "forced_from_free_run" not in runs["forced"].extra
     assert runs["forced"].generated_ids == runs["full"].generated_ids
@@ -69,5 +69,5 @@ def test_a_run_that_left_the_full_caches_tokens_is_teacher_forced(smollm, ids, m
 
 def test_sampling_is_always_teacher_forced(smollm, ids, monkeypatch):
     calls = counting(monkeypatch)
-    runs = dict(engine.against_full_runs(smollm.model, smollm.tokenizer, ids, "full", max_new_tokens=3, sample=True, seed=3))
+    runs = dict(comparison.against_full_runs(smollm.model, smollm.tokenizer, ids, "full", max_new_tokens=3, sample=True, seed=3))
     assert calls == [False, False, True] and runs["forced"].teacher_forced

@@ -22,7 +22,7 @@ from tests.references import kl_rows, plain_logprobs64, window_band
 from kvviz.compare.run import compare
 from kvviz.policies.spec import PolicySpec
 from kvviz.runs.bundle import RunSettings
-from kvviz.runtime import engine
+from kvviz.runtime import comparison
 from kvviz.sweep import run as sweep
 
 TEXT = (
@@ -71,7 +71,7 @@ def check_against(kl, top1, full, policy):
 
 def test_against_full_reports_kl_full_to_policy_and_top1(smollm, tokens):
     prompt, _ = tokens
-    runs = engine.against_full(
+    runs = comparison.against_full(
         smollm.model, smollm.tokenizer, prompt, "window", budget=B, max_new_tokens=STEPS, stop_at_eos=False
     )
     seq = prompt + runs.full.generated_ids[:-1]  # what the forced run fed: the full cache's tokens

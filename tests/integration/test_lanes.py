@@ -15,7 +15,7 @@ import pytest
 from kvviz.record.examples import long_document
 from kvviz.record.text import encode_prompt
 from kvviz.record.trace import ARRAY_FIELDS
-from kvviz.runtime import engine, lanes
+from kvviz.runtime import comparison, engine, lanes
 from kvviz.runtime.jobs import Stopped
 from kvviz.sweep import run as sweep
 
@@ -91,11 +91,11 @@ def test_the_three_runs_at_once_equal_the_three_in_turn(smollm, ids, monkeypatch
     if stop_at_eos:
         ids = encode_prompt(tok, "What is 2+2?", chat=True)
     kw = dict(max_new_tokens=24, stop_at_eos=stop_at_eos)
-    in_turn = dict(engine.against_full_runs(model, tok, ids, "snapkv:budget=12", **kw))
+    in_turn = dict(comparison.against_full_runs(model, tok, ids, "snapkv:budget=12", **kw))
     heard = []
     monkeypatch.setattr(lanes, "count", lambda model: 3)
     monkeypatch.setenv("KVVIZ_LIVE_LANES", "1")
-    at_once = dict(engine.against_full_runs(model, tok, ids, "snapkv:budget=12", on_full_step=lambda e: heard.append(e.token_id), **kw))
+    at_once = dict(comparison.against_full_runs(model, tok, ids, "snapkv:budget=12", on_full_step=lambda e: heard.append(e.token_id), **kw))
     assert list(at_once) == ["policy", "full", "forced"]
     for phase in at_once:
         same_trace(at_once[phase], in_turn[phase], skip=("timings", "extra", "stopped_by"))
@@ -108,7 +108,7 @@ def test_the_three_runs_at_once_equal_the_three_in_turn(smollm, ids, monkeypatch
 def test_a_consumer_that_stops_after_the_policy_stops_the_other_lanes(smollm, ids, monkeypatch):
     monkeypatch.setattr(lanes, "count", lambda model: 3)
     monkeypatch.setenv("KVVIZ_LIVE_LANES", "1")
-    runs = engine.against_full_runs(smollm.model, smollm.tokenizer, ids, "snapkv:budget=12", max_new_tokens=200, stop_at_eos=False)
+    runs = comparison.against_full_runs(smollm.model, smollm.tokenizer, ids, "snapkv:budget=12", max_new_tokens=200, stop_at_eos=False)
     phase, _ = next(runs)
     assert phase == "policy"
     t = time.perf_counter()

@@ -13,6 +13,7 @@ import torch
 from kvviz.compare import run as comparison
 from kvviz.compare.job import CompareJob
 from kvviz.runtime.inputs import InputError
+from kvviz.runtime import comparison as beside_full
 from kvviz.runtime import engine
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.why_evicted import evicted_positions, evicts_by_recency, most_evicted, why_evicted
@@ -30,7 +31,7 @@ def test_each_run_equals_an_independent_engine_run(tiny_llama, result):
     assert result.full.generated_ids == full.generated_ids and result.full.kv_bytes == full.kv_bytes
     for text, run in zip(SPECS, result.runs):
         spec = PolicySpec.parse(text)
-        alone = engine.against_full(tiny_llama, Tok(), PROMPT, spec, max_new_tokens=NEW_TOKENS)  # the one-policy sequence
+        alone = beside_full.against_full(tiny_llama, Tok(), PROMPT, spec, max_new_tokens=NEW_TOKENS)  # the one-policy sequence
         assert run.spec == spec and run.trace.spec == spec.to_dict()
         assert run.trace.generated_ids == alone.policy.generated_ids
         assert run.trace.kv_bytes == alone.policy.kv_bytes and run.trace.kv_bytes_full == alone.policy.kv_bytes_full
