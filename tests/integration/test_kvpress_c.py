@@ -29,7 +29,10 @@ from kvviz.policies.params import ratio_budget
 from kvviz.runtime import engine
 
 LAYERS, KV, Q, RATIO = 30, 3, 9, 0.25
-MEASURED_TIES = {False: 3, True: 1}  # criticalkv's differences from the press, every one a tie (measured)
+# criticalkv's differences from the press, every one a tie (measured). Which way a tie (scores equal
+# within 1e-6) goes follows the CPU's float32 summation order: on another x86 machine the adaptive
+# run found 0 where the recorded one found 1. So at most these, and every difference a tie.
+MEASURED_TIES = {False: 3, True: 1}
 ids, kv = test_kvpress_a.ids, test_kvpress_a.kv  # fixtures: the same 182-token prompt, its keys and values
 
 
@@ -83,7 +86,7 @@ def test_criticalkv_keeps_what_the_press_keeps(smollm, ids, kv, adaptive):
            f"{label} {same:,} of {total:,} shared ({share(same, total)}){ties}{filler}",
            shared=same, total=total, extra=extra, untied=untied)
     assert total == LAYERS * KV * budget and untied == 0
-    assert total - same == MEASURED_TIES[adaptive]
+    assert total - same <= MEASURED_TIES[adaptive]
     assert (extra > total - same) == adaptive
     if not adaptive:  # the projected norms matter: plain knorm keeps other entries
         knorm = [[sorted(r.tolist()) for r in knorm_scores(k).topk(budget, dim=-1).indices] for k, _ in kv]
