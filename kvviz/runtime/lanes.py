@@ -48,7 +48,9 @@ def live_at_once() -> bool:
     """Whether the Live comparison's three runs go at once (``KVVIZ_LIVE_LANES=1``; off by default:
     on an H200 two attempts in three failed with "operation not permitted when stream is
     capturing", a lane's stream synchronized while another lane captured its graph; the sweep's
-    teacher-forced lanes did not)."""
+    teacher-forced lanes did not). A likely cause: torch's caching allocator lets another thread's
+    allocations record or poll events of a thread-local capture (pytorch/pytorch#193982); holding
+    the other lanes' steps while a graph is captured is what to try next, on a GPU."""
     return os.environ.get("KVVIZ_LIVE_LANES", "0") == "1"
 
 
