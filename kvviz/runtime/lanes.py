@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
@@ -129,7 +129,3 @@ class TokenFeed:
         with self._cond:
             self._cond.wait_for(lambda: self._done)
             return self._logprobs
-
-
-def maybe_own_stream(model, concurrent: bool):
-    return own_stream(model) if concurrent else nullcontext()

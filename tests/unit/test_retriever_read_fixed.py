@@ -13,8 +13,9 @@ from kvviz.model.random_model import IdTokenizer
 from kvviz.policies.selector import first_true
 from kvviz.runtime import cuda_graphs
 from kvviz.runtime.policy_cache import PolicyCache
+from tests.unit.test_fixed_capacity import inputs  # random (keys, values, positions, queries) of these shapes
 
-KV, Q, D, PROMPT, STEPS = 3, 9, 64, 20, 8
+KV, Q, D, PROMPT, STEPS = 3, 9, 64, 20, 8  # KV, Q and D as test_fixed_capacity's, which inputs() uses
 SPECS = [  # read budgets below, at and above the entries held as the steps go (20 .. 28)
     ("quest", {"read_budget": 8, "page_size": 4, "full_layers": 0}, None),
     ("quest", {"read_budget": 24, "page_size": 5, "full_layers": 0}, None),
@@ -26,13 +27,6 @@ SPECS = [  # read budgets below, at and above the entries held as the steps go (
     ("simhash", {"read_budget": 23, "bits": 2, "tables": 2}, None),  # few bits: many ties (the older entry is read)
     ("snapkv+quest", {"read_budget": 8, "page_size": 4, "full_layers": 0}, 12),
 ]
-
-
-def inputs(n, start, generator):
-    k = torch.randn(1, KV, n, D, generator=generator)
-    v = torch.randn(1, KV, n, D, generator=generator)
-    q = torch.randn(Q, n, D, generator=generator)
-    return k, v, torch.arange(start, start + n), q
 
 
 def prefilled(spec, params, budget):
