@@ -53,6 +53,9 @@ class Quest(Retriever):
         page_size, at least 3 as the authors' evaluation code (evaluation/quest_attention.py)."""
         return min(max(self.read_budget // self.page_size, 3), -(-n // self.page_size))
 
+    def layer_kind(self, layer_idx):
+        return layer_idx < self.full_layers  # those read every entry
+
     def read_count(self, layer_idx, n):
         if layer_idx < self.full_layers or self.read_budget >= n:
             return n
@@ -76,7 +79,9 @@ class Quest(Retriever):
         bound.index_fill_(1, layer.newest() // size, float("inf"))  # the newest page holds the token itself
         top = bound.argsort(dim=-1, descending=True, stable=True)[:, : self.pages(n)]  # (kv_heads, p)
         pages = torch.zeros(bound.shape, dtype=torch.bool, device=bound.device).scatter_(1, top, True)
-        read = pages.repeat_interleave(size, dim=1)[:, :n] & valid  # (kv_heads, n)
+        # each slot's page (not repeat_interleave + slice: inductor in torch 2.13 fuses that with the
+        # ``& valid`` wrongly, reading slots past the entries, in a fused step)
+        read = pages.index_select(1, torch.arange(n, device=pages.device) // size) & valid  # (kv_heads, n)
         if layer.length is not None:  # a read budget that covers every entry held reads them all
             read |= valid & (layer.length <= self.read_budget)
         return read

@@ -138,6 +138,12 @@ class Selector(Policy):
         (a ``Retriever``); None = all of them. Nothing leaves the cache."""
         return None
 
+    def layer_kind(self, layer_idx: int):
+        """What sets this layer's decode step apart from another layer's, beyond its budget: a
+        fused step (``kvviz.runtime.fused_steps``) is compiled once per kind and budget and serves
+        every layer of that kind. None (the default): a decode step reads no layer index."""
+        return None
+
     def protection(self, budget: int | None) -> Protection:
         """What this selector always keeps with a layer budget of ``budget`` entries per KV head
         (sinks, a recent window); recorded on the Trace so views can tell protected entries apart."""

@@ -285,7 +285,7 @@ def _layer_budgets(value: Any, n_layers: int, where: str) -> list[int | None]:
     return [optional(v, lambda x, i=i: check_int(x, f"{where}[{i}]", lo=0, hi=MAX_TOKEN_ID)) for i, v in enumerate(items)]
 
 
-TIMING_TEXTS = {"decode_path", "graph_failure", "fused"}  # the only words among a trace's timings
+TIMING_TEXTS = {"decode_path", "graph_failure", "fused", "fused_steps"}  # the only words among a trace's timings
 
 
 def _timings(value: Any, where: str) -> dict:

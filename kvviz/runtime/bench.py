@@ -47,6 +47,8 @@ class BenchRow:
     speedup_static: float | None = None  # the compiled static-cache generate's median step / this row's (CUDA only)
     graph_failure: str | None = None  # why a CUDA graph could not be captured (the run went on eagerly)
     agree_tokens: int | None = None  # full-cache rows: leading greedy tokens equal to dynamic generate's
+    warmup_s: float | None = None  # CUDA: the warm-up runs at these shapes and the fused steps' background build
+    fused_steps: str | None = None  # the timed runs' trace.timings["fused_steps"] ("all", "none", "failed: ...")
 
 
 @dataclass
@@ -176,6 +178,13 @@ def leading_agreement(a: list[int], b: list[int]) -> int:
     return n
 
 
+def decode_path(timings: dict) -> str:
+    """How a run decoded, for the table: "graph" or "eager", then ", fused" when every block call was
+    fused and ", fused steps" when every steady policy step was (``kvviz.runtime.fused_steps``)."""
+    path = str(timings.get("decode_path", "eager"))
+    return path + (", fused" if timings.get("fused") == "all" else "") + (", fused steps" if timings.get("fused_steps") == "all" else "")
+
+
 def time_policy(model, tokenizer, ids: list[int], spec: PolicySpec, new_tokens: int, graphs: bool):
     """(whole call s, trace) of one kvviz run decoding ``new_tokens`` greedily, EOS ignored."""
     options = DecodeOptions(max_new_tokens=new_tokens, stop_at_eos=False, cuda_graphs=graphs)
@@ -230,16 +239,24 @@ def run_bench(loaded, specs: list[PolicySpec], prompt_tokens: int, new_tokens: i
         progress(f"fused blocks: {fused.blocks_of(model).state()} after {result.fused_build_s:.1f} s")
     for spec in specs:
         time_policy(model, tok, ids[:256], spec.with_budget(min(spec.budget, 128)) if spec.budget else spec, 8, graphs)
+        t0 = time.perf_counter()
+        if device.type == "cuda":  # the policy's fused steps (kvviz.runtime.fused_steps) for these shapes, built before timing
+            time_policy(model, tok, ids, spec, new_tokens, graphs)
+            if live:
+                time_live(model, tok, ids, spec, new_tokens, graphs)
+            fused.wait()
         runs = [time_policy(model, tok, ids, spec, new_tokens, graphs) for _ in range(repeats)]
         trace = runs[-1][1]
         step = statistics.median(statistics.median(t.timings["step_s"][1:] or t.timings["step_s"]) for _, t in runs)
         row = BenchRow(
             spec.label(), spec.to_text(), 1e3 * step, statistics.median(c for c, _ in runs),
             prefill_ms=1e3 * statistics.median(t.timings["prefill_s"] for _, t in runs),
-            decode_path=str(trace.timings.get("decode_path", "eager")) + (", fused" if trace.timings.get("fused") == "all" else ""),
+            decode_path=decode_path(trace.timings),
             kv_bytes=int(trace.kv_bytes[-1]), kv_bytes_full=int(trace.kv_bytes_full[-1]),
             floor_ms=floor_ms(weight_bytes, int(trace.kv_bytes[-1]), bw),
             graph_failure=trace.timings.get("graph_failure"),
+            warmup_s=time.perf_counter() - t0 - sum(c for c, _ in runs) if device.type == "cuda" else None,
+            fused_steps=str(trace.timings.get("fused_steps")),
         )
         if spec.to_text() == "full":
             row.agree_tokens = leading_agreement([int(t) for t in trace.generated_ids], reference)

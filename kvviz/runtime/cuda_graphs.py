@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,6 +46,30 @@ from kvviz.storage.fixed_capacity import set_path
 # several lanes, kvviz.runtime.lanes, capture their graphs at about the same time).
 _CAPTURE_LOCK = threading.Lock()
 _capture_streams: dict[torch.device, torch.cuda.Stream] = {}
+_building = threading.Event()  # set while the background builder (kvviz.runtime.fused) runs CUDA work
+
+
+@contextmanager
+def no_capture():
+    """For the background builder of fused kernels: no graph is captured while it compiles and runs
+    them (its allocations and syncs would break a capture in progress, or fail in it: "operation
+    not permitted when stream is capturing"). A run that would capture meanwhile steps eagerly and
+    captures at a later step: it never waits for the compiler."""
+    with _CAPTURE_LOCK:
+        _building.set()
+        try:
+            yield
+        finally:
+            _building.clear()
+
+
+def _take_capture_lock() -> bool:
+    """Take the capture lock: wait for another run's capture (a fraction of a second), not for a
+    build; False while the builder holds it."""
+    while not _CAPTURE_LOCK.acquire(timeout=0.05):
+        if _building.is_set():
+            return False
+    return True
 
 
 def _capture_stream(device: torch.device) -> torch.cuda.Stream:
@@ -127,7 +152,13 @@ class DecodeGraph:
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 self.warmed = True
                 return logits
-            if not self._capture():
+            if not _take_capture_lock():  # the builder is at work: this step eagerly, the capture later
+                return self.forward(self.ids, self.positions)
+            try:
+                captured = self._capture()
+            finally:
+                _CAPTURE_LOCK.release()
+            if not captured:
                 return None
         assert self.graph is not None  # captured above (_capture() returned True)
         self.graph.replay()
@@ -136,7 +167,7 @@ class DecodeGraph:
         return self.logits
 
     def _capture(self) -> bool:
-        """Capture one step; False (state put back, ``failure`` set) when capture fails. Nothing
+        """Capture one step (the capture lock held); False (state put back, ``failure`` set) when capture fails. Nothing
         captured ran, so the layers' state from before the step is still right. The capture is
         thread-local: other threads (another session of the app) may use CUDA meanwhile."""
         layers = self.cache.layers
@@ -147,7 +178,7 @@ class DecodeGraph:
             generator = self.cache.generator
             if generator is not None and generator.device.type == "cuda":
                 graph.register_generator_state(generator)  # draws at decode advance it per replay
-            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=_capture_stream(self.device), capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=_capture_stream(self.device), capture_error_mode="thread_local"):
                 self.logits = self.forward(self.ids, self.positions)
                 for layer, old in zip(layers, before):
                     new = layer_state(layer)

@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz.runtime import cuda_graphs, fused
+from kvviz.runtime import cuda_graphs, fused, fused_steps
 from kvviz.runtime.jobs import Stopped
 from kvviz.runtime.lanes import TokenFeed
 from kvviz.model import devices
@@ -260,6 +260,8 @@ def run(
         cache.interrupt = None
         decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
         t_prefill = _sync_time(used) - t0
+        if decoder.fused(options) and fused.available(model) is None and fused_steps.by_default():
+            cache.fused_steps = fused_steps.Steps(cache)
         with fused.decoding(model, enabled=decoder.fused(options)) as fused_report:
             for step in range(options.n_steps):
                 t_step = time.perf_counter()
@@ -281,7 +283,10 @@ def run(
         "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
         "decode_path": decoder.path,  # "graph": steps were replayed from a CUDA graph
         "fused": fused_report["fused"],  # the model's blocks fused: "all", "some", "building", or why not
+        # the policy's steps fused (kvviz.runtime.fused_steps): "all", "some", "building", "none", or why not
+        "fused_steps": cache.fused_steps.state() if cache.fused_steps is not None else "off",
     }
+    cache.fused_steps = None
     if decoder.failure:
         timings["graph_failure"] = decoder.failure
     if options.forced_feed is not None and options.reference_logprobs is None:  # the followed run's, once it ended

@@ -40,6 +40,8 @@ from contextlib import contextmanager
 
 import torch
 
+from kvviz.runtime import cuda_graphs
+
 COMPILE_OPTIONS: dict = {"emulate_precision_casts": True}  # round as eager does: bf16 after every op
 _local = threading.local()  # .blocks: the Blocks of the run decoding on this thread, if fused
 _lock = threading.Lock()
@@ -101,6 +103,19 @@ def _signature(args: tuple, kwargs: dict) -> tuple | None:
     return tuple(out)
 
 
+def configure_thread() -> None:
+    """torch.compile's settings for this thread (torch keeps them per thread: a thread starts with
+    the defaults), set by each thread that builds or calls kvviz's compiled code:
+    - while the builder thread compiles, torch's FX tracer patches every module's ``__call__`` for
+      the whole process, and a compiled function called on another thread would raise
+      (``error_on_nested_fx_trace``); it runs its plain code instead: a run decoding meanwhile is
+      unfused for those calls, not stopped;
+    - one compiled policy step per policy, parameters and shapes (``kvviz.runtime.fused_steps``):
+      more than torch's default of 8 per function."""
+    torch._dynamo.config.error_on_nested_fx_trace = False
+    torch._dynamo.config.recompile_limit = 256
+
+
 def _compile(target):
     with _lock:
         if target not in _compiled:
@@ -157,7 +172,7 @@ class Blocks:
             example = (tuple(map(copy, args)), {k: copy(v) for k, v in kwargs.items()})
             if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
                 torch.cuda.current_stream().synchronize()  # the copies exist before the builder's stream reads them
-            _ask(self, (target, sig), example)
+            ask(self, (target, sig), example)
         return original(*args, **kwargs)
 
     # the background build ---------------------------------------------------------------------
@@ -180,6 +195,9 @@ class Blocks:
             if stream is not None:
                 stream.synchronize()
         self.ready.add(key)
+
+    def fail(self, key: tuple, why: str) -> None:
+        self.failure = why
 
     def state(self) -> str:
         if self.failure:
@@ -235,9 +253,11 @@ def _unpatch(space: dict) -> None:
         del _patched[id(space)]
 
 
-def _ask(blocks: Blocks, key: tuple, example: tuple) -> None:
+def ask(owner, key: tuple, example: tuple) -> None:
+    """Have the background thread call ``owner.build(key, example)`` (``owner.fail(key, why)`` when
+    it raises); ``owner``: a model's Blocks, or a policy step's build (``kvviz.runtime.fused_steps``)."""
     global _builder
-    _builds.put((blocks, key, example))
+    _builds.put((owner, key, example))
     with _lock:
         if _builder is None or not _builder.is_alive():
             _builder = threading.Thread(target=_build_loop, name="kvviz-fused-build", daemon=True)
@@ -245,14 +265,16 @@ def _ask(blocks: Blocks, key: tuple, example: tuple) -> None:
 
 
 def _build_loop() -> None:
+    configure_thread()
     while True:
-        blocks, key, example = _builds.get()
+        owner, key, example = _builds.get()
         try:
-            if not blocks.failure:
-                blocks.build(key, example)
-        except Exception as exc:  # a block inductor cannot compile: the model decodes eagerly, as before
+            if not owner.failure:
+                with cuda_graphs.no_capture():
+                    owner.build(key, example)
+        except Exception as exc:  # what inductor cannot compile runs eagerly, as before
             first = str(exc).splitlines()[0] if str(exc) else ""
-            blocks.failure = f"{type(exc).__name__}: {first}"[:300]
+            owner.fail(key, f"{type(exc).__name__}: {first}"[:300])
         finally:
             _builds.task_done()
 
@@ -281,6 +303,7 @@ def decoding(model, enabled: bool = True):
         report["fused"] = why
         yield report
         return
+    configure_thread()
     blocks = blocks_of(model)
     with _lock:
         if blocks.users == 0:

@@ -23,7 +23,7 @@ step's last query put on the entries evicted at that step.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, cast
+from typing import TYPE_CHECKING, Callable, cast
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -38,6 +38,9 @@ from kvviz.policies.selector import LayerView, Retriever, Selection, StepContext
 from kvviz.policies.store import Store
 from kvviz.policies.scoring import attention_probs
 from kvviz.record.trace import Protection, StoreError
+
+if TYPE_CHECKING:
+    from kvviz.runtime.fused_steps import Steps
 
 CACHE_KEYWORDS = ("cache", "past_key_values", "layer_past")  # the attention's cache argument (>= 5.24, before; GPT-NeoX)
 
@@ -215,7 +218,12 @@ class LayerCall:
         self._cache, self._positions, self._queries = cache, positions, queries
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        return self._cache.layers[layer_idx].step(key_states, value_states, self._positions, self._queries)
+        layer, steps = self._cache.layers[layer_idx], self._cache.fused_steps
+        if steps is not None:  # the step compiled, where built (kvviz.runtime.fused_steps)
+            out = steps.step(layer, key_states, value_states, self._positions, self._queries)
+            if out is not None:
+                return out
+        return layer.step(key_states, value_states, self._positions, self._queries)
 
     def __getattr__(self, name):
         return getattr(self._cache, name)
@@ -265,6 +273,7 @@ class PolicyCache(Cache):
         self.generator = generator
         self.measure_lost_mass = measure_lost_mass
         self.interrupt: Callable[[], bool] | None = None  # asked before each layer while set (the prefill)
+        self.fused_steps: Steps | None = None  # a run's fused policy steps while it decodes fused
         sel = pipeline.selector
         self.budget = sel.resolve_budget(self.context_len) if sel is not None else None
         self.layer_budgets = [

@@ -235,16 +235,24 @@ def play_steps(show_step, last: int, pause_s: float = 0.4) -> None:
 
 
 def decoding_text(timings: dict) -> str:
-    """How the policy's decode steps ran: replayed from a CUDA graph or eager, and whether the
-    model's norms, MLPs and rotary embedding ran fused (``kvviz.runtime.fused``: built in the
-    background, so a first run on a fresh server decodes unfused)."""
+    """How the policy's decode steps ran: replayed from a CUDA graph or eager, whether the model's
+    norms, MLPs and rotary embedding ran fused (``kvviz.runtime.fused``: built in the background,
+    so a first run on a fresh server decodes unfused), and the policy's own steps
+    (``kvviz.runtime.fused_steps``: built for each prompt length and budget)."""
     path = _("replayed from a CUDA graph") if timings.get("decode_path") == "graph" else _("eager, step by step")
     fused = {
         "all": _("the model's blocks fused (torch.compile)"),
         "some": _("some of the model's blocks fused (their build ended during the run)"),
         "building": _("the model's blocks not fused yet (being built in the background for the next run)"),
     }.get(str(timings.get("fused", "off")), _("the model's blocks not fused"))
-    return f"{path} · {fused}"
+    steps = {
+        "all": _("the policy's steps fused"),
+        "some": _("some of the policy's steps fused (their build ended during the run)"),
+        "building": _("the policy's steps not fused yet (being built in the background for the next run at this length)"),
+    }.get(str(timings.get("fused_steps", "off")))
+    if str(timings.get("fused_steps", "")).startswith("failed"):
+        steps = _("the policy's steps not fused (torch.compile could not build them)")
+    return " · ".join(part for part in (path, fused, steps) if part)
 
 
 def details(result: live_run.LiveResult) -> None:
