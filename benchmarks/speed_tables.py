@@ -44,7 +44,8 @@ def summary(result) -> str:
         "|---|---|---|" + ("---|" if static else "") + "---|",
     ]
     for r in result.rows:
-        name = r.config if r.config.startswith("transformers") else f"kvviz `{r.config}`" + (" (CUDA graph)" if r.decode_path == "graph" else "")
+        path = r.decode_path.replace("graph", "CUDA graph", 1)  # "graph, fused, fused steps": the step's fused kernels too
+        name = r.config if r.config.startswith("transformers") else f"kvviz `{r.config}`" + (f" ({path})" if path.startswith("CUDA graph") else "")
         cells = [name, f"{r.step_ms:.2f}", f"{r.speedup:.2f}"] + ([f"{r.speedup_static:.2f}" if r.speedup_static else ""] if static else [])
         lines.append("| " + " | ".join(cells + [f"{r.call_s:.2f} s"]) + " |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from kvviz.commands.run import add_model_args, load
@@ -47,6 +48,8 @@ def main(args) -> int:
     loaded = load(args)
     result = run_bench(loaded, wanted, args.prompt_tokens, args.new_tokens, args.repeats, graphs=not args.no_graphs,
                        live=args.live, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result.command = "python -m kvviz " + " ".join(sys.argv[1:])
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))

@@ -70,6 +70,8 @@ class BenchResult:
     baseline_ms: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     fused_build_s: float | None = None  # a warm-up run, then the fused blocks' background build (kvviz.runtime.fused)
+    date: str = ""  # when it ran (UTC), as the CLI writes it
+    command: str = ""  # the command line that ran it
 
     def to_dict(self) -> dict:
         return asdict(self)
