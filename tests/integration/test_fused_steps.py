@@ -119,3 +119,29 @@ def test_a_policy_torch_cannot_trace_decodes_as_before_and_says_so(model):
     _, after = fused_run(model, "random:budget=16")
     assert after.timings["fused_steps"].startswith("failed: ")
     assert_same(after, plain)
+
+
+def test_two_runs_at_once_share_the_built_steps(model):
+    """Two visitors of a shared server: runs on two threads use the same compiled step, each on
+    its own template, and get what each gets alone."""
+    import threading
+
+    specs = ["tova:budget=16", "kivi"]
+    alone = {spec: run(model, spec, False) for spec in specs}
+    for spec in specs:
+        fused_run(model, spec)
+    out: dict = {}
+
+    def go(spec):
+        out[spec] = [run(model, spec, True) for _ in range(3)]
+
+    threads = [threading.Thread(target=go, args=(spec,)) for spec in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for spec in specs:
+        assert len(out[spec]) == 3
+        for trace in out[spec]:
+            assert trace.timings["fused_steps"] == "all"
+            assert_same(trace, alone[spec])
