@@ -41,7 +41,6 @@ _compiled = None
 _ready: set[tuple] = set()  # signatures built
 _asked: set[tuple] = set()
 _failed: dict[tuple, str] = {}  # signature -> why its build failed (the step then stays eager)
-RECORDS = ("evicted_at", "scores", "lost_mass", "read_at", "recall")  # RunRecords' tensors, one row per layer
 
 
 def backend() -> str:
@@ -68,6 +67,11 @@ def _compiled_step():
             options = fused.COMPILE_OPTIONS if name == "inductor" else None
             _compiled = torch.compile(_body, backend=name, fullgraph=True, dynamic=False, options=options)
         return _compiled
+
+
+def record_names(rec) -> list[str]:
+    """The tensors of a RunRecords: one row per layer of its device, each."""
+    return [name for name, value in vars(rec).items() if isinstance(value, torch.Tensor)]
 
 
 def _is_state(value) -> bool:
@@ -118,7 +122,7 @@ class Template:
         self.layer.seen = cache.prompt_len + 1  # a decode step's (graph-safe steps use no per-step number)
         self.layer.mix = None
         if clone:
-            for name in RECORDS:
+            for name in record_names(rec):
                 setattr(self.records, name, getattr(rec, name)[row : row + 1].clone())
 
     def load(self, layer: PolicyLayer) -> None:
@@ -126,7 +130,7 @@ class Template:
         for path in self.paths:
             set_path(self.layer, path, get_path(layer, path))
         rec, row = layer.owner.record_slot[layer.layer_idx]
-        for name in RECORDS:
+        for name in record_names(rec):
             setattr(self.records, name, getattr(rec, name)[row : row + 1])
         self.layer.seen = layer.owner.prompt_len + 1
         self.layer.mix = None
@@ -158,7 +162,7 @@ def _signature(layer: PolicyLayer, keys, queries) -> tuple:
         repr(sel), repr(cache.pipeline.storage), repr(cache.pipeline.reader),
         cache.layer_budgets[layer.layer_idx],
         tuple(p.layer_kind(layer.layer_idx) for p in (sel, cache.pipeline.reader) if p is not None),
-        tensors, tuple(rec.evicted_at.shape), cache.prompt_len, cache.measure_lost_mass,
+        tensors, tuple(tuple(getattr(rec, n).shape) for n in record_names(rec)), cache.prompt_len, cache.measure_lost_mass,
         tuple(keys.shape), keys.dtype, str(keys.device), None if queries is None else tuple(queries.shape),
         torch.is_inference_mode_enabled(),
     )

@@ -230,7 +230,8 @@ class LayerCall:
 
 
 class RunRecords:
-    """What the Trace needs from the layers on one device, written there without host reads."""
+    """What the Trace needs from the layers on one device, written there without host reads. Every
+    tensor has one row per layer (a fused policy step, kvviz.runtime.fused_steps, is handed its layer's)."""
 
     def __init__(self, device, layers: list[int], n_kv_heads: int, capacity: int):
         self.device, self.layers = torch.device(device), layers
