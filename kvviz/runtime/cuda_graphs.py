@@ -38,7 +38,7 @@ import torch
 
 from kvviz.storage import fixed_capacity
 from kvviz.runtime.policy_cache import PolicyCache
-from kvviz.storage.fixed_capacity import set_path
+from kvviz.storage.fixed_capacity import get_path, set_path
 
 
 # One capture at a time in the process: torch.cuda.graph synchronizes the device and empties the
@@ -95,33 +95,10 @@ def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -
     return getattr(sel, "graph_safe", False) and all(b is not None for b in cache.layer_budgets)
 
 
-def _is_state(value) -> bool:
-    """Objects of kvviz's own whose tensors are part of a store's state (streams, meters)."""
-    return type(value).__module__.startswith("kvviz.") and not isinstance(value, torch.Tensor)
-
-
-def _tensors(obj, path: tuple = ()) -> dict[tuple, torch.Tensor]:
-    """Every tensor reachable from ``obj`` through dicts and kvviz objects, by attribute path."""
-    items = obj.items() if isinstance(obj, dict) else vars(obj).items()
-    out = {}
-    for name, value in items:
-        if isinstance(value, torch.Tensor):
-            out[path + (name,)] = value
-        elif isinstance(value, dict) or _is_state(value):
-            out.update(_tensors(value, path + (name,)))
-    return out
-
-
 def layer_state(layer) -> dict[tuple, torch.Tensor]:
-    """The tensors a decode step reads and replaces: the store's, the positions, the stats."""
-    return _tensors({"store": layer.store, "positions": layer.positions, "stats": layer.stats})
-
-
-def _set_state(layer, path: tuple, tensor: torch.Tensor) -> None:
-    if path[0] == "store":
-        set_path(layer.store, path[1:], tensor)
-    else:
-        set_path(layer, path, tensor)
+    """The tensors a decode step reads and replaces: the store's, the positions, the stats (a
+    fixed-capacity layer's buffers are written in place: nothing to copy back)."""
+    return {path: get_path(layer, path) for path in layer.state_paths(fixed=False)}
 
 
 class DecodeGraph:
@@ -198,6 +175,6 @@ class DecodeGraph:
         finally:
             for layer, old, s in zip(layers, before, seen):
                 for path, tensor in old.items():
-                    _set_state(layer, path, tensor)
+                    set_path(layer, path, tensor)
                 layer.seen = s
         return self.graph is not None

@@ -74,36 +74,6 @@ def record_names(rec) -> list[str]:
     return [name for name, value in vars(rec).items() if isinstance(value, torch.Tensor)]
 
 
-def _is_state(value) -> bool:
-    return type(value).__module__.startswith("kvviz.") and not isinstance(value, (torch.Tensor, PolicyCache, PolicyLayer))
-
-
-def state_paths(layer: PolicyLayer) -> list[tuple]:
-    """Attribute paths, from the layer, of every tensor its step reads or replaces: the store's, the
-    positions, the stats, a fixed-capacity layer's buffers (aliases listed once per path)."""
-    out: list[tuple] = []
-    seen: set[int] = set()
-
-    def walk(obj, path):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        items = obj.items() if isinstance(obj, dict) else vars(obj).items()
-        for name, value in items:
-            if isinstance(value, torch.Tensor):
-                out.append(path + (name,))
-            elif isinstance(value, dict) or _is_state(value):
-                walk(value, path + (name,))
-
-    for name in ("store", "positions", "stats", "fixed"):
-        value = getattr(layer, name)
-        if isinstance(value, torch.Tensor):
-            out.append((name,))
-        elif value is not None:
-            walk(value, (name,))
-    return out
-
-
 class Template:
     """A layer's stand-in for compiled steps: a copy whose tensors are swapped for a layer's."""
 
@@ -114,7 +84,7 @@ class Template:
         owner = copy.copy(cache)
         owner.record_slot = [(self.records, 0)] * cache.n_layers
         owner.records = [self.records]
-        self.paths = state_paths(layer)
+        self.paths = layer.state_paths()
         memo: dict = {id(cache): owner}
         if not clone:  # the same tensors (swapped per call); a clone (a background build's example) copies them
             memo.update({id(get_path(layer, p)): get_path(layer, p) for p in self.paths})
@@ -156,7 +126,7 @@ def _signature(layer: PolicyLayer, keys, queries) -> tuple:
     budget, every tensor's shape and dtype, the prompt's length (the records' step origin)."""
     cache = layer.owner
     sel = cache.pipeline.selector
-    tensors = tuple((p, tuple(t.shape), t.dtype) for p in state_paths(layer) for t in [_tensor(layer, p)])
+    tensors = tuple((p, tuple(t.shape), t.dtype) for p in layer.state_paths() for t in [_tensor(layer, p)])
     rec, _row = cache.record_slot[layer.layer_idx]
     return (
         repr(sel), repr(cache.pipeline.storage), repr(cache.pipeline.reader),

@@ -181,6 +181,31 @@ class PolicyLayer(CacheLayerMixin):
         """Move the entries into buffers of ``capacity`` slots (see ``kvviz.storage.fixed_capacity``)."""
         self.fixed = FixedLayer(self, capacity)
 
+    def state_paths(self, fixed: bool = True) -> list[tuple[str, ...]]:
+        """Attribute paths, from the layer, of every tensor a decode step reads or replaces: the
+        store's (through its dicts and kvviz objects), the positions, the stats, and with ``fixed``
+        a fixed-capacity layer's buffers. An object reached by two paths is listed under both (a
+        step may replace it under one), never inside itself. A CUDA graph copies them back
+        (``kvviz.runtime.cuda_graphs``); a fused step swaps them in (``kvviz.runtime.fused_steps``)."""
+        out: list[tuple[str, ...]] = []
+
+        def walk(obj, path, above: tuple[int, ...] = ()):
+            if id(obj) in above:
+                return
+            for name, value in (obj.items() if isinstance(obj, dict) else vars(obj).items()):
+                if isinstance(value, torch.Tensor):
+                    out.append(path + (name,))
+                elif isinstance(value, dict) or _is_state(value):
+                    walk(value, path + (name,), above + (id(obj),))
+
+        for name in ("store", "positions", "stats", "fixed") if fixed else ("store", "positions", "stats"):
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                out.append((name,))
+            elif value is not None:
+                walk(value, (name,))
+        return out
+
     def nbytes(self) -> int:
         """Bytes of the K/V tensors held (of the entries held, for a fixed-capacity layer)."""
         if self.store is None:
@@ -207,6 +232,11 @@ class PolicyLayer(CacheLayerMixin):
             if s.shape[-1] == n:
                 self.stats[name] = s.gather(1, sel.keep)
         return ~kept
+
+
+def _is_state(value) -> bool:
+    """Objects of kvviz's own whose tensors are part of a layer's state (streams, meters, buffers)."""
+    return type(value).__module__.startswith("kvviz.") and not isinstance(value, (torch.Tensor, PolicyCache, PolicyLayer))
 
 
 class LayerCall:

@@ -73,7 +73,7 @@ def assert_same(fast, plain, ties: bool = False):
 # capacity, a composition of both
 SPECS = ["h2o:budget=16", "tova:budget=16", "streaming_llm:budget=16", "knorm:budget=16", "lru:budget=16",
          "window:budget=16", "kivi", "quant", "quest:read_budget=32,page_size=8", "sparq:read_budget=32",
-         "snapkv+quant:budget=16", "h2o+quant:budget=16", "full"]
+         "snapkv+quant:budget=16", "h2o+quant:budget=16", "h2o+kivi:budget=16", "full"]
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -9,16 +9,23 @@ import time
 from kvviz.runtime import cuda_graphs
 
 
-def test_a_capture_does_not_wait_for_the_builder():
+def builder() -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """A started thread that works as the builder does (inside ``no_capture``) once it gets in,
+    until ``leave`` is set: (thread, inside, leave)."""
     inside, leave = threading.Event(), threading.Event()
 
-    def builder():
+    def work():
         with cuda_graphs.no_capture():
             inside.set()
             leave.wait(5)
 
-    t = threading.Thread(target=builder)
+    t = threading.Thread(target=work)
     t.start()
+    return t, inside, leave
+
+
+def test_a_capture_does_not_wait_for_the_builder():
+    t, inside, leave = builder()
     inside.wait(5)
     t0 = time.perf_counter()
     assert cuda_graphs._take_capture_lock() is False
@@ -44,15 +51,7 @@ def test_a_capture_waits_for_another_runs_capture():
 
 def test_the_builder_waits_for_a_capture_in_progress():
     assert cuda_graphs._take_capture_lock()
-    entered, leave = threading.Event(), threading.Event()
-
-    def builder():
-        with cuda_graphs.no_capture():
-            entered.set()
-            leave.wait(5)
-
-    t = threading.Thread(target=builder)
-    t.start()
+    t, entered, leave = builder()
     assert not entered.wait(0.2)
     cuda_graphs._CAPTURE_LOCK.release()
     assert entered.wait(5)
