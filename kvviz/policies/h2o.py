@@ -7,7 +7,7 @@ import torch
 from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector
-from kvviz.policies.scoring import accumulated_attention, attention_probs
+from kvviz.policies.scoring import accumulated_attention, attention_probs, last_query_probs
 from kvviz.record.trace import Protection
 
 
@@ -41,6 +41,8 @@ class H2O(ScoredSelector):
         queries, query_positions = layer.captured_queries()
         if ctx.is_prefill:
             acc += accumulated_attention(queries, layer.keys, query_positions, layer.positions)
+        elif queries.shape[1] == 1:  # a decode step: the new token's attention
+            acc += last_query_probs(layer)
         else:
             acc += attention_probs(queries, layer.keys, query_positions, layer.positions).sum(dim=1)
 

@@ -48,6 +48,19 @@ def attention_probs(
     return probs
 
 
+def last_query_probs(layer) -> torch.Tensor:
+    """(kv_heads, n): the attention of the step's last query over the layer's entries (a
+    ``LayerView``, its queries captured), each group of query heads averaged. Computed once per
+    step and kept in ``layer.scratch``: TOVA scores with it, H2O adds it up, and the cache
+    measures the attention mass an eviction loses with it."""
+    probs = layer.scratch.get("last_query_probs")
+    if probs is None:
+        queries, query_positions = layer.captured_queries()
+        probs = attention_probs(queries[:, -1:], layer.keys, query_positions[-1:], layer.positions)[:, 0]
+        layer.scratch["last_query_probs"] = probs
+    return probs
+
+
 def accumulated_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -81,12 +94,19 @@ def keep_top(scores: torch.Tensor, k: int, protect: torch.Tensor | None = None) 
     """Indices (kv_heads, k), ascending, of the k highest scores per KV head.
 
     ``protect`` (kv_heads, n) bool marks entries that are always kept (sinks, recent window):
-    they rank above every scored entry.
+    they rank above every scored entry. Dropping one entry of n (an evicting selector's steady
+    decode step) is the argmin alone, where a tie for the lowest score evicts the oldest of the
+    tied entries (top-k leaves a tie to its implementation); on CUDA this is one reduction where
+    top-k and the sort of its indices took several kernels.
     """
-    k = min(k, scores.shape[-1])
+    n = scores.shape[-1]
+    k = min(k, n)
     ranked = scores.float()
     if protect is not None:
         ranked = ranked.masked_fill(protect, float("inf"))
+    if k == n - 1:  # one entry in, one out (an evicting selector's decode step): no top-k, no sort
+        slots = torch.arange(k, device=scores.device)
+        return slots + (slots >= ranked.argmin(dim=-1, keepdim=True))
     idx = ranked.topk(k, dim=-1).indices
     return idx.sort(dim=-1).values
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from kvviz.i18n import N_
 from kvviz.policies.params import param
 from kvviz.policies.selector import ScoredSelector
-from kvviz.policies.scoring import attention_probs
+from kvviz.policies.scoring import last_query_probs
 
 
 @dataclass
@@ -28,10 +28,7 @@ class TOVA(ScoredSelector):
     per_kv_head: bool = param(False, N_("Rank per KV head (mean of its query heads) instead of the paper's mean over all heads of the layer."))
 
     def score(self, layer, ctx):
-        queries, query_positions = layer.captured_queries()
-        probs = attention_probs(
-            queries[:, -1:], layer.keys, query_positions[-1:], layer.positions
-        )[:, 0]  # (kv_heads, n): the current (or last prompt) query, mean over each group
+        probs = last_query_probs(layer)  # (kv_heads, n): the current (or last prompt) query, mean over each group
         if not self.per_kv_head:  # every KV head holds the same entries: average over the layer
             probs = probs.mean(dim=0, keepdim=True).expand_as(probs)
         return probs

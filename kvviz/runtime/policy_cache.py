@@ -36,7 +36,7 @@ from kvviz.policies import Pipeline, PolicyError
 from kvviz.policies.recall import topk_recall
 from kvviz.policies.selector import LayerView, Retriever, Selection, StepContext
 from kvviz.policies.store import Store
-from kvviz.policies.scoring import attention_probs
+from kvviz.policies.scoring import attention_probs, last_query_probs
 from kvviz.record.trace import Protection, StoreError
 
 if TYPE_CHECKING:
@@ -467,7 +467,7 @@ class PolicyCache(Cache):
             self.record_read(layer, view, read, None, new_positions)
         decision = acting.step(view, ctx) if acting is not None else None
         if decision is not None:
-            self.record(layer, decision, keys, new_positions, queries)
+            self.record(layer, decision, view, new_positions)
         if read is not None and self.measure_lost_mass and queries is not None:
             self.record_unread(layer, view, read, None, queries, new_positions, add=decision is not None)
         return read
@@ -519,12 +519,13 @@ class PolicyCache(Cache):
         rec.lost_mass[row] = unread + (rec.lost_mass[row] if add else 0)
         rec.recall[row] = topk_recall(probs, read, reading)
 
-    def record(self, layer: PolicyLayer, decision: Selection, keys, new_positions, queries) -> None:
+    def record(self, layer: PolicyLayer, decision: Selection, view: LayerView, new_positions: torch.Tensor) -> None:
         """Apply the decision to the layer and write the trace's records: scores, the step at
         which each evicted entry left (computed on the device from the new tokens' positions:
         a step's last new token sits at ``prompt_len + step - 1``, the prompt's at
-        ``prompt_len - 1``, so a replayed CUDA graph writes the right step) and the lost mass."""
-        positions = layer.held()[1]
+        ``prompt_len - 1``, so a replayed CUDA graph writes the right step) and the lost mass:
+        the attention the step's last query put on the entries evicted."""
+        positions = view.positions
         rec, row = self.record_slot[layer.layer_idx]
         if decision.scores is not None:
             rec.scores[row].scatter_(1, positions, decision.scores.float())
@@ -532,9 +533,8 @@ class PolicyCache(Cache):
         step = (new_positions[-1] - (self.prompt_len - 1)).clamp_min(0).to(torch.int32)
         # every entry held until now was never evicted (-1): write the step where it leaves
         rec.evicted_at[row].scatter_(1, positions, torch.where(evicted, step, -1).to(torch.int32))
-        if self.measure_lost_mass and queries is not None:
-            probs = attention_probs(queries[:, -1:], keys, new_positions[-1:], positions)[:, 0]  # (kv_heads, n)
-            rec.lost_mass[row] = (probs * evicted).sum(dim=-1).mean()
+        if self.measure_lost_mass and view.queries is not None:
+            rec.lost_mass[row] = (last_query_probs(view) * evicted).sum(dim=-1).mean()
 
     @property
     def evicted_at(self) -> torch.Tensor:

@@ -7,6 +7,8 @@ every state tensor, the read mask too (what a graph's replay needs)."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvviz.policies import build
 from kvviz.model.random_model import IdTokenizer
@@ -115,3 +117,13 @@ def test_both_attentions_read_the_read_mask_on_a_tiny_llama(tiny_llama, attentio
     # the last step, 35 entries held: 8 read by sparq; two pages of 4 and the newest (3) by quest
     assert (fixed.read_mask == growing.read_mask).all() and fixed.read_mask[-1, -1].sum() == 2 * (8 if spec == "sparq" else 11)
     torch.testing.assert_close(fixed.extra["logprobs"].exp(), growing.extra["logprobs"].exp(), rtol=0, atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 4), st.integers(0, 2**31 - 1), st.floats(0, 1), st.data())
+def test_first_true_is_a_stable_sort_of_the_mask(n, rows, seed, share, data):
+    """The prefix-sum compaction gives what a stable argsort of ``~mask`` gives, for any mask and k."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, n, generator=g) < share
+    k = data.draw(st.integers(1, n))
+    assert torch.equal(first_true(mask, k), (~mask).to(torch.uint8).argsort(dim=-1, stable=True)[:, :k])

@@ -3,6 +3,8 @@
 import math
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvviz.policies.scoring import accumulated_attention, attention_probs, keep_top, recent_mask
 
@@ -50,3 +52,23 @@ def test_keep_top_protects_and_sorts():
 def test_recent_mask_counts_back_from_the_newest_entry():
     positions = torch.tensor([[0, 3, 7, 8, 9], [0, 1, 2, 8, 9]])
     assert recent_mask(positions, 2).tolist() == [[False, False, False, True, True]] * 2
+
+
+def test_keep_top_dropping_one_entry_evicts_the_lowest_and_the_oldest_of_a_tie():
+    """One entry in, one out (k = n - 1): the argmin alone, no top-k; a tie for the lowest score
+    evicts the oldest of the tied entries, and protected entries are never the one."""
+    scores = torch.tensor([[0.5, 0.1, 0.9, 0.1, 0.3], [0.2, 0.2, 0.2, 0.2, 0.2], [0.0, 0.4, 0.9, 0.8, 0.7]])
+    protect = torch.tensor([[False] * 5, [False] * 5, [True, False, False, False, False]])
+    assert keep_top(scores, 4, protect).tolist() == [[0, 2, 3, 4], [1, 2, 3, 4], [0, 2, 3, 4]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 4), st.integers(0, 2**31 - 1), st.floats(0, 1))
+def test_keep_top_dropping_one_keeps_what_top_k_keeps_without_ties(n, rows, seed, share):
+    """Scores without ties: the argmin path keeps exactly what top-k then a sort of its indices keeps."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randperm(rows * n, generator=g).reshape(rows, n).float()  # distinct: no ties
+    protect = torch.rand(rows, n, generator=g) < share
+    protect[:, 0] = False  # at least one entry can leave (a decode step protects at most the budget)
+    ranked = scores.masked_fill(protect, float("inf"))
+    assert torch.equal(keep_top(scores, n - 1, protect), ranked.topk(n - 1, dim=-1).indices.sort(dim=-1).values)
