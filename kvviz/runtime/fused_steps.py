@@ -55,8 +55,18 @@ def by_default() -> bool:
     return os.environ.get("KVVIZ_FUSED_STEPS", "1") != "0"
 
 
-def _body(template: PolicyLayer, keys, values, positions, queries):
-    return PolicyLayer.step(template, keys, values, positions, queries)
+def _body(template: PolicyLayer, keys, values, positions, queries, paths: tuple):
+    """The layer's step; then every state tensor it replaced by one of the same shape and dtype is
+    written back into the tensor it replaced (a held budget's gathers write straight into the
+    layer's buffers, and a captured CUDA graph has nothing left to copy back)."""
+    before = [get_path(template, p) for p in paths]
+    out = PolicyLayer.step(template, keys, values, positions, queries)
+    for path, old in zip(paths, before):
+        new = get_path(template, path)
+        if new is not old and new.shape == old.shape and new.dtype == old.dtype:
+            old.copy_(new)
+            set_path(template, path, old)
+    return out
 
 
 def _compiled_step():
@@ -84,7 +94,7 @@ class Template:
         owner = copy.copy(cache)
         owner.record_slot = [(self.records, 0)] * cache.n_layers
         owner.records = [self.records]
-        self.paths = layer.state_paths()
+        self.paths = tuple(layer.state_paths())
         memo: dict = {id(cache): owner}
         if not clone:  # the same tensors (swapped per call); a clone (a background build's example) copies them
             memo.update({id(get_path(layer, p)): get_path(layer, p) for p in self.paths})
@@ -182,7 +192,7 @@ class Steps:
         if template is None:
             template = self.templates[sig] = Template(layer)
         template.load(layer)
-        out = _compiled_step()(template.layer, keys, values, positions, queries)
+        out = _compiled_step()(template.layer, keys, values, positions, queries, template.paths)
         template.hand_back(layer, keys.shape[2])
         self.fused += 1
         return out
@@ -214,7 +224,7 @@ class _Build:
         keys = args[0]
         stream = torch.cuda.Stream(keys.device) if keys.is_cuda else None
         with torch.inference_mode(), torch.cuda.stream(stream):
-            _compiled_step()(template.layer, *args)
+            _compiled_step()(template.layer, *args, template.paths)
             if stream is not None:
                 stream.synchronize()
         _ready.add(key)

@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvviz.runtime import engine, fused, fused_steps
+from kvviz.storage.fixed_capacity import get_path
 
 NEW = 20
 
@@ -110,6 +111,25 @@ def test_steps_of_another_length_are_built_for_it(model):
     other = run(model, "h2o:budget=11", True)
     assert other.timings["fused_steps"] in ("building", "some")
     assert_same(other, run(model, "h2o:budget=11", False))
+
+
+def test_a_held_budgets_fused_step_writes_into_the_layers_own_tensors(model, monkeypatch):
+    """One entry in, one out: the compiled step writes the kept entries, positions and scores back
+    into the tensors the layer held (a captured CUDA graph then copies nothing back), and gives
+    the same run."""
+    plain = run(model, "h2o:budget=14", False)
+    fused_run(model, "h2o:budget=14")
+    replaced, hand_back = [], fused_steps.Template.hand_back
+
+    def spy(self, layer, q_len):
+        before = {p: get_path(layer, p) for p in self.paths}
+        hand_back(self, layer, q_len)
+        replaced.extend(p for p in self.paths if get_path(layer, p) is not before[p])
+
+    monkeypatch.setattr(fused_steps.Template, "hand_back", spy)
+    fast = run(model, "h2o:budget=14", True)
+    assert fast.timings["fused_steps"] == "all" and not replaced
+    assert_same(fast, plain)
 
 
 def test_a_policy_torch_cannot_trace_decodes_as_before_and_says_so(model):
