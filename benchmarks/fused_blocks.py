@@ -31,29 +31,15 @@ import torch  # noqa: E402
 from kvviz.model.loading import load_model  # noqa: E402
 from kvviz.runtime import engine, fused  # noqa: E402
 from kvviz.runtime.bench import commit, prompt_ids, time_generate  # noqa: E402
+from benchmarks.step_kernels import per_step  # noqa: E402
 
 POLICIES = "full,snapkv,pyramidkv,streaming_llm,h2o,tova,knorm,quant,kivi,random,quest"
 
 
 def kernels_per_step(model, tok, ids, policy, use_fused):
-    """(kernels, GPU ms) per decode step, from a profiled 16-step run after a warm-up run."""
-    from torch.profiler import ProfilerActivity, profile
-
-    kw = dict(max_new_tokens=16, stop_at_eos=False, fused=use_fused)
-    engine.run(model, tok, ids, policy, **kw)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        trace = engine.run(model, tok, ids, policy, **kw)
-    torch.cuda.synchronize()
-    steps = len(trace.generated_ids)
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    # the prefill's kernels are counted too; subtract a prefill-only run's
-    with profile(activities=[ProfilerActivity.CUDA]) as prof1:
-        engine.run(model, tok, ids, policy, max_new_tokens=1, stop_at_eos=False, fused=use_fused)
-    torch.cuda.synchronize()
-    events1 = [e for e in prof1.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    n = (len(events) - len(events1)) / (steps - 1)
-    gpu_ms = (sum(e.device_time for e in events) - sum(e.device_time for e in events1)) / 1e3 / (steps - 1)
-    return n, gpu_ms
+    """(kernels, GPU ms) per decode step (``step_kernels.per_step``: 16 steps minus the prefill)."""
+    kernels = per_step(model, tok, ids, policy, use_fused=use_fused)
+    return sum(n for n, _ in kernels.values()), sum(us for _, us in kernels.values()) / 1e3
 
 
 def step_ms(model, tok, ids, policy, new_tokens, use_fused):

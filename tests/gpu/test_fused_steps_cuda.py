@@ -50,7 +50,17 @@ def test_fused_policy_steps_stay_within_float32_reassociation(gpu_model_fp32, sp
     assert fast.timings["fused_steps"] == "all", fast.timings
     assert fast.generated_ids[:16] == plain.generated_ids[:16]
     assert (fast.evicted_at_step == plain.evicted_at_step).mean() > 0.98
-    torch.testing.assert_close(fast.extra["logprobs"][:16], plain.extra["logprobs"][:16], rtol=0, atol=0.1)
+    # the runs agree until a step evicts another entry; the entries that step swapped scored the
+    # same to float32 rounding (a near-tie); past it the layers hold other entries and may part
+    differ = fast.evicted_at_step != plain.evicted_at_step
+    steps = np.concatenate([fast.evicted_at_step[differ], plain.evicted_at_step[differ]])
+    first = int(steps[steps >= 0].min()) if differ.any() else len(plain.generated_ids)
+    upto = min(first + 1, 16)  # the logits of the step that evicted otherwise were read before it
+    torch.testing.assert_close(fast.extra["logprobs"][:upto], plain.extra["logprobs"][:upto], rtol=0, atol=0.1)
+    swapped = differ & ((fast.evicted_at_step == first) | (plain.evicted_at_step == first))
+    for layer, head in {(int(li), int(h)) for li, h, _ in np.argwhere(swapped)}:
+        scores = plain.scores[layer, head][swapped[layer, head]]
+        np.testing.assert_allclose(scores, scores[0], rtol=1e-5)
 
 
 def test_fused_policy_steps_launch_fewer_kernels(gpu_model, monkeypatch):
