@@ -59,10 +59,10 @@ def _body(template: PolicyLayer, keys, values, positions, queries, paths: tuple)
     """The layer's step; then every state tensor it replaced by one of the same shape and dtype is
     written back into the tensor it replaced (a held budget's gathers write straight into the
     layer's buffers, and a captured CUDA graph has nothing left to copy back)."""
-    before = [get_path(template, p) for p in paths]
+    before = [_tensor(template, p) for p in paths]
     out = PolicyLayer.step(template, keys, values, positions, queries)
     for path, old in zip(paths, before):
-        new = get_path(template, path)
+        new = _tensor(template, path)
         if new is not old and new.shape == old.shape and new.dtype == old.dtype:
             old.copy_(new)
             set_path(template, path, old)
@@ -220,11 +220,10 @@ class _Build:
         self.sig, self.failure = sig, None
 
     def build(self, key: tuple, example: tuple) -> None:
-        template, args = example
-        keys = args[0]
+        template, (keys, values, positions, queries) = example
         stream = torch.cuda.Stream(keys.device) if keys.is_cuda else None
         with torch.inference_mode(), torch.cuda.stream(stream):
-            _compiled_step()(template.layer, *args, template.paths)
+            _compiled_step()(template.layer, keys, values, positions, queries, template.paths)
             if stream is not None:
                 stream.synchronize()
         _ready.add(key)
