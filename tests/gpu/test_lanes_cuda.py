@@ -10,7 +10,7 @@ import pytest
 
 from kvviz.record.examples import long_document
 from kvviz.record.text import encode_prompt
-from kvviz.runtime import comparison, lanes
+from kvviz.runtime import comparison, fused, lanes
 from kvviz.sweep import run as sweep
 
 pytestmark = pytest.mark.gpu
@@ -22,6 +22,10 @@ def test_the_live_runs_at_once_equal_the_runs_in_turn(gpu_model, monkeypatch):
     ids = encode_prompt(gpu_model.tokenizer, TEXT, chat=True)
     kw = dict(max_new_tokens=48, stop_at_eos=False)
     monkeypatch.setattr(lanes, "count", lambda model: 1)
+    # both sides decode fused from their first steady step: the fused policy steps, built in the
+    # background by a first run, round in bf16 otherwise than the eager steps a run takes meanwhile
+    comparison.against_full_runs(gpu_model.model, gpu_model.tokenizer, ids, "h2o:budget=96", **kw)
+    fused.wait()
     in_turn = dict(comparison.against_full_runs(gpu_model.model, gpu_model.tokenizer, ids, "h2o:budget=96", **kw))
     monkeypatch.setattr(lanes, "count", lambda model: 4)
     monkeypatch.setenv("KVVIZ_LIVE_LANES", "1")  # off by default: one run in three failed on an H200 (see lanes.live_at_once)
@@ -39,7 +43,8 @@ def test_a_sweep_on_lanes_gives_the_same_rows_sooner(gpu_model, monkeypatch):
     settings = sweep.SweepSettings(policies=("streaming_llm", "h2o", "tova", "snapkv"), ratios=(0.1, 0.3),
                                    text=long_document(), context=512, continuation=96)
     model, tok = gpu_model.model, gpu_model.tokenizer
-    sweep.run(model, tok, settings)  # warm-up
+    sweep.run(model, tok, settings)  # warm-up: asks for every point's fused steps
+    fused.wait()  # (a point decoding eagerly until its build ends rounds otherwise in bf16)
     monkeypatch.setattr(lanes, "count", lambda model: 1)
     t = time.perf_counter()
     in_turn = sweep.run(model, tok, settings)

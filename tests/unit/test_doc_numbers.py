@@ -61,6 +61,10 @@ def rows(d: dict) -> dict:
     return {r["config"]: r for r in d["rows"]}
 
 
+def rows_by_policy(d: dict) -> dict:
+    return {r["policy"]: r for r in d["rows"]}
+
+
 def kvviz_rows(d: dict) -> list[dict]:
     return [r for r in d["rows"] if not r["config"].startswith("transformers")]
 
@@ -346,6 +350,29 @@ NUMBERS = [
      lambda d: f(".2f", rows(d)["full"]["live_s"], rows(d)["snapkv · 25%"]["live_s"])),
     ("PERFORMANCE.md", "h2o {} s and kivi {} s, not within it", "bench_live_fused_h200.json",
      lambda d: f(".2f", rows(d)["h2o · 25%"]["live_s"], rows(d)["kivi"]["live_s"])),
+    # PERFORMANCE: one entry in, one out, in place
+    ("PERFORMANCE.md", "**At or below transformers' compiled static cache** ({} and {} ms/step before and after the\n  rows; ratios use the faster): full {}×, snapkv {}×, knorm {}×, streaming_llm {}×.", "bench_live_inplace_h200.json",
+     lambda d: f(".2f", *d["baseline_ms"]["transformers generate, static cache (compiled)"]) + f(".2f", *(rows(d)[c]["speedup_static"] for c in (
+         "full", "snapkv · 25%", "knorm · 25%", "streaming_llm · 25%")))),
+    ("PERFORMANCE.md", "Below it: quant {}×, tova {}×, kivi {}×, h2o {}× ({} ms), quest {}× ({} ms).", "bench_live_inplace_h200.json",
+     lambda d: f(".2f", rows(d)["quant"]["speedup_static"], rows(d)["tova · 25%"]["speedup_static"], rows(d)["kivi"]["speedup_static"],
+                 rows(d)["h2o · 25%"]["speedup_static"], rows(d)["h2o · 25%"]["step_ms"], rows(d)["quest"]["speedup_static"], rows(d)["quest"]["step_ms"])),
+    ("PERFORMANCE.md", "h2o took {} ms, streaming_llm {} ms and\n    knorm {} ms.", "bench_live_steps_h200.json",
+     lambda d: f(".2f", *(rows(d)[c]["step_ms"] for c in ("h2o · 25%", "streaming_llm · 25%", "knorm · 25%")))),
+    ("PERFORMANCE.md", "full {} s, snapkv {} s, quant {} s and\n  knorm {} s. Just past it: tova {} s, streaming_llm {} s and kivi {} s. Not met:\n  h2o {} s and quest {} s.",
+     "bench_live_inplace_h200.json", lambda d: f(".2f", *(rows(d)[c]["live_s"] for c in ("full", "snapkv · 25%", "quant", "knorm · 25%")))
+     + f(".3f", rows(d)["tova · 25%"]["live_s"]) + f(".2f", *(rows(d)[c]["live_s"] for c in ("streaming_llm · 25%", "kivi", "h2o · 25%", "quest")))),
+    ("PERFORMANCE.md", "with the static cache at {} ms", "step_kernels_h200.json", lambda d: [span(".2f", d["static_ms"])]),
+    *[("PERFORMANCE.md", f"| {name} | {{}} | {{}} | {{}} |", "step_kernels_h200.json",
+       lambda d, p=policy: [format(rows_by_policy(d)[p]["ms_per_step"], ".2f"), format(round(rows_by_policy(d)[p]["kernels_per_step"]), ","),
+                            format(round(rows_by_policy(d)[p]["gpu_us_per_step"]), ",")])
+      for name, policy in (("full", "full"), ("h2o", "h2o:ratio=0.25"), ("tova", "tova:ratio=0.25"), ("knorm", "knorm:ratio=0.25"), ("quest", "quest"))],
+    ("PERFORMANCE.md", "in one Triton kernel, {} µs per layer); then the float32 matrix\n  product of its scores ({} µs per layer)", "step_kernels_h200.json",
+     lambda d: [format(next(t["us"] for t in rows_by_policy(d)["h2o:ratio=0.25"]["top"] if t["kernel"].startswith(k)) / 30, ".0f")
+                for k in ("triton_red_fused__softmax", "sm80_xmma_gemm_f32f32")]),
+    ("README.md", "quant, tova, kivi and h2o take {}-{}% longer per step, quest {}%.", "bench_live_inplace_h200.json",
+     lambda d: [str(round(100 / rows(d)["quant"]["speedup_static"] - 100)), str(round(100 / rows(d)["h2o · 25%"]["speedup_static"] - 100)),
+                str(round(100 / rows(d)["quest"]["speedup_static"] - 100))]),
     # PERFORMANCE: fused policy steps
     ("PERFORMANCE.md", "**At or below transformers' compiled static cache** ({} ms/step before and after the rows): full at {}×, snapkv at {}×.",
      "bench_live_steps_h200.json", lambda d: [span(".2f", d["baseline_ms"]["transformers generate, static cache (compiled)"])]
