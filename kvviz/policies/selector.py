@@ -383,7 +383,7 @@ def first_true(mask: torch.Tensor, k: int) -> torch.Tensor:
     argsort of ``~mask`` gives, as a prefix sum and one scatter (no data-dependent shape, and no
     sort: on CUDA a sort of a few thousand slots per row is several kernels)."""
     on = mask.to(torch.int32)
+    slots = torch.arange(mask.shape[-1], device=mask.device)
     before = on.cumsum(dim=-1) - on  # True entries before each slot
-    place = torch.where(mask, before, on.sum(dim=-1, keepdim=True) + torch.arange(mask.shape[-1], device=mask.device) - before)
-    slots = torch.arange(mask.shape[-1], device=mask.device).expand_as(place)
-    return torch.empty_like(place, dtype=torch.long).scatter_(1, place.long(), slots)[:, :k]
+    place = torch.where(mask, before, on.sum(dim=-1, keepdim=True) + slots - before).long()  # each slot's rank
+    return torch.empty_like(place).scatter_(1, place, slots.expand_as(place))[:, :k]
