@@ -87,6 +87,10 @@ class DecodeOptions:
     # on the CPU; False never.
     # trace.timings["fused"] says how the steps ran ("all", "some", "building", or why not)
     fused: bool | None = None
+    # fuse the policy's own step too (kvviz.runtime.fused_steps), in a fused run: None = unless
+    # KVVIZ_FUSED_STEPS=0; False never (a sweep: each of its points would build its own step, a
+    # build of seconds for a run of about one second)
+    fused_steps: bool | None = None
     # query-agnostic compression: the prompt's first ``question_at`` tokens (the context) are
     # prefilled and compressed alone, then the rest (the question) is fed in one more forward,
     # before the first new token; None: the whole prompt at once (the policy sees the question)
@@ -260,7 +264,7 @@ def run(
         cache.interrupt = None
         decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
         t_prefill = _sync_time(used) - t0
-        if decoder.fused(options) and fused.available(model) is None and fused_steps.by_default():
+        if decoder.fused(options) and fused.available(model) is None and options.fused_steps is not False and fused_steps.by_default():
             cache.fused_steps = fused_steps.Steps(cache)
         with fused.decoding(model, enabled=decoder.fused(options)) as fused_report:
             for step in range(options.n_steps):

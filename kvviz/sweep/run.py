@@ -32,6 +32,11 @@ prompt (the rounding of an eviction's ratio). A composed selector keeps what its
 own budget or ratio, else its default ratio); a spec that names ``read_budget`` runs at that read
 budget only. Their rows' ``budget`` is the read budget.
 
+On a GPU in bf16 the full cache's own teacher-forced run is not reproducible to the last bit (on an
+H200, three runs of 512 + 96 tokens gave log-probabilities that first differed at step 8 or 74, on
+the eager path too), so ``kl_full`` and ``top1_agree`` move by about 1% between two sweeps of the
+same text; ``run(..., reuse=an_earlier_sweep)`` compares against the same reference.
+
 On a GPU the points run several at once (``kvviz.runtime.lanes``: each on its own thread and CUDA
 stream, ``KVVIZ_LANES`` at a time, default 4), after the full-cache reference; each run gives what
 it gives alone and the rows keep the plan's order, but a row's ``seconds`` is its own wall time
@@ -350,6 +355,10 @@ class SweepResult:
     model: str = ""
     seconds: float = 0.0
     stopped: bool = False  # stopped by the user: the rows finished before the stop
+    # the full cache's (steps, vocab) log-probabilities and the ids they are of (prompt, forced), for
+    # a later sweep of the same text (``run(..., keep_reference=True)``, then ``run(..., reuse=...)``); not saved
+    reference_logprobs: object = field(default=None, repr=False, compare=False)
+    reference_ids: tuple = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {
@@ -368,10 +377,17 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     model_name: str = "",
     max_context: int | None = None,
+    reuse: SweepResult | None = None,
+    keep_reference: bool = False,
 ) -> SweepResult:
     """Run every point of the sweep on ``model``; see the module's docstring for what each task
     measures. ``should_stop`` is polled between runs and between tokens: a stopped sweep returns
-    the rows finished so far with ``stopped=True``."""
+    the rows finished so far with ``stopped=True``. ``keep_reference``: the result keeps the full
+    cache's log-probabilities (steps x vocabulary floats, on the model's device). ``reuse``: an
+    earlier sweep on this model, run with ``keep_reference``, whose full-cache reference is taken
+    as this one's when it was of the same prompt and forced tokens
+    (on a GPU, bf16 runs of the full cache differ in their last bits from one run to the next: two
+    sweeps compared row by row need the same reference)."""
     the_plan = plan(tokenizer, settings, max_context=max_context)
     should_stop = should_stop or (lambda: False)
     result = SweepResult(settings, [], model=model_name, device=str(next(model.parameters()).device), dtype=str(model.dtype).replace("torch.", ""))
@@ -393,7 +409,13 @@ def run(
     try:
         for index in first:
             progress(the_plan.runs[index].label)
-            result.reference, reference_logprobs = one(index)
+            ids = (tuple(the_plan.runs[index].prompt_ids), tuple(the_plan.forced_ids))
+            if reuse is not None and reuse.reference_logprobs is not None and reuse.reference_ids == ids:
+                result.reference, reference_logprobs = reuse.reference, reuse.reference_logprobs
+            else:
+                result.reference, reference_logprobs = one(index)
+            if keep_reference:
+                result.reference_logprobs, result.reference_ids = reference_logprobs, ids
             done += 1
         # the points, several at once on a GPU (kvviz.runtime.lanes), rows in the plan's order
         labels = [the_plan.runs[i].label for i in rest]
@@ -418,7 +440,9 @@ def run_one(model, tokenizer, the_plan: Plan, index: int, reference_logprobs=Non
     from kvviz.runtime import engine
 
     planned, settings = the_plan.runs[index], the_plan.settings
-    common = dict(model_name=model_name, should_stop=should_stop or (lambda: False), top_k=1)
+    # no fused policy steps: each point would build its own (kvviz.runtime.fused_steps), seconds of
+    # compiling for a run of about a second (the model's fused blocks, one build, are used)
+    common = dict(model_name=model_name, should_stop=should_stop or (lambda: False), top_k=1, fused_steps=False)
     t = time.perf_counter()
     if settings.task == "ppl" and planned.spec is None:  # the full cache, once per text
         trace = engine.run(model, tokenizer, planned.prompt_ids, "full", forced_ids=the_plan.forced_ids, keep_logprobs=True, **common)

@@ -113,6 +113,17 @@ def test_steps_of_another_length_are_built_for_it(model):
     assert_same(other, run(model, "h2o:budget=11", False))
 
 
+def test_a_run_that_asks_for_no_fused_steps_builds_none(model):
+    """A sweep's runs (fused_steps=False): the model's blocks may fuse, the policy's step is not
+    built (each point of a sweep would build its own) and the run is the unfused run."""
+    before = len(fused_steps._ready)
+    first = run(model, "h2o:budget=9", True, fused_steps=False)
+    fused.wait()
+    again = run(model, "h2o:budget=9", True, fused_steps=False)
+    assert first.timings["fused_steps"] == again.timings["fused_steps"] == "off" and len(fused_steps._ready) == before
+    assert_same(again, run(model, "h2o:budget=9", False))
+
+
 def test_a_held_budgets_fused_step_writes_into_the_layers_own_tensors(model, monkeypatch):
     """One entry in, one out: the compiled step writes the kept entries, positions and scores back
     into the tensors the layer held (a captured CUDA graph then copies nothing back), and gives
