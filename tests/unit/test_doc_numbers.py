@@ -452,6 +452,20 @@ NUMBERS = [
     ("PERFORMANCE.md", "{} MiB after the first round, {} MiB at the end, peak {} MiB", "load_test_cpu.json",
      lambda d: f(",.0f", d["server_rss_mib"]["after_first_round"], d["server_rss_mib"]["end"], d["server_rss_mib"]["peak"])),
     ("PERFORMANCE.md", "{} headless Chromium sessions on one `streamlit run app.py`", "load_test_cpu.json", lambda d: [str(d["sessions"])]),
+    # a sweep's per-point builds of fused policy steps, and the full cache's bf16 repeatability (H200)
+    ("PERFORMANCE.md", "| built per point (the default until now) | {} s | not finished: {} of 41 runs after {} s |", "sweep_step_builds_h200.json",
+     lambda d: [f"{d['lanes_1_s']:.1f}", str(d["lanes_4_cold"]["runs_done"]), f"{d['lanes_4_cold']['stopped_at_s']:.1f}"]),
+    ("PERFORMANCE.md", "| none (`KVVIZ_FUSED_STEPS=0`) | {} s | **{} s** |", "sweep_no_step_builds_h200.json",
+     lambda d: f(".1f", d["by_lanes"]["1"]["seconds"], d["by_lanes"]["4"]["seconds"])),
+    ("PERFORMANCE.md", "The goal, a sweep within 15 s, is **not met**: {} s on four lanes.", "sweep_no_step_builds_h200.json",
+     lambda d: f(".1f", d["by_lanes"]["4"]["seconds"])),
+    ("PERFORMANCE.md", "took {} s on four lanes with a synchronization after each step and {} s with the steps queued", "sweep_queue_ab_h200.json",
+     lambda d: f(".2f", d["seconds"]["synchronized each step, 4 lanes"], d["seconds"]["queued, 4 lanes"])),
+    ("PERFORMANCE.md", "a sweep's `kl_full` moves by up to {}% between two sweeps of the same text", "full_cache_repeatability_h200.json",
+     lambda d: [f"{100 * d['sweeps']['kl_full_largest_relative_difference']:.1f}"]),
+    ("README.md", "so `kl_full` moves by up to {}% between two sweeps of the same text", "full_cache_repeatability_h200.json",
+     lambda d: [f"{100 * d['sweeps']['kl_full_largest_relative_difference']:.1f}"]),
+    ("README.md", "a cold 41-run sweep took {} s one at a time with the builds", "sweep_step_builds_h200.json", lambda d: [f"{d['lanes_1_s']:.0f}"]),
 ]
 
 # Numbers with a unit that are not measurements: settings, goals, hardware names, arithmetic.
@@ -462,6 +476,8 @@ ALLOWED = [
     r"\b4× faster|within (?:[12]|1\.5|15) s\b|within 100 ms|1 s limit",  # the goals set in issues 2, 17 and 24
     r"512 MiB",  # what the Attention page keeps for queries and keys (kvviz/ui/attention_cache.py)
     r"3\.8× the work",  # arithmetic: (32 layers × 32 heads) / (30 × 9)
+    r"within 0\.05 nats",  # a tolerance of the Live lanes GPU test (tests/gpu/test_lanes_cuda.py)
+    r"under 1\.5 MiB",  # the cap of tests/unit/test_map_decimation.py
 ]
 
 # Numbers measured before results files were kept, with no file yet. Each stays listed (and so
