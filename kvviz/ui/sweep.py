@@ -32,6 +32,9 @@ MODES = {"ratios": N_("Ratios (kept fraction of the prompt)"), "budgets": N_("Bu
 QUESTION = {"with": N_("with the question"), "after": N_("before the question"), "both": N_("both")}  # sweep.QUESTION_MODES
 TEXTS = [LONG_EXAMPLE, "the sidebar's prompt"]  # widget values (in links): shown through text_label
 TEXT_LABELS = {TEXTS[0]: LONG_EXAMPLE, TEXTS[1]: N_("the sidebar's prompt")}  # both N_-marked
+# on a GPU the reference itself moves (docs/PERFORMANCE.md: the full cache is not bit-reproducible)
+KL_HELP = N_("mean KL(full ‖ policy), nats. On a GPU in bf16 the full cache's own run differs in its last bits from one run to the "
+             "next, so two sweeps of the same text can differ here by a few percent (the perplexity does not).")
 GRID_LABELS = {"ratios": N_("Ratios, comma separated"), "budgets": N_("Budgets, comma separated")}
 
 
@@ -153,7 +156,7 @@ def column_config() -> dict:
     return plain | {
         "chosen": st.column_config.CheckboxColumn(_("chosen"), help=_("Chosen on the chart or in this table (tick a row's box at the left)"), width="small"),
         "kv_pct": number("kv_pct", format="%.1f%%", help=_("KV held at the end, % of the full cache")),
-        "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help=_("mean KL(full ‖ policy), nats")),
+        "ppl": number("ppl", format="%.3f"), "kl_full": number("kl_full", format="%.4f", help=_(KL_HELP)),
         "top1_agree": number("top1_agree", format="percent"), "seconds": number("seconds", format="%.1f"),
         "depth": number("depth", format="%g"),
         # bytes in compact form (553K): whole numbers pushed the last column out of a 1,400 px page
