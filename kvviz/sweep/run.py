@@ -34,7 +34,7 @@ budget only. Their rows' ``budget`` is the read budget.
 
 On a GPU in bf16 the full cache's own teacher-forced run is not reproducible to the last bit (on an
 H200, three runs of 512 + 96 tokens gave log-probabilities that first differed at step 8 or 74, on
-the eager path too), so ``kl_full`` and ``top1_agree`` move by about 1% between two sweeps of the
+the eager path too), so ``kl_full`` (up to 2.5% in five sweeps) and ``top1_agree`` move between two sweeps of the
 same text; ``run(..., reuse=an_earlier_sweep)`` compares against the same reference.
 
 On a GPU the points run several at once (``kvviz.runtime.lanes``: each on its own thread and CUDA

@@ -34,7 +34,7 @@ TEXTS = [LONG_EXAMPLE, "the sidebar's prompt"]  # widget values (in links): show
 TEXT_LABELS = {TEXTS[0]: LONG_EXAMPLE, TEXTS[1]: N_("the sidebar's prompt")}  # both N_-marked
 # on a GPU the reference itself moves (docs/PERFORMANCE.md: the full cache is not bit-reproducible)
 KL_HELP = N_("mean KL(full ‖ policy), nats. On a GPU in bf16 the full cache's own run differs in its last bits from one run to the "
-             "next, so two sweeps of the same text can differ here by a few percent (the perplexity does not).")
+             "next, so two sweeps of the same text can differ here by a few percent (the policies' perplexities do not).")
 GRID_LABELS = {"ratios": N_("Ratios, comma separated"), "budgets": N_("Budgets, comma separated")}
 
 
