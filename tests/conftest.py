@@ -32,6 +32,16 @@ def pinned_environment():
         yield
 
 
+@pytest.fixture(autouse=True)
+def no_kept_full_runs():
+    """Each test starts with no full-cache runs kept for reuse (``kvviz.live.job.FULL_RUNS`` is
+    process-wide: a test that stops in the full cache's phase must see that phase run)."""
+    from kvviz.live.job import FULL_RUNS
+
+    FULL_RUNS.clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def test_weights_cache() -> Path:
     """The weights cache the tests use (``KVVIZ_CACHE_DIR``)."""

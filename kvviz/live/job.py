@@ -25,6 +25,10 @@ PHASES = {
     "forced": N_("Scoring the policy on the full cache's output (KL, top-1)"),
 }  # shown translated (progress is read in the page's script run); once it ended, progress() says "Done", "Stopped" or "Failed"
 NEXT_PHASE = {"policy": "full", "full": "forced"}
+# the full cache's runs of recent prompts, shared by every session of the server: the next policy
+# on the same prompt (and model, and options) takes the full cache's run from here
+FULL_RUNS = comparison.FullRuns()
+REUSED = "full, reused"  # the wall-time key of a full cache's run taken from FULL_RUNS
 
 
 class LiveJob(BackgroundJob):
@@ -76,12 +80,15 @@ class LiveJob(BackgroundJob):
             self.model, self.tokenizer, req.prompt_ids, req.spec,
             max_new_tokens=req.max_new_tokens, model_name=req.model_name, should_stop=self.should_stop,
             on_policy_step=self._on_policy_step, on_full_step=lambda e: self.full_ids.append(e.token_id),
-            question_at=req.question_at,
+            question_at=req.question_at, full_runs=FULL_RUNS,
         )
         self.phase, t = "policy", time.perf_counter()
         for phase, trace in runs:
-            self._walls[phase] = time.perf_counter() - t
+            reused = trace.extra.get("full_run_reused", False)
+            self._walls[REUSED if reused else phase] = time.perf_counter() - t
             self._traces[phase] = trace
+            if reused:
+                self.full_ids = list(trace.generated_ids)
             if trace.stopped_by == "user":
                 self._stopped_in = phase
                 return

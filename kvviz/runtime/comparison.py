@@ -6,14 +6,18 @@
   agreement against the full cache's log-probabilities.
 
 One after another by default (and the forced run skipped where it would replay the free one,
-``forced_is_free``); on lanes (``kvviz.runtime.lanes``) at once when ``KVVIZ_LIVE_LANES=1``.
+``forced_is_free``; the full cache's run taken from ``FullRuns`` when the same prompt ran before);
+on lanes (``kvviz.runtime.lanes``) at once when ``KVVIZ_LIVE_LANES=1``.
 Each run is ``engine.run`` (looked up when called: tests count the runs).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
+import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,9 +45,56 @@ class AgainstFull:
         return metrics.first_divergence(self.full.generated_ids, self.policy.generated_ids)
 
 
+class FullRuns:
+    """The full cache's runs of recent prompts, for a later comparison of the same prompt with the
+    same options on the same model: the Live page's next policy on a prompt skips one of its three
+    runs. At most ``entries`` runs and ``max_bytes`` of their log-probabilities (kept on the CPU);
+    the oldest go first. A run stopped by the user is not kept. Shared by threads."""
+
+    def __init__(self, entries: int = 4, max_bytes: int = 256 * 2**20):
+        self.entries, self.max_bytes = entries, max_bytes
+        self._runs: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (model ref, trace, log-probs)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(model, prompt_ids, options: DecodeOptions, model_name: str = "") -> tuple | None:
+        """What the full cache's run depends on; None when an option cannot be compared (a tensor)."""
+        values = tuple((f.name, getattr(options, f.name)) for f in dataclasses.fields(options) if f.name != "keep_logprobs")
+        try:
+            hash(values)
+        except TypeError:
+            return None
+        return id(model), tuple(int(i) for i in prompt_ids), model_name, values
+
+    def get(self, model, key: tuple) -> tuple[Trace, torch.Tensor] | None:
+        """A copy of the run kept under ``key`` (``extra["full_run_reused"]``) and its log-probs."""
+        with self._lock:
+            found = self._runs.get(key)
+            if found is None or found[0]() is not model:  # a model loaded anew may take a freed one's id
+                return None
+            self._runs.move_to_end(key)
+            trace = copy.deepcopy(found[1])
+        trace.extra["full_run_reused"] = True
+        return trace, found[2]
+
+    def put(self, model, key: tuple, trace: Trace, logprobs: torch.Tensor) -> None:
+        logprobs = logprobs.cpu()
+        if trace.stopped_by == "user" or logprobs.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._runs[key] = (weakref.ref(model), copy.deepcopy(trace), logprobs)
+            self._runs.move_to_end(key)
+            while len(self._runs) > self.entries or sum(r[2].nbytes for r in self._runs.values()) > self.max_bytes:
+                self._runs.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._runs.clear()
+
+
 def against_full_runs(
     model, tokenizer, prompt_ids, policy, options: DecodeOptions | None = None, *, params=None, budget=None, ratio=None,
-    on_policy_step=None, on_full_step=None, **kw,
+    on_policy_step=None, on_full_step=None, full_runs: FullRuns | None = None, **kw,
 ):
     """The three runs of a comparison, yielded as ``(phase, trace)`` when each ends: "policy"
     (free generation), "full" (the full cache, free generation) and "forced" (the policy
@@ -55,7 +106,8 @@ def against_full_runs(
     each on its own thread and stream: the full cache's run beside the policy's, and the
     teacher-forced run following the full cache's tokens as they come (``DecodeOptions.forced_feed``);
     off by default (``lanes.live_at_once`` says why). Otherwise one after another, and the forced
-    run is skipped where it would replay the free one (``forced_is_free``)."""
+    run is skipped where it would replay the free one (``forced_is_free``); with ``full_runs`` the
+    full cache's run of an earlier comparison of the same prompt and options is taken from there."""
     spec = PolicySpec.of(policy, params, budget=budget, ratio=ratio)
     if lanes.count(model) >= 3 and lanes.live_at_once():
         yield from _against_full_at_once(model, tokenizer, prompt_ids, spec, options, on_policy_step, on_full_step, kw)
@@ -63,10 +115,18 @@ def against_full_runs(
     free = engine.run(model, tokenizer, prompt_ids, spec, options, keep_logprobs=True, on_step=on_policy_step, **kw)
     free_logprobs = free.extra.pop("logprobs")
     yield "policy", free
-    full = engine.run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=on_full_step, **kw)
-    reference = full.extra.pop("logprobs")
+    decode = dataclasses.replace(options or DecodeOptions(), **{k: v for k, v in kw.items() if k in DECODE_FIELDS})
+    key = None if full_runs is None else full_runs.key(model, prompt_ids, decode, kw.get("model_name", ""))
+    kept = None if key is None or full_runs is None else full_runs.get(model, key)
+    if kept is not None:
+        full, reference = kept
+    else:
+        full = engine.run(model, tokenizer, prompt_ids, "full", options, keep_logprobs=True, on_step=on_full_step, **kw)
+        reference = full.extra.pop("logprobs")
+        if key is not None and full_runs is not None:
+            full_runs.put(model, key, full, reference)
     yield "full", full
-    if forced_is_free(free, full, dataclasses.replace(options or DecodeOptions(), **{k: v for k, v in kw.items() if k in DECODE_FIELDS})):
+    if forced_is_free(free, full, decode):
         yield "forced", forced_from_free(free, free_logprobs, reference)
         return
     del free_logprobs
