@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU host, after the stage steps: the measurements beside the tests (gpu_check.sh runs those
-# and the all-policy bench): the Live page's run per policy, prefill scoring at 8k, the attention
-# explorer at 8k, known results, the sweep (one point at a time and on 4 lanes), whether the full
-# cache's run repeats to the last bit, the fused blocks,
-# compare, paged and quantization-lab benchmarks.
+# and the all-policy bench): the Live page's run per policy (and its next policy with the full
+# cache's run kept), prefill scoring at 8k, the attention explorer at 8k, known results, the sweep
+# (one point at a time and on 4 lanes), whether the full cache's run repeats to the last bit, the
+# fused blocks, compare, paged and quantization-lab benchmarks.
 # Every step runs (each under its own time limit) and keeps its output under $OUT; the exit status
 # is non-zero when any step failed. ONLY="bench_live sweep_bench" runs just those steps (to fit a
 # call's time limit).
@@ -18,6 +18,7 @@ step() {  # step NAME SECONDS command...: run, keep the output in $OUT/NAME.txt,
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_measure: $name failed"; status=1; }
 }
 step bench_live 150 python3 -m kvviz bench --live --repeats 1 --policies full,h2o,snapkv,streaming_llm,kivi,quant --json "$OUT/bench_live.json"
+step live_reuse 120 python3 benchmarks/live_reuse.py --device cuda --prompt-tokens 2048 --new-tokens 128 --out "$OUT/live_reuse.json"
 step bench_8k 90 python3 -m kvviz bench --prompt-tokens 8184 --new-tokens 8 --repeats 3 --policies full,h2o,snapkv,tova --budget 1024 --json "$OUT/bench_8k.json"
 step attention_bench 90 python3 benchmarks/attention_bench.py --tokens 8192 --device cuda --out "$OUT/attention_bench.json"
 step known_results 150 python3 benchmarks/known_results.py --device cuda --out "$OUT/known_results.json"

@@ -466,6 +466,10 @@ NUMBERS = [
     ("README.md", "so `kl_full` moves by up to {}% between two sweeps of the same text", "full_cache_repeatability_h200.json",
      lambda d: [f"{100 * d['sweeps']['kl_full_largest_relative_difference']:.1f}"]),
     ("README.md", "a cold 41-run sweep took {} s one at a time with the builds", "sweep_step_builds_h200.json", lambda d: [f"{d['lanes_1_s']:.0f}"]),
+    ("PERFORMANCE.md", "medians of 3): {} s with the kept run, {} s with three runs", "live_reuse_cpu.json",
+     lambda d: f(".2f", d["median_s"]["kept"], d["median_s"]["three runs"])),
+    ("PERFORMANCE.md", "(its whole call {} s of h2o's {} s in the table below)", "bench_live_inplace_h200.json",
+     lambda d: f(".2f", rows(d)["full"]["call_s"], rows(d)["h2o · 25%"]["live_s"])),
 ]
 
 # Numbers with a unit that are not measurements: settings, goals, hardware names, arithmetic.
