@@ -116,6 +116,7 @@ def test_steps_of_another_length_are_built_for_it(model):
 def test_a_run_that_asks_for_no_fused_steps_builds_none(model):
     """A sweep's runs (fused_steps=False): the model's blocks may fuse, the policy's step is not
     built (each point of a sweep would build its own) and the run is the unfused run."""
+    fused.wait()  # an earlier test's builds end first: they would count here
     before = len(fused_steps._ready)
     first = run(model, "h2o:budget=9", True, fused_steps=False)
     fused.wait()
