@@ -2,7 +2,7 @@
 
     python benchmarks/full_cache_repeatability.py [--device cuda] [--runs 4] [--out repeatability.json]
 
-On the GPU model ($KVVIZ_MODEL or the embedded SmolLM2, its default dtype), one process: the
+On the model load_model picks ($KVVIZ_MODEL or the embedded SmolLM2, its default dtype), one process: the
 first ``--context`` tokens of the built-in long document, the next ``--continuation`` forced
 (teacher forcing, as a sweep's reference), ``--runs`` times on each path: the CUDA graph, eager at
 a fixed capacity, eager on transformers' own growing cache. For runs 2 onwards, the first step
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--continuation", type=int, default=96)
     ap.add_argument("--out")
     args = ap.parse_args()
-    loaded = load_model(os.environ.get("KVVIZ_MODEL") or None, device=args.device)
+    loaded = load_model(device=args.device)
     model, tok = loaded.model, loaded.tokenizer
     ids = tok(long_document(), add_special_tokens=False)["input_ids"]
     prompt, forced = ids[: args.context], ids[args.context : args.context + args.continuation]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from kvviz.i18n import N_, _
-from kvviz.live.run import STOPPED_IN_PREFILL, LiveRequest, LiveResult
+from kvviz.live.run import REUSED, STOPPED_IN_PREFILL, LiveRequest, LiveResult
 from kvviz.record.text import decode
 from kvviz.runs import store as run_store
 from kvviz.runtime import comparison
@@ -28,7 +28,6 @@ NEXT_PHASE = {"policy": "full", "full": "forced"}
 # the full cache's runs of recent prompts, shared by every session of the server: the next policy
 # on the same prompt (and model, and options) takes the full cache's run from here
 FULL_RUNS = comparison.FullRuns()
-REUSED = "full, reused"  # the wall-time key of a full cache's run taken from FULL_RUNS
 
 
 class LiveJob(BackgroundJob):

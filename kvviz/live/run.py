@@ -129,6 +129,9 @@ def prompt_length(tokenizer, prompt: str, chat: bool) -> int | None:
 # ------------------------------------------------------------------------------ results
 
 
+REUSED = "full, reused"  # LiveResult.wall_s: the full cache's run taken from an earlier run of the prompt (kvviz.live.job)
+
+
 @dataclass
 class LiveResult:
     request: LiveRequest

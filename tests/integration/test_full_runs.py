@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvviz.live.job import FULL_RUNS, REUSED, LiveJob
-from kvviz.live.run import LiveRequest
+from kvviz.live.job import FULL_RUNS, LiveJob
+from kvviz.live.run import REUSED, LiveRequest
 from kvviz.policies.spec import PolicySpec
 from kvviz.record.text import encode_prompt
 from kvviz.record.trace import ARRAY_FIELDS
