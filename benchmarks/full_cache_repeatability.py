@@ -5,7 +5,8 @@
 On the model load_model picks ($KVVIZ_MODEL or the embedded SmolLM2, its default dtype), one process: the
 first ``--context`` tokens of the built-in long document, the next ``--continuation`` forced
 (teacher forcing, as a sweep's reference), ``--runs`` times on each path: the CUDA graph, eager at
-a fixed capacity, eager on transformers' own growing cache. For runs 2 onwards, the first step
+a fixed capacity, eager on transformers' own growing cache, and read in chunks (the default of a
+forced run of the full cache since stop 35). For runs 2 onwards, the first step
 whose (vocab,) log-probabilities differ from run 1's in any bit (null: none). Set
 CUBLAS_WORKSPACE_CONFIG before the process starts to try cuBLAS's reproducible setting.
 """
@@ -26,10 +27,11 @@ from kvviz.model.loading import load_model  # noqa: E402
 from kvviz.record.examples import long_document  # noqa: E402
 from kvviz.runtime import engine  # noqa: E402
 
-PATHS = {
-    "graph": {},
-    "eager_fixed_capacity": dict(cuda_graphs=False, fixed_capacity=True),
-    "eager_dynamic": dict(cuda_graphs=False, fixed_capacity=False),
+PATHS = {  # step by step (forced_chunk=0), as a decode; then read in chunks (kvviz.runtime.forced_chunks)
+    "graph": dict(forced_chunk=0),
+    "eager_fixed_capacity": dict(cuda_graphs=False, fixed_capacity=True, forced_chunk=0),
+    "eager_dynamic": dict(cuda_graphs=False, fixed_capacity=False, forced_chunk=0),
+    "chunked": {},
 }
 
 

@@ -2,7 +2,8 @@
 # On the GPU host, after the stage steps: the measurements beside the tests (gpu_check.sh runs those
 # and the all-policy bench): the Live page's run per policy (and its next policy with the full
 # cache's run kept), prefill scoring at 8k, the attention explorer at 8k, known results, the sweep
-# (one point at a time and on 4 lanes), whether the full cache's run repeats to the last bit, the
+# (one point at a time and on 4 lanes), a forced continuation read in chunks against step by step,
+# whether the full cache's run repeats to the last bit, the
 # fused blocks, compare, paged and quantization-lab benchmarks.
 # Every step runs (each under its own time limit) and keeps its output under $OUT; the exit status
 # is non-zero when any step failed. ONLY="bench_live sweep_bench" runs just those steps (to fit a
@@ -23,6 +24,7 @@ step bench_8k 90 python3 -m kvviz bench --prompt-tokens 8184 --new-tokens 8 --re
 step attention_bench 90 python3 benchmarks/attention_bench.py --tokens 8192 --device cuda --out "$OUT/attention_bench.json"
 step known_results 150 python3 benchmarks/known_results.py --device cuda --out "$OUT/known_results.json"
 step sweep_bench 240 python3 benchmarks/sweep_bench.py --device cuda --lanes 1,4 --out "$OUT/sweep_bench.json"
+step forced_chunks 120 python3 benchmarks/forced_chunks.py --device cuda --out "$OUT/forced_chunks.json"
 step repeatability 90 python3 benchmarks/full_cache_repeatability.py --runs 4 --out "$OUT/full_cache_repeatability.json"
 step fused_blocks 300 python3 benchmarks/fused_blocks.py --repeats 2 --out "$OUT/fused_blocks.json"
 step compare_bench 90 python3 benchmarks/compare_bench.py --device cuda --long 2000 --out "$OUT/compare_bench.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from kvviz.i18n import N_, _
-from kvviz.live.run import REUSED, STOPPED_IN_PREFILL, LiveRequest, LiveResult
+from kvviz.live.run import CHUNKED, REUSED, STOPPED_IN_PREFILL, LiveRequest, LiveResult
 from kvviz.record.text import decode
 from kvviz.runs import store as run_store
 from kvviz.runtime import comparison
@@ -84,7 +84,8 @@ class LiveJob(BackgroundJob):
         self.phase, t = "policy", time.perf_counter()
         for phase, trace in runs:
             reused = trace.extra.get("full_run_reused", False)
-            self._walls[REUSED if reused else phase] = time.perf_counter() - t
+            chunked = phase == "forced" and trace.timings.get("decode_path") == "chunked"
+            self._walls[REUSED if reused else CHUNKED if chunked else phase] = time.perf_counter() - t
             self._traces[phase] = trace
             if reused:
                 self.full_ids = list(trace.generated_ids)

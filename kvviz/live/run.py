@@ -130,6 +130,7 @@ def prompt_length(tokenizer, prompt: str, chat: bool) -> int | None:
 
 
 REUSED = "full, reused"  # LiveResult.wall_s: the full cache's run taken from an earlier run of the prompt (kvviz.live.job)
+CHUNKED = "forced, chunked"  # LiveResult.wall_s: the forced run read in chunks (kvviz.runtime.forced_chunks)
 
 
 @dataclass

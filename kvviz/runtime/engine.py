@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kvviz.runtime import cuda_graphs, fused, fused_steps
+from kvviz.runtime import cuda_graphs, forced_chunks, fused, fused_steps
 from kvviz.runtime.jobs import Stopped
 from kvviz.runtime.lanes import TokenFeed
 from kvviz.model import devices
@@ -95,6 +95,11 @@ class DecodeOptions:
     # prefilled and compressed alone, then the rest (the question) is fed in one more forward,
     # before the first new token; None: the whole prompt at once (the policy sees the question)
     question_at: int | None = None
+    # a teacher-forced continuation (forced_ids) whose cache evicts nothing after the prompt (the
+    # full cache, a prompt-only selector, no store or retriever) is read in forwards of this many
+    # tokens (kvviz.runtime.forced_chunks: the same entries, rounded as larger matrix products);
+    # 0 or 1: step by step, as a decode
+    forced_chunk: int = forced_chunks.CHUNK
 
     def __post_init__(self):
         if self.forced_ids is not None:
@@ -256,43 +261,32 @@ def run(
     eos = eos_ids(tokenizer, model.config)
     records = StepRecords()
     generated: list[int] = []
-    stopped_by = "max_new_tokens"
     with cache.attached(model):  # hooks for this run only, removed whatever happens
         t0 = time.perf_counter()
         cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
         logits = prefill(model, cache, prompt_ids, options.question_at)
         cache.interrupt = None
-        decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
-        t_prefill = _sync_time(used) - t0
-        if decoder.fused(options) and fused.available(model) is None and options.fused_steps is not False and fused_steps.by_default():
-            cache.fused_steps = fused_steps.Steps(cache)
-        with fused.decoding(model, enabled=decoder.fused(options)) as fused_report:
-            for step in range(options.n_steps):
-                t_step = time.perf_counter()
-                logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
-                records.add(logprobs, cache, shape)
-                token = choose_token(logprobs, options, step, generator)
-                generated.append(token)
-                if on_step is not None:
-                    on_step(StepEvent(step, token, tokenizer.decode([token]), records.kv_bytes[-1], records.kv_bytes_full[-1], len(cache.layers[0])))
-                stop = _stop_reason(token, step, options, eos, should_stop)
-                if stop is not None:
-                    stopped_by = stop
-                    records.step_s.append(time.perf_counter() - t_step)
-                    break
-                logits = decoder.step(token, position=len(prompt_ids) + step)
-                records.step_s.append(_sync_time(used) - t_step)
+        if forced_chunks.why_not(cache, options) is None:  # a forced continuation the cache only appends to
+            t_prefill = _sync_time(used) - t0
+            way = _read_forced(model, tokenizer, cache, shape, logits, options, records, generated, on_step, should_stop)
+        else:
+            decoder = Decoder.after_prefill(model, cache, options, graphs=not devices.is_split(used))
+            t_prefill = _sync_time(used) - t0
+            way = _decode(decoder, tokenizer, logits, options, records, generated, shape, used, generator, eos, on_step, should_stop)
+        stopped_by = way.pop("stopped_by")
         t_total = time.perf_counter() - t0
     timings = {
         "prefill_s": t_prefill, "decode_s": float(sum(records.step_s)), "step_s": records.step_s, "total_s": t_total,
-        "decode_path": decoder.path,  # "graph": steps were replayed from a CUDA graph
-        "fused": fused_report["fused"],  # the model's blocks fused: "all", "some", "building", or why not
+        # "graph": steps were replayed from a CUDA graph; "chunked": a forced continuation read in
+        # forwards of many tokens (kvviz.runtime.forced_chunks)
+        "decode_path": way["path"],
+        "fused": way["fused"],  # the model's blocks fused: "all", "some", "building", or why not
         # the policy's steps fused (kvviz.runtime.fused_steps): "all", "some", "building", "none", or why not
-        "fused_steps": cache.fused_steps.state() if cache.fused_steps is not None else "off",
+        "fused_steps": way["fused_steps"],
     }
     cache.fused_steps = None
-    if decoder.failure:
-        timings["graph_failure"] = decoder.failure
+    if way.get("graph_failure"):
+        timings["graph_failure"] = way["graph_failure"]
     if options.forced_feed is not None and options.reference_logprobs is None:  # the followed run's, once it ended
         options = dataclasses.replace(options, reference_logprobs=options.forced_feed.logprobs())
     trace = build_trace(
@@ -307,6 +301,51 @@ def run(
         trace.device = devices.describe(layer_devices)
         trace.device_memory = device_memory(model, cache)
     return trace
+
+
+def _decode(decoder, tokenizer, logits, options, records, generated, shape, used, generator, eos, on_step, should_stop) -> dict:
+    """The decode loop: record a step, choose its token, feed it (eagerly or from a CUDA graph).
+    Returns how the steps ran and why they ended."""
+    cache, out = decoder.cache, {"stopped_by": "max_new_tokens"}
+    if decoder.fused(options) and fused.available(decoder.model) is None and options.fused_steps is not False and fused_steps.by_default():
+        cache.fused_steps = fused_steps.Steps(cache)
+    with fused.decoding(decoder.model, enabled=decoder.fused(options)) as fused_report:
+        for step in range(options.n_steps):
+            t_step = time.perf_counter()
+            logprobs = logits[0, -1].float().log_softmax(-1)  # (vocab,)
+            records.add(logprobs, cache, shape)
+            token = choose_token(logprobs, options, step, generator)
+            generated.append(token)
+            if on_step is not None:
+                on_step(StepEvent(step, token, tokenizer.decode([token]), records.kv_bytes[-1], records.kv_bytes_full[-1], len(cache.layers[0])))
+            stop = _stop_reason(token, step, options, eos, should_stop)
+            if stop is not None:
+                out["stopped_by"] = stop
+                records.step_s.append(time.perf_counter() - t_step)
+                break
+            logits = decoder.step(token, position=cache.prompt_len + step)
+            records.step_s.append(_sync_time(used) - t_step)
+    out.update(path=decoder.path, fused=fused_report["fused"], graph_failure=decoder.failure,
+               fused_steps=cache.fused_steps.state() if cache.fused_steps is not None else "off")
+    return out
+
+
+def _read_forced(model, tokenizer, cache, shape, logits, options, records, generated, on_step, should_stop) -> dict:
+    """A forced continuation read in chunks (``kvviz.runtime.forced_chunks``); the steps' events
+    are heard after each chunk."""
+
+    def heard(first: int, last: int) -> None:
+        generated.extend(options.forced_ids[first:last])
+        held = len(cache.layers[0]) - (last - 1)  # the cache holds the steps' tokens up to last - 1
+        for s in range(first, last):
+            if on_step is None:
+                break
+            token = generated[s]
+            on_step(StepEvent(s, token, tokenizer.decode([token]), records.kv_bytes[s], records.kv_bytes_full[s], held + s))
+
+    forward = functools.partial(_forward, model, cache, keep=0)
+    stopped_by = forced_chunks.decode(cache, shape, logits, options, records, forward, should_stop, heard)
+    return {"stopped_by": stopped_by, "path": "chunked", "fused": "off", "fused_steps": "off"}
 
 
 def device_memory(model, cache: PolicyCache) -> dict[str, dict]:
@@ -401,9 +440,10 @@ class Decoder:
         return decode_step(self.model, self.cache, ids, torch.tensor([position], device=self.device))
 
 
-def _forward(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """ids (1, q_len), positions (q_len,) -> logits (1, 1, vocab) of the last position."""
-    out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache})
+def _forward(model, cache: PolicyCache, ids: torch.Tensor, positions: torch.Tensor, keep: int = 1) -> torch.Tensor:
+    """ids (1, q_len), positions (q_len,) -> logits (1, 1, vocab) of the last position (``keep=0``:
+    (1, q_len, vocab), every position's)."""
+    out = model(input_ids=ids, position_ids=positions[None], use_cache=True, logits_to_keep=keep, **{cache_keyword(model): cache})
     return out.logits
 
 

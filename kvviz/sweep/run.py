@@ -14,6 +14,10 @@ and the benchmarks.
   by the prefill's logits;
 - mean KL(full || policy) and top-1 agreement with the full cache over the same steps. The full
   cache's teacher-forced run (its log-probabilities) is computed once per text and reused;
+- a point whose cache evicts nothing after the prompt (the full-cache reference, SnapKV,
+  PyramidKV, every prompt-only selector) reads its continuation in forwards of 256 tokens
+  (``kvviz.runtime.forced_chunks``): the same entries, about one prefill's time instead of one
+  decode step per token; its log-probabilities differ from a step-by-step run's by rounding only;
 - KV bytes at the last step and at the peak, against the full cache at the last step.
 
 **Passkey task** (``"passkey"``): for each filler length and needle depth, the prompt of

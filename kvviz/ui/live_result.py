@@ -31,7 +31,8 @@ from kvviz.ui.token_html import md_escape
 SCOPES = [N_("all layers and heads"), N_("one layer and KV head")]  # values stay English; shown with _()
 # the passes of a run (keys of LiveResult.wall_s), as the page names them
 PASSES = {"policy": N_("policy"), "full": N_("full"), live_run.REUSED: N_("full (reused from an earlier run of this prompt)"),
-          "forced": N_("forced"), "whole run": N_("whole run")}
+          "forced": N_("forced"), live_run.CHUNKED: N_("forced (read in chunks: nothing is evicted after the prompt)"),
+          "whole run": N_("whole run")}
 REOPENED = "live.reopened"  # (run id, caption) of a run reopened from the run store
 
 

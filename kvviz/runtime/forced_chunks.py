@@ -1,0 +1,92 @@
+"""A teacher-forced continuation read in chunks, where the cache evicts nothing after the prompt.
+
+A forced run knows its tokens before it starts. When nothing decides at decode (no selector acts
+after the prompt, no retriever picks a read set, the entries are held as they are: the full cache,
+SnapKV, PyramidKV and every other prompt-only selector), the cache at step ``s`` is the
+compressed prompt plus the first ``s`` forced tokens, whatever forwards put them there. So the
+continuation goes through the model in forwards of up to ``chunk`` tokens: each reads what the
+cache holds and its own tokens causally, as the question after a compressed context does, and
+gives the log-probabilities of ``chunk`` steps at once. A sweep's full-cache reference and its
+prompt-only points then cost about one prefill each instead of one decode step per token.
+
+The arithmetic is the decode steps' (the same entries at the same positions), grouped into larger
+matrix products: the log-probabilities agree with a step-by-step run up to rounding
+(``tests/integration/test_forced_chunks.py`` pins both, and the byte records exactly). What each
+step held is recorded as the stepped run records it: the cache's bytes grow by one entry per token
+and layer, read before and after each chunk. ``trace.timings["decode_path"]`` is "chunked" and each
+step's time is its chunk's share. The attention mass lost to eviction (``capture_queries``) is the
+prompt's at step 0 and none after it, as a stepped run of such a cache records it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+CHUNK = 256  # tokens per forward: (chunk, vocab) log-probabilities in float32 at once
+
+
+def why_not(cache, options) -> str | None:
+    """None when this run's continuation can be read in chunks; else why it steps."""
+    if options.forced_chunk < 2:
+        return "asked for step by step"
+    if options.forced_ids is None:
+        return "not teacher-forced on given tokens"
+    pipeline = cache.pipeline
+    if pipeline.storage is not None:
+        return "its store transforms what it holds"
+    if cache.reader is not None:
+        return "a retriever picks what each step reads"
+    if pipeline.selector is not None and pipeline.selector.acts_at_decode:
+        return "its selector evicts at decode"
+    return None
+
+
+def _sizes(cache, shape) -> tuple[int, int, int]:
+    return cache.kv_bytes(), cache.layers[0].seen * shape.full_bytes_per_token, cache.bookkeeping_bytes()
+
+
+def decode(cache, shape, logits: torch.Tensor, options, records, forward, should_stop=None, on_chunk=None) -> str:
+    """Record every step of ``options.forced_ids`` after the prefill's ``logits`` (1, 1, vocab):
+    step ``s``'s log-probabilities are those after the forced tokens before it. ``forward(ids,
+    positions)`` runs the model over new tokens and returns their logits (1, q, vocab);
+    ``should_stop`` is asked before each chunk; ``on_chunk(first, last)`` hears the steps recorded.
+    Returns why the run ended ("max_new_tokens" or "user")."""
+    forced, prompt_len = options.forced_ids, cache.prompt_len
+    device = logits.device
+    t = time.perf_counter()
+    records.add(logits[0, -1].float().log_softmax(-1), cache, shape)
+    done = 1  # steps recorded
+    records.step_s.append(time.perf_counter() - t)
+    if on_chunk is not None:
+        on_chunk(0, 1)
+    while done < len(forced):
+        if should_stop is not None and should_stop():
+            return "user"
+        t = time.perf_counter()
+        k = min(options.forced_chunk, len(forced) - done)
+        ids = torch.tensor([forced[done - 1 : done - 1 + k]], device=device)  # the tokens of steps done-1 ...
+        before = _sizes(cache, shape)
+        out = forward(ids, torch.arange(prompt_len + done - 1, prompt_len + done - 1 + k, device=device))
+        after = _sizes(cache, shape)
+        per_token = [(b - a) // k for a, b in zip(before, after)]
+        if any((b - a) % k for a, b in zip(before, after)):
+            raise RuntimeError(f"the cache grew by {[b - a for a, b in zip(before, after)]} bytes over {k} tokens: not one entry per token")
+        logprobs = out[0].float().log_softmax(-1)  # (k, vocab): row j is step done + j's
+        lost = records.lost_mass[-1]
+        for j in range(k):
+            records.logprobs.append(logprobs[j])
+            records.lost_mass.append(torch.zeros_like(lost))  # nothing evicted after the prompt
+            kv, full, book = (a + (j + 1) * p for a, p in zip(before, per_token))
+            records.kv_bytes.append(kv)
+            records.kv_bytes_full.append(full)
+            records.bookkeeping_bytes.append(book)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        share = (time.perf_counter() - t) / k
+        records.step_s.extend([share] * k)
+        if on_chunk is not None:
+            on_chunk(done, done + k)
+        done += k
+    return "max_new_tokens"

@@ -1,0 +1,118 @@
+"""A teacher-forced continuation read in chunks (``kvviz.runtime.forced_chunks``), where the cache
+evicts nothing after the prompt: the full cache's equals transformers' own forward over the whole
+text; a prompt-only selector's equals its step-by-step run (the same entries, rounded as larger
+products), with the same byte records, evictions and events; anything that decides at decode
+steps as before."""
+
+import numpy as np
+import pytest
+import torch
+
+from kvviz.record.text import encode_prompt
+from kvviz.runtime import engine, forced_chunks
+from kvviz.runtime.engine import DecodeOptions
+
+NEW = 20
+
+
+@pytest.fixture(scope="module")
+def ids(smollm):
+    return encode_prompt(smollm.tokenizer, "Tell me about the lighthouse keeper and the map he found. " * 3, chat=True)
+
+
+@pytest.fixture(scope="module")
+def forced(smollm, ids):
+    return engine.run(smollm.model, smollm.tokenizer, ids, "full", max_new_tokens=NEW, stop_at_eos=False).generated_ids
+
+
+def test_the_full_caches_chunks_equal_transformers_forward_over_the_whole_text(smollm, ids, forced):
+    m, tok = smollm.model, smollm.tokenizer
+    trace = engine.run(m, tok, ids, "full", forced_ids=forced, keep_logprobs=True, forced_chunk=8)
+    assert trace.timings["decode_path"] == "chunked" and trace.generated_ids == forced
+    with torch.inference_mode():
+        logits = m(input_ids=torch.tensor([ids + forced[:-1]])).logits[0, len(ids) - 1 :]
+    expected = logits.double().log_softmax(-1)
+    got = trace.extra["logprobs"].double()
+    assert got.shape == expected.shape == (NEW, m.config.vocab_size)
+    assert float((got - expected).abs().max()) < 2e-4
+    # every step's full-cache bytes: the prompt and the tokens before it, by hand
+    per_token = 2 * m.config.num_hidden_layers * m.config.num_key_value_heads * (m.config.hidden_size // m.config.num_attention_heads) * 4
+    assert trace.kv_bytes == trace.kv_bytes_full == [(len(ids) + s) * per_token for s in range(NEW)]
+
+
+@pytest.mark.parametrize("spec", ["snapkv:budget=24", "pyramidkv:budget=24", "full"])
+@pytest.mark.parametrize("chunk", [256, 3])  # one forward; several, the last one short
+def test_a_prompt_only_policys_chunks_equal_its_steps(smollm, ids, forced, spec, chunk):
+    m, tok = smollm.model, smollm.tokenizer
+    heard = {c: [] for c in (0, chunk)}
+    runs = {
+        c: engine.run(m, tok, ids, spec, forced_ids=forced, keep_logprobs=True, forced_chunk=c, capture_queries=True,
+                      on_step=lambda e, c=c: heard[c].append((e.step, e.token_id, e.kv_bytes, e.kv_bytes_full, e.held_entries)))
+        for c in (0, chunk)
+    }
+    stepped, chunked = runs[0], runs[chunk]
+    assert stepped.timings["decode_path"] == "eager" and chunked.timings["decode_path"] == "chunked"
+    assert chunked.generated_ids == stepped.generated_ids == forced
+    assert chunked.kv_bytes == stepped.kv_bytes and chunked.bookkeeping_bytes == stepped.bookkeeping_bytes
+    assert chunked.kv_bytes_full == stepped.kv_bytes_full
+    np.testing.assert_array_equal(chunked.evicted_at_step, stepped.evicted_at_step)
+    np.testing.assert_array_equal(chunked.scores, stepped.scores)
+    np.testing.assert_allclose(chunked.lost_mass, stepped.lost_mass, atol=1e-6)  # the prompt's at step 0, none after
+    assert float((chunked.extra["logprobs"] - stepped.extra["logprobs"]).abs().max()) < 2e-4
+    assert heard[chunk] == heard[0]
+    assert len(chunked.timings["step_s"]) == NEW and chunked.stopped_by == "max_new_tokens"
+    if spec != "full":
+        assert (stepped.evicted_at_step[..., : len(ids)] >= 0).any()  # the prompt was compressed
+        assert stepped.lost_mass[0].max() > 0 and not stepped.lost_mass[1:].any()
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("h2o:budget=6", "its selector evicts at decode"),
+    ("quant", "its store transforms what it holds"),
+    ("quest:read_budget=16", "a retriever picks what each step reads"),
+])
+def test_what_decides_at_decode_steps(smollm, ids, forced, spec, why):
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, spec, forced_ids=forced[:4])
+    assert trace.timings["decode_path"] == "eager"
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.runtime.policy_cache import PolicyCache
+
+    cache = PolicyCache(PolicySpec.of(spec).pipeline(), 2, 8, 12, 1, ["cpu"] * 2)
+    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2))) == why
+
+
+def test_other_runs_step():
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.runtime.policy_cache import PolicyCache
+
+    cache = PolicyCache(PolicySpec.of("snapkv:budget=4").pipeline(), 2, 8, 12, 1, ["cpu"] * 2)
+    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2))) is None
+    assert forced_chunks.why_not(cache, DecodeOptions()) == "not teacher-forced on given tokens"
+    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2), forced_chunk=1)) == "asked for step by step"
+    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2), capture_queries=True)) is None
+
+
+def test_a_stop_ends_the_run_between_chunks(smollm, ids, forced):
+    heard = []
+    trace = engine.run(smollm.model, smollm.tokenizer, ids, "snapkv:budget=24", forced_ids=forced, forced_chunk=5,
+                       on_step=lambda e: heard.append(e.step), should_stop=lambda: len(heard) > 1)  # after the first chunk
+    assert trace.stopped_by == "user"
+    assert trace.generated_ids == forced[:6] and len(trace.kv_bytes) == 6  # step 0 and the first chunk's five
+
+
+def test_the_live_page_names_a_forced_run_read_in_chunks(smollm):
+    from kvviz.live.job import LiveJob
+    from kvviz.live.run import CHUNKED, LiveRequest
+    from kvviz.policies.spec import PolicySpec
+
+    ids = encode_prompt(smollm.tokenizer, "Name three colours of the rainbow.", chat=True)
+
+    def live(policy: str):
+        job = LiveJob(smollm.model, smollm.tokenizer, LiveRequest(spec=PolicySpec.of(policy), max_new_tokens=8, prompt_ids=list(ids))).start()
+        assert job.wait(600)
+        return job.result
+
+    snapkv, h2o = live("snapkv:budget=12"), live("h2o:budget=12")
+    assert not snapkv.forced.extra.get("forced_from_free_run")  # snapkv left the full cache's tokens: a forced run ran
+    assert CHUNKED in snapkv.wall_s and "forced" not in snapkv.wall_s and snapkv.forced.timings["decode_path"] == "chunked"
+    assert "forced" in h2o.wall_s and CHUNKED not in h2o.wall_s
