@@ -46,6 +46,10 @@ class QuantStore(Store):
             paths += [(name, "q", "codes"), (name, "q", "scale")] + ([(name, "q", "zero")] if stream.q.zero is not None else [])
         return paths
 
+    def per_token(self) -> bool:
+        """Per token with no residual window, quantized as it arrives (not after the step's read)."""
+        return all(not s.per_channel and not s.residual and not s.after_read for s in (self.k, self.v))
+
     def can_hold_fixed(self) -> bool:
         return True
 

@@ -72,6 +72,13 @@ class Store:
         that cannot be held so (one whose appends also change other tensors' shapes)."""
         return [("keys",), ("values",)]
 
+    def per_token(self) -> bool:
+        """Whether each appended token is held, and read by the attention, in a form that depends
+        on that token alone: appending tokens one at a time or several together then holds the
+        same (``kvviz.runtime.forced_chunks`` reads a forced continuation in chunks only then).
+        The plain store does; a subclass says so itself."""
+        return type(self) is Store
+
     def can_hold_fixed(self) -> bool:
         """Whether ``hold_fixed`` can move this store into fixed-capacity buffers."""
         return self.row_paths() is not None

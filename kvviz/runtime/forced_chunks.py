@@ -1,8 +1,8 @@
 """A teacher-forced continuation read in chunks, where the cache evicts nothing after the prompt.
 
 A forced run knows its tokens before it starts. When nothing decides at decode (no selector acts
-after the prompt, no retriever picks a read set, the entries are held as they are: the full cache,
-SnapKV, PyramidKV and every other prompt-only selector), the cache at step ``s`` is the
+after the prompt, no retriever picks a read set, and the store holds each token on its own: the
+full cache, SnapKV, PyramidKV and every other prompt-only selector, per-token quantization), the cache at step ``s`` is the
 compressed prompt plus the first ``s`` forced tokens, whatever forwards put them there. So the
 continuation goes through the model in forwards of up to ``chunk`` tokens: each reads what the
 cache holds and its own tokens causally, as the question after a compressed context does, and
@@ -34,8 +34,8 @@ def why_not(cache, options) -> str | None:
     if options.forced_ids is None:
         return "not teacher-forced on given tokens"
     pipeline = cache.pipeline
-    if pipeline.storage is not None:
-        return "its store transforms what it holds"
+    if not all(layer.store is None or layer.store.per_token() for layer in cache.layers):
+        return "its store does not hold each token on its own"
     if cache.reader is not None:
         return "a retriever picks what each step reads"
     if pipeline.selector is not None and pipeline.selector.acts_at_decode:

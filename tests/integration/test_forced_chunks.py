@@ -1,8 +1,8 @@
 """A teacher-forced continuation read in chunks (``kvviz.runtime.forced_chunks``), where the cache
 evicts nothing after the prompt: the full cache's equals transformers' own forward over the whole
 text; a prompt-only selector's equals its step-by-step run (the same entries, rounded as larger
-products), with the same byte records, evictions and events; anything that decides at decode
-steps as before."""
+products), with the same byte records, evictions and events, and so does per-token quantization;
+anything that decides at decode, or holds tokens in groups, steps as before."""
 
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def test_the_full_caches_chunks_equal_transformers_forward_over_the_whole_text(s
     assert trace.kv_bytes == trace.kv_bytes_full == [(len(ids) + s) * per_token for s in range(NEW)]
 
 
-@pytest.mark.parametrize("spec", ["snapkv:budget=24", "pyramidkv:budget=24", "full"])
+@pytest.mark.parametrize("spec", ["snapkv:budget=24", "pyramidkv:budget=24", "full", "quant", "snapkv+quant:budget=24,bits=2"])
 @pytest.mark.parametrize("chunk", [256, 3])  # one forward; several, the last one short
 def test_a_prompt_only_policys_chunks_equal_its_steps(smollm, ids, forced, spec, chunk):
     m, tok = smollm.model, smollm.tokenizer
@@ -55,41 +55,52 @@ def test_a_prompt_only_policys_chunks_equal_its_steps(smollm, ids, forced, spec,
     assert chunked.generated_ids == stepped.generated_ids == forced
     assert chunked.kv_bytes == stepped.kv_bytes and chunked.bookkeeping_bytes == stepped.bookkeeping_bytes
     assert chunked.kv_bytes_full == stepped.kv_bytes_full
+    if stepped.store_error is not None:  # per-token quantization: the same codes, errors summed in another order
+        np.testing.assert_allclose(chunked.store_error.key, stepped.store_error.key, rtol=1e-4)
+        np.testing.assert_allclose(chunked.store_error.value, stepped.store_error.value, rtol=1e-4)
     np.testing.assert_array_equal(chunked.evicted_at_step, stepped.evicted_at_step)
     np.testing.assert_array_equal(chunked.scores, stepped.scores)
     np.testing.assert_allclose(chunked.lost_mass, stepped.lost_mass, atol=1e-6)  # the prompt's at step 0, none after
     assert float((chunked.extra["logprobs"] - stepped.extra["logprobs"]).abs().max()) < 2e-4
     assert heard[chunk] == heard[0]
     assert len(chunked.timings["step_s"]) == NEW and chunked.stopped_by == "max_new_tokens"
-    if spec != "full":
+    if spec.startswith(("snapkv", "pyramidkv")):
         assert (stepped.evicted_at_step[..., : len(ids)] >= 0).any()  # the prompt was compressed
         assert stepped.lost_mass[0].max() > 0 and not stepped.lost_mass[1:].any()
 
 
-@pytest.mark.parametrize("spec, why", [
+def why(smollm, ids, spec: str, **options) -> str | None:
+    """Why a forced run of ``spec`` steps (None: it reads its continuation in chunks), after the prefill."""
+    from kvviz.model import devices
+    from kvviz.policies.spec import PolicySpec
+    from kvviz.runtime.policy_cache import PolicyCache
+
+    m, shape = smollm.model, engine.ModelShape.of(smollm.model)
+    cache = PolicyCache(PolicySpec.of(spec).pipeline(), shape.n_layers, len(ids), len(ids) + 4, shape.n_kv_heads,
+                        devices.run_devices(m)[1:])
+    with torch.inference_mode(), cache.attached(m):
+        engine.prefill(m, cache, ids)
+    return forced_chunks.why_not(cache, DecodeOptions(**{"forced_ids": (1, 2), **options}))
+
+
+@pytest.mark.parametrize("spec, reason", [
     ("h2o:budget=6", "its selector evicts at decode"),
-    ("quant", "its store transforms what it holds"),
+    ("kivi", "its store does not hold each token on its own"),  # a key waits in full precision for its group
+    ("quant:axis=per_channel", "its store does not hold each token on its own"),
+    ("lowrank", "its store does not hold each token on its own"),  # not claimed: it steps
     ("quest:read_budget=16", "a retriever picks what each step reads"),
 ])
-def test_what_decides_at_decode_steps(smollm, ids, forced, spec, why):
+def test_what_decides_at_decode_steps(smollm, ids, forced, spec, reason):
     trace = engine.run(smollm.model, smollm.tokenizer, ids, spec, forced_ids=forced[:4])
     assert trace.timings["decode_path"] == "eager"
-    from kvviz.policies.spec import PolicySpec
-    from kvviz.runtime.policy_cache import PolicyCache
-
-    cache = PolicyCache(PolicySpec.of(spec).pipeline(), 2, 8, 12, 1, ["cpu"] * 2)
-    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2))) == why
+    assert why(smollm, ids, spec) == reason
 
 
-def test_other_runs_step():
-    from kvviz.policies.spec import PolicySpec
-    from kvviz.runtime.policy_cache import PolicyCache
-
-    cache = PolicyCache(PolicySpec.of("snapkv:budget=4").pipeline(), 2, 8, 12, 1, ["cpu"] * 2)
-    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2))) is None
-    assert forced_chunks.why_not(cache, DecodeOptions()) == "not teacher-forced on given tokens"
-    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2), forced_chunk=1)) == "asked for step by step"
-    assert forced_chunks.why_not(cache, DecodeOptions(forced_ids=(1, 2), capture_queries=True)) is None
+def test_other_runs_step(smollm, ids):
+    assert why(smollm, ids, "snapkv:budget=4") is None and why(smollm, ids, "quant") is None
+    assert why(smollm, ids, "snapkv:budget=4", forced_ids=None) == "not teacher-forced on given tokens"
+    assert why(smollm, ids, "snapkv:budget=4", forced_chunk=1) == "asked for step by step"
+    assert why(smollm, ids, "snapkv:budget=4", capture_queries=True) is None
 
 
 def test_a_stop_ends_the_run_between_chunks(smollm, ids, forced):

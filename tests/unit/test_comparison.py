@@ -37,7 +37,9 @@ def test_each_run_equals_an_independent_engine_run(tiny_llama, result):
         assert run.trace.kv_bytes == alone.policy.kv_bytes and run.trace.kv_bytes_full == alone.policy.kv_bytes_full
         np.testing.assert_array_equal(run.trace.evicted_at_step, alone.policy.evicted_at_step)
         np.testing.assert_array_equal(run.trace.scores, alone.policy.scores)  # NaN where never scored, in both
-        np.testing.assert_allclose(run.forced.kl_to_reference, alone.forced.kl_to_reference, rtol=1e-5, atol=1e-7)
+        # a forced run read in chunks (kvviz.runtime.forced_chunks) against one built from the free run
+        # (comparison.forced_from_free) differ by float32 rounding: KL of a few 1e-6 nats either way
+        np.testing.assert_allclose(run.forced.kl_to_reference, alone.forced.kl_to_reference, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(run.forced.top1_agreement, alone.forced.top1_agreement)
         assert run.first_divergence(result.full) == alone.first_divergence
 

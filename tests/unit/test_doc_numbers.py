@@ -470,7 +470,26 @@ NUMBERS = [
      lambda d: f(".2f", d["median_s"]["kept"], d["median_s"]["three runs"])),
     ("PERFORMANCE.md", "(its whole call {} s of h2o's {} s in the table below)", "bench_live_inplace_h200.json",
      lambda d: f(".2f", rows(d)["full"]["call_s"], rows(d)["h2o · 25%"]["live_s"])),
+    # forced continuations read in chunks (CPU)
+    ("PERFORMANCE.md", "| whole sweep | {} s | **{} s** |", "sweep_chunks_cpu.json", lambda d: f(".1f", d["before"]["seconds"], d["after"]["seconds"])),
+    ("PERFORMANCE.md", "| full-cache reference | {} s | {} s |", "sweep_chunks_cpu.json",
+     lambda d: f(".2f", d["before"]["reference"]["seconds"], d["after"]["reference"]["seconds"])),
+    ("PERFORMANCE.md", "| each SnapKV / PyramidKV point | {} s | {} s |", "sweep_chunks_cpu.json",
+     lambda d: [span(".2f", chunk_seconds(d[k], True)) for k in ("before", "after")]),
+    ("PERFORMANCE.md", "| every other point | {} s | {} s (the same work) |", "sweep_chunks_cpu.json",
+     lambda d: [span(".2f", chunk_seconds(d[k], False)) for k in ("before", "after")]),
+    ("PERFORMANCE.md", "took a median {} s and {} s (ratio {}, range {}-{})", "sweep_chunks_cpu.json",
+     lambda d: f(".1f", d["whole_process_wall_s"]["before_median"], d["whole_process_wall_s"]["after_median"])
+     + f(".2f", *(d["whole_process_wall_s"][k] for k in ("ratio_median", "ratio_min", "ratio_max")))),
+    ("PERFORMANCE.md", "took {} s of the {} s one at a time", "sweep_no_step_builds_h200.json",
+     lambda d: f(".1f", sum(chunk_seconds(d, True)) + d["reference"]["seconds"], d["seconds"])),
+    ("README.md", "(a 41-run CPU sweep took {} s instead of {} s", "sweep_chunks_cpu.json", lambda d: f(".1f", d["after"]["seconds"], d["before"]["seconds"])),
 ]
+
+
+def chunk_seconds(sweep: dict, chunked: bool) -> list[float]:
+    """The seconds of a sweep's SnapKV and PyramidKV points (read in chunks since stop 35), or of the others."""
+    return [r["seconds"] for r in sweep["rows"] if (r["policy"] in ("snapkv", "pyramidkv")) == chunked]
 
 # Numbers with a unit that are not measurements: settings, goals, hardware names, arithmetic.
 ALLOWED = [
@@ -483,6 +502,7 @@ ALLOWED = [
     r"within 0\.05 nats",  # a tolerance of the Live lanes GPU test (tests/gpu/test_lanes_cuda.py)
     r"under 1\.5 MiB",  # the cap of tests/unit/test_map_decimation.py
     r"at most 256 MiB of their log-probabilities",  # comparison.FullRuns' cap (a setting)
+    r"below 5% of H2O's `kl_full` at 20%",  # the bound and the ratio of tests/gpu/test_forced_chunks_cuda.py
 ]
 
 # Numbers measured before results files were kept, with no file yet. Each stays listed (and so
