@@ -26,7 +26,7 @@ import torch
 from kvviz.policies.spec import PolicySpec
 from kvviz.record import metrics
 from kvviz.record.trace import Trace
-from kvviz.runtime import engine, lanes
+from kvviz.runtime import engine, lanes, run_records
 from kvviz.runtime.engine import DecodeOptions, StepEvent
 from kvviz.runtime.lanes import TokenFeed
 
@@ -190,7 +190,7 @@ def forced_from_free(free: Trace, logprobs: torch.Tensor, reference: torch.Tenso
     """The teacher-forced trace of a run whose free steps it would replay (``forced_is_free``): its
     record, with KL and top-1 against the reference, marked teacher-forced, its stop reason the
     forced run's (the forced tokens' end), and ``extra["forced_from_free_run"]``: no third decode."""
-    kl, top1 = engine.against_reference(logprobs, reference)
+    kl, top1 = run_records.against_reference(logprobs, reference)
     forced = dataclasses.replace(free, kl_to_reference=kl, top1_agreement=top1, teacher_forced=True,
                                  stopped_by="max_new_tokens", timings=dict(free.timings), extra=dict(free.extra))
     forced.extra["forced_from_free_run"] = True
