@@ -63,8 +63,8 @@ def test_a_sweep_on_lanes_gives_the_same_rows_sooner(gpu_model, monkeypatch):
     settings = sweep.SweepSettings(policies=("streaming_llm", "h2o", "tova", "snapkv"), ratios=(0.1, 0.3),
                                    text=long_document(), context=512, continuation=96)
     model, tok = gpu_model.model, gpu_model.tokenizer
-    sweep.run(model, tok, settings)  # warm-up: asks for every point's fused steps
-    fused.wait()  # (a point decoding eagerly until its build ends rounds otherwise in bf16)
+    sweep.run(model, tok, settings)  # warm-up: graph captures, the allocator (a sweep builds no policy steps)
+    fused.wait()
     monkeypatch.setattr(lanes, "count", lambda model: 1)
     t = time.perf_counter()
     in_turn = sweep.run(model, tok, settings, keep_reference=True)
