@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from kvviz.policies.selector import Retriever
+
 CHUNK = 256  # tokens per forward: (chunk, vocab) log-probabilities in float32 at once
 
 
@@ -33,14 +35,31 @@ def why_not(cache, options) -> str | None:
         return "asked for step by step"
     if options.forced_ids is None:
         return "not teacher-forced on given tokens"
-    pipeline = cache.pipeline
-    if not all(layer.store is None or layer.store.per_token() for layer in cache.layers):
+    return policy_steps(cache.pipeline, [layer.store for layer in cache.layers if layer.store is not None])
+
+
+def policy_steps(pipeline, stores) -> str | None:
+    """Why a forced run of ``pipeline`` whose layers hold ``stores`` steps; None: it reads its
+    continuation in chunks."""
+    if not all(store.per_token() for store in stores):
         return "its store does not hold each token on its own"
-    if cache.reader is not None:
+    if isinstance(pipeline.reader or pipeline.selector, Retriever):
         return "a retriever picks what each step reads"
     if pipeline.selector is not None and pipeline.selector.acts_at_decode:
         return "its selector evicts at decode"
     return None
+
+
+def reads_in_chunks(pipeline) -> bool:
+    """Whether a forced run of ``pipeline`` reads its continuation in chunks (by default), before
+    any run: its store is made on the meta device to ask (a store that refuses counts as not)."""
+    stores = []
+    if pipeline.storage is not None:
+        try:
+            stores.append(pipeline.storage.make_store(0, 1, 1, 64, torch.float32, torch.device("meta")))
+        except Exception:  # noqa: BLE001 - a shape this store refuses: the run itself will say why
+            return False
+    return policy_steps(pipeline, stores) is None
 
 
 def _sizes(cache, shape) -> tuple[int, int, int]:

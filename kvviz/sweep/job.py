@@ -3,7 +3,8 @@ background job that runs it while the page shows progress and a Stop button.
 
 The estimate is honest about what it is: one full-cache prefill and a few decode steps are timed
 here, and each planned run is extrapolated from them (prefill linear in the prompt's tokens, one
-step per forced or generated token). Policies that score with attention or quantize do more work
+step per forced or generated token, or a prefill's cost per token for a forced continuation read
+in chunks). Policies that score with attention or quantize do more work
 per step than the full cache; the upper end allows them twice the time. While the sweep runs,
 the time left is extrapolated from the runs already finished. Nothing here imports streamlit.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from kvviz.i18n import _
 from kvviz.sweep import run as sweep
+from kvviz.runtime import forced_chunks
 from kvviz.runtime.jobs import BackgroundJob
 from kvviz.record.examples import long_document
 
@@ -60,11 +62,14 @@ class Estimate:
 
 
 def estimate(the_plan: sweep.Plan, speed: Speed) -> Estimate:
+    """A forced continuation that is read in chunks (``kvviz.runtime.forced_chunks``: the reference,
+    prompt-only policies) costs what a prefill of its tokens costs; every other run a step per token."""
     low = high = 0.0
     for run in the_plan.runs:
         prefill = len(run.prompt_ids) * speed.prefill_s_per_token
-        steps = run.steps * speed.step_s
-        plain = run.spec is None or _plain(run.spec)
+        chunked = the_plan.settings.task == "ppl" and (run.spec is None or forced_chunks.reads_in_chunks(run.spec.pipeline()))
+        steps = run.steps * (speed.prefill_s_per_token if chunked else speed.step_s)
+        plain = chunked or run.spec is None or _plain(run.spec)
         low += prefill + steps
         high += prefill + steps * (1.0 if plain else SLOW_POLICY_FACTOR)
     return Estimate(low, high, len(the_plan.runs), speed)

@@ -127,3 +127,33 @@ def test_the_live_page_names_a_forced_run_read_in_chunks(smollm):
     assert not snapkv.forced.extra.get("forced_from_free_run")  # snapkv left the full cache's tokens: a forced run ran
     assert CHUNKED in snapkv.wall_s and "forced" not in snapkv.wall_s and snapkv.forced.timings["decode_path"] == "chunked"
     assert "forced" in h2o.wall_s and CHUNKED not in h2o.wall_s
+
+
+def test_the_sweep_estimates_prediction_matches_every_policys_run(tiny_llama):
+    """``reads_in_chunks`` (asked of a spec before any run, for the Tradeoffs estimate) says what the
+    engine then does, for every registered policy with its defaults."""
+    from kvviz import policies
+    from kvviz.policies import PolicyError
+    from kvviz.policies.spec import PolicySpec
+
+    class Tok:
+        eos_token_id = None
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+        def convert_ids_to_tokens(self, ids):
+            return [str(i) for i in ids]
+
+    prompt = [int(i) for i in torch.arange(40) % 97 + 3]
+    seen = {}
+    for name in sorted(policies.registry()):
+        spec = PolicySpec.of(name, ratio=0.5) if policies.takes_budget(name) else PolicySpec.of(name)
+        try:
+            trace = engine.run(tiny_llama, Tok(), prompt, spec, forced_ids=[5, 6, 7, 8])
+        except PolicyError:
+            continue  # a policy that refuses this tiny model (its own test covers it)
+        seen[name] = trace.timings["decode_path"] == "chunked"
+        assert seen[name] == forced_chunks.reads_in_chunks(spec.pipeline()), name
+    assert seen["full"] and seen["snapkv"] and seen["quant"] and not seen["h2o"] and not seen["kivi"]
+    assert len(seen) >= 25

@@ -209,13 +209,18 @@ def test_estimate_by_hand():
 
     speed = Speed("cpu", prefill_s_per_token=0.01, step_s=0.1, measured_tokens=128)
     runs = [
-        sweep.PlannedRun(None, list(range(100)), 20),  # reference: 1 s + 2 s
-        sweep.PlannedRun(PolicySpec.parse("window:ratio=0.5"), list(range(100)), 20),  # plain: 3 s
+        sweep.PlannedRun(None, list(range(100)), 20),  # reference, read in chunks: 1 s + 20 tokens at 0.01 s
+        sweep.PlannedRun(PolicySpec.parse("window:ratio=0.5"), list(range(100)), 20),  # plain: 1 + 2 s
         sweep.PlannedRun(PolicySpec.parse("h2o:ratio=0.5"), list(range(100)), 20),  # scores: 1 + 2 s, up to 1 + 2 * factor
+        sweep.PlannedRun(PolicySpec.parse("snapkv:ratio=0.5"), list(range(100)), 20),  # prompt-only, in chunks: 1.2 s
+        sweep.PlannedRun(PolicySpec.parse("quant"), list(range(100)), 20),  # per-token quantization, in chunks: 1.2 s
+        sweep.PlannedRun(PolicySpec.parse("kivi"), list(range(100)), 20),  # steps, quantizes: 1 + 2 s, up to 1 + 2 * factor
     ]
     est = estimate(sweep.Plan(sweep.SweepSettings(policies=("window",)), runs), speed)
-    assert est.low_s == pytest.approx(9.0) and est.high_s == pytest.approx(7.0 + 2.0 * SLOW_POLICY_FACTOR)
-    assert "about 9 s to 11 s for 3 runs on cpu" in est.text() and "estimate" in est.text()
+    assert est.low_s == pytest.approx(1.2 * 3 + 3.0 * 3) and est.high_s == pytest.approx(1.2 * 3 + 3.0 + 2 * (1.0 + 2.0 * SLOW_POLICY_FACTOR))
+    assert "about 13 s to 17 s for 6 runs on cpu" in est.text() and "estimate" in est.text()
+    passkey = estimate(sweep.Plan(sweep.SweepSettings(task="passkey", policies=("window",)), runs[:1]), speed)
+    assert passkey.low_s == pytest.approx(3.0)  # generated, not forced: a step per token
 
 
 def test_job_stops_and_keeps_the_finished_runs(smollm):
