@@ -136,16 +136,8 @@ def test_the_sweep_estimates_prediction_matches_every_policys_run(tiny_llama):
     from kvviz.policies import PolicyError
     from kvviz.policies.spec import PolicySpec
 
-    class Tok:
-        eos_token_id = None
+    from tests.unit.tiny_comparison import PROMPT as prompt, Tok
 
-        def decode(self, ids):
-            return " ".join(map(str, ids))
-
-        def convert_ids_to_tokens(self, ids):
-            return [str(i) for i in ids]
-
-    prompt = [int(i) for i in torch.arange(40) % 97 + 3]
     seen = {}
     for name in sorted(policies.registry()):
         spec = PolicySpec.of(name, ratio=0.5) if policies.takes_budget(name) else PolicySpec.of(name)
