@@ -28,7 +28,7 @@ import torch
 
 from kvviz.i18n import N_, _
 from kvviz.model import devices
-from kvviz.model.attention_inputs import AttentionCall, CaptureError, attention_modules  # noqa: F401  (re-exported)
+from kvviz.model.attention_inputs import AttentionCall, CaptureError, attention_modules, decoder_attention  # noqa: F401  (attention_modules re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,3 +175,13 @@ def capture_layers(model, ids, layers: Iterable[int], prompt_len: int | None = N
 
     _run_with_hooks(model, ids, list(layers), keep)
     return out
+
+
+def sliding_windows(model) -> dict[int, int]:
+    """Layer -> its sliding window, for the layers that have one."""
+    try:
+        mods = decoder_attention(model)
+    except (CaptureError, ValueError, AttributeError):
+        return {}
+    windows = {i: sliding_window(m, i) for i, m in enumerate(mods) if m is not None}
+    return {i: w for i, w in windows.items() if w}

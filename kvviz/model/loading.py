@@ -30,8 +30,8 @@ import torch
 
 from kvviz.i18n import N_, _, ngettext
 from kvviz.model import devices
-from kvviz.model.attention_inputs import CaptureError, decoder_attention
-from kvviz.model.capture import sliding_window
+from kvviz.model.attention_inputs import CaptureError
+from kvviz.model.capture import sliding_windows
 from kvviz.record.metrics import device_memory_rows, format_bytes  # format_bytes re-exported
 from kvviz.model.weight_files import (
     CACHE_FORMAT,
@@ -381,20 +381,10 @@ def summarize_model(model, name: str, source: str) -> ModelSummary:
         n_params=int(sum(unique.values())),
         attention=attention,
         attention_kernel=_kernel_description(model),
-        sliding_windows=_sliding_windows(model),
+        sliding_windows=sliding_windows(model),
         layers_by_device={str(d): layers for d, layers in devices.layers_by_device(placement).items()} if split else {},
         weights_by_device=devices.weights_by_device(model) if split else {},
     )
-
-
-def _sliding_windows(model) -> dict[int, int]:
-    """Layer -> its sliding window, for the layers that have one."""
-    try:
-        mods = decoder_attention(model)
-    except (CaptureError, ValueError, AttributeError):
-        return {}
-    windows = {i: sliding_window(m, i) for i, m in enumerate(mods) if m is not None}
-    return {i: w for i, w in windows.items() if w}
 
 
 def attention_implementation(model_class) -> str:

@@ -47,6 +47,7 @@ from kvviz.runtime.jobs import Stopped
 from kvviz.runtime.lanes import TokenFeed
 from kvviz.model import devices
 from kvviz.model.attention_inputs import MLA_REFUSAL, decoder_attention, unreadable
+from kvviz.model.capture import sliding_windows
 from kvviz.storage import fixed_capacity
 from kvviz.record import metrics
 from kvviz.runtime.policy_cache import PolicyCache
@@ -240,7 +241,8 @@ def run(
         cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
         logits = prefill(model, cache, prompt_ids, options.question_at)
         cache.interrupt = None
-        if forced_chunks.why_not(cache, options) is None:  # a forced continuation the cache only appends to
+        window = min(sliding_windows(model).values(), default=None)
+        if forced_chunks.why_not(cache, options, window) is None:  # a forced continuation the cache only appends to
             t_prefill = _sync_time(used) - t0
             way = _read_forced(model, tokenizer, cache, shape, logits, options, records, generated, on_step, should_stop)
         else:

@@ -29,12 +29,17 @@ from kvviz.policies.selector import Retriever
 CHUNK = 256  # tokens per forward: (chunk, vocab) log-probabilities in float32 at once
 
 
-def why_not(cache, options) -> str | None:
-    """None when this run's continuation can be read in chunks; else why it steps."""
+def why_not(cache, options, window: int | None = None) -> str | None:
+    """None when this run's continuation can be read in chunks; else why it steps. ``window``: the
+    model's shortest sliding window (None: none). A chunk reads a compressed cache through a causal
+    mask of its own, which knows no window: where the window would hide an entry, the run steps."""
     if options.forced_chunk < 2:
         return "asked for step by step"
     if options.forced_ids is None:
         return "not teacher-forced on given tokens"
+    compressed = any(len(layer) < layer.seen for layer in cache.layers)
+    if window is not None and compressed and cache.prompt_len + len(options.forced_ids) > window:
+        return "the model's sliding window over a compressed cache"
     return policy_steps(cache.pipeline, [layer.store for layer in cache.layers if layer.store is not None])
 
 

@@ -45,15 +45,19 @@ if TYPE_CHECKING:
 CACHE_KEYWORDS = ("cache", "past_key_values", "layer_past")  # the attention's cache argument (>= 5.24, before; GPT-NeoX)
 
 
-def sized_mask(mask: torch.Tensor, held: int, q_len: int) -> torch.Tensor:
+def sized_mask(mask: torch.Tensor, held: int, q_len: int, seen: int | None = None) -> torch.Tensor:
     """The model's mask (1, 1, q_len, m) for a layer that holds ``held`` entries before this
-    step: transformers sizes it from layer 0, and layers may hold different numbers (PyramidKV),
-    which eager attention, adding the mask to the scores, cannot broadcast. Every held entry is
-    in the past of the new queries: visible to all of them; the new ones keep their own mask.
-    Several new tokens after the prefill (a question after its compressed context): the model
-    offsets its causal mask by the tokens seen, not by the entries held, so the new tokens'
-    causal mask is made here."""
+    step, of the ``seen`` tokens it has read: transformers sizes it from layer 0, and layers may
+    hold different numbers (PyramidKV), which eager attention, adding the mask to the scores,
+    cannot broadcast. Every held entry is in the past of the new queries: visible to all of them;
+    the new ones keep their own mask. Several new tokens after the prefill (a question after its
+    compressed context, a forced continuation read in chunks): the model offsets its causal mask
+    by the tokens seen, not by the entries held, so the new tokens' causal mask is made here,
+    unless nothing was evicted (``held == seen``): then each entry's index is its position and
+    the model's own mask is right, its sliding window included."""
     if mask.dim() != 4:
+        return mask
+    if q_len > 1 and held == seen and mask.shape[-2:] == (q_len, held + q_len):
         return mask
     if q_len > 1:
         visible = torch.ones(q_len, held + q_len, dtype=torch.bool, device=mask.device).tril(held)  # (q_len, held + q_len)
@@ -398,7 +402,7 @@ class PolicyCache(Cache):
             elif layer.seen and positions.shape[0] == 1 and self.retrieves:
                 kwargs["attention_mask"] = None  # one query reads a gathered set of its past: nothing to hide
             elif layer.seen and isinstance(kwargs.get("attention_mask"), torch.Tensor):
-                kwargs["attention_mask"] = sized_mask(kwargs["attention_mask"], len(layer), positions.shape[0])
+                kwargs["attention_mask"] = sized_mask(kwargs["attention_mask"], len(layer), positions.shape[0], layer.seen)
             return args, kwargs
 
         return hook

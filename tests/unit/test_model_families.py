@@ -99,6 +99,36 @@ def test_full_equals_transformers_greedy(name):
 
 
 @pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
+def test_a_forced_continuation_read_in_chunks_equals_transformers_forward(name):
+    """The full cache's forced run, read in chunks (kvviz.runtime.forced_chunks), gives transformers'
+    own log-probabilities over the whole text, sliding windows included; a compressed cache that a
+    window would cut steps, and otherwise equals its stepped run."""
+    model = model_of(name)
+    forced = [(5 * i + 1) % 100 + 3 for i in range(12)]  # 20 + 12 tokens: past every sliding window (8)
+    chunked = engine.run(model, Tok(), PROMPT, "full", forced_ids=forced, keep_logprobs=True, forced_chunk=5)
+    assert chunked.timings["decode_path"] == "chunked"
+    with torch.inference_mode():
+        ref = model(input_ids=torch.tensor([PROMPT + forced[:-1]])).logits[0, len(PROMPT) - 1 :].double().log_softmax(-1)
+    assert float((chunked.extra["logprobs"].double() - ref).abs().max()) < 1e-4
+    runs = {c: engine.run(model, Tok(), PROMPT, "snapkv", budget=BUDGET, forced_ids=forced, keep_logprobs=True, forced_chunk=c) for c in (0, 5)}
+    windowed = bool(capture.sliding_windows(model))
+    assert runs[5].timings["decode_path"] == ("eager" if windowed else "chunked")
+    assert runs[5].kv_bytes == runs[0].kv_bytes
+    assert float((runs[5].extra["logprobs"] - runs[0].extra["logprobs"]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
+def test_the_full_cache_reads_a_question_after_its_context_as_one_prompt(name):
+    """With nothing evicted, a prompt in two forwards (the context, then the question) is the prompt
+    in one: the question's forward keeps the model's own mask, its sliding window included."""
+    model = model_of(name)
+    whole = run(model, "full", keep_logprobs=True)
+    split = run(model, "full", keep_logprobs=True, question_at=12)
+    assert split.generated_ids == whole.generated_ids
+    assert float((split.extra["logprobs"] - whole.extra["logprobs"]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
 def test_policies_hold_the_bytes_of_their_rules(name):
     model = model_of(name)
     per_token, kv, head_dim = entry_bytes(model)
