@@ -14,7 +14,9 @@ matrix products: the log-probabilities agree with a step-by-step run up to round
 (``tests/integration/test_forced_chunks.py`` pins both, and the byte records exactly). What each
 step held is recorded as the stepped run records it: the cache's bytes grow by one entry per token
 and layer, read before and after each chunk. ``trace.timings["decode_path"]`` is "chunked" and each
-step's time is its chunk's share. The attention mass lost to eviction (``capture_queries``) is the
+step's time is its chunk's share. On a model with sliding-window layers a chunk over the full cache
+keeps the model's own mask (its window included); a compressed cache that the window would cut
+steps. The attention mass lost to eviction (``capture_queries``) is the
 prompt's at step 0 and none after it, as a stepped run of such a cache records it.
 """
 
