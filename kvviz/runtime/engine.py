@@ -100,8 +100,9 @@ class DecodeOptions:
     # before the first new token; None: the whole prompt at once (the policy sees the question)
     question_at: int | None = None
     # a teacher-forced continuation (forced_ids) whose cache evicts nothing after the prompt (the
-    # full cache, a prompt-only selector, no store or retriever) is read in forwards of this many
-    # tokens (kvviz.runtime.forced_chunks: the same entries, rounded as larger matrix products);
+    # full cache, a prompt-only selector, a store that holds each token on its own; no retriever)
+    # is read in forwards of this many tokens (kvviz.runtime.forced_chunks: the same entries,
+    # rounded as larger matrix products; forced_chunks.why_not says when a run steps instead);
     # 0 or 1: step by step, as a decode
     forced_chunk: int = forced_chunks.CHUNK
 
@@ -241,7 +242,7 @@ def run(
         cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
         logits = prefill(model, cache, prompt_ids, options.question_at)
         cache.interrupt = None
-        window = min(sliding_windows(model).values(), default=None)
+        window = min(sliding_windows(model).values(), default=None) if options.forced_ids is not None else None
         if forced_chunks.why_not(cache, options, window) is None:  # a forced continuation the cache only appends to
             t_prefill = _sync_time(used) - t0
             way = _read_forced(model, tokenizer, cache, shape, logits, options, records, generated, on_step, should_stop)
@@ -312,10 +313,10 @@ def _read_forced(model, tokenizer, cache, shape, logits, options, records, gener
 
     def heard(first: int, last: int) -> None:
         generated.extend(options.forced_ids[first:last])
+        if on_step is None:
+            return
         held = len(cache.layers[0]) - (last - 1)  # the cache holds the steps' tokens up to last - 1
         for s in range(first, last):
-            if on_step is None:
-                break
             token = generated[s]
             on_step(StepEvent(s, token, tokenizer.decode([token]), records.kv_bytes[s], records.kv_bytes_full[s], held + s))
 
