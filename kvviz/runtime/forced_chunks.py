@@ -69,10 +69,6 @@ def reads_in_chunks(pipeline) -> bool:
     return policy_steps(pipeline, stores) is None
 
 
-def _sizes(cache, shape) -> tuple[int, int, int]:
-    return cache.kv_bytes(), cache.layers[0].seen * shape.full_bytes_per_token, cache.bookkeeping_bytes()
-
-
 def decode(cache, shape, logits: torch.Tensor, options, records, forward, should_stop=None, on_chunk=None) -> str:
     """Record every step of ``options.forced_ids`` after the prefill's ``logits`` (1, 1, vocab):
     step ``s``'s log-probabilities are those after the forced tokens before it. ``forward(ids,
@@ -93,21 +89,9 @@ def decode(cache, shape, logits: torch.Tensor, options, records, forward, should
         t = time.perf_counter()
         k = min(options.forced_chunk, len(forced) - done)
         ids = torch.tensor([forced[done - 1 : done - 1 + k]], device=device)  # the tokens of steps done-1 ...
-        before = _sizes(cache, shape)
+        before = records.sizes(cache, shape)
         out = forward(ids, torch.arange(prompt_len + done - 1, prompt_len + done - 1 + k, device=device))
-        after = _sizes(cache, shape)
-        per_token = [(b - a) // k for a, b in zip(before, after)]
-        if any((b - a) % k for a, b in zip(before, after)):
-            raise RuntimeError(f"the cache grew by {[b - a for a, b in zip(before, after)]} bytes over {k} tokens: not one entry per token")
-        logprobs = out[0].float().log_softmax(-1)  # (k, vocab): row j is step done + j's
-        lost = records.lost_mass[-1]
-        for j in range(k):
-            records.logprobs.append(logprobs[j])
-            records.lost_mass.append(torch.zeros_like(lost))  # nothing evicted after the prompt
-            kv, full, book = (a + (j + 1) * p for a, p in zip(before, per_token))
-            records.kv_bytes.append(kv)
-            records.kv_bytes_full.append(full)
-            records.bookkeeping_bytes.append(book)
+        records.add_appended(out[0].float().log_softmax(-1), before, records.sizes(cache, shape))  # row j: step done + j
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
         share = (time.perf_counter() - t) / k

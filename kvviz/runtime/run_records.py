@@ -41,13 +41,36 @@ class StepRecords:
         self.lost_mass.append(cache.take_lost_mass())
         if cache.reader is not None:
             self.recall.append(cache.take_recall())
-        self.kv_bytes.append(cache.kv_bytes())
-        self.kv_bytes_full.append(cache.layers[0].seen * shape.full_bytes_per_token)
-        self.bookkeeping_bytes.append(cache.bookkeeping_bytes())
+        self._add_sizes(self.sizes(cache, shape))
         if cache.reader is not None:
             self.read_bytes.append(cache.read_bytes())
             self.summary_bytes.append(cache.summary_bytes())
             self.read.append(cache.read_now(len(self.kv_bytes) - 1))
+
+    @staticmethod
+    def sizes(cache: PolicyCache, shape: ModelShape) -> tuple[int, int, int]:
+        """(K/V bytes held, the full cache's bytes for the tokens seen, bookkeeping bytes) now."""
+        return cache.kv_bytes(), cache.layers[0].seen * shape.full_bytes_per_token, cache.bookkeeping_bytes()
+
+    def add_appended(self, logprobs: torch.Tensor, before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+        """The steps of k tokens appended in one forward (``kvviz.runtime.forced_chunks``), evicting
+        nothing: logprobs (k, vocab), row j the step after j + 1 of them; ``sizes`` before and after
+        the forward, which grew by the same bytes per token."""
+        k = logprobs.shape[0]
+        grown = [b - a for a, b in zip(before, after)]
+        if any(g % k for g in grown):
+            raise RuntimeError(f"the cache grew by {grown} bytes over {k} tokens: not one entry per token")
+        lost = self.lost_mass[-1]
+        for j in range(k):
+            self.logprobs.append(logprobs[j])
+            self.lost_mass.append(torch.zeros_like(lost))  # nothing evicted after the prompt
+            self._add_sizes(tuple(a + (j + 1) * g // k for a, g in zip(before, grown)))
+
+    def _add_sizes(self, sizes) -> None:
+        kv, full, book = sizes
+        self.kv_bytes.append(kv)
+        self.kv_bytes_full.append(full)
+        self.bookkeeping_bytes.append(book)
 
 
 def device_memory(model, cache: PolicyCache) -> dict[str, dict]:
