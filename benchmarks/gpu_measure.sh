@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU host, after the stage steps: the measurements beside the tests (gpu_check.sh runs those
 # and the all-policy bench): the Live page's run per policy (and its next policy with the full
-# cache's run kept), prefill scoring at 8k, the attention explorer at 8k, known results, the sweep
+# cache's run kept), prefill scoring at 8k, the attention explorer at 8k, the attention overview at
+# 1B's shape and 32k tokens, known results, the sweep
 # (one point at a time and on 4 lanes), a forced continuation read in chunks against step by step,
 # whether the full cache's run repeats to the last bit, the
 # fused blocks, compare, paged and quantization-lab benchmarks.
@@ -22,6 +23,7 @@ step bench_live 150 python3 -m kvviz bench --live --repeats 1 --policies full,h2
 step live_reuse 120 python3 benchmarks/live_reuse.py --device cuda --prompt-tokens 2048 --new-tokens 128 --out "$OUT/live_reuse.json"
 step bench_8k 90 python3 -m kvviz bench --prompt-tokens 8184 --new-tokens 8 --repeats 3 --policies full,h2o,snapkv,tova --budget 1024 --json "$OUT/bench_8k.json"
 step attention_bench 90 python3 benchmarks/attention_bench.py --tokens 8192 --device cuda --out "$OUT/attention_bench.json"
+step overview_32k 150 python3 benchmarks/overview_bench.py --device cuda --dtype bfloat16 --tokens 32768 --layers 16 --repeats 2 --out "$OUT/overview_32k.json"
 step known_results 150 python3 benchmarks/known_results.py --device cuda --out "$OUT/known_results.json"
 step sweep_bench 240 python3 benchmarks/sweep_bench.py --device cuda --lanes 1,4 --out "$OUT/sweep_bench.json"
 step forced_chunks 120 python3 benchmarks/forced_chunks.py --device cuda --out "$OUT/forced_chunks.json"

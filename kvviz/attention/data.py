@@ -172,11 +172,14 @@ def tile_size(n_tokens: int, max_cells: int) -> int:
     return max(1, math.ceil(n_tokens / max_cells))
 
 
-def pool_matrix(attn: np.ndarray, tile: int, pool: str = "max", *, q_start: int = 0, k_start: int = 0) -> np.ndarray:
+def pool_matrix(
+    attn: np.ndarray, tile: int, pool: str = "max", *, q_start: int = 0, k_start: int = 0, window: int | None = None
+) -> np.ndarray:
     """Pool a window of an attention matrix into ``tile`` x ``tile`` tiles.
 
     ``attn`` (rows, cols) holds queries ``q_start..`` and keys ``k_start..``. Only cells where the
-    key is not after the query count; a tile with none is NaN. ``max``: the largest weight in
+    key is not after the query (and, with a sliding ``window``, among its last ``window`` keys)
+    count; a tile with none is NaN. ``max``: the largest weight in
     the tile; ``mean``: the mean over the tile's visible cells.
     """
     check_pool(pool)
@@ -185,6 +188,8 @@ def pool_matrix(attn: np.ndarray, tile: int, pool: str = "max", *, q_start: int 
     qpos = q_start + np.arange(rows)[:, None]
     kpos = k_start + np.arange(cols)[None, :]
     visible = kpos <= qpos
+    if window:
+        visible &= kpos > qpos - window
     out = np.full((math.ceil(rows / tile), math.ceil(cols / tile)), np.nan)
     for r in range(out.shape[0]):
         for c in range(out.shape[1]):

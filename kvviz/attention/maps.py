@@ -52,14 +52,13 @@ def _check_pool(pool: str) -> None:
         raise CaptureError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}.")
 
 
-def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int, entropy: bool = False):
-    """Attention probabilities of queries r0..r1 over keys 0..r1 for some query heads.
+def _chunk_scores(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int) -> torch.Tensor:
+    """Scores of queries r0..r1 over keys 0..r1 for some query heads: (H, C, r1) float32 with
+    C = r1 - r0, -inf where a query cannot see the key.
 
     q_heads: (H, seq, d) float32 queries: every query head of the layer in order (``kv_head``
     None: each group of query heads is multiplied with its own KV head), or heads that all read
-    KV head ``kv_head``. Returns p (H, C, r1) float32 with C = r1 - r0 (0 where masked),
-    visible (C, r1) bool, and with ``entropy`` each row's entropy (H, C) in nats, else None.
-    """
+    KV head ``kv_head``."""
     dev = q_heads.device
     H, d = q_heads.shape[0], q_heads.shape[-1]
     C = r1 - r0
@@ -71,15 +70,33 @@ def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: in
     else:
         s = torch.matmul(q, k[kv_head].transpose(0, 1))  # (H, C, r1)
     if qk.softcap:
-        s = torch.tanh(s / qk.softcap) * qk.softcap
+        s.div_(qk.softcap).tanh_().mul_(qk.softcap)
+    if qk.sliding_window:
+        s.masked_fill_(~_visible(r0, r1, qk.sliding_window, dev), float("-inf"))
+    else:  # only the last C keys are ahead of some query of the chunk
+        ahead = torch.ones(C, C, dtype=torch.bool, device=dev).triu_(1)
+        s[:, :, r0:].masked_fill_(ahead, float("-inf"))
+    return s
+
+
+def _visible(r0: int, r1: int, window: int | None, dev) -> torch.Tensor:
+    """(C, r1) bool: which keys 0..r1 the queries r0..r1 see (causal, within ``window``)."""
     i = torch.arange(r0, r1, device=dev)[:, None]
     j = torch.arange(r1, device=dev)[None, :]
     visible = j <= i
-    if qk.sliding_window:
-        visible &= j > i - qk.sliding_window
+    if window:
+        visible &= j > i - window
+    return visible
+
+
+def _chunk_probs(qk: LayerQK, q_heads: torch.Tensor, kv_head: int | None, r0: int, r1: int, entropy: bool = False):
+    """Attention probabilities of queries r0..r1 over keys 0..r1 (``_chunk_scores``' arguments).
+    Returns p (H, C, r1) float32 (0 where masked), visible (C, r1) bool, and with ``entropy``
+    each row's entropy (H, C) in nats, else None."""
+    s = _chunk_scores(qk, q_heads, kv_head, r0, r1)
+    visible = _visible(r0, r1, qk.sliding_window, s.device)
     # softmax by hand, so that the entropy needs no logarithm per cell:
     # -sum p log p = log Z - sum p (s - max), with p = exp(s - max) / Z
-    s.masked_fill_(~visible, float("-inf"))
     s.sub_(s.amax(-1, keepdim=True))  # every row sees at least its own key
     p = s.exp()
     z = p.sum(-1, keepdim=True)  # (H, C, 1)
@@ -118,26 +135,12 @@ def _chunks(bounds: Sequence[tuple[int, int, int]]):
 def _rows_per_chunk(n_heads: int, n_keys: int, tile: int, budget: int, whole_tiles: bool = True) -> int:
     """Query rows per chunk: within the budget of scores, and at most 256 rows (or one tile) so
     that the causal triangle wastes little (chunk r1 sees keys 0..r1). A multiple of the tile with
-    ``whole_tiles``; else fewer rows than a tile when the budget asks (the overview pools a tile
-    row met in parts: a long sequence's tiles are long)."""
+    ``whole_tiles``; else fewer rows than a tile when the budget asks (the overview puts each row
+    into its tile row by index: a long sequence's tiles are long)."""
     rows = min(max(1, budget // max(1, n_heads * n_keys)), max(256, tile))
     if rows < tile and not whole_tiles:
         return rows
     return max(tile, rows // tile * tile)
-
-
-def _pool_rows(p: torch.Tensor, visible: torch.Tensor, tile: int, pool: str):
-    """Part of one tile row: p (H, C, K) pooled over its C rows and each tile of K columns ->
-    (the tiles' max or sum (H, ceil(K/tile)), their visible cells (ceil(K/tile),))."""
-    H, C, K = p.shape
-    pk = (-K) % tile
-    if pk:
-        p = torch.nn.functional.pad(p, (0, pk))
-        visible = torch.nn.functional.pad(visible, (0, pk))
-    nc = (K + pk) // tile
-    blocks = p.view(H, C, nc, tile)
-    values = blocks.amax((1, 3)) if pool == "max" else blocks.sum((1, 3))
-    return values, visible.view(C, nc, tile).sum((0, 2))
 
 
 @torch.inference_mode()
@@ -224,6 +227,95 @@ def full_attention(qk: LayerQK, head: int) -> np.ndarray:
 # the overview pass
 
 
+def _tile_counts(n: int, tile: int, window: int | None, dev) -> torch.Tensor:
+    """(grid, grid) float32: how many cells of each tile of the (n, n) matrix a query sees."""
+    i = torch.arange(n, device=dev)[:, None]
+    c0 = torch.arange(0, n, tile, device=dev)[None, :]  # each column tile's first key
+    lo = torch.maximum(c0, i - window + 1) if window else c0
+    per_row = (torch.minimum(i + 1, (c0 + tile).clamp(max=n)) - lo).clamp(min=0)  # (n, grid)
+    grid = c0.shape[1]
+    return torch.zeros(grid, grid, device=dev).index_add_(0, i[:, 0] // tile, per_row.float())
+
+
+def _tile_reduce(e: torch.Tensor, tile: int, pool: str) -> torch.Tensor:
+    """(H, C, K) -> (H, C, ceil(K/tile)): each row's max or sum over each tile of columns."""
+    K = e.shape[-1]
+    whole = K // tile * tile
+    reduce = (lambda x: x.amax(-1)) if pool == "max" else (lambda x: x.sum(-1))
+    parts = [reduce(e[..., :whole].unflatten(-1, (K // tile, tile)))] if whole else []
+    if whole < K:
+        parts.append(reduce(e[..., whole:])[..., None])
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def _layer_overview(qk: LayerQK, tile: int, pool: str, sink_tokens: int, local_tokens: int, from_query: int, budget: int):
+    """One layer's thumbnails (H, grid, grid) and its profiles' sums over the queries from
+    ``from_query`` on ({name: (H,) float64}), a chunk of at most ``budget`` scores at a time.
+
+    Each chunk's scores are exponentiated in place (e = exp(s - row max), 0 where masked) and then
+    read twice more, where a softmax by hand reads and writes them several times:
+    - one product e @ [1, j, j < sink] (and e @ k when the scores are q·k) gives each row's
+      normaliser z, its mean key position and its mass on the sinks, and with it the entropy:
+      -sum p log p = log z + max - sum e s / z, with sum e s = q · (e @ k);
+    - the pass that finds each row's max score keeps it per tile of columns: the max pool is
+      exp(that - row max) / z (the mean pool sums e over each tile in one more pass);
+    rows are pooled into tile rows by index, so a tile row may span chunks."""
+    dev = qk.q.device
+    n, H = qk.seq_len, qk.n_q_heads
+    grid = math.ceil(n / tile)
+    q = qk.q.to(torch.float32)  # (H, seq, d)
+    d = q.shape[-1]
+    sums = torch.zeros(H, grid, grid, device=dev)  # the tiles' max or sum of p
+    acc = {k: torch.zeros(H, device=dev, dtype=torch.float64) for k in ("sink", "local", "ent", "nent", "dist")}
+    linear = not qk.softcap  # scores are q·k: the entropy's sum e s comes from e @ k
+    G = qk.n_kv_heads
+    for r0, r1 in _chunks([(0, n, _rows_per_chunk(H, n, tile, budget, whole_tiles=False))]):
+        C = r1 - r0
+        s = _chunk_scores(qk, q, None, r0, r1)  # (H, C, r1)
+        if pool == "max":  # the tiles' max score gives the row's: one pass for both
+            tiles = _tile_reduce(s, tile, pool)  # (H, C, cols)
+            m = tiles.amax(-1, keepdim=True)  # every row sees at least its own key
+            tiles = tiles.sub_(m).exp_()  # the tiles' max of e
+        else:
+            m = s.amax(-1, keepdim=True)
+        e = s.sub_(m).exp_()
+        if pool == "mean":
+            tiles = _tile_reduce(e, tile, pool)  # the tiles' sum of e
+        j = torch.arange(r1, device=dev, dtype=torch.float32)
+        cols = torch.stack([torch.ones_like(j), j, (j < sink_tokens).float()], -1)  # (r1, 3)
+        if linear:
+            k = qk.k[:, :r1].to(dev, torch.float32)  # (G, r1, d)
+            rhs = torch.cat([cols.expand(G, -1, -1), k], -1)  # (G, r1, 3 + d)
+            out = torch.matmul(e.view(G, (H // G) * C, r1), rhs).view(H, C, 3 + d)
+            es = torch.linalg.vecdot(out[..., 3:], q[:, r0:r1]) * qk.scaling  # sum_j e s
+            t_sum = es - m[..., 0] * out[..., 0]  # sum_j e (s - max)
+        else:
+            out = torch.matmul(e.view(H * C, r1), cols).view(H, C, 3)
+            t_sum = torch.special.xlogy(e, e).sum(-1)  # e log e = e (s - max); 0 where masked
+        z = out[..., 0]  # (H, C)
+        tiles = tiles / z[..., None]  # (H, C, cols): the tiles' max or sum of p
+        rows = (torch.arange(r0, r1, device=dev) // tile)[None, :, None].expand(H, C, tiles.shape[-1])
+        # into each row's tile row; p >= 0 and the sums start at 0
+        sums[..., : tiles.shape[-1]].scatter_reduce_(1, rows, tiles, "amax" if pool == "max" else "sum")
+        lo = max(from_query, r0)
+        if lo >= r1:
+            continue
+        sel = slice(lo - r0, None)
+        zs = z[:, sel]
+        pos = torch.arange(lo, r1, device=dev, dtype=torch.float32)  # (C',)
+        ent = torch.log(zs) - t_sum[:, sel] / zs  # (H, C')
+        acc["ent"] += ent.sum(-1)
+        acc["nent"] += (ent / torch.log(pos + 1).clamp(min=1e-9)).sum(-1)
+        acc["sink"] += (out[:, sel, 2] / zs).sum(-1)
+        acc["dist"] += (pos[None] - out[:, sel, 1] / zs).sum(-1)
+        back = pos.long()[:, None] - torch.arange(local_tokens, device=dev)[None, :]  # (C', local) key positions
+        near = e[:, sel].gather(-1, back.clamp(min=0).expand(H, -1, -1))  # (H, C', local)
+        acc["local"] += ((near * (back >= 0)).sum(-1) / zs).sum(-1)
+    count = _tile_counts(n, tile, qk.sliding_window, dev)
+    thumbs = sums if pool == "max" else sums / count.clamp(min=1)
+    return thumbs.masked_fill(count[None] == 0, float("nan")), acc
+
+
 def overview(
     model,
     ids,
@@ -240,7 +332,7 @@ def overview(
     forward pass of ``ids``. Each layer's attention is computed inside its hook a chunk of queries
     at a time and dropped; the layer's q/k are kept while their total stays within
     ``keep_qk_bytes`` (0: keep none). A chunk holds at most ``chunk_elements`` scores (None: 16M
-    on the CPU, 256M on a GPU); a tile row larger than that is pooled in parts."""
+    on the CPU, 256M on a GPU); a tile row larger than that spans chunks (``_layer_overview``)."""
     _check_pool(pool)
     if sink_tokens < 1 or local_tokens < 1:
         raise CaptureError("sink_tokens and local_tokens must be at least 1.")
@@ -261,43 +353,8 @@ def overview(
         nonlocal kept_bytes
         qk.prompt_len = prompt_len
         dev = qk.q.device
-        q = qk.q.to(torch.float32)  # (H, seq, d)
-        layer_thumbs = torch.full((n_heads, grid, grid), float("nan"), device=dev)
-        acc = {k: torch.zeros(n_heads, device=dev, dtype=torch.float64) for k in stats}
         budget = chunk_elements or (CUDA_CHUNK_ELEMENTS if dev.type == "cuda" else DEFAULT_CHUNK_ELEMENTS)
-        step = _rows_per_chunk(n_heads, n, tile, budget, whole_tiles=False)
-        spans = [(0, n, step)] if step >= tile else [(t0, min(t0 + tile, n), step) for t0 in range(0, n, tile)]
-        part = None  # (values, count) of the tile row being met in parts
-        for r0, r1 in _chunks(spans):
-            p, visible, ent = _chunk_probs(qk, q, None, r0, r1, entropy=True)  # (H, C, r1), (H, C)
-            tr = r0 // tile
-            if step >= tile:
-                block = _pool_block(p, visible, tile, pool)  # (H, rows, cols)
-                layer_thumbs[:, tr : tr + block.shape[1], : block.shape[2]] = block
-            else:
-                values, count = _pool_rows(p, visible, tile, pool)
-                if part is not None:  # the same tile row: it has as many tiles of columns
-                    values = torch.maximum(part[0], values) if pool == "max" else part[0] + values
-                    count = part[1] + count
-                part = (values, count)
-                if r1 % tile == 0 or r1 == n:  # the tile row is complete
-                    done = values if pool == "max" else values / count.clamp(min=1)
-                    layer_thumbs[:, tr, : done.shape[1]] = done.masked_fill(count[None] == 0, float("nan"))
-                    part = None
-            lo = max(from_query, r0)
-            if lo >= r1:
-                continue
-            pe = p[:, lo - r0 :]  # (H, C', r1) the rows that count for the profiles
-            pos = torch.arange(lo, r1, device=dev, dtype=torch.float32)  # (C',)
-            ent = ent[:, lo - r0 :]  # (H, C')
-            acc["ent"] += ent.sum(-1)
-            acc["nent"] += (ent / torch.log(pos + 1).clamp(min=1e-9)).sum(-1)
-            acc["sink"] += pe[..., :sink_tokens].sum((-1, -2))
-            keypos = torch.arange(r1, device=dev, dtype=torch.float32)
-            acc["dist"] += (pos[None] - pe @ keypos).sum(-1)
-            back = pos.long()[:, None] - torch.arange(local_tokens, device=dev)[None, :]  # (C', local) key positions
-            near = pe.gather(-1, back.clamp(min=0).expand(n_heads, -1, -1))  # (H, C', local)
-            acc["local"] += (near * (back >= 0)).sum((-1, -2))
+        layer_thumbs, acc = _layer_overview(qk, tile, pool, sink_tokens, local_tokens, from_query, budget)
         thumbs[layer] = layer_thumbs.cpu().numpy()  # one transfer per layer
         count = max(1, n - from_query)
         for k in stats:

@@ -18,6 +18,7 @@ import torch
 from tests.model_families import FAMILIES, build, render_table
 
 from kvviz.attention import maps
+from kvviz.attention.data import pool_matrix
 from kvviz.model import capture
 from kvviz.model.capture import CaptureError
 from kvviz.model.loading import summarize_model
@@ -156,6 +157,23 @@ def test_attention_maps_equal_transformers_eager_weights(name):
     for layer in (0, 1):  # Gemma's and gpt-oss's layer 0 slides, layer 1 is global
         for head in range(qks[layer].n_q_heads):
             np.testing.assert_allclose(maps.full_attention(qks[layer], head), weights[layer][0, head].numpy(), atol=1e-5, rtol=0)
+    for pool in maps.POOLS:  # the overview's thumbnails and profiles, by hand from the same weights
+        ov = maps.overview(model, PROMPT, cells=7, pool=pool, sink_tokens=2, local_tokens=3)
+        assert ov.tile == 3 and ov.profiles.from_query == 3
+        for layer in (0, 1):
+            for head in range(qks[layer].n_q_heads):
+                a = weights[layer][0, head].double().numpy()
+                np.testing.assert_allclose(ov.thumbs[layer, head], pool_matrix(a, 3, pool, window=qks[layer].sliding_window), atol=1e-6, equal_nan=True)
+                rows = np.arange(3, len(PROMPT))
+                ent = -(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0)).sum(1)[rows]
+                expected = {
+                    "sink_mass": a[rows, :2].sum(1).mean(),
+                    "local_mass": np.mean([a[i, i - 2 : i + 1].sum() for i in rows]),
+                    "entropy": ent.mean(),
+                    "mean_distance": np.mean([(a[i] * (i - np.arange(len(PROMPT)))).sum() for i in rows]),
+                }
+                for field, value in expected.items():
+                    assert getattr(ov.profiles, field)[layer, head] == pytest.approx(value, abs=2e-5), (pool, layer, head, field)
 
 
 def test_readme_models_table_is_the_rendering():
