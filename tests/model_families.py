@@ -85,5 +85,6 @@ def render_table() -> str:
     yes = {True: "yes", False: "no"}
     rows = ["| Family | Attention kernel | kvviz's cache (every policy) | Attention maps | Notes |", "|---|---|---|---|---|"]
     for name, f in FAMILIES.items():
-        rows.append(f"| {name} | {f.kernel} | {'yes' if f.runs else 'refused'} | {yes[f.maps]} | {f.note} |")
+        cache = "refused" if not f.runs else "yes, retrievers refused" if f.args.get("sliding_window") else "yes"
+        rows.append(f"| {name} | {f.kernel} | {cache} | {yes[f.maps]} | {f.note} |")
     return "\n".join(rows)

@@ -87,6 +87,8 @@ def usable(cache: PolicyCache, device: torch.device, sample: bool, model=None) -
     (a store's layout is known once it has been built)."""
     if device.type != "cuda" or sample:
         return False
+    if cache.windows:  # the model's sliding windows: masked per KV head from the held positions, eagerly
+        return False
     if cache.reader is not None and not cache.reader.graph_safe:
         return False  # a retriever's read set, chosen and gathered in static shapes when graph safe
     if cache.grows():

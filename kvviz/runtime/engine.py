@@ -47,7 +47,6 @@ from kvviz.runtime.jobs import Stopped
 from kvviz.runtime.lanes import TokenFeed
 from kvviz.model import devices
 from kvviz.model.attention_inputs import MLA_REFUSAL, decoder_attention, unreadable
-from kvviz.model.capture import sliding_windows
 from kvviz.storage import fixed_capacity
 from kvviz.record import metrics
 from kvviz.runtime.policy_cache import PolicyCache
@@ -242,8 +241,7 @@ def run(
         cache.interrupt = should_stop  # a long prompt on a CPU takes minutes to read
         logits = prefill(model, cache, prompt_ids, options.question_at)
         cache.interrupt = None
-        window = min(sliding_windows(model).values(), default=None) if options.forced_ids is not None else None
-        if forced_chunks.why_not(cache, options, window) is None:  # a forced continuation the cache only appends to
+        if forced_chunks.why_not(cache, options) is None:  # a forced continuation the cache only appends to
             t_prefill = _sync_time(used) - t0
             way = _read_forced(model, tokenizer, cache, shape, logits, options, records, generated, on_step, should_stop)
         else:
@@ -366,6 +364,7 @@ class Decoder:
         device = devices.input_device(model)
         use_graphs = graphs and options.cuda_graphs and cuda_graphs.usable(cache, device, options.sample, model)
         fixed = use_graphs if options.fixed_capacity is None else options.fixed_capacity
+        fixed = fixed and not cache.windows  # a fixed layer's mask hides unwritten slots, not a sliding window's
         if fixed and cache.grows():
             if not fixed_capacity.supported(model):
                 raise PolicyError("A fixed-capacity cache needs the model's sdpa or eager attention.")

@@ -15,8 +15,8 @@ matrix products: the log-probabilities agree with a step-by-step run up to round
 step held is recorded as the stepped run records it: the cache's bytes grow by one entry per token
 and layer, read before and after each chunk. ``trace.timings["decode_path"]`` is "chunked" and each
 step's time is its chunk's share. On a model with sliding-window layers a chunk over the full cache
-keeps the model's own mask (its window included); a compressed cache that the window would cut
-steps. The attention mass lost to eviction (``capture_queries``) is the
+keeps the model's own mask (its window included), and one over a compressed cache gets a mask per
+KV head from the positions held (``policy_cache.window_mask``), as a decode step does. The attention mass lost to eviction (``capture_queries``) is the
 prompt's at step 0 and none after it, as a stepped run of such a cache records it.
 """
 
@@ -31,17 +31,12 @@ from kvviz.policies.selector import Retriever
 CHUNK = 256  # tokens per forward: (chunk, vocab) log-probabilities in float32 at once
 
 
-def why_not(cache, options, window: int | None = None) -> str | None:
-    """None when this run's continuation can be read in chunks; else why it steps. ``window``: the
-    model's shortest sliding window (None: none). A chunk reads a compressed cache through a causal
-    mask of its own, which knows no window: where the window would hide an entry, the run steps."""
+def why_not(cache, options) -> str | None:
+    """None when this run's continuation can be read in chunks; else why it steps."""
     if options.forced_chunk < 2:
         return "asked for step by step"
     if options.forced_ids is None:
         return "not teacher-forced on given tokens"
-    compressed = any(len(layer) < layer.seen for layer in cache.layers)
-    if window is not None and compressed and cache.prompt_len + len(options.forced_ids) > window:
-        return "the model's sliding window over a compressed cache"
     return policy_steps(cache.pipeline, [layer.store for layer in cache.layers if layer.store is not None])
 
 

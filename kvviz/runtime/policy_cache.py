@@ -29,6 +29,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvviz.model.attention_inputs import AttentionCall, CaptureError, decoder_attention, unreadable
+from kvviz.model.capture import sliding_window
 from kvviz.runtime.jobs import Stopped
 from kvviz.model.devices import layers_by_device
 from kvviz.storage.fixed_capacity import FixedLayer
@@ -68,6 +69,21 @@ def sized_mask(mask: torch.Tensor, held: int, q_len: int, seen: int | None = Non
         return mask
     visible = mask.new_full((*mask.shape[:-1], held), True if mask.dtype == torch.bool else 0)
     return torch.cat([visible, mask[..., -q_len:]], dim=-1)
+
+
+def window_mask(held: torch.Tensor, new: torch.Tensor, window: int, q_heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """(1, q_heads, q_len, h + q_len) additive mask of a sliding-window layer over a compressed
+    cache: query i (true position new[i]) sees the held entries and the new tokens whose true
+    position lies in (new[i] - window, new[i]]. held (kv_heads, h): the held entries' true
+    positions, per KV head (an evicting policy keeps different ones per head); new (q_len,).
+    The model's own mask counts slots as positions, which is right only while nothing is evicted."""
+    kv_heads = held.shape[0]
+    pos = torch.cat([held, new.expand(kv_heads, -1)], dim=1)[:, None, :]  # (kv_heads, 1, n)
+    q = new[None, :, None]  # (1, q_len, 1)
+    visible = (pos <= q) & (pos > q - window)  # (kv_heads, q_len, n)
+    visible = visible.repeat_interleave(q_heads // kv_heads, dim=0)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min)[None]
 
 
 class PolicyLayer(CacheLayerMixin):
@@ -309,6 +325,8 @@ class PolicyCache(Cache):
         self.measure_lost_mass = measure_lost_mass
         self.interrupt: Callable[[], bool] | None = None  # asked before each layer while set (the prefill)
         self.fused_steps: Steps | None = None  # a run's fused policy steps while it decodes fused
+        self.windows: dict[int, int] = {}  # layer -> its sliding window (the model's, set by ``attached``)
+        self.q_heads = 0  # the model's query heads (set by ``attached``)
         sel = pipeline.selector
         self.budget = sel.resolve_budget(self.context_len) if sel is not None else None
         self.layer_budgets = [
@@ -338,6 +356,14 @@ class PolicyCache(Cache):
         missing = [i for i, m in enumerate(modules) if m is None]
         if missing:
             raise CaptureError(f"no attention module found in decoder layer(s) {missing}: a PolicyCache cannot follow this model")
+        self.windows = {i: w for i, m in enumerate(modules) if (w := sliding_window(m, i))}  # layer -> its window
+        self.q_heads = model.config.get_text_config().num_attention_heads
+        if self.windows and self.reader is not None:
+            raise PolicyError(
+                f"{self.reader.name} picks the entries each step reads, and this model's layers "
+                f"{', '.join(map(str, sorted(self.windows)))} read only a sliding window of the last keys: "
+                "kvviz does not apply a window to a retrieved set yet. Pick an evicting policy or a store."
+            )
         handles = [m.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(modules) if m is not None]
         if self.reader is not None:  # a retriever may mix each head's output (SparQ's mean-value correction)
             outs = [getattr(m, "o_proj", None) for m in modules]
@@ -401,6 +427,9 @@ class PolicyCache(Cache):
                 kwargs["attention_mask"] = layer.fixed.attention_mask(hidden.dtype)
             elif layer.seen and positions.shape[0] == 1 and self.retrieves:
                 kwargs["attention_mask"] = None  # one query reads a gathered set of its past: nothing to hide
+            elif layer.seen and layer_idx in self.windows and len(layer) != layer.seen:  # a window over a compressed cache
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                kwargs["attention_mask"] = window_mask(layer.held()[1], positions, self.windows[layer_idx], self.q_heads, hidden.dtype)
             elif layer.seen and isinstance(kwargs.get("attention_mask"), torch.Tensor):
                 kwargs["attention_mask"] = sized_mask(kwargs["attention_mask"], len(layer), positions.shape[0], layer.seen)
             return args, kwargs

@@ -23,6 +23,7 @@ from kvviz.model import capture
 from kvviz.model.capture import CaptureError
 from kvviz.model.loading import summarize_model
 from kvviz.policies import BudgetSelector, PolicyError
+from kvviz.policies.selector import Retriever
 from kvviz.runtime import engine
 
 __all__ = ["FAMILIES", "render_table"]
@@ -102,8 +103,8 @@ def test_full_equals_transformers_greedy(name):
 @pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
 def test_a_forced_continuation_read_in_chunks_equals_transformers_forward(name):
     """The full cache's forced run, read in chunks (kvviz.runtime.forced_chunks), gives transformers'
-    own log-probabilities over the whole text, sliding windows included; a compressed cache that a
-    window would cut steps, and otherwise equals its stepped run."""
+    own log-probabilities over the whole text, sliding windows included; over a compressed cache it
+    equals its stepped run (which the test below checks against transformers)."""
     model = model_of(name)
     forced = [(5 * i + 1) % 100 + 3 for i in range(12)]  # 20 + 12 tokens: past every sliding window (8)
     chunked = engine.run(model, Tok(), PROMPT, "full", forced_ids=forced, keep_logprobs=True, forced_chunk=5)
@@ -112,10 +113,47 @@ def test_a_forced_continuation_read_in_chunks_equals_transformers_forward(name):
         ref = model(input_ids=torch.tensor([PROMPT + forced[:-1]])).logits[0, len(PROMPT) - 1 :].double().log_softmax(-1)
     assert float((chunked.extra["logprobs"].double() - ref).abs().max()) < 1e-4
     runs = {c: engine.run(model, Tok(), PROMPT, "snapkv", budget=BUDGET, forced_ids=forced, keep_logprobs=True, forced_chunk=c) for c in (0, 5)}
-    windowed = bool(capture.sliding_windows(model))
-    assert runs[5].timings["decode_path"] == ("eager" if windowed else "chunked")
+    assert runs[5].timings["decode_path"] == "chunked"  # a sliding window over it too: masked per KV head
     assert runs[5].kv_bytes == runs[0].kv_bytes
     assert float((runs[5].extra["logprobs"] - runs[0].extra["logprobs"]).abs().max()) < 1e-4
+
+
+def masked_forward_logprobs(model, ids: list[int], prompt_len: int, budget: int) -> torch.Tensor:
+    """transformers' own eager forward over ``ids`` with a mask per kind of layer: causal, the
+    layer's sliding window, and for the queries after the prompt only the last ``budget`` + 1
+    tokens (what the ``window`` policy leaves the attention: ``budget`` held, then the new one).
+    The log-probabilities of every position from the prompt's last on, float64."""
+    ref = copy.deepcopy(model)
+    ref.set_attn_implementation("eager")
+    i, j = torch.arange(len(ids))[:, None], torch.arange(len(ids))[None, :]
+
+    def mask(window: int | None) -> torch.Tensor:
+        visible = (j <= i) & ((i < prompt_len) | (j >= i - budget))
+        if window:
+            visible &= j > i - window
+        return torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]
+
+    window = min(capture.sliding_windows(model).values())
+    if getattr(model.config, "layer_types", None) is None:  # every layer slides (Mistral)
+        masks = mask(window)
+    else:
+        masks = {"full_attention": mask(None), "sliding_attention": mask(window)}
+    with torch.inference_mode():
+        return ref(input_ids=torch.tensor([ids]), attention_mask=masks).logits[0, prompt_len - 1 :].double().log_softmax(-1)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs and FAMILIES[n].args.get("sliding_window")])
+@pytest.mark.parametrize("budget", [5, 12])  # within the window (8) and past it
+def test_a_sliding_window_over_a_compressed_cache_is_the_models_own(name, budget):
+    """A policy's evictions come on top of the model's window: a sliding layer's query reads the held
+    entries whose true positions lie within its window (not the last slots), per KV head, at a
+    decode step and in a chunk of several tokens alike. The window policy's forced run equals
+    transformers' forward with the window policy's and the model's masks."""
+    model = model_of(name)
+    forced = [(5 * i + 1) % 100 + 3 for i in range(12)]
+    ref = masked_forward_logprobs(model, PROMPT + forced[:-1], len(PROMPT), budget)
+    trace = engine.run(model, Tok(), PROMPT, "window", budget=budget, forced_ids=forced, keep_logprobs=True)
+    assert float((trace.extra["logprobs"].double() - ref).abs().max()) < 1e-5
 
 
 @pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs])
@@ -195,6 +233,10 @@ def test_every_registered_policy_runs_or_refuses_in_one_line(name):
         budget = 16 if issubclass(cls, BudgetSelector) else None  # sparse_pattern needs room for its pattern
         params = {"rank": head_dim // 2} if policy == "lowrank" else None
         params = {"head_ratio": 1.0} if policy == "duo_attention" else params  # a retrieval head holds its layer whole
+        if issubclass(cls, Retriever) and capture.sliding_windows(model):
+            with pytest.raises(PolicyError, match=rf"^{policy} picks the entries each step reads, .* sliding window"):
+                run(model, policy)
+            continue
         trace = engine.run(model, Tok(), PROMPT, policy, params=params, budget=budget, max_new_tokens=2, stop_at_eos=False)
         assert trace.n_steps == 2 and 0 < trace.kv_bytes[-1], (name, policy)
         if budget is not None:
