@@ -118,17 +118,19 @@ def test_a_forced_continuation_read_in_chunks_equals_transformers_forward(name):
     assert float((runs[5].extra["logprobs"] - runs[0].extra["logprobs"]).abs().max()) < 1e-4
 
 
-def masked_forward_logprobs(model, ids: list[int], prompt_len: int, budget: int) -> torch.Tensor:
+def masked_forward_logprobs(model, ids: list[int], prompt_len: int, budget: int, question_at: int | None = None) -> torch.Tensor:
     """transformers' own eager forward over ``ids`` with a mask per kind of layer: causal, the
-    layer's sliding window, and for the queries after the prompt only the last ``budget`` + 1
-    tokens (what the ``window`` policy leaves the attention: ``budget`` held, then the new one).
-    The log-probabilities of every position from the prompt's last on, float64."""
+    layer's sliding window, and what the ``window`` policy leaves the attention: for the queries
+    after the prompt the last ``budget`` + 1 tokens (``budget`` held, then the new one); with
+    ``question_at``, for the question's queries the context's last ``budget`` tokens and the
+    question's own. The log-probabilities of every position from the prompt's last on, float64."""
     ref = copy.deepcopy(model)
     ref.set_attn_implementation("eager")
     i, j = torch.arange(len(ids))[:, None], torch.arange(len(ids))[None, :]
+    context = prompt_len if question_at is None else question_at
 
     def mask(window: int | None) -> torch.Tensor:
-        visible = (j <= i) & ((i < prompt_len) | (j >= i - budget))
+        visible = (j <= i) & ((i < context) | ((i < prompt_len) & (j >= context - budget)) | (j >= i - budget))
         if window:
             visible &= j > i - window
         return torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]
@@ -144,15 +146,16 @@ def masked_forward_logprobs(model, ids: list[int], prompt_len: int, budget: int)
 
 @pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if FAMILIES[n].runs and FAMILIES[n].args.get("sliding_window")])
 @pytest.mark.parametrize("budget", [5, 12])  # within the window (8) and past it
-def test_a_sliding_window_over_a_compressed_cache_is_the_models_own(name, budget):
+@pytest.mark.parametrize("question_at", [None, 12])  # the prompt whole, or a question of 8 after a context of 12
+def test_a_sliding_window_over_a_compressed_cache_is_the_models_own(name, budget, question_at):
     """A policy's evictions come on top of the model's window: a sliding layer's query reads the held
     entries whose true positions lie within its window (not the last slots), per KV head, at a
-    decode step and in a chunk of several tokens alike. The window policy's forced run equals
-    transformers' forward with the window policy's and the model's masks."""
+    decode step and in a question's forward after its compressed context. The window policy's
+    forced run equals transformers' forward with the window policy's and the model's masks."""
     model = model_of(name)
     forced = [(5 * i + 1) % 100 + 3 for i in range(12)]
-    ref = masked_forward_logprobs(model, PROMPT + forced[:-1], len(PROMPT), budget)
-    trace = engine.run(model, Tok(), PROMPT, "window", budget=budget, forced_ids=forced, keep_logprobs=True)
+    ref = masked_forward_logprobs(model, PROMPT + forced[:-1], len(PROMPT), budget, question_at)
+    trace = engine.run(model, Tok(), PROMPT, "window", budget=budget, forced_ids=forced, keep_logprobs=True, question_at=question_at)
     assert float((trace.extra["logprobs"].double() - ref).abs().max()) < 1e-5
 
 
