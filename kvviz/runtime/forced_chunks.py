@@ -16,8 +16,9 @@ step held is recorded as the stepped run records it: the cache's bytes grow by o
 and layer, read before and after each chunk. ``trace.timings["decode_path"]`` is "chunked" and each
 step's time is its chunk's share. On a model with sliding-window layers a chunk over the full cache
 keeps the model's own mask (its window included), and one over a compressed cache gets a mask per
-KV head from the positions held (``policy_cache.window_mask``), as a decode step does. The attention mass lost to eviction (``capture_queries``) is the
-prompt's at step 0 and none after it, as a stepped run of such a cache records it.
+KV head from the positions held (``policy_cache.window_mask``), as a decode step does. The
+attention mass lost to eviction (``capture_queries``) is the prompt's at step 0 and none after it,
+as a stepped run of such a cache records it.
 """
 
 from __future__ import annotations

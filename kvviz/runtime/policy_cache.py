@@ -77,7 +77,7 @@ def window_mask(held: torch.Tensor, new: torch.Tensor, window: int, q_heads: int
     position lies in (new[i] - window, new[i]]. held (kv_heads, h): the held entries' true
     positions, per KV head (an evicting policy keeps different ones per head); new (q_len,).
     The model's own mask counts slots as positions, which is right only while nothing is evicted."""
-    kv_heads = held.shape[0]
+    kv_heads, new = held.shape[0], new.to(held.device)  # a split model's layer may sit on another device
     pos = torch.cat([held, new.expand(kv_heads, -1)], dim=1)[:, None, :]  # (kv_heads, 1, n)
     q = new[None, :, None]  # (1, q_len, 1)
     visible = (pos <= q) & (pos > q - window)  # (kv_heads, q_len, n)
