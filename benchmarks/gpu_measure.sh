@@ -2,7 +2,7 @@
 # On the GPU host, after the stage steps: the measurements beside the tests (gpu_check.sh runs those
 # and the all-policy bench): the Live page's run per policy (and its next policy with the full
 # cache's run kept), prefill scoring at 8k, the attention explorer at 8k, the attention overview at
-# 1B's shape and 32k tokens, known results, the sweep
+# 1B's shape and 32k tokens, a decode step over several rows at once, known results, the sweep
 # (one point at a time and on 4 lanes), a forced continuation read in chunks against step by step,
 # whether the full cache's run repeats to the last bit, the
 # fused blocks, compare, paged and quantization-lab benchmarks.
@@ -24,6 +24,7 @@ step live_reuse 120 python3 benchmarks/live_reuse.py --device cuda --prompt-toke
 step bench_8k 90 python3 -m kvviz bench --prompt-tokens 8184 --new-tokens 8 --repeats 3 --policies full,h2o,snapkv,tova --budget 1024 --json "$OUT/bench_8k.json"
 step attention_bench 90 python3 benchmarks/attention_bench.py --tokens 8192 --device cuda --out "$OUT/attention_bench.json"
 step overview_32k 150 python3 benchmarks/overview_bench.py --device cuda --dtype bfloat16 --tokens 32768 --layers 16 --repeats 2 --out "$OUT/overview_32k.json"
+step batched_rows 90 python3 benchmarks/batched_rows.py --device cuda --prompt-tokens 1024 --rows 1,2,5,8 --out "$OUT/batched_rows.json"
 step known_results 150 python3 benchmarks/known_results.py --device cuda --out "$OUT/known_results.json"
 step sweep_bench 240 python3 benchmarks/sweep_bench.py --device cuda --lanes 1,4 --out "$OUT/sweep_bench.json"
 step forced_chunks 120 python3 benchmarks/forced_chunks.py --device cuda --out "$OUT/forced_chunks.json"

@@ -485,6 +485,9 @@ NUMBERS = [
      lambda d: f(".1f", sum(chunk_seconds(d, True)) + d["reference"]["seconds"], d["seconds"])),
     ("PERFORMANCE.md", "the whole call went from {} s to {} s, and the overview's own share (the call less the forward pass) from {} s to {} s",
      "overview_cpu.json", lambda d: f(".2f", d["before_median_s"], d["after_median_s"], d["before_own_s"], d["after_own_s"])),
+    ("PERFORMANCE.md", "| ms per step | {} | {} | {} | {} |", "batched_rows_cpu.json", lambda d: f(".2f", *d["step_ms_by_rows"].values())),
+    ("PERFORMANCE.md", "| ms per row | {} | {} | {} | {} |", "batched_rows_cpu.json", lambda d: f(".2f", *d["per_row_ms"].values())),
+    ("PERFORMANCE.md", "so five rows cost {}× one row", "batched_rows_cpu.json", lambda d: [f"{d['step_ms_by_rows']['5'] / d['step_ms_by_rows']['1']:.1f}"]),
     ("README.md", "(a 41-run CPU sweep took {} s instead of {} s", "sweep_chunks_cpu.json", lambda d: f(".1f", d["after"]["seconds"], d["before"]["seconds"])),
 ]
 
